@@ -1,0 +1,19 @@
+"""Defaults for every configuration key. ``OMNIQ_<NAME>`` overrides each (see env.py)."""
+
+from __future__ import annotations
+
+BASE_DIR = ".omniq"  # relative to the working directory: a notebook's folder keeps its queue
+LOG_LEVEL = "WARNING"  # DEBUG / INFO / WARNING / ERROR / DISABLED
+TASK_QUEUE_TYPE = "sqlite"  # short name (sqlite, memory) or a full URL
+RESULT_STORAGE_TYPE: str | None = None  # None: same backend as the task queue
+EVENT_STORAGE_TYPE: str | None = None
+DATABASE_URL: str | None = None  # explicit URL for the sqlite short name
+DEFAULT_WORKER = "process"  # async / thread / process / gevent
+CONCURRENCY = 2
+TASK_TTL: float | None = None  # seconds a task may wait before it expires
+RESULT_TTL: float | None = None  # seconds a result is kept
+LEASE = 30.0  # seconds a claim holds before another worker may take the task again
+MAX_DELIVERIES = 3  # deliveries of a task whose worker keeps dying
+SQLITE_FILENAME = "omniq.db"
+WORKER_KINDS = ("async", "thread", "process", "gevent")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "DISABLED")

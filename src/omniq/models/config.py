@@ -1,0 +1,26 @@
+"""OmniQConfig: the configuration keys of DESIGN, as one typed struct."""
+
+from __future__ import annotations
+
+import msgspec
+
+from ..config import settings
+
+
+class OmniQConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Keys are the settings constants in lower case; ``None`` means "derive from tasks"."""
+
+    base_dir: str = settings.BASE_DIR
+    log_level: str = settings.LOG_LEVEL
+    task_queue_type: str = settings.TASK_QUEUE_TYPE
+    result_storage_type: str | None = settings.RESULT_STORAGE_TYPE
+    event_storage_type: str | None = settings.EVENT_STORAGE_TYPE
+    database_url: str | None = settings.DATABASE_URL
+    default_worker: str = settings.DEFAULT_WORKER
+    concurrency: int = settings.CONCURRENCY
+    task_ttl: float | None = settings.TASK_TTL
+    result_ttl: float | None = settings.RESULT_TTL
+    lease: float = settings.LEASE
+    max_deliveries: int = settings.MAX_DELIVERIES
+    queues: list[str] | None = None
+    storage_options: dict[str, object] = msgspec.field(default_factory=dict)

@@ -1,0 +1,69 @@
+"""The outcome of a task, whatever its final status."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from .task import TaskStatus
+
+_UNSET: Any = object()
+
+
+class ErrorInfo(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A remote exception, kept as text so any process (or language) can read it."""
+
+    type: str
+    message: str
+    traceback: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.type}: {self.message}"
+
+
+class TaskResult(msgspec.Struct, kw_only=True, omit_defaults=True, dict=True):
+    """Final record of a task. ``payload`` is the serialized value; ``value`` decodes it once.
+
+    Storage moves ``payload`` bytes without opening them, so a process worker's result reaches
+    the result store without being deserialized in between.
+    """
+
+    task_id: str
+    status: TaskStatus
+    payload: bytes | None = None
+    error: ErrorInfo | None = None
+    attempts: int = 0
+    started_at: float | None = None
+    finished_at: float | None = None
+    worker: str | None = None
+    queue: str = "default"
+    name: str = ""
+    key: str | None = None
+    expires_at: float | None = None
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+
+    @property
+    def value(self) -> Any:
+        """The task's return value (None unless it succeeded)."""
+        cached = self.__dict__.get("_value", _UNSET)
+        if cached is _UNSET:
+            if self.payload is None:
+                cached = None
+            else:
+                from ..serialization import loads
+
+                cached = loads(self.payload)
+            self.__dict__["_value"] = cached
+        return cached
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds the final attempt ran, when it ran at all."""
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return self.finished_at - self.started_at
+
+    @property
+    def ok(self) -> bool:
+        return self.status is TaskStatus.SUCCEEDED
