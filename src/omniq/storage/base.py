@@ -16,20 +16,26 @@ All times are epoch seconds passed in by the caller (``now``), so backends stay 
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
-
+from collections.abc import Mapping, Sequence
 
 import anyio
 import msgspec
 
+from ..errors import ConfigError
 from ..models import Schedule, Task, TaskEvent, TaskResult, TaskStatus
 
 
 class Reaped(msgspec.Struct):
-    """Tasks whose lease lapsed: ``requeued`` go round again, ``dead`` are now FAILED."""
+    """Tasks whose lease lapsed: ``requeued`` go round again, ``dead`` are now FAILED.
+
+    ``cancelled``: lapsed tasks someone had asked to cancel (cause: their own id) are CANCELLED
+    instead of delivered again, and dependents of ``dead``/``cancelled`` tasks are cancelled
+    transitively (cause: the dependency); the orchestrator writes a CANCELLED result for each.
+    """
 
     requeued: list[Task]
     dead: list[Task]
+    cancelled: list[tuple[Task, str]] = msgspec.field(default_factory=list)  # (task, cause id)
 
 
 class Finished(msgspec.Struct):
@@ -67,7 +73,11 @@ class Backend(abc.ABC):
     async def connect(self) -> None:
         self._refs += 1
         if self._refs == 1:
-            await self._open()
+            try:
+                await self._open()
+            except BaseException:
+                self._refs = 0  # not open: a later connect() tries again
+                raise
 
     async def close(self) -> None:
         if self._refs == 0:
@@ -147,12 +157,14 @@ class TaskQueue(Backend):
 
     @abc.abstractmethod
     async def expire(self, *, now: float) -> list[Task]:
-        """Tasks QUEUED/PENDING with ``expires_at <= now`` become EXPIRED; returns them."""
+        """Tasks QUEUED/PENDING with ``expires_at <= now`` become EXPIRED; returns them, followed
+        by their dependents, now CANCELLED transitively (``status`` tells the two apart)."""
 
     @abc.abstractmethod
     async def cancel(self, task_ids: Sequence[str], *, now: float) -> dict[str, TaskStatus]:
         """QUEUED/PENDING -> CANCELLED; RUNNING -> ``cancel_requested`` set (the worker stops it).
-        Returns each known id's status *before* the call (unknown ids are left out)."""
+        Returns each known id's status *before* the call (unknown ids are left out), plus the
+        dependents this cancelled transitively (all were PENDING)."""
 
     @abc.abstractmethod
     async def get_task(self, task_id: str) -> Task | None: ...
@@ -266,10 +278,123 @@ class EventStore(Backend):
         types: Sequence[str] | None = None,
         limit: int | None = None,
     ) -> list[TaskEvent]:
-        """Events in time order (ties in append order), filtered."""
+        """Events in time order (ties in append order), filtered; ``since`` is inclusive."""
 
     @abc.abstractmethod
     async def purge_events(self, *, before: float) -> int: ...
+
+
+# --- checks and rules shared by every TaskQueue backend (pure: no I/O) -----------------------
+
+#: Final statuses that cancel a task's dependents.
+UNSUCCESSFUL = frozenset({TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.EXPIRED})
+
+
+def check_new_tasks(tasks: Sequence[Task]) -> None:
+    """Refuse a batch ``enqueue`` cannot store, before anything is written (``ConfigError``)."""
+    if isinstance(tasks, Task) or not isinstance(tasks, Sequence):
+        raise ConfigError(f"tasks must be a list of Task, got {type(tasks).__name__}")
+    seen: set[str] = set()
+    for i, t in enumerate(tasks):
+        if not isinstance(t, Task):
+            raise ConfigError(f"tasks[{i}] must be a Task, got {type(t).__name__}")
+        if not isinstance(t.id, str) or not t.id:
+            raise ConfigError(f"tasks[{i}].id must be a non-empty str, got {t.id!r}")
+        if t.id in seen:
+            raise ConfigError(f"tasks[{i}].id {t.id!r} appears twice in one batch")
+        seen.add(t.id)
+        if t.status not in (TaskStatus.QUEUED, TaskStatus.PENDING):
+            raise ConfigError(
+                f"tasks[{i}].status must be QUEUED or PENDING to enqueue, got {t.status!r}"
+            )
+        if not isinstance(t.payload, bytes):
+            raise ConfigError(f"tasks[{i}].payload must be bytes, got {type(t.payload).__name__}")
+        if not isinstance(t.queue, str) or not t.queue:
+            raise ConfigError(f"tasks[{i}].queue must be a non-empty str, got {t.queue!r}")
+        if not isinstance(t.priority, int) or isinstance(t.priority, bool):
+            raise ConfigError(f"tasks[{i}].priority must be an int, got {t.priority!r}")
+        if t.id in t.depends_on:
+            raise ConfigError(f"tasks[{i}] ({t.id}) depends on itself")
+
+
+def plan_enqueue(
+    tasks: Sequence[Task], known: Mapping[str, TaskStatus]
+) -> list[tuple[TaskStatus, list[str]]]:
+    """Status each new task is stored with, and the dependencies it still waits for.
+
+    ``known`` maps the already stored dependencies to their status. A dependency may also be an
+    earlier or later task of the same batch. A task with an unsuccessful dependency is CANCELLED
+    at once; one waiting for dependencies is PENDING; a PENDING task with neither ``eta`` nor
+    dependencies to wait for is QUEUED. Unknown dependencies and cycles raise ``ConfigError``.
+    """
+    index = {t.id: i for i, t in enumerate(tasks)}
+    children: dict[int, list[int]] = {}
+    blocking = [0] * len(tasks)
+    for i, t in enumerate(tasks):
+        for d in dict.fromkeys(t.depends_on):
+            if d in index:
+                children.setdefault(index[d], []).append(i)
+                blocking[i] += 1
+            elif d not in known:
+                raise ConfigError(f"tasks[{i}] ({t.id}) depends on unknown task {d!r}")
+    ready = [i for i, n in enumerate(blocking) if n == 0]
+    plans: list[tuple[TaskStatus, list[str]] | None] = [None] * len(tasks)
+    while ready:
+        i = ready.pop()
+        t = tasks[i]
+        waiting: list[str] = []
+        status = t.status
+        for d in dict.fromkeys(t.depends_on):
+            dep_status = plans[index[d]][0] if d in index else known[d]  # type: ignore[index]
+            if dep_status in UNSUCCESSFUL:
+                status, waiting = TaskStatus.CANCELLED, []
+                break
+            if dep_status is not TaskStatus.SUCCEEDED:
+                waiting.append(d)
+        else:
+            if waiting:
+                status = TaskStatus.PENDING
+            elif status is TaskStatus.PENDING and t.eta is None:
+                status = TaskStatus.QUEUED
+        plans[i] = (status, waiting)
+        for c in children.get(i, ()):
+            blocking[c] -= 1
+            if blocking[c] == 0:
+                ready.append(c)
+    if any(p is None for p in plans):
+        cycle = [tasks[i].id for i, p in enumerate(plans) if p is None]
+        raise ConfigError(f"tasks have circular dependencies: {', '.join(cycle)}")
+    return plans  # type: ignore[return-value]
+
+
+def check_claim(queues: Sequence[str] | None, limit: int, lease: float) -> list[str] | None:
+    """Validated ``claim`` arguments: the queue names (deduplicated) or None for all."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise ConfigError(f"limit must be an int >= 0, got {limit!r}")
+    if not isinstance(lease, (int, float)) or lease <= 0:
+        raise ConfigError(f"lease must be a positive number of seconds, got {lease!r}")
+    if queues is None:
+        return None
+    if isinstance(queues, str):
+        raise ConfigError(
+            f"queues must be a list of queue names or None, got the str {queues!r} "
+            f"(did you mean [{queues!r}]?)"
+        )
+    names = list(dict.fromkeys(queues))
+    for q in names:
+        if not isinstance(q, str) or not q:
+            raise ConfigError(f"queues must hold non-empty str names, got {q!r}")
+    return names
+
+
+def check_outcomes(outcomes: Sequence[tuple[str, TaskStatus]]) -> None:
+    """``finish`` takes final statuses only."""
+    for i, (task_id, status) in enumerate(outcomes):
+        if not isinstance(status, TaskStatus) or not status.is_final:
+            raise ConfigError(
+                f"outcomes[{i}] for task {task_id!r}: status must be a final TaskStatus "
+                f"(SUCCEEDED, FAILED, CANCELLED, EXPIRED), got {status!r}"
+            )
 
 
 def masked(url: str) -> str:
@@ -280,6 +405,7 @@ def masked(url: str) -> str:
 
 
 __all__ = [
+    "UNSUCCESSFUL",
     "Backend",
     "EventStore",
     "Finished",
@@ -287,6 +413,10 @@ __all__ = [
     "ResultStore",
     "TaskQueue",
     "WorkerInfo",
+    "check_claim",
+    "check_new_tasks",
+    "check_outcomes",
     "masked",
+    "plan_enqueue",
 ]
 

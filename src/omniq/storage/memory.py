@@ -1,0 +1,563 @@
+"""In-process backend: task queue, result store and event store in plain Python structures.
+
+It is the semantic reference for the other backends (the contract suite runs on all of them)
+and the speed reference: claiming pops per-queue heaps keyed by ``(-priority, seq)``, delayed
+tasks wait in a heap keyed by ``eta``, results live in a dict and events in a list. Every
+method is ``async`` for the interface but never awaits, so each call is atomic on its loop.
+
+Tasks are stored as private copies and handed out as copies, so callers cannot change stored
+state by mutating what they got back.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import time
+from collections import Counter
+from collections.abc import Sequence
+from copy import copy
+
+from ..errors import ConfigError
+from ..models import Schedule, Task, TaskEvent, TaskResult, TaskStatus
+from .base import (
+    UNSUCCESSFUL,
+    EventStore,
+    Finished,
+    Reaped,
+    ResultStore,
+    TaskQueue,
+    WorkerInfo,
+    check_claim,
+    check_new_tasks,
+    check_outcomes,
+    plan_enqueue,
+)
+
+QUEUED = TaskStatus.QUEUED
+PENDING = TaskStatus.PENDING
+RUNNING = TaskStatus.RUNNING
+CANCELLED = TaskStatus.CANCELLED
+
+
+_NO_WAIT: frozenset[str] = frozenset()
+
+
+class _Entry:
+    """A stored task plus bookkeeping the Task struct does not carry."""
+
+    __slots__ = ("finished_at", "seq", "task", "waiting")
+
+    def __init__(self, task: Task, seq: int) -> None:
+        self.task = task
+        self.seq = seq
+        self.waiting: set[str] | frozenset[str] = _NO_WAIT  # dependencies not yet succeeded
+        self.finished_at: float | None = None
+
+
+class MemoryBackend(TaskQueue, ResultStore, EventStore):
+    """Everything in this process's memory; lost when it exits.
+
+    ``memory://`` gives a private instance per ``open_backends`` call; ``memory://name`` is
+    shared by every caller in the process that uses the same name (see ``storage.urls``).
+    """
+
+    def __init__(self, url: str = "memory://") -> None:
+        super().__init__()
+        self.url = url
+        self._entries: dict[str, _Entry] = {}
+        self._seq = itertools.count()
+        self._ready: dict[str, list[tuple[int, int, str]]] = {}  # queue -> (-priority, seq, id)
+        self._delayed: list[tuple[float, int, str]] = []  # (eta, seq, id): PENDING, not blocked
+        self._expiring: list[tuple[float, int, str]] = []  # (expires_at, seq, id)
+        self._running: set[str] = set()
+        self._dependents: dict[str, list[str]] = {}  # dependency id -> waiting task ids
+        self._counts: dict[str, Counter[TaskStatus]] = {}
+        self._schedules: dict[str, Schedule] = {}
+        self._workers: dict[str, WorkerInfo] = {}
+        self._results: dict[str, TaskResult] = {}
+        self._events: list[TaskEvent] = []
+        self._events_by_task: dict[str, list[TaskEvent]] = {}
+
+    async def _open(self) -> None:
+        """Nothing to open; data outlives close() so a named backend can be reopened."""
+
+    async def _close(self) -> None:
+        """Nothing to release."""
+
+    # --- internal state changes ---------------------------------------------------------------
+    def _set_status(self, entry: _Entry, status: TaskStatus) -> None:
+        counts = self._counts[entry.task.queue]
+        counts[entry.task.status] -= 1
+        counts[status] += 1
+        entry.task.status = status
+
+    def _push_ready(self, entry: _Entry) -> None:
+        t = entry.task
+        heap = self._ready.get(t.queue)
+        if heap is None:
+            heap = self._ready[t.queue] = []
+        heapq.heappush(heap, (-t.priority, entry.seq, t.id))
+
+    def _make_ready(self, entry: _Entry, now: float) -> None:
+        """QUEUED, or PENDING until a future eta."""
+        eta = entry.task.eta
+        if eta is None or eta <= now:
+            self._set_status(entry, QUEUED)
+            self._push_ready(entry)
+        else:
+            self._set_status(entry, PENDING)
+            heapq.heappush(self._delayed, (eta, entry.seq, entry.task.id))
+
+    def _end(self, entry: _Entry, status: TaskStatus, now: float) -> None:
+        self._set_status(entry, status)
+        entry.finished_at = now
+        entry.task.lease_until = None
+        entry.waiting = _NO_WAIT
+        self._running.discard(entry.task.id)
+
+    def _resolve(self, ids: Sequence[str], now: float) -> Finished:
+        """Release or cancel (transitively) the dependents of tasks that just became final."""
+        out = Finished()
+        stack = list(ids)
+        while stack:
+            dep_id = stack.pop()
+            children = self._dependents.pop(dep_id, None)
+            dep = self._entries.get(dep_id)
+            if not children or dep is None:
+                continue
+            dep_status = dep.task.status
+            for child_id in children:
+                child = self._entries.get(child_id)
+                if child is None or child.task.status is not PENDING or not child.waiting:
+                    continue
+                if dep_status is TaskStatus.SUCCEEDED:
+                    child.waiting = child.waiting - {dep_id}
+                    if not child.waiting:
+                        self._make_ready(child, now)
+                        out.released.append(copy(child.task))
+                elif dep_status in UNSUCCESSFUL:
+                    self._end(child, CANCELLED, now)
+                    out.cancelled.append((copy(child.task), dep_id))
+                    stack.append(child_id)
+        if out.released:
+            self.notify()
+        return out
+
+    def _insert(self, tasks: Sequence[Task]) -> None:
+        """Store a validated batch atomically (all checks happen before the first change)."""
+        entries = self._entries
+        known: dict[str, TaskStatus] = {}
+        has_deps = False
+        for t in tasks:
+            if t.id in entries:
+                raise ConfigError(f"task id {t.id!r} already exists")
+            if t.depends_on:
+                has_deps = True
+                for d in t.depends_on:
+                    if (e := entries.get(d)) is not None:
+                        known[d] = e.task.status
+        if has_deps:
+            plans = plan_enqueue(tasks, known)
+        else:  # the common case, without the dependency planning
+            plans = [(QUEUED if t.eta is None else t.status, []) for t in tasks]
+        now = time.time()
+        ready = False
+        seq = self._seq
+        all_counts = self._counts
+        for given, (status, waiting) in zip(tasks, plans, strict=True):
+            t = copy(given)
+            t.status = status
+            entry = _Entry(t, next(seq))
+            entries[t.id] = entry
+            counts = all_counts.get(t.queue)
+            if counts is None:
+                counts = all_counts[t.queue] = Counter()
+            counts[status] += 1
+            if status is QUEUED:
+                self._push_ready(entry)
+                ready = True
+            elif status is CANCELLED:
+                entry.finished_at = now
+                continue
+            elif waiting:
+                entry.waiting = set(waiting)
+                for d in waiting:
+                    self._dependents.setdefault(d, []).append(t.id)
+            else:
+                heapq.heappush(self._delayed, (t.eta or 0.0, entry.seq, t.id))
+                ready = True  # wake waiters so they time their sleep to this eta
+            if t.expires_at is not None:
+                heapq.heappush(self._expiring, (t.expires_at, entry.seq, t.id))
+        if ready:
+            self.notify()
+
+    def _held(self, worker: str, task_id: str) -> _Entry | None:
+        entry = self._entries.get(task_id)
+        if entry is None or entry.task.status is not RUNNING or entry.task.worker != worker:
+            return None
+        return entry
+
+    # --- tasks ----------------------------------------------------------------------------------
+    async def enqueue(self, tasks: Sequence[Task]) -> None:
+        check_new_tasks(tasks)
+        self._insert(tasks)
+
+    async def claim(
+        self,
+        worker: str,
+        *,
+        queues: Sequence[str] | None,
+        limit: int,
+        lease: float,
+        now: float,
+    ) -> list[Task]:
+        names = check_claim(queues, limit, lease)
+        delayed = self._delayed
+        while delayed and delayed[0][0] <= now:
+            _, _, task_id = heapq.heappop(delayed)
+            entry = self._entries.get(task_id)
+            if entry is None:
+                continue
+            t = entry.task
+            if t.status is PENDING and not entry.waiting and t.eta is not None and t.eta <= now:
+                self._set_status(entry, QUEUED)
+                self._push_ready(entry)
+        if names is None:
+            heaps = [h for h in self._ready.values() if h]
+        else:
+            heaps = [h for q in names if (h := self._ready.get(q))]
+        claimed: list[Task] = []
+        lapsed: list[tuple[list[tuple[int, int, str]], tuple[int, int, str]]] = []
+        lease_until = now + lease
+        entries = self._entries
+        while heaps and len(claimed) < limit:
+            heap = heaps[0] if len(heaps) == 1 else min(heaps, key=lambda h: h[0])
+            item = heapq.heappop(heap)
+            if not heap:
+                heaps.remove(heap)
+            entry = entries.get(item[2])
+            if entry is None or entry.task.status is not QUEUED:
+                continue  # stale heap item: the task was cancelled, expired or purged
+            t = entry.task
+            if t.expires_at is not None and t.expires_at <= now:
+                lapsed.append((heap, item))  # expire() will end it; keep it for other clocks
+                continue
+            self._set_status(entry, RUNNING)
+            t.worker = worker
+            t.lease_until = lease_until
+            t.deliveries += 1
+            self._running.add(t.id)
+            claimed.append(copy(t))
+        for heap, item in lapsed:
+            heapq.heappush(heap, item)
+        return claimed
+
+    async def finish(
+        self, worker: str, outcomes: Sequence[tuple[str, TaskStatus]], *, now: float
+    ) -> Finished:
+        check_outcomes(outcomes)
+        done: list[str] = []
+        for task_id, status in outcomes:
+            entry = self._held(worker, task_id)
+            if entry is not None:
+                self._end(entry, status, now)
+                done.append(task_id)
+        return self._resolve(done, now) if self._dependents else Finished()
+
+    async def retry(self, worker: str, task_id: str, *, eta: float, attempts: int) -> None:
+        entry = self._held(worker, task_id)
+        if entry is None:
+            return
+        t = entry.task
+        self._running.discard(task_id)
+        t.worker = None
+        t.lease_until = None
+        t.attempts = attempts
+        t.eta = eta
+        if eta <= time.time():  # retry has no ``now``: the wall clock decides, as in SQL
+            self._set_status(entry, QUEUED)
+            self._push_ready(entry)
+        else:
+            self._set_status(entry, PENDING)
+            heapq.heappush(self._delayed, (eta, entry.seq, task_id))
+        self.notify()  # ready now, or waiters re-time their sleep to this eta
+
+    async def release(self, worker: str, task_ids: Sequence[str]) -> None:
+        released = False
+        for task_id in task_ids:
+            entry = self._held(worker, task_id)
+            if entry is None:
+                continue
+            t = entry.task
+            self._running.discard(task_id)
+            t.worker = None
+            t.lease_until = None
+            t.deliveries = max(t.deliveries - 1, 0)
+            self._set_status(entry, QUEUED)
+            self._push_ready(entry)
+            released = True
+        if released:
+            self.notify()
+
+    async def extend(self, worker: str, task_ids: Sequence[str], *, lease_until: float) -> None:
+        for task_id in task_ids:
+            entry = self._held(worker, task_id)
+            if entry is not None:
+                entry.task.lease_until = lease_until
+
+    async def reap(self, *, now: float) -> Reaped:
+        out = Reaped(requeued=[], dead=[])
+        ended: list[str] = []
+        for task_id in list(self._running):
+            entry = self._entries[task_id]
+            t = entry.task
+            if t.lease_until is None or t.lease_until >= now:
+                continue
+            if t.cancel_requested:
+                self._end(entry, CANCELLED, now)
+                out.cancelled.append((copy(t), t.id))
+                ended.append(t.id)
+            elif t.deliveries < t.max_deliveries:
+                self._running.discard(task_id)
+                t.worker = None
+                t.lease_until = None
+                self._set_status(entry, QUEUED)
+                self._push_ready(entry)
+                out.requeued.append(copy(t))
+            else:
+                self._end(entry, TaskStatus.FAILED, now)
+                out.dead.append(copy(t))
+                ended.append(t.id)
+        if ended and self._dependents:
+            out.cancelled.extend(self._resolve(ended, now).cancelled)
+        if out.requeued:
+            self.notify()
+        return out
+
+    async def expire(self, *, now: float) -> list[Task]:
+        expired: list[Task] = []
+        heap = self._expiring
+        while heap and heap[0][0] <= now:
+            _, _, task_id = heapq.heappop(heap)
+            entry = self._entries.get(task_id)
+            if entry is None or entry.task.status not in (QUEUED, PENDING):
+                continue
+            self._end(entry, TaskStatus.EXPIRED, now)
+            expired.append(copy(entry.task))
+        if expired and self._dependents:
+            cascade = self._resolve([t.id for t in expired], now)
+            expired.extend(t for t, _ in cascade.cancelled)
+        return expired
+
+    async def cancel(self, task_ids: Sequence[str], *, now: float) -> dict[str, TaskStatus]:
+        before: dict[str, TaskStatus] = {}
+        ended: list[str] = []
+        for task_id in task_ids:
+            entry = self._entries.get(task_id)
+            if entry is None or task_id in before:
+                continue
+            status = before[task_id] = entry.task.status
+            if status in (QUEUED, PENDING):
+                self._end(entry, CANCELLED, now)
+                ended.append(task_id)
+            elif status is RUNNING:
+                entry.task.cancel_requested = True
+        if ended and self._dependents:
+            for t, _ in self._resolve(ended, now).cancelled:
+                before[t.id] = PENDING
+        return before
+
+    async def get_task(self, task_id: str) -> Task | None:
+        entry = self._entries.get(task_id)
+        return None if entry is None else copy(entry.task)
+
+    async def statuses(self, task_ids: Sequence[str]) -> dict[str, TaskStatus]:
+        entries = self._entries
+        return {i: e.task.status for i in task_ids if (e := entries.get(i)) is not None}
+
+    async def cancel_requests(self, task_ids: Sequence[str]) -> list[str]:
+        entries = self._entries
+        return [
+            i
+            for i in task_ids
+            if (e := entries.get(i)) is not None
+            and e.task.cancel_requested
+            and e.task.status is RUNNING
+        ]
+
+    async def counts(self) -> dict[str, dict[str, int]]:
+        return {
+            q: {s.value: n for s, n in c.items() if n > 0}
+            for q, c in self._counts.items()
+            if any(n > 0 for n in c.values())
+        }
+
+    async def oldest_queued(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for q, heap in self._ready.items():
+            times = [
+                e.task.created_at
+                for _, _, i in heap
+                if (e := self._entries.get(i)) is not None and e.task.status is QUEUED
+            ]
+            if times:
+                out[q] = min(times)
+        return out
+
+    async def purge(self, *, before: float) -> int:
+        gone = [
+            e
+            for e in self._entries.values()
+            if e.finished_at is not None and e.finished_at < before and e.task.status.is_final
+        ]
+        for e in gone:
+            del self._entries[e.task.id]
+            self._counts[e.task.queue][e.task.status] -= 1
+        return len(gone)
+
+    # --- schedules --------------------------------------------------------------------------------
+    async def add_schedule(self, schedule: Schedule) -> None:
+        self._schedules[schedule.id] = copy(schedule)
+
+    async def get_schedules(self) -> list[Schedule]:
+        return [copy(s) for s in self._schedules.values()]
+
+    async def set_schedule_paused(
+        self, schedule_id: str, paused: bool, next_run: float | None
+    ) -> bool:
+        s = self._schedules.get(schedule_id)
+        if s is None:
+            return False
+        s.paused = paused
+        if not paused or next_run is not None:
+            s.next_run = next_run
+        return True
+
+    async def delete_schedule(self, schedule_id: str) -> bool:
+        return self._schedules.pop(schedule_id, None) is not None
+
+    async def fire_schedule(
+        self,
+        schedule_id: str,
+        *,
+        expected_next_run: float,
+        next_run: float | None,
+        now: float,
+        task: Task,
+    ) -> bool:
+        s = self._schedules.get(schedule_id)
+        if s is None or s.paused or s.next_run != expected_next_run:
+            return False
+        check_new_tasks([task])
+        self._insert([task])  # raises before the schedule changes
+        s.next_run = next_run
+        s.last_run = now
+        s.last_task_id = task.id
+        return True
+
+    # --- workers ----------------------------------------------------------------------------------
+    async def heartbeat(self, info: WorkerInfo) -> None:
+        self._workers[info.id] = copy(info)
+
+    async def remove_worker(self, worker_id: str) -> None:
+        self._workers.pop(worker_id, None)
+
+    async def workers(self) -> list[WorkerInfo]:
+        return [copy(w) for w in self._workers.values()]
+
+    async def wait_for_tasks(self, timeout: float) -> None:
+        """Wake on ``notify``, or when the earliest delayed task falls due (wall clock)."""
+        if self._delayed:
+            timeout = min(timeout, max(self._delayed[0][0] - time.time(), 0.0))
+        await super().wait_for_tasks(timeout)
+
+    # --- results ----------------------------------------------------------------------------------
+    async def put_results(self, results: Sequence[TaskResult]) -> None:
+        for r in results:
+            if not isinstance(r, TaskResult):
+                raise ConfigError(f"results must hold TaskResult, got {type(r).__name__}")
+        store = self._results
+        for r in results:
+            store[r.task_id] = copy(r)
+
+    async def get_result(self, task_id: str) -> TaskResult | None:
+        r = self._results.get(task_id)
+        return None if r is None else copy(r)
+
+    async def get_results(self, task_ids: Sequence[str]) -> dict[str, TaskResult]:
+        store = self._results
+        return {i: copy(r) for i in task_ids if (r := store.get(i)) is not None}
+
+    async def find_results(self, *, key_prefix: str) -> list[TaskResult]:
+        if not isinstance(key_prefix, str):
+            raise ConfigError(f"key_prefix must be a str, got {type(key_prefix).__name__}")
+        found = [
+            r for r in self._results.values() if r.key is not None and r.key.startswith(key_prefix)
+        ]
+        found.sort(key=_key)
+        return [copy(r) for r in found]
+
+    async def delete_results(self, task_ids: Sequence[str]) -> int:
+        store = self._results
+        return sum(store.pop(i, None) is not None for i in task_ids)
+
+    async def purge_results(self, *, now: float) -> int:
+        gone = [
+            i for i, r in self._results.items() if r.expires_at is not None and r.expires_at <= now
+        ]
+        for i in gone:
+            del self._results[i]
+        return len(gone)
+
+    # --- events -----------------------------------------------------------------------------------
+    async def append_events(self, events: Sequence[TaskEvent]) -> None:
+        for e in events:
+            if not isinstance(e, TaskEvent):
+                raise ConfigError(f"events must hold TaskEvent, got {type(e).__name__}")
+        self._events.extend(events)  # TaskEvent is frozen: no copies needed
+        by_task = self._events_by_task
+        for e in events:
+            lst = by_task.get(e.task_id)
+            if lst is None:
+                by_task[e.task_id] = [e]
+            else:
+                lst.append(e)
+
+    async def query_events(
+        self,
+        *,
+        task_id: str | None = None,
+        since: float | None = None,
+        types: Sequence[str] | None = None,
+        limit: int | None = None,
+    ) -> list[TaskEvent]:
+        """``since`` is inclusive (``timestamp >= since``)."""
+        events = self._events if task_id is None else self._events_by_task.get(task_id, [])
+        if since is not None:
+            events = [e for e in events if e.timestamp >= since]
+        if types is not None:
+            wanted = {str(t) for t in ([types] if isinstance(types, str) else types)}
+            events = [e for e in events if e.type in wanted]
+        out = sorted(events, key=_timestamp)  # stable: ties keep append order
+        return out if limit is None else out[:limit]
+
+    async def purge_events(self, *, before: float) -> int:
+        n = len(self._events)
+        self._events = [e for e in self._events if e.timestamp >= before]
+        by_task: dict[str, list[TaskEvent]] = {}
+        for e in self._events:
+            by_task.setdefault(e.task_id, []).append(e)
+        self._events_by_task = by_task
+        return n - len(self._events)
+
+
+def _timestamp(e: TaskEvent) -> float:
+    return e.timestamp
+
+
+def _key(r: TaskResult) -> str:
+    return r.key or ""
+
+
+__all__ = ["MemoryBackend"]

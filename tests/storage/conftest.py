@@ -1,0 +1,89 @@
+"""Backend URLs the contract suite runs on: a new backend joins by adding its URL here.
+
+``{tmp}`` is replaced by a fresh temporary directory per test. ``#no-returning`` runs the SQLite
+backend with ``UPDATE ... RETURNING`` emulated, as on SQLite < 3.35.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from omniq.storage import sqlite as sqlite_module
+from omniq.storage.base import EventStore, ResultStore, TaskQueue
+from omniq.storage.urls import open_backends
+
+#: Backends that hold a task queue (they also run the result and event parts).
+TASK_QUEUE_URLS = [
+    "memory://",
+    "sqlite:///{tmp}/t.db",
+    "sqlite://:memory:",
+    "sqlite:///{tmp}/t.db#no-returning",
+]
+#: Backends run here for their results and events only. fsspec's file:// also holds a task
+#: queue: move it to TASK_QUEUE_URLS once its queue passes the task-queue part.
+RESULT_EVENT_ONLY_URLS: list[str] = ["file://{tmp}/store", "memory://bucket{tmp}"]
+
+RESULT_STORE_URLS = TASK_QUEUE_URLS + RESULT_EVENT_ONLY_URLS
+EVENT_STORE_URLS = TASK_QUEUE_URLS + RESULT_EVENT_ONLY_URLS
+#: URLs whose storage is private to one backend object (opening the URL again gives new storage).
+PRIVATE_URLS = {"memory://", "sqlite://:memory:"}
+
+
+def shares_storage(url: str) -> bool:
+    """True when a second backend opened on ``url`` sees the same data (another connection)."""
+    return url not in PRIVATE_URLS
+
+
+def _url(template: str, tmp: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    url = template.format(tmp=tmp)
+    if url.endswith("#no-returning"):
+        monkeypatch.setattr(sqlite_module, "HAS_RETURNING", False)
+        url = url.removesuffix("#no-returning")
+    return url
+
+
+@pytest.fixture
+def url_of(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[str], str]:
+    """Turn a URL template into a URL for this test (see module docstring)."""
+    return lambda template: _url(template, tmp_path, monkeypatch)
+
+
+@pytest.fixture(params=TASK_QUEUE_URLS)
+async def queue(
+    request: pytest.FixtureRequest, url_of: Callable[[str], str]
+) -> AsyncIterator[TaskQueue]:
+    tq, _, _ = open_backends(url_of(request.param))
+    await tq.connect()
+    try:
+        yield tq
+    finally:
+        await tq.close()
+
+
+@pytest.fixture(params=RESULT_STORE_URLS)
+async def results(
+    request: pytest.FixtureRequest, url_of: Callable[[str], str]
+) -> AsyncIterator[ResultStore]:
+    url = url_of(request.param)
+    _, store, _ = open_backends("memory://", url, url)
+    await store.connect()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+@pytest.fixture(params=EVENT_STORE_URLS)
+async def events(
+    request: pytest.FixtureRequest, url_of: Callable[[str], str]
+) -> AsyncIterator[EventStore]:
+    url = url_of(request.param)
+    _, _, store = open_backends("memory://", url, url)
+    await store.connect()
+    try:
+        yield store
+    finally:
+        await store.close()

@@ -1,0 +1,260 @@
+"""SQLite specifics: several OS processes on one file, WAL, one-statement claims, wake-ups."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+
+from omniq.errors import StorageError
+from omniq.ids import new_ids
+from omniq.models import Schedule, Task
+from omniq.storage.sqlite import SQLiteBackend
+
+pytestmark = pytest.mark.anyio
+
+# One OS process: enqueue in batches, claim and finish as it goes, race the others for each
+# schedule slot, then help drain until every task of every process has succeeded.
+HAMMER = r"""
+import asyncio, json, sys, time
+from omniq.ids import new_ids, new_id
+from omniq.models import Task, TaskStatus
+from omniq.storage.sqlite import SQLiteBackend
+
+url, me, n, slots, total, start = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6])
+
+async def main():
+    b = SQLiteBackend(url)
+    await b.connect()
+    ids = new_ids(n)
+    enqueued, claimed, won = list(ids), [], []
+    time.sleep(max(0.0, start - time.time()))
+
+    async def work(limit):
+        got = await b.claim(me, queues=None, limit=limit, lease=120, now=time.time())
+        claimed.extend(t.id for t in got)
+        await b.finish(me, [(t.id, TaskStatus.SUCCEEDED) for t in got], now=time.time())
+        return len(got)
+
+    step = max(1, n // slots)
+    for i, lo in enumerate(range(0, n, step)):
+        await b.enqueue([Task(id=t, payload=b"\x00" + t.encode(), priority=k % 3)
+                         for k, t in enumerate(ids[lo:lo + step])])
+        await work(16)
+        if i < slots:
+            for slot in range(slots):  # try every slot still open, in order
+                t = Task(id=new_id(), payload=b"sched")
+                if await b.fire_schedule("s", expected_next_run=float(slot), next_run=float(slot + 1),
+                                         now=time.time(), task=t):
+                    won.append(slot)
+                    enqueued.append(t.id)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if await work(32):
+            continue
+        if (await b.counts()).get("default", {}).get("succeeded", 0) >= total:
+            break
+        await b.wait_for_tasks(0.05)
+    await b.close()
+    print(json.dumps({"enqueued": enqueued, "claimed": claimed, "won": won}))
+
+asyncio.run(main())
+"""
+
+
+def test_four_processes_share_one_file(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/shared.db"
+    procs, per_process, slots = 4, 1000, 20
+
+    async def setup() -> None:
+        b = SQLiteBackend(url)
+        await b.connect()
+        await b.add_schedule(Schedule(id="s", name="s", payload=b"x", interval=1.0, next_run=0.0))
+        await b.close()
+
+    anyio.run(setup)
+    total = procs * per_process + slots
+    start = time.time() + 2.0  # everyone starts hammering at the same moment
+    children = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                HAMMER,
+                url,
+                f"p{i}",
+                str(per_process),
+                str(slots),
+                str(total),
+                str(start),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(procs)
+    ]
+    reports = []
+    for child in children:
+        out, err = child.communicate(timeout=240)
+        assert child.returncode == 0, err
+        assert "locked" not in err
+        reports.append(json.loads(out))
+    enqueued = [i for r in reports for i in r["enqueued"]]
+    claimed = [i for r in reports for i in r["claimed"]]
+    won = sorted(s for r in reports for s in r["won"])
+    assert len(enqueued) == len(set(enqueued)) == total
+    assert len(claimed) == len(set(claimed)), "a task was claimed twice"
+    assert set(claimed) == set(enqueued), "a task was never claimed"
+    assert won == list(range(slots)), "each schedule slot fires exactly once"
+    with sqlite3.connect(tmp_path / "shared.db") as db:
+        assert db.execute(
+            "SELECT status, count(*) FROM omniq_tasks GROUP BY status"
+        ).fetchall() == [("succeeded", total)]
+
+
+OPEN_AND_ENQUEUE = r"""
+import asyncio, sys, time
+from omniq.ids import new_ids
+from omniq.models import Task
+from omniq.storage.sqlite import SQLiteBackend
+
+async def main():
+    time.sleep(max(0.0, float(sys.argv[2]) - time.time()))
+    b = SQLiteBackend(sys.argv[1])
+    await b.connect()
+    await b.enqueue([Task(id=i, payload=b"x") for i in new_ids(10)])
+    await b.close()
+
+asyncio.run(main())
+"""
+
+
+def test_processes_creating_one_new_file_at_once(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/new/fresh.db"
+    start = str(time.time() + 1.5)
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", OPEN_AND_ENQUEUE, url, start],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    for child in children:
+        _, err = child.communicate(timeout=120)
+        assert child.returncode == 0, err
+    with sqlite3.connect(tmp_path / "new/fresh.db") as db:
+        assert db.execute("SELECT count(*) FROM omniq_tasks").fetchone()[0] == 40
+
+
+async def test_wal_and_pragmas(tmp_path: Path) -> None:
+    b = SQLiteBackend(f"sqlite:///{tmp_path}/deep/er/w.db")  # parent dirs are created
+    await b.connect()
+    try:
+        pragmas = await b._call(
+            lambda c: [
+                c.execute(f"PRAGMA {p}").fetchone()[0]
+                for p in ("journal_mode", "synchronous", "busy_timeout")
+            ]
+        )
+        assert pragmas == ["wal", 1, 30000]  # synchronous 1 = NORMAL
+    finally:
+        await b.close()
+    with sqlite3.connect(tmp_path / "deep/er/w.db") as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+@pytest.mark.parametrize("queues", [None, ["default"], ["default", "other"]])
+async def test_a_claim_is_one_statement(tmp_path: Path, queues: list[str] | None) -> None:
+    b = SQLiteBackend(f"sqlite:///{tmp_path}/c.db")
+    await b.connect()
+    try:
+        await b.enqueue([Task(id=i, payload=b"x") for i in new_ids(5)])
+        seen: list[str] = []
+        await b._call(lambda c: c.set_trace_callback(seen.append))
+        got = await b.claim("w", queues=queues, limit=3, lease=10, now=time.time())
+        await b._call(lambda c: c.set_trace_callback(None))
+        assert len(got) == 3
+        writes = [s for s in seen if not s.lstrip().upper().startswith(("SELECT", "PRAGMA"))]
+        assert len(writes) == 1, seen  # no BEGIN/COMMIT, no select-then-update
+        assert writes[0].lstrip().startswith("UPDATE") and "RETURNING" in writes[0]
+    finally:
+        await b.close()
+
+
+async def test_idle_claim_takes_no_write_lock(tmp_path: Path) -> None:
+    b = SQLiteBackend(f"sqlite:///{tmp_path}/idle.db")
+    await b.connect()
+    try:
+        seen: list[str] = []
+        await b._call(lambda c: c.set_trace_callback(seen.append))
+        assert await b.claim("w", queues=None, limit=8, lease=10, now=time.time()) == []
+        assert (await b.reap(now=time.time())).requeued == []
+        assert await b.expire(now=time.time()) == []
+        await b._call(lambda c: c.set_trace_callback(None))
+        assert all(s.lstrip().upper().startswith(("SELECT", "PRAGMA")) for s in seen), seen
+    finally:
+        await b.close()
+
+
+async def test_wait_for_tasks_wakes_on_another_connections_enqueue(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/wake.db"
+    waiter, producer = SQLiteBackend(url), SQLiteBackend(url)
+    await waiter.connect()
+    await producer.connect()
+    try:
+        assert await waiter.claim("w", queues=None, limit=1, lease=10, now=time.time()) == []
+        woke_after: list[float] = []
+
+        async def wait() -> None:
+            t0 = time.perf_counter()
+            await waiter.wait_for_tasks(30.0)
+            woke_after.append(time.perf_counter() - t0)
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(wait)
+                await anyio.sleep(0.3)  # let the waiter back off to its slowest poll
+                await producer.enqueue([Task(id=i, payload=b"x") for i in new_ids(1)])
+        assert woke_after[0] < 5.0  # well before the 30 s timeout
+        assert len(await waiter.claim("w", queues=None, limit=1, lease=10, now=time.time())) == 1
+    finally:
+        await waiter.close()
+        await producer.close()
+
+
+async def test_tasks_survive_reopening(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/keep.db"
+    b = SQLiteBackend(url)
+    await b.connect()
+    ids = new_ids(3)
+    await b.enqueue([Task(id=i, payload=i.encode()) for i in ids])
+    await b.close()
+    again = SQLiteBackend(url)
+    await again.connect()
+    try:
+        got = await again.claim("w", queues=None, limit=10, lease=10, now=time.time())
+        assert [(t.id, t.payload) for t in got] == [(i, i.encode()) for i in ids]
+    finally:
+        await again.close()
+
+
+async def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "future.db"
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA user_version = 99")
+    b = SQLiteBackend(f"sqlite:///{path}")
+    with pytest.raises(StorageError, match="newer"):
+        await b.connect()
+
+
+async def test_use_before_connect_is_a_clear_error() -> None:
+    with pytest.raises(StorageError, match="connect"):
+        await SQLiteBackend("sqlite://:memory:").counts()

@@ -1,0 +1,111 @@
+"""URL -> backend dispatch: sharing rules and the errors a user sees."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from omniq.errors import ConfigError
+from omniq.storage.memory import MemoryBackend
+from omniq.storage.sqlite import SQLiteBackend
+from omniq.storage.urls import SCHEMES, open_backends
+
+
+def test_unknown_scheme_lists_valid_ones() -> None:
+    with pytest.raises(ConfigError) as err:
+        open_backends("mongodb://localhost/db")
+    msg = str(err.value)
+    assert "'mongodb'" in msg
+    for scheme in ("memory://", "sqlite://", "postgresql://", "redis://", "nats://", "s3://"):
+        assert scheme in msg
+    assert set(SCHEMES) >= {"memory", "sqlite", "file", "s3", "gs", "abfs", "postgresql", "redis"}
+
+
+def test_no_scheme_and_wrong_types() -> None:
+    with pytest.raises(ConfigError, match="no scheme"):
+        open_backends("omniq.db")
+    with pytest.raises(ConfigError, match="tasks"):
+        open_backends(None)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="results"):
+        open_backends("memory://", results=42)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="storage_options"):
+        open_backends("memory://", storage_options="key=1")  # type: ignore[arg-type]
+
+
+def test_passwords_are_masked_in_errors() -> None:
+    with pytest.raises(ConfigError) as err:
+        open_backends("mysql://alice:s3cret@db.example.com/q")
+    assert "s3cret" not in str(err.value) and "alice:***@" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "module", "extra"),
+    [
+        ("postgresql://bob:hunter2@localhost/omniq", "omniq.storage.postgres", "postgres"),
+        ("redis://:hunter2@localhost:6379/0", "omniq.storage.redis", "redis"),
+        ("nats://bob:hunter2@localhost:4222", "omniq.storage.nats", "nats"),
+    ],
+)
+def test_missing_backend_names_the_extra(url: str, module: str, extra: str) -> None:
+    if importlib.util.find_spec(module) is not None:
+        pytest.skip(f"{module} is installed; the message is for installs without it")
+    with pytest.raises(ConfigError) as err:
+        open_backends(url)
+    msg = str(err.value)
+    assert f"pip install 'omniq[{extra}]'" in msg
+    assert "hunter2" not in msg and url.split("://")[0] in msg
+
+
+def test_none_means_the_task_queue_backend() -> None:
+    tq, rs, es = open_backends("memory://")
+    assert isinstance(tq, MemoryBackend) and tq is rs is es
+
+
+def test_equal_urls_share_one_backend(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/a.db"
+    tq, rs, es = open_backends(url, url, url)
+    assert isinstance(tq, SQLiteBackend) and tq is rs is es
+    tq2, rs2, _ = open_backends(url, f"sqlite:///{tmp_path}/b.db")
+    assert rs2 is not tq2 and tq2 is not tq  # a new call makes new connections
+
+
+def test_memory_bare_is_private_named_is_shared() -> None:
+    a, _, _ = open_backends("memory://")
+    b, _, _ = open_backends("memory://")
+    assert a is not b
+    named1, _, _ = open_backends("memory://lab-queue")
+    named2, rs, _ = open_backends("memory://lab-queue")
+    assert isinstance(named1, MemoryBackend) and named1 is named2 is rs
+    other, _, _ = open_backends("memory://other-queue")
+    assert other is not named1
+
+
+def test_sqlite_url_forms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    rel, _, _ = open_backends("sqlite:///sub/rel.db")
+    absolute, _, _ = open_backends(f"sqlite:///{tmp_path}/abs.db")  # tmp_path starts with "/"
+    mem, _, _ = open_backends("sqlite://:memory:")
+    assert isinstance(rel, SQLiteBackend) and rel.path == "sub/rel.db"
+    assert isinstance(absolute, SQLiteBackend) and absolute.path == f"{tmp_path}/abs.db"
+    assert isinstance(mem, SQLiteBackend) and mem.in_memory
+    with pytest.raises(ConfigError, match="three slashes"):
+        open_backends("sqlite://rel.db")
+    with pytest.raises(ConfigError, match="query"):
+        open_backends("sqlite:///x.db?mode=ro")
+
+
+def test_object_store_cannot_hold_the_task_queue() -> None:
+    pytest.importorskip("omniq.storage.fsspec")
+    with pytest.raises(ConfigError) as err:
+        open_backends("s3://user:topsecret@bucket/prefix")
+    msg = str(err.value)
+    assert "task queue" in msg and "sqlite://" in msg and "topsecret" not in msg
+
+
+def test_named_memory_results_go_to_fsspec() -> None:
+    fsspec_module = pytest.importorskip("omniq.storage.fsspec")
+    tq, rs, es = open_backends("memory://", "memory://omniq-test-bucket/results")
+    assert isinstance(tq, MemoryBackend) and es is tq
+    assert isinstance(rs, fsspec_module.FsspecBackend)
