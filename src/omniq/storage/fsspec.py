@@ -1,0 +1,2140 @@
+"""Results and events on any fsspec filesystem, and a task queue on a shared POSIX directory.
+
+URLs: ``file:///dir``, ``memory://bucket/prefix``, ``s3://bucket/prefix`` (s3fs; the endpoint comes
+from ``AWS_ENDPOINT_URL`` or ``storage_options``), ``gs://`` (gcsfs), ``abfs://`` / ``az://``
+(adlfs). ``open_fsspec(url, storage_options)`` returns a ``FileTaskQueueBackend`` (results, events
+*and* tasks) for ``file://`` and an ``FsspecBackend`` (results and events only) for the rest:
+an object store has no atomic claim, so it cannot hold a task queue (``can_hold_tasks``).
+
+Layout under the URL's prefix, chosen so a person can browse it and every hot read is one
+request::
+
+    omniq-layout.json                           what this is; written on connect (a write probe)
+    results/<yyyy-mm-dd>/<task id>.msgpack      one TaskResult (msgpack), day from the time-ordered
+                                                id, so ``get_result(id)`` is one GET; ids that are
+                                                not OmniQ ids go to results/other/
+    keys/<key segments...>/<last>@<task id>     empty index objects for results with a ``key``;
+                                                ``find_results(key_prefix=)`` lists one subtree
+    expiry/<yyyy-mm-dd>/<expires_at>@<task id>  empty index objects for results with a TTL;
+                                                ``purge_results`` lists only these
+    events/<yyyy-mm-dd>/<min ts>_<max ts>_<n>_<batch id>.msgpack
+                                                one object per appended batch (a list of
+                                                TaskEvent); the day is that of the batch's newest
+                                                event, so ``since`` skips older days by name
+
+Names are percent-encoded (only ``A-Z a-z 0-9 - _ .`` stay as they are), long key segments are
+split into ``+``-suffixed chunks so no file name passes 255 bytes.
+
+Writes are atomic: object stores take one PUT per object; on ``file://`` a temp file (a hidden
+name in the same directory) is fsynced and ``os.replace``d over the target. Index objects are
+written *before* the result they point to, so a crash leaves at worst a dangling index entry,
+never an unindexed result. An object that does not decode (truncated by hand, a foreign file) is
+logged and treated as missing.
+
+The ``file://`` task queue keeps one file per task whose *directory* is its status and whose
+*name* carries the fields that change (see ``_TaskDir``); every status change is one
+``os.rename``, which succeeds for exactly one of several racing processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import functools
+import inspect
+import logging
+import os
+import re
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, ClassVar, NamedTuple, TypeVar
+from urllib.parse import unquote
+
+import anyio
+import anyio.to_thread
+import msgspec
+
+from ..errors import ConfigError, StorageError
+from ..ids import new_id, new_ids
+from ..models import Schedule, Task, TaskEvent, TaskResult, TaskStatus
+from .base import (
+    UNSUCCESSFUL,
+    Backend,
+    EventStore,
+    Finished,
+    Reaped,
+    ResultStore,
+    TaskQueue,
+    WorkerInfo,
+    check_claim,
+    check_new_tasks,
+    check_outcomes,
+    masked,
+    plan_enqueue,
+)
+
+log = logging.getLogger("omniq.storage.fsspec")
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+#: Concurrent requests for many-object reads and writes on an async filesystem.
+CONCURRENCY = 64
+#: Events kept decoded in memory across ``query_events`` calls (batches are immutable).
+EVENT_CACHE_LIMIT = 500_000
+LAYOUT_VERSION = 1
+
+#: Packages that provide each protocol, for the "install this" message.
+_PACKAGES: dict[str, tuple[str, str]] = {
+    "s3": ("s3fs", "pip install 'omniq[s3]'"),
+    "s3a": ("s3fs", "pip install 'omniq[s3]'"),
+    "gs": ("gcsfs", "pip install gcsfs"),
+    "gcs": ("gcsfs", "pip install gcsfs"),
+    "abfs": ("adlfs", "pip install adlfs"),
+    "abfss": ("adlfs", "pip install adlfs"),
+    "az": ("adlfs", "pip install adlfs"),
+}
+
+_results_enc = msgspec.msgpack.Encoder()
+_result_dec = msgspec.msgpack.Decoder(TaskResult)
+_events_dec = msgspec.msgpack.Decoder(list[TaskEvent])
+
+
+# --------------------------------------------------------------------------------------------
+# Names: pure functions, no I/O
+# --------------------------------------------------------------------------------------------
+_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.")
+_CHUNK = 120  # longest encoded key segment per path component
+_OMNIQ_ID = re.compile(r"[0-9a-f]{24}")
+
+
+def encode_name(text: str) -> str:
+    """``text`` as one safe path component: ``%XX`` for anything but ``A-Za-z0-9-_.``.
+
+    A leading dot is escaped too (no ``.``/``..``/hidden names) and ``""`` becomes ``%``.
+    """
+    if not text:
+        return "%"
+    out: list[str] = []
+    for i, ch in enumerate(text):
+        if ch in _SAFE and not (i == 0 and ch == "."):
+            out.append(ch)
+        else:
+            out.extend(f"%{b:02X}" for b in ch.encode())
+    return "".join(out)
+
+
+def decode_name(name: str) -> str:
+    return "" if name == "%" else unquote(name, errors="strict")
+
+
+def _chunks(segment: str) -> list[str]:
+    """An encoded key segment split into components of at most ``_CHUNK`` characters, every one
+    but the last ending in ``+`` (``+`` is always escaped, so the marker is unambiguous)."""
+    enc = encode_name(segment)
+    if len(enc) <= _CHUNK:
+        return [enc]
+    tokens = re.findall(r"%[0-9A-F]{2}|.", enc)
+    parts: list[str] = []
+    cur = ""
+    for tok in tokens:
+        if len(cur) + len(tok) > _CHUNK:
+            parts.append(cur + "+")
+            cur = ""
+        cur += tok
+    parts.append(cur)
+    return parts
+
+
+def key_dir(segments: Sequence[str]) -> str:
+    """Relative directory for complete key segments (``["exp1", "abc"]`` -> ``exp1/abc``)."""
+    return "/".join(c for seg in segments for c in _chunks(seg))
+
+
+def key_marker(key: str, task_id: str) -> str:
+    """Relative path of the key index entry for ``key`` -> ``task_id``."""
+    *head, last = key.split("/")
+    parts = [c for seg in head for c in _chunks(seg)]
+    last_parts = _chunks(last)
+    parts.extend(last_parts[:-1])
+    parts.append(f"{last_parts[-1]}@{encode_name(task_id)}")
+    return "/".join(parts)
+
+
+def parse_key_marker(rel: str) -> tuple[str, str] | None:
+    """``(key, task_id)`` from a relative key index path; None for anything else."""
+    parts = rel.split("/")
+    last, sep, tid = parts[-1].rpartition("@")
+    if not sep or not tid:
+        return None
+    parts[-1] = last
+    segments: list[str] = []
+    cur = ""
+    try:
+        for p in parts:
+            if p.endswith("+"):
+                cur += p[:-1]
+                continue
+            segments.append(decode_name(cur + p))
+            cur = ""
+        return "/".join(segments), decode_name(tid)
+    except UnicodeDecodeError:
+        return None
+
+
+def day(ts: float) -> str:
+    """UTC ``yyyy-mm-dd`` of an epoch time (``undated`` when it has none)."""
+    try:
+        return time.strftime("%Y-%m-%d", time.gmtime(ts))
+    except (OverflowError, OSError, ValueError):
+        return "undated"
+
+
+def result_relpath(task_id: str) -> str:
+    """Where a result lives, from its id alone: ``results/<day of the id>/<id>.msgpack``."""
+    name = encode_name(task_id)
+    if len(name) > 200:
+        raise ConfigError(f"task id {task_id[:40]!r}... is too long to name a file (max 200)")
+    if _OMNIQ_ID.fullmatch(task_id):
+        return f"results/{day(int(task_id[:16], 16) / 1e9)}/{name}.msgpack"
+    return f"results/other/{name}.msgpack"
+
+
+def expiry_marker(expires_at: float, task_id: str) -> str:
+    return f"expiry/{day(expires_at)}/{float(expires_at)!r}@{encode_name(task_id)}"
+
+
+def parse_expiry_marker(name: str) -> tuple[float, str] | None:
+    ts, sep, tid = name.rpartition("@")
+    if not sep:
+        return None
+    try:
+        return float(ts), decode_name(tid)
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+class BatchName(NamedTuple):
+    """Fields of an event batch object's name."""
+
+    first: float
+    last: float
+    n: int  # events in the batch
+    batch: str
+
+    def render(self) -> str:
+        return f"events/{day(self.last)}/{self.first!r}_{self.last!r}_{self.n}_{self.batch}.msgpack"
+
+    @classmethod
+    def parse(cls, name: str) -> BatchName | None:
+        if not name.endswith(".msgpack"):
+            return None
+        parts = name[: -len(".msgpack")].split("_")
+        if len(parts) != 4:
+            return None
+        try:
+            return cls(float(parts[0]), float(parts[1]), int(parts[2]), parts[3])
+        except ValueError:
+            return None
+
+
+def _basename(path: str) -> str:
+    return path.rsplit("/", 1)[-1]
+
+
+# --------------------------------------------------------------------------------------------
+# Errors in plain words
+# --------------------------------------------------------------------------------------------
+def _names(exc: BaseException) -> set[str]:
+    return {c.__name__ for c in type(exc).__mro__}
+
+
+def explain(
+    exc: BaseException, *, bucket: str = "", endpoint: str | None = None, local: bool = False
+) -> str:
+    """A sentence saying what went wrong, for a person who has to fix it."""
+    names = _names(exc)
+    text = str(exc) or type(exc).__name__
+    if local:
+        if isinstance(exc, PermissionError):
+            return f"access denied: this user may not write there ({text})"
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            return f"the disk is full ({text})"
+        return f"{type(exc).__name__}: {text}"
+    if "NoCredentialsError" in names or "PartialCredentialsError" in names:
+        return (
+            "no credentials found (set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, a profile, "
+            f"or key/secret in storage_options): {text}"
+        )
+    if isinstance(exc, PermissionError) or "AccessDenied" in text:
+        return (
+            "access denied: check the credentials (access key and secret) and that they may "
+            f"write here: {text}"
+        )
+    if isinstance(exc, FileNotFoundError) and "bucket" in text.lower():
+        return f"the bucket {bucket!r} does not exist: create it first"
+    if names & {
+        "EndpointConnectionError",
+        "ConnectTimeoutError",
+        "ClientConnectorError",
+        "ServerTimeoutError",
+        "ConnectionError",
+        "gaierror",
+        "TimeoutError",
+    }:
+        where = f" {endpoint}" if endpoint else ""
+        return f"cannot reach the endpoint{where}: {text}"
+    return f"{type(exc).__name__}: {text}"
+
+
+# --------------------------------------------------------------------------------------------
+# Filesystem adapters: the same small async surface over local disk, sync and async fsspec
+# --------------------------------------------------------------------------------------------
+async def _bounded(fn: Callable[[T], Awaitable[R]], items: Sequence[T], limit: int) -> list[R]:
+    """``[await fn(x) for x in items]`` with at most ``limit`` in flight; the first error wins
+    after every item has been tried (so one bad object does not stop the others)."""
+    out: list[Any] = [None] * len(items)
+    errors: list[BaseException] = []
+    it = iter(enumerate(items))
+
+    async def worker() -> None:
+        for i, item in it:
+            try:
+                out[i] = await fn(item)
+            except Exception as exc:
+                errors.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(min(limit, len(items))):
+            tg.start_soon(worker)
+    if errors:
+        raise errors[0]
+    return out
+
+
+def _split(items: Sequence[T], n: int) -> list[Sequence[T]]:
+    size = max(1, -(-len(items) // n))
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+class _Files:
+    """Async file operations on one filesystem. Paths are absolute, without protocol."""
+
+    async def open(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    def endpoint(self) -> str | None:
+        return None
+
+    async def put(self, path: str, data: bytes) -> None:
+        raise NotImplementedError
+
+    async def put_chains(self, chains: Sequence[Sequence[tuple[str, bytes]]]) -> None:
+        """Write many objects at once; within a chain, in order (an index entry before the
+        object it points to)."""
+        raise NotImplementedError
+
+    async def get(self, path: str) -> bytes | None:
+        """The object's bytes, or None when there is none."""
+        raise NotImplementedError
+
+    async def get_many(self, paths: Sequence[str]) -> dict[str, bytes]:
+        raise NotImplementedError
+
+    async def delete(self, paths: Sequence[str]) -> None:
+        """Delete objects; missing ones are fine."""
+        raise NotImplementedError
+
+    async def find(self, path: str) -> list[str]:
+        """Every object below a directory, recursively ([] when there is none)."""
+        raise NotImplementedError
+
+    async def dirs(self, path: str) -> list[str]:
+        """Names of the immediate subdirectories."""
+        raise NotImplementedError
+
+
+def _write_atomic(path: str, data: bytes, *, fsync: bool = True) -> None:
+    """Write ``data`` to ``path`` so a reader sees all of it or the old file, never a part."""
+    head, name = os.path.split(path)
+    for _ in range(3):
+        tmp = os.path.join(head, f".{name}.{secrets.token_hex(4)}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileNotFoundError:
+            os.makedirs(head, exist_ok=True)
+            continue
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            if fsync:
+                os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        os.close(fd)
+        try:
+            os.replace(tmp, path)
+            return
+        except FileNotFoundError:  # the directory was pruned under us: make it and go again
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            os.makedirs(head, exist_ok=True)
+    raise FileNotFoundError(errno.ENOENT, "directory keeps disappearing", head)
+
+
+def _read(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return None
+
+
+def _prune(path: str, stop: str) -> None:
+    """Remove empty parent directories of ``path`` up to (not including) ``stop``."""
+    head = os.path.dirname(path)
+    while len(head) > len(stop) and head.startswith(stop):
+        try:
+            os.rmdir(head)
+        except OSError:
+            return
+        head = os.path.dirname(head)
+
+
+class _LocalFiles(_Files):
+    """A local or shared POSIX directory. Single small reads run on the loop (about 8 us, less
+    than a thread hop's 100 us); writes fsync, so they and all batches run in worker threads."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+
+    async def open(self) -> None:
+        await anyio.to_thread.run_sync(functools.partial(os.makedirs, self.root, exist_ok=True))
+
+    async def put(self, path: str, data: bytes) -> None:
+        await anyio.to_thread.run_sync(
+            functools.partial(_write_atomic, path, data, fsync=bool(data))
+        )
+
+    async def put_chains(self, chains: Sequence[Sequence[tuple[str, bytes]]]) -> None:
+        # fsync makes each write cost a disk flush; flushes from several threads share one
+        # journal commit, so batches go to up to 16 threads. Empty index files need no fsync.
+        def run(part: Sequence[Sequence[tuple[str, bytes]]]) -> None:
+            for chain in part:
+                for p, d in chain:
+                    _write_atomic(p, d, fsync=bool(d))
+
+        async def one(part: Sequence[Sequence[tuple[str, bytes]]]) -> None:
+            await anyio.to_thread.run_sync(run, part)
+
+        await _bounded(one, _split(chains, 16), 16)
+
+    async def get(self, path: str) -> bytes | None:
+        return _read(path)
+
+    async def get_many(self, paths: Sequence[str]) -> dict[str, bytes]:
+        def run(chunk: Sequence[str]) -> list[tuple[str, bytes | None]]:
+            return [(p, _read(p)) for p in chunk]
+
+        if len(paths) <= 16:
+            found = run(paths)
+        else:
+
+            async def one(chunk: Sequence[str]) -> list[tuple[str, bytes | None]]:
+                return await anyio.to_thread.run_sync(run, chunk)
+
+            found = [x for part in await _bounded(one, _split(paths, 8), 8) for x in part]
+        return {p: d for p, d in found if d is not None}
+
+    async def delete(self, paths: Sequence[str]) -> None:
+        def run() -> None:
+            for p in paths:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(p)
+                _prune(p, self.root)
+
+        await anyio.to_thread.run_sync(run)
+
+    async def find(self, path: str) -> list[str]:
+        def run() -> list[str]:
+            out: list[str] = []
+            for head, dirs, files in os.walk(path):
+                dirs[:] = [d for d in dirs if not d.startswith(".")]
+                out.extend(f"{head}/{f}" for f in files if not f.startswith("."))
+            return out
+
+        return await anyio.to_thread.run_sync(run)
+
+    async def dirs(self, path: str) -> list[str]:
+        def run() -> list[str]:
+            try:
+                with os.scandir(path) as it:
+                    return [e.name for e in it if e.is_dir() and not e.name.startswith(".")]
+            except (FileNotFoundError, NotADirectoryError):
+                return []
+
+        return await anyio.to_thread.run_sync(run)
+
+
+class _SyncFiles(_Files):
+    """A synchronous fsspec filesystem. ``memory://`` answers in microseconds, so its calls run
+    on the loop; anything else (sftp, hdfs, ...) runs in worker threads."""
+
+    def __init__(self, fs: Any, *, threaded: bool) -> None:
+        self.fs = fs
+        self.threaded = threaded
+
+    async def _call(self, fn: Callable[..., R], *args: Any) -> R:
+        if self.threaded:
+            return await anyio.to_thread.run_sync(functools.partial(fn, *args))
+        return fn(*args)
+
+    def _get(self, path: str) -> bytes | None:
+        try:
+            data: bytes = self.fs.cat_file(path)
+            return data
+        except (FileNotFoundError, IsADirectoryError):
+            return None
+
+    async def put(self, path: str, data: bytes) -> None:
+        await self._call(self.fs.pipe_file, path, data)
+
+    def _put_chain(self, chain: Sequence[tuple[str, bytes]]) -> None:
+        for p, d in chain:
+            self.fs.pipe_file(p, d)
+
+    async def put_chains(self, chains: Sequence[Sequence[tuple[str, bytes]]]) -> None:
+        if not self.threaded:
+            for chain in chains:
+                self._put_chain(chain)
+            return
+        await _bounded(lambda c: self._call(self._put_chain, c), chains, 16)
+
+    async def get(self, path: str) -> bytes | None:
+        return await self._call(self._get, path)
+
+    async def get_many(self, paths: Sequence[str]) -> dict[str, bytes]:
+        if self.threaded:
+            got = await _bounded(self.get, paths, 16)
+        else:
+            got = [self._get(p) for p in paths]
+        return {p: d for p, d in zip(paths, got, strict=True) if d is not None}
+
+    def _delete(self, paths: Sequence[str]) -> None:
+        for p in paths:
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.rm_file(p)
+
+    async def delete(self, paths: Sequence[str]) -> None:
+        await self._call(self._delete, paths)
+
+    def _find(self, path: str) -> list[str]:
+        try:
+            return list(self.fs.find(path))
+        except FileNotFoundError:
+            return []
+
+    async def find(self, path: str) -> list[str]:
+        return await self._call(self._find, path)
+
+    def _dirs(self, path: str) -> list[str]:
+        try:
+            entries = self.fs.ls(path, detail=True)
+        except FileNotFoundError:
+            return []
+        return [_basename(e["name"].rstrip("/")) for e in entries if e.get("type") == "directory"]
+
+    async def dirs(self, path: str) -> list[str]:
+        return await self._call(self._dirs, path)
+
+
+class _AsyncFiles(_Files):
+    """An async fsspec filesystem (s3fs, gcsfs, adlfs): its coroutines run on our loop, many at
+    once, bounded by ``CONCURRENCY``."""
+
+    def __init__(self, fs: Any) -> None:
+        self.fs = fs
+        # s3fs >= 2024.12 sends a HEAD before each GET to decide on a chunked download unless
+        # told max_concurrency=1: for our small objects that doubled the requests.
+        self._cat_kw: dict[str, Any] = {}
+        if "max_concurrency" in inspect.signature(fs._cat_file).parameters:
+            self._cat_kw["max_concurrency"] = 1
+
+    async def open(self) -> None:
+        setter = getattr(self.fs, "set_session", None)
+        if setter is not None:
+            await setter()
+
+    async def close(self) -> None:
+        creator = getattr(self.fs, "_s3creator", None)  # s3fs keeps the client's context here
+        if creator is not None:
+            with contextlib.suppress(Exception):
+                await creator.__aexit__(None, None, None)
+            self.fs._s3 = None
+            return
+        session = getattr(self.fs, "session", None)  # gcsfs: an aiohttp session
+        closer = getattr(session, "close", None)
+        if closer is not None:
+            with contextlib.suppress(Exception):
+                res = closer()
+                if hasattr(res, "__await__"):
+                    await res
+
+    def endpoint(self) -> str | None:
+        url = getattr(self.fs, "endpoint_url", None)
+        if url:
+            return str(url)
+        client = getattr(self.fs, "_s3", None)
+        host = getattr(getattr(client, "_endpoint", None), "host", None)
+        return str(host) if host else os.environ.get("AWS_ENDPOINT_URL")
+
+    async def put(self, path: str, data: bytes) -> None:
+        await self.fs._pipe_file(path, data)
+
+    async def put_chains(self, chains: Sequence[Sequence[tuple[str, bytes]]]) -> None:
+        async def chain(c: Sequence[tuple[str, bytes]]) -> None:
+            for p, d in c:
+                await self.fs._pipe_file(p, d)
+
+        await _bounded(chain, chains, CONCURRENCY)
+
+    async def get(self, path: str) -> bytes | None:
+        try:
+            data: bytes = await self.fs._cat_file(path, **self._cat_kw)
+            return data
+        except FileNotFoundError as exc:
+            if "bucket" in str(exc).lower():  # the bucket is gone, not the object
+                raise
+            return None
+
+    async def get_many(self, paths: Sequence[str]) -> dict[str, bytes]:
+        got = await _bounded(self.get, paths, CONCURRENCY)
+        return {p: d for p, d in zip(paths, got, strict=True) if d is not None}
+
+    async def delete(self, paths: Sequence[str]) -> None:
+        if not paths:
+            return
+        bulk = getattr(self.fs, "_bulk_delete", None)  # s3fs: 1,000 keys per request
+        if bulk is not None:
+            chunks = [paths[i : i + 1000] for i in range(0, len(paths), 1000)]
+            await _bounded(lambda c: bulk(list(c)), chunks, 4)
+            return
+
+        async def one(p: str) -> None:
+            with contextlib.suppress(FileNotFoundError):
+                await self.fs._rm_file(p)
+
+        await _bounded(one, paths, CONCURRENCY)
+
+    async def find(self, path: str) -> list[str]:
+        try:
+            found = await self.fs._find(path)
+        except FileNotFoundError as exc:
+            if "bucket" in str(exc).lower():
+                raise
+            return []
+        return [p for p in found if p != path]
+
+    async def dirs(self, path: str) -> list[str]:
+        try:
+            entries = await self.fs._ls(path, detail=True)
+        except FileNotFoundError:
+            return []
+        return [_basename(e["name"].rstrip("/")) for e in entries if e.get("type") == "directory"]
+
+
+# --------------------------------------------------------------------------------------------
+# URL -> filesystem
+# --------------------------------------------------------------------------------------------
+class Location(NamedTuple):
+    protocol: str
+    root: str  # path without protocol, no trailing slash
+    local: bool
+
+
+def parse_url(url: str) -> Location:
+    """Split an fsspec URL into protocol and root; ``ConfigError`` for what cannot work."""
+    from fsspec.core import split_protocol
+
+    if not isinstance(url, str) or "://" not in url:
+        raise ConfigError(
+            f"storage url {url!r} has no scheme: use file:///dir, memory://bucket, "
+            "s3://bucket/prefix, gs://bucket/prefix or abfs://container/prefix"
+        )
+    protocol, path = split_protocol(url)
+    protocol = (protocol or "").lower()
+    if protocol in ("file", "local"):
+        root = os.path.abspath(os.path.expanduser(path or "")).rstrip("/") or "/"
+        return Location("file", root, True)
+    cls = filesystem_class(protocol, url)
+    root = str(cls._strip_protocol(url)).rstrip("/")
+    if not root.strip("/"):
+        raise ConfigError(
+            f"storage url {masked(url)!r} names no bucket: use {protocol}://bucket or "
+            f"{protocol}://bucket/prefix"
+        )
+    return Location(protocol, root, False)
+
+
+def filesystem_class(protocol: str, url: str = "") -> Any:
+    """The fsspec class for ``protocol``; a missing package is a ``ConfigError`` saying what to
+    install."""
+    import fsspec
+
+    try:
+        return fsspec.get_filesystem_class(protocol)
+    except ImportError as exc:
+        pkg, how = _PACKAGES.get(protocol, (protocol, f"install the fsspec package for {protocol}"))
+        raise ConfigError(
+            f"{protocol}:// storage needs the {pkg} package, which is not installed: {how} ({exc})"
+        ) from exc
+    except ValueError as exc:
+        raise ConfigError(
+            f"storage url {masked(url) or protocol!r}: unknown protocol {protocol!r} "
+            "(use file://, memory://, s3://, gs:// or abfs://)"
+        ) from exc
+
+
+def no_task_queue_message(url: str) -> str:
+    """Why an object-store URL cannot be a task queue, and what to use instead."""
+    scheme = url.split("://", 1)[0] if "://" in url else url
+    return (
+        f"{scheme}:// cannot hold a task queue (no atomic claim); use sqlite://, "
+        "postgresql://, redis://, nats:// or file://"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Results and events
+# --------------------------------------------------------------------------------------------
+class FsspecBackend(ResultStore, EventStore):
+    """Results and events as objects under one fsspec URL (layout in the module docstring)."""
+
+    #: False: an object store has no atomic claim (see ``no_task_queue_message``).
+    can_hold_tasks: ClassVar[bool] = False
+    #: What omniq-layout.json tells a person browsing the storage.
+    _layout: ClassVar[dict[str, str]] = {
+        "omniq": "results and events of OmniQ tasks",
+        "results": "results/<yyyy-mm-dd of the task id>/<task id>.msgpack: one TaskResult",
+        "keys": "keys/<key>@<task id>: empty index objects, for results with a key",
+        "expiry": "expiry/<yyyy-mm-dd>/<expires_at>@<task id>: empty index objects",
+        "events": "events/<yyyy-mm-dd>/<first>_<last>_<count>_<batch>.msgpack: TaskEvents",
+    }
+
+    def __init__(self, url: str, *, storage_options: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self.url = url
+        self.storage_options = dict(storage_options or {})
+        self.location = parse_url(url)
+        self.root = self.location.root
+        self._files: _Files | None = None
+        self._events: OrderedDict[str, list[TaskEvent]] = OrderedDict()
+        self._cached_events = 0
+
+    # --- lifecycle ------------------------------------------------------------------------------
+    def _make_files(self) -> _Files:
+        loc = self.location
+        if loc.local:
+            return _LocalFiles(loc.root)
+        cls = filesystem_class(loc.protocol, self.url)
+        is_async = bool(getattr(cls, "async_impl", False))
+        # Our own instance (no sharing across event loops) and no listing cache (other
+        # processes write here too); the caller's storage_options win over everything else.
+        opts: dict[str, Any] = {"skip_instance_cache": True, "use_listings_cache": False}
+        if is_async:
+            opts["asynchronous"] = True
+        opts.update(self.storage_options)
+        if loc.protocol in ("s3", "s3a"):  # enough pooled connections for CONCURRENCY
+            cfg = dict(opts.get("config_kwargs") or {})
+            cfg.setdefault("max_pool_connections", CONCURRENCY)
+            opts["config_kwargs"] = cfg
+        try:
+            fs = cls(**opts)
+        except Exception as exc:
+            raise StorageError(f"cannot open {masked(self.url)}: {explain(exc)}") from exc
+        if is_async:
+            return _AsyncFiles(fs)
+        return _SyncFiles(fs, threaded=loc.protocol != "memory")
+
+    async def _open(self) -> None:
+        files = self._make_files()
+        self._files = files
+        layout = msgspec.json.encode({"layout": LAYOUT_VERSION, **self._layout})
+        try:
+            await files.open()
+            # The write probe: proves the bucket exists, the credentials work and may write.
+            await files.put(self._path("omniq-layout.json"), layout)
+        except BaseException as exc:
+            err = self._error("connect to", exc) if isinstance(exc, Exception) else None
+            self._files = None
+            with contextlib.suppress(Exception):
+                await files.close()
+            if err is not None:
+                raise err from exc
+            raise
+
+    async def _close(self) -> None:
+        files, self._files = self._files, None
+        if files is not None:
+            await files.close()
+
+    # --- helpers ---------------------------------------------------------------------------------
+    @property
+    def files(self) -> _Files:
+        if self._files is None:
+            raise StorageError(f"{masked(self.url)} is not connected: call connect() first")
+        return self._files
+
+    def _path(self, rel: str) -> str:
+        return f"{self.root}/{rel}" if self.root != "/" else f"/{rel}"
+
+    def result_path(self, task_id: str) -> str:
+        """Full path (without protocol) of a task's result object."""
+        return self._path(result_relpath(task_id))
+
+    def _error(self, action: str, exc: BaseException) -> StorageError:
+        if isinstance(exc, StorageError):
+            return exc
+        bucket = self.root.strip("/").split("/")[0]
+        endpoint = self._files.endpoint() if self._files is not None else None
+        return StorageError(
+            f"cannot {action} {masked(self.url)}: "
+            + explain(exc, bucket=bucket, endpoint=endpoint, local=self.location.local)
+        )
+
+    async def _guard(self, action: str, aw: Awaitable[R]) -> R:
+        try:
+            return await aw
+        except (StorageError, ConfigError):
+            raise
+        except Exception as exc:
+            raise self._error(action, exc) from exc
+
+    def _decode_result(self, path: str, data: bytes) -> TaskResult | None:
+        try:
+            return _result_dec.decode(data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            log.warning("ignoring unreadable result object %s (%d bytes): %s", path, len(data), exc)
+            return None
+
+    # --- ResultStore -------------------------------------------------------------------------------
+    async def put_results(self, results: Sequence[TaskResult]) -> None:
+        for r in results:
+            if not isinstance(r, TaskResult):
+                raise ConfigError(f"results must hold TaskResult, got {type(r).__name__}")
+        if not results:
+            return
+        chains: list[list[tuple[str, bytes]]] = []
+        for r in results:
+            # index entries first: a crash leaves a dangling entry, never an unindexed result
+            chain = [(p, b"") for p in self._index_paths(r)]
+            chain.append((self.result_path(r.task_id), _results_enc.encode(r)))
+            chains.append(chain)
+        files = self.files
+        if len(chains) == 1 and len(chains[0]) == 1:
+            await self._guard("write a result to", files.put(*chains[0][0]))
+        else:
+            await self._guard("write results to", files.put_chains(chains))
+
+    async def get_result(self, task_id: str) -> TaskResult | None:
+        path = self.result_path(task_id)
+        data = await self._guard("read a result from", self.files.get(path))
+        return None if data is None else self._decode_result(path, data)
+
+    async def get_results(self, task_ids: Sequence[str]) -> dict[str, TaskResult]:
+        paths = {self.result_path(t): t for t in dict.fromkeys(task_ids)}
+        if not paths:
+            return {}
+        found = await self._guard("read results from", self.files.get_many(list(paths)))
+        out: dict[str, TaskResult] = {}
+        for path, tid in paths.items():  # in the order asked for
+            data = found.get(path)
+            r = self._decode_result(path, data) if data is not None else None
+            if r is not None:
+                out[tid] = r
+        return out
+
+    async def find_results(self, *, key_prefix: str) -> list[TaskResult]:
+        if not isinstance(key_prefix, str):
+            raise ConfigError(f"key_prefix must be a str, got {type(key_prefix).__name__}")
+        *full, _partial = key_prefix.split("/")
+        base = "keys/" + key_dir(full) if full else "keys"
+        keys_root = self._path("keys")
+        found = await self._guard("list result keys in", self.files.find(self._path(base)))
+        ids: dict[str, None] = {}
+        folded = key_prefix.casefold()  # a case-insensitive disk may spell a directory otherwise
+        for path in found:
+            parsed = parse_key_marker(path[len(keys_root) + 1 :])
+            if parsed is not None and parsed[0].casefold().startswith(folded):
+                ids[parsed[1]] = None
+        results = await self.get_results(list(ids))
+        out = [r for r in results.values() if r.key is not None and r.key.startswith(key_prefix)]
+        out.sort(key=lambda r: (r.key or "", r.task_id))
+        return out
+
+    def _index_paths(self, r: TaskResult) -> list[str]:
+        out = []
+        if r.key is not None:
+            out.append(self._path("keys/" + key_marker(r.key, r.task_id)))
+        if r.expires_at is not None:
+            out.append(self._path(expiry_marker(r.expires_at, r.task_id)))
+        return out
+
+    async def delete_results(self, task_ids: Sequence[str]) -> int:
+        paths = {self.result_path(t): t for t in dict.fromkeys(task_ids)}
+        if not paths:
+            return 0
+        files = self.files
+        found = await self._guard("read results from", files.get_many(list(paths)))
+        doomed = list(found)
+        for path, data in found.items():
+            r = self._decode_result(path, data)
+            if r is not None:
+                doomed.extend(self._index_paths(r))
+        # the result objects go first: an index entry without a result is harmless
+        await self._guard("delete results in", files.delete(list(found)))
+        await self._guard("delete result index in", files.delete(doomed[len(found) :]))
+        return len(found)
+
+    async def purge_results(self, *, now: float) -> int:
+        files = self.files
+        root = self._path("expiry")
+        entries = await self._guard("list expiring results in", files.find(root))
+        due: dict[str, list[str]] = {}  # task id -> its expiry markers that are due
+        for path in entries:
+            parsed = parse_expiry_marker(_basename(path))
+            if parsed is not None and parsed[0] <= now:
+                due.setdefault(parsed[1], []).append(path)
+        if not due:
+            return 0
+        results = await self.get_results(list(due))
+        doomed: list[str] = []
+        stale: list[str] = []
+        count = 0
+        for tid, markers in due.items():
+            r = results.get(tid)
+            if r is None:
+                # a marker written just before its result (see put_results) is left alone
+                stale.extend(m for m in markers if _marker_time(m) < now - 60)
+            elif r.expires_at is not None and r.expires_at <= now:
+                count += 1
+                doomed.append(self.result_path(tid))
+                doomed.extend(self._index_paths(r))
+                stale.extend(markers)
+            else:  # overwritten with a later expiry: only the old marker goes
+                stale.extend(markers)
+        await self._guard("delete expired results in", files.delete(doomed))
+        await self._guard("delete result index in", files.delete(list(dict.fromkeys(stale))))
+        return count
+
+    # --- EventStore -----------------------------------------------------------------------------
+    async def append_events(self, events: Sequence[TaskEvent]) -> None:
+        for e in events:
+            if not isinstance(e, TaskEvent):
+                raise ConfigError(f"events must hold TaskEvent, got {type(e).__name__}")
+        if not events:
+            return
+        stamps = [e.timestamp for e in events]
+        name = BatchName(float(min(stamps)), float(max(stamps)), len(events), new_id())
+        path = self._path(name.render())
+        batch = list(events)
+        await self._guard("write events to", self.files.put(path, _results_enc.encode(batch)))
+        self._remember(path, batch)
+
+    def _remember(self, path: str, batch: list[TaskEvent]) -> None:
+        if path in self._events:
+            return
+        self._events[path] = batch
+        self._cached_events += len(batch)
+        while self._cached_events > EVENT_CACHE_LIMIT and len(self._events) > 1:
+            _, old = self._events.popitem(last=False)
+            self._cached_events -= len(old)
+
+    def _forget(self, path: str) -> None:
+        old = self._events.pop(path, None)
+        if old is not None:
+            self._cached_events -= len(old)
+
+    async def _batches(self, since: float | None) -> list[tuple[str, BatchName]]:
+        """Event batch objects that may hold events at or after ``since``, oldest first."""
+        files = self.files
+        root = self._path("events")
+        if since is None:
+            found = await self._guard("list events in", files.find(root))
+        else:
+            days = await self._guard("list events in", files.dirs(root))
+            first = day(since)
+            wanted = [d for d in days if d >= first or d == "undated"]
+            parts = await _bounded(
+                lambda d: self._guard("list events in", files.find(f"{root}/{d}")), wanted, 16
+            )
+            found = [p for part in parts for p in part]
+        out = []
+        for path in found:
+            name = BatchName.parse(_basename(path))
+            if name is not None and (since is None or name.last >= since):
+                out.append((path, name))
+        out.sort(key=lambda pn: (pn[1].first, pn[1].batch))
+        return out
+
+    async def _load_batches(self, paths: Sequence[str]) -> dict[str, list[TaskEvent]]:
+        missing = [p for p in paths if p not in self._events]
+        if missing:
+            got = await self._guard("read events from", self.files.get_many(missing))
+            for path, data in got.items():
+                try:
+                    self._remember(path, _events_dec.decode(data))
+                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                    log.warning("ignoring unreadable event batch %s: %s", path, exc)
+        return {p: self._events[p] for p in paths if p in self._events}
+
+    async def query_events(
+        self,
+        *,
+        task_id: str | None = None,
+        since: float | None = None,
+        types: Sequence[str] | None = None,
+        limit: int | None = None,
+    ) -> list[TaskEvent]:
+        batches = await self._batches(since)
+        if since is None:  # a full listing: forget batches purged by someone else
+            listed = {p for p, _ in batches}
+            for path in [p for p in self._events if p not in listed]:
+                self._forget(path)
+        loaded = await self._load_batches([p for p, _ in batches])
+        if isinstance(types, str):
+            types = [types]
+        wanted = {str(t) for t in types} if types is not None else None
+        rows: list[tuple[float, str, int, TaskEvent]] = []
+        for path, name in batches:
+            for i, ev in enumerate(loaded.get(path, ())):
+                if task_id is not None and ev.task_id != task_id:
+                    continue
+                if since is not None and ev.timestamp < since:
+                    continue
+                if wanted is not None and ev.type not in wanted:
+                    continue
+                rows.append((ev.timestamp, name.batch, i, ev))
+        rows.sort(key=lambda row: row[:3])
+        out = [row[3] for row in rows]
+        return out[:limit] if limit is not None else out
+
+    async def purge_events(self, *, before: float) -> int:
+        batches = [(p, n) for p, n in await self._batches(None) if n.first < before]
+        whole = [p for p, n in batches if n.last < before]
+        partial = [p for p, n in batches if n.last >= before]
+        count = sum(n.n for p, n in batches if n.last < before)
+        if partial:
+            loaded = await self._load_batches(partial)
+            for path in partial:
+                evs = loaded.get(path)
+                if evs is None:
+                    continue
+                keep = [e for e in evs if e.timestamp >= before]
+                count += len(evs) - len(keep)
+                if keep:  # the rest becomes a new object (same batch id: same tie order),
+                    # written before the old one goes
+                    old = BatchName.parse(_basename(path))
+                    assert old is not None
+                    stamps = [e.timestamp for e in keep]
+                    name = BatchName(min(stamps), max(stamps), len(keep), old.batch)
+                    new_path = self._path(name.render())
+                    await self._guard(
+                        "write events to", self.files.put(new_path, _results_enc.encode(keep))
+                    )
+                    self._remember(new_path, keep)
+                whole.append(path)
+        await self._guard("delete events in", self.files.delete(whole))
+        for path in whole:
+            self._forget(path)
+        return count
+
+
+def _marker_time(path: str) -> float:
+    parsed = parse_expiry_marker(_basename(path))
+    return parsed[0] if parsed else 0.0
+
+
+# --------------------------------------------------------------------------------------------
+# The file:// task queue
+# --------------------------------------------------------------------------------------------
+class Slot(NamedTuple):
+    """The fields of a task file's *name*: everything about a task that changes while it lives.
+
+    The file's content (``_Record``) is written once at enqueue; a status change is one
+    ``os.rename`` to a new directory and name, so exactly one of several racing processes wins
+    it and nobody ever rewrites a file someone else may be moving. ``x`` stands for None.
+    """
+
+    priority: int
+    seq: str  # enqueue order (a time-ordered id), for FIFO among equal priorities
+    deliveries: int
+    attempts: int
+    created_at: float
+    expires_at: float | None
+    eta: float | None
+    lease_until: float | None
+    ndeps: int  # dependencies it may still wait for
+    task_id: str
+
+    def render(self) -> str:
+        def f(x: float | None) -> str:
+            return "x" if x is None else repr(float(x))
+
+        return (
+            f"{self.priority}_{self.seq}_{self.deliveries}_{self.attempts}_{f(self.created_at)}_"
+            f"{f(self.expires_at)}_{f(self.eta)}_{f(self.lease_until)}_{self.ndeps}_"
+            f"{encode_name(self.task_id)}.msgpack"
+        )
+
+    @classmethod
+    def parse(cls, name: str) -> Slot | None:
+        if name.startswith(".") or not name.endswith(".msgpack"):
+            return None
+        parts = name[: -len(".msgpack")].split("_", 9)
+        if len(parts) != 10:
+            return None
+
+        def f(x: str) -> float | None:
+            return None if x == "x" else float(x)
+
+        try:
+            return cls(
+                int(parts[0]),
+                parts[1],
+                int(parts[2]),
+                int(parts[3]),
+                float(parts[4]),
+                f(parts[5]),
+                f(parts[6]),
+                f(parts[7]),
+                int(parts[8]),
+                decode_name(parts[9]),
+            )
+        except (ValueError, UnicodeDecodeError):
+            return None
+
+
+class _Record(msgspec.Struct):
+    """A task file's content: the task as enqueued (final fields once it is done)."""
+
+    seq: str
+    task: Task
+
+
+class _Loc(NamedTuple):
+    status: TaskStatus
+    path: str
+    slot: Slot | None  # None once final
+    worker: str | None = None
+
+
+_rec_dec = msgspec.msgpack.Decoder(_Record)
+_sched_dec = msgspec.msgpack.Decoder(Schedule)
+_worker_dec = msgspec.msgpack.Decoder(WorkerInfo)
+_FINALS = (TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.EXPIRED)
+_VERSION = re.compile(r"v(\d+)\.msgpack")
+_MAX_TASK_NAME = 100  # encoded task id characters in a file:// queue (names stay < 255 bytes)
+#: fsync each task file. Off: like SQLite's ``synchronous = NORMAL``, a process crash loses
+#: nothing (writes are atomic renames); only an OS crash may lose the newest tasks.
+FSYNC_TASKS = False
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return [n for n in os.listdir(path) if not n.startswith(".")]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _touch(path: str) -> None:
+    for _ in range(3):
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o644))
+            return
+        except FileNotFoundError:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+
+
+def _unlink(path: str) -> bool:
+    try:
+        os.unlink(path)
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def _rmtree(path: str) -> None:
+    """Remove a directory of plain files (best effort: someone may be adding one)."""
+    try:
+        names = os.listdir(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    for name in names:
+        _unlink(os.path.join(path, name))
+    with contextlib.suppress(OSError):
+        os.rmdir(path)
+
+
+class _TaskDir:
+    """The task queue's files under ``<root>/tasks`` (synchronous; the backend runs each call
+    in a worker thread). Layout::
+
+        queued/<queue>/<slot>.msgpack        QUEUED; claim renames into running/<worker>/
+        pending/<queue>/<slot>.msgpack       PENDING (eta, dependencies); claim promotes when due
+        running/<worker>/<slot>.msgpack      RUNNING; the lease is in the name (extend renames)
+        done/<status>/<task id>.msgpack      final, finish time in the mtime; one stat finds it
+        deps/<dependency id>/<task id>       who waits on whom, resolved when the dependency ends
+        cancel/<task id>                     a cancel request for a running task
+        staged/<schedule>@<task id>.msgpack  a schedule's task between its compare-and-set and
+                                             its enqueue (reap finishes the job after a crash)
+        schedules/<schedule id>/v<N>.msgpack versions; compare-and-set = os.link of v<N+1>
+        workers/<worker>.msgpack             heartbeats
+
+    Every status change is ``os.rename`` of the one file that is the task, so two processes can
+    never both claim, cancel or reap it: the loser's rename finds no source. No locks, so it
+    works on NFS too. Writes are temp file + rename, so a crash leaves no partial file.
+    """
+
+    def __init__(self, root: str) -> None:
+        base = os.path.join(root, "tasks")
+        self.base = base
+        self.queued = os.path.join(base, "queued")
+        self.pending = os.path.join(base, "pending")
+        self.running = os.path.join(base, "running")
+        self.done = os.path.join(base, "done")
+        self.deps = os.path.join(base, "deps")
+        self.cancels = os.path.join(base, "cancel")
+        self.staged = os.path.join(base, "staged")
+        self.scheds = os.path.join(base, "schedules")
+        self.workers_dir = os.path.join(base, "workers")
+        self._queue_of: dict[str, str] = {}  # task id -> queue (never changes)
+        self._deps_of: dict[str, tuple[str, ...]] = {}  # task id -> its dependencies
+
+    def setup(self) -> None:
+        for d in (
+            self.queued,
+            self.pending,
+            self.running,
+            self.deps,
+            self.cancels,
+            self.staged,
+            self.scheds,
+            self.workers_dir,
+        ):
+            os.makedirs(d, exist_ok=True)
+        for st in _FINALS:
+            os.makedirs(os.path.join(self.done, st.value), exist_ok=True)
+
+    # --- paths, reads, moves -----------------------------------------------------------------------
+    def _done_path(self, status: TaskStatus, task_id: str) -> str:
+        return os.path.join(self.done, status.value, encode_name(task_id) + ".msgpack")
+
+    def _slot_path(self, status: TaskStatus, queue: str, slot: Slot) -> str:
+        area = self.queued if status is TaskStatus.QUEUED else self.pending
+        return os.path.join(area, encode_name(queue), slot.render())
+
+    def _cancel_path(self, task_id: str) -> str:
+        return os.path.join(self.cancels, encode_name(task_id))
+
+    def _read_rec(self, path: str) -> _Record | None:
+        data = _read(path)
+        if data is None:
+            return None
+        try:
+            rec = _rec_dec.decode(data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            log.error("unreadable task file %s (%d bytes): %s", path, len(data), exc)
+            return None
+        self._queue_of[rec.task.id] = rec.task.queue
+        return rec
+
+    def _write_rec(self, path: str, rec: _Record) -> None:
+        _write_atomic(path, _results_enc.encode(rec), fsync=FSYNC_TASKS)
+
+    def _write_final(self, path: str, rec: _Record, now: float, **fields: Any) -> Task:
+        """Rewrite a file that just became final (nobody else moves a final file)."""
+        task = msgspec.structs.replace(rec.task, lease_until=None, **fields)
+        self._write_rec(path, _Record(rec.seq, task))
+        with contextlib.suppress(OSError):
+            os.utime(path, (now, now))  # purge reads the finish time from the mtime
+        return task
+
+    def _end(
+        self, loc: _Loc, rec: _Record, status: TaskStatus, now: float, **fields: Any
+    ) -> Task | None:
+        """Move an active task to ``done/<status>``; None if someone else moved it first."""
+        dst = self._done_path(status, rec.task.id)
+        if not self._move(loc.path, dst):
+            return None
+        s = loc.slot
+        if s is not None:
+            fields = {"deliveries": s.deliveries, "attempts": s.attempts, "eta": s.eta, **fields}
+        return self._write_final(dst, rec, now, status=status, **fields)
+
+    def _move(self, src: str, dst: str) -> bool:
+        """Rename ``src`` to ``dst``; False if someone else moved ``src`` first."""
+        try:
+            os.rename(src, dst)
+            return True
+        except FileNotFoundError:
+            if not os.path.exists(src):
+                return False
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        try:
+            os.rename(src, dst)
+            return True
+        except FileNotFoundError:
+            return False
+
+    def _scan(self, status: TaskStatus, queues: Sequence[str] | None = None) -> dict[str, _Loc]:
+        """Every task in one active status (optionally only some queues), by id."""
+        out: dict[str, _Loc] = {}
+        if status is TaskStatus.RUNNING:
+            for w in _listdir(self.running):
+                wdir = os.path.join(self.running, w)
+                worker = decode_name(w)
+                for name in _listdir(wdir):
+                    slot = Slot.parse(name)
+                    if slot is not None:
+                        out[slot.task_id] = _Loc(status, os.path.join(wdir, name), slot, worker)
+            return out
+        area = self.queued if status is TaskStatus.QUEUED else self.pending
+        names = [encode_name(q) for q in queues] if queues else _listdir(area)
+        for q in names:
+            qdir = os.path.join(area, q)
+            queue = decode_name(q)
+            for name in _listdir(qdir):
+                slot = Slot.parse(name)
+                if slot is not None:
+                    out[slot.task_id] = _Loc(status, os.path.join(qdir, name), slot)
+                    self._queue_of.setdefault(slot.task_id, queue)
+        return out
+
+    def _held(self, worker: str) -> dict[str, _Loc]:
+        wdir = os.path.join(self.running, encode_name(worker))
+        out = {}
+        for name in _listdir(wdir):
+            slot = Slot.parse(name)
+            if slot is not None:
+                out[slot.task_id] = _Loc(TaskStatus.RUNNING, os.path.join(wdir, name), slot, worker)
+        return out
+
+    def _final_status(self, task_id: str) -> TaskStatus | None:
+        for st in _FINALS:
+            if os.path.exists(self._done_path(st, task_id)):
+                return st
+        return None
+
+    def locate(self, task_ids: Iterable[str]) -> dict[str, _Loc]:
+        """Where each known task is. Active directories are read in the order tasks move through
+        them and a miss is looked for once more, so a task moving meanwhile is still found."""
+        want = list(dict.fromkeys(task_ids))
+        out: dict[str, _Loc] = {}
+        if not want:
+            return out
+        for _ in range(2):
+            active: dict[str, _Loc] = {}
+            for st in (TaskStatus.PENDING, TaskStatus.QUEUED, TaskStatus.RUNNING):
+                active.update(self._scan(st))
+            for tid in want:
+                if tid in out:
+                    continue
+                if tid in active:
+                    out[tid] = active[tid]
+                    continue
+                final = self._final_status(tid)
+                if final is not None:
+                    out[tid] = _Loc(final, self._done_path(final, tid), None)
+            if len(out) == len(want):
+                break
+        return out
+
+    def _existing(self, task_ids: set[str]) -> set[str]:
+        """Which of these ids are stored (for the duplicate check: names are not parsed)."""
+        by_name = {encode_name(t): t for t in task_ids}
+        out = {t for t in task_ids if self._final_status(t) is not None}
+        dirs = [os.path.join(a, q) for a in (self.pending, self.queued) for q in _listdir(a)]
+        dirs += [os.path.join(self.running, w) for w in _listdir(self.running)]
+        for d in dirs:
+            for name in _listdir(d):
+                tid = by_name.get(name[name.rfind("_") + 1 : -len(".msgpack")])
+                if tid is not None:
+                    out.add(tid)
+        return out
+
+    def _task(self, loc: _Loc, rec: _Record) -> Task:
+        """The stored task as it is now: its content overlaid with the fields of its name."""
+        t = rec.task
+        s = loc.slot
+        if s is None:
+            return msgspec.structs.replace(t, status=loc.status)
+        running = loc.status is TaskStatus.RUNNING
+        return msgspec.structs.replace(
+            t,
+            status=loc.status,
+            deliveries=s.deliveries,
+            attempts=s.attempts,
+            eta=s.eta,
+            worker=loc.worker if running else None,
+            lease_until=s.lease_until if running else None,
+            cancel_requested=running and os.path.exists(self._cancel_path(t.id)),
+        )
+
+    # --- enqueue ------------------------------------------------------------------------------------
+    def enqueue(self, tasks: Sequence[Task]) -> bool:
+        """Store a checked batch; True when some task is ready to claim at once."""
+        now = time.time()
+        for t in tasks:
+            if len(encode_name(t.id)) > _MAX_TASK_NAME:
+                raise ConfigError(
+                    f"task id {t.id[:40]!r}... is too long for a file:// queue "
+                    f"(at most {_MAX_TASK_NAME} characters once percent-encoded)"
+                )
+        batch = {t.id for t in tasks}
+        outside = {d for t in tasks for d in t.depends_on} - batch
+        found = self.locate(outside)
+        existing = self._existing(batch)
+        taken = [t.id for t in tasks if t.id in existing]
+        if taken:
+            raise ConfigError(f"task id {taken[0]!r} already exists")
+        plans = plan_enqueue(tasks, {d: found[d].status for d in outside if d in found})
+        ready = False
+        recheck: list[tuple[str, Task]] = []
+        for task, seq, (status, waiting) in zip(tasks, new_ids(len(tasks)), plans, strict=True):
+            rec = _Record(seq, task)
+            self._queue_of[task.id] = task.queue
+            for d in waiting:  # before the task file: see _cascade
+                _touch(os.path.join(self.deps, encode_name(d), encode_name(task.id)))
+            if status is TaskStatus.CANCELLED:
+                self._write_final(self._done_path(status, task.id), rec, now, status=status)
+                continue
+            if waiting:
+                self._deps_of[task.id] = tuple(waiting)
+            slot = Slot(
+                task.priority,
+                seq,
+                task.deliveries,
+                task.attempts,
+                task.created_at,
+                task.expires_at,
+                task.eta,
+                None,
+                len(waiting),
+                task.id,
+            )
+            path = self._slot_path(status, task.queue, slot)
+            self._write_rec(path, rec)
+            ready = ready or status is TaskStatus.QUEUED
+            if any(d in outside for d in waiting):
+                recheck.append((path, task))
+        # A dependency that ended badly between our look and our write may not have seen this
+        # task's deps/ entry; enqueue cancels such a task itself (as for a known failure).
+        for path, task in recheck:
+            if any(self._final_status(d) in UNSUCCESSFUL for d in task.depends_on):
+                stored = self._read_rec(path)
+                if stored is not None:
+                    self._end(
+                        _Loc(TaskStatus.PENDING, path, None), stored, TaskStatus.CANCELLED, now
+                    )
+        return ready
+
+    # --- claim ----------------------------------------------------------------------------------------
+    def _deps_done(self, loc: _Loc) -> bool:
+        assert loc.slot is not None
+        tid = loc.slot.task_id
+        deps = self._deps_of.get(tid)
+        if deps is None:
+            rec = self._read_rec(loc.path)
+            if rec is None:
+                return False
+            deps = self._deps_of[tid] = tuple(rec.task.depends_on)
+        return all(os.path.exists(self._done_path(TaskStatus.SUCCEEDED, d)) for d in deps)
+
+    def _due(self, slot: Slot, now: float) -> bool:
+        return (slot.eta is None or slot.eta <= now) and (
+            slot.expires_at is None or slot.expires_at > now
+        )
+
+    def _promote(self, queues: Sequence[str] | None, now: float) -> None:
+        """PENDING tasks whose eta came and whose dependencies succeeded become QUEUED."""
+        for tid, loc in self._scan(TaskStatus.PENDING, queues).items():
+            s = loc.slot
+            assert s is not None
+            if not self._due(s, now) or (s.ndeps and not self._deps_done(loc)):
+                continue
+            queue = self._queue_of.get(tid) or decode_name(
+                os.path.basename(os.path.dirname(loc.path))
+            )
+            self._move(loc.path, self._slot_path(TaskStatus.QUEUED, queue, s._replace(ndeps=0)))
+
+    def claimable(self, queues: Sequence[str] | None, now: float) -> bool:
+        """Whether ``claim`` would find something (for polling across processes)."""
+        for loc in self._scan(TaskStatus.QUEUED, queues).values():
+            assert loc.slot is not None
+            if loc.slot.expires_at is None or loc.slot.expires_at > now:
+                return True
+        for loc in self._scan(TaskStatus.PENDING, queues).values():
+            assert loc.slot is not None
+            if self._due(loc.slot, now) and (not loc.slot.ndeps or self._deps_done(loc)):
+                return True
+        return False
+
+    def claim(
+        self, worker: str, queues: Sequence[str] | None, limit: int, lease: float, now: float
+    ) -> list[Task]:
+        self._promote(queues, now)
+        cands = sorted(
+            (
+                (-loc.slot.priority, loc.slot.seq, loc)
+                for loc in self._scan(TaskStatus.QUEUED, queues).values()
+                if loc.slot is not None
+                and (loc.slot.expires_at is None or loc.slot.expires_at > now)
+            ),
+            key=lambda c: (c[0], c[1]),
+        )
+        wdir = os.path.join(self.running, encode_name(worker))
+        out: list[Task] = []
+        for _, _, loc in cands:
+            if len(out) >= limit:
+                break
+            assert loc.slot is not None
+            new = loc.slot._replace(deliveries=loc.slot.deliveries + 1, lease_until=now + lease)
+            dst = os.path.join(wdir, new.render())
+            if not self._move(loc.path, dst):
+                continue  # another worker won it
+            held = _Loc(TaskStatus.RUNNING, dst, new, worker)
+            rec = self._read_rec(dst)
+            if rec is None:  # unreadable (logged): fail it rather than meet it again forever
+                self._move(dst, self._done_path(TaskStatus.FAILED, new.task_id))
+                continue
+            out.append(self._task(held, rec))
+        return out
+
+    # --- ends of a lease and their consequences -------------------------------------------------------
+    def finish(
+        self, worker: str, outcomes: Sequence[tuple[str, TaskStatus]], now: float
+    ) -> Finished:
+        held = self._held(worker)
+        ended: list[tuple[str, TaskStatus]] = []
+        for tid, status in outcomes:
+            loc = held.get(tid)
+            rec = self._read_rec(loc.path) if loc is not None else None
+            if loc is None or rec is None:
+                continue  # not (or no longer) this worker's
+            if self._end(loc, rec, status, now, worker=worker) is not None:
+                _unlink(self._cancel_path(tid))
+                ended.append((tid, status))
+        return self._cascade(ended, now)
+
+    def _cascade(self, ended: Sequence[tuple[str, TaskStatus]], now: float) -> Finished:
+        """Release or cancel (transitively) the tasks waiting on tasks that just ended."""
+        fin = Finished()
+        todo = list(ended)
+        pending: dict[str, _Loc] | None = None
+        while todo:
+            dep, dep_status = todo.pop(0)
+            ddir = os.path.join(self.deps, encode_name(dep))
+            names = _listdir(ddir)
+            if names and pending is None:
+                pending = self._scan(TaskStatus.PENDING)
+            for name in names:
+                assert pending is not None
+                did = decode_name(name)
+                loc = pending.get(did)
+                rec = self._read_rec(loc.path) if loc is not None else None
+                if loc is None or loc.slot is None or rec is None:
+                    continue  # not waiting (any more); an enqueue in flight checks for itself
+                if dep_status in UNSUCCESSFUL:
+                    task = self._end(loc, rec, TaskStatus.CANCELLED, now)
+                    if task is not None:
+                        del pending[did]
+                        fin.cancelled.append((task, dep))
+                        todo.append((did, TaskStatus.CANCELLED))
+                    continue
+                if not self._deps_done(loc):
+                    continue
+                s = loc.slot._replace(ndeps=0)
+                status = TaskStatus.QUEUED if s.eta is None or s.eta <= now else TaskStatus.PENDING
+                dst = self._slot_path(status, rec.task.queue, s)
+                if self._move(loc.path, dst):
+                    del pending[did]
+                    fin.released.append(self._task(_Loc(status, dst, s), rec))
+            _rmtree(ddir)
+        return fin
+
+    def retry(self, worker: str, task_id: str, eta: float, attempts: int) -> bool:
+        """True when the task is QUEUED again at once (``retry`` has no ``now``: the wall clock
+        decides, as in the other backends)."""
+        loc = self._held(worker).get(task_id)
+        rec = self._read_rec(loc.path) if loc is not None else None
+        if loc is None or loc.slot is None or rec is None:
+            return False
+        slot = loc.slot._replace(attempts=attempts, eta=eta, lease_until=None, ndeps=0)
+        status = TaskStatus.QUEUED if eta <= time.time() else TaskStatus.PENDING
+        moved = self._move(loc.path, self._slot_path(status, rec.task.queue, slot))
+        return moved and status is TaskStatus.QUEUED
+
+    def release(self, worker: str, task_ids: Sequence[str]) -> bool:
+        held = self._held(worker)
+        moved = False
+        for tid in task_ids:
+            loc = held.get(tid)
+            rec = self._read_rec(loc.path) if loc is not None else None
+            if loc is None or loc.slot is None or rec is None:
+                continue
+            slot = loc.slot._replace(deliveries=max(0, loc.slot.deliveries - 1), lease_until=None)
+            moved |= self._move(loc.path, self._slot_path(TaskStatus.QUEUED, rec.task.queue, slot))
+        return moved
+
+    def extend(self, worker: str, task_ids: Sequence[str], lease_until: float) -> None:
+        held = self._held(worker)
+        for tid in task_ids:
+            loc = held.get(tid)
+            if loc is None or loc.slot is None:
+                continue
+            new = loc.slot._replace(lease_until=lease_until)
+            self._move(loc.path, os.path.join(os.path.dirname(loc.path), new.render()))
+
+    def reap(self, now: float) -> Reaped:
+        out = Reaped(requeued=[], dead=[], cancelled=[])
+        ended: list[tuple[str, TaskStatus]] = []
+        lapsed = sorted(
+            (
+                loc
+                for loc in self._scan(TaskStatus.RUNNING).values()
+                if loc.slot is not None
+                and loc.slot.lease_until is not None
+                and loc.slot.lease_until < now
+            ),
+            key=lambda loc: loc.slot.seq if loc.slot else "",
+        )
+        for loc in lapsed:
+            s = loc.slot
+            rec = self._read_rec(loc.path)
+            if s is None or rec is None:
+                continue
+            tid = s.task_id
+            if os.path.exists(self._cancel_path(tid)):  # it was being cancelled anyway
+                task = self._end(loc, rec, TaskStatus.CANCELLED, now, worker=loc.worker)
+                if task is not None:
+                    _unlink(self._cancel_path(tid))
+                    out.cancelled.append((task, tid))
+                    ended.append((tid, TaskStatus.CANCELLED))
+            elif s.deliveries < rec.task.max_deliveries:
+                slot = s._replace(lease_until=None)
+                dst = self._slot_path(TaskStatus.QUEUED, rec.task.queue, slot)
+                if self._move(loc.path, dst):
+                    out.requeued.append(self._task(_Loc(TaskStatus.QUEUED, dst, slot), rec))
+            else:
+                task = self._end(loc, rec, TaskStatus.FAILED, now, worker=loc.worker)
+                if task is not None:
+                    out.dead.append(task)
+                    ended.append((tid, TaskStatus.FAILED))
+        out.cancelled.extend(self._cascade(ended, now).cancelled)
+        self._recover_staged(now)
+        return out
+
+    def expire(self, now: float) -> list[Task]:
+        found = [
+            loc
+            for st in (TaskStatus.QUEUED, TaskStatus.PENDING)
+            for loc in self._scan(st).values()
+            if loc.slot is not None
+            and loc.slot.expires_at is not None
+            and loc.slot.expires_at <= now
+        ]
+        found.sort(key=lambda loc: loc.slot.seq if loc.slot else "")
+        out: list[Task] = []
+        for loc in found:
+            rec = self._read_rec(loc.path)
+            task = self._end(loc, rec, TaskStatus.EXPIRED, now) if rec is not None else None
+            if task is not None:
+                out.append(task)
+        cascade = self._cascade([(t.id, TaskStatus.EXPIRED) for t in out], now)
+        return out + [t for t, _ in cascade.cancelled]
+
+    def cancel(self, task_ids: Sequence[str], now: float) -> dict[str, TaskStatus]:
+        out: dict[str, TaskStatus] = {}
+        ended: list[tuple[str, TaskStatus]] = []
+        todo = list(dict.fromkeys(task_ids))
+        for _ in range(5):  # a task claimed under our feet is looked up again
+            if not todo:
+                break
+            locs = self.locate(todo)
+            todo = []
+            for tid, loc in locs.items():
+                if loc.status in (TaskStatus.QUEUED, TaskStatus.PENDING):
+                    rec = self._read_rec(loc.path)
+                    task = self._end(loc, rec, TaskStatus.CANCELLED, now) if rec else None
+                    if task is None:
+                        todo.append(tid)
+                        continue
+                    ended.append((tid, TaskStatus.CANCELLED))
+                elif loc.status is TaskStatus.RUNNING:
+                    _touch(self._cancel_path(tid))
+                out.setdefault(tid, loc.status)
+        for t, _ in self._cascade(ended, now).cancelled:
+            out[t.id] = TaskStatus.PENDING
+        return out
+
+    # --- reads ----------------------------------------------------------------------------------------
+    def get_task(self, task_id: str) -> Task | None:
+        for _ in range(3):
+            loc = self.locate([task_id]).get(task_id)
+            if loc is None:
+                return None
+            rec = self._read_rec(loc.path)
+            if rec is not None:
+                return self._task(loc, rec)
+        return None
+
+    def statuses(self, task_ids: Sequence[str]) -> dict[str, TaskStatus]:
+        return {tid: loc.status for tid, loc in self.locate(task_ids).items()}
+
+    def cancel_requests(self, task_ids: Sequence[str]) -> list[str]:
+        running = self._scan(TaskStatus.RUNNING)
+        return [t for t in task_ids if t in running and os.path.exists(self._cancel_path(t))]
+
+    def _queue(self, task_id: str, path: str) -> str | None:
+        q = self._queue_of.get(task_id)
+        if q is None:
+            rec = self._read_rec(path)
+            q = rec.task.queue if rec is not None else None
+        return q
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+
+        def add(queue: str | None, status: TaskStatus, n: int = 1) -> None:
+            if queue is not None and n:
+                per = out.setdefault(queue, {})
+                per[status.value] = per.get(status.value, 0) + n
+
+        for st, area in ((TaskStatus.QUEUED, self.queued), (TaskStatus.PENDING, self.pending)):
+            for q in _listdir(area):
+                n = sum(1 for name in _listdir(os.path.join(area, q)) if Slot.parse(name))
+                add(decode_name(q), st, n)
+        for tid, loc in self._scan(TaskStatus.RUNNING).items():
+            add(self._queue(tid, loc.path), TaskStatus.RUNNING)
+        for st in _FINALS:
+            sdir = os.path.join(self.done, st.value)
+            for name in _listdir(sdir):
+                if name.endswith(".msgpack"):
+                    tid = decode_name(name[: -len(".msgpack")])
+                    add(self._queue(tid, os.path.join(sdir, name)), st)
+        return out
+
+    def oldest_queued(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for q in _listdir(self.queued):
+            slots = [s for n in _listdir(os.path.join(self.queued, q)) if (s := Slot.parse(n))]
+            if slots:
+                out[decode_name(q)] = min(s.created_at for s in slots)
+        return out
+
+    def purge(self, before: float) -> int:
+        count = 0
+        for st in _FINALS:
+            try:
+                entries = list(os.scandir(os.path.join(self.done, st.value)))
+            except FileNotFoundError:
+                continue
+            for e in entries:
+                if e.name.startswith(".") or not e.name.endswith(".msgpack"):
+                    continue
+                try:
+                    if e.stat().st_mtime >= before:
+                        continue
+                except FileNotFoundError:
+                    continue
+                if _unlink(e.path):
+                    count += 1
+                    tid = decode_name(e.name[: -len(".msgpack")])
+                    _unlink(self._cancel_path(tid))
+                    _rmtree(os.path.join(self.deps, encode_name(tid)))
+                    self._queue_of.pop(tid, None)
+                    self._deps_of.pop(tid, None)
+        return count
+
+    # --- schedules ------------------------------------------------------------------------------------
+    def _sched_dir(self, schedule_id: str) -> str:
+        return os.path.join(self.scheds, encode_name(schedule_id))
+
+    def _sched_current(self, sdir: str) -> tuple[int, Schedule] | None:
+        for _ in range(5):
+            versions = [int(m.group(1)) for n in _listdir(sdir) if (m := _VERSION.fullmatch(n))]
+            if not versions:
+                return None
+            v = max(versions)
+            data = _read(os.path.join(sdir, f"v{v}.msgpack"))
+            if data is None:
+                continue  # superseded and pruned meanwhile: look again
+            try:
+                return v, _sched_dec.decode(data)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                log.error("unreadable schedule version %s/v%d: %s", sdir, v, exc)
+                return None
+        return None
+
+    def _sched_cas(self, sdir: str, version: int, schedule: Schedule) -> bool:
+        """Write version ``version + 1``; False if someone else wrote it first (``os.link``
+        fails when the name exists, atomically, on every POSIX filesystem, NFS included)."""
+        tmp = os.path.join(sdir, f".tmp-{secrets.token_hex(6)}")
+        try:
+            _write_atomic(tmp, _results_enc.encode(schedule), fsync=FSYNC_TASKS)
+        except FileNotFoundError:
+            return False
+        try:
+            os.link(tmp, os.path.join(sdir, f"v{version + 1}.msgpack"))
+        except (FileExistsError, FileNotFoundError):
+            return False
+        finally:
+            _unlink(tmp)
+        for n in _listdir(sdir):  # keep the newest two; a reader whose file vanished looks again
+            m = _VERSION.fullmatch(n)
+            if m and int(m.group(1)) < version:
+                _unlink(os.path.join(sdir, n))
+        return True
+
+    def add_schedule(self, schedule: Schedule) -> None:
+        sdir = self._sched_dir(schedule.id)
+        for _ in range(100):
+            cur = self._sched_current(sdir)
+            if cur is None:
+                os.makedirs(sdir, exist_ok=True)
+                if not any(n.startswith("added-") for n in _listdir(sdir)):
+                    _touch(os.path.join(sdir, f"added-{new_id()}"))  # for insertion order
+            if self._sched_cas(sdir, cur[0] if cur else 0, schedule):
+                return
+        raise StorageError(f"schedule {schedule.id}: too many concurrent updates")
+
+    def get_schedules(self) -> list[Schedule]:
+        found = []
+        for n in _listdir(self.scheds):
+            sdir = os.path.join(self.scheds, n)
+            cur = self._sched_current(sdir)
+            if cur is not None:
+                added = min((x for x in _listdir(sdir) if x.startswith("added-")), default="~")
+                found.append((added, cur[1]))
+        found.sort(key=lambda pair: pair[0])
+        return [s for _, s in found]
+
+    def set_schedule_paused(self, schedule_id: str, paused: bool, next_run: float | None) -> bool:
+        sdir = self._sched_dir(schedule_id)
+        for _ in range(100):
+            cur = self._sched_current(sdir)
+            if cur is None:
+                return False
+            v, s = cur
+            nxt = next_run if (not paused or next_run is not None) else s.next_run
+            if self._sched_cas(sdir, v, msgspec.structs.replace(s, paused=paused, next_run=nxt)):
+                return True
+        raise StorageError(f"schedule {schedule_id}: too many concurrent updates")
+
+    def delete_schedule(self, schedule_id: str) -> bool:
+        sdir = self._sched_dir(schedule_id)
+        gone = os.path.join(self.scheds, f".deleted-{secrets.token_hex(6)}")
+        try:
+            os.rename(sdir, gone)
+        except FileNotFoundError:
+            return False
+        found = any(_VERSION.fullmatch(n) for n in _listdir(gone))
+        _rmtree(gone)
+        return found
+
+    def fire_schedule(
+        self,
+        schedule_id: str,
+        expected_next_run: float,
+        next_run: float | None,
+        now: float,
+        task: Task,
+    ) -> tuple[bool, bool]:
+        """(won the slot, the task is ready to claim)."""
+        sdir = self._sched_dir(schedule_id)
+        cur = self._sched_current(sdir)
+        if cur is None:
+            return False, False
+        v, s = cur
+        if s.paused or s.next_run != expected_next_run:
+            return False, False
+        if self._existing({task.id}):
+            raise ConfigError(f"task id {task.id!r} already exists")
+        # The task is staged first, so a crash between winning the slot and enqueueing loses
+        # nothing: reap finds the staged file and finishes the job.
+        staged = os.path.join(
+            self.staged, f"{encode_name(schedule_id)}@{encode_name(task.id)}.msgpack"
+        )
+        rec = _Record(new_id(), task)
+        self._write_rec(staged, rec)
+        new = msgspec.structs.replace(s, next_run=next_run, last_run=now, last_task_id=task.id)
+        if not self._sched_cas(sdir, v, new):
+            _unlink(staged)
+            return False, False
+        return True, self._commit_staged(staged, rec)
+
+    def _commit_staged(self, staged: str, rec: _Record) -> bool:
+        t = rec.task
+        self._queue_of[t.id] = t.queue
+        [(status, _)] = plan_enqueue([msgspec.structs.replace(t, depends_on=())], {})
+        slot = Slot(
+            t.priority,
+            rec.seq,
+            t.deliveries,
+            t.attempts,
+            t.created_at,
+            t.expires_at,
+            t.eta,
+            None,
+            0,
+            t.id,
+        )
+        return self._move(staged, self._slot_path(status, t.queue, slot)) and (
+            status is TaskStatus.QUEUED
+        )
+
+    def _recover_staged(self, now: float) -> None:
+        for name in _listdir(self.staged):
+            path = os.path.join(self.staged, name)
+            try:
+                if os.stat(path).st_mtime > time.time() - 300:
+                    continue  # its firing may still be under way
+            except FileNotFoundError:
+                continue
+            sid = name.rpartition("@")[0]
+            rec = self._read_rec(path)
+            cur = self._sched_current(self._sched_dir(decode_name(sid))) if sid else None
+            if rec is not None and cur is not None and cur[1].last_task_id == rec.task.id:
+                log.warning("enqueueing task %s of schedule %s after a crash", rec.task.id, sid)
+                self._commit_staged(path, rec)
+            else:
+                _unlink(path)
+
+    # --- workers --------------------------------------------------------------------------------------
+    def heartbeat(self, info: WorkerInfo) -> None:
+        path = os.path.join(self.workers_dir, encode_name(info.id) + ".msgpack")
+        _write_atomic(path, _results_enc.encode(info), fsync=False)
+
+    def remove_worker(self, worker_id: str) -> None:
+        _unlink(os.path.join(self.workers_dir, encode_name(worker_id) + ".msgpack"))
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.join(self.running, encode_name(worker_id)))
+
+    def workers(self) -> list[WorkerInfo]:
+        out = []
+        for name in _listdir(self.workers_dir):
+            data = _read(os.path.join(self.workers_dir, name))
+            if data is None:
+                continue
+            try:
+                out.append(_worker_dec.decode(data))
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                log.warning("ignoring unreadable worker record %s", name)
+        out.sort(key=lambda w: w.id)
+        return out
+
+
+class FileTaskQueueBackend(FsspecBackend, TaskQueue):
+    """Tasks, results and events in one directory on a local or shared POSIX filesystem (NFS
+    included: claims are renames, compare-and-set is ``os.link``, neither needs a lock)."""
+
+    can_hold_tasks: ClassVar[bool] = True
+    _layout: ClassVar[dict[str, str]] = {
+        **FsspecBackend._layout,
+        "tasks": "tasks/<status>/...: one file per task, see omniq.storage.fsspec._TaskDir",
+    }
+    #: ``wait_for_tasks`` notices work enqueued by other processes (it polls the directories).
+    cross_process_wakeups = True
+
+    def __init__(self, url: str, *, storage_options: dict[str, Any] | None = None) -> None:
+        super().__init__(url, storage_options=storage_options)
+        if not self.location.local:
+            raise ConfigError(no_task_queue_message(url))
+        self._tasks = _TaskDir(self.root)
+        self._watched: set[str] | None = set()  # queues claimed from (None: all)
+
+    async def _open(self) -> None:
+        await super()._open()
+        try:
+            await self._run("open the task queue in", self._tasks.setup)
+        except BaseException:
+            await super()._close()
+            raise
+
+    async def _run(self, action: str, fn: Callable[..., R], *args: Any) -> R:
+        try:
+            return await anyio.to_thread.run_sync(functools.partial(fn, *args))
+        except (StorageError, ConfigError):
+            raise
+        except OSError as exc:
+            raise self._error(action, exc) from exc
+
+    async def enqueue(self, tasks: Sequence[Task]) -> None:
+        check_new_tasks(tasks)
+        if not tasks:
+            return
+        if await self._run("enqueue tasks in", self._tasks.enqueue, list(tasks)):
+            self.notify()
+
+    async def claim(
+        self, worker: str, *, queues: Sequence[str] | None, limit: int, lease: float, now: float
+    ) -> list[Task]:
+        names = check_claim(queues, limit, lease)
+        if names is None:
+            self._watched = None
+        elif self._watched is not None:
+            self._watched.update(names)
+        if limit == 0 or names == []:
+            return []
+        return await self._run(
+            "claim tasks from", self._tasks.claim, worker, names, limit, lease, now
+        )
+
+    async def finish(
+        self, worker: str, outcomes: Sequence[tuple[str, TaskStatus]], *, now: float
+    ) -> Finished:
+        check_outcomes(outcomes)
+        if not outcomes:
+            return Finished()
+        out = await self._run("finish tasks in", self._tasks.finish, worker, list(outcomes), now)
+        if out.released:
+            self.notify()
+        return out
+
+    async def retry(self, worker: str, task_id: str, *, eta: float, attempts: int) -> None:
+        if await self._run("retry a task in", self._tasks.retry, worker, task_id, eta, attempts):
+            self.notify()
+
+    async def release(self, worker: str, task_ids: Sequence[str]) -> None:
+        if await self._run("release tasks in", self._tasks.release, worker, list(task_ids)):
+            self.notify()
+
+    async def extend(self, worker: str, task_ids: Sequence[str], *, lease_until: float) -> None:
+        await self._run("extend leases in", self._tasks.extend, worker, list(task_ids), lease_until)
+
+    async def reap(self, *, now: float) -> Reaped:
+        out = await self._run("reap leases in", self._tasks.reap, now)
+        if out.requeued:
+            self.notify()
+        return out
+
+    async def expire(self, *, now: float) -> list[Task]:
+        return await self._run("expire tasks in", self._tasks.expire, now)
+
+    async def cancel(self, task_ids: Sequence[str], *, now: float) -> dict[str, TaskStatus]:
+        return await self._run("cancel tasks in", self._tasks.cancel, list(task_ids), now)
+
+    async def get_task(self, task_id: str) -> Task | None:
+        return await self._run("read a task from", self._tasks.get_task, task_id)
+
+    async def statuses(self, task_ids: Sequence[str]) -> dict[str, TaskStatus]:
+        return await self._run("read task statuses from", self._tasks.statuses, list(task_ids))
+
+    async def cancel_requests(self, task_ids: Sequence[str]) -> list[str]:
+        return await self._run(
+            "read cancel requests from", self._tasks.cancel_requests, list(task_ids)
+        )
+
+    async def counts(self) -> dict[str, dict[str, int]]:
+        return await self._run("count tasks in", self._tasks.counts)
+
+    async def oldest_queued(self) -> dict[str, float]:
+        return await self._run("read queues in", self._tasks.oldest_queued)
+
+    async def purge(self, *, before: float) -> int:
+        return await self._run("purge tasks in", self._tasks.purge, before)
+
+    async def add_schedule(self, schedule: Schedule) -> None:
+        await self._run("write a schedule to", self._tasks.add_schedule, schedule)
+
+    async def get_schedules(self) -> list[Schedule]:
+        return await self._run("read schedules from", self._tasks.get_schedules)
+
+    async def set_schedule_paused(
+        self, schedule_id: str, paused: bool, next_run: float | None
+    ) -> bool:
+        return await self._run(
+            "update a schedule in", self._tasks.set_schedule_paused, schedule_id, paused, next_run
+        )
+
+    async def delete_schedule(self, schedule_id: str) -> bool:
+        return await self._run("delete a schedule in", self._tasks.delete_schedule, schedule_id)
+
+    async def fire_schedule(
+        self,
+        schedule_id: str,
+        *,
+        expected_next_run: float,
+        next_run: float | None,
+        now: float,
+        task: Task,
+    ) -> bool:
+        check_new_tasks([task])
+        fired, ready = await self._run(
+            "fire a schedule in",
+            self._tasks.fire_schedule,
+            schedule_id,
+            expected_next_run,
+            next_run,
+            now,
+            task,
+        )
+        if ready:
+            self.notify()
+        return fired
+
+    async def heartbeat(self, info: WorkerInfo) -> None:
+        await self._run("write a heartbeat to", self._tasks.heartbeat, info)
+
+    async def remove_worker(self, worker_id: str) -> None:
+        await self._run("remove a worker from", self._tasks.remove_worker, worker_id)
+
+    async def workers(self) -> list[WorkerInfo]:
+        return await self._run("read workers from", self._tasks.workers)
+
+    async def wait_for_tasks(self, timeout: float) -> None:
+        """Return on ``notify`` or when another process made work claimable (the queue
+        directories are polled every 5 ms, backing off to 100 ms), or after ``timeout``."""
+        deadline = anyio.current_time() + timeout
+        delay = 0.005
+        while not self._wakeup.is_set():
+            left = deadline - anyio.current_time()
+            if left <= 0:
+                break
+            with anyio.move_on_after(min(delay, left)):
+                await self._wakeup.wait()
+            if self._wakeup.is_set() or self._files is None:
+                break
+            queues = sorted(self._watched) if self._watched else None
+            if await self._run("poll", self._tasks.claimable, queues, time.time()):
+                break
+            delay = min(delay * 2, 0.1)
+        self._wakeup = anyio.Event()
+
+
+def open_fsspec(url: str, storage_options: dict[str, Any] | None = None) -> Backend:
+    """The backend for an fsspec URL: ``FileTaskQueueBackend`` (tasks too) for ``file://``,
+    ``FsspecBackend`` (results and events) for object stores. Not connected yet."""
+    if parse_url(url).local:
+        return FileTaskQueueBackend(url, storage_options=storage_options)
+    return FsspecBackend(url, storage_options=storage_options)
+
+
+__all__ = [
+    "FileTaskQueueBackend",
+    "FsspecBackend",
+    "encode_name",
+    "no_task_queue_message",
+    "open_fsspec",
+    "parse_url",
+]
