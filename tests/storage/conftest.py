@@ -15,16 +15,19 @@ from omniq.storage import sqlite as sqlite_module
 from omniq.storage.base import EventStore, ResultStore, TaskQueue
 from omniq.storage.urls import open_backends
 
+from .test_fsspec import moto_s3, s3_env  # noqa: F401  (fixtures for the s3:// URL)
+
 #: Backends that hold a task queue (they also run the result and event parts).
 TASK_QUEUE_URLS = [
     "memory://",
     "sqlite:///{tmp}/t.db",
     "sqlite://:memory:",
     "sqlite:///{tmp}/t.db#no-returning",
+    "file://{tmp}/fq",
 ]
-#: Backends run here for their results and events only. fsspec's file:// also holds a task
-#: queue: move it to TASK_QUEUE_URLS once its queue passes the task-queue part.
-RESULT_EVENT_ONLY_URLS: list[str] = ["file://{tmp}/store", "memory://bucket{tmp}"]
+#: Backends run here for their results and events only (object stores cannot hold a task
+#: queue). ``s3://`` runs against a real S3-compatible server (moto) on loopback.
+RESULT_EVENT_ONLY_URLS: list[str] = ["memory://bucket{tmp}", "s3://omniq-test{tmp}"]
 
 RESULT_STORE_URLS = TASK_QUEUE_URLS + RESULT_EVENT_ONLY_URLS
 EVENT_STORE_URLS = TASK_QUEUE_URLS + RESULT_EVENT_ONLY_URLS
@@ -37,8 +40,10 @@ def shares_storage(url: str) -> bool:
     return url not in PRIVATE_URLS
 
 
-def _url(template: str, tmp: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+def _url(template: str, tmp: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> str:
     url = template.format(tmp=tmp)
+    if url.startswith("s3://"):
+        request.getfixturevalue("s3_env")  # starts the loopback S3 server, sets AWS_* for it
     if url.endswith("#no-returning"):
         monkeypatch.setattr(sqlite_module, "HAS_RETURNING", False)
         url = url.removesuffix("#no-returning")
@@ -46,9 +51,11 @@ def _url(template: str, tmp: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 @pytest.fixture
-def url_of(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[str], str]:
+def url_of(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> Callable[[str], str]:
     """Turn a URL template into a URL for this test (see module docstring)."""
-    return lambda template: _url(template, tmp_path, monkeypatch)
+    return lambda template: _url(template, tmp_path, monkeypatch, request)
 
 
 @pytest.fixture(params=TASK_QUEUE_URLS)
