@@ -1,0 +1,285 @@
+"""``OMNIQ_<KEY>`` environment overrides, and the per-key rules shared with the loader.
+
+Every key of :class:`~omniq.models.OmniQConfig` has one rule here: how to parse it from an
+environment string, how to check a typed value (from a dict, a YAML file or an argument), and
+the words that say what is valid. Errors name where the value came from: the variable
+(``OMNIQ_CONCURRENCY='two' is not valid: expected an integer >= 0``) or the key.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from ..errors import ConfigError
+from ..models.config import OmniQConfig
+from . import settings
+
+ENV_PREFIX = "OMNIQ_"
+STORAGE_SHORT_NAMES = ("sqlite", "memory")
+_NONE_WORDS = frozenset({"none", "null"})
+CONFIG_KEYS: tuple[str, ...] = tuple(f.name for f in msgspec.structs.fields(OmniQConfig))
+
+
+class Invalid(ValueError):
+    """A value broke its key's rule; the caller adds where it came from."""
+
+
+def env_var(key: str) -> str:
+    """The environment variable that overrides config key ``key`` (``concurrency`` -> ``OMNIQ_CONCURRENCY``)."""
+    return ENV_PREFIX + key.upper()
+
+
+# ----------------------------------------------------------------------------- typed checks
+# Each takes a value as found in a dict / YAML / argument and returns it normalized, or
+# raises Invalid. They are strict about types: YAML ``concurrency: "2"`` is a mistake to report.
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _seconds(value: Any) -> float:
+    if not _is_number(value) or not math.isfinite(value) or value <= 0:
+        raise Invalid
+    return float(value)
+
+
+def _optional_seconds(value: Any) -> float | None:
+    return None if value is None else _seconds(value)
+
+
+def _int_at_least(low: int) -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise Invalid
+        return value
+
+    return check
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str) or not value.strip():
+        raise Invalid
+    return value.strip()
+
+
+def _choice(choices: tuple[str, ...], normalize: Callable[[str], str]) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if not isinstance(value, str) or normalize(value.strip()) not in choices:
+            raise Invalid
+        return normalize(value.strip())
+
+    return check
+
+
+def _storage(value: Any) -> str:
+    text = _text(value)
+    if "://" in text:
+        return text
+    if text.lower() in STORAGE_SHORT_NAMES:
+        return text.lower()
+    raise Invalid
+
+
+def _optional_storage(value: Any) -> str | None:
+    return None if value is None else _storage(value)
+
+
+def _optional_url(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = _text(value)
+    if "://" not in text:
+        raise Invalid
+    return text
+
+
+def _queues(value: Any) -> list[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = value.split(",")
+    if not isinstance(value, (list, tuple)) or not all(isinstance(q, str) for q in value):
+        raise Invalid
+    names = [q.strip() for q in value if q.strip()]
+    if not names:
+        raise Invalid
+    return names
+
+
+def _options(value: Any) -> dict[str, object]:
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise Invalid
+    return dict(value)
+
+
+# ----------------------------------------------------------------------------- env parsers
+# Turn an environment string into the typed value the check above then validates.
+
+
+def _as_int(raw: str) -> Any:
+    try:
+        return int(raw)
+    except ValueError:
+        raise Invalid from None
+
+
+def _as_float(raw: str) -> Any:
+    try:
+        return float(raw)
+    except ValueError:
+        raise Invalid from None
+
+
+def _as_optional_float(raw: str) -> Any:
+    return None if raw.lower() in _NONE_WORDS else _as_float(raw)
+
+
+def _as_optional_str(raw: str) -> Any:
+    return None if raw.lower() in _NONE_WORDS else raw
+
+
+def _as_queues(raw: str) -> Any:
+    return None if raw.lower() in _NONE_WORDS or raw == "*" else raw
+
+
+def _as_json_object(raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise Invalid from None
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How one config key is checked, parsed from the environment, and explained."""
+
+    check: Callable[[Any], Any]
+    expected: str  # completes "... is not valid: expected ..."
+    from_env: Callable[[str], Any] = str
+    env_expected: str = ""  # when the environment spelling differs from the typed one
+
+    def env_text(self) -> str:
+        return self.env_expected or self.expected
+
+
+_STORAGE_TEXT = (
+    f"a short name ({', '.join(STORAGE_SHORT_NAMES)}) or a full URL such as sqlite:///path.db"
+)
+_LEVELS_TEXT = ", ".join(settings.LOG_LEVELS)
+
+RULES: dict[str, Rule] = {
+    "base_dir": Rule(
+        _text, "a directory path (str or os.PathLike)", env_expected="a directory path"
+    ),
+    "log_level": Rule(_choice(settings.LOG_LEVELS, str.upper), f"one of {_LEVELS_TEXT} (any case)"),
+    "task_queue_type": Rule(_storage, _STORAGE_TEXT),
+    "result_storage_type": Rule(
+        _optional_storage,
+        f"{_STORAGE_TEXT}, or None (same as task_queue_type)",
+        _as_optional_str,
+        f"{_STORAGE_TEXT}, or 'none' (same as the task queue)",
+    ),
+    "event_storage_type": Rule(
+        _optional_storage,
+        f"{_STORAGE_TEXT}, or None (same as task_queue_type)",
+        _as_optional_str,
+        f"{_STORAGE_TEXT}, or 'none' (same as the task queue)",
+    ),
+    "database_url": Rule(
+        _optional_url,
+        "a URL such as sqlite:///path.db, or None",
+        _as_optional_str,
+        "a URL such as sqlite:///path.db, or 'none'",
+    ),
+    "default_worker": Rule(
+        _choice(settings.WORKER_KINDS, str.lower), f"one of {', '.join(settings.WORKER_KINDS)}"
+    ),
+    "concurrency": Rule(_int_at_least(0), "an integer >= 0", _as_int),
+    "task_ttl": Rule(
+        _optional_seconds,
+        "a number of seconds > 0, or None",
+        _as_optional_float,
+        "a number of seconds > 0, or 'none'",
+    ),
+    "result_ttl": Rule(
+        _optional_seconds,
+        "a number of seconds > 0, or None",
+        _as_optional_float,
+        "a number of seconds > 0, or 'none'",
+    ),
+    "lease": Rule(_seconds, "a number of seconds > 0", _as_float),
+    "max_deliveries": Rule(_int_at_least(1), "an integer >= 1", _as_int),
+    "queues": Rule(
+        _queues,
+        "a list of queue names (or one comma-separated string), or None for all queues",
+        _as_queues,
+        "queue names separated by commas, or 'none' / '*' for all queues",
+    ),
+    "storage_options": Rule(
+        _options,
+        "a mapping with str keys",
+        _as_json_object,
+        'a JSON object such as {"anon": true}',
+    ),
+}
+
+
+def check_value(key: str, value: Any, *, source: str = "", name: str | None = None) -> Any:
+    """Validate and normalize ``value`` for config key ``key`` (from a dict, file or argument).
+
+    Errors read ``{source}: {name}={value!r} is not valid: expected ...``; ``name`` defaults to
+    the key (an argument alias such as ``tasks`` passes its own name).
+    """
+    rule = RULES.get(key)
+    if rule is None:
+        raise unknown_key(name or key, source)
+    try:
+        return rule.check(value)
+    except Invalid:
+        where = f"{source}: " if source else ""
+        raise ConfigError(
+            f"{where}{name or key}={value!r} is not valid: expected {rule.expected}"
+        ) from None
+
+
+def unknown_key(key: Any, source: str = "") -> ConfigError:
+    """ConfigError for a key OmniQConfig does not have, suggesting the closest one."""
+    import difflib
+
+    where = f" in {source}" if source else ""
+    text = str(key)
+    matches = difflib.get_close_matches(text.lower(), CONFIG_KEYS, n=1, cutoff=0.5)
+    hint = f" Did you mean {matches[0]!r}?" if matches else ""
+    return ConfigError(
+        f"unknown config key {key!r}{where}.{hint} Valid keys: {', '.join(CONFIG_KEYS)}"
+    )
+
+
+def read_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The config keys set through ``OMNIQ_<KEY>`` variables, parsed and checked.
+
+    An empty variable counts as unset. ``environ`` defaults to ``os.environ``, read now.
+    """
+    env = os.environ if environ is None else environ
+    found: dict[str, Any] = {}
+    for key, rule in RULES.items():
+        var = env_var(key)
+        raw = env.get(var)
+        if raw is None or not raw.strip():
+            continue
+        text = raw.strip()
+        try:
+            found[key] = rule.check(rule.from_env(text))
+        except Invalid:
+            raise ConfigError(f"{var}={raw!r} is not valid: expected {rule.env_text()}") from None
+    return found

@@ -1,0 +1,365 @@
+"""Tagged payloads: the first byte says how the rest was written.
+
+=====  ==========================================================================
+ tag   body
+=====  ==========================================================================
+``M``  msgpack of plain data that round-trips exactly (readable from any language)
+``T``  msgpack ``[ "module:QualName", struct ]`` for an importable msgspec Struct
+``P``  a pickle written by the stdlib pickler (built-in / stdlib types only)
+``D``  a pickle written by dill (``recurse=True``): functions, closures, __main__ classes.
+       A call is ``(fn, args, kwargs)``, plus a fourth element with the source lines of
+       notebook-defined functions when there are any (see ``_sources``)
+``C``  msgpack ``[fn_pickle, args, kwargs]``: a call to an importable function with plain
+       arguments; ``fn_pickle`` is a by-reference pickle, cached per function object
+``S``  signed: ``S + HMAC-SHA256(inner) + inner``, where ``inner`` is one of the above
+=====  ==========================================================================
+
+``P`` and ``D`` are the same pickle stream format; they differ in who reads them back, because
+``dill.loads`` costs ten times ``pickle.loads`` on a small value.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pickle
+import sys
+import types
+from collections.abc import Callable
+from typing import Any
+
+import dill
+import msgspec
+
+from ..errors import SerializationError, SignatureError
+from . import _signing, _sources
+from ._classify import EXACT, EXACT_SCALARS, INT_MAX, INT_MIN, PICKLE, classify, classify_call
+from ._diagnose import describe_failure, probe
+
+TAG_MSGPACK = b"M"
+TAG_STRUCT = b"T"
+TAG_PICKLE = b"P"
+TAG_DILL = b"D"
+TAG_CALL = b"C"
+TAG_SIGNED = b"S"
+_M, _T, _P, _D, _C, _S = (
+    t[0] for t in (TAG_MSGPACK, TAG_STRUCT, TAG_PICKLE, TAG_DILL, TAG_CALL, TAG_SIGNED)
+)
+_FORMAT_NAMES = {_M: "msgpack", _T: "struct", _P: "pickle", _D: "dill", _C: "call", _S: "signed"}
+
+PROTOCOL = 5
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder()
+_struct_head = msgspec.msgpack.Decoder(tuple[str, msgspec.Raw])
+_NONE = TAG_MSGPACK + _encoder.encode(None)
+
+Call = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
+
+
+# --------------------------------------------------------------------------------- dumping
+
+
+def dumps(obj: Any) -> bytes:
+    """Serialize a value (a task result, say): msgpack when exact, else pickle or dill."""
+    key = _signing.get_secret_keys()[0]
+    t = type(obj)
+    if obj is None:
+        payload = _NONE
+    elif t in EXACT_SCALARS or (t is int and INT_MIN <= obj <= INT_MAX):
+        try:
+            payload = TAG_MSGPACK + _encoder.encode(obj)
+        except Exception:  # a str with lone surrogates is not valid UTF-8
+            payload = _dump_value(obj)
+    else:
+        payload = _dump_value(obj)
+    return payload if key is None else _signing.sign(payload, key, TAG_SIGNED)
+
+
+def _dump_value(obj: Any) -> bytes:
+    if isinstance(obj, msgspec.Struct):
+        payload = _dump_struct(obj)
+        if payload is not None:
+            return payload
+    level = classify(obj)
+    if level == EXACT:
+        try:
+            return TAG_MSGPACK + _encoder.encode(obj)
+        except Exception:  # a str with lone surrogates is not valid UTF-8; pickle keeps it
+            level = PICKLE
+    if level == PICKLE:
+        try:
+            return TAG_PICKLE + pickle.dumps(obj, protocol=PROTOCOL)
+        except Exception:  # e.g. RecursionError on a very deep value: let dill try
+            pass
+    return TAG_DILL + _dill_dumps(obj, "value")
+
+
+def _dill_dumps(obj: Any, where: str) -> bytes:
+    try:
+        return dill.dumps(obj, protocol=PROTOCOL, recurse=True)
+    except Exception as exc:
+        raise SerializationError(describe_failure(obj, where, exc)) from exc
+
+
+def _dump_struct(obj: msgspec.Struct) -> bytes | None:
+    """``T`` payload if the Struct's class is importable and it decodes back equal, else None."""
+    cls = type(obj)
+    if _resolve(cls.__module__, cls.__qualname__) is not cls:
+        return None
+    try:
+        body = _encoder.encode(obj)
+        if _struct_decoder(cls).decode(body) != obj:  # e.g. a tuple in an Any field
+            return None
+    except Exception:
+        return None
+    return TAG_STRUCT + _encoder.encode((f"{cls.__module__}:{cls.__qualname__}", msgspec.Raw(body)))
+
+
+_struct_decoders: dict[type, msgspec.msgpack.Decoder[Any]] = {}
+
+
+def _struct_decoder(cls: type) -> msgspec.msgpack.Decoder[Any]:
+    dec = _struct_decoders.get(cls)
+    if dec is None:
+        dec = _struct_decoders[cls] = msgspec.msgpack.Decoder(cls)
+    return dec
+
+
+def _resolve(module_name: str | None, qualname: str) -> Any:
+    """``module.qualname`` if that module is already imported, else None (never imports)."""
+    if not module_name or module_name == "__main__" or "<" in qualname:
+        return None
+    obj: Any = sys.modules.get(module_name)
+    for part in qualname.split("."):
+        obj = getattr(obj, part, None)
+    return obj
+
+
+# Pickled bytes of functions that pickle by reference (importable, module-level), keyed by the
+# function object. A notebook that redefines a function creates a new object, so identity is a
+# safe key; on each hit we also check the name still points at this object (a module may have
+# been reloaded). Closures and __main__ functions are never cached: what they capture can change.
+_fn_refs: dict[Any, tuple[Any, str, bytes]] = {}
+_FN_CACHE_MAX = 4096
+
+
+def _function_ref(fn: Any) -> bytes | None:
+    """A by-reference pickle of ``fn`` if a worker can import it by name, else None."""
+    t = type(fn)
+    if t is not types.FunctionType and t is not types.BuiltinFunctionType:
+        return None
+    entry = _fn_refs.get(fn)
+    if entry is not None:
+        module, name, data = entry
+        if getattr(module, name, None) is fn:
+            return data
+    if t is types.BuiltinFunctionType and not isinstance(fn.__self__, types.ModuleType):
+        return None  # a bound builtin method such as [].append
+    module_name = getattr(fn, "__module__", None)
+    qualname = getattr(fn, "__qualname__", "")
+    if not module_name or "." in qualname or _resolve(module_name, qualname) is not fn:
+        return None
+    try:
+        data = pickle.dumps(fn, protocol=PROTOCOL)
+    except Exception:
+        return None
+    if len(_fn_refs) >= _FN_CACHE_MAX:
+        _fn_refs.clear()
+    _fn_refs[fn] = (sys.modules[module_name], qualname, data)
+    return data
+
+
+def dumps_call(
+    fn: Callable[..., Any], args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+) -> bytes:
+    """Serialize a task: the function with its arguments, ready for another process.
+
+    An importable function with plain arguments costs a msgpack encode (its pickle is cached).
+    Anything else is pickled by dill in one piece, so a ``__main__`` class used by both the
+    function and an argument stays one class after loading.
+    """
+    if not callable(fn):
+        raise SerializationError(
+            f"cannot serialize call: {type(fn).__name__} object is not callable"
+        )
+    if type(args) is not tuple:
+        if not isinstance(args, (tuple, list)):
+            raise SerializationError(f"args must be a tuple, not {type(args).__name__}")
+        args = tuple(args)
+    if kwargs is None:
+        kwargs = {}
+    elif type(kwargs) is not dict:
+        if not isinstance(kwargs, dict):
+            raise SerializationError(f"kwargs must be a dict, not {type(kwargs).__name__}")
+        kwargs = dict(kwargs)
+    for name in kwargs:
+        if type(name) is not str:
+            raise SerializationError(
+                f"kwargs keys must be str, not {type(name).__name__} ({name!r})"
+            )
+    key = _signing.get_secret_keys()[0]
+    payload = _dump_call(fn, args, kwargs)
+    return payload if key is None else _signing.sign(payload, key, TAG_SIGNED)
+
+
+def _dump_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+    fn_ref = _function_ref(fn)
+    if fn_ref is not None:
+        level = classify_call(args, kwargs)
+        if level == EXACT:
+            try:
+                return TAG_CALL + _encoder.encode((fn_ref, args, kwargs))
+            except Exception:  # lone surrogates in a str: let pickle carry it
+                level = PICKLE
+        if level == PICKLE:
+            try:
+                return TAG_PICKLE + pickle.dumps((fn, args, kwargs), protocol=PROTOCOL)
+            except Exception:
+                pass
+    # A fourth element carries the source lines of notebook-defined functions (see _sources).
+    sources = _sources.collect(fn)
+    call = (fn, args, kwargs, sources) if sources else (fn, args, kwargs)
+    try:
+        return TAG_DILL + dill.dumps(call, protocol=PROTOCOL, recurse=True)
+    except Exception as exc:
+        raise SerializationError(_describe_call(fn, args, kwargs, exc)) from exc
+
+
+def _describe_call(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], exc: Exception) -> str:
+    name = getattr(fn, "__qualname__", None) or type(fn).__name__
+    for part, where in (
+        (fn, f"function {name}"),
+        (args, "argument args"),
+        (kwargs, "argument kwargs"),
+    ):
+        part_exc = probe(part)
+        if part_exc is not None:
+            return describe_failure(part, where, part_exc)
+    return f"cannot serialize call to {name}: {type(exc).__name__}: {exc}"
+
+
+# --------------------------------------------------------------------------------- loading
+
+
+def loads(data: bytes) -> Any:
+    """Load a payload written by :func:`dumps` (read :func:`dumps_call` payloads with
+    :func:`loads_call`). With a secret key configured the signature is checked first; nothing
+    unsigned is opened."""
+    if data == _NONE and not _signing.get_secret_keys()[1]:
+        return None
+    return _load(_unwrap(data))
+
+
+def loads_call(data: bytes) -> Call:
+    """Load a payload written by :func:`dumps_call` as ``(fn, args, kwargs)``."""
+    inner = _unwrap(data)
+    if inner[0] == _C:
+        return _load_call(inner)
+    value = _load(inner)
+    if (
+        type(value) is tuple
+        and len(value) in (3, 4)
+        and callable(value[0])
+        and type(value[1]) is tuple
+        and type(value[2]) is dict
+    ):
+        if len(value) == 4:
+            _sources.register(value[3])
+        return value[0], value[1], value[2]
+    raise SerializationError(
+        f"payload is not a call: it holds a {type(value).__name__}, not (function, args, kwargs)"
+    )
+
+
+def _unwrap(data: bytes) -> bytes:
+    """Check type, emptiness and signature; return the inner (unsigned) payload."""
+    if type(data) is not bytes:
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise SerializationError(f"payload must be bytes, not {type(data).__name__}")
+        data = bytes(data)
+    accepted = _signing.get_secret_keys()[1]
+    if not data:
+        error = SignatureError if accepted else SerializationError
+        raise error("empty payload: nothing to load")
+    tag = data[0]
+    if accepted:
+        if tag != _S:
+            raise SignatureError(
+                f"payload is not signed but {_signing.SIGNING_ENV} is set; it was not loaded"
+            )
+        data = _signing.verify(data, accepted)
+    elif tag == _S:
+        raise SignatureError(
+            f"payload is signed but no {_signing.SIGNING_ENV} is set here to verify it; "
+            "it was not loaded"
+        )
+    if data[0] == _S:
+        raise SerializationError("corrupted payload: a signed payload nested in another")
+    return data
+
+
+def _load(data: bytes) -> Any:
+    tag = data[0]
+    try:
+        if tag == _M:
+            return _decoder.decode(_body(data))
+        if tag == _P:
+            return pickle.loads(_body(data))
+        if tag == _D:
+            return dill.loads(data[1:])
+        if tag == _T:
+            return _load_struct(data)
+        if tag == _C:
+            return _load_call(data)
+    except SerializationError:
+        raise
+    except Exception as exc:
+        raise _load_error(tag, data, exc) from exc
+    raise SerializationError(
+        f"unknown payload format tag {data[:1]!r}: not an OmniQ payload, or corrupted "
+        f"(known tags: {', '.join(repr(bytes([t])) for t in _FORMAT_NAMES)})"
+    )
+
+
+def _body(data: bytes) -> bytes | memoryview:
+    """The bytes after the tag; a view for large payloads (no copy), a slice for small ones."""
+    return data[1:] if len(data) < 4096 else memoryview(data)[1:]
+
+
+def _load_struct(data: bytes) -> Any:
+    name, raw = _struct_head.decode(data[1:])
+    module_name, _, qualname = name.partition(":")
+    try:
+        cls: Any = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            cls = getattr(cls, part)
+    except Exception as exc:
+        raise SerializationError(
+            f"cannot load struct payload: cannot import {name!r} ({exc})"
+        ) from exc
+    if not (isinstance(cls, type) and issubclass(cls, msgspec.Struct)):
+        raise SerializationError(f"corrupted struct payload: {name!r} is not a msgspec Struct")
+    return _struct_decoder(cls).decode(raw)
+
+
+def _load_call(data: bytes) -> Call:
+    try:
+        fn_ref, args, kwargs = _decoder.decode(data[1:])
+        fn = pickle.loads(fn_ref)
+    except Exception as exc:
+        raise _load_error(_C, data, exc) from exc
+    if not (callable(fn) and type(args) is list and type(kwargs) is dict):
+        raise SerializationError(
+            "corrupted call payload: it does not hold (function, args, kwargs)"
+        )
+    return fn, tuple(args), kwargs
+
+
+def _load_error(tag: int, data: bytes, exc: Exception) -> SerializationError:
+    fmt = _FORMAT_NAMES.get(tag, "unknown")
+    if isinstance(exc, (ImportError, AttributeError)):
+        hint = "it refers to a module or name this process cannot import"
+    else:
+        hint = "it is corrupted, truncated, or written by an incompatible version"
+    return SerializationError(
+        f"cannot load {fmt} payload ({len(data)} bytes): {hint} ({type(exc).__name__}: {exc})"
+    )
