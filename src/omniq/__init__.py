@@ -1,4 +1,13 @@
-"""OmniQ: a task queue for people who work in Jupyter."""
+"""OmniQ: a task queue for people who work in Jupyter.
+
+``OmniQ`` and friends are imported on first use (PEP 562), so a process worker's child, which
+imports ``omniq.workers.child``, starts without loading the orchestrator and its storage drivers.
+"""
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .core import AsyncOmniQ, AsyncTaskHandle, OmniQ, TaskHandle
 
 from .errors import (
     ConfigError,
@@ -14,8 +23,11 @@ from .errors import (
 from .models import ErrorInfo, OmniQConfig, Schedule, TaskEvent, TaskResult, TaskStatus
 
 __all__ = [
+    "AsyncOmniQ",
+    "AsyncTaskHandle",
     "ConfigError",
     "ErrorInfo",
+    "OmniQ",
     "OmniQConfig",
     "OmniQError",
     "Schedule",
@@ -26,7 +38,34 @@ __all__ = [
     "TaskError",
     "TaskEvent",
     "TaskExpired",
+    "TaskHandle",
     "TaskResult",
     "TaskStatus",
     "WorkerDied",
 ]
+
+
+_LAZY = {"OmniQ", "AsyncOmniQ", "TaskHandle", "AsyncTaskHandle"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from . import core
+
+        return getattr(core, name)
+    raise AttributeError(f"module 'omniq' has no attribute {name!r}")
+
+
+def load_ipython_extension(ip: Any) -> None:
+    """``%load_ext omniq``: register ``%omniq`` / ``%%omniq``. Imported here, on demand, so a
+    plain ``import omniq`` (or a worker) never loads IPython."""
+    from .notebook.magics import load_ipython_extension as load
+
+    load(ip)
+
+
+def unload_ipython_extension(ip: Any) -> None:
+    """``%unload_ext omniq``: unhook the magics and close the kernel's OmniQ."""
+    from .notebook.magics import unload_ipython_extension as unload
+
+    unload(ip)

@@ -1,0 +1,1208 @@
+"""AsyncOmniQ (the orchestrator) and OmniQ (its sync facade).
+
+``AsyncOmniQ`` wires the three storage interfaces to a worker, an event logger, a scheduler and
+a janitor (leases, TTLs, results of tasks finished elsewhere). ``OmniQ`` runs one ``AsyncOmniQ``
+on a private event loop in a daemon thread behind an anyio ``BlockingPortal``, so the same calls
+work in a plain script and inside a running Jupyter loop. Its methods are generated from the
+async ones by ``_portal_method``; only ``submit`` and ``map`` are written out, because they must
+not pay a portal round trip per call: they hand tasks to a thread-safe buffer that the loop
+drains in batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import contextlib
+import datetime as dt
+import functools
+import logging
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+import anyio
+from anyio.from_thread import BlockingPortal
+
+from . import ids
+from .config import configure_logging, load_config, resolve_urls
+from .errors import ConfigError, StorageError, TaskError
+from .events.logger import EventLogger
+from .models import EventType, OmniQConfig, Task, TaskEvent, TaskResult, TaskStatus
+from .scheduling import Scheduler, default_schedule_name
+from .serialization import dumps, dumps_call, loads
+from .storage.base import EventStore, ResultStore, TaskQueue, masked
+from .storage.urls import open_backends
+from .workers.base import Worker, cancelled_results, make_runner
+
+log = logging.getLogger("omniq")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_MISSING: Any = object()
+
+
+# --------------------------------------------------------------------------------------------
+# argument checking: pure functions, errors name the argument
+# --------------------------------------------------------------------------------------------
+def _seconds(name: str, value: Any, *, allow_zero: bool = False) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, dt.timedelta):
+        value = value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{name}={value!r} is not valid: expected seconds (a number or timedelta) or None")
+    if value < 0 or (value == 0 and not allow_zero) or value != value:
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"{name}={value!r} is not valid: expected a number of seconds {bound}")
+    return float(value)
+
+
+def _epoch(name: str, value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, dt.datetime):
+        return value.timestamp()  # naive = local time, as datetime does
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    raise ConfigError(f"{name}={value!r} is not valid: expected a datetime or epoch seconds")
+
+
+def _int(name: str, value: Any, *, minimum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{name}={value!r} is not valid: expected an integer")
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{name}={value!r} is not valid: expected an integer >= {minimum}")
+    return value
+
+
+def _queue_name(value: Any, name: str = "queue") -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{name}={value!r} is not valid: expected a non-empty string")
+    return value
+
+
+def _task_ids(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, (str, TaskHandle, AsyncTaskHandle)):
+        value = [value]
+    out = []
+    for v in value:
+        if isinstance(v, (TaskHandle, AsyncTaskHandle)):
+            out.append(v.id)
+        elif isinstance(v, str) and v:
+            out.append(v)
+        else:
+            raise ConfigError(f"depends_on contains {v!r}: expected task ids (str) or task handles")
+    return tuple(out)
+
+
+def _callable_name(fn: Any) -> str:
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__
+    mod = getattr(fn, "__module__", None)
+    return f"{mod}.{name}" if mod and mod not in ("__main__", "builtins") else str(name)
+
+
+def _run_callback(callback: bytes, argument: bytes) -> Any:
+    """Body of an ``on_success``/``on_failure`` task: call the callback with the result or error."""
+    return loads(callback)(loads(argument))
+
+
+# --------------------------------------------------------------------------------------------
+# handles
+# --------------------------------------------------------------------------------------------
+class _HandleBase:
+    __slots__ = ("_future", "id", "queue")
+
+    def __init__(self, task_id: str, queue: str, future: cf.Future[TaskResult]) -> None:
+        self.id = task_id
+        self.queue = queue
+        self._future = future
+
+    def done(self) -> bool:
+        """True once the task's final result is known to this process."""
+        return self._future.done()
+
+    def __repr__(self) -> str:
+        state = "done" if self._future.done() else "pending"
+        return f"<{type(self).__name__} {self.id} queue={self.queue!r} {state}>"
+
+    @staticmethod
+    def _value(result: TaskResult) -> Any:
+        if result.status is TaskStatus.SUCCEEDED:
+            return result.value
+        raise TaskError.from_info(result.task_id, result.error)
+
+
+class TaskHandle(_HandleBase):
+    """A submitted task, seen from synchronous code. Waiting never needs a portal round trip."""
+
+    __slots__ = ("_oq",)
+
+    def __init__(self, oq: OmniQ, task_id: str, queue: str, future: cf.Future[TaskResult]) -> None:
+        super().__init__(task_id, queue, future)
+        self._oq = oq
+
+    def status(self) -> TaskStatus:
+        if self._future.done() and self._future.exception() is None:
+            return self._future.result().status
+        return self._oq.status(self.id)
+
+    def get(self, timeout: float | None = None) -> TaskResult:
+        """The final ``TaskResult`` (whatever its status); ``TimeoutError`` past ``timeout``."""
+        try:
+            return self._future.result(timeout=timeout)
+        except cf.TimeoutError:
+            raise TimeoutError(f"task {self.id} did not finish within {timeout} s") from None
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The task's value, or ``TaskError`` (remote type, message, traceback) if it did not succeed."""
+        return self._value(self.get(timeout))
+
+    def cancel(self) -> bool:
+        return self._oq.cancel(self.id)
+
+
+class AsyncTaskHandle(_HandleBase):
+    """A submitted task, seen from async code."""
+
+    __slots__ = ("_oq",)
+
+    def __init__(self, oq: AsyncOmniQ, task_id: str, queue: str, future: cf.Future[TaskResult]) -> None:
+        super().__init__(task_id, queue, future)
+        self._oq = oq
+
+    async def status(self) -> TaskStatus:
+        if self._future.done() and self._future.exception() is None:
+            return self._future.result().status
+        return await self._oq.status(self.id)
+
+    async def get(self, timeout: float | None = None) -> TaskResult:
+        return await self._oq._wait(self.id, self._future, timeout)
+
+    async def result(self, timeout: float | None = None) -> Any:
+        return self._value(await self.get(timeout))
+
+    async def cancel(self) -> bool:
+        return await self._oq.cancel(self.id)
+
+    def __await__(self) -> Any:
+        return self.result().__await__()
+
+
+# --------------------------------------------------------------------------------------------
+# the orchestrator
+# --------------------------------------------------------------------------------------------
+class AsyncOmniQ:
+    """The queue, its storage, and this process's workers. Use as ``async with AsyncOmniQ() as oq``."""
+
+    def __init__(
+        self,
+        tasks: str | None = None,
+        results: str | None = None,
+        events: str | None = None,
+        worker: str | None = None,
+        concurrency: int | None = None,
+        queues: Sequence[str] | str | None = None,
+        *,
+        config: OmniQConfig | Mapping[str, Any] | str | None = None,
+        lease: float | None = None,
+        max_deliveries: int | None = None,
+        result_ttl: float | None = None,
+        task_ttl: float | None = None,
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        if isinstance(queues, str):
+            queues = [q for q in (s.strip() for s in queues.split(",")) if q]
+        if queues is not None:
+            queues = [_queue_name(q, "queues") for q in queues]
+        self.config = load_config(
+            config,
+            tasks=tasks,
+            results=results,
+            events=events,
+            worker=worker,
+            concurrency=concurrency,
+            queues=list(queues) if queues is not None else None,
+            lease=lease,
+            max_deliveries=max_deliveries,
+            result_ttl=result_ttl,
+            task_ttl=task_ttl,
+            storage_options=dict(storage_options) if storage_options else None,
+        )
+        self.tasks_url, self.results_url, self.events_url = resolve_urls(self.config)
+        self._opened = False
+        self._closing = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
+        self._buffer: deque[Task] = deque()
+        self._kick_pending = False
+        self._kick: asyncio.Event | None = None
+        self._flush_lock: asyncio.Lock | None = None
+        self._waiters: dict[str, cf.Future[TaskResult]] = {}
+        self._waiter_meta: dict[str, tuple[str, float, float]] = {}  # id -> (queue, eta, since)
+        self._results_changed: anyio.Event | None = None
+        self._bg: list[asyncio.Task[Any]] = []
+        self._worker: Worker | None = None
+        self._queue: TaskQueue
+        self._results: ResultStore
+        self._events_store: EventStore
+        self._events: EventLogger
+        self._scheduler: Scheduler
+
+    # --- lifecycle ---------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, source: OmniQConfig | Mapping[str, Any] | str | Any, **overrides: Any) -> AsyncOmniQ:
+        """Build from a YAML path, a dict or an ``OmniQConfig``; ``OMNIQ_*`` variables override it,
+        keyword arguments override both."""
+        return cls(config=source, **overrides)
+
+    @property
+    def is_open(self) -> bool:
+        return self._opened
+
+    async def __aenter__(self) -> AsyncOmniQ:
+        await self.open()
+        return self
+
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        await self.close(drain=exc_type is None)
+
+    async def open(self) -> None:
+        """Connect storage and start this instance's worker slots (idempotent)."""
+        if self._opened:
+            return
+        cfg = self.config
+        if _log_level_asked(cfg):
+            configure_logging(cfg.log_level)  # the library prints nothing unless asked
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._kick = asyncio.Event()
+        self._flush_lock = asyncio.Lock()
+        self._results_changed = anyio.Event()
+        self._queue, self._results, self._events_store = open_backends(
+            self.tasks_url, self.results_url, self.events_url, storage_options=dict(cfg.storage_options)
+        )
+        connected: list[Any] = []
+        try:
+            for b in (self._queue, self._results, self._events_store):
+                await b.connect()
+                connected.append(b)
+        except Exception as exc:
+            for b in connected:
+                with contextlib.suppress(Exception):
+                    await b.close()
+            if isinstance(exc, (StorageError, ConfigError)):
+                raise
+            raise StorageError(f"could not open storage {masked(self.tasks_url)}: {exc}") from exc
+        self._events = EventLogger(self._events_store)
+        self._spawn(self._events.run())
+        self._spawn(self._flush_loop())
+        self._spawn(self._janitor())
+        self._start_scheduler()
+        if cfg.concurrency > 0:
+            runner = make_runner(cfg.default_worker, cfg.concurrency)
+            await runner.start()
+            self._worker = Worker(
+                queue=self._queue,
+                results=self._results,
+                events=self._events,
+                runner=runner,
+                queues=cfg.queues,
+                lease=cfg.lease,
+                on_results=self._on_results,
+                make_follow_ups=self._follow_ups,
+            )
+            self._spawn(self._worker.claim_loop())
+            self._spawn(self._worker.complete_loop())
+            self._spawn(self._worker.maintain_loop())
+        self._opened = True
+        log.info(
+            "omniq open: tasks=%s results=%s events=%s worker=%s x%d",
+            masked(self.tasks_url), masked(self.results_url), masked(self.events_url),
+            cfg.default_worker, cfg.concurrency,
+        )
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        assert self._loop is not None
+        t: asyncio.Task[Any] = self._loop.create_task(coro)  # type: ignore[arg-type]
+        t.add_done_callback(_report_crash)
+        self._bg.append(t)
+
+    async def close(self, *, drain: bool = False, timeout: float | None = None) -> None:
+        """Store what is buffered; with ``drain``, wait for this instance's ready tasks to finish
+        first. Unstarted tasks go back to the queue; nothing accepted is lost."""
+        if not self._opened or self._closing:
+            return
+        self._closing = True
+        try:
+            await self.flush()
+            if drain and self._worker is not None:
+                with anyio.move_on_after(timeout):
+                    await self._drain()
+            if self._worker is not None:
+                await self._worker.stop(graceful=drain)
+            await self._events.flush()
+        finally:
+            for t in self._bg:
+                t.cancel()
+            for t in self._bg:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await t
+            self._bg.clear()
+            with contextlib.suppress(Exception):
+                await self._events.flush()
+            for b in (self._events_store, self._results, self._queue):
+                with contextlib.suppress(Exception):
+                    await b.close()
+            self._opened = False
+            self._closing = False
+            self._worker = None
+
+    async def _drain(self) -> None:
+        served = self.config.queues
+        while True:
+            now = time.time()
+            waiting = [
+                tid for tid, (q, eta, _) in list(self._waiter_meta.items())
+                if eta <= now + 0.5 and (served is None or q in served)
+            ]
+            if not waiting:
+                return
+            await self._wait_changed(0.25)
+
+    # --- submitting -----------------------------------------------------------------------------
+    def _make_task(
+        self,
+        fn: Callable[..., Any],
+        args: Any = (),
+        kwargs: Any = None,
+        *,
+        queue: str = "default",
+        priority: int = 0,
+        delay: Any = None,
+        eta: Any = None,
+        ttl: Any = _MISSING,
+        depends_on: Any = (),
+        retries: int = 0,
+        retry_delay: Any = 1.0,
+        timeout: Any = None,
+        on_success: Callable[..., Any] | None = None,
+        on_failure: Callable[..., Any] | None = None,
+        key: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        result_ttl: Any = _MISSING,
+        task_id: str | None = None,
+        payload: bytes | None = None,
+        now: float | None = None,
+    ) -> Task:
+        if not callable(fn):
+            raise ConfigError(f"fn={fn!r} is not valid: expected a callable")
+        if not isinstance(args, (tuple, list)):
+            raise ConfigError(f"args={args!r} is not valid: expected a tuple or list of positional arguments")
+        if kwargs is None:
+            kwargs = {}
+        elif not isinstance(kwargs, Mapping):
+            raise ConfigError(f"kwargs={kwargs!r} is not valid: expected a dict of keyword arguments")
+        _queue_name(queue)
+        _int("priority", priority)
+        _int("retries", retries, minimum=0)
+        if delay is not None and eta is not None:
+            raise ConfigError("delay and eta are both set: give one of them (delay in seconds, eta as a time)")
+        now = time.time() if now is None else now
+        start = _epoch("eta", eta)
+        d = _seconds("delay", delay, allow_zero=True)
+        if d:
+            start = now + d
+        ttl_s = _seconds("ttl", self.config.task_ttl if ttl is _MISSING else ttl)
+        rttl = _seconds("result_ttl", self.config.result_ttl if result_ttl is _MISSING else result_ttl)
+        deps = _task_ids(depends_on)
+        for name, cb in (("on_success", on_success), ("on_failure", on_failure)):
+            if cb is not None and not callable(cb):
+                raise ConfigError(f"{name}={cb!r} is not valid: expected a callable or None")
+        if key is not None and not isinstance(key, str):
+            raise ConfigError(f"key={key!r} is not valid: expected a string or None")
+        if metadata is not None and not isinstance(metadata, Mapping):
+            raise ConfigError(f"metadata={metadata!r} is not valid: expected a dict or None")
+        pending = bool(deps) or (start is not None and start > now)
+        return Task(
+            id=task_id or ids.new_id(),
+            payload=payload if payload is not None else dumps_call(fn, tuple(args), dict(kwargs)),
+            name=_callable_name(fn),
+            queue=queue,
+            priority=priority,
+            status=TaskStatus.PENDING if pending else TaskStatus.QUEUED,
+            created_at=now,
+            eta=start,
+            expires_at=(now + ttl_s) if ttl_s else None,
+            depends_on=deps,
+            retries=retries,
+            retry_delay=_seconds("retry_delay", retry_delay, allow_zero=True) or 0.0,
+            timeout=_seconds("timeout", timeout),
+            max_deliveries=self.config.max_deliveries,
+            on_success=dumps(on_success) if on_success is not None else None,
+            on_failure=dumps(on_failure) if on_failure is not None else None,
+            key=key,
+            result_ttl=rttl,
+            metadata=dict(metadata) if metadata else {},
+        )
+
+    def _accept(self, tasks: Sequence[Task]) -> list[cf.Future[TaskResult]]:
+        """Register waiters and hand tasks to the flusher. Thread-safe; never blocks."""
+        if not self._opened or self._loop is None:
+            raise RuntimeError("this OmniQ is not open: use `async with AsyncOmniQ(...)` or `await oq.open()`")
+        futs = []
+        waiters, meta = self._waiters, self._waiter_meta
+        now = time.time()
+        for t in tasks:
+            f: cf.Future[TaskResult] = cf.Future()
+            waiters[t.id] = f
+            meta[t.id] = (t.queue, t.eta or 0.0, now)
+            futs.append(f)
+        self._buffer.extend(tasks)
+        if not self._kick_pending:
+            self._kick_pending = True
+            assert self._kick is not None
+            if threading.get_ident() == self._loop_thread:
+                self._kick.set()
+            else:
+                self._loop.call_soon_threadsafe(self._kick.set)
+        return futs
+
+    async def _flush_loop(self) -> None:
+        assert self._kick is not None
+        while True:
+            await self._kick.wait()
+            self._kick.clear()
+            self._kick_pending = False
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Wait until every task handed over so far is durably stored."""
+        if not self._opened:
+            return
+        assert self._flush_lock is not None
+        async with self._flush_lock:
+            while self._buffer:
+                batch: list[Task] = []
+                pop = self._buffer.popleft
+                with contextlib.suppress(IndexError):
+                    while len(batch) < 20000:
+                        batch.append(pop())
+                await self._store_batch(batch)
+
+    async def _store_batch(self, batch: list[Task]) -> None:
+        err: BaseException | None = None
+        for attempt in range(4):
+            try:
+                await self._queue.enqueue(batch)
+                break
+            except ConfigError as exc:  # e.g. unknown dependency: not transient
+                err = exc
+                break
+            except Exception as exc:
+                err = exc
+                await anyio.sleep(0.05 * 4**attempt)
+        else:
+            err = err or StorageError("enqueue failed")
+        if err is not None and not _stored(err):
+            # Tell every waiter loudly rather than drop the tasks silently.
+            log.error("could not store %d tasks in %s: %s", len(batch), masked(self.tasks_url), err)
+            e = err if isinstance(err, (ConfigError, StorageError)) else StorageError(
+                f"could not store tasks in {masked(self.tasks_url)}: {err}"
+            )
+            for t in batch:
+                f = self._waiters.pop(t.id, None)
+                self._waiter_meta.pop(t.id, None)
+                if f is not None and not f.done():
+                    f.set_exception(e)
+            self._last_flush_error = e
+            return
+        now = time.time()
+        self._events.emit_many(
+            [TaskEvent(task_id=t.id, type=EventType.ENQUEUED.value, timestamp=now, queue=t.queue) for t in batch]
+        )
+        self._queue.notify()
+
+    async def enqueue(
+        self,
+        fn: Callable[..., Any],
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        queue: str = "default",
+        priority: int = 0,
+        delay: float | dt.timedelta | None = None,
+        eta: dt.datetime | float | None = None,
+        ttl: float | dt.timedelta | None = _MISSING,
+        depends_on: Any = (),
+        retries: int = 0,
+        retry_delay: float = 1.0,
+        timeout: float | None = None,
+        on_success: Callable[..., Any] | None = None,
+        on_failure: Callable[..., Any] | None = None,
+        key: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        result_ttl: float | dt.timedelta | None = _MISSING,
+    ) -> str:
+        """Store one task durably and return its id (time-ordered)."""
+        task = self._make_task(
+            fn, args, kwargs, queue=queue, priority=priority, delay=delay, eta=eta, ttl=ttl,
+            depends_on=depends_on, retries=retries, retry_delay=retry_delay, timeout=timeout,
+            on_success=on_success, on_failure=on_failure, key=key, metadata=metadata, result_ttl=result_ttl,
+        )
+        await self._ensure_open()
+        (fut,) = self._accept([task])
+        await self.flush()
+        if fut.done() and fut.exception() is not None:
+            raise fut.exception()  # type: ignore[misc]
+        return task.id
+
+    async def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> AsyncTaskHandle:
+        """Run ``fn(*args, **kwargs)`` on a worker; returns at once (stored within milliseconds)."""
+        task = self._make_task(fn, args, kwargs)
+        await self._ensure_open()
+        (fut,) = self._accept([task])
+        return AsyncTaskHandle(self, task.id, task.queue, fut)
+
+    async def map(self, fn: Callable[..., Any], iterable: Iterable[Any], **options: Any) -> list[AsyncTaskHandle]:
+        """``fn(item)`` for each item, enqueued as one batch; handles in input order."""
+        tasks = self._map_tasks(fn, iterable, options)
+        await self._ensure_open()
+        futs = self._accept(tasks)
+        return [AsyncTaskHandle(self, t.id, t.queue, f) for t, f in zip(tasks, futs)]
+
+    def _map_tasks(self, fn: Callable[..., Any], iterable: Iterable[Any], options: Mapping[str, Any]) -> list[Task]:
+        return self.build_tasks(fn, [((item,), {}) for item in iterable], **options)
+
+    def build_tasks(
+        self,
+        fn: Callable[..., Any],
+        calls: Sequence[tuple[Sequence[Any], Mapping[str, Any]]],
+        *,
+        keys: Sequence[str | None] | None = None,
+        metadata: Sequence[Mapping[str, Any] | None] | Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> list[Task]:
+        """Tasks for ``fn(*args, **kwargs)`` per ``(args, kwargs)`` in ``calls``, validated once,
+        with consecutive time-ordered ids (for ``map`` and sweeps; hand them to ``submit_tasks``)."""
+        if not callable(fn):
+            raise ConfigError(f"fn={fn!r} is not valid: expected a callable")
+        if keys is not None and len(keys) != len(calls):
+            raise ConfigError(f"keys has {len(keys)} entries for {len(calls)} calls: give one key per call")
+        now = time.time()
+        task_ids = ids.new_ids(len(calls))
+        out = []
+        for i, (tid, (args, kwargs)) in enumerate(zip(task_ids, calls)):
+            md = metadata[i] if isinstance(metadata, Sequence) else metadata
+            out.append(self._make_task(
+                fn, args, kwargs, task_id=tid, now=now, key=keys[i] if keys is not None else None,
+                metadata=md, **options,
+            ))
+        return out
+
+    def submit_tasks(self, tasks: Sequence[Task]) -> list[cf.Future[TaskResult]]:
+        """Hand built tasks to the batching buffer (thread-safe, returns at once); one future
+        per task, resolved with its final ``TaskResult``."""
+        return self._accept(tasks)
+
+    async def find_results(self, key_prefix: str) -> list[TaskResult]:
+        """Stored results whose ``key`` starts with ``key_prefix`` (how sweeps resume)."""
+        await self._ensure_open()
+        return await self._results.find_results(key_prefix=key_prefix)
+
+    async def _ensure_open(self) -> None:
+        if not self._opened:
+            await self.open()
+
+    # --- results --------------------------------------------------------------------------------
+    def _on_results(self, results: Sequence[TaskResult]) -> None:
+        """Called on the loop after results are stored: wake waiters in this process."""
+        waiters, meta = self._waiters, self._waiter_meta
+        for r in results:
+            f = waiters.pop(r.task_id, None)
+            if f is not None:
+                meta.pop(r.task_id, None)
+                if not f.done():
+                    f.set_result(r)
+        if self._results_changed is not None:
+            self._results_changed.set()
+            self._results_changed = anyio.Event()
+
+    async def _wait_changed(self, timeout: float) -> None:
+        ev = self._results_changed
+        assert ev is not None
+        with anyio.move_on_after(timeout):
+            await ev.wait()
+
+    def _future_for(self, task_id: str) -> cf.Future[TaskResult]:
+        f = self._waiters.get(task_id)
+        if f is None:
+            f = cf.Future()
+            self._waiters[task_id] = f
+            self._waiter_meta[task_id] = ("", float("inf"), time.time())  # not ours: not drained
+        return f
+
+    async def _wait(self, task_id: str, fut: cf.Future[TaskResult], timeout: float | None) -> TaskResult:
+        with anyio.move_on_after(timeout) as scope:
+            while not fut.done():
+                await self._wait_changed(0.25)
+        if scope.cancelled_caught and not fut.done():
+            raise TimeoutError(f"task {task_id} did not finish within {timeout} s")
+        return fut.result()
+
+    async def get_result(self, task_id: str, wait: bool = False, timeout: float | None = None) -> TaskResult | None:
+        """The task's final result; ``None`` if not final yet (and ``wait`` is False).
+        With ``wait``, block until it is final; ``TimeoutError`` past ``timeout``."""
+        await self._ensure_open()
+        f = self._waiters.get(task_id)
+        if f is not None and f.done():
+            return f.result()
+        r = await self._results.get_result(task_id)
+        if r is not None or not wait:
+            return r
+        return await self._wait(task_id, self._future_for(task_id), timeout)
+
+    def handle(self, task_id: str) -> AsyncTaskHandle:
+        """A handle for a task id (from ``enqueue`` or another process)."""
+        return AsyncTaskHandle(self, task_id, "", self._future_for(task_id))
+
+    async def status(self, task_id: str) -> TaskStatus:
+        """Current status; ``ConfigError`` for an id this storage has never seen."""
+        await self._ensure_open()
+        await self.flush()
+        st = (await self._queue.statuses([task_id])).get(task_id)
+        if st is None:
+            r = await self._results.get_result(task_id)
+            if r is None:
+                raise ConfigError(f"task_id={task_id!r} is not known to {masked(self.tasks_url)}")
+            return r.status
+        return st
+
+    async def cancel(self, task_id: str) -> bool:
+        """Cancel a task: a queued one never runs; a running one is stopped (its process
+        child is terminated). False if it had already finished or is unknown."""
+        await self._ensure_open()
+        await self.flush()
+        changed = await self._queue.cancel([task_id], now=time.time())
+        before = changed.get(task_id)
+        if before is None or before.is_final:
+            return False
+        if before is TaskStatus.RUNNING and self._worker is not None:
+            await self._worker.runner.cancel(task_id)  # remote workers notice cancel_requested
+        pairs = []
+        for tid, st in changed.items():
+            if st.is_final or st is TaskStatus.RUNNING:
+                continue
+            task = await self._queue.get_task(tid)
+            if task is not None:
+                pairs.append((task, task_id))
+        res = []
+        for task, cause in pairs:
+            by = "cancelled by user" if task.id == cause else None
+            res.extend(cancelled_results([(task, cause)], by=by))
+        if res:
+            await self._results.put_results(res)
+            for r in res:
+                self._events.emit(r.task_id, EventType.CANCELLED, queue=r.queue,
+                                  detail=r.error.message if r.error else None)
+            self._on_results(res)
+        return True
+
+    async def events(
+        self, task_id: str | None = None, since: float | dt.datetime | None = None, types: Sequence[str] | None = None
+    ) -> list[TaskEvent]:
+        """Recorded lifecycle events, in time order."""
+        await self._ensure_open()
+        await self._events.flush()
+        return await self._events_store.query_events(task_id=task_id, since=_epoch("since", since), types=types)
+
+    def on_event(self, callback: Callable[[TaskEvent], Any], types: Sequence[str] | None = None) -> Callable[[], None]:
+        """Call ``callback(event)`` for each event emitted in this process; returns an unsubscribe."""
+        wanted = {str(t) for t in types} if types else None
+
+        def listener(batch: list[TaskEvent]) -> None:
+            for ev in batch:
+                if wanted is None or ev.type in wanted:
+                    callback(ev)
+
+        if not self._opened:
+            raise RuntimeError("open the OmniQ before registering event callbacks")
+        return self._events.add_listener(listener)
+
+    async def health(self) -> dict[str, Any]:
+        """Workers (alive = heartbeat within a lease), queue depths by status, schedules."""
+        await self._ensure_open()
+        await self.flush()
+        now = time.time()
+        workers = []
+        for w in await self._queue.workers():
+            workers.append(
+                {
+                    "id": w.id, "kind": w.kind, "host": w.host, "pid": w.pid, "slots": w.slots,
+                    "queues": w.queues, "alive": now - w.last_heartbeat < self.config.lease,
+                    "last_heartbeat": w.last_heartbeat, "started_at": w.started_at,
+                }
+            )
+        oldest = await self._queue.oldest_queued()
+        return {
+            "workers": workers,
+            "queues": await self._queue.counts(),
+            "oldest_queued_age": {q: now - t for q, t in oldest.items()},
+            "schedules": await self.schedules(),
+            "storage": {
+                "tasks": masked(self.tasks_url), "results": masked(self.results_url), "events": masked(self.events_url),
+            },
+        }
+
+    # --- schedules ------------------------------------------------------------------------------
+    def _start_scheduler(self) -> None:
+        self._scheduler = Scheduler(self._queue, self._schedule_task)
+        self._spawn(self._scheduler.run())
+
+    def _schedule_task(self, schedule: Any, slot: float) -> Task:
+        now = time.time()
+        opts = dict(schedule.options or {})
+        return Task(
+            id=ids.new_id(),
+            payload=schedule.payload,
+            name=schedule.func_name or schedule.name,
+            queue=schedule.queue,
+            priority=schedule.priority,
+            created_at=now,
+            max_deliveries=self.config.max_deliveries,
+            retries=int(opts.get("retries") or 0),
+            timeout=opts.get("timeout"),
+            expires_at=(now + float(opts["ttl"])) if opts.get("ttl") else None,
+            metadata={"schedule": schedule.id, "slot": slot},
+        )
+
+    async def schedule(
+        self,
+        fn: Callable[..., Any],
+        *,
+        cron: str | None = None,
+        interval: float | dt.timedelta | None = None,
+        at: dt.datetime | float | None = None,
+        timezone: str | None = None,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        queue: str = "default",
+        priority: int = 0,
+        name: str | None = None,
+        retries: int = 0,
+        timeout: float | None = None,
+        ttl: float | dt.timedelta | None = None,
+    ) -> str:
+        """Run ``fn`` on a cron expression, every ``interval`` seconds, or once ``at`` a time.
+        Returns the schedule id; a schedule with the same name is replaced."""
+        await self._ensure_open()
+        if not callable(fn):
+            raise ConfigError(f"fn={fn!r} is not valid: expected a callable")
+        _queue_name(queue)
+        return await self._scheduler.add(
+            payload=dumps_call(fn, tuple(args), dict(kwargs or {})),
+            func_name=_callable_name(fn),
+            name=name or default_schedule_name(fn),
+            cron=cron, interval=interval, at=at, timezone=timezone,
+            queue=queue, priority=_int("priority", priority),
+            options={
+                "retries": _int("retries", retries, minimum=0),
+                "timeout": _seconds("timeout", timeout),
+                "ttl": _seconds("ttl", ttl),
+            },
+        )
+
+    async def pause_schedule(self, schedule_id: str) -> bool:
+        await self._ensure_open()
+        return await self._scheduler.pause(schedule_id)
+
+    async def resume_schedule(self, schedule_id: str) -> bool:
+        await self._ensure_open()
+        return await self._scheduler.resume(schedule_id)
+
+    async def delete_schedule(self, schedule_id: str) -> bool:
+        await self._ensure_open()
+        return await self._scheduler.delete(schedule_id)
+
+    async def schedules(self) -> list[dict[str, Any]]:
+        """One row per schedule, with its next run."""
+        await self._ensure_open()
+        return await self._scheduler.list()
+
+    # --- sweeps -------------------------------------------------------------------------------
+    async def sweep(self, fn: Callable[..., Any], grid: Any, name: str | None = None, **options: Any) -> Any:
+        """Run ``fn(**point)`` for every point of ``grid``; finished points of an earlier run
+        of the same sweep (same name, function and parameters) are reused. Returns an
+        ``AsyncSweep``."""
+        from .sweep import AsyncSweep
+
+        await self._ensure_open()
+        return await AsyncSweep.start(self, fn, grid, name=name, **options)
+
+    # --- callbacks and housekeeping ----------------------------------------------------------
+    def _follow_ups(self, result: TaskResult, task: Task) -> list[Task]:
+        """Tasks for ``on_success`` / ``on_failure`` callbacks of a finished task."""
+        if result.status is TaskStatus.SUCCEEDED and task.on_success is not None:
+            arg = result.payload if result.payload is not None else dumps(None)
+            cb = task.on_success
+        elif result.status is TaskStatus.FAILED and task.on_failure is not None:
+            arg = dumps(TaskError.from_info(task.id, result.error))
+            cb = task.on_failure
+        else:
+            return []
+        return [
+            Task(
+                id=ids.new_id(),
+                payload=dumps_call(_run_callback, (cb, arg), {}),
+                name=f"{task.name}:callback",
+                queue=task.queue,
+                priority=task.priority,
+                created_at=time.time(),
+                max_deliveries=task.max_deliveries,
+                metadata={"callback_of": task.id},
+            )
+        ]
+
+    async def _janitor(self) -> None:
+        """Leases that lapsed, TTLs that ran out, and results finished by other processes."""
+        last_purge = 0.0
+        while True:
+            await anyio.sleep(0.5)
+            now = time.time()
+            try:
+                reaped = await self._queue.reap(now=now)
+                for t in reaped.requeued:
+                    self._events.emit(t.id, EventType.REQUEUED, queue=t.queue, detail="lease lapsed")
+                if reaped.requeued:
+                    self._queue.notify()
+                if reaped.dead:
+                    from .models import ErrorInfo
+
+                    dead = [
+                        TaskResult(
+                            task_id=t.id, status=TaskStatus.FAILED, queue=t.queue, name=t.name, key=t.key,
+                            attempts=t.attempts, finished_at=now, metadata=t.metadata,
+                            error=ErrorInfo(
+                                "WorkerDied",
+                                f"worker {t.worker} stopped responding; delivered {t.deliveries} times "
+                                f"(max_deliveries={t.max_deliveries})",
+                            ),
+                        )
+                        for t in reaped.dead
+                    ]
+                    await self._results.put_results(dead)
+                    for r in dead:
+                        self._events.emit(r.task_id, EventType.FAILED, queue=r.queue, detail="WorkerDied")
+                    self._on_results(dead)
+                if reaped.cancelled:
+                    await self._record_cancelled(reaped.cancelled)
+                expired = await self._queue.expire(now=now)
+                if expired:
+                    from .models import ErrorInfo
+
+                    exp = [
+                        TaskResult(
+                            task_id=t.id, status=TaskStatus.EXPIRED, queue=t.queue, name=t.name, key=t.key,
+                            finished_at=now, metadata=t.metadata,
+                            error=ErrorInfo("TaskExpired", "its ttl ran out before it started"),
+                        )
+                        for t in expired
+                        if t.status is TaskStatus.EXPIRED
+                    ]
+                    await self._results.put_results(exp)
+                    for r in exp:
+                        self._events.emit(r.task_id, EventType.EXPIRED, queue=r.queue)
+                    self._on_results(exp)
+                    dependents = [t for t in expired if t.status is TaskStatus.CANCELLED]
+                    if dependents:
+                        cause = exp[0].task_id if exp else ""
+                        await self._record_cancelled([(t, cause) for t in dependents])
+                if now - last_purge > 60:
+                    last_purge = now
+                    await self._results.purge_results(now=now)
+                await self._reconcile(now)
+            except Exception:
+                log.exception("housekeeping on %s failed; will retry", masked(self.tasks_url))
+
+    async def _record_cancelled(self, pairs: Sequence[tuple[Task, str]]) -> None:
+        res = cancelled_results(pairs)
+        for r, (t, cause) in zip(res, pairs):
+            if t.id == cause and r.error is not None:
+                r.error = type(r.error)("TaskCancelled", "cancelled by user")
+        await self._results.put_results(res)
+        for r in res:
+            self._events.emit(r.task_id, EventType.CANCELLED, queue=r.queue,
+                              detail=r.error.message if r.error else None)
+        self._on_results(res)
+
+    async def _reconcile(self, now: float) -> None:
+        """Resolve waiters whose tasks were finished by another process (or another instance)."""
+        local = self._worker is not None and self._worker.runner.alive()
+        age = 2.0 if local else 0.2
+        stale = [tid for tid, (_, _, since) in list(self._waiter_meta.items()) if now - since > age][:1000]
+        if not stale:
+            return
+        found = await self._results.get_results(stale)
+        if found:
+            self._on_results(list(found.values()))
+
+
+def _log_level_asked(cfg: OmniQConfig) -> bool:
+    import os
+
+    from .config import settings
+
+    return cfg.log_level.upper() != settings.LOG_LEVEL or bool(os.environ.get("OMNIQ_LOG_LEVEL"))
+
+
+def _stored(err: BaseException | None) -> bool:
+    return err is None
+
+
+def _report_crash(t: asyncio.Task[Any]) -> None:
+    if not t.cancelled() and t.exception() is not None:
+        log.error("omniq background task %s crashed", t.get_coro(), exc_info=t.exception())
+
+
+# --------------------------------------------------------------------------------------------
+# the sync facade
+# --------------------------------------------------------------------------------------------
+class _LoopThread:
+    """One event loop in a daemon thread, reached through an anyio ``BlockingPortal``.
+
+    A daemon thread (rather than ``start_blocking_portal``'s executor thread) lets the
+    interpreter reach ``atexit``, where open instances are closed."""
+
+    def __init__(self) -> None:
+        self.portal: BlockingPortal | None = None
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        async def main() -> None:
+            async with BlockingPortal() as portal:
+                self.portal = portal
+                ready.set()
+                await portal.sleep_until_stopped()
+
+        def run() -> None:
+            try:
+                anyio.run(main)
+            except BaseException as exc:  # pragma: no cover - surfaced to the caller below
+                failure.append(exc)
+                ready.set()
+
+        self.thread = threading.Thread(target=run, name="omniq-loop", daemon=True)
+        self.thread.start()
+        ready.wait()
+        if failure:
+            raise failure[0]
+
+    def call(self, fn: Callable[..., Awaitable[R]], *args: Any, **kwargs: Any) -> R:
+        assert self.portal is not None
+        if kwargs:
+            return self.portal.call(functools.partial(fn, *args, **kwargs))
+        return self.portal.call(fn, *args)
+
+    def stop(self) -> None:
+        if self.portal is not None:
+            with contextlib.suppress(Exception):
+                self.portal.call(self.portal.stop)
+            self.thread.join(5)
+            self.portal = None
+
+
+def _portal_method(
+    async_fn: Callable[Concatenate[AsyncOmniQ, P], Awaitable[R]],
+) -> Callable[Concatenate[OmniQ, P], R]:
+    """Make the sync twin of an ``AsyncOmniQ`` coroutine method: same signature, same docs."""
+    name = async_fn.__name__
+
+    @functools.wraps(async_fn)
+    def method(self: OmniQ, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self._call(getattr(self._core, name), *args, **kwargs)
+
+    return method
+
+
+_OPEN: weakref.WeakSet[OmniQ] = weakref.WeakSet()
+_ATEXIT = False
+
+
+def _close_all_at_exit() -> None:
+    """Close instances left open (a notebook's, say) quietly when the interpreter exits."""
+    logging.getLogger("omniq").setLevel(logging.CRITICAL + 1)  # children inherit it
+    for oq in list(_OPEN):
+        with contextlib.suppress(BaseException):
+            oq.close(drain=False, timeout=5)
+
+
+class OmniQ:
+    """Synchronous OmniQ: the same constructor and methods as ``AsyncOmniQ``, blocking.
+
+    Opens lazily on first use (or with ``with OmniQ(...) as oq``); an instance left open is
+    closed at interpreter exit."""
+
+    def __init__(
+        self,
+        tasks: str | None = None,
+        results: str | None = None,
+        events: str | None = None,
+        worker: str | None = None,
+        concurrency: int | None = None,
+        queues: Sequence[str] | str | None = None,
+        *,
+        config: OmniQConfig | Mapping[str, Any] | str | None = None,
+        lease: float | None = None,
+        max_deliveries: int | None = None,
+        result_ttl: float | None = None,
+        task_ttl: float | None = None,
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self._core = AsyncOmniQ(
+            tasks, results, events, worker, concurrency, queues, config=config, lease=lease,
+            max_deliveries=max_deliveries, result_ttl=result_ttl, task_ttl=task_ttl,
+            storage_options=storage_options,
+        )
+        self._thread: _LoopThread | None = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_config(cls, source: OmniQConfig | Mapping[str, Any] | str | Any, **overrides: Any) -> OmniQ:
+        """Build from a YAML path, a dict or an ``OmniQConfig``; ``OMNIQ_*`` variables override it,
+        keyword arguments override both."""
+        return cls(config=source, **overrides)
+
+    @property
+    def config(self) -> OmniQConfig:
+        return self._core.config
+
+    @property
+    def core(self) -> AsyncOmniQ:
+        """The ``AsyncOmniQ`` this facade drives (on its own loop thread)."""
+        return self._core
+
+    def __repr__(self) -> str:
+        c = self._core
+        state = "open" if c.is_open else "closed"
+        return (f"<OmniQ {state} tasks={masked(c.tasks_url)} worker={c.config.default_worker} "
+                f"x{c.config.concurrency}>")
+
+    # --- lifecycle ---------------------------------------------------------------------------
+    def open(self) -> OmniQ:
+        global _ATEXIT
+        with self._lock:
+            if self._thread is None:
+                self._thread = _LoopThread()
+            if not self._core.is_open:
+                try:
+                    self._thread.call(self._core.open)
+                except BaseException:
+                    self._thread.stop()
+                    self._thread = None
+                    raise
+                _OPEN.add(self)
+                if not _ATEXIT:
+                    import atexit
+
+                    atexit.register(_close_all_at_exit)
+                    _ATEXIT = True
+        return self
+
+    def close(self, drain: bool = False, timeout: float | None = None) -> None:
+        """Store buffered tasks, stop workers (with ``drain``: after this instance's ready
+        tasks finish), close storage and the loop thread."""
+        with self._lock:
+            if self._thread is None:
+                return
+            try:
+                if self._core.is_open:
+                    self._thread.call(self._core.close, drain=drain, timeout=timeout)
+            finally:
+                self._thread.stop()
+                self._thread = None
+                _OPEN.discard(self)
+
+    def __enter__(self) -> OmniQ:
+        return self.open()
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self.close(drain=exc_type is None)
+
+    def _call(self, fn: Callable[..., Awaitable[R]], *args: Any, **kwargs: Any) -> R:
+        if self._thread is None or not self._core.is_open:
+            self.open()
+        assert self._thread is not None
+        return self._thread.call(fn, *args, **kwargs)
+
+    # --- the hot path: no portal round trip ------------------------------------------------------
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> TaskHandle:
+        """Run ``fn(*args, **kwargs)`` on a worker. Returns at once; the task is stored within
+        milliseconds (``flush()`` or leaving the ``with`` block waits for that)."""
+        core = self._core
+        task = core._make_task(fn, args, kwargs)
+        if not core.is_open:
+            self.open()
+        (fut,) = core._accept([task])
+        return TaskHandle(self, task.id, task.queue, fut)
+
+    def map(self, fn: Callable[..., Any], iterable: Iterable[Any], **options: Any) -> list[TaskHandle]:
+        """``fn(item)`` for each item, as one batch; handles in input order. ``options`` are
+        ``enqueue`` options (queue, priority, retries, timeout, ...)."""
+        core = self._core
+        tasks = core._map_tasks(fn, iterable, options)
+        if not core.is_open:
+            self.open()
+        futs = core._accept(tasks)
+        return [TaskHandle(self, t.id, t.queue, f) for t, f in zip(tasks, futs)]
+
+    def handle(self, task_id: str) -> TaskHandle:
+        """A handle for a task id (from ``enqueue`` or another process)."""
+        if not self._core.is_open:
+            self.open()
+        fut = self._call(_async_future_for, self._core, task_id)
+        return TaskHandle(self, task_id, "", fut)
+
+    def gather(self, handles: Iterable[TaskHandle], timeout: float | None = None) -> list[Any]:
+        """Values of many handles, in order (raises the first ``TaskError``)."""
+        return [h.result(timeout) for h in handles]
+
+    # --- everything else: generated from AsyncOmniQ --------------------------------------------
+    enqueue = _portal_method(AsyncOmniQ.enqueue)
+    find_results = _portal_method(AsyncOmniQ.find_results)
+    flush = _portal_method(AsyncOmniQ.flush)
+    get_result = _portal_method(AsyncOmniQ.get_result)
+    status = _portal_method(AsyncOmniQ.status)
+    cancel = _portal_method(AsyncOmniQ.cancel)
+    events = _portal_method(AsyncOmniQ.events)
+    health = _portal_method(AsyncOmniQ.health)
+    schedule = _portal_method(AsyncOmniQ.schedule)
+    pause_schedule = _portal_method(AsyncOmniQ.pause_schedule)
+    resume_schedule = _portal_method(AsyncOmniQ.resume_schedule)
+    delete_schedule = _portal_method(AsyncOmniQ.delete_schedule)
+    schedules = _portal_method(AsyncOmniQ.schedules)
+
+    def sweep(self, fn: Callable[..., Any], grid: Any, name: str | None = None, **options: Any) -> Any:
+        """Run ``fn(**point)`` for every point of ``grid``; finished points of an earlier run
+        of the same sweep (same name, function and parameters) are reused. Returns a ``Sweep``
+        at once (the kernel stays free): ``.wait()``, ``.results()``, ``.failed()``, ..."""
+        from .sweep import Sweep
+
+        if not self._core.is_open:
+            self.open()
+        return Sweep.start(self, fn, grid, name=name, **options)
+
+    def on_event(self, callback: Callable[[TaskEvent], Any], types: Sequence[str] | None = None) -> Callable[[], None]:
+        """Call ``callback(event)`` (on OmniQ's loop thread) for events emitted in this process."""
+        if not self._core.is_open:
+            self.open()
+        return self._core.on_event(callback, types)
+
+
+async def _async_future_for(core: AsyncOmniQ, task_id: str) -> cf.Future[TaskResult]:
+    return core._future_for(task_id)

@@ -1,0 +1,103 @@
+"""Batched, non-blocking event logging.
+
+Workers call ``emit`` on the hot path: it appends a ``TaskEvent`` to a list and, at most once
+per batch, wakes the flusher. The flusher writes whole batches to the event store, so a burst
+of 10,000 completions costs a handful of writes. In-process listeners see each event at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import anyio
+
+from ..models import TaskEvent
+from ..storage.base import EventStore
+
+log = logging.getLogger("omniq.events")
+
+Listener = Callable[[list[TaskEvent]], None]
+
+
+class EventLogger:
+    """Collects events and writes them to ``store`` in batches (every ``interval`` seconds at most)."""
+
+    def __init__(self, store: EventStore, *, interval: float = 0.05, max_batch: int = 5000) -> None:
+        self._store = store
+        self._interval = interval
+        self._max_batch = max_batch
+        self._pending: list[TaskEvent] = []
+        self._wake = anyio.Event()
+        self._idle = anyio.Event()
+        self._idle.set()
+        self._listeners: list[Listener] = []
+        self._closed = False
+
+    def add_listener(self, fn: Listener) -> Callable[[], None]:
+        """Call ``fn(batch)`` on the loop for every batch emitted in this process."""
+        self._listeners.append(fn)
+        return lambda: self._listeners.remove(fn) if fn in self._listeners else None
+
+    def emit(
+        self,
+        task_id: str,
+        type: str,
+        *,
+        worker: str | None = None,
+        queue: str | None = None,
+        detail: str | None = None,
+        timestamp: float | None = None,
+    ) -> None:
+        self.emit_many(
+            [
+                TaskEvent(
+                    task_id=task_id,
+                    type=type,
+                    timestamp=time.time() if timestamp is None else timestamp,
+                    worker=worker,
+                    queue=queue,
+                    detail=detail,
+                )
+            ]
+        )
+
+    def emit_many(self, events: list[TaskEvent]) -> None:
+        if not events:
+            return
+        self._pending.extend(events)
+        if self._idle.is_set():
+            self._idle = anyio.Event()
+        self._wake.set()
+        for fn in list(self._listeners):
+            try:
+                fn(events)
+            except Exception:  # a listener's bug must not stop the queue
+                log.exception("event listener %r failed", fn)
+
+    async def run(self) -> None:
+        """Flush loop; runs until cancelled (``close`` flushes what is left)."""
+        while True:
+            await self._wake.wait()
+            self._wake = anyio.Event()
+            await self._flush_once()
+            await anyio.sleep(self._interval)
+
+    async def _flush_once(self) -> None:
+        while self._pending:
+            batch = self._pending[: self._max_batch]
+            del self._pending[: self._max_batch]
+            try:
+                await self._store.append_events(batch)
+            except Exception:
+                # Events are diagnostics: keep them for the next try rather than lose or crash.
+                log.exception("could not write %d events; will retry", len(batch))
+                self._pending[:0] = batch
+                await anyio.sleep(min(1.0, self._interval * 10))
+                return
+        self._idle.set()
+
+    async def flush(self) -> None:
+        """Write everything emitted so far (``events()`` calls this before it queries)."""
+        await self._flush_once()

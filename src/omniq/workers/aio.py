@@ -1,0 +1,92 @@
+"""Async workers: coroutine functions run as tasks on the event loop; plain functions run in a
+worker thread so they never block the loop. Timeouts and cancels use cancel scopes."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import Sequence
+
+import anyio
+
+from ..errors import SerializationError
+from ..models import ErrorInfo, Task, TaskStatus
+from ..serialization import dumps, loads_call
+from .base import Outcome, Runner, error_info, timeout_error
+
+
+class AsyncRunner(Runner):
+    kind = "async"
+
+    def __init__(self, slots: int) -> None:
+        super().__init__(slots)
+        self._running: dict[str, tuple[Task, asyncio.Task[None]]] = {}
+        self._cancelled: set[str] = set()
+
+    async def start(self) -> None:
+        return None
+
+    def capacity(self) -> int:
+        return max(0, self.slots - len(self._running))
+
+    def held(self) -> list[str]:
+        return list(self._running)
+
+    def dispatch(self, tasks: Sequence[Task]) -> None:
+        loop = asyncio.get_running_loop()
+        for t in tasks:
+            self._running[t.id] = (t, loop.create_task(self._run(t)))
+
+    async def _run(self, task: Task) -> None:
+        started = time.time()
+        self.on_started(task, started)
+        try:
+            fn, args, kwargs = loads_call(task.payload)
+        except SerializationError as exc:
+            self._finish(Outcome(task, error=error_info(exc), started_at=started, finished_at=time.time(), retryable=False))
+            return
+        try:
+            with anyio.fail_after(task.timeout):
+                if inspect.iscoroutinefunction(fn):
+                    value = await fn(*args, **kwargs)
+                else:
+                    value = await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs), abandon_on_cancel=True)
+                    if inspect.isawaitable(value):
+                        value = await value
+            out = Outcome(task, payload=dumps(value), started_at=started, finished_at=time.time())
+        except TimeoutError:
+            out = Outcome(task, error=timeout_error(task), started_at=started, finished_at=time.time())
+        except asyncio.CancelledError:
+            if task.id not in self._cancelled:
+                raise
+            out = Outcome(task, status=TaskStatus.CANCELLED, error=ErrorInfo("TaskCancelled", "cancelled by user"),
+                          started_at=started, finished_at=time.time(), retryable=False)
+        except Exception as exc:
+            out = Outcome(task, error=error_info(exc), started_at=started, finished_at=time.time())
+        self._finish(out)
+
+    def _finish(self, out: Outcome) -> None:
+        self._running.pop(out.task.id, None)
+        self._cancelled.discard(out.task.id)
+        self.on_done([out])
+        self._signal_capacity()
+
+    async def cancel(self, task_id: str) -> bool:
+        entry = self._running.get(task_id)
+        if entry is None:
+            return False
+        self._cancelled.add(task_id)
+        entry[1].cancel()
+        return True
+
+    async def stop(self, *, graceful: bool) -> list[Task]:
+        if graceful:
+            while self._running:
+                await asyncio.sleep(0.01)
+            return []
+        tasks = [t for t, _ in self._running.values()]
+        for _, at in list(self._running.values()):
+            at.cancel()
+        self._running.clear()
+        return tasks

@@ -1,0 +1,387 @@
+"""The worker loop, and the ``Runner`` interface each worker kind implements.
+
+A ``Worker`` claims tasks from a ``TaskQueue`` (only through the storage interfaces), hands them
+to a ``Runner`` (async / thread / process / gevent), and turns the runner's ``Outcome``s into
+results, final statuses, retries and events, in batches. The runner never touches storage.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import os
+import random
+import socket
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import anyio
+
+from ..events.logger import EventLogger
+from ..models import ErrorInfo, EventType, Task, TaskResult, TaskStatus
+from ..storage.base import ResultStore, TaskQueue, WorkerInfo
+
+log = logging.getLogger("omniq.worker")
+
+
+class Outcome:
+    """How one run of a task ended. ``error`` set means the attempt failed."""
+
+    __slots__ = ("error", "finished_at", "payload", "retryable", "started_at", "status", "task")
+
+    def __init__(
+        self,
+        task: Task,
+        *,
+        payload: bytes | None = None,
+        error: ErrorInfo | None = None,
+        started_at: float,
+        finished_at: float,
+        retryable: bool = True,
+        status: TaskStatus | None = None,
+    ) -> None:
+        self.task = task
+        self.payload = payload
+        self.error = error
+        self.started_at = started_at
+        self.finished_at = finished_at
+        self.retryable = retryable
+        # None: SUCCEEDED if no error else FAILED (or a retry). CANCELLED: stopped by a user.
+        self.status = status
+
+
+def error_info(exc: BaseException) -> ErrorInfo:
+    """An exception as text that any process can read."""
+    return ErrorInfo(
+        type=type(exc).__name__,
+        message=str(exc),
+        traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+    )
+
+
+def timeout_error(task: Task) -> ErrorInfo:
+    return ErrorInfo(
+        type="TaskTimeout",
+        message=f"task {task.name or task.id} timed out after {task.timeout:g} s",
+    )
+
+
+class Runner(abc.ABC):
+    """Executes tasks. Calls ``on_done`` (on the event loop) with batches of outcomes."""
+
+    kind: str = ""
+
+    def __init__(self, slots: int) -> None:
+        self.slots = slots
+        self.on_done: Callable[[list[Outcome]], None] = lambda outs: None
+        self.on_started: Callable[[Task, float], None] = lambda task, t: None
+        self.capacity_changed = anyio.Event()
+
+    def _signal_capacity(self) -> None:
+        self.capacity_changed.set()
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Get ready to run (spawn children, threads); returns when the pool can take work."""
+
+    @abc.abstractmethod
+    def capacity(self) -> int:
+        """How many more tasks ``dispatch`` accepts now (includes prefetch)."""
+
+    @abc.abstractmethod
+    def dispatch(self, tasks: Sequence[Task]) -> None:
+        """Take tasks to run; never blocks."""
+
+    @abc.abstractmethod
+    def held(self) -> list[str]:
+        """Ids of tasks dispatched and not yet reported (their leases need extending)."""
+
+    @abc.abstractmethod
+    async def cancel(self, task_id: str) -> bool:
+        """Stop a task this runner holds; its outcome is reported as CANCELLED."""
+
+    @abc.abstractmethod
+    async def stop(self, *, graceful: bool) -> list[Task]:
+        """Stop. ``graceful``: finish running tasks first. Returns tasks never started."""
+
+    def alive(self) -> bool:
+        return True
+
+
+def make_runner(kind: str, slots: int) -> Runner:
+    """Build the runner for a worker kind (imports gevent only when asked for)."""
+    if kind == "process":
+        from .process import ProcessRunner
+
+        return ProcessRunner(slots)
+    if kind == "thread":
+        from .thread import ThreadRunner
+
+        return ThreadRunner(slots)
+    if kind == "async":
+        from .aio import AsyncRunner
+
+        return AsyncRunner(slots)
+    if kind == "gevent":
+        from .gevent import GeventRunner
+
+        return GeventRunner(slots)
+    from ..config import settings
+    from ..errors import ConfigError
+
+    raise ConfigError(f"worker={kind!r} is not valid: expected one of {', '.join(settings.WORKER_KINDS)}")
+
+
+def retry_delay(task: Task, attempt: int) -> float:
+    """Exponential back-off with ±25 % jitter: retry_delay * 2**(attempt-1)."""
+    base = task.retry_delay * (2 ** max(0, attempt - 1))
+    return base * random.uniform(0.75, 1.25)
+
+
+class Worker:
+    """Claims, dispatches and completes tasks for one runner. Speaks only to storage interfaces."""
+
+    def __init__(
+        self,
+        *,
+        queue: TaskQueue,
+        results: ResultStore,
+        events: EventLogger,
+        runner: Runner,
+        queues: Sequence[str] | None,
+        lease: float,
+        on_results: Callable[[list[TaskResult]], None],
+        make_follow_ups: Callable[[TaskResult, Task], list[Task]] | None = None,
+        worker_id: str | None = None,
+    ) -> None:
+        self.queue = queue
+        self.results = results
+        self.events = events
+        self.runner = runner
+        self.queues = list(queues) if queues else None
+        self.lease = lease
+        self.on_results = on_results
+        self.make_follow_ups = make_follow_ups
+        self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{runner.kind}:{os.urandom(3).hex()}"
+        self.started_at = time.time()
+        self._outcomes: list[Outcome] = []
+        self._outcome_ready = anyio.Event()
+        self._stopping = False
+        self._claiming = True
+        self._in_flight = 0  # outcomes being written
+        self._idle = anyio.Event()
+        self._idle.set()
+        runner.on_done = self._on_done
+        runner.on_started = self._on_started
+
+    # --- runner callbacks (on the loop) ------------------------------------------------------
+    def _on_started(self, task: Task, at: float) -> None:
+        self.events.emit(task.id, EventType.STARTED, worker=self.id, queue=task.queue, timestamp=at)
+
+    def _on_done(self, outs: list[Outcome]) -> None:
+        self._outcomes.extend(outs)
+        self._outcome_ready.set()
+
+    # --- loops ---------------------------------------------------------------------------------
+    async def claim_loop(self) -> None:
+        """Keep the runner full: claim as many tasks as it has room for, wait when idle."""
+        backoff = 0.005
+        while self._claiming:
+            room = self.runner.capacity()
+            if room <= 0:
+                self.runner.capacity_changed = anyio.Event()
+                if self.runner.capacity() <= 0:
+                    with anyio.move_on_after(0.5):
+                        await self.runner.capacity_changed.wait()
+                continue
+            try:
+                tasks = await self.queue.claim(
+                    self.id, queues=self.queues, limit=room, lease=self.lease, now=time.time()
+                )
+            except Exception:
+                log.exception("claim failed on %s; retrying", self.queue.url)
+                await anyio.sleep(min(backoff, 2.0))
+                backoff *= 2
+                continue
+            backoff = 0.005
+            if tasks:
+                self.runner.dispatch(tasks)
+            else:
+                await self.queue.wait_for_tasks(timeout=0.5)
+
+    async def complete_loop(self) -> None:
+        """Write outcomes in batches: results first, then final statuses (at-least-once)."""
+        while True:
+            await self._outcome_ready.wait()
+            self._outcome_ready = anyio.Event()
+            while self._outcomes:
+                batch, self._outcomes = self._outcomes, []
+                self._in_flight += len(batch)
+                try:
+                    await self._complete(batch)
+                except Exception:
+                    # Never drop an outcome: keep it and try again; leases keep the tasks safe.
+                    log.exception("could not record %d outcomes; retrying", len(batch))
+                    self._outcomes[:0] = batch
+                    await anyio.sleep(0.5)
+                finally:
+                    self._in_flight -= len(batch)
+
+    async def _complete(self, batch: list[Outcome]) -> None:
+        now = time.time()
+        finals: list[TaskResult] = []
+        statuses: list[tuple[str, TaskStatus]] = []
+        tasks: dict[str, Task] = {}
+        emit = self.events.emit_many
+        from ..models import TaskEvent
+
+        evs: list[TaskEvent] = []
+        for out in batch:
+            t = out.task
+            attempts = t.attempts + 1
+            if out.status is TaskStatus.RUNNING:  # its worker died: not the task's failure
+                if t.deliveries < t.max_deliveries:
+                    await self.queue.retry(self.id, t.id, eta=now, attempts=t.attempts)
+                    evs.append(_ev(t, EventType.REQUEUED, self.id, now, str(out.error)))
+                    self.queue.notify()
+                    continue
+                status = TaskStatus.FAILED
+                attempts = t.attempts
+            elif out.status is None and out.error is None:
+                status = TaskStatus.SUCCEEDED
+            elif out.status is TaskStatus.CANCELLED:
+                status = TaskStatus.CANCELLED
+            else:
+                status = TaskStatus.FAILED
+                if out.retryable and attempts <= t.retries:
+                    delay = retry_delay(t, attempts)
+                    await self.queue.retry(self.id, t.id, eta=now + delay, attempts=attempts)
+                    evs.append(_ev(t, EventType.RETRY, self.id, out.finished_at,
+                                   f"attempt {attempts} failed ({out.error}); retry in {delay:.2f} s"))
+                    continue
+            res_ttl = t.result_ttl
+            finals.append(
+                TaskResult(
+                    task_id=t.id,
+                    status=status,
+                    payload=out.payload if status is TaskStatus.SUCCEEDED else None,
+                    error=out.error,
+                    attempts=attempts,
+                    started_at=out.started_at,
+                    finished_at=out.finished_at,
+                    worker=self.id,
+                    queue=t.queue,
+                    name=t.name,
+                    key=t.key,
+                    expires_at=(out.finished_at + res_ttl) if res_ttl else None,
+                    metadata=t.metadata,
+                )
+            )
+            statuses.append((t.id, status))
+            tasks[t.id] = t
+            evs.append(_ev(t, status.value, self.id, out.finished_at,
+                           str(out.error) if out.error else None))
+        if finals:
+            await self.results.put_results(finals)
+            fin = await self.queue.finish(self.id, statuses, now=time.time())
+            extra: list[TaskResult] = []
+            if fin.cancelled:
+                extra = cancelled_results(fin.cancelled)
+                await self.results.put_results(extra)
+                evs.extend(_ev(task, EventType.CANCELLED, self.id, now, f"dependency {cause} did not succeed")
+                           for task, cause in fin.cancelled)
+            if fin.released:
+                self.queue.notify()
+            if self.make_follow_ups is not None:
+                follow: list[Task] = []
+                for r in finals:
+                    follow.extend(self.make_follow_ups(r, tasks[r.task_id]))
+                if follow:
+                    await self.queue.enqueue(follow)
+                    evs.extend(_ev(f, EventType.ENQUEUED, None, now, None) for f in follow)
+                    self.queue.notify()
+            emit(evs)
+            self.on_results(finals + extra)
+        elif evs:
+            emit(evs)
+
+    async def maintain_loop(self) -> None:
+        """Heartbeat, extend held leases, and stop tasks someone asked to cancel."""
+        hb_every = max(0.2, self.lease / 3)
+        next_hb = 0.0
+        while True:
+            now = time.time()
+            held = self.runner.held()
+            try:
+                if now >= next_hb:
+                    await self.queue.heartbeat(self.info(now))
+                    if held:
+                        await self.queue.extend(self.id, held, lease_until=now + self.lease)
+                    next_hb = now + hb_every
+                if held:
+                    for tid in await self.queue.cancel_requests(held):
+                        await self.runner.cancel(tid)
+            except Exception:
+                log.exception("worker %s maintenance failed; retrying", self.id)
+            await anyio.sleep(0.25)
+
+    def info(self, now: float) -> WorkerInfo:
+        return WorkerInfo(
+            id=self.id,
+            kind=self.runner.kind,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            slots=self.runner.slots,
+            queues=self.queues,
+            started_at=self.started_at,
+            last_heartbeat=now,
+        )
+
+    async def stop(self, *, graceful: bool) -> None:
+        """Stop claiming; with ``graceful`` let running tasks finish; give back the rest."""
+        self._claiming = False
+        unstarted = await self.runner.stop(graceful=graceful)
+        if unstarted:
+            await self.queue.release(self.id, [t.id for t in unstarted])
+            self.queue.notify()
+        # let the completion loop record what the runner reported
+        for _ in range(200):
+            if not self._outcomes and self._in_flight == 0:
+                break
+            self._outcome_ready.set()
+            await anyio.sleep(0.01)
+        try:
+            await self.queue.remove_worker(self.id)
+        except Exception:
+            log.debug("could not remove worker record %s", self.id, exc_info=True)
+
+
+def _ev(t: Task, type: str, worker: str | None, at: float, detail: str | None) -> Any:
+    from ..models import TaskEvent
+
+    return TaskEvent(task_id=t.id, type=type, timestamp=at, worker=worker, queue=t.queue, detail=detail)
+
+
+def cancelled_results(pairs: Sequence[tuple[Task, str]], *, by: str | None = None) -> list[TaskResult]:
+    """CANCELLED results for tasks cancelled by a user (``by``) or by a dependency (cause id)."""
+    now = time.time()
+    out = []
+    for task, cause in pairs:
+        msg = by or f"cancelled because dependency {cause} did not succeed"
+        out.append(
+            TaskResult(
+                task_id=task.id,
+                status=TaskStatus.CANCELLED,
+                error=ErrorInfo(type="TaskCancelled", message=msg),
+                attempts=task.attempts,
+                finished_at=now,
+                queue=task.queue,
+                name=task.name,
+                key=task.key,
+                metadata=task.metadata,
+                expires_at=(now + task.result_ttl) if task.result_ttl else None,
+            )
+        )
+    return out

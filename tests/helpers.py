@@ -1,0 +1,39 @@
+"""Module-level task functions for the tests (importable by reference in child processes)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+
+def square(x):
+    return x * x
+
+
+async def async_double(x):
+    await asyncio.sleep(0.01)
+    return 2 * x
+
+
+def die():
+    os._exit(3)
+
+
+def pid(_=None):
+    return os.getpid()
+
+
+def touch_then_sleep(path, seconds):
+    import time
+
+    with open(path, "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(seconds)
+    return seconds
+
+
+def sleep_return(seconds, value=None):
+    import time
+
+    time.sleep(seconds)
+    return value if value is not None else seconds

@@ -1,0 +1,320 @@
+"""The public API end to end: sync facade, async core, process/thread/async workers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+from omniq import AsyncOmniQ, OmniQ, TaskError, TaskStatus
+from omniq.errors import ConfigError, TaskCancelled
+
+from . import helpers
+
+
+def add(a, b):
+    return a + b
+
+
+def boom(msg):
+    raise ValueError(f"bad value: {msg}")
+
+
+def slow(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+@pytest.fixture
+def db(tmp_path):
+    return f"sqlite:///{tmp_path}/q.db"
+
+
+@pytest.mark.parametrize("worker", ["process", "thread", "async"])
+def test_submit_result_roundtrip(db, worker):
+    with OmniQ(tasks=db, worker=worker, concurrency=2) as oq:
+        h = oq.submit(add, 2, 3)
+        assert h.result(timeout=30) == 5
+        assert h.status() is TaskStatus.SUCCEEDED
+        hs = oq.map(helpers.square, range(20))
+        assert [x.result(30) for x in hs] == [i * i for i in range(20)]
+
+
+def test_failure_carries_remote_type_message_traceback(db):
+    with OmniQ(tasks=db, worker="process", concurrency=1) as oq:
+        h = oq.submit(boom, "x")
+        with pytest.raises(TaskError) as ei:
+            h.result(timeout=30)
+        err = ei.value
+        assert err.type == "ValueError"
+        assert err.message == "bad value: x"
+        assert "in boom" in err.traceback and 'raise ValueError(f"bad value: {msg}")' in err.traceback
+        r = oq.get_result(h.id)
+        assert r.status is TaskStatus.FAILED and r.error.type == "ValueError"
+        assert r.attempts == 1 and r.started_at <= r.finished_at
+
+
+def test_enqueue_is_durable_and_get_result_waits(tmp_path):
+    url = f"sqlite:///{tmp_path}/d.db"
+    with OmniQ(tasks=url, concurrency=0) as producer:
+        tid = producer.enqueue(add, args=(40, 2))
+        assert producer.get_result(tid) is None
+        assert producer.status(tid) is TaskStatus.QUEUED
+    # a different instance (its own workers) on the same file runs it
+    with OmniQ(tasks=url, worker="thread", concurrency=1) as consumer:
+        r = consumer.get_result(tid, wait=True, timeout=30)
+        assert r.status is TaskStatus.SUCCEEDED and r.value == 42
+
+
+def test_get_result_wait_timeout(db):
+    with OmniQ(tasks=db, concurrency=0) as oq:
+        tid = oq.enqueue(add, args=(1, 1))
+        t0 = time.monotonic()
+        with pytest.raises(TimeoutError):
+            oq.get_result(tid, wait=True, timeout=0.3)
+        assert time.monotonic() - t0 < 5
+
+
+def test_handle_result_finished_by_another_process_resolves(tmp_path):
+    """A handle waits for a task an `omniq worker` elsewhere ran (no local workers)."""
+    url = f"sqlite:///{tmp_path}/x.db"
+    with OmniQ(tasks=url, concurrency=0) as oq:
+        h = oq.submit(add, 1, 2)
+        oq.flush()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "omniq.cli", "worker", "--tasks", url, "--worker", "thread", "-c", "1"],
+            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), stderr=subprocess.PIPE, text=True,
+        )
+        try:
+            assert h.result(timeout=60) == 3
+        finally:
+            proc.terminate()
+            _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+
+
+def test_sync_facade_inside_running_event_loop(db):
+    """A Jupyter cell runs synchronously inside the kernel's running loop."""
+
+    async def cell():
+        oq = OmniQ(tasks=db, worker="thread", concurrency=1)
+        try:
+            h = oq.submit(add, 1, 2)
+            tid = oq.enqueue(add, args=(3, 4))
+            return h.result(timeout=30), oq.get_result(tid, wait=True, timeout=30).value
+        finally:
+            oq.close()
+
+    assert asyncio.run(cell()) == (3, 7)
+
+
+def test_queues_filter(db):
+    with OmniQ(tasks=db, worker="thread", concurrency=1, queues=["a"]) as oq:
+        ta = oq.enqueue(add, args=(1, 1), queue="a")
+        tb = oq.enqueue(add, args=(2, 2), queue="b")
+        assert oq.get_result(ta, wait=True, timeout=30).value == 2
+        time.sleep(0.5)
+        assert oq.status(tb) is TaskStatus.QUEUED
+        assert oq.get_result(tb) is None
+
+
+def test_cancel_queued_task(db):
+    with OmniQ(tasks=db, concurrency=0) as oq:
+        h = oq.submit(add, 1, 1)
+        assert h.cancel() is True
+        assert h.status() is TaskStatus.CANCELLED
+        with pytest.raises(TaskCancelled):
+            h.result(timeout=5)
+        assert h.cancel() is False
+
+
+def test_events_in_time_order(db):
+    with OmniQ(tasks=db, worker="process", concurrency=1) as oq:
+        h = oq.submit(add, 1, 1)
+        h.result(30)
+        evs = oq.events(task_id=h.id)
+        types = [e.type for e in evs]
+        assert types[0] == "enqueued" and "started" in types and types[-1] == "succeeded"
+        assert [e.timestamp for e in evs] == sorted(e.timestamp for e in evs)
+        assert all(e.task_id == h.id for e in evs)
+
+
+def test_timeout_kills_child_and_replaces_it(db):
+    with OmniQ(tasks=db, worker="process", concurrency=1) as oq:
+        tid = oq.enqueue(slow, args=(30,), timeout=0.5)
+        t0 = time.monotonic()
+        r = oq.get_result(tid, wait=True, timeout=30)
+        assert r.status is TaskStatus.FAILED and r.error.type == "TaskTimeout"
+        assert "timed out after 0.5 s" in r.error.message
+        assert time.monotonic() - t0 < 15
+        assert oq.submit(add, 2, 2).result(30) == 4  # the replacement child works
+
+
+def test_dead_child_is_redelivered_then_fails_with_worker_died(db):
+    with OmniQ(tasks=db, worker="process", concurrency=1, max_deliveries=2) as oq:
+        tid = oq.enqueue(helpers.die)
+        r = oq.get_result(tid, wait=True, timeout=60)
+        assert r.status is TaskStatus.FAILED and r.error.type == "WorkerDied"
+        types = [e.type for e in oq.events(task_id=tid)]
+        assert types.count("requeued") == 1  # delivered twice in all
+        assert oq.submit(add, 1, 1).result(30) == 2
+
+
+def test_retries_record_attempts(db):
+    with OmniQ(tasks=db, worker="thread", concurrency=1) as oq:
+        tid = oq.enqueue(boom, args=("r",), retries=2, retry_delay=0.01)
+        r = oq.get_result(tid, wait=True, timeout=30)
+        assert r.status is TaskStatus.FAILED and r.attempts == 3
+        assert [e.type for e in oq.events(task_id=tid)].count("retry") == 2
+
+
+def test_submit_from_many_threads(db):
+    with OmniQ(tasks=db, worker="process", concurrency=2) as oq:
+        out: list = []
+
+        def producer(k):
+            out.extend(oq.submit(add, k, i) for i in range(200))
+
+        threads = [threading.Thread(target=producer, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(out) == 800
+        assert sorted(h.result(60) for h in out) == sorted(k + i for k in range(4) for i in range(200))
+
+
+def test_bad_arguments_are_named(db):
+    oq = OmniQ(tasks=db, concurrency=0)
+    try:
+        with pytest.raises(ConfigError, match="fn="):
+            oq.submit(42)
+        with pytest.raises(ConfigError, match="priority="):
+            oq.enqueue(add, args=(1, 2), priority="high")
+        with pytest.raises(ConfigError, match="timeout="):
+            oq.enqueue(add, args=(1, 2), timeout=-1)
+        with pytest.raises(ConfigError, match="args="):
+            oq.enqueue(add, args=5)
+        with pytest.raises(ConfigError, match="queue="):
+            oq.enqueue(add, args=(1, 2), queue="")
+    finally:
+        oq.close()
+    with pytest.raises(ConfigError, match="worker="):
+        OmniQ(tasks=db, worker="fork")
+    with pytest.raises(ConfigError, match="ftp"):
+        OmniQ(tasks="ftp://nowhere").open()
+
+
+def test_from_config_dict_and_yaml(tmp_path, monkeypatch):
+    url = f"sqlite:///{tmp_path}/c.db"
+    oq = OmniQ.from_config({"task_queue_type": url, "default_worker": "thread", "concurrency": 1})
+    assert oq.config.default_worker == "thread"
+    with oq:
+        assert oq.submit(add, 1, 1).result(30) == 2
+    y = tmp_path / "omniq.yaml"
+    y.write_text(f"task_queue_type: {url}\ndefault_worker: thread\nconcurrency: 3\n")
+    monkeypatch.setenv("OMNIQ_CONCURRENCY", "1")
+    oq2 = OmniQ.from_config(str(y))
+    assert oq2.config.concurrency == 1  # env beats file
+    assert OmniQ.from_config(str(y), concurrency=0).config.concurrency == 0  # argument beats env
+
+
+def test_async_api(tmp_path):
+    async def main():
+        async with AsyncOmniQ(tasks=f"sqlite:///{tmp_path}/a.db", worker="async", concurrency=4) as oq:
+            h = await oq.submit(helpers.async_double, 21)
+            assert await h.result(timeout=30) == 42
+            hs = await oq.map(helpers.square, [1, 2, 3])
+            assert [await x for x in hs] == [1, 4, 9]
+            tid = await oq.enqueue(add, args=(1, 2))
+            assert (await oq.get_result(tid, wait=True, timeout=30)).value == 3
+
+    asyncio.run(main())
+
+
+def _run_script(tmp_path, body: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(body))
+    return subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_notebook_style_closures_lambdas_globals_through_process_workers(tmp_path):
+    """Functions defined in __main__ (like a notebook) travel by value, with the globals they use.
+    No `if __name__ == "__main__"` guard: workers start through omniq's own entry point."""
+    p = _run_script(
+        tmp_path,
+        f"""
+        import json, math
+        from omniq import OmniQ
+
+        SCALE = 10
+        table = {{"a": 1, "b": 2}}
+
+        def uses_globals(k):
+            return table[k] * SCALE + math.floor(2.5)
+
+        def make_adder(n):
+            def inner(x):
+                return x + n + SCALE
+            return inner
+
+        class Point:
+            def __init__(self, x): self.x = x
+            def norm(self): return abs(self.x)
+
+        oq = OmniQ(tasks="sqlite:///{tmp_path}/nb.db", worker="process", concurrency=2)
+        out = {{
+            "globals": oq.submit(uses_globals, "b").result(60),
+            "closure": oq.submit(make_adder(5), 1).result(60),
+            "lambda": oq.submit(lambda x: x * SCALE, 4).result(60),
+            "class": oq.submit(lambda p: p.norm(), Point(-3)).result(60),
+            "map": [h.result(60) for h in oq.map(lambda v: v + SCALE, [1, 2])],
+        }}
+        print(json.dumps(out))
+        """,
+    )
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout.strip().splitlines()[-1]) == {
+        "globals": 22, "closure": 16, "lambda": 40, "class": 3, "map": [11, 12],
+    }
+
+
+def test_left_open_instance_closes_quietly_at_exit_and_keeps_tasks(tmp_path):
+    p = _run_script(
+        tmp_path,
+        f"""
+        from omniq import OmniQ
+        oq = OmniQ(tasks="sqlite:///{tmp_path}/open.db", worker="process", concurrency=1)
+        h = oq.submit(pow, 2, 10)
+        assert h.result(60) == 1024
+        ids = [oq.submit(pow, 2, i).id for i in range(50)]
+        print(ids[-1])
+        # no close, no drain: the interpreter exits with the instance open
+        """,
+    )
+    assert p.returncode == 0, p.stderr
+    assert p.stderr.strip() == ""
+    last = p.stdout.strip().splitlines()[-1]
+    with OmniQ(tasks=f"sqlite:///{tmp_path}/open.db", worker="thread", concurrency=1) as oq:
+        assert oq.get_result(last, wait=True, timeout=60).value == 2**49
+
+
+def test_signed_payloads_and_an_unsigned_task_is_refused_not_retried(tmp_path, monkeypatch):
+    monkeypatch.setenv("OMNIQ_SECRET_KEY", "s3cret")
+    with OmniQ(tasks=f"sqlite:///{tmp_path}/s.db", worker="process", concurrency=1) as oq:
+        assert oq.submit(add, 1, 2).result(30) == 3  # children verify with the same key
+        monkeypatch.delenv("OMNIQ_SECRET_KEY")  # someone without the key writes a task
+        tid = oq.enqueue(add, args=(5, 5), retries=3, retry_delay=0.01)
+        r = oq.get_result(tid, wait=True, timeout=30)
+        assert r.status is TaskStatus.FAILED and r.error.type == "SignatureError"
+        assert "not signed" in r.error.message
+        assert r.attempts == 1  # never retried
