@@ -923,12 +923,16 @@ class AsyncOmniQ:
                     if dependents:
                         cause = exp[0].task_id if exp else ""
                         await self._record_cancelled([(t, cause) for t in dependents])
-                if now - last_purge > 60:
+                if now - last_purge > self._purge_every():
                     last_purge = now
                     await self._results.purge_results(now=now)
                 await self._reconcile(now)
             except Exception:
                 log.exception("housekeeping on %s failed; will retry", masked(self.tasks_url))
+
+    def _purge_every(self) -> float:
+        """Purge expired results at least as often as the default result TTL (0.5-60 s)."""
+        return max(0.5, min(60.0, self.config.result_ttl or 60.0))
 
     async def _record_cancelled(self, pairs: Sequence[tuple[Task, str]]) -> None:
         res = cancelled_results(pairs)

@@ -1,0 +1,53 @@
+"""The `omniq` command: demo, worker, status."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from omniq import OmniQ
+
+from . import helpers
+
+
+def _omniq(*args: str, cwd=None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "omniq.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_demo_runs_a_grid_on_process_workers_and_persists_it(tmp_path):
+    db = tmp_path / "demo.db"
+    p = _omniq("demo", "--db", str(db), cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    table = [ln for ln in lines if ln.strip().endswith("succeeded")]
+    assert len(table) == 12
+    for row in table:
+        est = float(row.split()[2])
+        assert 3.0 < est < 3.3
+    assert "12/12" in p.stderr  # the text progress bar reached the end
+    # persisted: another process reads the results back from the SQLite file
+    with OmniQ(tasks=f"sqlite:///{db}", concurrency=0) as oq:
+        counts = oq.health()["queues"]
+    assert counts["default"]["succeeded"] == 12
+
+
+def test_status_json_reports_queues_and_workers(tmp_path):
+    url = f"sqlite:///{tmp_path}/s.db"
+    with OmniQ(tasks=url, concurrency=0) as oq:
+        for i in range(3):
+            oq.enqueue(helpers.square, args=(i,), queue="q1")
+    p = _omniq("status", "--tasks", url, "--json")
+    assert p.returncode == 0, p.stderr
+    h = json.loads(p.stdout)
+    assert h["queues"]["q1"]["queued"] == 3
+    text = _omniq("status", "--tasks", url)
+    assert "q1" in text.stdout and "queued" in text.stdout
+
+
+def test_bad_url_is_a_clear_error_not_a_traceback(tmp_path):
+    p = _omniq("status", "--tasks", "ftp://example")
+    assert p.returncode == 2
+    assert "ftp" in p.stderr and "Traceback" not in p.stderr
