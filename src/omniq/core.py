@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import anyio
+import msgspec
 from anyio.from_thread import BlockingPortal
 
 from . import ids
@@ -33,7 +34,7 @@ from .errors import ConfigError, StorageError, TaskError
 from .events.logger import EventLogger
 from .models import EventType, OmniQConfig, Task, TaskEvent, TaskResult, TaskStatus
 from .scheduling import Scheduler, default_schedule_name
-from .serialization import dumps, dumps_call, loads
+from .serialization import dumps, dumps_call, dumps_calls, loads
 from .storage.base import EventStore, ResultStore, TaskQueue, masked
 from .storage.urls import open_backends
 from .workers.base import Worker, cancelled_results, make_runner
@@ -595,14 +596,28 @@ class AsyncOmniQ:
             raise ConfigError(f"fn={fn!r} is not valid: expected a callable")
         if keys is not None and len(keys) != len(calls):
             raise ConfigError(f"keys has {len(keys)} entries for {len(calls)} calls: give one key per call")
+        if not calls:
+            return []
         now = time.time()
+        for i, (args, kwargs) in enumerate(calls):
+            if not isinstance(args, (tuple, list)) or not isinstance(kwargs, Mapping):
+                raise ConfigError(f"calls[{i}] is not valid: expected (args tuple, kwargs dict)")
+        payloads = dumps_calls(fn, calls)  # a by-value function is pickled once for the batch
         task_ids = ids.new_ids(len(calls))
-        out = []
-        for i, (tid, (args, kwargs)) in enumerate(zip(task_ids, calls)):
-            md = metadata[i] if isinstance(metadata, Sequence) else metadata
-            out.append(self._make_task(
-                fn, args, kwargs, task_id=tid, now=now, key=keys[i] if keys is not None else None,
-                metadata=md, **options,
+        per_md = isinstance(metadata, Sequence)
+        # validate the shared options once, then stamp out copies
+        template = self._make_task(
+            fn, calls[0][0], calls[0][1], task_id=task_ids[0], now=now, payload=payloads[0],
+            key=keys[0] if keys is not None else None,
+            metadata=metadata[0] if per_md else metadata, **options,  # type: ignore[index,arg-type]
+        )
+        replace = msgspec.structs.replace
+        out = [template]
+        for i in range(1, len(calls)):
+            md = metadata[i] if per_md else metadata  # type: ignore[index]
+            out.append(replace(
+                template, id=task_ids[i], payload=payloads[i], key=keys[i] if keys is not None else None,
+                metadata=dict(md) if md else {},  # type: ignore[arg-type]
             ))
         return out
 

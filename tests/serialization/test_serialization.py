@@ -751,3 +751,35 @@ def test_functions_from_an_ipython_session_run_in_a_fresh_process(tmp_path: Path
     # The cells exist only in the kernel's linecache: their lines travel with the payload.
     assert "return check(x) * 2" in trace
     assert "raise ValueError(f'x={x} is too big')" in trace
+
+
+def test_dumps_calls_pickles_a_by_value_function_once_per_batch() -> None:
+    from omniq.serialization import TAG_SHARED, dumps_calls
+
+    scale = 7
+    fn = lambda x, y=0: x * scale + y  # noqa: E731  (a closure: must travel by value)
+    payloads = dumps_calls(fn, [((i,), {"y": 1}) for i in range(50)])
+    assert all(p[:1] == TAG_SHARED for p in payloads)
+    results = []
+    for p in payloads:
+        f, args, kwargs = loads_call(p)
+        results.append(f(*args, **kwargs))
+    assert results == [i * 7 + 1 for i in range(50)]
+    # the function is loaded once and reused for the whole batch
+    assert loads_call(payloads[0])[0] is loads_call(payloads[1])[0]
+    # non-plain arguments fall back to one dill pickle per call
+    odd = dumps_calls(fn, [((1,), {}), ((complex(1, 2),), {})])
+    assert odd[0][:1] == TAG_SHARED and odd[1][:1] != TAG_SHARED
+
+
+def test_dumps_calls_are_signed_when_a_key_is_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    from omniq.serialization import TAG_SIGNED, dumps_calls
+
+    monkeypatch.setenv("OMNIQ_SECRET_KEY", "k1")
+    fn = lambda x: x + 1  # noqa: E731
+    payloads = dumps_calls(fn, [((1,), {}), ((2,), {})])
+    assert all(p[:1] == TAG_SIGNED for p in payloads)
+    assert [loads_call(p)[0](*loads_call(p)[1]) for p in payloads] == [2, 3]
+    monkeypatch.setenv("OMNIQ_SECRET_KEY", "other")
+    with pytest.raises(SignatureError):
+        loads_call(payloads[0])

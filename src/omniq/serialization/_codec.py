@@ -24,7 +24,7 @@ import importlib
 import pickle
 import sys
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import dill
@@ -41,10 +41,13 @@ TAG_PICKLE = b"P"
 TAG_DILL = b"D"
 TAG_CALL = b"C"
 TAG_SIGNED = b"S"
-_M, _T, _P, _D, _C, _S = (
-    t[0] for t in (TAG_MSGPACK, TAG_STRUCT, TAG_PICKLE, TAG_DILL, TAG_CALL, TAG_SIGNED)
+TAG_SHARED = b"F"  # a call whose by-value function is pickled once for a whole batch
+_M, _T, _P, _D, _C, _S, _F = (
+    t[0] for t in (TAG_MSGPACK, TAG_STRUCT, TAG_PICKLE, TAG_DILL, TAG_CALL, TAG_SIGNED, TAG_SHARED)
 )
-_FORMAT_NAMES = {_M: "msgpack", _T: "struct", _P: "pickle", _D: "dill", _C: "call", _S: "signed"}
+_FORMAT_NAMES = {
+    _M: "msgpack", _T: "struct", _P: "pickle", _D: "dill", _C: "call", _S: "signed", _F: "shared call",
+}
 
 PROTOCOL = 5
 _encoder = msgspec.msgpack.Encoder()
@@ -201,6 +204,63 @@ def dumps_call(
     return payload if key is None else _signing.sign(payload, key, TAG_SIGNED)
 
 
+def dumps_calls(
+    fn: Callable[..., Any], calls: Sequence[tuple[Sequence[Any], Mapping[str, Any]]]
+) -> list[bytes]:
+    """Payloads for many calls of one function (``map``, sweeps): a function that must travel by
+    value (a closure, a notebook function) is pickled once, not once per call; each payload then
+    costs a msgpack encode of its plain arguments. Calls with non-plain arguments fall back to
+    :func:`dumps_call`, which keeps a ``__main__`` class shared by function and argument whole."""
+    if _function_ref(fn) is not None or len(calls) < 2:
+        return [dumps_call(fn, tuple(a), dict(k)) for a, k in calls]
+    if not callable(fn):
+        raise SerializationError(f"cannot serialize call: {type(fn).__name__} object is not callable")
+    sources = _sources.collect(fn)
+    try:
+        fn_bytes = dill.dumps((fn, sources) if sources else (fn,), protocol=PROTOCOL, recurse=True)
+    except Exception as exc:
+        raise SerializationError(_describe_call(fn, (), {}, exc)) from exc
+    key = _signing.get_secret_keys()[0]
+    out = []
+    for a, k in calls:
+        args, kwargs = tuple(a), dict(k)
+        payload = None
+        if classify_call(args, kwargs) == EXACT:
+            try:
+                payload = TAG_SHARED + _encoder.encode((fn_bytes, args, kwargs))
+            except Exception:
+                payload = None
+        if payload is None:
+            out.append(dumps_call(fn, args, kwargs))
+        else:
+            out.append(payload if key is None else _signing.sign(payload, key, TAG_SIGNED))
+    return out
+
+
+# Functions loaded from shared-call payloads, by their pickled bytes: a batch of 10,000 calls
+# loads its function once per worker process.
+_shared_fns: dict[bytes, Any] = {}
+
+
+def _load_shared(data: bytes) -> Call:
+    try:
+        fn_bytes, args, kwargs = _decoder.decode(data[1:])
+        fn = _shared_fns.get(fn_bytes)
+        if fn is None:
+            loaded = dill.loads(fn_bytes)
+            if len(loaded) == 2:
+                _sources.register(loaded[1])
+            fn = loaded[0]
+            if len(_shared_fns) >= 256:
+                _shared_fns.clear()
+            _shared_fns[fn_bytes] = fn
+    except Exception as exc:
+        raise _load_error(_F, data, exc) from exc
+    if not (callable(fn) and type(args) is list and type(kwargs) is dict):
+        raise SerializationError("corrupted call payload: it does not hold (function, args, kwargs)")
+    return fn, tuple(args), kwargs
+
+
 def _dump_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
     fn_ref = _function_ref(fn)
     if fn_ref is not None:
@@ -254,6 +314,8 @@ def loads_call(data: bytes) -> Call:
     inner = _unwrap(data)
     if inner[0] == _C:
         return _load_call(inner)
+    if inner[0] == _F:
+        return _load_shared(inner)
     value = _load(inner)
     if (
         type(value) is tuple
