@@ -318,3 +318,12 @@ def test_signed_payloads_and_an_unsigned_task_is_refused_not_retried(tmp_path, m
         assert r.status is TaskStatus.FAILED and r.error.type == "SignatureError"
         assert "not signed" in r.error.message
         assert r.attempts == 1  # never retried
+
+
+def test_a_producer_keeps_no_waiters_for_tasks_it_does_not_run(db):
+    with OmniQ(tasks=db, concurrency=0) as oq:
+        for i in range(50):
+            oq.enqueue(add, args=(i, i))
+        assert len(oq.core._waiters) == 0
+        h = oq.submit(add, 1, 1)  # a handle asked for: its waiter stays until the result
+        assert h.id in oq.core._waiters

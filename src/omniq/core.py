@@ -156,6 +156,9 @@ class TaskHandle(_HandleBase):
 
     def get(self, timeout: float | None = None) -> TaskResult:
         """The final ``TaskResult`` (whatever its status); ``TimeoutError`` past ``timeout``."""
+        if not self._future.done():
+            core = self._oq._core  # someone waits: the janitor looks for results made elsewhere now
+            core._reconcile_wait, core._reconcile_at = 0.5, 0.0
         try:
             return self._future.result(timeout=timeout)
         except cf.TimeoutError:
@@ -255,6 +258,9 @@ class AsyncOmniQ:
         self._events_store: EventStore
         self._events: EventLogger
         self._scheduler: Scheduler
+        self._reconcile_at = 0.0
+        self._reconcile_wait = 0.5
+        self._reconcile_cursor = 0
 
     # --- lifecycle ---------------------------------------------------------------------------
     @classmethod
@@ -562,7 +568,18 @@ class AsyncOmniQ:
         await self.flush()
         if fut.done() and fut.exception() is not None:
             raise fut.exception()  # type: ignore[misc]
+        if not self._serves(task.queue):
+            # nobody here will run it and no handle was asked for: keep no waiter (a producer
+            # process would otherwise hold one per task forever); get_result(wait=True) or
+            # handle() make one on demand
+            self._waiters.pop(task.id, None)
+            self._waiter_meta.pop(task.id, None)
         return task.id
+
+    def _serves(self, queue: str) -> bool:
+        """True when this instance's own workers take tasks from ``queue``."""
+        served = self.config.queues
+        return self._worker is not None and (served is None or queue in served)
 
     async def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> AsyncTaskHandle:
         """Run ``fn(*args, **kwargs)`` on a worker; returns at once (stored within milliseconds)."""
@@ -664,6 +681,8 @@ class AsyncOmniQ:
         return f
 
     async def _wait(self, task_id: str, fut: cf.Future[TaskResult], timeout: float | None) -> TaskResult:
+        self._reconcile_at = 0.0  # someone is waiting: look for results finished elsewhere now
+        self._reconcile_wait = 0.5
         with anyio.move_on_after(timeout) as scope:
             while not fut.done():
                 await self._wait_changed(0.25)
@@ -962,14 +981,25 @@ class AsyncOmniQ:
 
     async def _reconcile(self, now: float) -> None:
         """Resolve waiters whose tasks were finished by another process (or another instance)."""
+        if now < self._reconcile_at:
+            return
         local = self._worker is not None and self._worker.runner.alive()
         age = 2.0 if local else 0.2
-        stale = [tid for tid, (_, _, since) in list(self._waiter_meta.items()) if now - since > age][:1000]
+        stale = [tid for tid, (_, _, since) in list(self._waiter_meta.items()) if now - since > age]
         if not stale:
+            self._reconcile_wait = 0.5
             return
-        found = await self._results.get_results(stale)
+        # look at 1,000 at a time, rotating, so old unfinished tasks do not hide newer ones
+        start = self._reconcile_cursor % len(stale)
+        batch = (stale[start:] + stale[:start])[:1000]
+        self._reconcile_cursor = start + len(batch)
+        found = await self._results.get_results(batch)
         if found:
             self._on_results(list(found.values()))
+            self._reconcile_wait = 0.5
+        else:  # nothing finished elsewhere: ask less often (up to every 5 s)
+            self._reconcile_wait = min(5.0, self._reconcile_wait * 2)
+        self._reconcile_at = now + self._reconcile_wait
 
 
 def _log_level_asked(cfg: OmniQConfig) -> bool:
