@@ -37,3 +37,11 @@ def sleep_return(seconds, value=None):
 
     time.sleep(seconds)
     return value if value is not None else seconds
+
+
+def boom_once_then(marker_path):
+    """Fails the first time (creating the marker), succeeds after."""
+    if not os.path.exists(marker_path):
+        open(marker_path, "w").close()
+        raise RuntimeError("first attempt fails")
+    return "ok"

@@ -21,7 +21,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import anyio
@@ -32,6 +32,7 @@ from . import ids
 from .config import configure_logging, load_config, resolve_urls
 from .errors import ConfigError, StorageError, TaskError
 from .events.logger import EventLogger
+from .events.processor import EventProcessor, aiter_subscription
 from .models import EventType, OmniQConfig, Task, TaskEvent, TaskResult, TaskStatus
 from .scheduling import Scheduler, default_schedule_name
 from .serialization import dumps, dumps_call, dumps_calls, loads
@@ -308,7 +309,9 @@ class AsyncOmniQ:
                 raise
             raise StorageError(f"could not open storage {masked(self.tasks_url)}: {exc}") from exc
         self._events = EventLogger(self._events_store)
+        self._processor = EventProcessor(self._events, self._events_store)
         self._spawn(self._events.run())
+        self._spawn(self._processor.run())
         self._spawn(self._flush_loop())
         self._spawn(self._janitor())
         self._start_scheduler()
@@ -756,18 +759,51 @@ class AsyncOmniQ:
         await self._events.flush()
         return await self._events_store.query_events(task_id=task_id, since=_epoch("since", since), types=types)
 
+    def subscribe(
+        self,
+        task_id: str | None = None,
+        queue: str | None = None,
+        types: Sequence[str] | None = None,
+        *,
+        buffer: int = 10_000,
+    ) -> AsyncIterator[TaskEvent]:
+        """Live events, from this process at once and from others through the event store:
+        ``async for ev in oq.subscribe(task_id=...)``. A subscriber that falls more than
+        ``buffer`` events behind gets a ``dropped`` event saying how many it missed."""
+        if not self._opened:
+            raise RuntimeError("open the AsyncOmniQ before subscribing (async with AsyncOmniQ(...))")
+        sub = self._processor.subscribe(task_id, queue, types, buffer=buffer)
+        return aiter_subscription(self._processor, sub)
+
     def on_event(self, callback: Callable[[TaskEvent], Any], types: Sequence[str] | None = None) -> Callable[[], None]:
-        """Call ``callback(event)`` for each event emitted in this process; returns an unsubscribe."""
-        wanted = {str(t) for t in types} if types else None
-
-        def listener(batch: list[TaskEvent]) -> None:
-            for ev in batch:
-                if wanted is None or ev.type in wanted:
-                    callback(ev)
-
+        """Call ``callback(event)`` on OmniQ's loop for every event, from this process or any
+        other sharing the event store (keep it quick). Returns a function that unsubscribes."""
         if not self._opened:
             raise RuntimeError("open the OmniQ before registering event callbacks")
-        return self._events.add_listener(listener)
+        sub = self._processor.subscribe(None, None, types)
+
+        async def pump() -> None:
+            async for ev in aiter_subscription(self._processor, sub):
+                try:
+                    callback(ev)
+                except Exception:
+                    log.exception("event callback %r failed", callback)
+
+        assert self._loop is not None
+
+        def start() -> None:
+            self._spawn(pump())
+
+        if threading.get_ident() == self._loop_thread:
+            start()
+        else:
+            self._loop.call_soon_threadsafe(start)
+
+        def unsubscribe() -> None:
+            assert self._loop is not None
+            self._loop.call_soon_threadsafe(self._processor.unsubscribe, sub)
+
+        return unsubscribe
 
     async def health(self) -> dict[str, Any]:
         """Workers (alive = heartbeat within a lease), queue depths by status, schedules."""
@@ -1247,7 +1283,8 @@ class OmniQ:
         return Sweep.start(self, fn, grid, name=name, **options)
 
     def on_event(self, callback: Callable[[TaskEvent], Any], types: Sequence[str] | None = None) -> Callable[[], None]:
-        """Call ``callback(event)`` (on OmniQ's loop thread) for events emitted in this process."""
+        """Call ``callback(event)`` (on OmniQ's loop thread) for every event, from this process or
+        any other sharing the event store; returns a function that unsubscribes."""
         if not self._core.is_open:
             self.open()
         return self._core.on_event(callback, types)
