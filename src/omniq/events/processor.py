@@ -17,6 +17,7 @@ import math
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
+
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
