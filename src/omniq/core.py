@@ -130,6 +130,11 @@ class _HandleBase:
         """True once the task's final result is known to this process."""
         return self._future.done()
 
+    @property
+    def future(self) -> cf.Future[TaskResult]:
+        """Resolves with the final ``TaskResult`` (for progress displays and callbacks)."""
+        return self._future
+
     def __repr__(self) -> str:
         state = "done" if self._future.done() else "pending"
         return f"<{type(self).__name__} {self.id} queue={self.queue!r} {state}>"
@@ -724,32 +729,31 @@ class AsyncOmniQ:
     async def cancel(self, task_id: str) -> bool:
         """Cancel a task: a queued one never runs; a running one is stopped (its process
         child is terminated). False if it had already finished or is unknown."""
+        return await self.cancel_many([task_id]) == 1
+
+    async def cancel_many(self, task_ids: Sequence[str]) -> int:
+        """``cancel`` for many tasks in one storage call; returns how many were not final yet.
+        Dependents of cancelled tasks are cancelled too (with the cause in their error)."""
         await self._ensure_open()
         await self.flush()
-        changed = await self._queue.cancel([task_id], now=time.time())
-        before = changed.get(task_id)
-        if before is None or before.is_final:
-            return False
-        if before is TaskStatus.RUNNING and self._worker is not None:
-            await self._worker.runner.cancel(task_id)  # remote workers notice cancel_requested
+        roots = list(dict.fromkeys(task_ids))
+        root_set = set(roots)
+        changed = await self._queue.cancel(roots, now=time.time())
+        hit = [t for t in roots if (st := changed.get(t)) is not None and not st.is_final]
+        if self._worker is not None:
+            for t in hit:
+                if changed[t] is TaskStatus.RUNNING:  # remote workers notice cancel_requested
+                    await self._worker.runner.cancel(t)
         pairs = []
         for tid, st in changed.items():
             if st.is_final or st is TaskStatus.RUNNING:
                 continue
             task = await self._queue.get_task(tid)
             if task is not None:
-                pairs.append((task, task_id))
-        res = []
-        for task, cause in pairs:
-            by = "cancelled by user" if task.id == cause else None
-            res.extend(cancelled_results([(task, cause)], by=by))
-        if res:
-            await self._results.put_results(res)
-            for r in res:
-                self._events.emit(r.task_id, EventType.CANCELLED, queue=r.queue,
-                                  detail=r.error.message if r.error else None)
-            self._on_results(res)
-        return True
+                pairs.append((task, tid if tid in root_set else roots[0]))
+        if pairs:
+            await self._record_cancelled(pairs)
+        return len(hit)
 
     async def events(
         self, task_id: str | None = None, since: float | dt.datetime | None = None, types: Sequence[str] | None = None
@@ -1264,6 +1268,7 @@ class OmniQ:
     get_result = _portal_method(AsyncOmniQ.get_result)
     status = _portal_method(AsyncOmniQ.status)
     cancel = _portal_method(AsyncOmniQ.cancel)
+    cancel_many = _portal_method(AsyncOmniQ.cancel_many)
     events = _portal_method(AsyncOmniQ.events)
     health = _portal_method(AsyncOmniQ.health)
     schedule = _portal_method(AsyncOmniQ.schedule)

@@ -1,0 +1,265 @@
+"""``%omniq`` / ``%%omniq`` through a real kernel (nbclient + ipykernel), process workers and
+SQLite in a temporary working directory, as a notebook user runs them."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("nbclient")
+
+
+def _seconds(cell: Any) -> float:
+    """How long a cell took in the kernel (nbclient records the timestamps)."""
+    t = cell.metadata["execution"]
+    start = dt.datetime.fromisoformat(t["iopub.execute_input"].replace("Z", "+00:00"))
+    end = dt.datetime.fromisoformat(t["shell.execute_reply"].replace("Z", "+00:00"))
+    return (end - start).total_seconds()
+
+
+def test_submit_returns_at_once_and_wait_brings_out_back(execute: Any, nbview: Any, workdir: Path) -> None:
+    nb = execute([
+        "%load_ext omniq",
+        "import math, time\nbase = 10\ndata = {'xs': [3, 4]}\ndef helper(v):\n    return v * 2",
+        # the cell sleeps 1.5 s on the worker; the submitting cell must not
+        "%%omniq submit -n job --out y,z\n"
+        "time.sleep(1.5)\n"
+        "print('hello from the worker', base)\n"
+        "import sys; print('a warning', file=sys.stderr)\n"
+        "y = helper(base) + math.floor(2.5)\n"
+        "z = math.hypot(*data['xs'])\n"
+        "y * 100",
+        "print('y' in globals(), 'z' in globals())",
+        "%omniq wait job",
+        "print(y, z, job.result(), type(job).__name__)",
+        "%omniq results job",
+        "import os\noq = get_ipython().magics_manager.registry['OmniQMagics'].oq\n"
+        "print(oq.config.default_worker, oq.config.concurrency == os.cpu_count())",
+    ])
+    submit, check_early, wait, check, results = nb.cells[2:7]
+    assert _seconds(submit) < 1.2, "the submit cell blocked on the work"
+    assert nbview.text_of(check_early).strip() == "False False"  # never applied mid-work
+    assert "job: succeeded; set y, z" in nbview.text_of(wait)
+    assert nbview.text_of(check).strip() == "22 5.0 2200 CellHandle"
+    assert nbview.text_of(results).strip() == "2200"
+    # the cell's stdout/stderr appear under the widget, not as loose cell output
+    out = nbview.output_widget_text(nb, submit)
+    assert out["stdout"] == "hello from the worker 10\n"
+    assert out["stderr"] == "a warning\n"
+    assert "hello from the worker" not in nbview.text_of(submit)
+    (bar,) = nbview.progress_of(nb, submit)
+    assert bar["value"] == bar["max"] == 1 and bar["bar_style"] == "success"
+    # the default instance: SQLite under the notebook's working directory, a worker per core
+    assert (workdir / ".omniq" / "omniq.db").exists()
+    assert nbview.text_of(nb.cells[7]).strip() == "process True"
+
+
+def test_out_is_applied_between_cells_not_mid_cell(execute: Any, nbview: Any) -> None:
+    nb = execute([
+        "%load_ext omniq",
+        "%%omniq submit -n job --out y\nimport time\ntime.sleep(0.5)\ny = 41 + 1",
+        # the job finishes while this cell runs: y must not appear under the running code
+        "import time\nwhile not job.done():\n    time.sleep(0.02)\ntime.sleep(0.2)\nprint('y' in globals())",
+        "print(y)",
+    ])
+    assert nbview.text_of(nb.cells[2]).strip() == "False"
+    assert nbview.text_of(nb.cells[3]).strip() == "42"
+
+
+def test_sweep_out_comes_back_as_lists_in_grid_order(execute: Any, nbview: Any) -> None:
+    nb = execute([
+        "%load_ext omniq",
+        "offset = 100",
+        # later points finish first (shorter sleeps), so completion order != grid order
+        '%%omniq submit -n fit --sweep "b=[3, 1, 2]; a=range(2)" --out s,label\n'
+        "import time\n"
+        "time.sleep(0.05 * (8 - 2 * b - a))\n"
+        "print('point', b, a)\n"
+        "s = offset + 10 * b + a\n"
+        "label = f'{b}-{a}'",
+        "%omniq wait fit --timeout 60",
+        "print(s)\nprint(label)\nprint(type(fit).__name__, fit.submitted)",
+        "df = %omniq results fit\nprint(df[['b', 'a', 's', 'label', 'status']].to_string(index=False))",
+    ])
+    submit, wait, check, table = nb.cells[2:6]
+    assert "fit: 6 succeeded; set s, label" in nbview.text_of(wait)
+    lines = nbview.text_of(check).splitlines()
+    assert lines[0] == "[130, 131, 110, 111, 120, 121]"
+    assert lines[1] == "['3-0', '3-1', '1-0', '1-1', '2-0', '2-1']"
+    assert lines[2] == "CellSweep 6"
+    rows = [r.split() for r in nbview.text_of(table).strip().splitlines()]
+    assert rows[0] == ["b", "a", "s", "label", "status"]
+    assert [r[:3] for r in rows[1:]] == [["3", "0", "130"], ["3", "1", "131"], ["1", "0", "110"],
+                                         ["1", "1", "111"], ["2", "0", "120"], ["2", "1", "121"]]
+    (bar,) = nbview.progress_of(nb, submit)
+    assert bar["value"] == bar["max"] == 6
+    printed = nbview.output_widget_text(nb, submit)["stdout"]
+    assert "[b=3, a=1] point 3 1" in printed and printed.count("point") == 6
+
+
+def test_unshippable_global_is_named_and_nothing_is_submitted(execute: Any, nbview: Any) -> None:
+    nb = execute([
+        "%load_ext omniq",
+        "import threading, socket\nlock = threading.Lock()\nsock = socket.socket()\nfine = 3",
+        "%%omniq submit -n bad\nwith lock:\n    total = fine + 1",
+        "%%omniq submit -n bad2\nsock.connect(('127.0.0.1', 9))",
+        "print('bad' in globals(), 'bad2' in globals())\n"
+        "oq = get_ipython().magics_manager.registry['OmniQMagics'].oq\n"
+        "print(oq.health()['queues'])",
+    ], allow_errors=True)
+    err = nbview.usage_error(nb.cells[2])
+    assert "'lock'" in err and "_thread.lock" in err and "Nothing was submitted" in err
+    assert "'fine'" not in err
+    err2 = nbview.usage_error(nb.cells[3])
+    assert "'sock'" in err2 and "socket" in err2
+    assert nbview.text_of(nb.cells[4]).splitlines() == ["False False", "{}"]
+
+
+def test_help_and_usage_errors(execute: Any, nbview: Any) -> None:
+    nb = execute([
+        "%load_ext omniq",
+        "%omniq --help",
+        "%%omniq submit --help\nprint('never runs')",
+        "%omniq wait --help",
+        "%omniq init -h",
+        "%omniq frobnicate",
+        "%omniq wait nobody",
+        "%%omniq submit --out x\nx = 1",
+        "%%omniq submit -n j --sweep \"lr=[1, 2\"\nx = 1",
+        "%omniq init --tasks ftp://example.com/queue",
+        "%%omniq submit -n j --timeout -1\nx = 1",
+        "%%omniq submit -n j --out j\nj = 1",
+        "%%omniq submit -n j\nx = (",
+    ], allow_errors=True)
+    overview = nbview.text_of(nb.cells[1])
+    for sub in ("init", "status", "wait", "cancel", "results", "schedules", "workers"):
+        assert f"%omniq {sub}" in overview
+    assert "%%omniq submit -n NAME" in overview
+    submit_help = nbview.text_of(nb.cells[2])
+    assert submit_help.startswith("usage: %%omniq submit")
+    for opt in ("--sweep", "--out", "--queue", "--priority", "--retries", "--timeout", "--wait"):
+        assert opt in submit_help
+    assert "never runs" not in submit_help
+    assert nbview.text_of(nb.cells[3]).startswith("usage: %omniq wait")
+    init_help = nbview.text_of(nb.cells[4])
+    for opt in ("--tasks", "--results", "--events", "--worker", "--concurrency", "--queues"):
+        assert opt in init_help
+    for i, needle in ((5, "unknown subcommand"), (6, "'nobody' is not a job"),
+                      (7, "the following arguments are required: -n/--name"), (8, "--sweep"),
+                      (9, "ftp://example.com/queue"), (10, "timeout=-1.0 is not valid"),
+                      (11, "need different names")):
+        assert needle in nbview.usage_error(nb.cells[i]), i
+    # a syntax error is reported in the kernel, before anything is sent
+    (err,) = nbview.errors_of(nb.cells[12])
+    assert err["ename"] == "SyntaxError"
+
+
+def test_failure_shows_output_and_traceback_under_the_widget(execute: Any, nbview: Any) -> None:
+    nb = execute([
+        "%load_ext omniq",
+        "%%omniq submit -n boom\nprint('before the error')\nx = 1\nraise ValueError(f'bad value {x}')",
+        "%omniq wait boom",
+        "r = %omniq results boom\nprint(r.status.value, r.error.type)",
+    ])
+    submit = nb.cells[1]
+    out = nbview.output_widget_text(nb, submit)
+    assert out["stdout"] == "before the error\n"
+    assert "ValueError: bad value 1" in out["stderr"]
+    assert 'File "<omniq cell boom>", line 3' in out["stderr"]
+    assert "raise ValueError(f'bad value {x}')" in out["stderr"]  # the cell's line, shown
+    assert "omniq/workers/child.py" not in out["stderr"]  # the worker's frames are trimmed
+    assert "boom: failed (ValueError: bad value 1)" in nbview.text_of(nb.cells[2])
+    assert nbview.text_of(nb.cells[3]).strip() == "failed ValueError"
+    (bar,) = nbview.progress_of(nb, submit)
+    assert bar["value"] == bar["max"] == 1 and bar["bar_style"] == "danger"
+
+
+def test_init_status_workers_schedules_cancel(execute: Any, nbview: Any, workdir: Path) -> None:
+    nb = execute([
+        "%load_ext omniq",
+        "%omniq init --tasks sqlite:///lab.db --concurrency 1 --queues default,slow",
+        "%%omniq submit -n long --queue slow\nimport time\ntime.sleep(30)",
+        "import time\nt0 = time.time()\nwhile long.status().value != 'running' and time.time() - t0 < 20:\n"
+        "    time.sleep(0.05)\nprint(long.status().value)",
+        "%omniq cancel long",
+        "print(long.get(10).status.value)",
+        "%omniq status",
+        "w = %omniq workers\nprint(list(w['kind']), list(w['slots']))",
+        "s = %omniq schedules\nprint(type(s).__name__, len(s))",
+        "first = get_ipython().magics_manager.registry['OmniQMagics'].oq\n"
+        "%omniq init --tasks sqlite:///other.db --concurrency 0\n"
+        "print(first.core.is_open, get_ipython().magics_manager.registry['OmniQMagics'].oq.core.is_open)",
+    ])
+    assert (workdir / "lab.db").exists()
+    assert "<OmniQ open" in nbview.text_of(nb.cells[1])
+    assert nbview.text_of(nb.cells[3]).strip() == "running"
+    assert "long: cancelled" in nbview.text_of(nb.cells[4])
+    assert nbview.text_of(nb.cells[5]).strip() == "cancelled"
+    status_id = nbview.displayed_widget(nb.cells[6])
+    status = nbview.widget_models(nb)[status_id]["value"]
+    assert "Queues" in status and "slow" in status and "cancelled" in status and "Workers" in status
+    assert nbview.text_of(nb.cells[7]).strip() == "['process'] [1]"
+    assert nbview.text_of(nb.cells[8]).strip() == "DataFrame 0"
+    assert nbview.text_of(nb.cells[9]).strip() == "False True"  # init closed the previous one
+
+
+def test_sweep_resumes_after_kernel_restart(execute: Any, nbview: Any, workdir: Path) -> None:
+    cells = [
+        "%load_ext omniq",
+        '%%omniq submit -n grid --sweep "k=range(4)" --out sq\nsq = k * k',
+        "%omniq wait grid",
+        "oq = get_ipython().magics_manager.registry['OmniQMagics'].oq\n"
+        "print(grid.submitted, sq)\n"
+        "print(oq.health()['queues']['default'])\n"
+        "print(len(oq.events(types=['enqueued'])))",
+    ]
+    first = execute(cells)
+    assert nbview.text_of(first.cells[3]).splitlines() == [
+        "4 [0, 1, 4, 9]", "{'succeeded': 4}", "4"]
+    # a new kernel on the same directory: the same cell finds every point done
+    second = execute(cells)
+    assert nbview.text_of(second.cells[3]).splitlines() == [
+        "0 [0, 1, 4, 9]", "{'succeeded': 4}", "4"]
+    (bar,) = nbview.progress_of(second, second.cells[1])
+    assert bar["value"] == bar["max"] == 4
+    # a changed cell is a different sweep: it runs again
+    changed = [*cells[:1], cells[1] + "  # v2", *cells[2:]]
+    third = execute(changed)
+    assert nbview.text_of(third.cells[3]).splitlines()[0] == "4 [0, 1, 4, 9]"
+
+
+def test_interrupting_the_kernel_does_not_kill_submitted_work(kernel_name: str, workdir: Path) -> None:
+    from jupyter_client.manager import start_new_kernel
+
+    km, kc = start_new_kernel(kernel_name=kernel_name, cwd=str(workdir))
+    printed: list[str] = []
+
+    def run(code: str) -> None:
+        def hook(msg: dict[str, Any]) -> None:
+            if msg["msg_type"] == "stream":
+                printed.append(msg["content"]["text"])
+            elif msg["msg_type"] == "error":
+                printed.append(f"{msg['content']['ename']}: {msg['content']['evalue']}")
+
+        reply = kc.execute_interactive(code, timeout=60, output_hook=hook)
+        assert reply["content"]["status"] == "ok", (code, printed)
+
+    try:
+        run("%load_ext omniq")
+        run("%%omniq submit -n long\nimport time\ntime.sleep(3)\n'finished'")
+        run("import time\nwhile long.status().value != 'running':\n    time.sleep(0.05)")
+        busy = kc.execute("time.sleep(30)")  # the user's next cell; they press Stop
+        time.sleep(1)
+        km.interrupt_kernel()
+        while kc.get_shell_msg(timeout=30)["parent_header"].get("msg_id") != busy:
+            pass  # the interrupted cell has replied: the kernel takes requests again
+        printed.clear()
+        run("r = long.get(30)\nprint(r.status.value, r.value if r.ok else r.error)")
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+    assert "".join(printed).startswith("succeeded"), printed
