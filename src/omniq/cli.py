@@ -65,6 +65,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     from .core import AsyncOmniQ
 
+    from .config import configure_logging
+
+    # a worker is a service: its problems (lost connections, dead children) go to stderr
+    configure_logging(os.environ.get("OMNIQ_LOG_LEVEL") or "WARNING")
     oq = AsyncOmniQ(
         tasks=args.tasks, results=args.results, events=args.events, worker=args.worker,
         concurrency=args.concurrency, queues=args.queues, lease=args.lease,

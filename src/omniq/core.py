@@ -163,8 +163,7 @@ class TaskHandle(_HandleBase):
     def get(self, timeout: float | None = None) -> TaskResult:
         """The final ``TaskResult`` (whatever its status); ``TimeoutError`` past ``timeout``."""
         if not self._future.done():
-            core = self._oq._core  # someone waits: the janitor looks for results made elsewhere now
-            core._reconcile_wait, core._reconcile_at = 0.5, 0.0
+            self._oq._core._poke_pickup()
         try:
             return self._future.result(timeout=timeout)
         except cf.TimeoutError:
@@ -264,9 +263,7 @@ class AsyncOmniQ:
         self._events_store: EventStore
         self._events: EventLogger
         self._scheduler: Scheduler
-        self._reconcile_at = 0.0
-        self._reconcile_wait = 0.5
-        self._reconcile_cursor = 0
+        self._pickup_now = anyio.Event()
 
     # --- lifecycle ---------------------------------------------------------------------------
     @classmethod
@@ -319,6 +316,7 @@ class AsyncOmniQ:
         self._spawn(self._processor.run())
         self._spawn(self._flush_loop())
         self._spawn(self._janitor())
+        self._spawn(self._pickup_loop())
         self._start_scheduler()
         if cfg.concurrency > 0:
             runner = make_runner(cfg.default_worker, cfg.concurrency)
@@ -689,8 +687,7 @@ class AsyncOmniQ:
         return f
 
     async def _wait(self, task_id: str, fut: cf.Future[TaskResult], timeout: float | None) -> TaskResult:
-        self._reconcile_at = 0.0  # someone is waiting: look for results finished elsewhere now
-        self._reconcile_wait = 0.5
+        self._poke_pickup()  # someone is waiting: look for results finished elsewhere now
         with anyio.move_on_after(timeout) as scope:
             while not fut.done():
                 await self._wait_changed(0.25)
@@ -1000,7 +997,6 @@ class AsyncOmniQ:
                 if now - last_purge > self._purge_every():
                     last_purge = now
                     await self._results.purge_results(now=now)
-                await self._reconcile(now)
             except Exception:
                 log.exception("housekeeping on %s failed; will retry", masked(self.tasks_url))
 
@@ -1019,28 +1015,40 @@ class AsyncOmniQ:
                               detail=r.error.message if r.error else None)
         self._on_results(res)
 
-    async def _reconcile(self, now: float) -> None:
-        """Resolve waiters whose tasks were finished by another process (or another instance)."""
-        if now < self._reconcile_at:
+    def _poke_pickup(self) -> None:
+        """Someone waits on a result (from any thread): look for results made elsewhere now."""
+        loop = self._loop
+        if loop is None or not self._opened:
             return
-        local = self._worker is not None and self._worker.runner.alive()
-        age = 2.0 if local else 0.2
-        stale = [tid for tid, (_, _, since) in list(self._waiter_meta.items()) if now - since > age]
-        if not stale:
-            self._reconcile_wait = 0.5
-            return
-        # look at 1,000 at a time, rotating, so old unfinished tasks do not hide newer ones
-        start = self._reconcile_cursor % len(stale)
-        batch = (stale[start:] + stale[:start])[:1000]
-        self._reconcile_cursor = start + len(batch)
-        found = await self._results.get_results(batch)
-        if found:
-            self._on_results(list(found.values()))
-            self._reconcile_wait = 0.5
-        else:  # nothing finished elsewhere: ask less often (up to every 5 s)
-            self._reconcile_wait = min(5.0, self._reconcile_wait * 2)
-        self._reconcile_at = now + self._reconcile_wait
+        if threading.get_ident() == self._loop_thread:
+            self._pickup_now.set()
+        else:
+            with contextlib.suppress(RuntimeError):  # loop closing
+                loop.call_soon_threadsafe(self._pickup_now.set)
 
+    async def _pickup_loop(self) -> None:
+        """Resolve waiters whose tasks another process (an ``omniq worker``) finished: read their
+        results in batches of 1,000, every 50 ms while results keep coming, backing off to 1 s
+        when none do. Tasks this instance runs itself are left to the worker for 2 s."""
+        delay = 0.05
+        while True:
+            with anyio.move_on_after(delay):
+                await self._pickup_now.wait()
+            self._pickup_now = anyio.Event()
+            now = time.time()
+            local = self._worker is not None and self._worker.runner.alive()
+            age = 2.0 if local else 0.05
+            stale = [tid for tid, (_, _, since) in list(self._waiter_meta.items()) if now - since > age]
+            found_any = False
+            try:
+                for i in range(0, len(stale), 1000):
+                    found = await self._results.get_results(stale[i : i + 1000])
+                    if found:
+                        found_any = True
+                        self._on_results(list(found.values()))
+            except Exception:
+                log.exception("reading results from %s failed; will retry", masked(self.results_url))
+            delay = 0.05 if found_any else min(1.0, delay * 2)
 
 def _log_level_asked(cfg: OmniQConfig) -> bool:
     import os
