@@ -4,35 +4,34 @@ Owning the children (rather than using a ``ProcessPoolExecutor``) lets us kill e
 child running a task that timed out or was cancelled, and replace a child that died. Tasks go
 out in batches sized by how long tasks take (prefetch), so no child idles between quick tasks
 and slow tasks are not queued behind each other.
+
+``ChildRunner`` is what every runner with children shares (the gevent runner is the other):
+spawning, reading frames, stopping, killing, and replacing a child that died.
 """
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import json
 import logging
 import os
-import struct
 import sys
 import time
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
-import msgspec
-
 from ..models import ErrorInfo, Task, TaskStatus
+from . import _wire
 from .base import Outcome, Runner, timeout_error
 
 log = logging.getLogger("omniq.worker.process")
-_HEADER = struct.Struct(">I")
-_enc = msgspec.msgpack.Encoder()
-_dec = msgspec.msgpack.Decoder()
 
 
-def child_command() -> list[str]:
-    return [sys.executable, "-m", "omniq.workers.child"]
+def child_command(module: str = "omniq.workers.child") -> list[str]:
+    return [sys.executable, "-m", module]
 
 
 def child_env() -> dict[str, str]:
@@ -62,41 +61,51 @@ class _Child:
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self.proc = proc
         self.pid = proc.pid
-        self.pending: deque[Task] = deque()  # sent, in the order the child runs them
-        self.started: set[str] = set()  # ids whose start was reported
+        self.pending: dict[str, Task] = {}  # sent and not yet reported, in the order sent
+        self.started: dict[str, float] = {}  # ids whose start was reported -> when
         self.kill_reason: tuple[str, str] | None = None  # (task id, "timeout" | "cancel")
         self.timers: dict[str, asyncio.TimerHandle] = {}
         self.reader: asyncio.Task[None] | None = None
         self.died = False
 
     def send(self, msg: object) -> None:
-        body = _enc.encode(msg)
         assert self.proc.stdin is not None
-        self.proc.stdin.write(_HEADER.pack(len(body)) + body)
+        self.proc.stdin.write(_wire.frame(msg))
+
+    def send_tasks(self, batch: Sequence[Task]) -> None:
+        self.pending.update((t.id, t) for t in batch)
+        try:
+            self.send(["T", [[t.id, t.payload, t.timeout] for t in batch]])
+        except (BrokenPipeError, ConnectionResetError, RuntimeError):
+            pass  # the reader sees the death and deals with the batch
 
 
-class ProcessRunner(Runner):
-    """``slots`` child processes; a child that dies is replaced."""
+class ChildRunner(Runner):
+    """A runner whose tasks run in child processes it owns (``python -m child_module``).
 
-    kind = "process"
+    Subclasses say how many children, how tasks spread over them (``capacity``, ``_pump``),
+    how results come back (``_results``) and what a dead child's tasks become (``_orphans``).
+    """
 
-    def __init__(self, slots: int) -> None:
+    child_module = "omniq.workers.child"
+
+    def __init__(self, slots: int, processes: int) -> None:
         super().__init__(slots)
+        self.processes = processes
         self._children: list[_Child] = []
         self._ready: deque[Task] = deque()  # claimed here, not yet sent to a child
-        self._avg = 0.01  # moving average of task duration, seconds
         self._stopping = False
         self._spawning = 0
-        self._tasks: set[asyncio.Task[object]] = set()
 
     # --- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
-        children = await asyncio.gather(*(self._spawn() for _ in range(self.slots)))
+        children = await asyncio.gather(*(self._spawn() for _ in range(self.processes)))
         self._children.extend(children)
 
     async def _spawn(self) -> _Child:
+        cmd = child_command(self.child_module)
         proc = await asyncio.create_subprocess_exec(
-            *child_command(),
+            *cmd,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             env=child_env(),
@@ -105,12 +114,11 @@ class ProcessRunner(Runner):
         child = _Child(proc)
         assert proc.stdout is not None
         try:
-            hello = _dec.decode(await proc.stdout.readexactly(_HEADER.unpack(await proc.stdout.readexactly(4))[0]))
+            hello = await _wire.read_frame_async(proc.stdout)
         except asyncio.IncompleteReadError:
             code = await proc.wait()
             raise RuntimeError(
-                f"process worker failed to start ({' '.join(child_command())} exited with {code}); "
-                "see its stderr above"
+                f"{self.kind} worker failed to start ({' '.join(cmd)} exited with {code}); see its stderr above"
             ) from None
         assert hello[0] == "H"
         child.reader = asyncio.get_running_loop().create_task(self._read(child))
@@ -125,7 +133,7 @@ class ProcessRunner(Runner):
                 await asyncio.sleep(0.01)
         for c in self._children:
             if not graceful:
-                unstarted.extend(c.pending)
+                unstarted.extend(c.pending.values())
                 c.pending.clear()
             with contextlib.suppress(Exception):
                 c.send(["Q"])
@@ -156,6 +164,163 @@ class ProcessRunner(Runner):
         return [c.pid for c in self._children]
 
     # --- dispatch --------------------------------------------------------------------------
+    def held(self) -> list[str]:
+        ids = [t.id for t in self._ready]
+        for c in self._children:
+            ids.extend(c.pending)
+        return ids
+
+    def dispatch(self, tasks: Sequence[Task]) -> None:
+        self._ready.extend(tasks)
+        self._pump()
+
+    @abc.abstractmethod
+    def _pump(self) -> None:
+        """Send ready tasks to children that have room."""
+
+    # --- results ---------------------------------------------------------------------------
+    async def _read(self, c: _Child) -> None:
+        stdout = c.proc.stdout
+        assert stdout is not None
+        try:
+            while True:
+                msg = await _wire.read_frame_async(stdout)
+                if msg[0] == "R":
+                    self._results(c, msg[1])
+                elif msg[0] == "S":
+                    self._started(c, msg[1], msg[2])
+        except (asyncio.IncompleteReadError, ConnectionResetError):
+            pass
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("protocol error from %s worker %s; replacing it", self.kind, c.pid)
+            with contextlib.suppress(ProcessLookupError):
+                c.proc.kill()
+        if not self._stopping:
+            await self._died(c)
+        else:  # an exit is expected now; a crash must not keep a graceful stop waiting (the
+            c.died = True  # tasks it held come back when their leases lapse)
+
+    def _started(self, c: _Child, tid: str, at: float) -> Task | None:
+        task = c.pending.get(tid)
+        if task is not None:
+            c.started[tid] = at
+            self.on_started(task, at)
+        return task
+
+    @abc.abstractmethod
+    def _results(self, c: _Child, rows: list[list[Any]]) -> None:
+        """Handle an "R" frame."""
+
+    def _finished(self, c: _Child, task: Task, code: int, data: Any, started: float, finished: float) -> Outcome:
+        """The outcome of a reported row; its start is announced now if it was not yet."""
+        h = c.timers.pop(task.id, None)
+        if h is not None:
+            h.cancel()
+        if c.started.pop(task.id, None) is None:
+            self.on_started(task, started)
+        if code == _wire.OK:
+            return Outcome(task, payload=data, started_at=started, finished_at=finished)
+        if code == _wire.TIMED_OUT:
+            return _stopped(task, "timeout", started, finished)
+        if code == _wire.CANCELLED:
+            return _stopped(task, "cancel", started, finished)
+        etype, emsg, etb = data
+        return Outcome(
+            task,
+            error=ErrorInfo(type=etype, message=emsg, traceback=etb),
+            started_at=started,
+            finished_at=finished,
+            retryable=code == _wire.FAILED,
+        )
+
+    # --- stopping tasks, and children that die ---------------------------------------------
+    def _kill(self, c: _Child, tid: str, reason: str) -> None:
+        if c.died or c.kill_reason is not None or tid not in c.pending:
+            return
+        c.kill_reason = (tid, reason)
+        with contextlib.suppress(ProcessLookupError):
+            c.proc.kill()
+
+    async def cancel(self, task_id: str) -> bool:
+        for i, t in enumerate(self._ready):
+            if t.id == task_id:
+                del self._ready[i]
+                now = time.time()
+                self.on_done([_stopped(t, "cancel", now, now)])
+                return True
+        for c in self._children:
+            if task_id in c.pending and not c.died:
+                self._cancel_sent(c, task_id)
+                return True
+        return False
+
+    def _cancel_sent(self, c: _Child, tid: str) -> None:
+        """Stop a task a child holds: here, by killing the child."""
+        self._kill(c, tid, "cancel")
+
+    async def _died(self, c: _Child) -> None:
+        """A child exited: report or hand back its tasks (``_orphans``), replace it."""
+        c.died = True
+        await c.proc.wait()
+        for h in c.timers.values():
+            h.cancel()
+        c.timers.clear()
+        lost = list(c.pending.values())
+        c.pending.clear()
+        outs = self._orphans(c, lost, time.time()) if lost else []
+        if outs:  # reported before the replacement starts: redelivery need not wait for it
+            self.on_done(outs)
+        if c in self._children and not self._stopping:
+            self._children.remove(c)
+            self._spawning += 1
+            try:
+                self._children.append(await self._spawn())
+            except Exception:
+                log.exception("could not replace %s worker %s", self.kind, c.pid)
+            finally:
+                self._spawning -= 1
+        self._pump()
+        self._signal_capacity()
+
+    @abc.abstractmethod
+    def _orphans(self, c: _Child, lost: list[Task], now: float) -> list[Outcome]:
+        """What becomes of the tasks a dead child held (in the order sent): outcomes to report;
+        tasks it never started may go back to ``_ready``."""
+
+    def _began(self, c: _Child, task: Task, now: float) -> float:
+        """When a task a dead child was running started. Its "S" frame may not have come (a
+        process child sends one per batch when tasks are quick); then its start is announced
+        now, so its events still read started -> requeued / failed / cancelled."""
+        at = c.started.get(task.id)
+        if at is None:
+            self.on_started(task, now)
+            return now
+        return at
+
+    def _worker_died(self, c: _Child, tasks: Sequence[Task], now: float, why: str = "") -> list[Outcome]:
+        """Outcomes marking ``tasks`` as lost with their child: delivered again if their
+        delivery bound allows (see ``Worker._complete``), else failed with ``WorkerDied``."""
+        msg = f"worker process {c.pid} died (exit code {c.proc.returncode}) running this task{why}"
+        log.warning("%s worker %s died (exit code %s) running %s%s", self.kind, c.pid, c.proc.returncode,
+                    ", ".join(t.id for t in tasks), why)
+        return [
+            Outcome(t, error=ErrorInfo(type="WorkerDied", message=msg), started_at=self._began(c, t, now),
+                    finished_at=now, retryable=False, status=TaskStatus.RUNNING)  # the marker
+            for t in tasks
+        ]
+
+
+class ProcessRunner(ChildRunner):
+    """``slots`` child processes, one task at a time each; a child that dies is replaced."""
+
+    kind = "process"
+
+    def __init__(self, slots: int) -> None:
+        super().__init__(slots, processes=slots)
+        self._avg = 0.01  # moving average of task duration, seconds
+
     def _prefetch(self) -> int:
         avg = self._avg
         if avg < 0.001:
@@ -174,18 +339,8 @@ class ProcessRunner(Runner):
         room = sum(max(0, per - len(c.pending)) for c in live) + self._spawning * per
         return room - len(self._ready)
 
-    def held(self) -> list[str]:
-        ids = [t.id for t in self._ready]
-        for c in self._children:
-            ids.extend(t.id for t in c.pending)
-        return ids
-
-    def dispatch(self, tasks: Sequence[Task]) -> None:
-        self._ready.extend(tasks)
-        self._pump()
-
     def _pump(self) -> None:
-        if not self._ready or (self._stopping and not self._ready):
+        if not self._ready:
             return
         per = self._prefetch()
         for c in sorted(self._children, key=lambda c: len(c.pending)):
@@ -196,156 +351,55 @@ class ProcessRunner(Runner):
             room = per - len(c.pending)
             if room <= 0:
                 continue
-            batch = [self._ready.popleft() for _ in range(min(room, len(self._ready)))]
-            c.pending.extend(batch)
-            try:
-                c.send(["T", [[t.id, t.payload, t.timeout is not None] for t in batch]])
-            except (BrokenPipeError, ConnectionResetError, RuntimeError):
-                pass  # the reader sees the death and hands the batch back
+            c.send_tasks([self._ready.popleft() for _ in range(min(room, len(self._ready)))])
 
-    # --- results ---------------------------------------------------------------------------
-    async def _read(self, c: _Child) -> None:
-        stdout = c.proc.stdout
-        assert stdout is not None
-        try:
-            while True:
-                n = _HEADER.unpack(await stdout.readexactly(4))[0]
-                msg = _dec.decode(await stdout.readexactly(n))
-                if msg[0] == "R":
-                    self._results(c, msg[1])
-                elif msg[0] == "S":
-                    self._started(c, msg[1], msg[2])
-        except (asyncio.IncompleteReadError, ConnectionResetError):
-            pass
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("protocol error from process worker %s; replacing it", c.pid)
-            with contextlib.suppress(ProcessLookupError):
-                c.proc.kill()
-        if not self._stopping:  # when stopping, an exiting child is expected
-            await self._died(c)
-
-    def _started(self, c: _Child, tid: str, at: float) -> None:
-        task = next((t for t in c.pending if t.id == tid), None)
-        if task is None:
-            return
-        c.started.add(tid)
-        self.on_started(task, at)
-        if task.timeout is not None:
+    def _started(self, c: _Child, tid: str, at: float) -> Task | None:
+        task = super()._started(c, tid, at)
+        if task is not None and task.timeout is not None:
             loop = asyncio.get_running_loop()
             c.timers[tid] = loop.call_later(task.timeout, self._kill, c, tid, "timeout")
+        return task
 
     def _results(self, c: _Child, rows: list[list[Any]]) -> None:
         outs: list[Outcome] = []
         avg = self._avg
         for tid, code, data, started, finished in rows:
-            task = c.pending.popleft()
-            if task.id != tid:  # cannot happen unless the protocol broke
-                raise RuntimeError(f"child {c.pid} answered {tid!r}, expected {task.id!r}")
-            h = c.timers.pop(task.id, None)
-            if h is not None:
-                h.cancel()
-            if task.id not in c.started:
-                self.on_started(task, started)
-            else:
-                c.started.discard(task.id)
+            first = next(iter(c.pending), None)
+            if first != tid:  # cannot happen unless the protocol broke
+                raise RuntimeError(f"child {c.pid} answered {tid!r}, expected {first!r}")
+            task = c.pending.pop(tid)
             avg = 0.8 * avg + 0.2 * (finished - started)
-            if code == 1:
-                outs.append(Outcome(task, payload=data, started_at=started, finished_at=finished))
-            else:
-                etype, emsg, etb = data
-                outs.append(
-                    Outcome(
-                        task,
-                        error=ErrorInfo(type=etype, message=emsg, traceback=etb),
-                        started_at=started,
-                        finished_at=finished,
-                        retryable=code == 0,
-                    )
-                )
+            outs.append(self._finished(c, task, code, data, started, finished))
         self._avg = avg
         self.on_done(outs)
         self._pump()
         self._signal_capacity()
 
-    def _kill(self, c: _Child, tid: str, reason: str) -> None:
-        if c.died or c.kill_reason is not None:
-            return
-        c.kill_reason = (tid, reason)
-        with contextlib.suppress(ProcessLookupError):
-            c.proc.kill()
-
-    async def cancel(self, task_id: str) -> bool:
-        for i, t in enumerate(self._ready):
-            if t.id == task_id:
-                del self._ready[i]
-                now = time.time()
-                self.on_done([Outcome(t, status=TaskStatus.CANCELLED, started_at=now, finished_at=now,
-                                      error=ErrorInfo("TaskCancelled", "cancelled by user"), retryable=False)])
-                return True
-        for c in self._children:
-            if any(t.id == task_id for t in c.pending):
-                self._kill(c, task_id, "cancel")
-                return True
-        return False
-
-    async def _died(self, c: _Child) -> None:
-        """A child exited: report the task it was running, hand back the rest, replace it."""
-        c.died = True
-        await c.proc.wait()
-        for h in c.timers.values():
-            h.cancel()
-        c.timers.clear()
-        pending = list(c.pending)
-        c.pending.clear()
-        now = time.time()
+    def _orphans(self, c: _Child, lost: list[Task], now: float) -> list[Outcome]:
+        """The first task was running: it is reported; the rest never started and go back,
+        except the one a kill was aimed at (queued behind the running one)."""
+        first, rest = lost[0], lost[1:]
+        reason = c.kill_reason
         outs: list[Outcome] = []
-        if pending:
-            first, rest = pending[0], pending[1:]
-            reason = c.kill_reason
-            if reason is not None and reason[0] != first.id:
-                # the task to stop was queued behind: it is cancelled, the running one goes back
-                target = next(t for t in rest if t.id == reason[0])
-                rest = [t for t in pending if t is not target]
-                outs.append(_stopped(target, reason[1], now))
-            elif reason is not None:
-                outs.append(_stopped(first, reason[1], now))
+        if reason is not None and reason[0] != first.id:
+            target = next((t for t in rest if t.id == reason[0]), None)
+            if target is not None:
+                rest.remove(target)
+                rest.insert(0, first)  # the running one goes back
+                outs.append(_stopped(target, reason[1], now, now))
             else:
-                log.warning(
-                    "process worker %s died (exit code %s) running task %s", c.pid, c.proc.returncode, first.id
-                )
-                outs.append(
-                    Outcome(
-                        first,
-                        error=ErrorInfo(
-                            type="WorkerDied",
-                            message=f"worker process {c.pid} died (exit code {c.proc.returncode}) running this task",
-                        ),
-                        started_at=now,
-                        finished_at=now,
-                        retryable=False,
-                        status=TaskStatus.RUNNING,  # marker: delivered again if deliveries allow
-                    )
-                )
-            self._ready.extendleft(reversed(rest))
-        if c in self._children and not self._stopping:
-            self._children.remove(c)
-            self._spawning += 1
-            try:
-                self._children.append(await self._spawn())
-            except Exception:
-                log.exception("could not replace process worker %s", c.pid)
-            finally:
-                self._spawning -= 1
-        if outs:
-            self.on_done(outs)
-        self._pump()
-        self._signal_capacity()
+                outs.extend(self._worker_died(c, [first], now))
+        elif reason is not None:
+            outs.append(_stopped(first, reason[1], self._began(c, first, now), now))
+        else:
+            outs.extend(self._worker_died(c, [first], now))
+        self._ready.extendleft(reversed(rest))
+        return outs
 
 
-def _stopped(task: Task, reason: str, now: float) -> Outcome:
+def _stopped(task: Task, reason: str, started: float, finished: float) -> Outcome:
+    """A task stopped on purpose: timed out (a failure, retried if retries allow) or cancelled."""
     if reason == "timeout":
-        return Outcome(task, error=timeout_error(task), started_at=now, finished_at=now)
+        return Outcome(task, error=timeout_error(task), started_at=started, finished_at=finished)
     return Outcome(task, status=TaskStatus.CANCELLED, error=ErrorInfo("TaskCancelled", "cancelled by user"),
-                   started_at=now, finished_at=now, retryable=False)
+                   started_at=started, finished_at=finished, retryable=False)

@@ -1,0 +1,154 @@
+"""The protocol between a runner and the worker children it owns, written once for both sides.
+
+Frames on the child's stdin / stdout (which the child moves out of its tasks' way at once: see
+``setup_child``): a 4-byte big-endian length and a msgpack body.
+
+parent -> child  ["T", [[task_id, payload, timeout], ...]]   run these (timeout: seconds or None)
+                 ["X", task_id]                              stop this task (gevent children;
+                                                             a process child is killed instead)
+                 ["Q"]                                       exit
+child -> parent  ["H", pid]                                  ready
+                 ["S", task_id, started_at]                  started (for timeouts / live events;
+                                                             not every quick task: see child.py)
+                 ["R", [[task_id, code, data, started_at, finished_at], ...]]   see the codes below
+
+A process child runs its tasks one by one, in order; a gevent child runs them at once and
+reports each as it ends, so rows name their task. The user's prints go to stderr: stdout
+carries only the protocol.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import struct
+import sys
+import traceback
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+import msgspec
+
+from ..errors import SerializationError
+from ..serialization import dumps, loads_call
+
+if TYPE_CHECKING:
+    import asyncio  # the parent's side only; children import it when a task is a coroutine
+
+# result codes (the ``code`` of an "R" row) and what ``data`` then holds
+OK = 1  # the serialized value
+FAILED = 0  # [type, message, traceback]
+REJECTED = 2  # as FAILED, but never retried (bad signature, unreadable payload)
+TIMED_OUT = 3  # None: the child stopped the task at its timeout
+CANCELLED = 4  # None: the child stopped the task on an "X" frame
+
+HEADER = struct.Struct(">I")
+_enc = msgspec.msgpack.Encoder()
+_dec = msgspec.msgpack.Decoder()
+
+
+class _Readable(Protocol):
+    def read(self, n: int, /) -> bytes: ...
+
+
+def frame(msg: Any) -> bytes:
+    """One message as a frame, ready to write."""
+    body = _enc.encode(msg)
+    return HEADER.pack(len(body)) + body
+
+
+def read_frame(stream: _Readable) -> Any:
+    """The next message from a buffered binary stream, or None once the other side is gone."""
+    hdr = stream.read(4)
+    if len(hdr) < 4:
+        return None
+    (n,) = HEADER.unpack(hdr)
+    body = stream.read(n)
+    if len(body) < n:
+        return None
+    return _dec.decode(body)
+
+
+async def read_frame_async(stream: asyncio.StreamReader) -> Any:
+    """The next message from a child; raises ``IncompleteReadError`` once it is gone."""
+    (n,) = HEADER.unpack(await stream.readexactly(4))
+    return _dec.decode(await stream.readexactly(n))
+
+
+def write_all(fd: int, data: bytes, write: Callable[[int, Any], int] = os.write) -> None:
+    """Write every byte (a pipe may take a frame in pieces); ``write`` may be a cooperative one."""
+    view = memoryview(data)
+    while view:
+        view = view[write(fd, view) :]
+
+
+def error_row(exc: BaseException) -> list[str]:
+    """An exception as ``[type, message, traceback]``, readable in any process."""
+    return [type(exc).__name__, str(exc), "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))]
+
+
+def setup_child() -> tuple[int, int]:
+    """Prepare a child process: the parent's import path, SIGINT ignored, and the protocol
+    pipes kept apart from what tasks use.
+
+    Returns the descriptors frames come from and go to. They are private copies (not
+    inherited by a task's subprocesses); fd 0 then reads /dev/null and fd 1 writes to stderr, so
+    a task's prints, its ``input()`` or a subprocess it starts cannot corrupt or steal frames,
+    nor flip the pipe's blocking mode under a gevent child.
+    """
+    extra = os.environ.get("OMNIQ_CHILD_SYSPATH")
+    if extra:
+        for p in reversed(json.loads(extra)):
+            if p not in sys.path:
+                sys.path.insert(0, p)
+    # Jupyter's Stop button (and Ctrl-C in a terminal) signals the whole process group; the
+    # parent decides when its children end (timeout, cancel, close), so they ignore SIGINT
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    rfd, wfd = os.dup(0), os.dup(1)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    os.dup2(2, 1)
+    return rfd, wfd
+
+
+def run_call(
+    payload: bytes,
+    passthrough: tuple[type[BaseException], ...] = (),
+    in_loop: Callable[[Any], Any] | None = None,
+) -> tuple[int, Any]:
+    """Run one task payload: ``(code, data)`` as an "R" row carries them.
+
+    Whatever the task raises is its own failure, except ``passthrough`` exceptions: a gevent
+    child's timeout and cancel, which must reach the code that raised them. A coroutine a task
+    returns runs to its end with ``in_loop`` (default: ``run_coroutine``).
+    """
+    try:
+        fn, args, kwargs = loads_call(payload)
+    except SerializationError as exc:
+        return REJECTED, error_row(exc)
+    except passthrough:
+        raise
+    except BaseException as exc:
+        return FAILED, error_row(exc)
+    try:
+        value = fn(*args, **kwargs)
+        if hasattr(value, "__await__"):
+            value = (in_loop or run_coroutine)(value)
+        return OK, dumps(value)
+    except passthrough:
+        raise
+    except BaseException as exc:  # the task's own failure, whatever it raised
+        return FAILED, error_row(exc)
+
+
+def run_coroutine(aw: Any) -> Any:
+    """Run an awaitable on a fresh event loop in this thread."""
+    import asyncio
+
+    return asyncio.run(_await(aw))
+
+
+async def _await(aw: Any) -> Any:
+    return await aw
