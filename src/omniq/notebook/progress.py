@@ -110,6 +110,7 @@ class Tracker:
         self._done.set()
         self._listeners: list[Callable[[], None]] = []
         self._unsubscribe: Callable[[], None] | None = None
+        self._futures: dict[int, cf.Future[TaskResult]] = {}
 
     # --- feeding ------------------------------------------------------------------------------
     def add_slots(self, n: int) -> range:
@@ -162,7 +163,20 @@ class Tracker:
         once, in this thread, for a future already resolved)."""
         on_done, ids = self._on_done, self._ids
         for slot, fut in zip(slots, futures):
+            self._futures[slot] = fut
             fut.add_done_callback(functools.partial(on_done, slot, ids[slot]))
+
+    def sync(self) -> None:
+        """Apply futures that resolved but whose callbacks have not run yet. A future wakes
+        its waiters before it runs its callbacks, so a caller that just saw every handle finish
+        (``%omniq wait``, ``finalize``) calls this to render the true end state."""
+        with self._lock:
+            late = [
+                (slot, fut) for slot, fut in self._futures.items()
+                if fut.done() and self._states[slot] in _WAITING
+            ]
+        for slot, fut in late:
+            self._on_done(slot, self._ids[slot], fut)
 
     def _on_done(self, slot: int, task_id: str | None, fut: cf.Future[TaskResult]) -> None:
         self._set_final([(slot, result_from_future(task_id, fut))], counted=True, task_id=task_id)

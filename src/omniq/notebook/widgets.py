@@ -236,6 +236,7 @@ class Progress:
     def finalize(self) -> Progress:
         """Render the current state now, from the caller's thread, and re-send every widget's
         state, so the cell that calls it (``%omniq wait``) records the end state."""
+        self.tracker.sync()
         self._throttle.flush()
         return self.resend()
 
