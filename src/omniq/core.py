@@ -16,6 +16,7 @@ import concurrent.futures as cf
 import contextlib
 import datetime as dt
 import functools
+import itertools
 import logging
 import threading
 import time
@@ -264,6 +265,9 @@ class AsyncOmniQ:
         self._events: EventLogger
         self._scheduler: Scheduler
         self._pickup_now = anyio.Event()
+        self._next_expiry = float("inf")
+        self._units = itertools.count(1)
+        self._unit_of: dict[str, int] = {}  # task id -> the call that handed it over (if > 1 task)
 
     # --- lifecycle ---------------------------------------------------------------------------
     @classmethod
@@ -472,6 +476,11 @@ class AsyncOmniQ:
         futs = []
         waiters, meta = self._waiters, self._waiter_meta
         now = time.time()
+        if len(tasks) > 1:  # one call's tasks are stored or refused together
+            unit = next(self._units)
+            unit_of = self._unit_of
+            for t in tasks:
+                unit_of[t.id] = unit
         for t in tasks:
             f: cf.Future[TaskResult] = cf.Future()
             waiters[t.id] = f
@@ -514,18 +523,27 @@ class AsyncOmniQ:
         for attempt in range(4):
             try:
                 await self._queue.enqueue(batch)
+                err = None
                 break
-            except ConfigError as exc:  # e.g. unknown dependency: not transient
+            except ConfigError as exc:  # e.g. an unknown dependency: refused, not transient
+                units = _split_units(batch, self._unit_of)
+                if len(units) > 1:
+                    # store each call's tasks on their own, in order: only the refused call's
+                    # tasks fail, and a task depending on an earlier call's still finds it
+                    for unit in units:
+                        await self._store_batch(unit)
+                    return
                 err = exc
                 break
             except Exception as exc:
                 err = exc
                 await anyio.sleep(0.05 * 4**attempt)
-        else:
-            err = err or StorageError("enqueue failed")
-        if err is not None and not _stored(err):
+        for t in batch:
+            self._unit_of.pop(t.id, None)
+        if err is not None:
             # Tell every waiter loudly rather than drop the tasks silently.
-            log.error("could not store %d tasks in %s: %s", len(batch), masked(self.tasks_url), err)
+            if not isinstance(err, ConfigError):  # a refused task is the caller's error, raised to it
+                log.error("could not store %d tasks in %s: %s", len(batch), masked(self.tasks_url), err)
             e = err if isinstance(err, (ConfigError, StorageError)) else StorageError(
                 f"could not store tasks in {masked(self.tasks_url)}: {err}"
             )
@@ -541,6 +559,21 @@ class AsyncOmniQ:
             [TaskEvent(task_id=t.id, type=EventType.ENQUEUED.value, timestamp=now, queue=t.queue) for t in batch]
         )
         self._queue.notify()
+        with_deps = [t for t in batch if t.depends_on]
+        if with_deps:
+            await self._settle_stillborn(with_deps)
+
+    async def _settle_stillborn(self, tasks: list[Task]) -> None:
+        """Tasks stored CANCELLED at once because a dependency had already failed, been
+        cancelled or expired: give them their CANCELLED result (every task ends with one)."""
+        states = await self._queue.statuses([t.id for t in tasks])
+        dead = [t for t in tasks if states.get(t.id) is TaskStatus.CANCELLED]
+        if not dead:
+            return
+        deps = await self._queue.statuses(sorted({d for t in dead for d in t.depends_on}))
+        bad = {TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.EXPIRED}
+        pairs = [(t, next((d for d in t.depends_on if deps.get(d) in bad), t.depends_on[0])) for t in dead]
+        await self._record_cancelled(pairs)
 
     async def enqueue(
         self,
@@ -663,6 +696,8 @@ class AsyncOmniQ:
         """Called on the loop after results are stored: wake waiters in this process."""
         waiters, meta = self._waiters, self._waiter_meta
         for r in results:
+            if r.expires_at is not None and r.expires_at < self._next_expiry:
+                self._next_expiry = r.expires_at  # the janitor purges when it passes
             f = waiters.pop(r.task_id, None)
             if f is not None:
                 meta.pop(r.task_id, None)
@@ -683,7 +718,9 @@ class AsyncOmniQ:
         if f is None:
             f = cf.Future()
             self._waiters[task_id] = f
-            self._waiter_meta[task_id] = ("", float("inf"), time.time())  # not ours: not drained
+            # not ours: not drained; "since" 0 so the pickup loop reads its result at once
+            self._waiter_meta[task_id] = ("", float("inf"), 0.0)
+            self._poke_pickup()
         return f
 
     async def _wait(self, task_id: str, fut: cf.Future[TaskResult], timeout: float | None) -> TaskResult:
@@ -833,8 +870,12 @@ class AsyncOmniQ:
 
     # --- schedules ------------------------------------------------------------------------------
     def _start_scheduler(self) -> None:
-        self._scheduler = Scheduler(self._queue, self._schedule_task)
+        self._scheduler = Scheduler(self._queue, self._schedule_task, on_fired=self._scheduled)
         self._spawn(self._scheduler.run())
+
+    def _scheduled(self, task: Task) -> None:
+        self._events.emit(task.id, EventType.ENQUEUED, queue=task.queue,
+                          detail=f"schedule {task.metadata.get('schedule')}", timestamp=task.created_at)
 
     def _schedule_task(self, schedule: Any, slot: float) -> Task:
         now = time.time()
@@ -992,9 +1033,13 @@ class AsyncOmniQ:
                     self._on_results(exp)
                     dependents = [t for t in expired if t.status is TaskStatus.CANCELLED]
                     if dependents:
-                        cause = exp[0].task_id if exp else ""
-                        await self._record_cancelled([(t, cause) for t in dependents])
-                if now - last_purge > self._purge_every():
+                        gone = {t.id for t in expired}
+                        await self._record_cancelled([
+                            (t, next((d for d in t.depends_on if d in gone), exp[0].task_id if exp else ""))
+                            for t in dependents
+                        ])
+                if now - last_purge > self._purge_every() or now >= self._next_expiry:
+                    self._next_expiry = float("inf")
                     last_purge = now
                     await self._results.purge_results(now=now)
             except Exception:
@@ -1050,16 +1095,26 @@ class AsyncOmniQ:
                 log.exception("reading results from %s failed; will retry", masked(self.results_url))
             delay = 0.05 if found_any else min(1.0, delay * 2)
 
+def _split_units(batch: list[Task], unit_of: Mapping[str, int]) -> list[list[Task]]:
+    """Consecutive runs of tasks handed over by one call (a lone task is its own unit)."""
+    units: list[list[Task]] = []
+    last: int | None = None
+    for t in batch:
+        u = unit_of.get(t.id)
+        if units and u is not None and u == last:
+            units[-1].append(t)
+        else:
+            units.append([t])
+        last = u
+    return units
+
+
 def _log_level_asked(cfg: OmniQConfig) -> bool:
     import os
 
     from .config import settings
 
     return cfg.log_level.upper() != settings.LOG_LEVEL or bool(os.environ.get("OMNIQ_LOG_LEVEL"))
-
-
-def _stored(err: BaseException | None) -> bool:
-    return err is None
 
 
 def _report_crash(t: asyncio.Task[Any]) -> None:

@@ -426,6 +426,7 @@ class Scheduler:
         *,
         poll_interval: float = 1.0,
         clock: Callable[[], float] = time.time,
+        on_fired: Callable[[Task], None] | None = None,
     ) -> None:
         if not poll_interval > 0:
             raise ConfigError(
@@ -433,6 +434,7 @@ class Scheduler:
             )
         self.queue = queue
         self.make_task = make_task
+        self.on_fired = on_fired  # told of each task this instance enqueued (lifecycle events)
         self.poll_interval = poll_interval
         self.clock = clock
         self.fired = 0  # slots this instance won
@@ -518,6 +520,8 @@ class Scheduler:
         self.fired += 1
         self.last_lag = now - slot
         self.queue.notify()
+        if self.on_fired is not None:
+            self.on_fired(task)
         log.debug(
             "scheduler: fired %r slot %.3f (lag %.1f ms)", schedule.name, slot, 1e3 * (now - slot)
         )
