@@ -217,8 +217,10 @@ def test_child_protocol_cancel_before_start_and_out_of_order_results():
                          stdout=subprocess.PIPE, env=child_env())
     try:
         assert _wire.read_frame(p.stdout)[0] == "H"
-        rows = [["slow", dumps_call(nap, (0.5, "s"), {}), None], ["quick", dumps_call(nap, (0.05, "q"), {}), None],
-                ["never", dumps_call(nap, (5, "n"), {}), None], ["late", dumps_call(nap, (5, "l"), {}), 0.2]]
+        rows = [["slow", dumps_call(nap, (0.5, "s"), {}), None, None],
+                ["quick", dumps_call(nap, (0.05, "q"), {}), None, None],
+                ["never", dumps_call(nap, (5, "n"), {}), None, None],
+                ["late", dumps_call(nap, (5, "l"), {}), 0.2, None]]  # [id, payload, timeout, expires_at]
         p.stdin.write(_wire.frame(["T", rows]) + _wire.frame(["X", "never"]))
         p.stdin.flush()
         done = []

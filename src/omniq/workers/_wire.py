@@ -42,6 +42,7 @@ FAILED = 0  # [type, message, traceback]
 REJECTED = 2  # as FAILED, but never retried (bad signature, unreadable payload)
 TIMED_OUT = 3  # None: the child stopped the task at its timeout
 CANCELLED = 4  # None: the child stopped the task on an "X" frame
+EXPIRED = 5  # None: the task's ttl ran out while it waited in the child (never started)
 
 HEADER = struct.Struct(">I")
 _enc = msgspec.msgpack.Encoder()

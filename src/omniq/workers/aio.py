@@ -13,7 +13,7 @@ import anyio
 from ..errors import SerializationError
 from ..models import ErrorInfo, Task, TaskStatus
 from ..serialization import dumps, loads_call
-from .base import Outcome, Runner, error_info, timeout_error
+from .base import Outcome, Runner, error_info, expired_outcome, timeout_error
 
 
 class AsyncRunner(Runner):
@@ -40,6 +40,10 @@ class AsyncRunner(Runner):
 
     async def _run(self, task: Task) -> None:
         started = time.time()
+        gone = expired_outcome(task, started)
+        if gone is not None:
+            self._finish(gone)
+            return
         self.on_started(task, started)
         try:
             fn, args, kwargs = loads_call(task.payload)

@@ -134,6 +134,15 @@ def make_runner(kind: str, slots: int) -> Runner:
     raise ConfigError(f"worker={kind!r} is not valid: expected one of {', '.join(settings.WORKER_KINDS)}")
 
 
+def expired_outcome(task: Task, now: float) -> Outcome | None:
+    """An EXPIRED outcome if ``task``'s ttl ran out before it could start (it waited in a
+    prefetch buffer after its claim); runners check this right before starting a task."""
+    if task.expires_at is None or task.expires_at > now:
+        return None
+    return Outcome(task, status=TaskStatus.EXPIRED, started_at=now, finished_at=now, retryable=False,
+                   error=ErrorInfo("TaskExpired", "its ttl ran out before it started"))
+
+
 def retry_delay(task: Task, attempt: int) -> float:
     """Exponential back-off with ±25 % jitter: retry_delay * 2**(attempt-1)."""
     base = task.retry_delay * (2 ** max(0, attempt - 1))
@@ -251,8 +260,9 @@ class Worker:
                 attempts = t.attempts
             elif out.status is None and out.error is None:
                 status = TaskStatus.SUCCEEDED
-            elif out.status is TaskStatus.CANCELLED:
-                status = TaskStatus.CANCELLED
+            elif out.status is TaskStatus.CANCELLED or out.status is TaskStatus.EXPIRED:
+                status = out.status
+                attempts = t.attempts
             else:
                 status = TaskStatus.FAILED
                 if out.retryable and attempts <= t.retries:

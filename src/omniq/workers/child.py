@@ -15,7 +15,7 @@ import os
 import time
 from typing import Any
 
-from ._wire import frame, read_frame, run_call, setup_child, write_all
+from ._wire import EXPIRED, frame, read_frame, run_call, setup_child, write_all
 
 FLUSH_AFTER = 0.02  # seconds: report results at least this often while busy
 
@@ -36,7 +36,11 @@ def main() -> None:
         if msg[0] != "T":
             continue
         out: list[list[Any]] = []
-        for tid, payload, timeout in msg[1]:
+        for tid, payload, timeout, expires_at in msg[1]:
+            if expires_at is not None and time.time() >= expires_at:  # waited here past its ttl
+                now = time.time()
+                out.append([tid, EXPIRED, None, now, now])
+                continue
             mono = time.monotonic()
             # announce a task when all before it are reported (so a task that kills this
             # process was seen to start), when it has a timeout (the parent times it), and

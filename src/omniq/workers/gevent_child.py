@@ -119,7 +119,7 @@ def main() -> None:
         if msg is None or msg[0] == "Q":
             return  # the parent is done with us (or gone); running greenlets end with us
         if msg[0] == "T":
-            for tid, payload, timeout in msg[1]:
+            for tid, payload, timeout, _expires_at in msg[1]:  # started at once: no wait here
                 g = running[tid] = gevent.spawn(run, tid, payload, timeout)
                 g.rawlink(functools.partial(gone, tid))
         elif msg[0] == "X":

@@ -25,7 +25,7 @@ from typing import Any
 
 from ..models import ErrorInfo, Task, TaskStatus
 from . import _wire
-from .base import Outcome, Runner, timeout_error
+from .base import Outcome, Runner, expired_outcome, timeout_error
 
 log = logging.getLogger("omniq.worker.process")
 
@@ -75,7 +75,7 @@ class _Child:
     def send_tasks(self, batch: Sequence[Task]) -> None:
         self.pending.update((t.id, t) for t in batch)
         try:
-            self.send(["T", [[t.id, t.payload, t.timeout] for t in batch]])
+            self.send(["T", [[t.id, t.payload, t.timeout, t.expires_at] for t in batch]])
         except (BrokenPipeError, ConnectionResetError, RuntimeError):
             pass  # the reader sees the death and deals with the batch
 
@@ -218,7 +218,7 @@ class ChildRunner(Runner):
         h = c.timers.pop(task.id, None)
         if h is not None:
             h.cancel()
-        if c.started.pop(task.id, None) is None:
+        if c.started.pop(task.id, None) is None and code != _wire.EXPIRED:
             self.on_started(task, started)
         if code == _wire.OK:
             return Outcome(task, payload=data, started_at=started, finished_at=finished)
@@ -226,6 +226,8 @@ class ChildRunner(Runner):
             return _stopped(task, "timeout", started, finished)
         if code == _wire.CANCELLED:
             return _stopped(task, "cancel", started, finished)
+        if code == _wire.EXPIRED:
+            return expired_outcome(task, finished) or _stopped(task, "cancel", started, finished)
         etype, emsg, etb = data
         return Outcome(
             task,
@@ -351,7 +353,20 @@ class ProcessRunner(ChildRunner):
             room = per - len(c.pending)
             if room <= 0:
                 continue
-            c.send_tasks([self._ready.popleft() for _ in range(min(room, len(self._ready)))])
+            batch: list[Task] = []
+            late: list[Outcome] = []
+            now = time.time()
+            while self._ready and len(batch) < room:
+                t = self._ready.popleft()
+                gone = expired_outcome(t, now)
+                if gone is None:
+                    batch.append(t)
+                else:
+                    late.append(gone)
+            if batch:
+                c.send_tasks(batch)
+            if late:
+                self.on_done(late)
 
     def _started(self, c: _Child, tid: str, at: float) -> Task | None:
         task = super()._started(c, tid, at)

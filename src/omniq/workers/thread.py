@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from ..errors import SerializationError
 from ..models import ErrorInfo, Task, TaskStatus
 from ..serialization import dumps, loads_call
-from .base import Outcome, Runner, error_info, timeout_error
+from .base import Outcome, Runner, error_info, expired_outcome, timeout_error
 
 _STOP = object()
 
@@ -83,6 +83,16 @@ class ThreadRunner(Runner):
             assert isinstance(item, Task)
             task = item
             started = time.time()
+            gone = expired_outcome(task, started)
+            if gone is not None:
+                with self._lock:
+                    self._queued.pop(task.id, None)
+                    self._out.append(gone)
+                    schedule = not self._drain_scheduled
+                    self._drain_scheduled = True
+                if schedule:
+                    loop.call_soon_threadsafe(self._drain)
+                continue
             with self._lock:
                 self._queued.pop(task.id, None)
                 self._running[task.id] = slot
