@@ -366,11 +366,7 @@ class AsyncOmniQ:
                 await self._worker.stop(graceful=drain)
             await self._events.flush()
         finally:
-            for t in self._bg:
-                t.cancel()
-            for t in self._bg:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await t
+            await _cancel_all(self._bg)
             self._bg.clear()
             with contextlib.suppress(Exception):
                 await self._events.flush()
@@ -1094,6 +1090,20 @@ class AsyncOmniQ:
             except Exception:
                 log.exception("reading results from %s failed; will retry", masked(self.results_url))
             delay = 0.05 if found_any else min(1.0, delay * 2)
+
+async def _cancel_all(tasks: Sequence[asyncio.Task[Any]], timeout: float = 10.0) -> None:
+    """Cancel background tasks and wait for them, cancelling again while any is left: on
+    Python 3.11 a driver's ``asyncio.wait_for`` can swallow a cancel that lands together with
+    its reply, and one lost cancel must not hang ``close()`` for ever."""
+    pending = set(tasks)
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        for t in pending:
+            t.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.1)
+    if pending:
+        log.warning("%d background tasks did not stop within %g s; leaving them", len(pending), timeout)
+
 
 def _split_units(batch: list[Task], unit_of: Mapping[str, int]) -> list[list[Task]]:
     """Consecutive runs of tasks handed over by one call (a lone task is its own unit)."""
