@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import anyio
 import msgspec
@@ -397,6 +398,25 @@ def check_outcomes(outcomes: Sequence[tuple[str, TaskStatus]]) -> None:
             )
 
 
+_decode_task = msgspec.msgpack.Decoder(Task).decode
+_STATUS = {s.value: s for s in TaskStatus}
+
+
+def task_from_row(row: Sequence[Any]) -> Task:
+    """A Task from an SQL row ``(seq, blob, status, worker, lease_until, deliveries, attempts,
+    eta, cancel_requested)``: the immutable blob overlaid with the mutable columns (the layout
+    the SQLite and PostgreSQL backends share)."""
+    t = _decode_task(row[1])
+    t.status = _STATUS[row[2]]
+    t.worker = row[3]
+    t.lease_until = row[4]
+    t.deliveries = row[5]
+    t.attempts = row[6]
+    t.eta = row[7]
+    t.cancel_requested = bool(row[8])
+    return t
+
+
 def masked(url: str) -> str:
     """``url`` with any password replaced by ``***`` (for error messages and logs)."""
     import re
@@ -418,5 +438,6 @@ __all__ = [
     "check_outcomes",
     "masked",
     "plan_enqueue",
+    "task_from_row",
 ]
 

@@ -87,6 +87,7 @@ from .base import (
     check_outcomes,
     masked,
     plan_enqueue,
+    task_from_row,
 )
 
 try:
@@ -384,17 +385,7 @@ T = TypeVar("T")
 _MISSING: Any = object()  # a recovery found nothing: run the operation again
 
 
-def _task(row: Sequence[Any]) -> Task:
-    """A Task from a ``TASK_COLUMNS`` row: the blob, overlaid with the mutable columns."""
-    t = _decode_task(row[1])
-    t.status = _STATUS[row[2]]
-    t.worker = row[3]
-    t.lease_until = row[4]
-    t.deliveries = row[5]
-    t.attempts = row[6]
-    t.eta = row[7]
-    t.cancel_requested = bool(row[8])
-    return t
+_task = task_from_row  # the row layout is shared with the other SQL backend
 
 
 def _tasks(rows: Sequence[Any]) -> list[Task]:
