@@ -67,8 +67,6 @@ pytestmark = pytest.mark.timeout(90)  # a hang fails its test, not the whole run
 KNOWN_BUGS: dict[str, str] = {
     "memory-wakeup-one-loop": "a named memory:// queue's wake-up Event is bound to the first "
     "loop that waits; another instance's claim loop crashes (fix: storage/memory.py per-loop wake-ups)",
-    "remote-result-2s-late": "an instance with workers of its own looks for results of tasks run "
-    "elsewhere only after 2 s (fix: core._pickup_loop skips only the tasks its runner holds)",
     "nats-first-retry-late": "on nats:// the first retry after an idle spell starts ~0.45 s late: "
     "claim() overwrites the due time a wake-up message gave (fix: storage/nats.py claim keeps it)",
 }
@@ -436,13 +434,17 @@ def test_ttl_counts_until_the_task_starts_not_until_it_is_claimed(
 # --- result TTL ------------------------------------------------------------------------------
 
 
-def test_result_ttl_per_task_and_as_the_instance_default(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_result_ttl_per_task_and_as_the_instance_default(
+    url: str, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
     """Results past their ``result_ttl`` (per task; else the default of the instance that
     created the task: constructor, then ``OMNIQ_RESULT_TTL``) are purged by the instance that
     is open anyway (a notebook's, for hours), not at a 60 s sweep; others are kept."""
+    known_bug(request, "purge-forgets-later-expiries", unless=("redis",))  # Redis expires them itself
     with OmniQ(tasks=url, worker="thread", concurrency=1) as oq:
         time.sleep(0.6)  # past the housekeeping pass an instance makes when it opens
         short = oq.enqueue(add, args=(1, 1), result_ttl=0.3)
+        longer = oq.enqueue(add, args=(6, 6), result_ttl=0.9)  # expires after the first purge
         kept = oq.enqueue(add, args=(2, 2))
         with OmniQ(tasks=url, concurrency=0, result_ttl=0.3) as producer:
             by_default = producer.enqueue(add, args=(3, 3))
@@ -451,13 +453,13 @@ def test_result_ttl_per_task_and_as_the_instance_default(url: str, monkeypatch: 
         with OmniQ(tasks=url, concurrency=0) as producer:
             from_env = producer.enqueue(add, args=(5, 5))
         monkeypatch.delenv("OMNIQ_RESULT_TTL")
-        expiring = (short, by_default, from_env)
+        expiring = (short, by_default, from_env, longer)
         for tid in expiring:
             r = final(oq, tid)
-            assert r.expires_at == pytest.approx(r.finished_at + 0.3)
+            assert r.expires_at == pytest.approx(r.finished_at + (0.9 if tid == longer else 0.3))
         assert final(oq, kept).expires_at is None and final(oq, overridden).expires_at is None
-        wait_for(lambda: all(oq.get_result(t) is None for t in expiring), timeout=3,
-                 what="the results past their ttl to be purged")
+        left = lambda: [t for t in expiring if oq.get_result(t) is not None]  # noqa: E731
+        wait_for(lambda: not left(), timeout=3, what=f"results past their ttl to be purged ({len(left())} left)")
         assert oq.get_result(kept).value == 4
         assert oq.get_result(overridden).value == 8
 

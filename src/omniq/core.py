@@ -16,6 +16,7 @@ import concurrent.futures as cf
 import contextlib
 import datetime as dt
 import functools
+import heapq
 import itertools
 import logging
 import threading
@@ -265,7 +266,7 @@ class AsyncOmniQ:
         self._events: EventLogger
         self._scheduler: Scheduler
         self._pickup_now = anyio.Event()
-        self._next_expiry = float("inf")
+        self._expiries: list[float] = []  # heap of result expiry times written here
         self._units = itertools.count(1)
         self._unit_of: dict[str, int] = {}  # task id -> the call that handed it over (if > 1 task)
 
@@ -692,8 +693,8 @@ class AsyncOmniQ:
         """Called on the loop after results are stored: wake waiters in this process."""
         waiters, meta = self._waiters, self._waiter_meta
         for r in results:
-            if r.expires_at is not None and r.expires_at < self._next_expiry:
-                self._next_expiry = r.expires_at  # the janitor purges when it passes
+            if r.expires_at is not None:
+                heapq.heappush(self._expiries, r.expires_at)  # the janitor purges as each passes
             f = waiters.pop(r.task_id, None)
             if f is not None:
                 meta.pop(r.task_id, None)
@@ -1034,8 +1035,10 @@ class AsyncOmniQ:
                             (t, next((d for d in t.depends_on if d in gone), exp[0].task_id if exp else ""))
                             for t in dependents
                         ])
-                if now - last_purge > self._purge_every() or now >= self._next_expiry:
-                    self._next_expiry = float("inf")
+                expiries = self._expiries
+                if now - last_purge > self._purge_every() or (expiries and now >= expiries[0]):
+                    while expiries and expiries[0] <= now:
+                        heapq.heappop(expiries)
                     last_purge = now
                     await self._results.purge_results(now=now)
             except Exception:
@@ -1070,16 +1073,19 @@ class AsyncOmniQ:
     async def _pickup_loop(self) -> None:
         """Resolve waiters whose tasks another process (an ``omniq worker``) finished: read their
         results in batches of 1,000, every 50 ms while results keep coming, backing off to 1 s
-        when none do. Tasks this instance runs itself are left to the worker for 2 s."""
+        when none do. Tasks this instance's own runner holds are left to it."""
         delay = 0.05
         while True:
             with anyio.move_on_after(delay):
                 await self._pickup_now.wait()
             self._pickup_now = anyio.Event()
             now = time.time()
-            local = self._worker is not None and self._worker.runner.alive()
-            age = 2.0 if local else 0.05
-            stale = [tid for tid, (_, _, since) in list(self._waiter_meta.items()) if now - since > age]
+            held = set(self._worker.runner.held()) if self._worker is not None else set()
+            # tasks our own runner holds report themselves; look up the rest (run elsewhere)
+            stale = [
+                tid for tid, (_, _, since) in list(self._waiter_meta.items())
+                if now - since > 0.05 and tid not in held
+            ]
             found_any = False
             try:
                 for i in range(0, len(stale), 1000):
