@@ -63,9 +63,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     """Run worker slots against shared storage until SIGTERM/SIGINT (twice: stop hard)."""
     import anyio
 
-    from .core import AsyncOmniQ
-
     from .config import configure_logging
+    from .core import AsyncOmniQ
 
     # a worker is a service: its problems (lost connections, dead children) go to stderr
     configure_logging(os.environ.get("OMNIQ_LOG_LEVEL") or "WARNING")

@@ -549,7 +549,6 @@ class AsyncOmniQ:
                 self._waiter_meta.pop(t.id, None)
                 if f is not None and not f.done():
                     f.set_exception(e)
-            self._last_flush_error = e
             return
         now = time.time()
         self._events.emit_many(

@@ -371,7 +371,6 @@ _OWN_PARAMS = ("schema", "pool_size")
 # --- encoding ------------------------------------------------------------------------------------
 
 _encode = msgspec.msgpack.Encoder().encode
-_decode_task = msgspec.msgpack.Decoder(Task).decode
 _decode_result = msgspec.msgpack.Decoder(TaskResult).decode
 _decode_schedule = msgspec.msgpack.Decoder(Schedule).decode
 _decode_worker = msgspec.msgpack.Decoder(WorkerInfo).decode

@@ -177,11 +177,8 @@ class Worker:
         self.started_at = time.time()
         self._outcomes: list[Outcome] = []
         self._outcome_ready = anyio.Event()
-        self._stopping = False
         self._claiming = True
         self._in_flight = 0  # outcomes being written
-        self._idle = anyio.Event()
-        self._idle.set()
         runner.on_done = self._on_done
         runner.on_started = self._on_started
 
