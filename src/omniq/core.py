@@ -517,6 +517,7 @@ class AsyncOmniQ:
 
     async def _store_batch(self, batch: list[Task]) -> None:
         err: BaseException | None = None
+        stamp = time.time()  # before the store: a fast worker's `started` must come after it
         for attempt in range(4):
             try:
                 await self._queue.enqueue(batch)
@@ -550,9 +551,8 @@ class AsyncOmniQ:
                 if f is not None and not f.done():
                     f.set_exception(e)
             return
-        now = time.time()
         self._events.emit_many(
-            [TaskEvent(task_id=t.id, type=EventType.ENQUEUED.value, timestamp=now, queue=t.queue) for t in batch]
+            [TaskEvent(task_id=t.id, type=EventType.ENQUEUED.value, timestamp=stamp, queue=t.queue) for t in batch]
         )
         self._queue.notify()
         with_deps = [t for t in batch if t.depends_on]
