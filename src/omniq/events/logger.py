@@ -34,6 +34,7 @@ class EventLogger:
         self._idle.set()
         self._listeners: list[Listener] = []
         self._closed = False
+        self._writing = anyio.Lock()  # one flush at a time: flush() waits for the loop's write
 
     def add_listener(self, fn: Listener) -> Callable[[], None]:
         """Call ``fn(batch)`` on the loop for every batch emitted in this process."""
@@ -85,11 +86,18 @@ class EventLogger:
             await anyio.sleep(self._interval)
 
     async def _flush_once(self) -> None:
+        async with self._writing:
+            await self._write_pending()
+
+    async def _write_pending(self) -> None:
         while self._pending:
             batch = self._pending[: self._max_batch]
             del self._pending[: self._max_batch]
             try:
                 await self._store.append_events(batch)
+            except anyio.get_cancelled_exc_class():
+                self._pending[:0] = batch  # maybe not written: the closing flush writes it (again)
+                raise
             except Exception:
                 # Events are diagnostics: keep them for the next try rather than lose or crash.
                 log.exception("could not write %d events; will retry", len(batch))

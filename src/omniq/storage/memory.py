@@ -11,12 +11,18 @@ state by mutating what they got back.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import heapq
 import itertools
+import threading
 import time
+import weakref
 from collections import Counter
 from collections.abc import Sequence
 from copy import copy
+
+import anyio
 
 from ..errors import ConfigError
 from ..models import Schedule, Task, TaskEvent, TaskResult, TaskStatus
@@ -78,6 +84,12 @@ class MemoryBackend(TaskQueue, ResultStore, EventStore):
         self._results: dict[str, TaskResult] = {}
         self._events: list[TaskEvent] = []
         self._events_by_task: dict[str, list[TaskEvent]] = {}
+        # One wake-up per event loop: a named backend is shared by OmniQ instances, each on its
+        # own loop, and an asyncio.Event can only be awaited on the loop it first waited on.
+        self._wakeups: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Event] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._wakeups_lock = threading.Lock()
 
     async def _open(self) -> None:
         """Nothing to open; data outlives close() so a named backend can be reopened."""
@@ -466,11 +478,35 @@ class MemoryBackend(TaskQueue, ResultStore, EventStore):
     async def workers(self) -> list[WorkerInfo]:
         return [copy(w) for w in self._workers.values()]
 
+    def notify(self) -> None:
+        """Wake the waiters of every loop that uses this backend."""
+        try:
+            here: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
+        with self._wakeups_lock:
+            waiting = list(self._wakeups.items())
+        for loop, ev in waiting:
+            if loop is here:
+                ev.set()
+            else:
+                with contextlib.suppress(RuntimeError):  # that loop has closed
+                    loop.call_soon_threadsafe(ev.set)
+
     async def wait_for_tasks(self, timeout: float) -> None:
-        """Wake on ``notify``, or when the earliest delayed task falls due (wall clock)."""
+        """Wake on ``notify`` (from any loop), or when the earliest delayed task falls due."""
         if self._delayed:
             timeout = min(timeout, max(self._delayed[0][0] - time.time(), 0.0))
-        await super().wait_for_tasks(timeout)
+        loop = asyncio.get_running_loop()
+        with self._wakeups_lock:
+            ev = self._wakeups.get(loop)
+            if ev is None:  # a loop's first wait returns at once: it may have missed a notify
+                ev = self._wakeups[loop] = asyncio.Event()
+                ev.set()
+        if not ev.is_set():
+            with anyio.move_on_after(timeout):
+                await ev.wait()
+        ev.clear()
 
     # --- results ----------------------------------------------------------------------------------
     async def put_results(self, results: Sequence[TaskResult]) -> None:

@@ -820,7 +820,10 @@ class NatsBackend(TaskQueue, ResultStore, EventStore):
                     if subject not in levels[int(parts[5])]:
                         levels[int(parts[5])].append(subject)
             due = [b for b in due if b / DUE_STEP > now]
-        self._next_due = (min(due) + 1) / DUE_STEP if due else None
+        found = (min(due) + 1) / DUE_STEP if due else None
+        # keep a due time a wake-up message told us of that this read does not show yet
+        known = self._next_due if self._next_due is not None and self._next_due > now else None
+        self._next_due = min((x for x in (found, known) if x is not None), default=None)
         claimed: list[Task] = []
         try:
             for priority in sorted(levels, reverse=True):

@@ -293,6 +293,7 @@ class Worker:
         if finals:
             await self.results.put_results(finals)
             fin = await self.queue.finish(self.id, statuses, now=time.time())
+            now = time.time()  # dependents cancelled / follow-ups enqueued just now, not at the start
             extra: list[TaskResult] = []
             if fin.cancelled:
                 extra = cancelled_results(fin.cancelled)
