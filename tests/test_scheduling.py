@@ -447,7 +447,7 @@ def test_schedule_row() -> None:
     s.next_run = dt.datetime(2026, 6, 1, 9, 0, tzinfo=BERLIN).timestamp()
     s.last_run = s.next_run - 86400
     row = schedule_row(s)
-    assert set(row) == {"id", "name", "func", "spec", "next_run", "last_run", "paused", "queue"}
+    assert set(row) == {"id", "name", "func", "spec", "next_run", "last_run", "paused", "queue", "last_task_id"}
     assert row["name"] == "job" and row["func"] == "mod.job" and row["queue"] == "default"
     assert row["spec"] == "cron 0 9 * * * (Europe/Berlin)"
     assert row["next_run"] == dt.datetime(2026, 6, 1, 9, 0, tzinfo=BERLIN)

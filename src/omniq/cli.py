@@ -95,12 +95,31 @@ def cmd_worker(args: argparse.Namespace) -> int:
             await oq.open()
             print(f"omniq worker: {oq.config.default_worker} x{oq.config.concurrency} on "
                   f"{_masked(oq.tasks_url)} queues={oq.config.queues or 'all'}", file=sys.stderr, flush=True)
+            if args.metrics_port is not None:
+                port = await tg.start(_serve_metrics, oq, args.metrics_host, args.metrics_port)
+                print(f"omniq worker: metrics on http://{args.metrics_host}:{port}/metrics",
+                      file=sys.stderr, flush=True)
             await stopped.wait()
             await _graceful(oq)
             tg.cancel_scope.cancel()
 
     anyio.run(main)
     return 0
+
+
+async def _serve_metrics(oq: Any, host: str, port: int, *, task_status: Any) -> None:
+    from .events.metrics import serve_prometheus
+
+    def render() -> str:
+        w = oq._worker
+        gauges = {
+            "omniq_worker_slots": ("Task slots of this worker.", float(oq.config.concurrency)),
+            "omniq_worker_tasks_held": ("Tasks this worker holds (running or prefetched).",
+                                        float(len(w.runner.held())) if w is not None else 0.0),
+        }
+        return oq.metrics.prometheus(gauges)
+
+    await serve_prometheus(render, host=host, port=port, task_status=task_status)
 
 
 async def _graceful(oq: Any) -> None:
@@ -112,6 +131,16 @@ async def _graceful(oq: Any) -> None:
     await oq.close(drain=False)
 
 
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port: expected 0-65535 (0 picks a free one)")
+    return port
+
+
 def _masked(url: str) -> str:
     from .storage.base import masked
 
@@ -119,33 +148,57 @@ def _masked(url: str) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    """Exit status 0 when every storage answers, 1 when one does not (usable as a probe),
+    2 for a bad argument."""
     from . import OmniQ
+    from .errors import StorageError
 
-    with OmniQ(tasks=args.tasks, results=args.results, events=args.events, concurrency=0) as oq:
-        h = oq.health()
+    try:
+        with OmniQ(tasks=args.tasks, results=args.results, events=args.events, concurrency=0) as oq:
+            h = oq.health()
+    except StorageError as exc:  # unreachable: 1, like a storage health() reports down
+        print(f"omniq status: {exc}", file=sys.stderr)
+        return 1
     if args.json:
         print(json.dumps(h, indent=2, default=str))
-        return 0
-    print(f"storage: {h['storage']['tasks']}")
-    queues = h["queues"]
+    else:
+        print(status_report(h))
+    return 0 if h["ok"] else 1
+
+
+def status_report(h: dict[str, Any]) -> str:
+    """``omniq status`` for people: storage, queues, workers, overrun leases, schedules."""
+    now = h["time"]
+    lines = ["storage:"]
+    for part, p in h["storage"].items():
+        state = f"ok ({p['latency_ms']:.1f} ms)" if p["ok"] else f"UNREACHABLE: {p['error']}"
+        lines.append(f"  {part:<8} {p['url']}  {state}")
     statuses = ["pending", "queued", "running", "succeeded", "failed", "cancelled", "expired"]
-    print(f"\n{'queue':<16}" + "".join(f"{s:>11}" for s in statuses))
-    for q, counts in sorted(queues.items()):
-        print(f"{q:<16}" + "".join(f"{counts.get(s, 0):>11}" for s in statuses))
-    if not queues:
-        print("(no tasks)")
-    print("\nworkers:")
+    lines.append(f"\n{'queue':<16}" + "".join(f"{s:>11}" for s in statuses) + f"{'oldest queued':>15}")
+    for q, counts in sorted(h["queues"].items()):
+        age = h["oldest_queued_age"].get(q)
+        lines.append(f"{q:<16}" + "".join(f"{counts.get(s, 0):>11}" for s in statuses)
+                     + (f"{age:>14.1f}s" if age is not None else f"{'-':>15}"))
+    if not h["queues"]:
+        lines.append("(no tasks)")
+    lines.append("\nworkers:")
     for w in h["workers"]:
-        age = time.time() - w["last_heartbeat"]
-        print(f"  {w['id']:<48} {w['kind']:<8} slots={w['slots']} "
-              f"{'alive' if w['alive'] else 'DEAD'} (heartbeat {age:.1f}s ago)")
+        lines.append(f"  {w['id']:<48} {w['kind']:<8} slots={w['slots']} "
+                     f"{'alive' if w['alive'] else 'DEAD'} (heartbeat {now - w['last_heartbeat']:.1f}s ago)")
     if not h["workers"]:
-        print("  (none)")
+        lines.append("  (none)")
+    overrun = h.get("leases_overrun")
+    if overrun:
+        lines.append(f"\nleases overrun ({len(overrun)}): worker dead or hung; the task runs again after reaping")
+        lines += [f"  {o['task_id']} queue={o['queue']} worker={o['worker']} by {o['overrun_by']:.1f}s"
+                  for o in overrun]
     if h.get("schedules"):
-        print("\nschedules:")
+        lines.append("\nschedules:")
         for s in h["schedules"]:
-            print(f"  {s}")
-    return 0
+            state = "paused" if s["paused"] else f"next {s['next_run']}"
+            lines.append(f"  {s['name']:<24} {s['spec']:<24} {state}  last {s['last_run'] or '-'}"
+                         f" ({s.get('last_outcome') or 'never ran'})")
+    return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -165,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--worker", default="process", choices=["async", "thread", "process", "gevent"])
     w.add_argument("-c", "--concurrency", type=int, default=os.cpu_count() or 2)
     w.add_argument("--lease", type=float, default=None, help="lease seconds (default from config)")
+    w.add_argument("--metrics-port", type=_port, default=None,
+                   help="serve Prometheus metrics on this port (0: any free port; default: off)")
+    w.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port (default 127.0.0.1)")
     w.set_defaults(fn=cmd_worker)
 
     s = sub.add_parser("status", help="queue depths by status, workers, schedules")

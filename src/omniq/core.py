@@ -34,7 +34,9 @@ from . import ids
 from .config import configure_logging, load_config, resolve_urls
 from .errors import ConfigError, StorageError, TaskError
 from .events.logger import EventLogger
+from .events.metrics import Metrics
 from .events.processor import EventProcessor, aiter_subscription
+from .logs import Outage, get_logger
 from .models import EventType, OmniQConfig, Task, TaskEvent, TaskResult, TaskStatus
 from .scheduling import Scheduler, default_schedule_name
 from .serialization import dumps, dumps_call, dumps_calls, loads
@@ -42,7 +44,7 @@ from .storage.base import EventStore, ResultStore, TaskQueue, masked
 from .storage.urls import open_backends
 from .workers.base import Worker, cancelled_results, make_runner
 
-log = logging.getLogger("omniq")
+log = get_logger("omniq")
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -266,6 +268,7 @@ class AsyncOmniQ:
         self._events: EventLogger
         self._scheduler: Scheduler
         self._pickup_now = anyio.Event()
+        self.metrics = Metrics()  # this process's counters and timings (health(), Prometheus)
         self._expiries: list[float] = []  # heap of result expiry times written here
         self._units = itertools.count(1)
         self._unit_of: dict[str, int] = {}  # task id -> the call that handed it over (if > 1 task)
@@ -316,6 +319,7 @@ class AsyncOmniQ:
                 raise
             raise StorageError(f"could not open storage {masked(self.tasks_url)}: {exc}") from exc
         self._events = EventLogger(self._events_store)
+        self._events.add_listener(self.metrics.on_events)
         self._processor = EventProcessor(self._events, self._events_store)
         self._spawn(self._events.run())
         self._spawn(self._processor.run())
@@ -335,6 +339,7 @@ class AsyncOmniQ:
                 lease=cfg.lease,
                 on_results=self._on_results,
                 make_follow_ups=self._follow_ups,
+                metrics=self.metrics,
             )
             self._spawn(self._worker.claim_loop())
             self._spawn(self._worker.complete_loop())
@@ -839,29 +844,68 @@ class AsyncOmniQ:
 
         return unsubscribe
 
-    async def health(self) -> dict[str, Any]:
-        """Workers (alive = heartbeat within a lease), queue depths by status, schedules."""
+    async def health(self, *, timeout: float = 5.0) -> dict[str, Any]:
+        """One picture of the queue for people and dashboards; never raises for a storage
+        that is down (that is what it reports): workers (alive = heartbeat within a lease),
+        queue depths by status, oldest queued age, leases overrun, schedules with their last
+        outcome, storage reachability, and this process's metrics."""
         await self._ensure_open()
-        await self.flush()
         now = time.time()
-        workers = []
-        for w in await self._queue.workers():
-            workers.append(
+        probes: dict[str, Any] = {}
+
+        async def probe(part: str, url: str, call: Callable[[], Awaitable[Any]]) -> Any:
+            began = time.perf_counter()
+            try:
+                with anyio.fail_after(timeout):
+                    value = await call()
+            except Exception as exc:  # TimeoutError included: report, do not raise
+                if part not in probes or probes[part]["ok"]:
+                    probes[part] = {"url": masked(url), "ok": False, "error": f"{type(exc).__name__}: {exc}"}
+                return None
+            if part not in probes:
+                probes[part] = {"url": masked(url), "ok": True,
+                                "latency_ms": round((time.perf_counter() - began) * 1000, 3)}
+            return value
+
+        q = self._queue
+        with contextlib.suppress(Exception):
+            with anyio.move_on_after(timeout):
+                await self.flush()
+        counts = await probe("tasks", self.tasks_url, q.counts)
+        await probe("results", self.results_url, lambda: self._results.get_result("omniq-health-probe"))
+        await probe("events", self.events_url, lambda: self._events_store.query_events(
+            task_id="omniq-health-probe", limit=1))
+        worker_rows = await probe("tasks", self.tasks_url, q.workers) or []
+        oldest = await probe("tasks", self.tasks_url, q.oldest_queued) or {}
+        try:
+            overrun: list[Any] | None = await probe("tasks", self.tasks_url, lambda: q.overrun(now=now))
+        except NotImplementedError:
+            overrun = None
+        reaped = await probe("events", self.events_url, lambda: self._events_store.query_events(
+            since=now - OVERRUN_WINDOW, types=[EventType.REQUEUED.value, EventType.FAILED.value], limit=10_000))
+        schedules = await probe("tasks", self.tasks_url, self._scheduler.list) or []
+        last_ids = [s["last_task_id"] for s in schedules if s.get("last_task_id")]
+        last = (await probe("tasks", self.tasks_url, lambda: q.statuses(last_ids)) or {}) if last_ids else {}
+        for s in schedules:
+            st = last.get(s.get("last_task_id") or "")
+            s["last_outcome"] = st.value if st is not None else None
+        return {
+            "time": now,
+            "ok": all(p["ok"] for p in probes.values()),
+            "storage": probes,
+            "workers": [
                 {
                     "id": w.id, "kind": w.kind, "host": w.host, "pid": w.pid, "slots": w.slots,
                     "queues": w.queues, "alive": now - w.last_heartbeat < self.config.lease,
                     "last_heartbeat": w.last_heartbeat, "started_at": w.started_at,
                 }
-            )
-        oldest = await self._queue.oldest_queued()
-        return {
-            "workers": workers,
-            "queues": await self._queue.counts(),
-            "oldest_queued_age": {q: now - t for q, t in oldest.items()},
-            "schedules": await self.schedules(),
-            "storage": {
-                "tasks": masked(self.tasks_url), "results": masked(self.results_url), "events": masked(self.events_url),
-            },
+                for w in worker_rows
+            ],
+            "queues": counts or {},
+            "oldest_queued_age": {name: now - t for name, t in oldest.items()},
+            "leases_overrun": _overruns(now, overrun, reaped or []),
+            "schedules": schedules,
+            "metrics": self.metrics.snapshot(),
         }
 
     # --- schedules ------------------------------------------------------------------------------
@@ -980,6 +1024,7 @@ class AsyncOmniQ:
     async def _janitor(self) -> None:
         """Leases that lapsed, TTLs that ran out, and results finished by other processes."""
         last_purge = 0.0
+        outage = Outage(log, "housekeeping", masked(self.tasks_url))
         while True:
             await anyio.sleep(0.5)
             now = time.time()
@@ -1040,8 +1085,9 @@ class AsyncOmniQ:
                         heapq.heappop(expiries)
                     last_purge = now
                     await self._results.purge_results(now=now)
-            except Exception:
-                log.exception("housekeeping on %s failed; will retry", masked(self.tasks_url))
+                outage.ok()
+            except Exception as exc:
+                outage.failed(exc)
 
     def _purge_every(self) -> float:
         """Purge expired results at least as often as the default result TTL (0.5-60 s)."""
@@ -1074,6 +1120,7 @@ class AsyncOmniQ:
         results in batches of 1,000, every 50 ms while results keep coming, backing off to 1 s
         when none do. Tasks this instance's own runner holds are left to it."""
         delay = 0.05
+        outage = Outage(log, "reading results", masked(self.results_url))
         while True:
             with anyio.move_on_after(delay):
                 await self._pickup_now.wait()
@@ -1092,8 +1139,9 @@ class AsyncOmniQ:
                     if found:
                         found_any = True
                         self._on_results(list(found.values()))
-            except Exception:
-                log.exception("reading results from %s failed; will retry", masked(self.results_url))
+                outage.ok()
+            except Exception as exc:
+                outage.failed(exc)
             delay = 0.05 if found_any else min(1.0, delay * 2)
 
 async def _cancel_all(tasks: Sequence[asyncio.Task[Any]], timeout: float = 10.0) -> None:
@@ -1207,6 +1255,23 @@ def _close_all_at_exit() -> None:
     for oq in list(_OPEN):
         with contextlib.suppress(BaseException):
             oq.close(drain=False, timeout=5)
+
+
+OVERRUN_WINDOW = 3600.0  # health() lists leases that overran within the last hour
+
+
+def _overruns(now: float, lapsed: list[Any] | None, reaped: list[TaskEvent]) -> list[dict[str, Any]]:
+    """Tasks whose worker stopped renewing the lease: still lapsed (not reaped yet), or
+    delivered again / failed as ``WorkerDied`` within ``OVERRUN_WINDOW``; newest first."""
+    out: dict[str, dict[str, Any]] = {}
+    for ev in reaped:
+        if ev.type == EventType.REQUEUED.value or ev.detail == "WorkerDied":
+            out[ev.task_id] = {"task_id": ev.task_id, "queue": ev.queue, "worker": ev.worker,
+                               "at": ev.timestamp, "outcome": "requeued" if ev.type == "requeued" else "failed"}
+    for o in lapsed or []:
+        out[o.task_id] = {"task_id": o.task_id, "queue": o.queue, "worker": o.worker,
+                          "at": o.lease_until, "outcome": "lapsed"}
+    return sorted(out.values(), key=lambda r: -r["at"])[:100]
 
 
 class OmniQ:

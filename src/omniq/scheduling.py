@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import logging
 import math
 import os
 import re
@@ -54,8 +53,9 @@ from croniter import CroniterBadDateError, croniter
 
 from . import ids
 from .errors import ConfigError, StorageError
+from .logs import Outage, get_logger
 from .models import Schedule, Task
-from .storage.base import TaskQueue
+from .storage.base import TaskQueue, masked
 
 __all__ = [
     "ScheduleSpec",
@@ -71,7 +71,7 @@ __all__ = [
     "validate_spec",
 ]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 _CRON_HELP = (
     "use 5 fields 'minute hour day-of-month month day-of-week' (e.g. '*/5 * * * *'), "
@@ -379,6 +379,7 @@ def schedule_row(schedule: Schedule) -> dict[str, Any]:
         "spec": describe_spec(schedule),
         "next_run": None if schedule.paused else _as_datetime(schedule.next_run, zone),
         "last_run": _as_datetime(schedule.last_run, zone),
+        "last_task_id": schedule.last_task_id,
         "paused": schedule.paused,
         "queue": schedule.queue,
     }
@@ -456,12 +457,14 @@ class Scheduler:
         so a flaky backend pauses scheduling instead of taking the whole OmniQ down."""
         task_status.started()
         backoff = self.poll_interval
+        outage = Outage(log, "scheduling", masked(self.queue.url))
         while True:
             try:
                 delay = await self.tick()
                 backoff = self.poll_interval
-            except Exception:
-                log.exception("scheduler: pass failed; retrying in %.1f s", backoff)
+                outage.ok()
+            except Exception as exc:
+                outage.failed(exc)
                 delay = backoff
                 backoff = min(backoff * 2, 30.0)
             await self._sleep(delay)

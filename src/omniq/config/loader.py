@@ -17,6 +17,7 @@ import msgspec
 import yaml
 
 from ..errors import ConfigError
+from ..logs import ContextFilter, ContextFormatter
 from ..models.config import OmniQConfig
 from . import settings
 from .env import RULES, STORAGE_SHORT_NAMES, check_value, read_env, unknown_key
@@ -191,14 +192,23 @@ def configure_logging(
         return logger
     if not ours and not logging.getLogger().handlers:
         handler = _OmniQHandler(stream if stream is not None else sys.stderr)
-        handler.setFormatter(logging.Formatter(fmt or DEFAULT_FORMAT))
+        handler.addFilter(ContextFilter())
+        handler.setFormatter(_formatter(fmt))
         logger.addHandler(handler)
     for handler in ours:
         if fmt is not None:
-            handler.setFormatter(logging.Formatter(fmt))
+            handler.setFormatter(_formatter(fmt))
         if stream is not None:
             handler.setStream(stream)
     return logger
+
+
+def _formatter(fmt: str | None) -> logging.Formatter:
+    """The default format gets the task/queue/worker tags; a format of the user's own names
+    the fields it wants (``%(task_id)s``, ``%(queue)s``, ``%(worker)s``)."""
+    if fmt is None or fmt == DEFAULT_FORMAT:
+        return ContextFormatter(DEFAULT_FORMAT)
+    return logging.Formatter(fmt)
 
 
 def install_null_handler() -> None:

@@ -7,16 +7,16 @@ of 10,000 completions costs a handful of writes. In-process listeners see each e
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 
 import anyio
 
+from ..logs import get_logger
 from ..models import TaskEvent
 from ..storage.base import EventStore
 
-log = logging.getLogger("omniq.events")
+log = get_logger("omniq.events")
 
 Listener = Callable[[list[TaskEvent]], None]
 

@@ -12,7 +12,6 @@ whose ``detail`` says how many it missed.
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from collections import deque
@@ -21,11 +20,12 @@ from collections.abc import AsyncIterator, Sequence
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from ..logs import get_logger
 from ..models import TaskEvent
 from ..storage.base import EventStore
 from .logger import EventLogger
 
-log = logging.getLogger("omniq.events")
+log = get_logger("omniq.events")
 
 _Key = tuple[str, str, float, "str | None"]
 LOOKBACK = 2.0  # seconds: other processes flush events in batches, a little after they happen

@@ -19,7 +19,6 @@ import concurrent.futures as cf
 import contextlib
 import functools
 import inspect
-import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -27,9 +26,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..ids import id_time
+from ..logs import get_logger
 from ..models import ErrorInfo, TaskEvent, TaskResult, TaskStatus
 
-log = logging.getLogger("omniq.progress")
+log = get_logger("omniq.progress")
 
 __all__ = ["Failure", "Snapshot", "Throttle", "Tracker", "seed_running"]
 

@@ -51,6 +51,15 @@ class Finished(msgspec.Struct):
     cancelled: list[tuple[Task, str]] = msgspec.field(default_factory=list)  # (task, cause id)
 
 
+class Overrun(msgspec.Struct, kw_only=True):
+    """A RUNNING task whose lease ended and that nobody has reaped yet: its worker died or hangs."""
+
+    task_id: str
+    queue: str
+    worker: str | None
+    lease_until: float
+
+
 class WorkerInfo(msgspec.Struct, kw_only=True):
     """A worker's heartbeat record, for ``health()``."""
 
@@ -155,6 +164,10 @@ class TaskQueue(Backend):
     async def reap(self, *, now: float) -> Reaped:
         """Tasks RUNNING with ``lease_until < now``: QUEUED again if ``deliveries <
         max_deliveries``, else FAILED (the orchestrator records ``WorkerDied``)."""
+
+    async def overrun(self, *, now: float, limit: int = 100) -> list[Overrun]:
+        """RUNNING tasks with ``lease_until < now`` (earliest lapse first), for ``health()``."""
+        raise NotImplementedError
 
     @abc.abstractmethod
     async def expire(self, *, now: float) -> list[Task]:

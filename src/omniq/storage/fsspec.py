@@ -64,6 +64,7 @@ from .base import (
     Backend,
     EventStore,
     Finished,
+    Overrun,
     Reaped,
     ResultStore,
     TaskQueue,
@@ -1605,6 +1606,18 @@ class _TaskDir:
             new = loc.slot._replace(lease_until=lease_until)
             self._move(loc.path, os.path.join(os.path.dirname(loc.path), new.render()))
 
+    def overrun(self, now: float, limit: int) -> list[Overrun]:
+        lapsed = sorted(
+            (loc for loc in self._scan(TaskStatus.RUNNING).values()
+             if loc.slot is not None and loc.slot.lease_until is not None and loc.slot.lease_until < now),
+            key=lambda loc: loc.slot.lease_until if loc.slot and loc.slot.lease_until else 0.0,
+        )[:limit]
+        return [
+            Overrun(task_id=loc.slot.task_id, queue=self._queue(loc.slot.task_id, loc.path) or "default",
+                    worker=loc.worker, lease_until=loc.slot.lease_until or 0.0)
+            for loc in lapsed if loc.slot is not None
+        ]
+
     def reap(self, now: float) -> Reaped:
         out = Reaped(requeued=[], dead=[], cancelled=[])
         ended: list[tuple[str, TaskStatus]] = []
@@ -2021,6 +2034,9 @@ class FileTaskQueueBackend(FsspecBackend, TaskQueue):
 
     async def extend(self, worker: str, task_ids: Sequence[str], *, lease_until: float) -> None:
         await self._run("extend leases in", self._tasks.extend, worker, list(task_ids), lease_until)
+
+    async def overrun(self, *, now: float, limit: int = 100) -> list[Overrun]:
+        return await self._run("read leases in", self._tasks.overrun, now, limit)
 
     async def reap(self, *, now: float) -> Reaped:
         out = await self._run("reap leases in", self._tasks.reap, now)

@@ -30,6 +30,7 @@ from .base import (
     UNSUCCESSFUL,
     EventStore,
     Finished,
+    Overrun,
     Reaped,
     ResultStore,
     TaskQueue,
@@ -317,6 +318,14 @@ class MemoryBackend(TaskQueue, ResultStore, EventStore):
             entry = self._held(worker, task_id)
             if entry is not None:
                 entry.task.lease_until = lease_until
+
+    async def overrun(self, *, now: float, limit: int = 100) -> list[Overrun]:
+        lapsed = [
+            Overrun(task_id=t.id, queue=t.queue, worker=t.worker, lease_until=t.lease_until)
+            for i in self._running
+            if (t := self._entries[i].task).lease_until is not None and t.lease_until < now
+        ]
+        return sorted(lapsed, key=lambda o: o.lease_until)[:limit]
 
     async def reap(self, *, now: float) -> Reaped:
         out = Reaped(requeued=[], dead=[])

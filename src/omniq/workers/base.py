@@ -8,7 +8,6 @@ results, final statuses, retries and events, in batches. The runner never touche
 from __future__ import annotations
 
 import abc
-import logging
 import os
 import random
 import socket
@@ -20,10 +19,12 @@ from typing import Any
 import anyio
 
 from ..events.logger import EventLogger
+from ..events.metrics import Metrics
+from ..logs import Outage, bind, get_logger
 from ..models import ErrorInfo, EventType, Task, TaskResult, TaskStatus
-from ..storage.base import ResultStore, TaskQueue, WorkerInfo
+from ..storage.base import ResultStore, TaskQueue, WorkerInfo, masked
 
-log = logging.getLogger("omniq.worker")
+log = get_logger("omniq.worker")
 
 
 class Outcome:
@@ -164,6 +165,7 @@ class Worker:
         on_results: Callable[[list[TaskResult]], None],
         make_follow_ups: Callable[[TaskResult, Task], list[Task]] | None = None,
         worker_id: str | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.queue = queue
         self.results = results
@@ -175,6 +177,7 @@ class Worker:
         self.make_follow_ups = make_follow_ups
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{runner.kind}:{os.urandom(3).hex()}"
         self.started_at = time.time()
+        self.metrics = metrics if metrics is not None else Metrics()
         self._outcomes: list[Outcome] = []
         self._outcome_ready = anyio.Event()
         self._claiming = True
@@ -184,6 +187,7 @@ class Worker:
 
     # --- runner callbacks (on the loop) ------------------------------------------------------
     def _on_started(self, task: Task, at: float) -> None:
+        self.metrics.queue_wait.observe(at - max(task.created_at, task.eta or 0.0))
         self.events.emit(task.id, EventType.STARTED, worker=self.id, queue=task.queue, timestamp=at)
 
     def _on_done(self, outs: list[Outcome]) -> None:
@@ -193,6 +197,8 @@ class Worker:
     # --- loops ---------------------------------------------------------------------------------
     async def claim_loop(self) -> None:
         """Keep the runner full: claim as many tasks as it has room for, wait when idle."""
+        bind(worker=self.id)
+        outage = Outage(log, "claiming tasks", masked(self.queue.url))
         backoff = 0.005
         while self._claiming:
             room = self.runner.capacity()
@@ -206,11 +212,12 @@ class Worker:
                 tasks = await self.queue.claim(
                     self.id, queues=self.queues, limit=room, lease=self.lease, now=time.time()
                 )
-            except Exception:
-                log.exception("claim failed on %s; retrying", self.queue.url)
+            except Exception as exc:
+                outage.failed(exc)
                 await anyio.sleep(min(backoff, 2.0))
                 backoff *= 2
                 continue
+            outage.ok()
             backoff = 0.005
             if tasks:
                 self.runner.dispatch(tasks)
@@ -219,6 +226,8 @@ class Worker:
 
     async def complete_loop(self) -> None:
         """Write outcomes in batches: results first, then final statuses (at-least-once)."""
+        bind(worker=self.id)
+        outage = Outage(log, "recording outcomes", masked(self.results.url))
         while True:
             await self._outcome_ready.wait()
             self._outcome_ready = anyio.Event()
@@ -227,9 +236,10 @@ class Worker:
                 self._in_flight += len(batch)
                 try:
                     await self._complete(batch)
-                except Exception:
+                    outage.ok()
+                except Exception as exc:
                     # Never drop an outcome: keep it and try again; leases keep the tasks safe.
-                    log.exception("could not record %d outcomes; retrying", len(batch))
+                    outage.failed(exc)
                     self._outcomes[:0] = batch
                     await anyio.sleep(0.5)
                 finally:
@@ -244,8 +254,11 @@ class Worker:
         from ..models import TaskEvent
 
         evs: list[TaskEvent] = []
+        run = self.metrics.run
         for out in batch:
             t = out.task
+            if out.status is None:  # it ran (not cancelled, expired or orphaned)
+                run.observe(out.finished_at - out.started_at)
             attempts = t.attempts + 1
             if out.status is TaskStatus.RUNNING:  # its worker died: not the task's failure
                 if t.deliveries < t.max_deliveries:
@@ -317,6 +330,8 @@ class Worker:
 
     async def maintain_loop(self) -> None:
         """Heartbeat, extend held leases, and stop tasks someone asked to cancel."""
+        bind(worker=self.id)
+        outage = Outage(log, "heartbeat", masked(self.queue.url))
         hb_every = max(0.2, self.lease / 3)
         next_hb = 0.0
         while True:
@@ -331,8 +346,9 @@ class Worker:
                 if held:
                     for tid in await self.queue.cancel_requests(held):
                         await self.runner.cancel(tid)
-            except Exception:
-                log.exception("worker %s maintenance failed; retrying", self.id)
+                outage.ok()
+            except Exception as exc:
+                outage.failed(exc)
             await anyio.sleep(0.25)
 
     def info(self, now: float) -> WorkerInfo:

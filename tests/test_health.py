@@ -1,0 +1,182 @@
+"""``health()`` and ``omniq status``: workers alive or dead, storage reachability, leases that
+overran, schedules' last outcome, and this process's metrics, against real processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from omniq import OmniQ
+
+from . import helpers
+from .servers import redis_server
+
+
+def always_fails(x):
+    raise ValueError(f"no {x}")
+
+
+def _wait(cond, timeout: float, step: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(step)
+    return cond()
+
+
+def _worker(url: str, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "omniq.cli", "worker", "--tasks", url, "--worker", "thread", "-c", "1", *extra],
+        stderr=subprocess.PIPE, text=True,
+    )
+
+
+def _stop(p: subprocess.Popen[str]) -> str:
+    if p.poll() is None:
+        p.kill()
+    _, err = p.communicate(timeout=30)
+    return err
+
+
+def test_metrics_count_every_transition_and_time_waits_and_runs(tmp_path):
+    with OmniQ(tasks=f"sqlite:///{tmp_path}/m.db", worker="thread", concurrency=2) as oq:
+        ok = [oq.submit(helpers.sleep_return, 0.01, i) for i in range(10)]
+        bad = oq.enqueue(always_fails, args=(1,), retries=1, retry_delay=0.01)
+        assert [h.result(timeout=30) for h in ok] == list(range(10))
+        failed = oq.get_result(bad, wait=True, timeout=30)
+        assert failed.status == "failed" and failed.attempts == 2
+        m = oq.health()["metrics"]
+    c = m["counters"]
+    assert (c["enqueued"], c["started"], c["succeeded"], c["failed"], c["retry"]) == (11, 12, 10, 1, 1)
+    assert m["by_queue"]["default"]["succeeded"] == 10
+    assert m["queue_wait_seconds"]["count"] == 12
+    run = m["run_seconds"]
+    assert run["count"] == 12
+    assert run["max"] >= 0.01 and 0.01 <= run["p50"] < 5  # the sleeps were timed, not the queue
+
+
+def test_a_killed_worker_is_reported_dead_within_a_lease(tmp_path):
+    url = f"sqlite:///{tmp_path}/k.db"
+    lease = 1.0
+    w = _worker(url, "--lease", str(lease))
+    try:
+        with OmniQ(tasks=url, concurrency=0, lease=lease) as oq:
+            h = oq.submit(helpers.sleep_return, 30, "late")
+            alive = _wait(lambda: [x for x in oq.health()["workers"] if x["pid"] == w.pid and x["alive"]], 30)
+            assert alive, "the worker never reported in"
+            assert _wait(lambda: oq.status(h.id) == "running", 30)
+            os.kill(w.pid, signal.SIGKILL)
+            killed_at = time.time()
+            dead = _wait(lambda: [x for x in oq.health()["workers"] if x["pid"] == w.pid and not x["alive"]], 10)
+            assert dead, "a killed worker still shows alive"
+            # within a lease of its last heartbeat, which came at most a lease before the kill
+            assert time.time() - dead[0]["last_heartbeat"] < 3 * lease
+            assert dead[0]["last_heartbeat"] <= killed_at
+            # its task's lease overran: health names it until the hour is up, and it runs again
+            over = _wait(lambda: [o for o in oq.health()["leases_overrun"] if o["task_id"] == h.id], 10)
+            assert over and over[0]["outcome"] in ("lapsed", "requeued")
+            assert _wait(lambda: oq.status(h.id) == "queued", 10)
+    finally:
+        _stop(w)
+
+
+def test_a_hung_worker_shows_dead_then_alive_again(tmp_path):
+    url = f"sqlite:///{tmp_path}/h.db"
+    w = _worker(url, "--lease", "1")
+    try:
+        with OmniQ(tasks=url, concurrency=0, lease=1.0) as oq:
+            def state():
+                return {x["alive"] for x in oq.health()["workers"] if x["pid"] == w.pid}
+            assert _wait(lambda: state() == {True}, 30)
+            os.kill(w.pid, signal.SIGSTOP)
+            assert _wait(lambda: state() == {False}, 10)
+            os.kill(w.pid, signal.SIGCONT)
+            assert _wait(lambda: state() == {True}, 10)
+    finally:
+        os.kill(w.pid, signal.SIGCONT)
+        _stop(w)
+
+
+def test_schedules_report_their_last_outcome(tmp_path):
+    with OmniQ(tasks=f"sqlite:///{tmp_path}/s.db", worker="thread", concurrency=2) as oq:
+        oq.schedule(helpers.square, interval=0.2, args=(3,), name="good")
+        oq.schedule(always_fails, interval=0.2, args=(4,), name="bad")
+
+        def outcomes():
+            return {s["name"]: s["last_outcome"] for s in oq.health()["schedules"]}
+        assert _wait(lambda: outcomes() == {"good": "succeeded", "bad": "failed"}, 20), outcomes()
+
+
+def test_health_reports_a_storage_that_went_away_and_status_exits_1(tmp_path):
+    with redis_server(tmp_path) as server:
+        tasks = f"sqlite:///{tmp_path}/t.db"
+        with OmniQ(tasks=tasks, results=server.url, events=tasks, concurrency=0) as oq:
+            h = oq.health()
+            assert h["ok"] and all(p["ok"] for p in h["storage"].values())
+            server.stop()
+            h = oq.health(timeout=3)
+        assert not h["ok"]
+        assert h["storage"]["tasks"]["ok"] and h["storage"]["events"]["ok"]
+        down = h["storage"]["results"]
+        assert not down["ok"] and down["url"] == server.url and down["error"]
+        p = subprocess.run([sys.executable, "-m", "omniq.cli", "status", "--tasks", tasks, "--results", server.url],
+                           capture_output=True, text=True, timeout=60)
+        assert p.returncode == 1
+        assert f"127.0.0.1:{server.port}" in p.stderr + p.stdout and "Traceback" not in p.stderr
+
+
+def test_status_text_shows_storage_workers_and_schedules(tmp_path):
+    url = f"sqlite:///{tmp_path}/st.db"
+    w = _worker(url)
+    try:
+        with OmniQ(tasks=url, concurrency=0) as oq:
+            oq.schedule(helpers.square, interval=3600, args=(2,), name="hourly")
+            assert _wait(lambda: any(x["alive"] for x in oq.health()["workers"]), 30)
+        p = subprocess.run([sys.executable, "-m", "omniq.cli", "status", "--tasks", url],
+                           capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, p.stderr
+        out = p.stdout
+        assert f"tasks    {url}  ok" in out
+        assert f":{w.pid}:thread:" in out and "alive" in out
+        assert "hourly" in out and "every" in out.lower()
+    finally:
+        _stop(w)
+
+
+def test_worker_serves_prometheus_metrics(tmp_path):
+    url = f"sqlite:///{tmp_path}/p.db"
+    w = _worker(url, "--metrics-port", "0")
+    try:
+        line = _wait(lambda: next((ln for ln in iter(w.stderr.readline, "") if "metrics on" in ln), None), 30)
+        assert line, "the worker did not announce its metrics port"
+        endpoint = line.split("metrics on ", 1)[1].strip()
+        with OmniQ(tasks=url, concurrency=0) as oq:
+            hs = [oq.submit(helpers.square, i) for i in range(5)]
+            assert [h.result(timeout=30) for h in hs] == [i * i for i in range(5)]
+
+        def scrape():
+            with urllib.request.urlopen(endpoint, timeout=5) as r:
+                assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+                return r.read().decode()
+        done = 'omniq_events_total{type="succeeded",queue="default"} 5'
+        text = _wait(lambda: t if done in (t := scrape()) else None, 10)
+        assert text, scrape()
+        assert "omniq_run_seconds_count 5" in text and "omniq_worker_slots 1.0" in text
+        with pytest.raises(urllib.error.HTTPError, match="404"):
+            urllib.request.urlopen(endpoint.replace("/metrics", "/nope"), timeout=5)
+    finally:
+        _stop(w)
+
+
+def test_metrics_port_is_checked_at_the_call_site():
+    p = subprocess.run([sys.executable, "-m", "omniq.cli", "worker", "--tasks", "memory://", "--metrics-port", "99999"],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "--metrics-port" in p.stderr and "0-65535" in p.stderr
