@@ -31,6 +31,7 @@ import msgspec
 from anyio.from_thread import BlockingPortal
 
 from . import ids
+from ._futures import ResultFuture, bulk, resolve_many
 from .config import configure_logging, load_config, resolve_urls
 from .errors import ConfigError, StorageError, TaskError
 from .events.logger import EventLogger
@@ -484,7 +485,7 @@ class AsyncOmniQ:
             for t in tasks:
                 unit_of[t.id] = unit
         for t in tasks:
-            f: cf.Future[TaskResult] = cf.Future()
+            f: cf.Future[TaskResult] = ResultFuture()
             waiters[t.id] = f
             meta[t.id] = (t.queue, t.eta or 0.0, now)
             futs.append(f)
@@ -630,10 +631,11 @@ class AsyncOmniQ:
 
     async def map(self, fn: Callable[..., Any], iterable: Iterable[Any], **options: Any) -> list[AsyncTaskHandle]:
         """``fn(item)`` for each item, enqueued as one batch; handles in input order."""
-        tasks = self._map_tasks(fn, iterable, options)
         await self._ensure_open()
-        futs = self._accept(tasks)
-        return [AsyncTaskHandle(self, t.id, t.queue, f) for t, f in zip(tasks, futs)]
+        with bulk():
+            tasks = self._map_tasks(fn, iterable, options)
+            futs = self._accept(tasks)
+            return [AsyncTaskHandle(self, t.id, t.queue, f) for t, f in zip(tasks, futs)]
 
     def _map_tasks(self, fn: Callable[..., Any], iterable: Iterable[Any], options: Mapping[str, Any]) -> list[Task]:
         return self.build_tasks(fn, [((item,), {}) for item in iterable], **options)
@@ -696,14 +698,15 @@ class AsyncOmniQ:
     def _on_results(self, results: Sequence[TaskResult]) -> None:
         """Called on the loop after results are stored: wake waiters in this process."""
         waiters, meta = self._waiters, self._waiter_meta
+        ready: list[tuple[cf.Future[TaskResult], TaskResult]] = []
         for r in results:
             if r.expires_at is not None:
                 heapq.heappush(self._expiries, r.expires_at)  # the janitor purges as each passes
             f = waiters.pop(r.task_id, None)
             if f is not None:
                 meta.pop(r.task_id, None)
-                if not f.done():
-                    f.set_result(r)
+                ready.append((f, r))
+        resolve_many(ready)
         if self._results_changed is not None:
             self._results_changed.set()
             self._results_changed = anyio.Event()
@@ -717,7 +720,7 @@ class AsyncOmniQ:
     def _future_for(self, task_id: str) -> cf.Future[TaskResult]:
         f = self._waiters.get(task_id)
         if f is None:
-            f = cf.Future()
+            f = ResultFuture()
             self._waiters[task_id] = f
             # not ours: not drained; "since" 0 so the pickup loop reads its result at once
             self._waiter_meta[task_id] = ("", float("inf"), 0.0)
@@ -1387,11 +1390,12 @@ class OmniQ:
         """``fn(item)`` for each item, as one batch; handles in input order. ``options`` are
         ``enqueue`` options (queue, priority, retries, timeout, ...)."""
         core = self._core
-        tasks = core._map_tasks(fn, iterable, options)
         if not core.is_open:
             self.open()
-        futs = core._accept(tasks)
-        return [TaskHandle(self, t.id, t.queue, f) for t, f in zip(tasks, futs)]
+        with bulk():
+            tasks = core._map_tasks(fn, iterable, options)
+            futs = core._accept(tasks)
+            return [TaskHandle(self, t.id, t.queue, f) for t, f in zip(tasks, futs)]
 
     def handle(self, task_id: str) -> TaskHandle:
         """A handle for a task id (from ``enqueue`` or another process)."""

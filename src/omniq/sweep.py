@@ -66,6 +66,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import anyio
 import msgspec
 
+from ._futures import bulk
 from .errors import ConfigError, TaskError
 from .models import TaskResult, TaskStatus
 from .notebook.progress import QUEUED, Tracker, seed_running
@@ -788,10 +789,11 @@ class _SweepBase:
         on a helper thread, so the kernel gets control back at once; waiting works meanwhile."""
 
         def follow() -> None:
-            self._tracker.attach(slots, futures)
-            if new_ids:
-                keys = self.keys
-                _remember(self._core, [(keys[i], tid, f) for i, tid, f in zip(slots, new_ids, futures)])
+            with bulk():
+                self._tracker.attach(slots, futures)
+                if new_ids:
+                    keys = self.keys
+                    _remember(self._core, [(keys[i], tid, f) for i, tid, f in zip(slots, new_ids, futures)])
 
         if len(slots) <= _INLINE_FOLLOW:
             follow()
@@ -922,8 +924,10 @@ class Sweep(_SweepBase):
         """Expand ``grid``, reuse finished points of an earlier run (one ``find_results``
         call), submit the others as one batch. ``identity`` overrides ``function_identity(fn)``
         (the cell magic passes a digest of the cell source); ``options`` are enqueue options."""
-        sw = cls(oq, oq.core, fn, grid, name=name, identity=identity, options=options)
-        return sw._launch(oq.find_results(sw.key_prefix))
+        with bulk():
+            sw = cls(oq, oq.core, fn, grid, name=name, identity=identity, options=options)
+            found = oq.find_results(sw.key_prefix)
+            return sw._launch(found)
 
     def wait(self, timeout: float | None = None) -> Sweep:
         """Block until every point is final; ``TimeoutError`` past ``timeout``. Returns self."""
@@ -952,8 +956,11 @@ class AsyncSweep(_SweepBase):
     async def start(cls, oq: AsyncOmniQ, fn: Callable[..., Any], grid: Any, *,
                     name: str | None = None, identity: str | None = None, **options: Any) -> AsyncSweep:
         """See :meth:`Sweep.start`."""
-        sw = cls(oq, oq, fn, grid, name=name, identity=identity, options=options)
-        return sw._launch(await oq.find_results(sw.key_prefix))
+        with bulk():
+            sw = cls(oq, oq, fn, grid, name=name, identity=identity, options=options)
+        found = await oq.find_results(sw.key_prefix)
+        with bulk():
+            return sw._launch(found)
 
     async def wait(self, timeout: float | None = None) -> AsyncSweep:
         """Wait until every point is final; ``TimeoutError`` past ``timeout``. Returns self."""
