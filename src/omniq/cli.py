@@ -90,11 +90,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
                         print("omniq worker: stopping now", file=sys.stderr, flush=True)
                         os._exit(1)
 
+        await oq.open()  # outside the task group: a storage error reaches main() as itself
+        print(f"omniq worker: {oq.config.default_worker} x{oq.config.concurrency} on "
+              f"{_masked(oq.tasks_url)} queues={oq.config.queues or 'all'}", file=sys.stderr, flush=True)
         async with anyio.create_task_group() as tg:
             tg.start_soon(watch_signals)
-            await oq.open()
-            print(f"omniq worker: {oq.config.default_worker} x{oq.config.concurrency} on "
-                  f"{_masked(oq.tasks_url)} queues={oq.config.queues or 'all'}", file=sys.stderr, flush=True)
             if args.metrics_port is not None:
                 port = await tg.start(_serve_metrics, oq, args.metrics_host, args.metrics_port)
                 print(f"omniq worker: metrics on http://{args.metrics_host}:{port}/metrics",

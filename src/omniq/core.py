@@ -33,7 +33,7 @@ from anyio.from_thread import BlockingPortal
 from . import ids
 from ._futures import ResultFuture, bulk, resolve_many
 from .config import configure_logging, load_config, resolve_urls
-from .errors import ConfigError, StorageError, TaskError
+from .errors import ConfigError, StorageError, StorageUnwritable, TaskError
 from .events.logger import EventLogger
 from .events.metrics import Metrics
 from .events.processor import EventProcessor, aiter_subscription
@@ -528,6 +528,9 @@ class AsyncOmniQ:
             try:
                 await self._queue.enqueue(batch)
                 err = None
+                break
+            except StorageUnwritable as exc:  # disk full, read-only: retrying only delays the error
+                err = exc
                 break
             except ConfigError as exc:  # e.g. an unknown dependency: refused, not transient
                 units = _split_units(batch, self._unit_of)

@@ -5,6 +5,7 @@
     OmniQError
     ├── ConfigError (ValueError)          bad argument, URL, setting or environment value
     ├── StorageError (RuntimeError)       a backend could not be reached or refused a write
+    │   └── StorageUnwritable             the disk is full, or the file / mount is read-only
     ├── SerializationError (TypeError)    a payload could not be written or read
     │   └── SignatureError                a payload failed HMAC verification (never loaded)
     └── TaskError (RuntimeError)          a task ended without a value
@@ -31,6 +32,11 @@ class ConfigError(OmniQError, ValueError):
 
 class StorageError(OmniQError, RuntimeError):
     """A storage backend could not be reached, or refused an operation."""
+
+
+class StorageUnwritable(StorageError):
+    """Local storage refused a write: its disk is full, or the file, directory or mount is
+    read-only. Retrying at once does not help; freeing space or fixing permissions does."""
 
 
 class SerializationError(OmniQError, TypeError):

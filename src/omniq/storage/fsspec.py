@@ -56,7 +56,7 @@ import anyio
 import anyio.to_thread
 import msgspec
 
-from ..errors import ConfigError, StorageError
+from ..errors import ConfigError, StorageError, StorageUnwritable
 from ..ids import new_id, new_ids
 from ..models import Schedule, Task, TaskEvent, TaskResult, TaskStatus
 from .base import (
@@ -77,6 +77,7 @@ from .base import (
 )
 
 log = logging.getLogger("omniq.storage.fsspec")
+_UNWRITABLE = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM)  # local writes refused
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -263,6 +264,8 @@ def explain(
             return f"access denied: this user may not write there ({text})"
         if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
             return f"the disk is full ({text})"
+        if isinstance(exc, OSError) and exc.errno == errno.EROFS:
+            return f"the file system is read-only ({text})"
         return f"{type(exc).__name__}: {text}"
     if "NoCredentialsError" in names or "PartialCredentialsError" in names:
         return (
@@ -807,7 +810,8 @@ class FsspecBackend(ResultStore, EventStore):
             return exc
         bucket = self.root.strip("/").split("/")[0]
         endpoint = self._files.endpoint() if self._files is not None else None
-        return StorageError(
+        unwritable = self.location.local and isinstance(exc, OSError) and exc.errno in _UNWRITABLE
+        return (StorageUnwritable if unwritable else StorageError)(
             f"cannot {action} {masked(self.url)}: "
             + explain(exc, bucket=bucket, endpoint=endpoint, local=self.location.local)
         )

@@ -44,11 +44,12 @@ import anyio
 import anyio.to_thread
 import msgspec
 
-from ..errors import ConfigError, StorageError
+from ..errors import ConfigError, SerializationError, StorageError, StorageUnwritable
 from ..models import Schedule, Task, TaskEvent, TaskResult, TaskStatus
 from .base import (
     EventStore,
     Finished,
+    Overrun,
     Reaped,
     ResultStore,
     TaskQueue,
@@ -141,7 +142,11 @@ CREATE TABLE IF NOT EXISTS omniq_workers (
 # --- queries, named after the operation ----------------------------------------------------------
 # Literal statuses (not parameters) let SQLite match the partial indexes above.
 
-TASK_COLUMNS = "seq, task, status, worker, lease_until, deliveries, attempts, eta, cancel_requested"
+# the layout ``task_from_row`` reads, then what an unreadable ``task`` blob is rebuilt from
+TASK_COLUMNS = (
+    "seq, task, status, worker, lease_until, deliveries, attempts, eta, cancel_requested, "
+    "id, queue, priority, max_deliveries, created_at"
+)
 IDS = "(SELECT value FROM json_each(?))"  # a JSON array of ids: one parameter, one cached plan
 
 INSERT_TASK = """INSERT INTO omniq_tasks (id, queue, priority, status, blocked, eta, expires_at,
@@ -202,6 +207,8 @@ EXTEND = """UPDATE omniq_tasks SET lease_until = ?1
 LAPSED_LEASES = (
     "SELECT EXISTS (SELECT 1 FROM omniq_tasks WHERE status = 'running' AND lease_until < ?)"
 )
+OVERRUN = """SELECT id, queue, worker, lease_until FROM omniq_tasks
+    WHERE status = 'running' AND lease_until < ? ORDER BY lease_until LIMIT ?"""
 CANCEL_LAPSED = f"""UPDATE omniq_tasks SET status = 'cancelled', finished_at = ?1, lease_until = NULL
     WHERE status = 'running' AND lease_until < ?1 AND cancel_requested = 1 RETURNING {TASK_COLUMNS}"""
 FAIL_LAPSED = f"""UPDATE omniq_tasks SET status = 'failed', finished_at = ?1, lease_until = NULL
@@ -285,7 +292,35 @@ def _ids(ids: Sequence[str]) -> str:
     return _json.encode(list(ids)).decode()
 
 
-_task = task_from_row  # the row layout is shared with the other SQL backend
+def _task(row: Sequence[Any]) -> Task:
+    """The Task of a row (the layout is shared with the other SQL backend). A ``task`` blob that
+    does not decode (damaged on disk, or written over) becomes a stand-in that fails when run,
+    saying so: that task fails alone, and the claim or reap that read it goes on for the rest."""
+    try:
+        return task_from_row(row)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        return _unreadable(row, exc)
+
+
+def _unreadable(row: Sequence[Any], exc: Exception) -> Task:
+    from ..serialization import dumps_call
+
+    tid = str(row[9])
+    message = (
+        f"task {tid}: its stored record is corrupted and cannot be read "
+        f"({type(exc).__name__}: {exc}); it was not run"
+    )
+    return Task(
+        id=tid, payload=dumps_call(unreadable_task, (message,), {}), name="<unreadable task record>",
+        queue=row[10], priority=row[11], max_deliveries=row[12], created_at=row[13],
+        status=_STATUS[row[2]], worker=row[3], lease_until=row[4], deliveries=row[5],
+        attempts=row[6], eta=row[7], cancel_requested=bool(row[8]),
+    )
+
+
+def unreadable_task(message: str) -> None:
+    """What the stand-in of an unreadable task record runs: a clear failure."""
+    raise SerializationError(message)
 
 
 def _tasks(rows: list[Any]) -> list[Task]:
@@ -327,6 +362,53 @@ def parse_url(url: str) -> str:
     if not path or path.endswith("/"):
         raise ConfigError(f"sqlite URL {masked(url)!r} names a directory, not a database file")
     return path
+
+
+# --- errors in plain words -----------------------------------------------------------------------
+
+# primary result codes (``sqlite3.Error.sqlite_errorcode & 0xFF``)
+SQLITE_READONLY, SQLITE_IOERR, SQLITE_FULL, SQLITE_CANTOPEN = 8, 10, 13, 14
+NEARLY_FULL = 256 * 1024  # bytes free under which an I/O error is blamed on a full disk
+
+
+def why_unwritable(path: str) -> str | None:
+    """Why the database file at ``path`` cannot be written, if its file system says so: a
+    read-only mount, a read-only file or directory, or a (nearly) full disk. ``None``: no
+    reason visible from here. ``os.access`` honours read-only mounts even for root."""
+    if path == ":memory:":
+        return None
+    parent = os.path.dirname(os.path.abspath(path))
+    try:
+        st = os.statvfs(parent)
+    except OSError:
+        return None
+    if st.f_flag & os.ST_RDONLY:
+        return "the database is read-only: its file system is mounted read-only"
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        return "the database file is read-only"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"the database is read-only: its directory {parent} is not writable"
+    free = st.f_bavail * st.f_frsize
+    if free < NEARLY_FULL:
+        return f"the disk is full ({free} bytes free)"
+    return None
+
+
+def storage_error(url: str, path: str, e: sqlite3.Error) -> StorageError:
+    """An SQLite error as a sentence naming the URL; a write refused by the file system (full
+    disk, read-only file or mount) says so instead of SQLite's terse words, as
+    ``StorageUnwritable``."""
+    code = (getattr(e, "sqlite_errorcode", None) or 0) & 0xFF
+    why = None
+    if code == SQLITE_FULL:
+        why = why_unwritable(path) or "the disk is full"
+    elif code in (SQLITE_READONLY, SQLITE_CANTOPEN, SQLITE_IOERR):
+        why = why_unwritable(path)
+        if why is None and code == SQLITE_READONLY:
+            why = "the database is read-only"
+    if why is None:
+        return StorageError(f"SQLite {masked(url)}: {e}")
+    return StorageUnwritable(f"cannot write to SQLite {masked(url)}: {why} (SQLite said: {e})")
 
 
 # --- the connection thread -----------------------------------------------------------------------
@@ -588,7 +670,7 @@ class SQLiteBackend(TaskQueue, ResultStore, EventStore):
         try:
             return await conn.call(fn, *args)
         except sqlite3.Error as e:
-            raise StorageError(f"SQLite {masked(self.url)}: {e}") from e
+            raise storage_error(self.url, self.path, e) from e
 
     async def _write(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn`` as one ``BEGIN IMMEDIATE`` transaction in the connection thread."""
@@ -698,6 +780,10 @@ class SQLiteBackend(TaskQueue, ResultStore, EventStore):
     async def extend(self, worker: str, task_ids: Sequence[str], *, lease_until: float) -> None:
         if task_ids:
             await self._call(_execute, EXTEND, (lease_until, _ids(task_ids), worker))
+
+    async def overrun(self, *, now: float, limit: int = 100) -> list[Overrun]:
+        rows = await self._call(_fetchall, OVERRUN, (now, limit))
+        return [Overrun(task_id=r[0], queue=r[1], worker=r[2], lease_until=r[3]) for r in rows]
 
     async def reap(self, *, now: float) -> Reaped:
         out = await self._call(self._reap, now)
@@ -994,4 +1080,4 @@ def _fetchall(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> list
     return conn.execute(sql, params).fetchall()
 
 
-__all__ = ["SQLiteBackend", "parse_url"]
+__all__ = ["SQLiteBackend", "parse_url", "storage_error", "why_unwritable"]
