@@ -327,3 +327,44 @@ def test_a_producer_keeps_no_waiters_for_tasks_it_does_not_run(db):
         assert len(oq.core._waiters) == 0
         h = oq.submit(add, 1, 1)  # a handle asked for: its waiter stays until the result
         assert h.id in oq.core._waiters
+
+
+# --- enqueue() from sync code stores on the caller's thread ----------------------------------
+def test_sync_enqueue_is_in_the_file_when_it_returns_and_keeps_submit_order(tmp_path):
+    import sqlite3
+
+    db = tmp_path / "fast.db"
+    with OmniQ(tasks=f"sqlite:///{db}", concurrency=0) as oq:
+        first = oq.enqueue(helpers.square, args=(1,))
+        row = sqlite3.connect(db).execute("SELECT status FROM omniq_tasks WHERE id = ?", (first,)).fetchone()
+        assert row == ("queued",)  # durable on return, no flush()
+        assert [e.type for e in oq.events(task_id=first)] == ["enqueued"]
+        # a submit still on its way to storage: the enqueue after it must not overtake it,
+        # and may depend on it
+        a = oq.submit(helpers.square, 2)
+        b = oq.enqueue(helpers.square, args=(3,), depends_on=[a.id])
+        c = oq.enqueue(helpers.square, args=(4,))
+    with OmniQ(tasks=f"sqlite:///{db}", worker="thread", concurrency=1) as oq:
+        results = {t: oq.get_result(t, wait=True, timeout=30) for t in (first, a.id, b, c)}
+    assert [results[t].value for t in (first, a.id, b, c)] == [1, 4, 9, 16]
+    starts = sorted((results[t].started_at, t) for t in (first, a.id, c))
+    assert [t for _, t in starts] == [first, a.id, c]  # FIFO: in the order the calls returned
+
+
+def test_sync_enqueue_from_many_threads_with_a_local_worker(tmp_path):
+    with OmniQ(tasks=f"sqlite:///{tmp_path}/threads.db", worker="thread", concurrency=2) as oq:
+        ids: list[str] = []
+        lock = threading.Lock()
+
+        def producer(k: int) -> None:
+            mine = [oq.enqueue(helpers.square, args=(k * 100 + i,)) for i in range(50)]
+            with lock:
+                ids.extend(mine)
+
+        threads = [threading.Thread(target=producer, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        values = sorted(oq.get_result(t, wait=True, timeout=30).value for t in ids)
+    assert values == sorted((k * 100 + i) ** 2 for k in range(4) for i in range(50))

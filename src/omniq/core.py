@@ -271,6 +271,8 @@ class AsyncOmniQ:
         self._pickup_now = anyio.Event()
         self.metrics = Metrics()  # this process's counters and timings (health(), Prometheus)
         self._expiries: list[float] = []  # heap of result expiry times written here
+        self._stored_here: deque[tuple[Task, float, bool]] = deque()  # by _store_here, for the loop
+        self._stored_here_kick = False
         self._units = itertools.count(1)
         self._unit_of: dict[str, int] = {}  # task id -> the call that handed it over (if > 1 task)
 
@@ -511,6 +513,7 @@ class AsyncOmniQ:
         """Wait until every task handed over so far is durably stored."""
         if not self._opened:
             return
+        self._after_stored_here()  # tasks stored by enqueue() on another thread: their events
         assert self._flush_lock is not None
         async with self._flush_lock:
             while self._buffer:
@@ -607,6 +610,9 @@ class AsyncOmniQ:
             depends_on=depends_on, retries=retries, retry_delay=retry_delay, timeout=timeout,
             on_success=on_success, on_failure=on_failure, key=key, metadata=metadata, result_ttl=result_ttl,
         )
+        return await self._enqueue_task(task)
+
+    async def _enqueue_task(self, task: Task) -> str:
         await self._ensure_open()
         (fut,) = self._accept([task])
         await self.flush()
@@ -619,6 +625,53 @@ class AsyncOmniQ:
             self._waiters.pop(task.id, None)
             self._waiter_meta.pop(task.id, None)
         return task.id
+
+    def _store_here(self, task: Task) -> bool:
+        """The sync ``enqueue()``'s fast path: store ``task`` on the calling thread (see
+        ``TaskQueue.enqueue_blocking``) when the backend can and nothing handed over earlier is
+        still on its way to storage, so order and dependencies hold. False: go through the loop."""
+        q = self._queue
+        lock = self._flush_lock
+        if (
+            not self._opened or not q.blocking_enqueue or task.depends_on or self._buffer
+            or lock is None or lock.locked() or threading.get_ident() == self._loop_thread
+        ):
+            return False
+        serves = self._serves(task.queue)
+        stamp = time.time()  # before the store, as for batches: `enqueued` precedes `started`
+        if serves:  # a local worker may finish it at once: be listening before it is stored
+            self._waiters[task.id] = ResultFuture()
+            self._waiter_meta[task.id] = (task.queue, task.eta or 0.0, stamp)
+        try:
+            ready = q.enqueue_blocking([task])
+        except BaseException:
+            self._waiters.pop(task.id, None)
+            self._waiter_meta.pop(task.id, None)
+            raise
+        self._stored_here.append((task, stamp, ready))
+        if not self._stored_here_kick:
+            self._stored_here_kick = True
+            assert self._loop is not None
+            if serves:  # a worker here waits for it: wake the loop now
+                self._loop.call_soon_threadsafe(self._after_stored_here)
+            else:  # only events to write: one wake-up per 20 ms, not one per call (~0.3 ms each)
+                self._loop.call_soon_threadsafe(self._loop.call_later, 0.02, self._after_stored_here)
+        return True
+
+    def _after_stored_here(self) -> None:
+        """On the loop: the events and wake-ups of tasks ``_store_here`` stored."""
+        self._stored_here_kick = False
+        items = []
+        with contextlib.suppress(IndexError):
+            while True:
+                items.append(self._stored_here.popleft())
+        if not items:
+            return
+        self._events.emit_many([
+            TaskEvent(task_id=t.id, type=EventType.ENQUEUED.value, timestamp=stamp, queue=t.queue)
+            for t, stamp, _ in items
+        ])
+        self._queue.after_blocking_enqueue([t for t, _, _ in items], any(r for _, _, r in items))
 
     def _serves(self, queue: str) -> bool:
         """True when this instance's own workers take tasks from ``queue``."""
@@ -801,6 +854,7 @@ class AsyncOmniQ:
     ) -> list[TaskEvent]:
         """Recorded lifecycle events, in time order."""
         await self._ensure_open()
+        self._after_stored_here()
         await self._events.flush()
         return await self._events_store.query_events(task_id=task_id, since=_epoch("since", since), types=types)
 
@@ -1412,7 +1466,17 @@ class OmniQ:
         return [h.result(timeout) for h in handles]
 
     # --- everything else: generated from AsyncOmniQ --------------------------------------------
-    enqueue = _portal_method(AsyncOmniQ.enqueue)
+    @functools.wraps(AsyncOmniQ.enqueue)
+    def enqueue(self, fn: Callable[..., Any], args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None,
+                **options: Any) -> str:
+        core = self._core
+        if self._thread is None or not core.is_open:
+            self.open()
+        task = core._make_task(fn, args, kwargs, **options)
+        if core._store_here(task):  # stored durably on this thread: no round trip to the loop
+            return task.id
+        return self._call(core._enqueue_task, task)
+
     find_results = _portal_method(AsyncOmniQ.find_results)
     flush = _portal_method(AsyncOmniQ.flush)
     get_result = _portal_method(AsyncOmniQ.get_result)

@@ -237,6 +237,20 @@ class TaskQueue(Backend):
     @abc.abstractmethod
     async def workers(self) -> list[WorkerInfo]: ...
 
+    #: True when ``enqueue_blocking`` works: the sync facade's ``enqueue()`` then stores on the
+    #: caller's thread, with no hop to the event loop and back.
+    blocking_enqueue = False
+
+    def enqueue_blocking(self, tasks: Sequence[Task]) -> bool:
+        """``enqueue`` from a thread that is not the event loop's; True when a task is ready
+        now. The caller then runs ``after_blocking_enqueue`` on the loop."""
+        raise NotImplementedError
+
+    def after_blocking_enqueue(self, tasks: Sequence[Task], ready: bool) -> None:
+        """On the loop, after ``enqueue_blocking``: wake local waiters."""
+        if ready:
+            self.notify()
+
     # --- wake-ups -----------------------------------------------------------------------------
     def notify(self) -> None:
         """Wake local waiters: new work was enqueued in this process."""
