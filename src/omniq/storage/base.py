@@ -355,6 +355,9 @@ def plan_enqueue(
     at once; one waiting for dependencies is PENDING; a PENDING task with neither ``eta`` nor
     dependencies to wait for is QUEUED. Unknown dependencies and cycles raise ``ConfigError``.
     """
+    if not any(t.depends_on for t in tasks):  # the usual batch: nothing to order or look up
+        queued, pending = TaskStatus.QUEUED, TaskStatus.PENDING
+        return [(queued if t.status is pending and t.eta is None else t.status, []) for t in tasks]
     index = {t.id: i for i, t in enumerate(tasks)}
     children: dict[int, list[int]] = {}
     blocking = [0] * len(tasks)
