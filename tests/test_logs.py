@@ -100,3 +100,29 @@ def test_outage_logs_the_first_failure_and_the_recovery_only(captured):
     assert len(lines) == 2, lines
     assert lines[0].endswith("claiming tasks on sqlite:///q.db failed (ConnectionError: refused); retrying until it works")
     assert "claiming tasks on sqlite:///q.db works again after" in lines[1] and "(50 failed tries)" in lines[1]
+
+
+def test_a_record_about_a_task_names_it(tmp_path):
+    """A process child dying mid-task: the warning's record carries that task, its queue and
+    the worker that ran it."""
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    logger = logging.getLogger("omniq")
+    keep, level = Keep(), logger.level
+    logger.addHandler(keep)
+    logger.setLevel(logging.WARNING)
+    try:
+        with OmniQ(tasks=f"sqlite:///{tmp_path}/d.db", worker="process", concurrency=1, max_deliveries=1) as oq:
+            h = oq.enqueue(helpers.die, queue="fragile")
+            assert oq.get_result(h, wait=True, timeout=60).status == "failed"
+            worker_id = oq.health()["workers"][0]["id"]
+    finally:
+        logger.removeHandler(keep)
+        logger.setLevel(level)
+    died = [r for r in records if "died" in r.getMessage()]
+    assert died, [r.getMessage() for r in records]
+    assert (died[0].task_id, died[0].queue, died[0].worker) == (h, "fragile", worker_id)

@@ -42,7 +42,6 @@ import contextlib
 import errno
 import functools
 import inspect
-import logging
 import os
 import re
 import secrets
@@ -58,6 +57,7 @@ import msgspec
 
 from ..errors import ConfigError, StorageError, StorageUnwritable
 from ..ids import new_id, new_ids
+from ..logs import get_logger
 from ..models import Schedule, Task, TaskEvent, TaskResult, TaskStatus
 from .base import (
     UNSUCCESSFUL,
@@ -76,7 +76,7 @@ from .base import (
     plan_enqueue,
 )
 
-log = logging.getLogger("omniq.storage.fsspec")
+log = get_logger("omniq.storage.fsspec")
 _UNWRITABLE = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM)  # local writes refused
 
 T = TypeVar("T")

@@ -78,6 +78,7 @@ class Runner(abc.ABC):
         self.slots = slots
         self.on_done: Callable[[list[Outcome]], None] = lambda outs: None
         self.on_started: Callable[[Task, float], None] = lambda task, t: None
+        self.worker_id: str | None = None  # the Worker driving it, for log records
         self.capacity_changed = anyio.Event()
 
     def _signal_capacity(self) -> None:
@@ -184,6 +185,7 @@ class Worker:
         self._in_flight = 0  # outcomes being written
         runner.on_done = self._on_done
         runner.on_started = self._on_started
+        runner.worker_id = self.id
 
     # --- runner callbacks (on the loop) ------------------------------------------------------
     def _on_started(self, task: Task, at: float) -> None:

@@ -15,7 +15,6 @@ import abc
 import asyncio
 import contextlib
 import json
-import logging
 import os
 import sys
 import time
@@ -23,11 +22,12 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
+from ..logs import about, get_logger
 from ..models import ErrorInfo, Task, TaskStatus
 from . import _wire
 from .base import Outcome, Runner, expired_outcome, timeout_error
 
-log = logging.getLogger("omniq.worker.process")
+log = get_logger("omniq.worker.process")
 
 
 def child_command(module: str = "omniq.workers.child") -> list[str]:
@@ -305,8 +305,9 @@ class ChildRunner(Runner):
         """Outcomes marking ``tasks`` as lost with their child: delivered again if their
         delivery bound allows (see ``Worker._complete``), else failed with ``WorkerDied``."""
         msg = f"worker process {c.pid} died (exit code {c.proc.returncode}) running this task{why}"
-        log.warning("%s worker %s died (exit code %s) running %s%s", self.kind, c.pid, c.proc.returncode,
-                    ", ".join(t.id for t in tasks), why)
+        for t in tasks:  # one record per task, so each carries its task id and queue
+            log.warning("%s worker %s died (exit code %s) running task %s%s", self.kind, c.pid,
+                        c.proc.returncode, t.id, why, extra=about(t, worker=self.worker_id))
         return [
             Outcome(t, error=ErrorInfo(type="WorkerDied", message=msg), started_at=self._began(c, t, now),
                     finished_at=now, retryable=False, status=TaskStatus.RUNNING)  # the marker
