@@ -41,6 +41,19 @@ only indexes pointing at records:
 * Wake-ups: core NATS ``omniq.<ns>.wake`` (not stored), published on enqueue, retry, release and
   requeue; every connected backend wakes its waiting workers from it.
 
+Reconnects: the client reconnects by itself after a drop (a server restart, a network cut),
+every 0.5 s for as long as it takes, and re-subscribes (wake-ups, replies); one WARNING names the
+(masked) URL when the connection is lost and one when it is back. Replies awaited when it drops
+are failed at once, and a call that failed because of the drop is run again once the client is
+back (for up to 30 s, ``RECONNECT_TIMEOUT``). A retry takes over what its first attempt did
+before the reply was lost: ``enqueue`` accepts records already stored as the very same tasks,
+``claim`` takes the tasks leased to this worker at this ``now`` from index messages still there,
+``finish`` resolves the dependents of tasks it had already ended, and events carry a
+content-derived ``Nats-Msg-Id`` so JetStream stores a re-sent event once. Every other write is
+a compare-and-set that a second run leaves alone. (A claim whose lease write went through
+unanswered after other tasks were leased in the same call returns those; the unanswered one
+waits for its lease to lapse, then runs: at-least-once.)
+
 Deletes use a subject purge, which leaves no tombstones behind, so scans do not slow down with
 history. Trade-offs: a claim costs about five round trips (~1 ms on loopback) against one SQL
 statement elsewhere; ``counts``, ``oldest_queued`` and ``purge`` scan every task record (fine for
@@ -55,8 +68,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextvars
 import datetime
 import functools
+import hashlib
 import json
 import logging
 import math
@@ -102,6 +117,9 @@ DEFAULT_SERVER = "nats://127.0.0.1:4222"
 DEFAULT_NAMESPACE = "omniq"
 DEFAULT_TIMEOUT = 5.0
 DEFAULT_MAX_EVENTS = 1_000_000
+RECONNECT_WAIT = 0.5  # seconds between reconnect attempts to one server
+RECONNECT_TIMEOUT = 30.0  # seconds a call waits for a lost connection to come back
+MSG_ID = "Nats-Msg-Id"  # JetStream drops a second message with the same id (events, on retry)
 EXPECT_LAST = "Nats-Expected-Last-Subject-Sequence"
 KV_OPERATION = "KV-Operation"
 WRONG_LAST_SEQUENCE = (10071, 10164)  # JetStream error codes of a lost compare-and-set
@@ -214,16 +232,64 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
+class _ConnectionLost(nats.errors.Error):
+    """The connection dropped while a reply was awaited: the request may or may not have run."""
+
+    def __str__(self) -> str:
+        return "the connection was lost before the server answered"
+
+
+#: Errors after which a call is run again when the connection dropped meanwhile (or is down, or
+#: just came back): nothing was done, or the call is safe to repeat (see "Reconnects" above).
+_TRANSIENT = (
+    _ConnectionLost,
+    nats.errors.TimeoutError,
+    asyncio.TimeoutError,
+    nats.errors.NoRespondersError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.StaleConnectionError,
+    nats.errors.OutboundBufferLimitError,
+    nats.js.errors.ServiceUnavailableError,
+    nats.js.errors.NoStreamResponseError,
+)
+
+#: Which attempt of a guarded call is running (0: the first): a retry may find the work of an
+#: attempt whose reply was lost, and must take it as its own rather than fail or repeat it.
+_ATTEMPT: contextvars.ContextVar[int] = contextvars.ContextVar("omniq_nats_attempt", default=0)
+
+
 def _guard(fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
-    """Turn NATS client errors into ``StorageError`` naming the (masked) URL."""
+    """Turn NATS client errors into ``StorageError`` naming the (masked) URL; run the call again
+    when it failed because the connection dropped, once the client has reconnected (for up to
+    ``RECONNECT_TIMEOUT`` seconds)."""
 
     @functools.wraps(fn)
     async def run(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return await fn(*args, **kwargs)
-        except (nats.errors.Error, asyncio.TimeoutError) as e:
-            url = getattr(args[0], "url", "nats://")
-            raise StorageError(f"NATS {masked(url)}: {_plain_error(e)}") from e
+        backend = args[0]
+        url = getattr(backend, "url", "nats://")
+        deadline: float | None = None
+        attempt = 0
+        delay = 0.05
+        while True:
+            disconnects = getattr(backend, "_disconnects", 0)
+            token = _ATTEMPT.set(attempt)
+            try:
+                return await fn(*args, **kwargs)
+            except (nats.errors.Error, asyncio.TimeoutError) as e:
+                retry = isinstance(backend, NatsBackend) and backend._may_retry(e, disconnects)
+                now = time.monotonic()
+                if retry and deadline is None:
+                    deadline = now + RECONNECT_TIMEOUT
+                if not retry or deadline is None or now >= deadline:
+                    gave_up = f"; gave up after {RECONNECT_TIMEOUT:g} s" if retry else ""
+                    raise StorageError(f"NATS {masked(url)}: {_plain_error(e)}{gave_up}") from e
+                log.debug("NATS %s: %s; trying again", masked(url), _plain_error(e))
+                assert isinstance(backend, NatsBackend)
+                await backend._wait_connected(min(delay, deadline - now))
+                delay = min(delay * 2, 1.0)
+                attempt += 1
+            finally:
+                _ATTEMPT.reset(token)
 
     return run
 
@@ -264,6 +330,10 @@ class NatsBackend(TaskQueue, ResultStore, EventStore):
         self._replies: dict[str, asyncio.Future[api.PubAck | BaseException]] = {}
         self._reply_no = 0
         self._reply_prefix = ""
+        self._closing = False
+        self._down_since: float | None = None  # monotonic time the connection was lost
+        self._up_since = 0.0  # monotonic time of the last reconnect
+        self._disconnects = 0
 
     # --- lifecycle ------------------------------------------------------------------------------------
     @property
@@ -278,6 +348,8 @@ class NatsBackend(TaskQueue, ResultStore, EventStore):
         ]
 
     async def _open(self) -> None:
+        self._closing = False
+        self._down_since = None
         nc = NATS()
 
         seen: list[Exception] = []  # what went wrong, for a plain-words error
@@ -285,6 +357,36 @@ class NatsBackend(TaskQueue, ResultStore, EventStore):
         async def quiet(e: Exception) -> None:
             seen.append(e)
             log.debug("NATS %s: %s", masked(self.url), e)
+
+        async def disconnected() -> None:
+            if self._nc is not nc or self._closing:
+                return
+            self._disconnects += 1
+            self._fail_in_flight(nc)
+            if self._down_since is not None:
+                return
+            self._down_since = time.monotonic()
+            cause = next((x for x in reversed(seen)), None)
+            log.warning(
+                "lost the connection to NATS at %s%s; reconnecting (calls wait for it)",
+                masked(self.url), f" ({_why(cause)})" if cause is not None else "",
+            )  # fmt: skip
+
+        async def reconnected() -> None:
+            if self._nc is not nc or self._closing:
+                return
+            since, self._down_since = self._down_since, None
+            self._up_since = time.monotonic()
+            log.warning(
+                "reconnected to NATS at %s after %.2f s", masked(self.url),
+                time.monotonic() - since if since is not None else 0.0,
+            )  # fmt: skip
+            self._wakeup.set()  # wake-ups published meanwhile were lost: look for work now
+
+        async def closed() -> None:
+            if self._nc is nc and not self._closing:
+                log.error("NATS %s: the connection is closed and will not come back",
+                          masked(self.url))  # fmt: skip
 
         try:
             # One retry for the first connection (nats-py would retry for minutes): an unreachable
@@ -298,6 +400,9 @@ class NatsBackend(TaskQueue, ResultStore, EventStore):
                     max_reconnect_attempts=1,
                     reconnect_time_wait=1,
                     error_cb=quiet,
+                    disconnected_cb=disconnected,
+                    reconnected_cb=reconnected,
+                    closed_cb=closed,
                     name=f"omniq:{self.namespace}",
                 ),
                 self.timeout * 3,
@@ -309,8 +414,8 @@ class NatsBackend(TaskQueue, ResultStore, EventStore):
                 f"cannot connect to NATS at {masked(self.url)}: {_why(cause)}"
             ) from e
         nc.options["allow_reconnect"] = True
-        nc.options["max_reconnect_attempts"] = 60
-        nc.options["reconnect_time_wait"] = 1
+        nc.options["max_reconnect_attempts"] = -1  # a worker outlives any outage
+        nc.options["reconnect_time_wait"] = RECONNECT_WAIT
         self._nc = nc
         self._js = nc.jetstream(timeout=self.timeout)
         try:
@@ -326,6 +431,39 @@ class NatsBackend(TaskQueue, ResultStore, EventStore):
                     f"NATS {masked(self.url)}: cannot set up JetStream storage: {_plain_error(e)}"
                 ) from e
             raise
+
+    def _fail_in_flight(self, nc: NATS) -> None:
+        """The connection dropped: replies awaited on it will not come; fail them now (their
+        calls are run again after the reconnect) instead of letting each time out."""
+        lost = _ConnectionLost()
+        for fut in list(self._replies.values()):
+            if not fut.done():
+                fut.set_result(lost)
+        for fut in list(getattr(nc, "_resp_map", {}).values()):  # nats-py's request futures
+            if isinstance(fut, asyncio.Future) and not fut.done():
+                fut.set_exception(_ConnectionLost())
+
+    def _may_retry(self, e: BaseException, disconnects: int) -> bool:
+        """Run a failed call again? Only for a transient error of a connected backend whose
+        connection dropped during the call, is down, or came back moments ago."""
+        nc = self._nc
+        if nc is None or self._closing or nc.is_closed or not isinstance(e, _TRANSIENT):
+            return False
+        return (
+            disconnects != self._disconnects
+            or self._down_since is not None
+            or not nc.is_connected
+            or time.monotonic() - self._up_since < RECONNECT_TIMEOUT / 3
+        )
+
+    async def _wait_connected(self, pause: float) -> None:
+        """Sleep ``pause`` seconds, then until the client is connected again (or closed)."""
+        await asyncio.sleep(pause)
+        deadline = time.monotonic() + RECONNECT_TIMEOUT
+        while (nc := self._nc) is not None and not nc.is_closed and not nc.is_connected:
+            if time.monotonic() > deadline:
+                return
+            await asyncio.sleep(0.05)
 
     async def _ensure_storage(self) -> None:
         js = self.js
@@ -361,6 +499,7 @@ class NatsBackend(TaskQueue, ResultStore, EventStore):
                     raise
 
     async def _close(self) -> None:
+        self._closing = True
         nc, self._nc, self._js = self._nc, None, None
         self._held.clear()
         if nc is not None:
@@ -668,13 +807,24 @@ class NatsBackend(TaskQueue, ResultStore, EventStore):
         seqs = await self._publish_ok([self._index_item(r, k) for r, k in indexed])
         for (r, _), seq in zip(indexed, seqs, strict=True):
             r.index_seq = seq
-        acks = await self._publish(
-            [(self._task_subject(r.task.id), _encode(r), {EXPECT_LAST: "0"}) for r in recs]
+        acks: list[api.PubAck | BaseException | None] = list(
+            await self._publish(
+                [(self._task_subject(r.task.id), _encode(r), {EXPECT_LAST: "0"}) for r in recs]
+            )
         )
         failed = [(r, a) for r, a in zip(recs, acks, strict=True) if isinstance(a, BaseException)]
+        if failed and _ATTEMPT.get() > 0:
+            mine = await self._stored_before([r for r, a in failed if _lost_cas(a)])
+            failed = [(r, a) for r, a in failed if r.task.id not in mine]
+            acks = [a if r.task.id not in mine else None for r, a in zip(recs, acks, strict=True)]
         if failed:
+            lost = next((a for _, a in failed if isinstance(a, _TRANSIENT)), None)
+            if lost is not None:  # the call runs again, and takes what was stored as its own:
+                raise lost  # so leave it all in place (a record may exist without its ack)
             created = [
-                r for r, a in zip(recs, acks, strict=True) if not isinstance(a, BaseException)
+                r
+                for r, a in zip(recs, acks, strict=True)
+                if a is not None and not isinstance(a, BaseException)
             ]
             await _gather(
                 self._purge(f"KV_{self.tasks_bucket}", self._task_subject(r.task.id))
@@ -697,6 +847,18 @@ class NatsBackend(TaskQueue, ResultStore, EventStore):
         etas = [r.task.eta for r, k in indexed if k == "due" and r.task.eta is not None]
         if etas:
             self._wake(min(etas))
+
+    async def _stored_before(self, recs: Sequence[_Rec]) -> set[str]:
+        """Ids of ``recs`` already stored as these very tasks (same payload and creation time):
+        an earlier attempt of this enqueue wrote them, then lost its reply."""
+        stored = await self._get_recs(r.task.id for r in recs)
+        return {
+            r.task.id
+            for r in recs
+            if (got := stored.get(r.task.id)) is not None
+            and got[1].task.payload == r.task.payload
+            and got[1].task.created_at == r.task.created_at
+        }
 
     async def _register_dependents(self, recs: Sequence[_Rec], now: float) -> None:
         """Link waiting tasks to their dependencies; settle them if a dependency ended first."""
@@ -832,10 +994,14 @@ class NatsBackend(TaskQueue, ResultStore, EventStore):
                 # every queue: one wildcard walk gives stream order across all of them
                 filters = [f"{self._p}.ix.q.r.{priority}.*"] if names is None else levels[priority]
                 await self._claim_level(filters, worker, limit, lease, now, claimed)
-        except (nats.errors.Error, asyncio.TimeoutError):
+        except (nats.errors.Error, asyncio.TimeoutError) as e:
             if not claimed:
                 raise
-            log.warning("NATS %s: claim cut short", masked(self.url), exc_info=True)
+            log.warning(
+                "NATS %s: claim cut short (%s); keeping the %d tasks leased so far",
+                masked(self.url), _plain_error(e), len(claimed),
+                exc_info=log.isEnabledFor(logging.DEBUG),
+            )  # fmt: skip
         return claimed
 
     async def _claim_level(
@@ -865,8 +1031,18 @@ class NatsBackend(TaskQueue, ResultStore, EventStore):
             recs = await self._get_recs(m.data.decode() for m in batch)
             stale: list[int] = []
             ready: list[tuple[tuple[int, _Rec], str, int]] = []
+            retry = _ATTEMPT.get() > 0
             for m in batch:
                 got = recs.get(m.data.decode())
+                if retry and got is not None and _leased_by_lost_claim(m.seq, got[1], worker, now):
+                    # an earlier attempt of this claim leased it, then lost the reply: ours
+                    task_id = m.data.decode()
+                    lease_subject = self._lease_subject(task_id, got[1].claim_no)
+                    await self._publish_ok([(lease_subject, b"", None)])
+                    self._remember(task_id, got)
+                    claimed.append(copy(got[1].task))
+                    stale.append(m.seq)
+                    continue
                 verdict = _ready_verdict(m.seq, got, now)
                 if verdict == "stale":
                     stale.append(m.seq)
@@ -960,15 +1136,25 @@ class NatsBackend(TaskQueue, ResultStore, EventStore):
     ) -> Finished:
         check_outcomes(outcomes)
 
+        retry = _ATTEMPT.get() > 0
+
         async def one(task_id: str, status: TaskStatus) -> _Rec | None:
+            ended_before: list[_Rec] = []
+
             def change(rec: _Rec) -> str | None:
+                ended_before.clear()
                 if rec.task.status is not RUNNING or rec.task.worker != worker:
+                    if retry and rec.task.status is status and rec.task.worker == worker:
+                        ended_before.append(rec)  # our lost attempt ended it
                     return None
                 _end(rec, status, now)
                 return ""
 
             got = await self._transition(task_id, change, cached=self._held.pop(task_id, None))
             if got is None:
+                if ended_before:
+                    await self._unlease(self._lease_subject(task_id, ended_before[0].claim_no))
+                    return ended_before[0]
                 return None
             await self._unlease(self._lease_subject(task_id, got[1].claim_no))
             return got[1]
@@ -1400,7 +1586,9 @@ class NatsBackend(TaskQueue, ResultStore, EventStore):
         for e in events:
             if not isinstance(e, TaskEvent):
                 raise ConfigError(f"events must hold TaskEvent, got {type(e).__name__}")
-            items.append((f"{self._p}.ev.{token(e.task_id)}", _encode(e), None))
+            data = _encode(e)
+            msg_id = hashlib.blake2b(data, digest_size=16).hexdigest()  # same on a retry
+            items.append((f"{self._p}.ev.{token(e.task_id)}", data, {MSG_ID: msg_id}))
         for i in range(0, len(items), 1000):
             await self._publish_ok(items[i : i + 1000])
 
@@ -1464,6 +1652,18 @@ def _ready_verdict(seq: int, got: tuple[int, _Rec] | None, now: float) -> str:
     return "claim"
 
 
+def _leased_by_lost_claim(seq: int, rec: _Rec, worker: str, now: float) -> bool:
+    """Did a claim by ``worker`` at ``now`` lease this record from index message ``seq``?"""
+    t = rec.task
+    return (
+        t.status is RUNNING
+        and t.worker == worker
+        and rec.index_seq == seq
+        and t.lease_until is not None
+        and t.lease_until > now
+    )
+
+
 def _due_verdict(seq: int, got: tuple[int, _Rec] | None, now: float) -> str:
     """What a claimer does with due-index message ``seq``: promote, skip or delete (stale)."""
     if got is None:
@@ -1478,6 +1678,10 @@ def _due_verdict(seq: int, got: tuple[int, _Rec] | None, now: float) -> str:
     if rec.task.eta is not None and rec.task.eta > now:
         return "skip"
     return "promote"
+
+
+def _lost_cas(ack: object) -> bool:
+    return isinstance(ack, nats.js.errors.APIError) and ack.err_code in WRONG_LAST_SEQUENCE
 
 
 def _end(rec: _Rec, status: TaskStatus, now: float) -> None:

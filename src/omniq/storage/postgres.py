@@ -9,6 +9,8 @@ and friends still work):
   gives every test its own schema. Letters, digits and ``_`` only.
 - ``pool_size``: most connections this backend opens at once (default 10), plus one dedicated
   ``LISTEN`` connection.
+- ``reconnect_timeout``: seconds an operation keeps retrying a lost connection (a server
+  restart, a network cut) before it raises ``StorageError`` (default 30).
 
 The tables are created on connect (idempotent), inside a transaction that first takes an
 advisory lock, so workers connecting at the same moment to an empty database do not race.
@@ -32,8 +34,11 @@ Semantics mirror ``sqlite.py`` (the reference implementation); what PostgreSQL c
   due. A lost ``LISTEN`` connection is re-opened in the background (waiters fall back to their
   timeout meanwhile).
 
-**Connection drops and retries.** Every operation retries once, on a new connection, after a
-connection error (or a deadlock / serialization failure, which roll back). The hard case is a
+**Connection drops and retries.** After a connection error an operation is run again on a new
+connection, at once and then with back-off (up to 1 s apart) for ``reconnect_timeout`` seconds,
+so a server restart is waited out; one WARNING names the (masked) URL when the connection is
+lost and one when it is back, not a traceback per attempt. A deadlock or serialization failure
+(rolled back) is retried twice. The hard case is a
 connection lost *after* the server committed but before the reply arrived: a blind retry would
 then do the work twice, or report nothing where the first attempt changed things. So each
 operation is made safe to retry:
@@ -362,11 +367,12 @@ PURGE_OPS = "DELETE FROM omniq_ops WHERE at < now() - interval '10 minutes'"
 
 DEFAULT_SCHEMA = "public"
 DEFAULT_POOL_SIZE = 10
+DEFAULT_RECONNECT_TIMEOUT = 30.0
 CHANNEL = "omniq_tasks"  # NOTIFY channel for the default schema (others get a suffix)
 CONNECT_TIMEOUT = 10.0
 OPS_PURGE_EVERY = 60.0  # seconds between sweeps of old omniq_ops records
 _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
-_OWN_PARAMS = ("schema", "pool_size")
+_OWN_PARAMS = ("schema", "pool_size", "reconnect_timeout")
 
 # --- encoding ------------------------------------------------------------------------------------
 
@@ -409,10 +415,12 @@ class PgURL(msgspec.Struct, frozen=True):
     dsn: str
     schema: str
     pool_size: int
+    reconnect_timeout: float = DEFAULT_RECONNECT_TIMEOUT
 
 
 def parse_url(url: str) -> PgURL:
-    """Split our query parameters (``schema``, ``pool_size``) off a ``postgresql://`` URL."""
+    """Split our query parameters (``schema``, ``pool_size``, ``reconnect_timeout``) off a
+    ``postgresql://`` URL."""
     if not isinstance(url, str) or url.partition("://")[0].lower() not in (
         "postgresql",
         "postgres",
@@ -434,8 +442,18 @@ def parse_url(url: str) -> PgURL:
             f"postgresql URL {masked(url)!r}: pool_size={size_text!r} is not valid; "
             "use a whole number from 1 to 1000"
         )
+    reconnect_text = own.get("reconnect_timeout", str(DEFAULT_RECONNECT_TIMEOUT))
+    try:
+        reconnect = float(reconnect_text)
+    except ValueError:
+        reconnect = -1.0
+    if not 0 <= reconnect < float("inf"):
+        raise ConfigError(
+            f"postgresql URL {masked(url)!r}: reconnect_timeout={reconnect_text!r} is not valid; "
+            "use seconds >= 0"
+        )
     dsn = urlunsplit(parts._replace(query=urlencode(rest)))
-    return PgURL(dsn=dsn, schema=schema, pool_size=int(size_text))
+    return PgURL(dsn=dsn, schema=schema, pool_size=int(size_text), reconnect_timeout=reconnect)
 
 
 def channel_for(schema: str) -> str:
@@ -551,27 +569,39 @@ class PostgresBackend(TaskQueue, ResultStore, EventStore):
         self.channel = channel_for(parsed.schema)
         self._dsn = parsed.dsn
         self._pool_size = parsed.pool_size
+        self._reconnect_timeout = parsed.reconnect_timeout
         self._settings = {"search_path": _quote_ident(parsed.schema), "application_name": "omniq"}
         self._pool: Any = None
         self._listener: Any = None
         self._relisten: asyncio.Task[None] | None = None
         self._closing = False
+        self._ready = False  # connected once: from now on a lost connection is waited out
+        self._down_since: float | None = None  # monotonic time the connection was found lost
         self._next_due: float | None = None  # earliest eta of a delayed task, last we knew
         self._ops_purged_at = 0.0
 
     # --- lifecycle ----------------------------------------------------------------------------------
     async def _open(self) -> None:
         self._closing = False
+        self._ready = False
+        self._down_since = None
         try:
+            # min_size=0: no connection floor kept by asyncpg, whose background re-connects
+            # log a traceback per attempt while the server is away; ``_run`` reconnects instead
             self._pool = await asyncpg.create_pool(
                 self._dsn,
-                min_size=1,
+                min_size=0,
                 max_size=self._pool_size,
                 server_settings=self._settings,
                 reset=_keep_session,
                 timeout=CONNECT_TIMEOUT,
             )
+            async with self._pool.acquire() as conn:  # the first connection: fail fast
+                await conn.fetchval("SELECT 1")
         except Exception as e:
+            if self._pool is not None:
+                self._pool.terminate()
+                self._pool = None
             raise StorageError(
                 f"cannot connect to PostgreSQL at {masked(self.url)}: {describe(e)}"
             ) from e
@@ -582,6 +612,7 @@ class PostgresBackend(TaskQueue, ResultStore, EventStore):
         except BaseException:
             await self._close()
             raise
+        self._ready = True
 
     async def _setup(self, conn: Any) -> None:
         """Create the schema and tables unless this version already did (advisory-locked)."""
@@ -634,41 +665,82 @@ class PostgresBackend(TaskQueue, ResultStore, EventStore):
         *,
         recover: Callable[[Any], Awaitable[Any]] | None = None,
     ) -> T:
-        """Run ``fn(connection)``; after a transient error, once more on a new connection.
+        """Run ``fn(connection)``; after a lost connection, again on a new one (at once, then
+        with back-off for ``reconnect_timeout`` seconds); after a deadlock, up to twice more.
 
-        ``recover(connection)`` runs before the second attempt: it returns the outcome of a first
-        attempt that committed although its reply was lost, or ``_MISSING`` to run ``fn`` again.
+        ``recover(connection)`` runs before every later attempt: it returns the outcome of an
+        earlier attempt that committed although its reply was lost, or ``_MISSING`` to run ``fn``
+        again.
         """
         pool = self._pool
         if pool is None:
             raise StorageError(f"{masked(self.url)} is not connected: call connect() first")
-        for attempt in (1, 2):
+        attempt = rollbacks = 0
+        delay = 0.0
+        deadline: float | None = None
+        while True:
+            attempt += 1
             try:
                 async with pool.acquire() as conn:
-                    if attempt == 2 and recover is not None:
+                    if attempt > 1 and recover is not None:
                         got = await recover(conn)
                         if got is not _MISSING:
-                            return got
-                    return await fn(conn)
+                            out = got
+                            break
+                    out = await fn(conn)
+                break
             except (ConfigError, StorageError):
                 raise
             except Exception as e:
-                if attempt == 1 and _is_transient(e) and not self._closing:
+                if not _is_transient(e) or self._closing:
                     if _is_connection_error(e):
-                        log.warning(
-                            "lost the connection to PostgreSQL at %s: %s; retrying on a new "
-                            "connection", masked(self.url), describe(e),
-                        )  # fmt: skip
-                        await pool.expire_connections()  # the others are likely dead too
-                    else:
-                        log.info("PostgreSQL %s: %s; retrying", masked(self.url), describe(e))
+                        raise StorageError(
+                            f"lost the connection to PostgreSQL at {masked(self.url)}: "
+                            f"{describe(e)}"
+                        ) from e
+                    raise StorageError(f"PostgreSQL {masked(self.url)}: {describe(e)}") from e
+                if not _is_connection_error(e):  # rolled back: run it again
+                    rollbacks += 1
+                    if rollbacks > 2:
+                        raise StorageError(
+                            f"PostgreSQL {masked(self.url)}: {describe(e)}"
+                        ) from e
+                    log.info("PostgreSQL %s: %s; retrying", masked(self.url), describe(e))
                     continue
-                if _is_connection_error(e):
+                with contextlib.suppress(Exception):
+                    await pool.expire_connections()  # the others are likely dead too
+                if not self._ready:  # still connecting: one more try, then a clear error
+                    if attempt > 1:
+                        raise StorageError(
+                            f"cannot connect to PostgreSQL at {masked(self.url)}: {describe(e)}"
+                        ) from e
+                    continue
+                now = time.monotonic()
+                if self._down_since is None:
+                    self._down_since = now
+                    log.warning(
+                        "lost the connection to PostgreSQL at %s: %s; retrying on a new "
+                        "connection for up to %g s", masked(self.url), describe(e),
+                        self._reconnect_timeout,
+                    )  # fmt: skip
+                else:
+                    log.debug("PostgreSQL %s still away: %s", masked(self.url), describe(e))
+                if deadline is None:
+                    deadline = now + self._reconnect_timeout
+                if now >= deadline and attempt > 1:
                     raise StorageError(
-                        f"lost the connection to PostgreSQL at {masked(self.url)}: {describe(e)}"
+                        f"lost the connection to PostgreSQL at {masked(self.url)}: "
+                        f"{describe(e)}; gave up reconnecting after {self._reconnect_timeout:g} s"
                     ) from e
-                raise StorageError(f"PostgreSQL {masked(self.url)}: {describe(e)}") from e
-        raise AssertionError("unreachable")  # pragma: no cover
+                await anyio.sleep(max(0.0, min(delay, deadline - now)))
+                delay = min(max(delay * 2, 0.05), 1.0)
+        if self._down_since is not None:
+            log.warning(
+                "reconnected to PostgreSQL at %s after %.2f s",
+                masked(self.url), time.monotonic() - self._down_since,
+            )  # fmt: skip
+            self._down_since = None
+        return out
 
     async def _run_op(
         self,

@@ -129,4 +129,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except BrokenPipeError:  # the parent closed our pipe (shutting down, or gone): nothing to tell
+        os._exit(0)
