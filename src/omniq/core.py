@@ -937,10 +937,7 @@ class AsyncOmniQ:
             task_id="omniq-health-probe", limit=1))
         worker_rows = await probe("tasks", self.tasks_url, q.workers) or []
         oldest = await probe("tasks", self.tasks_url, q.oldest_queued) or {}
-        try:
-            overrun: list[Any] | None = await probe("tasks", self.tasks_url, lambda: q.overrun(now=now))
-        except NotImplementedError:
-            overrun = None
+        overrun = await probe("tasks", self.tasks_url, lambda: q.overrun(now=now))
         reaped = await probe("events", self.events_url, lambda: self._events_store.query_events(
             since=now - OVERRUN_WINDOW, types=[EventType.REQUEUED.value, EventType.FAILED.value], limit=10_000))
         schedules = await probe("tasks", self.tasks_url, self._scheduler.list) or []

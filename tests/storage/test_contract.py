@@ -200,6 +200,21 @@ class TestTaskQueue:
         assert await status(queue, t.id) is S.FAILED
         assert await claim(queue, now=T0 + 40) == []
 
+    async def test_overrun_lists_lapsed_leases_until_reaped(self, queue: TaskQueue) -> None:
+        a, b, c = task(queue="qa"), task(queue="qb"), task()
+        await queue.enqueue([a, b, c])
+        await claim(queue, lease=10.0, worker="w1", limit=1)  # a: lease until T0 + 10
+        await claim(queue, lease=20.0, worker="w2", limit=1, now=T0 + 1)  # b: until T0 + 21
+        assert await queue.overrun(now=T0 + 5) == []
+        late = await queue.overrun(now=T0 + 30)
+        assert [(o.task_id, o.queue, o.worker, o.lease_until) for o in late] == [
+            (a.id, "qa", "w1", T0 + 10), (b.id, "qb", "w2", T0 + 21)]  # earliest lapse first
+        assert [o.task_id for o in await queue.overrun(now=T0 + 30, limit=1)] == [a.id]
+        await queue.extend("w2", [b.id], lease_until=T0 + 100)
+        assert [o.task_id for o in await queue.overrun(now=T0 + 30)] == [a.id]
+        await queue.reap(now=T0 + 30)
+        assert await queue.overrun(now=T0 + 30) == []  # requeued: no longer overrunning
+
     async def test_retry_waits_for_eta(self, queue: TaskQueue) -> None:
         # retry takes no ``now``: whether eta has passed is read off the wall clock
         now = time.time()

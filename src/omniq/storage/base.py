@@ -165,9 +165,9 @@ class TaskQueue(Backend):
         """Tasks RUNNING with ``lease_until < now``: QUEUED again if ``deliveries <
         max_deliveries``, else FAILED (the orchestrator records ``WorkerDied``)."""
 
+    @abc.abstractmethod
     async def overrun(self, *, now: float, limit: int = 100) -> list[Overrun]:
         """RUNNING tasks with ``lease_until < now`` (earliest lapse first), for ``health()``."""
-        raise NotImplementedError
 
     @abc.abstractmethod
     async def expire(self, *, now: float) -> list[Task]:

@@ -90,11 +90,13 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
 from ..errors import ConfigError, StorageError
+from ..logs import get_logger
 from ..models import Schedule, Task, TaskEvent, TaskResult, TaskStatus
 from .base import (
     UNSUCCESSFUL,
     EventStore,
     Finished,
+    Overrun,
     Reaped,
     ResultStore,
     TaskQueue,
@@ -106,7 +108,7 @@ from .base import (
     plan_enqueue,
 )
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 QUEUED = TaskStatus.QUEUED
 PENDING = TaskStatus.PENDING
@@ -1232,6 +1234,18 @@ class NatsBackend(TaskQueue, ResultStore, EventStore):
                 self._held.pop(task_id, None)
 
         await _gather(one(i) for i in task_ids)
+
+    @_guard
+    async def overrun(self, *, now: float, limit: int = 100) -> list[Overrun]:
+        ids = [untoken(subject.split(".")[4])
+               for subject in await self._subjects(self.index_stream, f"{self._p}.ix.l.>")]
+        recs = await self._get_recs(dict.fromkeys(ids))
+        lapsed = [
+            Overrun(task_id=t.id, queue=t.queue, worker=t.worker, lease_until=t.lease_until)
+            for _, rec in recs.values()
+            if (t := rec.task).status is RUNNING and t.lease_until is not None and t.lease_until < now
+        ]
+        return sorted(lapsed, key=lambda o: o.lease_until)[:limit]
 
     @_guard
     async def reap(self, *, now: float) -> Reaped:

@@ -66,7 +66,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import logging
 import os
 import re
 import socket
@@ -79,10 +78,12 @@ import anyio
 import msgspec
 
 from ..errors import ConfigError, StorageError
+from ..logs import get_logger
 from ..models import Schedule, Task, TaskEvent, TaskResult, TaskStatus
 from .base import (
     EventStore,
     Finished,
+    Overrun,
     Reaped,
     ResultStore,
     TaskQueue,
@@ -100,7 +101,7 @@ try:
 except ImportError:  # pragma: no cover - exercised by installs without the extra
     asyncpg = None
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 # --- schema --------------------------------------------------------------------------------------
 
@@ -283,6 +284,8 @@ RELEASE = """UPDATE omniq_tasks SET status = 'queued', worker = NULL, lease_unti
 EXTEND = """UPDATE omniq_tasks SET lease_until = $1
     WHERE id = ANY($2::text[]) AND status = 'running' AND worker = $3"""
 
+OVERRUN = """SELECT id, queue, worker, lease_until FROM omniq_tasks
+    WHERE status = 'running' AND lease_until < $1 ORDER BY lease_until LIMIT $2"""
 LAPSED_LEASES = (
     "SELECT EXISTS (SELECT 1 FROM omniq_tasks WHERE status = 'running' AND lease_until < $1)"
 )
@@ -984,6 +987,10 @@ class PostgresBackend(TaskQueue, ResultStore, EventStore):
         if task_ids:
             ids = list(task_ids)
             await self._run(lambda c: c.execute(EXTEND, lease_until, ids, worker))
+
+    async def overrun(self, *, now: float, limit: int = 100) -> list[Overrun]:
+        rows = await self._run(lambda c: c.fetch(OVERRUN, now, limit))
+        return [Overrun(task_id=r[0], queue=r[1], worker=r[2], lease_until=r[3]) for r in rows]
 
     async def reap(self, *, now: float) -> Reaped:
         if not await self._run(lambda c: c.fetchval(LAPSED_LEASES, now)):

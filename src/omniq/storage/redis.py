@@ -65,7 +65,6 @@ import asyncio
 import contextlib
 import functools
 import hashlib
-import logging
 import math
 import os
 import re
@@ -82,10 +81,12 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from ..errors import ConfigError, StorageError
+from ..logs import get_logger
 from ..models import Schedule, Task, TaskEvent, TaskResult, TaskStatus
 from .base import (
     EventStore,
     Finished,
+    Overrun,
     Reaped,
     ResultStore,
     TaskQueue,
@@ -97,7 +98,7 @@ from .base import (
     plan_enqueue,
 )
 
-log = logging.getLogger("omniq.storage.redis")
+log = get_logger("omniq.storage.redis")
 
 DEFAULT_PREFIX = "omniq"
 DEFAULT_MAX_EVENTS = 1_000_000
@@ -1235,6 +1236,18 @@ class RedisBackend(TaskQueue, ResultStore, EventStore):
     async def extend(self, worker: str, task_ids: Sequence[str], *, lease_until: float) -> None:
         if task_ids:
             await self._eval("extend", [worker, _f(lease_until), *task_ids])
+
+    async def overrun(self, *, now: float, limit: int = 100) -> list[Overrun]:
+        key = self._key("leases")
+        pairs = await self._call(
+            lambda r: r.zrangebyscore(key, "-inf", f"({_f(now)}", start=0, num=limit, withscores=True)
+        )
+        out = []
+        for raw, lease_until in pairs:
+            t = await self.get_task(raw.decode())
+            if t is not None and t.status is TaskStatus.RUNNING:
+                out.append(Overrun(task_id=t.id, queue=t.queue, worker=t.worker, lease_until=float(lease_until)))
+        return out
 
     async def reap(self, *, now: float) -> Reaped:
         v = await self._eval("reap", [_f(now)], once=True)
