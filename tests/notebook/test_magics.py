@@ -263,3 +263,180 @@ def test_interrupting_the_kernel_does_not_kill_submitted_work(kernel_name: str, 
         kc.stop_channels()
         km.shutdown_kernel(now=True)
     assert "".join(printed).startswith("succeeded"), printed
+
+
+# ------------------------------------------------------------------------------------------------
+# argument parsing, without a kernel: every line either parses or is a UsageError
+# ------------------------------------------------------------------------------------------------
+from types import SimpleNamespace  # noqa: E402
+
+from hypothesis import HealthCheck, example, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from IPython.core.error import UsageError  # noqa: E402
+
+from omniq.notebook import magics as magics_module  # noqa: E402
+
+MAGIC_EXAMPLES = 300
+
+
+class _Reached(Exception):
+    """Raised by the stubs where parsing is over and real work (storage, workers) would begin."""
+
+    def __init__(self, what: str, **seen: Any) -> None:
+        super().__init__(what)
+        self.seen = seen
+
+
+def _stub(cmd: Any, sub: str) -> Any:
+    def run(args: Any) -> None:
+        raise _Reached(sub, args=args)
+
+    run.parser = cmd.parser  # type: ignore[attr-defined]
+    return run
+
+
+class _NoOpen(magics_module.OmniQ):
+    """``%omniq init`` builds the instance and checks its URLs (so its own checks run) but never
+    connects to storage."""
+
+    def open(self) -> Any:
+        from omniq.storage.urls import open_backends
+
+        c = self.core  # the URLs are checked as open() checks them, without connecting
+        open_backends(c.tasks_url, c.results_url, c.events_url)
+        raise _Reached("init", config=self.config)
+
+
+@pytest.fixture
+def bare_magics(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """``OmniQMagics`` on a stand-in shell: the real parsers and checks, no kernel, no storage."""
+    shell = SimpleNamespace(
+        events=SimpleNamespace(register=lambda *a: None, unregister=lambda *a: None),
+        user_ns={"existing": 1},
+        user_ns_hidden={},
+        transform_cell=lambda cell: cell,
+        kernel=None,
+    )
+    m = magics_module.OmniQMagics(shell)  # type: ignore[arg-type]
+    cls = magics_module.OmniQMagics
+    for sub in ("status", "schedules", "workers"):
+        setattr(m, f"_cmd_{sub}", _stub(getattr(cls, f"_cmd_{sub}"), sub))
+
+    # the real _start runs: the enqueue options are checked by build_tasks; nothing is stored
+    core = magics_module.OmniQ(tasks="memory://", concurrency=0).core  # never opened
+
+    def submit_tasks(tasks: Any) -> Any:
+        raise _Reached("submit", tasks=tasks)
+
+    def sweep_start(oq: Any, call: Any, grid: Any, *, name: str, identity: str, **options: Any) -> Any:
+        core.build_tasks(call, [((), {})], **options)  # the options every point gets
+        raise _Reached("submit", name=name, grid=grid, options=options)
+
+    core.submit_tasks = submit_tasks  # type: ignore[method-assign]
+    m._oq = SimpleNamespace(open=lambda: m._oq, core=core)
+    monkeypatch.setattr(magics_module.CellSweep, "start", sweep_start)
+    monkeypatch.setattr(magics_module, "OmniQ", _NoOpen)
+    monkeypatch.delenv("OMNIQ_CONCURRENCY", raising=False)
+    monkeypatch.delenv("OMNIQ_DEFAULT_WORKER", raising=False)
+    return m
+
+
+_OPTIONS = [
+    "-n", "--name", "--sweep", "-s", "--out", "-o", "--wait", "-w", "--queue", "-q", "--priority",
+    "-p", "--retries", "-r", "--timeout", "--tasks", "--results", "--events", "--worker",
+    "--concurrency", "-c", "--queues", "-h", "--help", "--", "-", "--bogus", "-x", "--name=",
+]
+_VALUES = [
+    "x", "job", "y,z", "a, b", "'x'", '"x"', "1", "-1", "0", "3.5", "nan", "inf", "-inf", "1e309",
+    "99999999999999999999999", "class", "1abc", "x,", ",", "existing", "process", "thread", "gevent",
+    "memory://", "sqlite://rel.db", "sqlite:///x.db?mode=ro", "mongodb://h/db", "redis://u:pw@h:1/0",
+    "s3://bucket", "nope", '"lr=[1e-3, 1e-2]; seed=range(3)"', '"a=range(3)"', "a=[1,2]", '"a="',
+    '"a=range(10**9)"', '"a=[1]; a=[2]"', "'", '"', "\\", "'unclosed", 'x"', "é", "\x00", " ", "",
+]
+_token = st.one_of(
+    st.sampled_from(_OPTIONS),
+    st.sampled_from(_VALUES),
+    st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=12),
+)
+_args = st.lists(_token, max_size=8).map(" ".join)
+_line_subs = st.sampled_from(["init", "status", "wait", "cancel", "results", "schedules", "workers",
+                              "submit", "bogus", "help", "-h", ""])
+
+
+def _check_usage_error(exc: UsageError, line: str) -> None:
+    msg = str(exc)
+    assert msg.strip(), f"empty UsageError for {line!r}"
+    assert "Traceback" not in msg
+
+
+@given(sub=_line_subs, rest=_args)
+@example(sub="wait", rest='job "')
+@example(sub="init", rest="--tasks 'sqlite:///x.db")
+@example(sub="init", rest="--concurrency -3")
+@example(sub="init", rest="--tasks mongodb://h/db")
+@example(sub="status", rest="\\")
+@settings(max_examples=MAGIC_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_line_magic_arguments_parse_or_raise_usage_error(bare_magics: Any, sub: str, rest: str) -> None:
+    line = f"{sub} {rest}"
+    try:
+        bare_magics.omniq(line)
+    except (_Reached, TimeoutError):
+        pass
+    except UsageError as exc:
+        _check_usage_error(exc, line)
+
+
+@given(rest=_args, cell=st.sampled_from(["y = 1", "y = existing + 1\ny", "print(1)"]))
+@example(rest='-n job --out "y', cell="y = 1")
+@example(rest="-n job --priority high", cell="y = 1")
+@example(rest="-n job --timeout -1", cell="y = 1")
+@example(rest="-n job --timeout nan", cell="y = 1")
+@example(rest="-n job --retries -2", cell="y = 1")
+@example(rest="-n job --queue ''", cell="y = 1")
+@example(rest='-n job --sweep "a=range(10**9)"', cell="y = 1")
+@example(rest="-n job --out job", cell="y = 1")
+@settings(max_examples=MAGIC_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_cell_magic_arguments_parse_or_raise_usage_error(bare_magics: Any, rest: str, cell: str) -> None:
+    line = f"submit {rest}"
+    try:
+        bare_magics.omniq(line, cell)
+    except _Reached:
+        pass
+    except UsageError as exc:
+        _check_usage_error(exc, line)
+
+
+@given(sub=st.sampled_from(["init", "status", "wait", "bogus"]), rest=_args)
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_cell_magic_with_another_subcommand_is_a_usage_error(bare_magics: Any, sub: str, rest: str) -> None:
+    with pytest.raises(UsageError, match="one subcommand, submit"):
+        bare_magics.omniq(f"{sub} {rest}", "y = 1")
+
+
+@pytest.mark.parametrize(
+    ("line", "cell", "named"),
+    [
+        ("submit -n job --priority high", "y = 1", "--priority"),
+        ("submit -n job --retries 1.5", "y = 1", "--retries"),
+        ("submit -n job --timeout soon", "y = 1", "--timeout"),
+        ("submit -n job --timeout -1", "y = 1", "timeout"),
+        ("submit -n job --retries -1", "y = 1", "retries"),
+        ("submit -n 1job", "y = 1", "-n"),
+        ("submit -n job --out 'a,1b'", "y = 1", "--out"),
+        ("submit -n job --sweep 'a='", "y = 1", "--sweep"),
+        ('submit -n job --out "y', "y = 1", "quot"),
+        ("submit --bogus 1 -n job", "y = 1", "--bogus"),
+        ("init --concurrency many", None, "--concurrency"),
+        ("init --worker fork", None, "--worker"),
+        ("init --tasks mongodb://h/db", None, "mongodb"),
+        ("init --concurrency -1", None, "concurrency"),
+        ("wait job --timeout", None, "--timeout"),
+        ('wait "job', None, "quot"),
+        ("wait", None, "NAME"),
+        ("frobnicate", None, "frobnicate"),
+    ],
+)
+def test_usage_errors_name_the_bad_option(bare_magics: Any, line: str, cell: str | None, named: str) -> None:
+    with pytest.raises(UsageError) as info:
+        bare_magics.omniq(line, cell)
+    assert named in str(info.value)

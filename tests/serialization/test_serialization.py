@@ -783,3 +783,64 @@ def test_dumps_calls_are_signed_when_a_key_is_set(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("OMNIQ_SECRET_KEY", "other")
     with pytest.raises(SignatureError):
         loads_call(payloads[0])
+
+
+# ------------------------------------------------------------------------------ deep and huge
+
+
+_NESTERS = {
+    "list": (lambda x: [x], "[0]"),
+    "tuple": (lambda x: (x,), "[0]"),
+    "dict": (lambda x: {"k": x}, "['k']"),
+    "set-in-list": (lambda x: [x, {1, 2}], "[0]"),
+}
+
+
+def _nest(depth: int, kind: str, leaf: Any) -> Any:
+    wrap = _NESTERS[kind][0]
+    x = leaf
+    for _ in range(depth):
+        x = wrap(x)
+    return x
+
+
+@given(
+    depth=st.sampled_from([1, 10, 100, 500, 5_000, 50_000]),
+    kind=st.sampled_from(sorted(_NESTERS)),
+    leaf=st.sampled_from(["plain", "generator", "lock"]),
+)
+@settings(max_examples=60, deadline=None)
+def test_deep_nesting_works_or_names_the_path(depth: int, kind: str, leaf: str) -> None:
+    value = _nest(depth, kind, {"plain": 1, "generator": _generator(), "lock": threading.Lock()}[leaf])
+    for dump, root in ((dumps, "value"), (lambda v: dumps_call(module_level, (v,), {}), "argument args[0]")):
+        try:
+            data = dump(value)
+        except SerializationError as exc:
+            msg = str(exc)
+            assert msg.startswith(f"cannot serialize {root}"), msg
+            assert len(msg) < 2_000, "the path is shortened, not a megabyte of [0][0]..."
+        else:
+            assert leaf != "generator", "a generator cannot be serialized (dill pickles a lock)"
+            loads(data) if dump is dumps else loads_call(data)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"M" + b"\x91" * 100_000 + b"\x01", b"M" + b"\x81\xa1k" * 100_000 + b"\x01",
+     b"C" + b"\x91" * 100_000 + b"\x01"],
+    ids=["deep-array", "deep-map", "deep-call"],
+)
+def test_deeply_nested_payload_bytes_are_a_serialization_error(data: bytes) -> None:
+    for load in (loads, loads_call):
+        with pytest.raises(SerializationError):
+            load(data)
+
+
+def test_huge_payloads_round_trip() -> None:
+    blob = os.urandom(1 << 20) * 64  # 64 MB
+    assert loads(dumps(blob)) == blob
+    rows = [{"i": i, "s": "x" * 50} for i in range(500_000)]
+    data = dumps(rows)
+    assert data[:1] == b"M" and loads(data) == rows
+    fn, args, kwargs = loads_call(dumps_call(module_level, (blob,), {"rows": rows}))
+    assert fn is module_level and args[0] == blob and kwargs["rows"] == rows

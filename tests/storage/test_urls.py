@@ -109,3 +109,79 @@ def test_named_memory_results_go_to_fsspec() -> None:
     tq, rs, es = open_backends("memory://", "memory://omniq-test-bucket/results")
     assert isinstance(tq, MemoryBackend) and es is tq
     assert isinstance(rs, fsspec_module.FsspecBackend)
+
+
+# ------------------------------------------------------------------------------------------------
+# property tests: any string either opens (backends built, nothing connected) or is a ConfigError
+# that names the role and never shows a password
+# ------------------------------------------------------------------------------------------------
+from hypothesis import HealthCheck, example, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from omniq.storage.urls import scheme_of  # noqa: E402
+
+URL_EXAMPLES = 500
+SECRET = "Pw0rdXyzzy"
+
+_text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=40)
+_url_chars = st.lists(
+    st.sampled_from([*"abcXYZ019-._~:/?#[]@!$&'()*+,;=% \\\x00é", "//", "///", ":memory:", "..", "%zz"]),
+    max_size=12,
+).map("".join)
+_scheme = st.sampled_from([*SCHEMES, "SQLite", "MEMORY", "Redis", "mongodb", "", "sqlite3", "s3a", "http"])
+_userinfo = st.sampled_from(["", f"user:{SECRET}@", f":{SECRET}@", "user@", f"u:{SECRET}@@", "@"])
+_host = st.sampled_from(["", "localhost", "127.0.0.1", "[::1]", "h:0", "h:65536", "h:-1", "h:port",
+                         "[bad", "h:99999999999", "bucket", ":memory:", "/", "//"])
+_urls = st.one_of(
+    _text,
+    st.builds(lambda s, sep, u, h, rest: f"{s}{sep}{u}{h}{rest}",
+              _scheme, st.sampled_from(["://", ":/", ":", "://", "//"]), _userinfo, _host, _url_chars),
+)
+
+
+def _has_password(url: str) -> bool:
+    """True when ``url`` carries SECRET as the password of its authority (user:SECRET@host)."""
+    _, sep, rest = url.partition("://")
+    return bool(sep) and f":{SECRET}@" in rest.split("/", 1)[0]
+
+
+def _check(msg: str, role: str, url: str) -> None:
+    if _has_password(url):
+        assert SECRET not in msg, f"password shown: {msg}"
+    assert role in msg, f"the message does not name {role!r}: {msg}"
+    assert len(msg) < 2000
+
+
+@given(_text)
+@example("")
+@example("://")
+@example("SQLITE:///x.db")
+def test_scheme_of_any_string(url: str) -> None:
+    try:
+        scheme = scheme_of(url)
+    except ConfigError as exc:
+        assert "valid schemes" in str(exc)
+    else:
+        assert scheme in SCHEMES and url.lower().startswith(scheme + "://")
+
+
+@given(url=_urls, role=st.sampled_from(["tasks", "results", "events"]))
+@example(url="redis://h:65536/0", role="tasks")
+@example(url="redis://h:port/0", role="tasks")
+@example(url=f"postgresql://user:{SECRET}@h:99999999999/db", role="tasks")
+@example(url=f"nats://user:{SECRET}@[bad", role="tasks")
+@example(url=f"redis://:{SECRET}@[::1", role="results")
+@example(url="sqlite://x.db", role="events")
+@example(url="sqlite:///", role="tasks")
+@example(url="sqlite:///\x00", role="tasks")
+@example(url="memory://a?b", role="tasks")
+@example(url="file://", role="results")
+@settings(max_examples=URL_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_any_url_opens_or_raises_config_error_naming_the_role(url: str, role: str) -> None:
+    kwargs = {"tasks": url} if role == "tasks" else {"tasks": "memory://", role: url}
+    try:
+        backends = open_backends(**kwargs)
+    except ConfigError as exc:
+        _check(str(exc), role, url)
+    else:
+        assert len(backends) == 3

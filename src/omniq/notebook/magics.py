@@ -639,7 +639,7 @@ class OmniQMagics(Magics):
         if _wants_help(rest):
             print(_help(cmd))
             return None
-        return cmd(parse_argstring(cmd, rest))
+        return cmd(_parse(cmd, rest, f"%omniq {sub}"))
 
     def _overview(self) -> str:
         doc = getattr(self, "omniq").__doc__ or ""  # noqa: B009 (mypy and the magic decorator)
@@ -682,7 +682,7 @@ class OmniQMagics(Magics):
         if _wants_help(line):
             print(_help(self._cmd_submit))
             return None
-        args = parse_argstring(self._cmd_submit, line)
+        args = _parse(self._cmd_submit, line, "%%omniq submit")
         name = _unquote(args.name) or ""
         if not name.isidentifier() or keyword.iskeyword(name):
             raise UsageError(f"-n {args.name!r}: expected a valid Python variable name for the handle")
@@ -896,6 +896,19 @@ def _help(cmd: Any, *, usage_only: bool = False) -> str:
     text = parser.format_usage() if usage_only else parser.format_help()
     text = text.replace("::\n\n  %", "usage: %", 1).strip()
     return text.replace("usage: %omniq submit", "usage: %%omniq submit", 1)
+
+
+def _parse(cmd: Any, rest: str, usage: str) -> Any:
+    """``parse_argstring`` whose every failure is a ``UsageError``: argparse reports bad options
+    itself, but splitting the line (shlex) raises ``ValueError`` on an unbalanced quote or a
+    trailing backslash."""
+    try:
+        return parse_argstring(cmd, rest)
+    except ValueError as exc:
+        raise UsageError(
+            f"{usage}: cannot split the arguments {rest.strip()!r} ({exc}): "
+            "an unbalanced quote (\' or \") or a trailing backslash"
+        ) from None
 
 
 def _wants_help(rest: str) -> bool:

@@ -116,16 +116,40 @@ def _backend(
         raise ConfigError(f"{role} must be a storage URL string, got {url!r}")
     if url in shared:
         return shared[url]
-    scheme = scheme_of(url)
-    if scheme == "memory" and role == "tasks" and url[len("memory://") :].strip("/"):
-        with _named_lock:
-            backend = _named_memory.get(url)
-            if backend is None:
-                backend = _named_memory[url] = _construct(url, role, storage_options)
-    else:
-        backend = _construct(url, role, storage_options)
+    try:
+        scheme = scheme_of(url)
+        if scheme == "memory" and role == "tasks" and url[len("memory://") :].strip("/"):
+            with _named_lock:
+                backend = _named_memory.get(url)
+                if backend is None:
+                    backend = _named_memory[url] = _construct(url, role, storage_options)
+        else:
+            backend = _construct(url, role, storage_options)
+    except ConfigError as exc:
+        msg = str(exc)
+        if msg.startswith(role):
+            raise
+        raise ConfigError(f"{role}: {_scrubbed(msg, url)}") from None
+    except ValueError as exc:
+        # a backend's URL parsing (urllib.parse: "Invalid IPv6 URL", "Port out of range ...")
+        raise ConfigError(
+            f"{role} URL {masked(url)!r} is not a valid URL: {_scrubbed(str(exc), url)}"
+        ) from None
     shared[url] = backend
     return backend
+
+
+def _scrubbed(text: str, url: str) -> str:
+    """``text`` without the password of ``url`` (also where ``masked`` would miss part of it,
+    e.g. a password holding ``@``)."""
+    _, sep, rest = url.partition("://")
+    if not sep:
+        return text
+    userinfo, at, _ = rest.split("/", 1)[0].rpartition("@")
+    _, colon, password = userinfo.partition(":")
+    if at and colon and password:
+        text = text.replace(password, "***")
+    return text
 
 
 def open_backends(
