@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from omniq.errors import ConfigError
+from omniq.storage.base import masked
 from omniq.storage.memory import MemoryBackend
 from omniq.storage.sqlite import SQLiteBackend
 from omniq.storage.urls import SCHEMES, open_backends
@@ -185,3 +186,18 @@ def test_any_url_opens_or_raises_config_error_naming_the_role(url: str, role: st
         _check(str(exc), role, url)
     else:
         assert len(backends) == 3
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:p@ss@host:6379/0", "redis://:***@host:6379/0"),  # "@" inside the password
+        ("postgresql://bob:s3cret@h/db", "postgresql://bob:***@h/db"),
+        ("nats://s3cr3t-token@h:4222", "nats://***@h:4222"),  # a NATS token is the secret
+        ("postgresql://bob@h/db", "postgresql://bob@h/db"),  # a user name alone is not
+        ("file:///data/a@b/c", "file:///data/a@b/c"),  # "@" in a path is not user info
+        ("s3://bucket/key@x", "s3://bucket/key@x"),
+    ],
+)
+def test_masked_hides_the_whole_secret(url: str, shown: str) -> None:
+    assert masked(url) == shown

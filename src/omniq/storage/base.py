@@ -448,10 +448,23 @@ def task_from_row(row: Sequence[Any]) -> Task:
 
 
 def masked(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (for error messages and logs)."""
+    """``url`` with any password (or a NATS token) replaced by ``***``, for messages and logs.
+
+    The user info runs to the *last* ``@`` before the path, as URL parsers read it, so a
+    password containing ``@`` is hidden whole."""
     import re
 
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+    m = re.match(r"([a-zA-Z][\w+.-]*://)([^/?#]*)@", url)
+    if m is None:
+        return url
+    scheme, userinfo = m.group(1), m.group(2)
+    if ":" in userinfo:
+        hidden = userinfo.split(":", 1)[0] + ":***"
+    elif scheme.lower().startswith(("nats", "tls")):
+        hidden = "***"  # nats://TOKEN@host: the token is the secret
+    else:
+        return url
+    return f"{scheme}{hidden}@{url[m.end():]}"
 
 
 __all__ = [
