@@ -368,3 +368,13 @@ def test_sync_enqueue_from_many_threads_with_a_local_worker(tmp_path):
             t.join()
         values = sorted(oq.get_result(t, wait=True, timeout=30).value for t in ids)
     assert values == sorted((k * 100 + i) ** 2 for k in range(4) for i in range(50))
+
+
+def test_a_handle_kept_past_close_still_gets_its_result(tmp_path):
+    url = f"sqlite:///{tmp_path}/late.db"
+    with OmniQ(tasks=url, concurrency=0) as producer:
+        h = producer.submit(helpers.square, 7)
+    with OmniQ(tasks=url, worker="thread", concurrency=1) as worker:
+        assert worker.get_result(h.id, wait=True, timeout=30).value == 49
+    assert h.result(timeout=30) == 49  # producer is closed: the handle reads storage
+    producer.close()

@@ -26,7 +26,10 @@ _SHARED = threading.Condition()
 
 
 class ResultFuture(cf.Future[T]):
-    """A ``Future`` on the process-wide condition."""
+    """A ``Future`` on the process-wide condition. ``since``: when its task was handed over
+    (0: look its result up at once)."""
+
+    since = 0.0
 
     def __init__(self) -> None:  # no super().__init__(): that is the condition we avoid
         self._condition = _SHARED

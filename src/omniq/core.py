@@ -168,6 +168,10 @@ class TaskHandle(_HandleBase):
     def get(self, timeout: float | None = None) -> TaskResult:
         """The final ``TaskResult`` (whatever its status); ``TimeoutError`` past ``timeout``."""
         if not self._future.done():
+            if not self._oq._core.is_open:  # nothing here resolves it now: ask storage (reopens)
+                r = self._oq.get_result(self.id, wait=True, timeout=timeout)
+                assert r is not None
+                return r
             self._oq._core._poke_pickup()
         try:
             return self._future.result(timeout=timeout)
@@ -258,7 +262,10 @@ class AsyncOmniQ:
         self._kick_pending = False
         self._kick: asyncio.Event | None = None
         self._flush_lock: asyncio.Lock | None = None
-        self._waiters: dict[str, cf.Future[TaskResult]] = {}
+        # futures live as long as someone holds them (a handle, a sweep): a producer that drops
+        # its handles keeps nothing per task
+        self._waiters: weakref.WeakValueDictionary[str, ResultFuture[TaskResult]] = weakref.WeakValueDictionary()
+        # tasks handed over here that this instance's workers serve: close(drain=True) waits
         self._waiter_meta: dict[str, tuple[str, float, float]] = {}  # id -> (queue, eta, since)
         self._results_changed: anyio.Event | None = None
         self._bg: list[asyncio.Task[Any]] = []
@@ -474,7 +481,7 @@ class AsyncOmniQ:
             metadata=dict(metadata) if metadata else {},
         )
 
-    def _accept(self, tasks: Sequence[Task]) -> list[cf.Future[TaskResult]]:
+    def _accept(self, tasks: Sequence[Task]) -> list[ResultFuture[TaskResult]]:
         """Register waiters and hand tasks to the flusher. Thread-safe; never blocks."""
         if not self._opened or self._loop is None:
             raise RuntimeError("this OmniQ is not open: use `async with AsyncOmniQ(...)` or `await oq.open()`")
@@ -486,10 +493,13 @@ class AsyncOmniQ:
             unit_of = self._unit_of
             for t in tasks:
                 unit_of[t.id] = unit
+        served, local = self.config.queues, self._worker is not None
         for t in tasks:
-            f: cf.Future[TaskResult] = ResultFuture()
+            f: ResultFuture[TaskResult] = ResultFuture()
+            f.since = now
             waiters[t.id] = f
-            meta[t.id] = (t.queue, t.eta or 0.0, now)
+            if local and (served is None or t.queue in served):
+                meta[t.id] = (t.queue, t.eta or 0.0, now)
             futs.append(f)
         self._buffer.extend(tasks)
         if not self._kick_pending:
@@ -548,8 +558,11 @@ class AsyncOmniQ:
             except Exception as exc:
                 err = exc
                 await anyio.sleep(0.05 * 4**attempt)
+        unit_of = self._unit_of
         for t in batch:
-            self._unit_of.pop(t.id, None)
+            unit_of.pop(t.id, None)
+        if not unit_of and len(batch) > 1000:
+            self._unit_of = {}  # a dict keeps its grown table after pops: 100k calls' worth
         if err is not None:
             # Tell every waiter loudly rather than drop the tasks silently.
             if not isinstance(err, ConfigError):  # a refused task is the caller's error, raised to it
@@ -639,13 +652,11 @@ class AsyncOmniQ:
             return False
         serves = self._serves(task.queue)
         stamp = time.time()  # before the store, as for batches: `enqueued` precedes `started`
-        if serves:  # a local worker may finish it at once: be listening before it is stored
-            self._waiters[task.id] = ResultFuture()
+        if serves:  # a worker here runs it: close(drain=True) waits for it
             self._waiter_meta[task.id] = (task.queue, task.eta or 0.0, stamp)
         try:
             ready = q.enqueue_blocking([task])
         except BaseException:
-            self._waiters.pop(task.id, None)
             self._waiter_meta.pop(task.id, None)
             raise
         self._stored_here.append((task, stamp, ready))
@@ -736,7 +747,7 @@ class AsyncOmniQ:
             ))
         return out
 
-    def submit_tasks(self, tasks: Sequence[Task]) -> list[cf.Future[TaskResult]]:
+    def submit_tasks(self, tasks: Sequence[Task]) -> list[ResultFuture[TaskResult]]:
         """Hand built tasks to the batching buffer (thread-safe, returns at once); one future
         per task, resolved with its final ``TaskResult``."""
         return self._accept(tasks)
@@ -758,9 +769,9 @@ class AsyncOmniQ:
         for r in results:
             if r.expires_at is not None:
                 heapq.heappush(self._expiries, r.expires_at)  # the janitor purges as each passes
+            meta.pop(r.task_id, None)
             f = waiters.pop(r.task_id, None)
             if f is not None:
-                meta.pop(r.task_id, None)
                 ready.append((f, r))
         resolve_many(ready)
         if self._results_changed is not None:
@@ -776,10 +787,8 @@ class AsyncOmniQ:
     def _future_for(self, task_id: str) -> cf.Future[TaskResult]:
         f = self._waiters.get(task_id)
         if f is None:
-            f = ResultFuture()
+            f = ResultFuture()  # "since" 0: the pickup loop reads its result at once
             self._waiters[task_id] = f
-            # not ours: not drained; "since" 0 so the pickup loop reads its result at once
-            self._waiter_meta[task_id] = ("", float("inf"), 0.0)
             self._poke_pickup()
         return f
 
@@ -1184,11 +1193,11 @@ class AsyncOmniQ:
             self._pickup_now = anyio.Event()
             now = time.time()
             held = set(self._worker.runner.held()) if self._worker is not None else set()
-            # tasks our own runner holds report themselves; look up the rest (run elsewhere)
-            stale = [
-                tid for tid, (_, _, since) in list(self._waiter_meta.items())
-                if now - since > 0.05 and tid not in held
-            ]
+            # tasks our own runner holds report themselves; look up the rest (run elsewhere):
+            # those someone waits for, and those close(drain=True) would wait for
+            since = {tid: f.since for tid, f in list(self._waiters.items())}
+            since.update((tid, m[2]) for tid, m in list(self._waiter_meta.items()))
+            stale = [tid for tid, t in since.items() if now - t > 0.05 and tid not in held]
             found_any = False
             try:
                 for i in range(0, len(stale), 1000):
