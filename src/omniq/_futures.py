@@ -29,15 +29,25 @@ class ResultFuture(cf.Future[T]):
     """A ``Future`` on the process-wide condition. ``since``: when its task was handed over
     (0: look its result up at once)."""
 
-    since = 0.0
+    # Slots, and the waiter list made only when a ``wait``/``as_completed`` asks: a pending
+    # future is one small object, so 10,000 of them give the garbage collector little to walk.
+    __slots__ = ("_done_callbacks", "_exception", "_result", "_state", "_w", "since")
+    _condition = _SHARED
 
     def __init__(self) -> None:  # no super().__init__(): that is the condition we avoid
-        self._condition = _SHARED
         self._state = PENDING
         self._result = None
         self._exception = None
-        self._waiters: list[Any] = []
+        self._w: list[Any] | None = None
         self._done_callbacks: list[Any] = []
+        self.since = 0.0
+
+    @property
+    def _waiters(self) -> list[Any]:  # type: ignore[override]
+        w = self._w
+        if w is None:
+            w = self._w = []
+        return w
 
     def _wait_done(self, timeout: float | None) -> None:
         """Under the condition: return once final; ``TimeoutError`` past ``timeout``."""
@@ -80,7 +90,7 @@ def resolve_many(pairs: Iterable[tuple[cf.Future[T], T]]) -> None:
             elif f._state == PENDING:
                 f._result = value
                 f._state = FINISHED
-                for w in f._waiters:
+                for w in f._w or ():  # type: ignore[attr-defined]
                     w.add_result(f)
                 ours.append(f)
         if ours:

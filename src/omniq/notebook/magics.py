@@ -51,6 +51,7 @@ from IPython.core.magic_arguments import (
 )
 from IPython.utils.process import arg_split
 
+from .._futures import bulk
 from ..core import OmniQ, TaskHandle
 from ..errors import ConfigError, SerializationError
 from ..models import TaskResult, TaskStatus
@@ -734,12 +735,13 @@ class OmniQMagics(Magics):
         from .widgets import Progress
 
         if grid is not None:
-            sw = CellSweep.start(oq, call, grid, name=name, identity=cell_identity(source, outs), **options)
-            assert isinstance(sw, CellSweep)
-            sw.outs = tuple(outs)
-            job = _Job(name, sw, outs, sw.progress())
-            _watch_sweep(job, sw)
-            return job
+            with bulk():  # no collector passes while 10,000 points' objects are made
+                sw = CellSweep.start(oq, call, grid, name=name, identity=cell_identity(source, outs), **options)
+                assert isinstance(sw, CellSweep)
+                sw.outs = tuple(outs)
+                job = _Job(name, sw, outs, sw.progress())
+                _watch_sweep(job, sw)
+                return job
         core = oq.core
         (task,) = core.build_tasks(call, [((), {})], **options)
         (fut,) = core.submit_tasks([task])
