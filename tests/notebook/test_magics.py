@@ -440,3 +440,26 @@ def test_usage_errors_name_the_bad_option(bare_magics: Any, line: str, cell: str
     with pytest.raises(UsageError) as info:
         bare_magics.omniq(line, cell)
     assert named in str(info.value)
+
+
+def test_status_shows_last_outcomes_unreachable_storage_and_overruns(tmp_path: Path) -> None:
+    from omniq import OmniQ
+    from omniq.notebook.magics import status_html, status_text
+    from tests import helpers
+
+    with OmniQ(tasks=f"sqlite:///{tmp_path}/st.db", worker="thread", concurrency=1) as oq:
+        oq.schedule(helpers.square, interval=0.1, args=(2,), name="often")
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            h = oq.health()
+            if any(s["last_outcome"] == "succeeded" for s in h["schedules"]):
+                break
+            time.sleep(0.05)
+    assert "often active" in status_text(h) and "last succeeded" in status_text(h)
+    assert "last succeeded" in status_html(h)
+    h["storage"]["results"] = {"url": "redis://h:1/0", "ok": False, "error": "ConnectionError: refused"}
+    h["leases_overrun"] = [{"task_id": "t", "queue": "q", "worker": "w", "at": 0.0, "outcome": "requeued"}]
+    text, page = status_text(h), status_html(h)
+    assert "storage unreachable: results redis://h:1/0: ConnectionError: refused" in text
+    assert "leases overrun in the last hour: 1" in text
+    assert "redis://h:1/0 unreachable" in page and "leases overrun" in page

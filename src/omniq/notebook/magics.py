@@ -1033,7 +1033,15 @@ def status_text(health: Mapping[str, Any]) -> str:
     schedules = health.get("schedules") or []
     lines.append(f"schedules: {len(schedules)}")
     for s in schedules:
-        lines.append(f"  {s.get('name')} {'paused' if s.get('paused') else 'active'} next {s.get('next_run')}")
+        lines.append(f"  {s.get('name')} {'paused' if s.get('paused') else 'active'} next {s.get('next_run')}"
+                     f" last {s.get('last_outcome') or '-'}")
+    down = [f"{part} {p.get('url')}: {p.get('error')}" for part, p in (health.get("storage") or {}).items()
+            if not p.get("ok", True)]
+    if down:
+        lines.append("storage unreachable: " + "; ".join(down))
+    overrun = health.get("leases_overrun") or []
+    if overrun:
+        lines.append(f"leases overrun in the last hour: {len(overrun)}")
     return "\n".join(lines)
 
 
@@ -1061,8 +1069,16 @@ def status_html(health: Mapping[str, Any]) -> str:
     out.append(f"<b>Schedules</b> ({len(schedules)})<table>")
     for s in schedules:
         out.append(f"<tr><td>{e(str(s.get('name')))}</td><td>{'paused' if s.get('paused') else 'active'}</td>"
-                   f"<td>next {e(str(s.get('next_run')))}</td></tr>")
-    out.append("</table></div>")
+                   f"<td>next {e(str(s.get('next_run')))}</td><td>last {e(str(s.get('last_outcome') or '-'))}</td></tr>")
+    out.append("</table>")
+    for part, p in (health.get("storage") or {}).items():
+        if not p.get("ok", True):
+            out.append(f'<div style="color:#b00">{e(part)} storage {e(str(p.get("url")))} unreachable: '
+                       f"{e(str(p.get('error')))}</div>")
+    overrun = health.get("leases_overrun") or []
+    if overrun:
+        out.append(f"<div>leases overrun in the last hour: {len(overrun)} (worker died or hung)</div>")
+    out.append("</div>")
     return "".join(out)
 
 
