@@ -15,7 +15,15 @@ from omniq.storage import sqlite as sqlite_module
 from omniq.storage.base import EventStore, ResultStore, TaskQueue
 from omniq.storage.urls import open_backends
 
-from .test_fsspec import moto_s3, s3_env  # noqa: F401  (fixtures for the s3:// URL)
+from .test_fsspec import (  # noqa: F401  (fixtures for the s3://, gs:// and abfs:// URLs)
+    azurite,
+    azurite_endpoint,
+    cloud_storage_options,
+    gcs_env,
+    gcs_server,
+    moto_s3,
+    s3_env,
+)
 
 #: Backends that hold a task queue (they also run the result and event parts).
 TASK_QUEUE_URLS = [
@@ -26,8 +34,14 @@ TASK_QUEUE_URLS = [
     "file://{tmp}/fq",
 ]
 #: Backends run here for their results and events only (object stores cannot hold a task
-#: queue). ``s3://`` runs against a real S3-compatible server (moto) on loopback.
-RESULT_EVENT_ONLY_URLS: list[str] = ["memory://bucket{tmp}", "s3://omniq-test{tmp}"]
+#: queue). Each object store runs against a real server on loopback: ``s3://`` on moto,
+#: ``gs://`` on gcp-storage-emulator, ``abfs://`` on Azurite (skipped without node and npm).
+RESULT_EVENT_ONLY_URLS: list[str] = [
+    "memory://bucket{tmp}",
+    "s3://omniq-test{tmp}",
+    "gs://omniq-test{tmp}",
+    "abfs://omniq-test{tmp}",
+]
 
 RESULT_STORE_URLS = TASK_QUEUE_URLS + RESULT_EVENT_ONLY_URLS
 EVENT_STORE_URLS = TASK_QUEUE_URLS + RESULT_EVENT_ONLY_URLS
@@ -40,10 +54,14 @@ def shares_storage(url: str) -> bool:
     return url not in PRIVATE_URLS
 
 
-def _url(template: str, tmp: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> str:
+def _url(
+    template: str, tmp: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> str:
     url = template.format(tmp=tmp)
     if url.startswith("s3://"):
         request.getfixturevalue("s3_env")  # starts the loopback S3 server, sets AWS_* for it
+    if url.startswith("gs://"):
+        request.getfixturevalue("gcs_env")  # the GCS emulator, STORAGE_EMULATOR_HOST for it
     if url.endswith("#no-returning"):
         monkeypatch.setattr(sqlite_module, "HAS_RETURNING", False)
         url = url.removesuffix("#no-returning")
@@ -75,7 +93,8 @@ async def results(
     request: pytest.FixtureRequest, url_of: Callable[[str], str]
 ) -> AsyncIterator[ResultStore]:
     url = url_of(request.param)
-    _, store, _ = open_backends("memory://", url, url)
+    options = cloud_storage_options(url.split("://")[0], request)  # Azurite's connection
+    _, store, _ = open_backends("memory://", url, url, storage_options=options)
     await store.connect()
     try:
         yield store
@@ -88,7 +107,8 @@ async def events(
     request: pytest.FixtureRequest, url_of: Callable[[str], str]
 ) -> AsyncIterator[EventStore]:
     url = url_of(request.param)
-    _, _, store = open_backends("memory://", url, url)
+    options = cloud_storage_options(url.split("://")[0], request)
+    _, _, store = open_backends("memory://", url, url, storage_options=options)
     await store.connect()
     try:
         yield store

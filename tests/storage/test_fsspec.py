@@ -1,13 +1,18 @@
-"""FsspecBackend (results, events) on file://, memory:// and a real S3 protocol server (moto),
+"""FsspecBackend (results, events) on file://, memory:// and real protocol servers on loopback:
+S3 (moto), Google Cloud Storage (gcp-storage-emulator) and Azure Blob Storage (Azurite, from npm);
 and the file:// task queue, including 4 OS processes racing for claims.
 
 Helpers other suites may import: ``moto_server`` (start an S3-compatible server on loopback),
-the ``moto_s3`` / ``s3_env`` fixtures and ``fsspec_url(kind, tmp_path)``.
+``gcs_emulator`` and ``azurite_server`` likewise, the ``moto_s3`` / ``s3_env``, ``gcs_server`` /
+``gcs_env`` and ``azurite`` fixtures, ``fsspec_url(kind, tmp_path)`` and
+``cloud_storage_options(kind, request)``.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import os
 import shutil
 import socket
@@ -15,6 +20,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -32,6 +38,7 @@ from omniq.storage.base import TaskQueue, WorkerInfo
 from omniq.storage.fsspec import (
     FileTaskQueueBackend,
     FsspecBackend,
+    bucket_missing,
     decode_name,
     encode_name,
     explain,
@@ -39,6 +46,7 @@ from omniq.storage.fsspec import (
     no_task_queue_message,
     open_fsspec,
     parse_key_marker,
+    scrub,
 )
 
 BUCKET = "omniq-test"
@@ -117,23 +125,235 @@ def s3_env(moto_s3: str, monkeypatch: pytest.MonkeyPatch) -> str:
     return moto_s3
 
 
+# --------------------------------------------------------------------------------------------
+# A Google Cloud Storage emulator on loopback (pure Python, from PyPI)
+# --------------------------------------------------------------------------------------------
+def _wait_http(url: str, proc: subprocess.Popen[Any], what: str, timeout: float = 30) -> None:
+    """Until ``url`` answers anything over HTTP (an error status counts: it is up)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=1).close()
+            return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{what} did not start") from None
+            time.sleep(0.05)
+
+
+def _stop(proc: subprocess.Popen[Any]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+#: The emulator serves one connection at a time (a plain ``http.server.HTTPServer``, which is
+#: also what keeps its in-memory store consistent) with a listen backlog of 5: the 64 parallel
+#: requests of a many-object write overflow it and the dropped connections wait for TCP's
+#: SYN retry (1 s, 3 s, ...). A longer backlog queues them instead.
+_GCS_EMULATOR = textwrap.dedent(
+    """
+    import sys
+    from http import server
+    server.HTTPServer.request_queue_size = 1024
+    from gcp_storage_emulator.__main__ import main
+    main(sys.argv[1:])
+    """
+)
+
+
+@contextlib.contextmanager
+def gcs_emulator(bucket: str = BUCKET) -> Iterator[str]:
+    """Run ``gcp-storage-emulator`` (in memory, with ``bucket``) on a free loopback port; yields
+    its endpoint URL, the value for ``STORAGE_EMULATOR_HOST``."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            _GCS_EMULATOR,
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--in-memory",
+            "-q",
+            "--default-bucket",
+            bucket,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        _wait_http(f"{endpoint}/storage/v1/b/{bucket}", proc, "gcp-storage-emulator")
+        yield endpoint
+    finally:
+        _stop(proc)
+
+
+@pytest.fixture(scope="session")
+def gcs_server() -> Iterator[str]:
+    """A session-wide GCS emulator with the bucket ``omniq-test``; yields its endpoint."""
+    pytest.importorskip("gcsfs", reason="gs:// needs the gcs extra (uv sync --all-extras)")
+    with gcs_emulator() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def gcs_env(gcs_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Point gcsfs at the emulator the standard way (``STORAGE_EMULATOR_HOST``) for one test."""
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_server)
+    return gcs_server
+
+
+# --------------------------------------------------------------------------------------------
+# Azurite (Azure Blob Storage emulator, from the npm registry) on loopback
+# --------------------------------------------------------------------------------------------
+#: Where ``.ci/run`` (or the fixture, the first time) installs Azurite with npm.
+AZURITE_DIR = Path(
+    os.environ.get("OMNIQ_AZURITE_DIR") or Path.home() / ".cache" / "omniq-ci" / "azurite"
+)
+#: The npm package .ci/run installs too: 3.35 is the last Azurite that runs on Node.js 20.
+AZURITE_PACKAGE = "azurite@3.35.0"
+AZURITE_ACCOUNT = "devstoreaccount1"
+#: Azurite's well-known development account key (public, the same in every install).
+AZURITE_KEY = (
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+)
+
+
+def azurite_connection_string(endpoint: str, key: str = AZURITE_KEY) -> str:
+    return (
+        f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={key};"
+        f"BlobEndpoint={endpoint}/{AZURITE_ACCOUNT};"
+    )
+
+
+def azurite_blob_exe() -> str:
+    """The ``azurite-blob`` program: on PATH, or installed under ``AZURITE_DIR`` (with npm,
+    now, if it is not there yet). Skips the test when node or npm is missing."""
+    local = AZURITE_DIR / "node_modules" / ".bin" / "azurite-blob"
+    found = shutil.which("azurite-blob") or (str(local) if local.exists() else None)
+    if shutil.which("node") is None:
+        pytest.skip("Azurite (Azure Blob Storage emulator) needs node, which is not installed")
+    if found:
+        return found
+    npm = shutil.which("npm")
+    if npm is None:
+        pytest.skip("Azurite (Azure Blob Storage emulator) needs npm to install, not installed")
+    AZURITE_DIR.mkdir(parents=True, exist_ok=True)
+    out = subprocess.run(
+        [
+            npm,
+            "install",
+            "--prefix",
+            str(AZURITE_DIR),
+            "--no-audit",
+            "--no-fund",
+            "--loglevel=error",
+            AZURITE_PACKAGE,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if out.returncode != 0 or not local.exists():
+        reason = f"could not install Azurite with npm: {(out.stderr or out.stdout)[-500:]}"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return str(local)
+
+
+@contextlib.contextmanager
+def azurite_server(location: Path, container: str | None = BUCKET) -> Iterator[str]:
+    """Run ``azurite-blob`` on a free loopback port with its data under ``location``; yields
+    the blob endpoint (``http://127.0.0.1:PORT``; the account is ``devstoreaccount1``)."""
+    exe = azurite_blob_exe()
+    port = free_port()
+    args = [
+        exe,
+        "--blobHost",
+        "127.0.0.1",
+        "--blobPort",
+        str(port),
+        "--location",
+        str(location),
+        "--skipApiVersionCheck",
+        "--loose",
+        "--silent",
+    ]
+    help_text = subprocess.run([exe, "--help"], capture_output=True, text=True).stdout
+    if "--disableTelemetry" in help_text:  # no calls home from the tests
+        args.append("--disableTelemetry")
+    log = open(location / "azurite.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        _wait_http(f"{endpoint}/{AZURITE_ACCOUNT}?comp=list", proc, "azurite-blob")
+        if container:
+            import adlfs
+
+            fs = adlfs.AzureBlobFileSystem(
+                connection_string=azurite_connection_string(endpoint), skip_instance_cache=True
+            )
+            fs.mkdir(container)
+        yield endpoint
+    finally:
+        _stop(proc)
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def azurite_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A session-wide Azurite with the container ``omniq-test``; yields its blob endpoint."""
+    pytest.importorskip("adlfs", reason="abfs:// needs the azure extra (uv sync --all-extras)")
+    with azurite_server(tmp_path_factory.mktemp("azurite")) as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def azurite(azurite_endpoint: str) -> str:
+    """The connection string for the session's Azurite (pass it as storage_options)."""
+    return azurite_connection_string(azurite_endpoint)
+
+
 def fsspec_url(kind: str, tmp_path: Path) -> str:
-    """A fresh URL of each kind; s3 needs the ``s3_env`` fixture."""
+    """A fresh URL of each kind; s3, gs and abfs need ``cloud_storage_options``."""
     tag = uuid.uuid4().hex[:10]
     if kind == "file":
         return f"file://{tmp_path}/store-{tag}"
     if kind == "memory":
         return f"memory://omniq-{tag}/prefix"
-    if kind == "s3":
-        return f"s3://{BUCKET}/run-{tag}"
+    if kind in ("s3", "gs", "abfs", "az"):
+        return f"{kind}://{BUCKET}/run-{tag}"
     raise ValueError(kind)
 
 
-@pytest.fixture(params=["file", "memory", "s3"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[FsspecBackend]:
-    if request.param == "s3":
+def cloud_storage_options(kind: str, request: pytest.FixtureRequest) -> dict[str, Any] | None:
+    """Start the loopback server for an object store and return the ``storage_options`` that
+    reach it: S3 and GCS get their endpoints the standard way (``AWS_*`` variables,
+    ``STORAGE_EMULATOR_HOST``), Azure gets a connection string in ``storage_options``."""
+    if kind in ("s3", "s3a"):
         request.getfixturevalue("s3_env")
-    backend = open_fsspec(fsspec_url(request.param, tmp_path))
+    elif kind in ("gs", "gcs"):
+        request.getfixturevalue("gcs_env")
+    elif kind in ("abfs", "az"):
+        return {"connection_string": request.getfixturevalue("azurite")}
+    return None
+
+
+@pytest.fixture(params=["file", "memory", "s3", "gs", "abfs"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[FsspecBackend]:
+    options = cloud_storage_options(request.param, request)
+    backend = open_fsspec(fsspec_url(request.param, tmp_path), options)
     assert isinstance(backend, FsspecBackend)
     await backend.connect()
     try:
@@ -370,7 +590,7 @@ async def test_event_batches_are_read_once(
 ) -> None:
     for i in range(20):
         await store.append_events([ev(f"t{i}", "enqueued", 100.0 + i)])
-    fresh = open_fsspec(store.url)
+    fresh = open_fsspec(store.url, store.storage_options)
     assert isinstance(fresh, FsspecBackend)
     await fresh.connect()
     try:
@@ -482,6 +702,250 @@ async def test_a_write_that_fails_raises(s3_env: str) -> None:
     await b.close()
 
 
+# --------------------------------------------------------------------------------------------
+# Google Cloud Storage and Azure: the same errors, in the same plain words
+# --------------------------------------------------------------------------------------------
+def _sync_fs(kind: str, options: dict[str, Any] | None) -> Any:
+    """A synchronous filesystem on the test server, for setting up and tearing down buckets."""
+    if kind in ("gs", "gcs"):
+        from gcsfs.core import GCSFileSystem  # the plain JSON-API class (see fsspec._gcs_class)
+
+        return GCSFileSystem(token="anon", skip_instance_cache=True)
+    import adlfs
+
+    return adlfs.AzureBlobFileSystem(skip_instance_cache=True, **(options or {}))
+
+
+def _drop_client_retries(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make a refused connection fail at once: gcsfs retries it 6 times over about 30 s and
+    azure-storage-blob 3 times over about a minute, and neither takes a retry setting through
+    ``storage_options`` (s3fs does: see the S3 test above)."""
+    if kind == "gs":
+        import gcsfs.retry
+
+        monkeypatch.setattr(gcsfs.retry, "is_retriable", lambda exc: False)
+        return
+    import adlfs.spec
+    from azure.storage.blob.aio import BlobServiceClient
+
+    def no_retries(connection_string: str) -> Any:
+        return BlobServiceClient.from_connection_string(connection_string, retry_total=0)
+
+    monkeypatch.setattr(
+        adlfs.spec, "_create_aio_blob_service_client_from_connection_string", no_retries
+    )
+
+
+def test_without_node_or_npm_the_azure_tests_skip_saying_why(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    real = shutil.which
+    missing: set[str] = {"node"}
+    monkeypatch.setattr(shutil, "which", lambda n, *a, **k: None if n in missing else real(n))
+    with pytest.raises(pytest.skip.Exception, match="needs node, which is not installed"):
+        azurite_blob_exe()
+    missing = {"npm", "azurite-blob"}
+    monkeypatch.setattr(sys.modules[__name__], "AZURITE_DIR", tmp_path / "none")
+    with pytest.raises(pytest.skip.Exception, match="needs npm"):
+        azurite_blob_exe()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("kind", ["gs", "abfs", "az"])
+async def test_missing_bucket_or_container_is_a_clear_storage_error(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
+    options = cloud_storage_options(kind, request)
+    url = f"{kind}://no-such-bucket-here/prefix"
+    b = FsspecBackend(url, storage_options=options)
+    with pytest.raises(StorageError) as info:
+        await b.connect()
+    msg = str(info.value)
+    word = "bucket" if kind == "gs" else "container"
+    assert (
+        msg == f"cannot connect to {url}: the {word} 'no-such-bucket-here' does not exist: "
+        "create it first"
+    )
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("kind", ["gs", "abfs"])
+async def test_unreachable_gcs_or_azure_endpoint_is_a_clear_storage_error(
+    kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("gcsfs" if kind == "gs" else "adlfs")
+    endpoint = f"http://127.0.0.1:{free_port()}"  # nobody listens
+    _drop_client_retries(kind, monkeypatch)
+    options: dict[str, Any] | None = None
+    if kind == "gs":
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", endpoint)
+    else:
+        options = {"connection_string": azurite_connection_string(endpoint)}
+    b = FsspecBackend(f"{kind}://{BUCKET}/p", storage_options=options)
+    start = time.monotonic()
+    with pytest.raises(StorageError) as info:
+        await b.connect()
+    assert time.monotonic() - start < 10
+    msg = str(info.value)
+    assert msg.startswith(f"cannot connect to {kind}://{BUCKET}/p: cannot reach the endpoint")
+    assert endpoint in msg and AZURITE_KEY not in msg
+
+
+@pytest.mark.anyio
+async def test_wrong_azure_key_is_a_clear_storage_error_without_the_key(
+    azurite_endpoint: str,
+) -> None:
+    wrong = base64.b64encode(b"not the key" * 6).decode()
+    options = {"connection_string": azurite_connection_string(azurite_endpoint, key=wrong)}
+    b = FsspecBackend(f"abfs://{BUCKET}/p", storage_options=options)
+    with pytest.raises(StorageError) as info:
+        await b.connect()
+    msg = str(info.value)
+    assert msg.startswith(f"cannot connect to abfs://{BUCKET}/p: access denied")
+    assert "connection_string, account_key, sas_token" in msg and wrong not in msg
+
+
+def test_secrets_are_scrubbed_from_messages() -> None:
+    conn = azurite_connection_string("http://h:1")
+    text = f"boom {conn} https://a.blob.core.windows.net/c/x?sv=2024&sig=abc%2Fdef&se=1"
+    out = scrub(text, {"connection_string": conn, "token": "anon"})
+    assert AZURITE_KEY not in out and "abc%2Fdef" not in out and "sig=***" in out
+    assert scrub(f"AccountKey={AZURITE_KEY};x") == "AccountKey=***;x"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("kind", ["gs", "abfs"])
+async def test_a_write_to_a_deleted_bucket_raises(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
+    options = cloud_storage_options(kind, request)
+    bucket = f"gone-{uuid.uuid4().hex[:8]}"
+    fs = _sync_fs(kind, options)
+    fs.mkdir(bucket)
+    b = FsspecBackend(f"{kind}://{bucket}/p", storage_options=options)
+    await b.connect()
+    for path in fs.find(bucket):
+        fs.rm_file(path)
+    fs.rmdir(bucket)
+    with pytest.raises(StorageError, match="does not exist: create it first"):
+        await b.put_results([result()])
+    with pytest.raises(StorageError, match="does not exist: create it first"):
+        await b.append_events([ev("a", "enqueued", 1.0)])
+    assert await b.get_result(new_id()) is None  # a read of a missing object is just missing
+    await b.close()
+
+
+@pytest.mark.anyio
+async def test_gcs_endpoint_and_token_in_storage_options(
+    gcs_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+    b = FsspecBackend(
+        f"gs://{BUCKET}/opts", storage_options={"endpoint_url": gcs_server, "token": "anon"}
+    )
+    await b.connect()
+    r = result()
+    await b.put_results([r])
+    assert same(await b.get_result(r.task_id), r)
+    assert b.files.endpoint() == gcs_server
+    await b.close()
+
+
+@pytest.mark.anyio
+async def test_azure_connection_string_from_the_environment(
+    azurite: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite)
+    b = FsspecBackend(f"az://{BUCKET}/env")  # the az:// spelling too
+    await b.connect()
+    r = result(key="k/1")
+    await b.put_results([r])
+    assert same(await b.get_result(r.task_id), r)
+    assert [x.task_id for x in await b.find_results(key_prefix="k/")] == [r.task_id]
+    await b.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("kind", ["gs", "abfs"])
+async def test_objects_are_one_put_each_and_browsable(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """The layout a person sees in the bucket: no directory markers, no temp objects."""
+    options = cloud_storage_options(kind, request)
+    url = fsspec_url(kind, tmp_path)
+    b = FsspecBackend(url, storage_options=options)
+    await b.connect()
+    rs = [result(key=f"exp/{i}", expires_at=time.time() + 3600) for i in range(3)]
+    await b.put_results(rs)
+    await b.append_events([ev(rs[0].task_id, "succeeded", time.time())])
+    await b.close()
+    fs = _sync_fs(kind, options)
+    names = sorted(p[len(b.root) + 1 :] for p in fs.find(b.root))
+    tops = {n.split("/")[0] for n in names}
+    assert tops == {"omniq-layout.json", "events", "expiry", "keys", "results"}
+    assert sum(n.startswith("results/") for n in names) == 3
+    assert not [n for n in names if n.endswith("/") or "tmp" in n]
+
+
+def flaky_point(x: int, marker: str) -> int:
+    """A sweep point that fails for odd ``x`` while ``marker`` exists."""
+    if os.path.exists(marker) and x % 2:
+        raise ValueError(f"x={x} failed")
+    return x * 10
+
+
+_RESUME = textwrap.dedent(
+    """
+    import json, sys
+    from omniq import OmniQ
+    from tests.storage.test_fsspec import flaky_point
+
+    url, options, marker = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+    with OmniQ(tasks="memory://", results=url, events=url, worker="thread", concurrency=2,
+               storage_options=options) as oq:
+        sw = oq.sweep(flaky_point, {"x": range(6), "marker": [marker]}, name="resume")
+        submitted = sw.submitted
+        sw.wait(60)
+        print(json.dumps({"submitted": submitted, "values": sw.values(default=None)}))
+    """
+)
+
+
+@pytest.mark.parametrize("kind", ["s3", "gs", "abfs"])
+def test_a_sweep_resumes_from_results_in_a_fresh_process(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    from omniq import OmniQ
+
+    options = cloud_storage_options(kind, request)
+    url = fsspec_url(kind, tmp_path)
+    marker = tmp_path / "fail-odd"
+    marker.touch()
+    grid = {"x": range(6), "marker": [str(marker)]}
+    with OmniQ(
+        tasks="memory://",
+        results=url,
+        events=url,
+        worker="thread",
+        concurrency=2,
+        storage_options=options,
+    ) as oq:
+        first = oq.sweep(flaky_point, grid, name="resume").wait(60)
+        assert first.counts() == {"succeeded": 3, "failed": 3}
+    marker.unlink()
+    # a new process, a new (empty) task queue: only the results under the URL are shared
+    out = subprocess.run(
+        [sys.executable, "-c", _RESUME, url, json.dumps(options or {}), str(marker)],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got == {"submitted": 3, "values": [0, 10, 20, 30, 40, 50]}
+
+
 @pytest.mark.anyio
 async def test_local_directory_that_cannot_be_written(tmp_path: Path) -> None:
     ro = tmp_path / "ro"
@@ -508,15 +972,44 @@ def test_errors_in_plain_words() -> None:
     assert explain(refused, endpoint="http://h:1").startswith(
         "cannot reach the endpoint http://h:1"
     )
+    no_container = Exception("The specified container does not exist.\nRequestId:1\nTime:x")
+    assert explain(no_container, bucket="c", protocol="abfs") == (
+        "the container 'c' does not exist: create it first"
+    )
+    denied = OSError("Forbidden: https://storage.googleapis.com/b/o\nno access")
+    assert "service account" in explain(denied, protocol="gs")
+    # a missing object is not a missing bucket, whatever the bucket is called
+    assert not bucket_missing(FileNotFoundError("http://h/download/storage/v1/b/my-bucket/o/x"))
 
 
 @pytest.mark.parametrize(
-    ("url", "package"),
-    [("gs://b/p", "gcsfs"), ("gcs://b/p", "gcsfs"), ("abfs://c/p", "adlfs"), ("az://c/p", "adlfs")],
+    ("url", "package", "extra"),
+    [
+        ("gs://b/p", "gcsfs", "gcs"),
+        ("gcs://b/p", "gcsfs", "gcs"),
+        ("abfs://c/p", "adlfs", "azure"),
+        ("az://c/p", "adlfs", "azure"),
+    ],
 )
-def test_missing_filesystem_package_is_a_config_error(url: str, package: str) -> None:
-    with pytest.raises(ConfigError, match=f"needs the {package} package"):
+def test_missing_filesystem_package_is_a_config_error(
+    url: str, package: str, extra: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib
+
+    from omniq.storage.urls import open_backends
+
+    registry = importlib.import_module("fsspec.registry")  # the module, not fsspec.registry
+
+    # as if the extra were not installed: the import fails, fsspec has not registered it
+    monkeypatch.setitem(sys.modules, package, None)
+    protocol = url.split("://")[0]
+    monkeypatch.delitem(registry._registry, protocol, raising=False)
+    with pytest.raises(ConfigError, match=f"needs the {package} package") as info:
         open_fsspec(url)
+    assert f"pip install 'omniq[{extra}]'" in str(info.value)
+    with pytest.raises(ConfigError, match=package) as info:
+        open_backends("memory://", url)
+    assert f"pip install 'omniq[{extra}]'" in str(info.value)
 
 
 @pytest.mark.parametrize("url", ["nope://x", "s3://", "memory://", "/plain/path"])
@@ -1046,5 +1539,33 @@ async def test_s3_reads_are_one_request_per_result(s3_env: str, tmp_path: Path) 
         calls.clear()
         assert len(await b.find_results(key_prefix="k/")) == 5
         assert calls.count("get_object") == 5 and "head_object" not in calls
+    finally:
+        await b.close()
+
+
+@pytest.mark.anyio
+async def test_gcs_reads_are_one_request_per_result(gcs_env: str, tmp_path: Path) -> None:
+    b = FsspecBackend(fsspec_url("gs", tmp_path))
+    await b.connect()
+    try:
+        rs = [result(key=f"k/{i}") for i in range(5)]
+        await b.put_results(rs)
+        fs = cast(Any, b.files).fs  # the gcsfs filesystem behind the backend
+        calls: list[tuple[str, str]] = []
+        real = fs._call
+
+        async def spy(method: str, path: str, *a: Any, **kw: Any) -> Any:
+            calls.append((method, path))
+            return await real(method, path, *a, **kw)
+
+        fs._call = spy
+        assert await b.get_result(rs[0].task_id) is not None
+        assert [m for m, _ in calls] == ["GET"]
+        calls.clear()
+        assert len(await b.get_results([r.task_id for r in rs])) == 5
+        assert [m for m, _ in calls] == ["GET"] * 5
+        calls.clear()
+        assert len(await b.find_results(key_prefix="k/")) == 5
+        assert len(calls) == 6  # one listing of keys/k/, then one GET per result
     finally:
         await b.close()

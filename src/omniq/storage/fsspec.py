@@ -1,10 +1,15 @@
 """Results and events on any fsspec filesystem, and a task queue on a shared POSIX directory.
 
 URLs: ``file:///dir``, ``memory://bucket/prefix``, ``s3://bucket/prefix`` (s3fs; the endpoint comes
-from ``AWS_ENDPOINT_URL`` or ``storage_options``), ``gs://`` (gcsfs), ``abfs://`` / ``az://``
-(adlfs). ``open_fsspec(url, storage_options)`` returns a ``FileTaskQueueBackend`` (results, events
-*and* tasks) for ``file://`` and an ``FsspecBackend`` (results and events only) for the rest:
-an object store has no atomic claim, so it cannot hold a task queue (``can_hold_tasks``).
+from ``AWS_ENDPOINT_URL`` or ``storage_options``), ``gs://bucket/prefix`` (gcsfs, extra ``gcs``;
+an emulator from ``STORAGE_EMULATOR_HOST`` or ``endpoint_url``), ``abfs://container/prefix`` /
+``az://`` (adlfs, extra ``azure``; the account from ``storage_options`` such as
+``connection_string``, or the ``AZURE_STORAGE_*`` variables). Error messages name the URL with
+its password masked and never quote a key, SAS token or connection string.
+
+``open_fsspec(url, storage_options)`` returns a ``FileTaskQueueBackend`` (results, events *and*
+tasks) for ``file://`` and an ``FsspecBackend`` (results and events only) for the rest: an object
+store has no atomic claim, so it cannot hold a task queue (``can_hold_tasks``).
 
 Layout under the URL's prefix, chosen so a person can browse it and every hot read is one
 request::
@@ -46,6 +51,7 @@ import os
 import re
 import secrets
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, ClassVar, NamedTuple, TypeVar
@@ -92,11 +98,11 @@ LAYOUT_VERSION = 1
 _PACKAGES: dict[str, tuple[str, str]] = {
     "s3": ("s3fs", "pip install 'omniq[s3]'"),
     "s3a": ("s3fs", "pip install 'omniq[s3]'"),
-    "gs": ("gcsfs", "pip install gcsfs"),
-    "gcs": ("gcsfs", "pip install gcsfs"),
-    "abfs": ("adlfs", "pip install adlfs"),
-    "abfss": ("adlfs", "pip install adlfs"),
-    "az": ("adlfs", "pip install adlfs"),
+    "gs": ("gcsfs", "pip install 'omniq[gcs]'"),
+    "gcs": ("gcsfs", "pip install 'omniq[gcs]'"),
+    "abfs": ("adlfs", "pip install 'omniq[azure]'"),
+    "abfss": ("adlfs", "pip install 'omniq[azure]'"),
+    "az": ("adlfs", "pip install 'omniq[azure]'"),
 }
 
 _results_enc = msgspec.msgpack.Encoder()
@@ -253,8 +259,42 @@ def _names(exc: BaseException) -> set[str]:
     return {c.__name__ for c in type(exc).__mro__}
 
 
+#: Protocols whose top-level namespace is a "container" (Azure), not a "bucket".
+_CONTAINER_PROTOCOLS = frozenset({"abfs", "abfss", "az"})
+#: What a person sets to give each store credentials, for the "access denied" message.
+_CREDENTIALS_HINT = {
+    "gs": "a service account (GOOGLE_APPLICATION_CREDENTIALS) or token in storage_options",
+    "abfs": "connection_string, account_key, sas_token or a credential in storage_options",
+}
+_CREDENTIALS_HINT["gcs"] = _CREDENTIALS_HINT["gs"]
+for _p in ("abfss", "az"):
+    _CREDENTIALS_HINT[_p] = _CREDENTIALS_HINT["abfs"]
+
+
+class BucketMissing(FileNotFoundError):
+    """A write was refused because the bucket (or Azure container) itself does not exist."""
+
+
+def bucket_missing(exc: BaseException) -> bool:
+    """True when ``exc`` says the bucket/container is missing, not just one object."""
+    if isinstance(exc, BucketMissing):
+        return True
+    text = str(exc)
+    return (
+        "NoSuchBucket" in text
+        or "ContainerNotFound" in text
+        or "specified bucket does not exist" in text.lower()
+        or "specified container does not exist" in text.lower()
+    )
+
+
 def explain(
-    exc: BaseException, *, bucket: str = "", endpoint: str | None = None, local: bool = False
+    exc: BaseException,
+    *,
+    bucket: str = "",
+    endpoint: str | None = None,
+    local: bool = False,
+    protocol: str = "",
 ) -> str:
     """A sentence saying what went wrong, for a person who has to fix it."""
     names = _names(exc)
@@ -267,30 +307,75 @@ def explain(
         if isinstance(exc, OSError) and exc.errno == errno.EROFS:
             return f"the file system is read-only ({text})"
         return f"{type(exc).__name__}: {text}"
+    text = text.split("\nRequestId:", 1)[0].strip()  # Azure appends request ids and times
     if "NoCredentialsError" in names or "PartialCredentialsError" in names:
         return (
             "no credentials found (set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, a profile, "
             f"or key/secret in storage_options): {text}"
         )
-    if isinstance(exc, PermissionError) or "AccessDenied" in text:
+    if "CredentialUnavailableError" in names or text.startswith("DefaultAzureCredential failed"):
+        first = text.split("\n", 1)[0]
         return (
-            "access denied: check the credentials (access key and secret) and that they may "
-            f"write here: {text}"
+            "no credentials found (give connection_string, account_key or sas_token in "
+            f"storage_options, or sign in for DefaultAzureCredential): {first}"
         )
-    if isinstance(exc, FileNotFoundError) and "bucket" in text.lower():
-        return f"the bucket {bucket!r} does not exist: create it first"
+    if (
+        isinstance(exc, PermissionError)
+        or "AccessDenied" in text
+        or "ClientAuthenticationError" in names
+        or text.startswith(("Forbidden", "Server failed to authenticate"))
+        or "Invalid Credentials" in text
+    ):
+        how = _CREDENTIALS_HINT.get(protocol, "the access key and secret")
+        return f"access denied: check the credentials ({how}) and that they may write here: {text}"
+    word = "container" if protocol in _CONTAINER_PROTOCOLS else "bucket"
+    if bucket_missing(exc) or (isinstance(exc, FileNotFoundError) and "bucket" in text.lower()):
+        return f"the {word} {bucket!r} does not exist: create it first"
     if names & {
         "EndpointConnectionError",
         "ConnectTimeoutError",
         "ClientConnectorError",
         "ServerTimeoutError",
         "ConnectionError",
+        "ServiceRequestError",  # azure-core: the request never got an answer
         "gaierror",
         "TimeoutError",
     }:
         where = f" {endpoint}" if endpoint else ""
         return f"cannot reach the endpoint{where}: {text}"
     return f"{type(exc).__name__}: {text}"
+
+
+_SECRET_OPTIONS = frozenset(
+    {
+        "key",
+        "secret",
+        "token",
+        "password",
+        "account_key",
+        "sas_token",
+        "connection_string",
+        "client_secret",
+        "credential",
+        "session_token",
+    }
+)
+_SECRET_PATTERNS = [
+    (re.compile(r"(AccountKey=)[^;\s]+", re.IGNORECASE), r"\1***"),
+    (re.compile(r"(SharedAccessSignature=)[^;\s]+", re.IGNORECASE), r"\1***"),
+    (re.compile(r"([?&]sig=)[^&\s'\"]+", re.IGNORECASE), r"\1***"),
+]
+
+
+def scrub(text: str, storage_options: dict[str, Any] | None = None) -> str:
+    """``text`` without secrets: values of secret ``storage_options`` and the secret parts of
+    Azure connection strings and SAS URLs."""
+    for name, value in (storage_options or {}).items():
+        if name.lower() in _SECRET_OPTIONS and isinstance(value, str) and len(value) >= 6:
+            text = text.replace(value, "***")
+    for pattern, repl in _SECRET_PATTERNS:
+        text = pattern.sub(repl, text)
+    return text
 
 
 # --------------------------------------------------------------------------------------------
@@ -585,13 +670,25 @@ class _AsyncFiles(_Files):
                 await creator.__aexit__(None, None, None)
             self.fs._s3 = None
             return
-        session = getattr(self.fs, "session", None)  # gcsfs: an aiohttp session
-        closer = getattr(session, "close", None)
-        if closer is not None:
+        # gcsfs: an aiohttp session (its ``session`` property raises before the first request);
+        # adlfs: an async BlobServiceClient (and maybe a credential) that own aiohttp sessions
+        for attr in ("_session", "service_client", "credential"):
+            closer = getattr(getattr(self.fs, attr, None), "close", None)
+            if closer is not None:
+                with contextlib.suppress(Exception):
+                    res = closer()
+                    if hasattr(res, "__await__"):
+                        await res
+        if getattr(self.fs, "_session", None) is not None:
+            self.fs._session = None
+        # Closed: their at-exit finalizers have nothing left to do. adlfs's would call
+        # ``fsspec.asyn.sync(None, ...)`` for an asynchronous instance and print a traceback at
+        # interpreter exit (and they keep the instance alive until then).
+        registry = getattr(weakref.finalize, "_registry", {})
+        for fin, info in list(registry.items()):
             with contextlib.suppress(Exception):
-                res = closer()
-                if hasattr(res, "__await__"):
-                    await res
+                if info.weakref() is self.fs:
+                    fin.detach()
 
     def endpoint(self) -> str | None:
         url = getattr(self.fs, "endpoint_url", None)
@@ -599,15 +696,30 @@ class _AsyncFiles(_Files):
             return str(url)
         client = getattr(self.fs, "_s3", None)
         host = getattr(getattr(client, "_endpoint", None), "host", None)
-        return str(host) if host else os.environ.get("AWS_ENDPOINT_URL")
+        if host:
+            return str(host)
+        if getattr(type(self.fs), "_location", None) is not None:  # gcsfs (a property)
+            with contextlib.suppress(Exception):
+                return str(self.fs._location)
+        url = getattr(getattr(self.fs, "service_client", None), "url", None)  # adlfs
+        if url:
+            return str(url).split("?", 1)[0]  # never a SAS token
+        return os.environ.get("AWS_ENDPOINT_URL")
+
+    async def _pipe(self, path: str, data: bytes) -> None:
+        try:
+            await self.fs._pipe_file(path, data)
+        except FileNotFoundError as exc:
+            # a PUT finds no object to miss: a 404 means the bucket (container) is not there
+            raise BucketMissing(errno.ENOENT, f"no bucket for {path}: {exc}") from exc
 
     async def put(self, path: str, data: bytes) -> None:
-        await self.fs._pipe_file(path, data)
+        await self._pipe(path, data)
 
     async def put_chains(self, chains: Sequence[Sequence[tuple[str, bytes]]]) -> None:
         async def chain(c: Sequence[tuple[str, bytes]]) -> None:
             for p, d in c:
-                await self.fs._pipe_file(p, d)
+                await self._pipe(p, d)
 
         await _bounded(chain, chains, CONCURRENCY)
 
@@ -616,7 +728,7 @@ class _AsyncFiles(_Files):
             data: bytes = await self.fs._cat_file(path, **self._cat_kw)
             return data
         except FileNotFoundError as exc:
-            if "bucket" in str(exc).lower():  # the bucket is gone, not the object
+            if bucket_missing(exc):  # the bucket is gone, not the object
                 raise
             return None
 
@@ -643,7 +755,7 @@ class _AsyncFiles(_Files):
         try:
             found = await self.fs._find(path)
         except FileNotFoundError as exc:
-            if "bucket" in str(exc).lower():
+            if bucket_missing(exc):
                 raise
             return []
         return [p for p in found if p != path]
@@ -708,6 +820,34 @@ def filesystem_class(protocol: str, url: str = "") -> Any:
         ) from exc
 
 
+def _gcs_emulator(opts: dict[str, Any]) -> str | None:
+    """The GCS emulator (or other non-Google endpoint) in use, if any."""
+    if opts.get("endpoint_url"):
+        return str(opts["endpoint_url"])
+    env = os.environ.get("STORAGE_EMULATOR_HOST", "")
+    return env if env not in ("", "default") else None
+
+
+def _gcs_class(cls: Any, opts: dict[str, Any]) -> Any:
+    """The gcsfs class to use, and the emulator defaults in ``opts``.
+
+    Against an emulator (``STORAGE_EMULATOR_HOST`` or ``endpoint_url``) this is gcsfs's plain
+    JSON-API ``GCSFileSystem``: its default subclass (gcsfs >= 2025.x) first asks the gRPC
+    storage-control API for each bucket's layout, which emulators do not serve, and retries that
+    for a minute per operation. Like Google's own client, an emulator set through the
+    environment gets anonymous credentials unless a ``token`` is given.
+    """
+    if _gcs_emulator(opts) is None:
+        return cls
+    if os.environ.get("STORAGE_EMULATOR_HOST") and "endpoint_url" not in opts:
+        opts.setdefault("token", "anon")
+    try:
+        from gcsfs.core import GCSFileSystem
+    except ImportError:  # an older gcsfs: its only class is the plain one
+        return cls
+    return GCSFileSystem if issubclass(cls, GCSFileSystem) else cls
+
+
 def no_task_queue_message(url: str) -> str:
     """Why an object-store URL cannot be a task queue, and what to use instead."""
     scheme = url.split("://", 1)[0] if "://" in url else url
@@ -752,19 +892,26 @@ class FsspecBackend(ResultStore, EventStore):
         cls = filesystem_class(loc.protocol, self.url)
         is_async = bool(getattr(cls, "async_impl", False))
         # Our own instance (no sharing across event loops) and no listing cache (other
-        # processes write here too); the caller's storage_options win over everything else.
+        # processes write here too); what the URL says (an Azure account in
+        # abfs://container@account.dfs.core.windows.net) comes next, and the caller's
+        # storage_options win over everything else.
         opts: dict[str, Any] = {"skip_instance_cache": True, "use_listings_cache": False}
         if is_async:
             opts["asynchronous"] = True
+        with contextlib.suppress(Exception):
+            opts.update(cls._get_kwargs_from_urls(self.url))
         opts.update(self.storage_options)
         if loc.protocol in ("s3", "s3a"):  # enough pooled connections for CONCURRENCY
             cfg = dict(opts.get("config_kwargs") or {})
             cfg.setdefault("max_pool_connections", CONCURRENCY)
             opts["config_kwargs"] = cfg
+        if loc.protocol in ("gs", "gcs"):
+            cls = _gcs_class(cls, opts)
         try:
             fs = cls(**opts)
         except Exception as exc:
-            raise StorageError(f"cannot open {masked(self.url)}: {explain(exc)}") from exc
+            why = scrub(explain(exc, protocol=loc.protocol), self.storage_options)
+            raise StorageError(f"cannot open {masked(self.url)}: {why}") from exc
         if is_async:
             return _AsyncFiles(fs)
         return _SyncFiles(fs, threaded=loc.protocol != "memory")
@@ -811,9 +958,15 @@ class FsspecBackend(ResultStore, EventStore):
         bucket = self.root.strip("/").split("/")[0]
         endpoint = self._files.endpoint() if self._files is not None else None
         unwritable = self.location.local and isinstance(exc, OSError) and exc.errno in _UNWRITABLE
+        why = explain(
+            exc,
+            bucket=bucket,
+            endpoint=endpoint,
+            local=self.location.local,
+            protocol=self.location.protocol,
+        )
         return (StorageUnwritable if unwritable else StorageError)(
-            f"cannot {action} {masked(self.url)}: "
-            + explain(exc, bucket=bucket, endpoint=endpoint, local=self.location.local)
+            f"cannot {action} {masked(self.url)}: " + scrub(why, self.storage_options)
         )
 
     async def _guard(self, action: str, aw: Awaitable[R]) -> R:
