@@ -51,7 +51,7 @@ def main() -> None:
     ap.add_argument("--points", type=int, default=10_000)
     ap.add_argument("--reps", type=int, default=3)
     args = ap.parse_args()
-    side = int(round(args.points ** 0.5))
+    side = round(args.points ** 0.5)
     work = Path(tempfile.mkdtemp(prefix="omniq-nb-bench-"))
     km, kc = start_new_kernel(cwd=str(work))
     try:

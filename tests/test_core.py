@@ -378,3 +378,117 @@ def test_a_handle_kept_past_close_still_gets_its_result(tmp_path):
         assert worker.get_result(h.id, wait=True, timeout=30).value == 49
     assert h.result(timeout=30) == 49  # producer is closed: the handle reads storage
     producer.close()
+
+
+CLOSE_RACE = """
+import faulthandler, sys, threading, time
+faulthandler.enable()
+sys.path.insert(0, sys.argv[2])
+from omniq import OmniQ
+from tests import helpers
+
+oq = OmniQ(tasks=sys.argv[1], concurrency=0)
+oq.open()
+returned, errors = [], []
+
+def producer():
+    for i in range(300):
+        try:
+            returned.append(oq.enqueue(helpers.square, args=(i,)))
+        except Exception as exc:  # a clear error is allowed; a crash or a silent loss is not
+            errors.append(repr(exc))
+
+threads = [threading.Thread(target=producer) for _ in range(4)]
+for t in threads:
+    t.start()
+time.sleep(0.05)
+oq.close()  # while the producers are mid-enqueue (they reopen it as they go on)
+for t in threads:
+    t.join()
+oq.close()
+print(len(returned), len(set(returned)), len(errors))
+print(",".join(returned))
+"""
+
+
+def test_closing_while_threads_enqueue_neither_crashes_nor_loses_or_duplicates(tmp_path):
+    import sqlite3
+
+    db = tmp_path / "race.db"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    p = subprocess.run([sys.executable, "-c", CLOSE_RACE, f"sqlite:///{db}", root],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-3000:]  # (a segfault was -11)
+    counts, ids = p.stdout.splitlines()
+    n, unique, errors = map(int, counts.split())
+    assert n == unique and n + errors == 1200
+    stored = {r[0] for r in sqlite3.connect(db).execute("SELECT id FROM omniq_tasks")}
+    assert stored == set(ids.split(","))  # every returned id stored, nothing stored unreturned
+
+
+def test_threads_handing_over_batches_never_stop_the_result_pickup(tmp_path):
+    url = f"sqlite:///{tmp_path}/pick.db"
+    with OmniQ(tasks=url, concurrency=0) as oq:
+        stop = time.monotonic() + 2.0
+
+        def producer() -> None:
+            while time.monotonic() < stop:
+                oq.map(helpers.square, range(200))  # handles dropped at once
+
+        threads = [threading.Thread(target=producer) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        crashed = [t for t in oq.core._bg if t.done()]
+        assert not crashed, [t.exception() for t in crashed]
+        kept = oq.handle(oq.enqueue(helpers.square, args=(6,), priority=10))  # runs first
+        with OmniQ(tasks=url, worker="thread", concurrency=1):
+            assert kept.result(timeout=60) == 36  # seen by this instance's pickup loop
+
+
+def test_a_flush_cut_short_loses_no_task(tmp_path):
+    """A caller that gives up waiting (a timeout around flush(), an enqueue cancelled by its
+    task) must not take the batch it was storing down with it."""
+    async def main() -> None:
+        async with AsyncOmniQ(tasks=f"sqlite:///{tmp_path}/cut.db", concurrency=0) as oq:
+            real = oq._queue.enqueue
+
+            async def slow(tasks):  # a store that takes its time (a far-away server)
+                await asyncio.sleep(0.5)
+                await real(tasks)
+
+            oq._queue.enqueue = slow
+            h = await oq.submit(helpers.square, 3)
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(oq.flush(), 0.1)
+            await oq.flush()
+            assert await oq.status(h.id) == "queued"
+
+    asyncio.run(main())
+
+
+def test_a_callback_on_a_dropped_handle_still_runs(tmp_path):
+    seen: list[int] = []
+    with OmniQ(tasks=f"sqlite:///{tmp_path}/cb.db", worker="thread", concurrency=1) as oq:
+        for i in range(5):
+            oq.submit(helpers.square, i).future.add_done_callback(lambda f: seen.append(f.result().value))
+        import gc
+
+        gc.collect()
+        deadline = time.monotonic() + 30
+        while len(seen) < 5 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert sorted(seen) == [0, 1, 4, 9, 16]
+
+
+def test_a_handle_of_a_closed_instance_waits_without_reopening_its_workers(tmp_path):
+    url = f"sqlite:///{tmp_path}/noreopen.db"
+    oq = OmniQ(tasks=url, worker="thread", concurrency=0)
+    h = oq.submit(helpers.sleep_return, 0.01, "v")
+    oq.close()
+    with pytest.raises(TimeoutError):
+        h.result(timeout=0.5)  # nobody runs it: a timeout, not a reopened instance running it
+    assert not oq.core.is_open
+    with OmniQ(tasks=url, worker="thread", concurrency=1):
+        assert h.result(timeout=30) == "v"

@@ -83,3 +83,42 @@ def test_bulk_pauses_the_collector_and_restores_it():
         assert not gc.isenabled()  # it was off before: it stays off
     finally:
         gc.enable()
+
+
+def test_bulk_from_many_threads_leaves_the_collector_as_it_found_it():
+    import sys
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        def churn() -> None:
+            for _ in range(300):
+                with bulk(), bulk():
+                    pass
+
+        threads = [threading.Thread(target=churn) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(old)
+    assert gc.isenabled()
+
+
+def test_a_pending_future_with_a_callback_outlives_its_last_reference():
+    import weakref
+
+    seen: list[object] = []
+    f = ResultFuture()
+    f.add_done_callback(lambda fut: seen.append(fut.result()))
+    ref = weakref.ref(f)
+    del f
+    gc.collect()
+    f = ref()
+    assert f is not None  # kept alive by its callback until done
+    resolve_many([(f, "x")])
+    assert seen == ["x"]
+    del f
+    gc.collect()
+    assert ref() is None  # done: no longer pinned

@@ -13,6 +13,7 @@ import urllib.request
 import pytest
 
 from omniq import OmniQ
+from omniq.cli import status_report
 
 from . import helpers
 from .servers import redis_server
@@ -83,6 +84,8 @@ def test_a_killed_worker_is_reported_dead_within_a_lease(tmp_path):
             # its task's lease overran: health names it until the hour is up, and it runs again
             over = _wait(lambda: [o for o in oq.health()["leases_overrun"] if o["task_id"] == h.id], 10)
             assert over and over[0]["outcome"] in ("lapsed", "requeued")
+            text = status_report(oq.health())  # `omniq status` with something to report
+            assert "leases overrun in the last hour" in text and h.id in text and "DEAD" in text
             assert _wait(lambda: oq.status(h.id) == "queued", 10)
     finally:
         _stop(w)
@@ -180,3 +183,37 @@ def test_metrics_port_is_checked_at_the_call_site():
     p = subprocess.run([sys.executable, "-m", "omniq.cli", "worker", "--tasks", "memory://", "--metrics-port", "99999"],
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "--metrics-port" in p.stderr and "0-65535" in p.stderr
+
+
+def test_a_metrics_port_in_use_is_a_clear_error_before_any_work(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        p = subprocess.run([sys.executable, "-m", "omniq.cli", "worker", "--tasks", f"sqlite:///{tmp_path}/x.db",
+                            "--metrics-port", str(port)], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and f"--metrics-port {port}" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_the_metrics_endpoint_survives_bad_clients(tmp_path):
+    import socket
+
+    w = _worker(f"sqlite:///{tmp_path}/bad.db", "--metrics-port", "0")
+    try:
+        line = _wait(lambda: next((ln for ln in iter(w.stderr.readline, "") if "metrics on" in ln), None), 30)
+        endpoint = line.split("metrics on ", 1)[1].strip()
+        port = int(endpoint.rsplit(":", 1)[1].split("/")[0])
+        idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(20)]  # say nothing
+        for junk in (b"\x00\xff garbage\r\n\r\n", b"POST /metrics HTTP/1.0\r\n\r\n"):
+            with socket.create_connection(("127.0.0.1", port)) as s:
+                s.sendall(junk)
+                assert s.recv(100).startswith(b"HTTP/1.0 404")
+        for s in idle:
+            s.close()
+        with urllib.request.urlopen(endpoint, timeout=10) as r:
+            assert b"omniq_worker_slots" in r.read()
+        assert w.poll() is None
+    finally:
+        _stop(w)

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 _SHARED = threading.Condition()
+_PINNED: set[cf.Future[Any]] = set()  # pending futures someone registered a callback on
 
 
 class ResultFuture(cf.Future[T]):
@@ -62,13 +63,27 @@ class ResultFuture(cf.Future[T]):
             self._condition.wait(left)
 
     def result(self, timeout: float | None = None) -> T:
-        with self._condition:
-            self._wait_done(timeout)
-            if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
-                raise cf.CancelledError()
-            if self._exception is not None:
-                raise self._exception
-            return self._result  # type: ignore[return-value]
+        try:
+            with self._condition:
+                self._wait_done(timeout)
+                if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
+                    raise cf.CancelledError()
+                if self._exception is not None:
+                    raise self._exception
+                return self._result  # type: ignore[return-value]
+        finally:
+            self = None  # type: ignore[assignment]  # no future <-> traceback cycle (as the stdlib)
+
+    def add_done_callback(self, fn: Any) -> None:
+        """As the stdlib's; and a pending future with a callback is kept alive until it is
+        done (the instance holds futures weakly: only callers who wait keep them)."""
+        if self._state == PENDING:
+            _PINNED.add(self)
+        super().add_done_callback(fn)
+
+    def _invoke_callbacks(self) -> None:
+        _PINNED.discard(self)
+        super()._invoke_callbacks()  # type: ignore[misc]
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         with self._condition:
@@ -108,10 +123,23 @@ def bulk() -> Iterator[None]:
     objects (tasks, futures, handles): otherwise collections keep walking every live object,
     which cost a 10,000-point sweep a third of its submit time. Nothing here makes cycles
     that need collecting; the collector resumes on exit."""
-    was = gc.isenabled()
-    gc.disable()
+    global _bulk_depth, _bulk_restore
+    with _bulk_lock:
+        if _bulk_depth == 0:
+            _bulk_restore = gc.isenabled()
+            gc.disable()
+        _bulk_depth += 1
     try:
         yield
     finally:
-        if was:
-            gc.enable()
+        with _bulk_lock:
+            _bulk_depth -= 1
+            if _bulk_depth == 0 and _bulk_restore:
+                gc.enable()
+
+
+# bulk() is entered from several threads at once (a sweep's follower, the kernel): the
+# outermost one across all threads restores the collector to what it found
+_bulk_lock = threading.Lock()
+_bulk_depth = 0
+_bulk_restore = False

@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .errors import OmniQError
@@ -65,6 +65,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     from .config import configure_logging
     from .core import AsyncOmniQ
+    from .events.metrics import bound_port, open_listener, serve_prometheus
 
     # a worker is a service: its problems (lost connections, dead children) go to stderr
     configure_logging(os.environ.get("OMNIQ_LOG_LEVEL") or "WARNING")
@@ -90,26 +91,32 @@ def cmd_worker(args: argparse.Namespace) -> int:
                         print("omniq worker: stopping now", file=sys.stderr, flush=True)
                         os._exit(1)
 
-        await oq.open()  # outside the task group: a storage error reaches main() as itself
+        # outside the task group, so errors reach main() as themselves: the port first (a port
+        # in use is said before any work), then storage
+        listener = None
+        if args.metrics_port is not None:
+            listener = await open_listener(args.metrics_host, args.metrics_port)
+        await oq.open()
         print(f"omniq worker: {oq.config.default_worker} x{oq.config.concurrency} on "
               f"{_masked(oq.tasks_url)} queues={oq.config.queues or 'all'}", file=sys.stderr, flush=True)
         async with anyio.create_task_group() as tg:
             tg.start_soon(watch_signals)
-            if args.metrics_port is not None:
-                port = await tg.start(_serve_metrics, oq, args.metrics_host, args.metrics_port)
-                print(f"omniq worker: metrics on http://{args.metrics_host}:{port}/metrics",
+            if listener is not None:
+                tg.start_soon(serve_prometheus, _metrics_text(oq), listener)
+                print(f"omniq worker: metrics on http://{args.metrics_host}:{bound_port(listener)}/metrics",
                       file=sys.stderr, flush=True)
-            await stopped.wait()
-            await _graceful(oq)
-            tg.cancel_scope.cancel()
+            try:
+                await stopped.wait()
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await _graceful(oq)
+                tg.cancel_scope.cancel()
 
     anyio.run(main)
     return 0
 
 
-async def _serve_metrics(oq: Any, host: str, port: int, *, task_status: Any) -> None:
-    from .events.metrics import serve_prometheus
-
+def _metrics_text(oq: Any) -> Callable[[], str]:
     def render() -> str:
         w = oq._worker
         gauges = {
@@ -119,7 +126,7 @@ async def _serve_metrics(oq: Any, host: str, port: int, *, task_status: Any) -> 
         }
         return oq.metrics.prometheus(gauges)
 
-    await serve_prometheus(render, host=host, port=port, task_status=task_status)
+    return render
 
 
 async def _graceful(oq: Any) -> None:
@@ -189,9 +196,9 @@ def status_report(h: dict[str, Any]) -> str:
         lines.append("  (none)")
     overrun = h.get("leases_overrun")
     if overrun:
-        lines.append(f"\nleases overrun ({len(overrun)}): worker dead or hung; the task runs again after reaping")
-        lines += [f"  {o['task_id']} queue={o['queue']} worker={o['worker']} by {o['overrun_by']:.1f}s"
-                  for o in overrun]
+        lines.append(f"\nleases overrun in the last hour ({len(overrun)}): the worker died or hung")
+        lines += [f"  {o['task_id']} queue={o['queue']} worker={o['worker'] or '-'} {o['outcome']} "
+                  f"{now - o['at']:.1f}s ago" for o in overrun]
     if h.get("schedules"):
         lines.append("\nschedules:")
         for s in h["schedules"]:

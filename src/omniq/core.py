@@ -167,16 +167,21 @@ class TaskHandle(_HandleBase):
 
     def get(self, timeout: float | None = None) -> TaskResult:
         """The final ``TaskResult`` (whatever its status); ``TimeoutError`` past ``timeout``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        core = self._oq._core
         if not self._future.done():
-            if not self._oq._core.is_open:  # nothing here resolves it now: ask storage (reopens)
-                r = self._oq.get_result(self.id, wait=True, timeout=timeout)
-                assert r is not None
-                return r
-            self._oq._core._poke_pickup()
-        try:
-            return self._future.result(timeout=timeout)
-        except cf.TimeoutError:
-            raise TimeoutError(f"task {self.id} did not finish within {timeout} s") from None
+            core._poke_pickup()
+        while True:
+            if not self._future.done() and not core.is_open:
+                # its instance closed: nothing here resolves the future; read storage instead
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                return _read_result(core, self.id, left)
+            left = None if deadline is None else deadline - time.monotonic()
+            try:
+                return self._future.result(timeout=0.5 if left is None else max(0.0, min(left, 0.5)))
+            except cf.TimeoutError:
+                if left is not None and left <= 0.5:
+                    raise TimeoutError(f"task {self.id} did not finish within {timeout} s") from None
 
     def result(self, timeout: float | None = None) -> Any:
         """The task's value, or ``TaskError`` (remote type, message, traceback) if it did not succeed."""
@@ -532,7 +537,8 @@ class AsyncOmniQ:
                 with contextlib.suppress(IndexError):
                     while len(batch) < 20000:
                         batch.append(pop())
-                await self._store_batch(batch)
+                with anyio.CancelScope(shield=True):  # a cancelled caller must not drop the batch
+                    await self._store_batch(batch)
 
     async def _store_batch(self, batch: list[Task]) -> None:
         err: BaseException | None = None
@@ -646,8 +652,8 @@ class AsyncOmniQ:
         q = self._queue
         lock = self._flush_lock
         if (
-            not self._opened or not q.blocking_enqueue or task.depends_on or self._buffer
-            or lock is None or lock.locked() or threading.get_ident() == self._loop_thread
+            not self._opened or self._closing or not q.blocking_enqueue or task.depends_on
+            or self._buffer or lock is None or lock.locked() or threading.get_ident() == self._loop_thread
         ):
             return False
         serves = self._serves(task.queue)
@@ -659,14 +665,21 @@ class AsyncOmniQ:
         except BaseException:
             self._waiter_meta.pop(task.id, None)
             raise
+        if ready is None:  # the backend is closing: take the loop's way
+            self._waiter_meta.pop(task.id, None)
+            return False
         self._stored_here.append((task, stamp, ready))
         if not self._stored_here_kick:
+            loop = self._loop
+            assert loop is not None
             self._stored_here_kick = True
-            assert self._loop is not None
-            if serves:  # a worker here waits for it: wake the loop now
-                self._loop.call_soon_threadsafe(self._after_stored_here)
-            else:  # only events to write: one wake-up per 20 ms, not one per call (~0.3 ms each)
-                self._loop.call_soon_threadsafe(self._loop.call_later, 0.02, self._after_stored_here)
+            try:
+                if serves:  # a worker here waits for it: wake the loop now
+                    loop.call_soon_threadsafe(self._after_stored_here)
+                else:  # only events to write: one wake-up per 20 ms, not one per call (~0.3 ms each)
+                    loop.call_soon_threadsafe(loop.call_later, 0.02, self._after_stored_here)
+            except RuntimeError:  # the loop closed meanwhile: the task is stored; its event is not
+                self._stored_here_kick = False
         return True
 
     def _after_stored_here(self) -> None:
@@ -936,20 +949,30 @@ class AsyncOmniQ:
                                 "latency_ms": round((time.perf_counter() - began) * 1000, 3)}
             return value
 
-        q = self._queue
-        with contextlib.suppress(Exception):
-            with anyio.move_on_after(timeout):
-                await self.flush()
-        counts = await probe("tasks", self.tasks_url, q.counts)
-        await probe("results", self.results_url, lambda: self._results.get_result("omniq-health-probe"))
-        await probe("events", self.events_url, lambda: self._events_store.query_events(
-            task_id="omniq-health-probe", limit=1))
-        worker_rows = await probe("tasks", self.tasks_url, q.workers) or []
-        oldest = await probe("tasks", self.tasks_url, q.oldest_queued) or {}
-        overrun = await probe("tasks", self.tasks_url, lambda: q.overrun(now=now))
-        reaped = await probe("events", self.events_url, lambda: self._events_store.query_events(
-            since=now - OVERRUN_WINDOW, types=[EventType.REQUEUED.value, EventType.FAILED.value], limit=10_000))
-        schedules = await probe("tasks", self.tasks_url, self._scheduler.list) or []
+        q, ev = self._queue, self._events_store
+        calls: dict[str, tuple[str, str, Callable[[], Awaitable[Any]]]] = {
+            "counts": ("tasks", self.tasks_url, q.counts),
+            "result": ("results", self.results_url, lambda: self._results.get_result("omniq-health-probe")),
+            "event": ("events", self.events_url, lambda: ev.query_events(task_id="omniq-health-probe", limit=1)),
+            "workers": ("tasks", self.tasks_url, q.workers),
+            "oldest": ("tasks", self.tasks_url, q.oldest_queued),
+            "overrun": ("tasks", self.tasks_url, lambda: q.overrun(now=now)),
+            "reaped": ("events", self.events_url, lambda: ev.query_events(
+                since=now - OVERRUN_WINDOW, types=[EventType.REQUEUED.value, EventType.FAILED.value], limit=10_000)),
+            "schedules": ("tasks", self.tasks_url, self._scheduler.list),
+        }
+        got: dict[str, Any] = {}
+
+        async def run(key: str) -> None:
+            got[key] = await probe(*calls[key])
+
+        # all at once: a storage that hangs costs one timeout, not one per question
+        async with anyio.create_task_group() as tg:
+            for key in calls:
+                tg.start_soon(run, key)
+        probes = {part: probes[part] for part in ("tasks", "results", "events") if part in probes}
+        counts, oldest, overrun, reaped = got["counts"], got["oldest"] or {}, got["overrun"], got["reaped"]
+        worker_rows, schedules = got["workers"] or [], got["schedules"] or []
         last_ids = [s["last_task_id"] for s in schedules if s.get("last_task_id")]
         last = (await probe("tasks", self.tasks_url, lambda: q.statuses(last_ids)) or {}) if last_ids else {}
         for s in schedules:
@@ -1195,7 +1218,9 @@ class AsyncOmniQ:
             held = set(self._worker.runner.held()) if self._worker is not None else set()
             # tasks our own runner holds report themselves; look up the rest (run elsewhere):
             # those someone waits for, and those close(drain=True) would wait for
-            since = {tid: f.since for tid, f in list(self._waiters.items())}
+            # (list() of the underlying dict is one C-level copy: producer threads may be adding)
+            refs = list(self._waiters.data.items())  # type: ignore[attr-defined]
+            since = {tid: f.since for tid, ref in refs if (f := ref()) is not None}
             since.update((tid, m[2]) for tid, m in list(self._waiter_meta.items()))
             stale = [tid for tid, t in since.items() if now - t > 0.05 and tid not in held]
             found_any = False
@@ -1205,7 +1230,8 @@ class AsyncOmniQ:
                     if found:
                         found_any = True
                         self._on_results(list(found.values()))
-                outage.ok()
+                if stale:  # only a call that was made says the storage works again
+                    outage.ok()
             except Exception as exc:
                 outage.failed(exc)
             delay = 0.05 if found_any else min(1.0, delay * 2)
@@ -1321,6 +1347,19 @@ def _close_all_at_exit() -> None:
     for oq in list(_OPEN):
         with contextlib.suppress(BaseException):
             oq.close(drain=False, timeout=5)
+
+
+def _read_result(core: AsyncOmniQ, task_id: str, timeout: float | None) -> TaskResult:
+    """Wait for a task's result through a storage-only instance (no workers) on ``core``'s
+    URLs: for a handle that outlived its instance, without reopening that instance's workers."""
+    reader = OmniQ(tasks=core.tasks_url, results=core.results_url, events=core.events_url,
+                   concurrency=0, storage_options=dict(core.config.storage_options) or None)
+    try:
+        r = reader.get_result(task_id, wait=True, timeout=timeout)
+    finally:
+        reader.close()
+    assert r is not None
+    return r
 
 
 OVERRUN_WINDOW = 3600.0  # health() lists leases that overran within the last hour

@@ -258,3 +258,25 @@ async def test_newer_schema_is_refused(tmp_path: Path) -> None:
 async def test_use_before_connect_is_a_clear_error() -> None:
     with pytest.raises(StorageError, match="connect"):
         await SQLiteBackend("sqlite://:memory:").counts()
+
+
+def test_enqueue_from_short_lived_threads_does_not_pile_up_connections(tmp_path: Path) -> None:
+    import os
+    import threading
+
+    from omniq import OmniQ
+    from tests import helpers
+
+    with OmniQ(tasks=f"sqlite:///{tmp_path}/threads.db", concurrency=0) as oq:
+        oq.enqueue(helpers.square, args=(0,))
+        before = len(os.listdir("/proc/self/fd"))
+        for i in range(200):  # a thread per request, as a threaded web server does
+            t = threading.Thread(target=oq.enqueue, args=(helpers.square,), kwargs={"args": (i,)})
+            t.start()
+            t.join()
+        import gc
+
+        gc.collect()
+        after = len(os.listdir("/proc/self/fd"))
+        assert oq.health()["queues"]["default"]["queued"] == 201
+    assert after - before < 10, f"{after - before} file descriptors more after 200 threads"

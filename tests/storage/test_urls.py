@@ -197,6 +197,8 @@ def test_any_url_opens_or_raises_config_error_naming_the_role(url: str, role: st
         ("postgresql://bob@h/db", "postgresql://bob@h/db"),  # a user name alone is not
         ("file:///data/a@b/c", "file:///data/a@b/c"),  # "@" in a path is not user info
         ("s3://bucket/key@x", "s3://bucket/key@x"),
+        ("redis://u:pa/ss@h/0", "redis://u:***@h/0"),  # "/" inside the password
+        ("rediss://default:s3cr#et@h", "rediss://default:***@h"),
     ],
 )
 def test_masked_hides_the_whole_secret(url: str, shown: str) -> None:

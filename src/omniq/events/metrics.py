@@ -20,7 +20,10 @@ from typing import Any
 import anyio
 import anyio.abc
 
+from ..logs import get_logger
 from ..models import EventType, TaskEvent
+
+log = get_logger("omniq.metrics")
 
 #: The event types counted, in the order they are reported.
 COUNTED = tuple(t.value for t in EventType)
@@ -103,7 +106,7 @@ class Metrics:
         for (kind, queue), n in sorted(self.counters.items()):
             out.append(f'omniq_events_total{{type="{_label(kind)}",queue="{_label(queue)}"}} {n}')
         for name, timing, text in (
-            ("omniq_queue_wait_seconds", self.queue_wait, "Time from runnable to started."),
+            ("omniq_queue_wait_seconds", self.queue_wait, "Time from enqueued (or its eta) to started."),
             ("omniq_run_seconds", self.run, "Time from started to finished."),
         ):
             out += [f"# HELP {name} {text}", f"# TYPE {name} histogram"]
@@ -122,39 +125,62 @@ def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-async def serve_prometheus(
-    render: Callable[[], str], *, host: str = "127.0.0.1", port: int = 0,
-    task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
-) -> None:
-    """Answer ``GET /metrics`` with ``render()`` until cancelled; reports the bound port.
+async def open_listener(host: str, port: int) -> anyio.abc.SocketListener:
+    """Bind the metrics port up front, so a port in use is a clear error before any work."""
+    from ..errors import ConfigError
+
+    try:
+        listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
+    except OSError as exc:
+        raise ConfigError(f"--metrics-port {port}: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return listener  # type: ignore[return-value]
+
+
+def bound_port(listener: anyio.abc.SocketListener) -> int:
+    return int(listener.extra(anyio.abc.SocketAttribute.local_port))
+
+
+async def serve_prometheus(render: Callable[[], str], listener: anyio.abc.SocketListener) -> None:
+    """Answer ``GET /metrics`` with ``render()`` until cancelled.
 
     A few lines of HTTP/1.0 rather than a web framework: a scrape every few seconds is the
-    whole load, and a worker should not pull in a server stack for it.
+    whole load, and a worker should not pull in a server stack for it. A bad request, a
+    slow client or a failed accept (out of file descriptors, say) never stops the worker:
+    at most 16 connections are served at once, each for at most 5 s.
     """
-    listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
+    limit = anyio.CapacityLimiter(16)
 
     async def answer(conn: anyio.abc.SocketStream) -> None:
-        async with conn:
-            request = b""
-            with anyio.move_on_after(5):
-                while b"\r\n\r\n" not in request and b"\n\n" not in request and len(request) < 8192:
-                    try:
-                        request += await conn.receive()
-                    except (anyio.EndOfStream, anyio.BrokenResourceError):
-                        break
-            parts = request.split(b" ", 2)
-            path = parts[1].split(b"?")[0] if len(parts) > 1 else b""
-            if parts[0] != b"GET" or path not in (b"/metrics", b"/"):
-                status, body, ctype = "404 Not Found", b"try GET /metrics\n", "text/plain"
-            else:
-                status, ctype = "200 OK", "text/plain; version=0.0.4; charset=utf-8"
-                body = render().encode()
-            head = f"HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n\r\n"
-            with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
-                await conn.send(head.encode() + body)
+        async with limit, conn:
+            try:
+                with anyio.fail_after(5):
+                    await _answer(conn, render)
+            except Exception:  # a client's problem (or a render bug) is logged, not fatal
+                log.debug("metrics request failed", exc_info=True)
 
     async with listener:
-        sock = listener.listeners[0] if hasattr(listener, "listeners") else listener
-        bound = sock.extra(anyio.abc.SocketAttribute.local_port)
-        task_status.started(bound)
-        await listener.serve(answer)
+        while True:
+            try:
+                await listener.serve(answer)
+            except Exception:  # accept failed (e.g. EMFILE): wait and listen again
+                log.warning("metrics endpoint: accept failed; retrying in 1 s", exc_info=True)
+                await anyio.sleep(1)
+
+
+async def _answer(conn: anyio.abc.SocketStream, render: Callable[[], str]) -> None:
+    request = b""
+    while b"\r\n\r\n" not in request and b"\n\n" not in request and len(request) < 8192:
+        try:
+            request += await conn.receive()
+        except (anyio.EndOfStream, anyio.BrokenResourceError):
+            break
+    parts = request.split(b" ", 2)
+    path = parts[1].split(b"?")[0] if len(parts) > 1 else b""
+    if parts[0] != b"GET" or path not in (b"/metrics", b"/"):
+        status, body, ctype = "404 Not Found", b"try GET /metrics\n", "text/plain"
+    else:
+        status, ctype = "200 OK", "text/plain; version=0.0.4; charset=utf-8"
+        body = render().encode()
+    head = f"HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n\r\n"
+    with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+        await conn.send(head.encode() + body)

@@ -241,9 +241,10 @@ class TaskQueue(Backend):
     #: caller's thread, with no hop to the event loop and back.
     blocking_enqueue = False
 
-    def enqueue_blocking(self, tasks: Sequence[Task]) -> bool:
+    def enqueue_blocking(self, tasks: Sequence[Task]) -> bool | None:
         """``enqueue`` from a thread that is not the event loop's; True when a task is ready
-        now. The caller then runs ``after_blocking_enqueue`` on the loop."""
+        now, None when the backend is closing (nothing stored: use ``enqueue``). The caller
+        then runs ``after_blocking_enqueue`` on the loop."""
         raise NotImplementedError
 
     def after_blocking_enqueue(self, tasks: Sequence[Task], ready: bool) -> None:
@@ -456,7 +457,11 @@ def masked(url: str) -> str:
 
     m = re.match(r"([a-zA-Z][\w+.-]*://)([^/?#]*)@", url)
     if m is None:
-        return url
+        # a password with "/", "?" or "#" in it (not valid unescaped, but it happens): hide
+        # from the first ":" of the user info to the last "@"
+        m = re.match(r"([a-zA-Z][\w+.-]*://)([^/?#@:]*:.*)@", url)
+        if m is None:
+            return url
     scheme, userinfo = m.group(1), m.group(2)
     if ":" in userinfo:
         hidden = userinfo.split(":", 1)[0] + ":***"

@@ -37,6 +37,7 @@ import re
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from queue import SimpleQueue
 from typing import Any, TypeVar
@@ -473,6 +474,23 @@ class _Connection:
         await anyio.to_thread.run_sync(self._thread.join, 10.0)
 
 
+class _ThreadConnection:
+    """A producer thread's own connection. It lives in that thread's ``threading.local``: when
+    the thread ends, this goes and closes it (the backend keeps only a weak reference)."""
+
+    __slots__ = ("__weakref__", "conn")
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self.conn.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+
 def _transaction(conn: sqlite3.Connection, fn: Callable[..., T], *args: Any) -> T:
     """Run ``fn(conn, *args)`` inside ``BEGIN IMMEDIATE`` ... ``COMMIT`` (rolled back on error)."""
     conn.execute("BEGIN IMMEDIATE")
@@ -642,9 +660,13 @@ class SQLiteBackend(TaskQueue, ResultStore, EventStore):
         self._next_due: float | None = None  # earliest eta of a delayed task, last we looked
         self._watched: set[str] | None = set()  # queues claimed from (None: all)
         self.blocking_enqueue = not self.in_memory  # ":memory:" is one database per connection
-        self._local = threading.local()  # enqueue_blocking's connection per calling thread
-        self._locals: list[sqlite3.Connection] = []
-        self._local_lock = threading.Lock()
+        # enqueue_blocking: a connection per calling thread (closed when the thread ends or at
+        # close()), and a gate so close() never closes one in use
+        self._local = threading.local()
+        self._holders: weakref.WeakSet[_ThreadConnection] = weakref.WeakSet()
+        self._blocking = threading.Condition()
+        self._blocking_open = False
+        self._blocking_busy = 0
 
     # --- lifecycle ----------------------------------------------------------------------------------
     async def _open(self) -> None:
@@ -661,17 +683,22 @@ class SQLiteBackend(TaskQueue, ResultStore, EventStore):
             conn, self._conn = self._conn, None
             await conn.close()
             raise
+        with self._blocking:
+            self._blocking_open = True
 
     async def _close(self) -> None:
+        with self._blocking:  # no new enqueue_blocking; wait for those in progress
+            self._blocking_open = False
+            busy = self._blocking_busy
+        if busy:
+            await anyio.to_thread.run_sync(self._blocking_idle)
         conn, self._conn = self._conn, None
         if conn is not None:
             await conn.close()
-        with self._local_lock:
-            others, self._locals = self._locals, []
-            self._local = threading.local()
-        for c in others:
-            with contextlib.suppress(sqlite3.Error):
-                c.close()
+        holders, self._holders = list(self._holders), weakref.WeakSet()
+        self._local = threading.local()
+        for h in holders:
+            h.close()
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(sqlite3_connection, *args)`` in the connection thread; errors become ours."""
@@ -698,23 +725,36 @@ class SQLiteBackend(TaskQueue, ResultStore, EventStore):
             if t.eta is not None:
                 self._due_at(t.eta)
 
-    def enqueue_blocking(self, tasks: Sequence[Task]) -> bool:
+    def enqueue_blocking(self, tasks: Sequence[Task]) -> bool | None:
         """One transaction on a connection of the calling thread's own (WAL lets it write
         beside the connection thread's): a durable single enqueue costs a commit, not two
-        thread hops."""
+        thread hops. None once ``close`` has begun (``close`` waits for calls in progress)."""
         check_new_tasks(tasks)
-        conn = getattr(self._local, "conn", None)
+        with self._blocking:
+            if not self._blocking_open:
+                return None
+            self._blocking_busy += 1
         try:
-            if conn is None:
-                conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
-                conn.execute("PRAGMA busy_timeout = 30000")
-                conn.execute("PRAGMA synchronous = NORMAL")
-                self._local.conn = conn
-                with self._local_lock:
-                    self._locals.append(conn)
-            return _transaction(conn, _insert_tasks, tasks, time.time())
+            holder = getattr(self._local, "holder", None)
+            if holder is None:
+                holder = _ThreadConnection(
+                    sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+                )
+                self._local.holder = holder
+                self._holders.add(holder)
+                holder.conn.execute("PRAGMA busy_timeout = 30000")
+                holder.conn.execute("PRAGMA synchronous = NORMAL")
+            return _transaction(holder.conn, _insert_tasks, tasks, time.time())
         except sqlite3.Error as e:
             raise storage_error(self.url, self.path, e) from e
+        finally:
+            with self._blocking:
+                self._blocking_busy -= 1
+                self._blocking.notify_all()
+
+    def _blocking_idle(self, timeout: float = 60.0) -> None:
+        with self._blocking:
+            self._blocking.wait_for(lambda: self._blocking_busy == 0, timeout)
 
     def after_blocking_enqueue(self, tasks: Sequence[Task], ready: bool) -> None:
         if ready:
