@@ -492,3 +492,34 @@ def test_a_handle_of_a_closed_instance_waits_without_reopening_its_workers(tmp_p
     assert not oq.core.is_open
     with OmniQ(tasks=url, worker="thread", concurrency=1):
         assert h.result(timeout=30) == "v"
+
+
+# --- bad input: every enqueue option either works or names itself in a ConfigError ----------
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_ODD = st.one_of(
+    st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=8),
+    st.timedeltas(), st.lists(st.integers(), max_size=2), st.binary(max_size=4),
+)
+_OPTIONS = ("priority", "delay", "ttl", "retries", "retry_delay", "timeout", "result_ttl", "queue", "key")
+_CORE = AsyncOmniQ(tasks="memory://", concurrency=0)  # building a task opens nothing
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(option=st.sampled_from(_OPTIONS), value=_ODD)
+def test_every_enqueue_option_works_or_names_itself(option: str, value: object) -> None:
+    try:
+        task = _CORE._make_task(helpers.square, (1,), None, **{option: value})
+    except ConfigError as exc:
+        assert option in str(exc), f"{option}={value!r}: {exc}"
+        return
+    # accepted: the stored task says what was asked, in storable types
+    if option == "priority":
+        assert isinstance(task.priority, int) and not isinstance(task.priority, bool)
+    if option in ("ttl", "delay") and isinstance(value, (int, float)) and value > 0:
+        assert (task.expires_at if option == "ttl" else task.eta) is not None
+    for name in ("timeout", "retry_delay", "result_ttl"):
+        got = getattr(task, name)
+        assert got is None or (isinstance(got, float) and got == got and got >= 0), (name, got)
