@@ -280,3 +280,9 @@ def test_omniq_with_process_workers_end_to_end(nats_url: str) -> None:
         types = [e.type for e in oq.events(task_id=hs[0].id)]
         assert types[0] == "enqueued" and "started" in types and types[-1] == "succeeded"
         assert oq.health()["queues"]["default"]["succeeded"] == 20
+
+
+async def test_live_subscribers_are_woken_by_another_connection(nats_url: str) -> None:
+    from .event_signals import woken_by_another_connection
+
+    await woken_by_another_connection(nats_url)

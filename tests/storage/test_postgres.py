@@ -606,3 +606,9 @@ def test_omniq_on_postgres_end_to_end(pg_url: str) -> None:
         ]
         r = oq.get_result(h.id)
         assert r is not None and r.status is TaskStatus.SUCCEEDED
+
+
+async def test_live_subscribers_are_woken_by_another_connection(pg_url: str) -> None:
+    from .event_signals import woken_by_another_connection
+
+    await woken_by_another_connection(pg_url)

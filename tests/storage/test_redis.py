@@ -467,3 +467,9 @@ def test_omniq_end_to_end_with_process_workers(redis_url: str) -> None:
         with pytest.raises(TaskError):
             bad.result(timeout=60)
         assert oq.health()["queues"]["default"]["succeeded"] == 21
+
+
+async def test_live_subscribers_are_woken_by_another_connection(redis_url: str) -> None:
+    from .event_signals import woken_by_another_connection
+
+    await woken_by_another_connection(redis_url)

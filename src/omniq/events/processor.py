@@ -158,7 +158,11 @@ class EventProcessor:
                 since = max(since, max(e.timestamp for e in found if not math.isnan(e.timestamp)))
             fresh = self._deliver(found)
             delay = 0.05 if fresh else min(1.0, delay * 1.5)
-            await anyio.sleep(delay)
+            try:  # the store's own signal when it has one (NOTIFY, pub/sub), else a back-off
+                await self._store.wait_for_events(delay)
+            except Exception:
+                log.debug("waiting for events failed; polling", exc_info=True)
+                await anyio.sleep(delay)
 
 
 async def aiter_subscription(processor: EventProcessor, sub: Subscription) -> AsyncIterator[TaskEvent]:

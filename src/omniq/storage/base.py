@@ -312,6 +312,12 @@ class EventStore(Backend):
     @abc.abstractmethod
     async def purge_events(self, *, before: float) -> int: ...
 
+    async def wait_for_events(self, timeout: float) -> None:
+        """Return when another process may have appended events, at the latest after
+        ``timeout``: live subscriptions read the store then. Polling is the default (SQLite,
+        files); a backend with cross-process signals (NOTIFY, pub/sub) returns early."""
+        await anyio.sleep(timeout)
+
 
 # --- checks and rules shared by every TaskQueue backend (pure: no I/O) -----------------------
 

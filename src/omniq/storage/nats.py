@@ -82,6 +82,7 @@ from copy import copy
 from typing import Any, ParamSpec, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
+import anyio
 import msgspec
 import nats.errors
 import nats.js.errors
@@ -329,6 +330,8 @@ class NatsBackend(TaskQueue, ResultStore, EventStore):
         self._next_due: float | None = None  # when the earliest delayed task falls due
         self._held: dict[str, tuple[int, _Rec]] = {}  # our leases: revision + record we wrote
         self._jobs: set[asyncio.Future[None]] = set()  # wake-up publishes in flight
+        self._events_appended = anyio.Event()  # set by <ns>.evwake (subscribed on first wait)
+        self._events_sub: Any = None
         self._replies: dict[str, asyncio.Future[api.PubAck | BaseException]] = {}
         self._reply_no = 0
         self._reply_prefix = ""
@@ -503,6 +506,7 @@ class NatsBackend(TaskQueue, ResultStore, EventStore):
     async def _close(self) -> None:
         self._closing = True
         nc, self._nc, self._js = self._nc, None, None
+        self._events_sub = None  # closed with the connection
         self._held.clear()
         if nc is not None:
             await _close_quietly(nc)
@@ -1605,6 +1609,24 @@ class NatsBackend(TaskQueue, ResultStore, EventStore):
             items.append((f"{self._p}.ev.{token(e.task_id)}", data, {MSG_ID: msg_id}))
         for i in range(0, len(items), 1000):
             await self._publish_ok(items[i : i + 1000])
+        nc = self._nc
+        if nc is not None and items:  # live subscriptions elsewhere read the stream now
+            job = asyncio.ensure_future(_publish_quietly(nc, f"{self._p}.evwake", b""))
+            self._jobs.add(job)
+            job.add_done_callback(self._jobs.discard)
+
+    async def wait_for_events(self, timeout: float) -> None:
+        """Return when any process's ``append_events`` published on ``<ns>.evwake`` (a core
+        subject, not stored; subscribed on the first wait, so workers never receive it)."""
+        nc = self._nc
+        if self._events_sub is None and nc is not None:
+            async def appended(msg: Msg) -> None:
+                self._events_appended.set()
+
+            self._events_sub = await nc.subscribe(f"{self._p}.evwake", cb=appended)
+        with anyio.move_on_after(timeout):
+            await self._events_appended.wait()
+        self._events_appended = anyio.Event()
 
     @_guard
     async def query_events(

@@ -371,6 +371,7 @@ PURGE_OPS = "DELETE FROM omniq_ops WHERE at < now() - interval '10 minutes'"
 DEFAULT_SCHEMA = "public"
 DEFAULT_POOL_SIZE = 10
 DEFAULT_RECONNECT_TIMEOUT = 30.0
+EVENTS_PAYLOAD = "events"  # a NOTIFY on the queue's channel saying: events were appended
 CHANNEL = "omniq_tasks"  # NOTIFY channel for the default schema (others get a suffix)
 CONNECT_TIMEOUT = 10.0
 OPS_PURGE_EVERY = 60.0  # seconds between sweeps of old omniq_ops records
@@ -570,6 +571,7 @@ class PostgresBackend(TaskQueue, ResultStore, EventStore):
         self.url = url
         self.schema = parsed.schema
         self.channel = channel_for(parsed.schema)
+        self._events_appended = anyio.Event()
         self._dsn = parsed.dsn
         self._pool_size = parsed.pool_size
         self._reconnect_timeout = parsed.reconnect_timeout
@@ -788,6 +790,9 @@ class PostgresBackend(TaskQueue, ResultStore, EventStore):
         self._listener = conn
 
     def _on_notify(self, conn: Any, pid: int, channel: str, payload: str) -> None:
+        if payload == EVENTS_PAYLOAD:  # events were appended (for live subscriptions)
+            self._events_appended.set()
+            return
         if payload:
             with contextlib.suppress(ValueError):
                 self._due_at(float(payload))
@@ -1227,8 +1232,15 @@ class PostgresBackend(TaskQueue, ResultStore, EventStore):
 
         async def append(conn: Any, op_id: str) -> None:
             await conn.execute(APPEND_EVENTS, *cols, op_id)  # records op_id in the same statement
+            await conn.execute(NOTIFY, self.channel, EVENTS_PAYLOAD)  # subscribers elsewhere
 
         await self._run_op(append, lambda _: None)
+
+    async def wait_for_events(self, timeout: float) -> None:
+        """Return on the NOTIFY another process's ``append_events`` sends, or at ``timeout``."""
+        with anyio.move_on_after(timeout):
+            await self._events_appended.wait()
+        self._events_appended = anyio.Event()
 
     async def query_events(
         self,

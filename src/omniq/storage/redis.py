@@ -808,6 +808,7 @@ for _ = 1, n do
 end
 redis.call('SET', LAST, string.format('%d-%d', lms, lseq))
 if skew > skew0 then redis.call('SET', SKEW, string.format('%d', skew)) end
+redis.call('PUBLISH', NS .. ':evwake', '')
 drop_trimmed()
 return remember(n)
 """
@@ -1037,6 +1038,7 @@ class RedisBackend(TaskQueue, ResultStore, EventStore):
         self.prefix = self.options.prefix
         self._redis: aioredis.Redis | None = None
         self._listener: asyncio.Task[None] | None = None
+        self._events_appended = anyio.Event()  # set by <prefix>:evwake messages
         self._next_due: float | None = None  # earliest eta of a delayed task, last we heard
         self._down_since: float | None = None  # monotonic time the connection was lost
 
@@ -1376,13 +1378,23 @@ class RedisBackend(TaskQueue, ResultStore, EventStore):
         return sorted((_decode_worker(b) for b in raw.values()), key=lambda w: w.id)
 
     # --- wake-ups ---------------------------------------------------------------------------
-    async def wait_for_tasks(self, timeout: float) -> None:
-        """Return on ``notify``, on a wake-up published by any process, or when the earliest
-        delayed task falls due (wall clock), at the latest after ``timeout``."""
+    def _ensure_listener(self) -> None:
         if self._redis is not None and (self._listener is None or self._listener.done()):
             self._listener = asyncio.get_running_loop().create_task(
                 self._listen(), name=f"omniq-redis-wake:{self.prefix}"
             )
+
+    async def wait_for_events(self, timeout: float) -> None:
+        """Return when any process's ``append_events`` published on ``<prefix>:evwake``."""
+        self._ensure_listener()
+        with anyio.move_on_after(timeout):
+            await self._events_appended.wait()
+        self._events_appended = anyio.Event()
+
+    async def wait_for_tasks(self, timeout: float) -> None:
+        """Return on ``notify``, on a wake-up published by any process, or when the earliest
+        delayed task falls due (wall clock), at the latest after ``timeout``."""
+        self._ensure_listener()
         if self._next_due is not None:
             timeout = min(timeout, max(self._next_due - time.time(), 0.0))
         await super().wait_for_tasks(timeout)
@@ -1390,13 +1402,13 @@ class RedisBackend(TaskQueue, ResultStore, EventStore):
     async def _listen(self) -> None:
         """Turn messages on ``<prefix>:wake`` into local wake-ups; resubscribe when the
         connection drops (waiters fall back to their timeouts meanwhile)."""
-        channel = self._key("wake")
+        channel, events_channel = self._key("wake"), self._key("evwake")
         delay = 0.1
         lost_at: float | None = None
         while self._redis is not None:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(channel)
+                await pubsub.subscribe(channel, events_channel)
                 if lost_at is not None:
                     log.warning(
                         "wake-up channel on %s resubscribed after %.2f s",
@@ -1406,6 +1418,9 @@ class RedisBackend(TaskQueue, ResultStore, EventStore):
                     self.notify()  # something may have been published meanwhile
                 delay = 0.1
                 async for msg in pubsub.listen():
+                    if msg.get("channel") in (events_channel, events_channel.encode()):
+                        self._events_appended.set()
+                        continue
                     data = msg.get("data")
                     if data:
                         eta = float(data)
