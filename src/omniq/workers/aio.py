@@ -21,14 +21,21 @@ class AsyncRunner(Runner):
 
     def __init__(self, slots: int) -> None:
         super().__init__(slots)
-        self._running: dict[str, tuple[Task, asyncio.Task[None]]] = {}
+        self._running: dict[str, tuple[Task, asyncio.Task[None]]] = {}  # dispatched: held
+        self._started: set[str] = set()  # of those, the ones past the slot gate
         self._cancelled: set[str] = set()
+        self._gate: asyncio.Semaphore | None = None
+        self._avg = 0.01  # moving average of task run time, seconds
 
     async def start(self) -> None:
-        return None
+        self._gate = asyncio.Semaphore(self.slots)
 
     def capacity(self) -> int:
-        return max(0, self.slots - len(self._running))
+        """``slots`` running plus a prefetch sized by how long tasks take (as the thread and
+        process runners): quick tasks are claimed in batches, slow ones left to others."""
+        avg = self._avg
+        ahead = 64 if avg < 0.001 else 16 if avg < 0.005 else 2 if avg < 0.05 else 1
+        return max(0, self.slots * (1 + ahead) - len(self._running))
 
     def held(self) -> list[str]:
         return list(self._running)
@@ -36,7 +43,22 @@ class AsyncRunner(Runner):
     def dispatch(self, tasks: Sequence[Task]) -> None:
         loop = asyncio.get_running_loop()
         for t in tasks:
-            self._running[t.id] = (t, loop.create_task(self._run(t)))
+            self._running[t.id] = (t, loop.create_task(self._gated(t)))
+
+    async def _gated(self, task: Task) -> None:
+        """Wait for a slot, then run; a task cancelled while it waits ends CANCELLED."""
+        if self._gate is None:
+            self._gate = asyncio.Semaphore(self.slots)
+        try:
+            async with self._gate:
+                self._started.add(task.id)
+                await self._run(task)
+        except asyncio.CancelledError:
+            if task.id not in self._cancelled or task.id in self._started:
+                raise
+            now = time.time()
+            self._finish(Outcome(task, status=TaskStatus.CANCELLED, error=ErrorInfo("TaskCancelled", "cancelled by user"),
+                                 started_at=now, finished_at=now, retryable=False))
 
     async def _run(self, task: Task) -> None:
         started = time.time()
@@ -72,7 +94,10 @@ class AsyncRunner(Runner):
 
     def _finish(self, out: Outcome) -> None:
         self._running.pop(out.task.id, None)
+        self._started.discard(out.task.id)
         self._cancelled.discard(out.task.id)
+        if out.status is None:
+            self._avg = 0.8 * self._avg + 0.2 * max(0.0, out.finished_at - out.started_at)
         self.on_done([out])
         self._signal_capacity()
 
@@ -85,10 +110,14 @@ class AsyncRunner(Runner):
         return True
 
     async def stop(self, *, graceful: bool) -> list[Task]:
-        if graceful:
+        if graceful:  # hand back what has not started; let the rest finish
+            waiting = [(t, at) for tid, (t, at) in list(self._running.items()) if tid not in self._started]
+            for t, at in waiting:
+                del self._running[t.id]
+                at.cancel()
             while self._running:
                 await asyncio.sleep(0.01)
-            return []
+            return [t for t, _ in waiting]
         tasks = [t for t, _ in self._running.values()]
         for _, at in list(self._running.values()):
             at.cancel()

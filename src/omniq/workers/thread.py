@@ -39,10 +39,12 @@ class ThreadRunner(Runner):
         self._queued: dict[str, Task] = {}  # dispatched, not yet taken by a thread
         self._lock = threading.Lock()
         self._out: list[Outcome] = []
+        self._begun: list[tuple[Task, _Slot, float]] = []  # started, not yet told to the loop
         self._drain_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._running: dict[str, _Slot] = {}
+        self._avg = 0.01  # moving average of task run time, seconds
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -57,8 +59,13 @@ class ThreadRunner(Runner):
         t.start()
 
     def capacity(self) -> int:
+        """Room for the tasks running plus a prefetch sized by how long tasks take: quick tasks
+        come in batches (a claim round trip per 2 no-ops capped a pool at ~4,000/s), slow ones
+        stay in the queue for other workers to take."""
+        avg = self._avg
+        ahead = 64 if avg < 0.001 else 16 if avg < 0.005 else 2 if avg < 0.05 else 1
         busy = len(self._running) + len(self._queued)
-        return max(0, self.slots * 2 - busy)
+        return max(0, self.slots * (1 + ahead) - busy)
 
     def held(self) -> list[str]:
         return list(self._queued) + list(self._running)
@@ -97,7 +104,11 @@ class ThreadRunner(Runner):
                 self._queued.pop(task.id, None)
                 self._running[task.id] = slot
                 slot.current = task
-            loop.call_soon_threadsafe(self._begin, task, slot, started)
+                self._begun.append((task, slot, started))
+                schedule = not self._drain_scheduled
+                self._drain_scheduled = True
+            if schedule:  # one wake-up of the loop per batch, not one per task (~0.3 ms each)
+                loop.call_soon_threadsafe(self._drain)
             try:
                 fn, args, kwargs = loads_call(task.payload)
             except SerializationError as exc:
@@ -132,12 +143,16 @@ class ThreadRunner(Runner):
 
     def _drain(self) -> None:
         with self._lock:
+            begun, self._begun = self._begun, []
             outs, self._out = self._out, []
             self._drain_scheduled = False
+        for task, slot, started in begun:  # starts first: a task's `started` precedes its end
+            self._begin(task, slot, started)
         for o in outs:
             h = self._timers.pop(o.task.id, None)
             if h is not None:
                 h.cancel()
+            self._avg = 0.8 * self._avg + 0.2 * max(0.0, o.finished_at - o.started_at)
         if outs:
             self.on_done(outs)
             self._signal_capacity()
