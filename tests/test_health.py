@@ -217,3 +217,9 @@ def test_the_metrics_endpoint_survives_bad_clients(tmp_path):
         assert w.poll() is None
     finally:
         _stop(w)
+
+
+def test_health_counts_what_was_just_submitted(tmp_path):
+    with OmniQ(tasks=f"sqlite:///{tmp_path}/now.db", concurrency=0) as oq:
+        oq.map(helpers.square, range(3))  # handed over, maybe not stored yet
+        assert oq.health()["queues"]["default"]["queued"] == 3

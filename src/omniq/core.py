@@ -949,6 +949,8 @@ class AsyncOmniQ:
                                 "latency_ms": round((time.perf_counter() - began) * 1000, 3)}
             return value
 
+        with anyio.move_on_after(timeout), contextlib.suppress(Exception):
+            await self.flush()  # counts include what was just submitted (a cut-short flush loses nothing)
         q, ev = self._queue, self._events_store
         calls: dict[str, tuple[str, str, Callable[[], Awaitable[Any]]]] = {
             "counts": ("tasks", self.tasks_url, q.counts),
