@@ -62,26 +62,6 @@ REPO = Path(__file__).resolve().parent.parent
 S = TaskStatus
 pytestmark = pytest.mark.timeout(90)  # a hang fails its test, not the whole run
 
-#: Bugs in src these tests expose, open until their fix lands. A test that names one is expected
-#: to fail (strictly); once the fix is in it passes, pytest reports XPASS(strict) as a failure,
-#: and the entry goes from here.
-KNOWN_BUGS: dict[str, str] = {
-}
-
-
-def known_bug(
-    request: pytest.FixtureRequest, bug: str, *, only: tuple[str, ...] = (), unless: tuple[str, ...] = (),
-    strict: bool = True,
-) -> None:
-    """Expect this test to fail while ``bug`` is open: on every URL, or only on those starting
-    with one of ``only``, or on all but those starting with one of ``unless``. ``strict=False``
-    for a bug that shows only most of the time."""
-    url = str(request.node.callspec.params.get("url", ""))
-    applies = (not only or url.startswith(only)) and not (unless and url.startswith(unless))
-    if bug in KNOWN_BUGS and applies:
-        request.applymarker(pytest.mark.xfail(strict=strict, reason=f"{bug}: {KNOWN_BUGS[bug]}"))
-
-
 _DRIVERS = {"postgresql": "asyncpg", "redis": "redis", "nats": "nats"}
 _unreachable: dict[str, str | None] = {}
 
