@@ -395,7 +395,7 @@ def producer():
     for i in range(300):
         try:
             returned.append(oq.enqueue(helpers.square, args=(i,)))
-        except Exception as exc:  # a clear error is allowed; a crash or a silent loss is not
+        except Exception as exc:  # none expected: a call racing the close retries on the reopened one
             errors.append(repr(exc))
 
 threads = [threading.Thread(target=producer) for _ in range(4)]
@@ -421,7 +421,7 @@ def test_closing_while_threads_enqueue_neither_crashes_nor_loses_or_duplicates(t
     assert p.returncode == 0, p.stderr[-3000:]  # (a segfault was -11)
     counts, ids = p.stdout.splitlines()
     n, unique, errors = map(int, counts.split())
-    assert n == unique and n + errors == 1200
+    assert (n, unique, errors) == (1200, 1200, 0)  # a call racing the close waits and goes on
     stored = {r[0] for r in sqlite3.connect(db).execute("SELECT id FROM omniq_tasks")}
     assert stored == set(ids.split(","))  # every returned id stored, nothing stored unreturned
 

@@ -283,6 +283,7 @@ class AsyncOmniQ:
         self._pickup_now = anyio.Event()
         self.metrics = Metrics()  # this process's counters and timings (health(), Prometheus)
         self._expiries: list[float] = []  # heap of result expiry times written here
+        self._facade_owned = False  # set by OmniQ: only it (re)opens, so a loop never outlives it
         self._stored_here: deque[tuple[Task, float, bool]] = deque()  # by _store_here, for the loop
         self._stored_here_kick = False
         self._units = itertools.count(1)
@@ -488,8 +489,11 @@ class AsyncOmniQ:
 
     def _accept(self, tasks: Sequence[Task]) -> list[ResultFuture[TaskResult]]:
         """Register waiters and hand tasks to the flusher. Thread-safe; never blocks."""
-        if not self._opened or self._loop is None:
-            raise RuntimeError("this OmniQ is not open: use `async with AsyncOmniQ(...)` or `await oq.open()`")
+        if self._closing and self._facade_owned:
+            raise _ClosedMeanwhile()  # accepted now, it would miss the closing flush
+        if not self._opened or self._loop is None or self._closing:
+            raise RuntimeError("this OmniQ is not open (or is closing): use `async with AsyncOmniQ(...)` "
+                               "or `await oq.open()`")
         futs = []
         waiters, meta = self._waiters, self._waiter_meta
         now = time.time()
@@ -771,6 +775,8 @@ class AsyncOmniQ:
         return await self._results.find_results(key_prefix=key_prefix)
 
     async def _ensure_open(self) -> None:
+        if self._facade_owned and (not self._opened or self._closing):
+            raise _ClosedMeanwhile()  # the sync facade (re)opens it, with its loop thread
         if not self._opened:
             await self.open()
 
@@ -1364,6 +1370,14 @@ def _read_result(core: AsyncOmniQ, task_id: str, timeout: float | None) -> TaskR
     return r
 
 
+class _ClosedMeanwhile(RuntimeError):
+    """A facade call reached its AsyncOmniQ while another thread closed it (the facade retries
+    on the reopened instance; elsewhere it reads as this message)."""
+
+    def __init__(self) -> None:
+        super().__init__("this OmniQ was closed by another thread meanwhile; call again to reopen it")
+
+
 OVERRUN_WINDOW = 3600.0  # health() lists leases that overran within the last hour
 
 
@@ -1408,6 +1422,7 @@ class OmniQ:
             max_deliveries=max_deliveries, result_ttl=result_ttl, task_ttl=task_ttl,
             storage_options=storage_options,
         )
+        self._core._facade_owned = True
         self._thread: _LoopThread | None = None
         self._lock = threading.Lock()
 
@@ -1474,31 +1489,49 @@ class OmniQ:
         self.close(drain=exc_type is None)
 
     def _call(self, fn: Callable[..., Awaitable[R]], *args: Any, **kwargs: Any) -> R:
-        if self._thread is None or not self._core.is_open:
-            self.open()
-        assert self._thread is not None
-        return self._thread.call(fn, *args, **kwargs)
+        """Run ``fn`` on the loop thread, opening first when closed. A call that lands while
+        another thread closes this instance is retried on the reopened one."""
+        for _ in range(100):
+            thread = self._thread
+            if thread is None or not self._core.is_open:
+                self.open()
+                continue
+            try:
+                return thread.call(fn, *args, **kwargs)
+            except _ClosedMeanwhile:
+                with self._lock:  # let the closing thread finish, then reopen
+                    continue
+            except RuntimeError:
+                if thread is self._thread:
+                    raise  # not a close racing us: a real error
+        raise StorageError("this OmniQ kept being closed by another thread while a call waited")
 
     # --- the hot path: no portal round trip ------------------------------------------------------
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> TaskHandle:
         """Run ``fn(*args, **kwargs)`` on a worker. Returns at once; the task is stored within
         milliseconds (``flush()`` or leaving the ``with`` block waits for that)."""
-        core = self._core
-        task = core._make_task(fn, args, kwargs)
-        if not core.is_open:
-            self.open()
-        (fut,) = core._accept([task])
+        task = self._core._make_task(fn, args, kwargs)
+        (fut,) = self._hand_over([task])
         return TaskHandle(self, task.id, task.queue, fut)
+
+    def _hand_over(self, tasks: Sequence[Task]) -> list[ResultFuture[TaskResult]]:
+        """``_accept`` on an open instance, waiting out a close another thread is doing."""
+        for _ in range(100):
+            if self._thread is None or not self._core.is_open:
+                self.open()
+            try:
+                return self._core._accept(tasks)
+            except _ClosedMeanwhile:
+                with self._lock:  # let the closing thread finish, then reopen
+                    continue
+        raise StorageError("this OmniQ kept being closed by another thread while tasks waited")
 
     def map(self, fn: Callable[..., Any], iterable: Iterable[Any], **options: Any) -> list[TaskHandle]:
         """``fn(item)`` for each item, as one batch; handles in input order. ``options`` are
         ``enqueue`` options (queue, priority, retries, timeout, ...)."""
-        core = self._core
-        if not core.is_open:
-            self.open()
         with bulk():
-            tasks = core._map_tasks(fn, iterable, options)
-            futs = core._accept(tasks)
+            tasks = self._core._map_tasks(fn, iterable, options)
+            futs = self._hand_over(tasks)
             return [TaskHandle(self, t.id, t.queue, f) for t, f in zip(tasks, futs)]
 
     def handle(self, task_id: str) -> TaskHandle:
