@@ -14,9 +14,10 @@ import pytest
 
 from omniq import OmniQ
 from omniq.cli import status_report
+from omniq.storage.base import masked
 
 from . import helpers
-from .servers import redis_server
+from .servers import private_redis
 
 
 def always_fails(x):
@@ -119,18 +120,19 @@ def test_schedules_report_their_last_outcome(tmp_path):
 
 
 def test_health_reports_a_storage_that_went_away_and_status_exits_1(tmp_path):
-    with redis_server(tmp_path) as server:
+    with private_redis() as server:
+        url = server.url()
         tasks = f"sqlite:///{tmp_path}/t.db"
-        with OmniQ(tasks=tasks, results=server.url, events=tasks, concurrency=0) as oq:
+        with OmniQ(tasks=tasks, results=url, events=tasks, concurrency=0) as oq:
             h = oq.health()
             assert h["ok"] and all(p["ok"] for p in h["storage"].values())
-            server.stop()
+            server.stop(crash=True)
             h = oq.health(timeout=3)
         assert not h["ok"]
         assert h["storage"]["tasks"]["ok"] and h["storage"]["events"]["ok"]
         down = h["storage"]["results"]
-        assert not down["ok"] and down["url"] == server.url and down["error"]
-        p = subprocess.run([sys.executable, "-m", "omniq.cli", "status", "--tasks", tasks, "--results", server.url],
+        assert not down["ok"] and down["url"] == masked(url) and down["error"]
+        p = subprocess.run([sys.executable, "-m", "omniq.cli", "status", "--tasks", tasks, "--results", url],
                            capture_output=True, text=True, timeout=60)
         assert p.returncode == 1
         assert f"127.0.0.1:{server.port}" in p.stderr + p.stdout and "Traceback" not in p.stderr
