@@ -25,17 +25,13 @@ class AsyncRunner(Runner):
         self._started: set[str] = set()  # of those, the ones past the slot gate
         self._cancelled: set[str] = set()
         self._gate: asyncio.Semaphore | None = None
-        self._avg = 0.01  # moving average of task run time, seconds
 
     async def start(self) -> None:
         self._gate = asyncio.Semaphore(self.slots)
 
     def capacity(self) -> int:
-        """``slots`` running plus a prefetch sized by how long tasks take (as the thread and
-        process runners): quick tasks are claimed in batches, slow ones left to others."""
-        avg = self._avg
-        ahead = 64 if avg < 0.001 else 16 if avg < 0.005 else 2 if avg < 0.05 else 1
-        return max(0, self.slots * (1 + ahead) - len(self._running))
+        """``slots`` running plus ``_prefetch`` ahead of each, waiting at the slot gate."""
+        return max(0, self.slots * (1 + self._prefetch()) - len(self._running))
 
     def held(self) -> list[str]:
         return list(self._running)
@@ -97,7 +93,7 @@ class AsyncRunner(Runner):
         self._started.discard(out.task.id)
         self._cancelled.discard(out.task.id)
         if out.status is None:
-            self._avg = 0.8 * self._avg + 0.2 * max(0.0, out.finished_at - out.started_at)
+            self._observe(out.finished_at - out.started_at)
         self.on_done([out])
         self._signal_capacity()
 

@@ -322,17 +322,6 @@ class ProcessRunner(ChildRunner):
 
     def __init__(self, slots: int) -> None:
         super().__init__(slots, processes=slots)
-        self._avg = 0.01  # moving average of task duration, seconds
-
-    def _prefetch(self) -> int:
-        avg = self._avg
-        if avg < 0.001:
-            return 64
-        if avg < 0.005:
-            return 16
-        if avg < 0.05:
-            return 2
-        return 1
 
     def capacity(self) -> int:
         if self._stopping:
@@ -378,15 +367,13 @@ class ProcessRunner(ChildRunner):
 
     def _results(self, c: _Child, rows: list[list[Any]]) -> None:
         outs: list[Outcome] = []
-        avg = self._avg
         for tid, code, data, started, finished in rows:
             first = next(iter(c.pending), None)
             if first != tid:  # cannot happen unless the protocol broke
                 raise RuntimeError(f"child {c.pid} answered {tid!r}, expected {first!r}")
             task = c.pending.pop(tid)
-            avg = 0.8 * avg + 0.2 * (finished - started)
+            self._observe(finished - started)
             outs.append(self._finished(c, task, code, data, started, finished))
-        self._avg = avg
         self.on_done(outs)
         self._pump()
         self._signal_capacity()

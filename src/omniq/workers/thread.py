@@ -44,7 +44,6 @@ class ThreadRunner(Runner):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._running: dict[str, _Slot] = {}
-        self._avg = 0.01  # moving average of task run time, seconds
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -59,13 +58,9 @@ class ThreadRunner(Runner):
         t.start()
 
     def capacity(self) -> int:
-        """Room for the tasks running plus a prefetch sized by how long tasks take: quick tasks
-        come in batches (a claim round trip per 2 no-ops capped a pool at ~4,000/s), slow ones
-        stay in the queue for other workers to take."""
-        avg = self._avg
-        ahead = 64 if avg < 0.001 else 16 if avg < 0.005 else 2 if avg < 0.05 else 1
+        """Room for the tasks running plus ``_prefetch`` ahead of each slot."""
         busy = len(self._running) + len(self._queued)
-        return max(0, self.slots * (1 + ahead) - busy)
+        return max(0, self.slots * (1 + self._prefetch()) - busy)
 
     def held(self) -> list[str]:
         return list(self._queued) + list(self._running)
@@ -152,7 +147,7 @@ class ThreadRunner(Runner):
             h = self._timers.pop(o.task.id, None)
             if h is not None:
                 h.cancel()
-            self._avg = 0.8 * self._avg + 0.2 * max(0.0, o.finished_at - o.started_at)
+            self._observe(o.finished_at - o.started_at)
         if outs:
             self.on_done(outs)
             self._signal_capacity()
