@@ -1489,15 +1489,19 @@ class OmniQ:
         self.close(drain=exc_type is None)
 
     def _call(self, fn: Callable[..., Awaitable[R]], *args: Any, **kwargs: Any) -> R:
-        """Run ``fn`` on the loop thread, opening first when closed. A call that lands while
-        another thread closes this instance is retried on the reopened one."""
+        """Run ``fn`` on the loop thread, opening first when closed."""
+        return self._while_open(lambda thread: thread.call(fn, *args, **kwargs))
+
+    def _while_open(self, use: Callable[[_LoopThread], R]) -> R:
+        """``use(loop thread)`` on an open instance. One that lands while another thread closes
+        this instance waits for that close and runs again on the reopened instance."""
         for _ in range(100):
             thread = self._thread
             if thread is None or not self._core.is_open:
                 self.open()
                 continue
             try:
-                return thread.call(fn, *args, **kwargs)
+                return use(thread)
             except _ClosedMeanwhile:
                 with self._lock:  # let the closing thread finish, then reopen
                     continue
@@ -1515,16 +1519,8 @@ class OmniQ:
         return TaskHandle(self, task.id, task.queue, fut)
 
     def _hand_over(self, tasks: Sequence[Task]) -> list[ResultFuture[TaskResult]]:
-        """``_accept`` on an open instance, waiting out a close another thread is doing."""
-        for _ in range(100):
-            if self._thread is None or not self._core.is_open:
-                self.open()
-            try:
-                return self._core._accept(tasks)
-            except _ClosedMeanwhile:
-                with self._lock:  # let the closing thread finish, then reopen
-                    continue
-        raise StorageError("this OmniQ kept being closed by another thread while tasks waited")
+        """``_accept`` on an open instance (no portal round trip), waiting out a racing close."""
+        return self._while_open(lambda _thread: self._core._accept(tasks))
 
     def map(self, fn: Callable[..., Any], iterable: Iterable[Any], **options: Any) -> list[TaskHandle]:
         """``fn(item)`` for each item, as one batch; handles in input order. ``options`` are
