@@ -292,6 +292,22 @@ class ResultStore(Backend):
         """Delete results whose ``expires_at <= now``; returns how many."""
 
 
+class Signal:
+    """A wake-up that callbacks set and one waiter consumes: ``wait`` returns once it is set
+    (or at ``timeout``) and re-arms it. For cross-process signals (NOTIFY, pub/sub)."""
+
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    async def wait(self, timeout: float) -> None:
+        with anyio.move_on_after(timeout):
+            await self._event.wait()
+        self._event = anyio.Event()
+
+
 class EventStore(Backend):
     """Append-only lifecycle events."""
 
@@ -483,8 +499,10 @@ __all__ = [
     "Backend",
     "EventStore",
     "Finished",
+    "Overrun",
     "Reaped",
     "ResultStore",
+    "Signal",
     "TaskQueue",
     "WorkerInfo",
     "check_claim",

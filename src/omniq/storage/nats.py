@@ -82,7 +82,6 @@ from copy import copy
 from typing import Any, ParamSpec, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
-import anyio
 import msgspec
 import nats.errors
 import nats.js.errors
@@ -100,6 +99,7 @@ from .base import (
     Overrun,
     Reaped,
     ResultStore,
+    Signal,
     TaskQueue,
     WorkerInfo,
     check_claim,
@@ -330,7 +330,7 @@ class NatsBackend(TaskQueue, ResultStore, EventStore):
         self._next_due: float | None = None  # when the earliest delayed task falls due
         self._held: dict[str, tuple[int, _Rec]] = {}  # our leases: revision + record we wrote
         self._jobs: set[asyncio.Future[None]] = set()  # wake-up publishes in flight
-        self._events_appended = anyio.Event()  # set by <ns>.evwake (subscribed on first wait)
+        self._events_appended = Signal()  # set by <ns>.evwake (subscribed on first wait)
         self._events_sub: Any = None
         self._replies: dict[str, asyncio.Future[api.PubAck | BaseException]] = {}
         self._reply_no = 0
@@ -1624,9 +1624,7 @@ class NatsBackend(TaskQueue, ResultStore, EventStore):
                 self._events_appended.set()
 
             self._events_sub = await nc.subscribe(f"{self._p}.evwake", cb=appended)
-        with anyio.move_on_after(timeout):
-            await self._events_appended.wait()
-        self._events_appended = anyio.Event()
+        await self._events_appended.wait(timeout)
 
     @_guard
     async def query_events(

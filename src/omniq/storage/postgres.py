@@ -86,6 +86,7 @@ from .base import (
     Overrun,
     Reaped,
     ResultStore,
+    Signal,
     TaskQueue,
     WorkerInfo,
     check_claim,
@@ -571,7 +572,7 @@ class PostgresBackend(TaskQueue, ResultStore, EventStore):
         self.url = url
         self.schema = parsed.schema
         self.channel = channel_for(parsed.schema)
-        self._events_appended = anyio.Event()
+        self._events_appended = Signal()
         self._dsn = parsed.dsn
         self._pool_size = parsed.pool_size
         self._reconnect_timeout = parsed.reconnect_timeout
@@ -1238,9 +1239,7 @@ class PostgresBackend(TaskQueue, ResultStore, EventStore):
 
     async def wait_for_events(self, timeout: float) -> None:
         """Return on the NOTIFY another process's ``append_events`` sends, or at ``timeout``."""
-        with anyio.move_on_after(timeout):
-            await self._events_appended.wait()
-        self._events_appended = anyio.Event()
+        await self._events_appended.wait(timeout)
 
     async def query_events(
         self,

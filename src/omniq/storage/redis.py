@@ -89,6 +89,7 @@ from .base import (
     Overrun,
     Reaped,
     ResultStore,
+    Signal,
     TaskQueue,
     WorkerInfo,
     check_claim,
@@ -1038,7 +1039,7 @@ class RedisBackend(TaskQueue, ResultStore, EventStore):
         self.prefix = self.options.prefix
         self._redis: aioredis.Redis | None = None
         self._listener: asyncio.Task[None] | None = None
-        self._events_appended = anyio.Event()  # set by <prefix>:evwake messages
+        self._events_appended = Signal()  # set by <prefix>:evwake messages
         self._next_due: float | None = None  # earliest eta of a delayed task, last we heard
         self._down_since: float | None = None  # monotonic time the connection was lost
 
@@ -1387,9 +1388,7 @@ class RedisBackend(TaskQueue, ResultStore, EventStore):
     async def wait_for_events(self, timeout: float) -> None:
         """Return when any process's ``append_events`` published on ``<prefix>:evwake``."""
         self._ensure_listener()
-        with anyio.move_on_after(timeout):
-            await self._events_appended.wait()
-        self._events_appended = anyio.Event()
+        await self._events_appended.wait(timeout)
 
     async def wait_for_tasks(self, timeout: float) -> None:
         """Return on ``notify``, on a wake-up published by any process, or when the earliest
