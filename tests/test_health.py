@@ -18,20 +18,11 @@ from omniq.storage.base import masked
 
 from . import helpers
 from .servers import private_redis
+from .workers.common import wait_for
 
 
 def always_fails(x):
     raise ValueError(f"no {x}")
-
-
-def _wait(cond, timeout: float, step: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(step)
-    return cond()
 
 
 def _worker(url: str, *extra: str) -> subprocess.Popen[str]:
@@ -39,6 +30,13 @@ def _worker(url: str, *extra: str) -> subprocess.Popen[str]:
         [sys.executable, "-m", "omniq.cli", "worker", "--tasks", url, "--worker", "thread", "-c", "1", *extra],
         stderr=subprocess.PIPE, text=True,
     )
+
+
+def _metrics_endpoint(w: subprocess.Popen[str]) -> str:
+    """The URL an ``omniq worker --metrics-port`` announced on stderr."""
+    line = wait_for(lambda: next((ln for ln in iter(w.stderr.readline, "") if "metrics on" in ln), None), 30,
+                    what="the worker to announce its metrics port")
+    return line.split("metrics on ", 1)[1].strip()
 
 
 def _stop(p: subprocess.Popen[str]) -> str:
@@ -72,22 +70,22 @@ def test_a_killed_worker_is_reported_dead_within_a_lease(tmp_path):
     try:
         with OmniQ(tasks=url, concurrency=0, lease=lease) as oq:
             h = oq.submit(helpers.sleep_return, 30, "late")
-            alive = _wait(lambda: [x for x in oq.health()["workers"] if x["pid"] == w.pid and x["alive"]], 30)
+            alive = wait_for(lambda: [x for x in oq.health()["workers"] if x["pid"] == w.pid and x["alive"]], 30)
             assert alive, "the worker never reported in"
-            assert _wait(lambda: oq.status(h.id) == "running", 30)
+            assert wait_for(lambda: oq.status(h.id) == "running", 30)
             os.kill(w.pid, signal.SIGKILL)
             killed_at = time.time()
-            dead = _wait(lambda: [x for x in oq.health()["workers"] if x["pid"] == w.pid and not x["alive"]], 10)
+            dead = wait_for(lambda: [x for x in oq.health()["workers"] if x["pid"] == w.pid and not x["alive"]], 10)
             assert dead, "a killed worker still shows alive"
             # within a lease of its last heartbeat, which came at most a lease before the kill
             assert time.time() - dead[0]["last_heartbeat"] < 3 * lease
             assert dead[0]["last_heartbeat"] <= killed_at
             # its task's lease overran: health names it until the hour is up, and it runs again
-            over = _wait(lambda: [o for o in oq.health()["leases_overrun"] if o["task_id"] == h.id], 10)
+            over = wait_for(lambda: [o for o in oq.health()["leases_overrun"] if o["task_id"] == h.id], 10)
             assert over and over[0]["outcome"] in ("lapsed", "requeued")
             text = status_report(oq.health())  # `omniq status` with something to report
             assert "leases overrun in the last hour" in text and h.id in text and "DEAD" in text
-            assert _wait(lambda: oq.status(h.id) == "queued", 10)
+            assert wait_for(lambda: oq.status(h.id) == "queued", 10)
     finally:
         _stop(w)
 
@@ -99,11 +97,11 @@ def test_a_hung_worker_shows_dead_then_alive_again(tmp_path):
         with OmniQ(tasks=url, concurrency=0, lease=1.0) as oq:
             def state():
                 return {x["alive"] for x in oq.health()["workers"] if x["pid"] == w.pid}
-            assert _wait(lambda: state() == {True}, 30)
+            assert wait_for(lambda: state() == {True}, 30)
             os.kill(w.pid, signal.SIGSTOP)
-            assert _wait(lambda: state() == {False}, 10)
+            assert wait_for(lambda: state() == {False}, 10)
             os.kill(w.pid, signal.SIGCONT)
-            assert _wait(lambda: state() == {True}, 10)
+            assert wait_for(lambda: state() == {True}, 10)
     finally:
         os.kill(w.pid, signal.SIGCONT)
         _stop(w)
@@ -116,7 +114,7 @@ def test_schedules_report_their_last_outcome(tmp_path):
 
         def outcomes():
             return {s["name"]: s["last_outcome"] for s in oq.health()["schedules"]}
-        assert _wait(lambda: outcomes() == {"good": "succeeded", "bad": "failed"}, 20), outcomes()
+        assert wait_for(lambda: outcomes() == {"good": "succeeded", "bad": "failed"}, 20, what="both last outcomes")
 
 
 def test_health_reports_a_storage_that_went_away_and_status_exits_1(tmp_path):
@@ -144,7 +142,7 @@ def test_status_text_shows_storage_workers_and_schedules(tmp_path):
     try:
         with OmniQ(tasks=url, concurrency=0) as oq:
             oq.schedule(helpers.square, interval=3600, args=(2,), name="hourly")
-            assert _wait(lambda: any(x["alive"] for x in oq.health()["workers"]), 30)
+            assert wait_for(lambda: any(x["alive"] for x in oq.health()["workers"]), 30)
         p = subprocess.run([sys.executable, "-m", "omniq.cli", "status", "--tasks", url],
                            capture_output=True, text=True, timeout=60)
         assert p.returncode == 0, p.stderr
@@ -160,9 +158,7 @@ def test_worker_serves_prometheus_metrics(tmp_path):
     url = f"sqlite:///{tmp_path}/p.db"
     w = _worker(url, "--metrics-port", "0")
     try:
-        line = _wait(lambda: next((ln for ln in iter(w.stderr.readline, "") if "metrics on" in ln), None), 30)
-        assert line, "the worker did not announce its metrics port"
-        endpoint = line.split("metrics on ", 1)[1].strip()
+        endpoint = _metrics_endpoint(w)
         with OmniQ(tasks=url, concurrency=0) as oq:
             hs = [oq.submit(helpers.square, i) for i in range(5)]
             assert [h.result(timeout=30) for h in hs] == [i * i for i in range(5)]
@@ -172,7 +168,7 @@ def test_worker_serves_prometheus_metrics(tmp_path):
                 assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
                 return r.read().decode()
         done = 'omniq_events_total{type="succeeded",queue="default"} 5'
-        text = _wait(lambda: t if done in (t := scrape()) else None, 10)
+        text = wait_for(lambda: t if done in (t := scrape()) else None, 10)
         assert text, scrape()
         assert "omniq_run_seconds_count 5" in text and "omniq_worker_slots 1.0" in text
         with pytest.raises(urllib.error.HTTPError, match="404"):
@@ -204,8 +200,7 @@ def test_the_metrics_endpoint_survives_bad_clients(tmp_path):
 
     w = _worker(f"sqlite:///{tmp_path}/bad.db", "--metrics-port", "0")
     try:
-        line = _wait(lambda: next((ln for ln in iter(w.stderr.readline, "") if "metrics on" in ln), None), 30)
-        endpoint = line.split("metrics on ", 1)[1].strip()
+        endpoint = _metrics_endpoint(w)
         port = int(endpoint.rsplit(":", 1)[1].split("/")[0])
         idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(20)]  # say nothing
         for junk in (b"\x00\xff garbage\r\n\r\n", b"POST /metrics HTTP/1.0\r\n\r\n"):

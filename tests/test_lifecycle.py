@@ -30,6 +30,7 @@ from omniq import AsyncOmniQ, OmniQ, TaskError, TaskStatus
 from omniq.errors import ConfigError, TaskCancelled, TaskExpired, WorkerDied
 
 from . import helpers  # light to import: process children load task functions from it
+from .workers.common import wait_for
 
 PG = os.environ.get("OMNIQ_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS = os.environ.get("OMNIQ_TEST_REDIS", "redis://127.0.0.1:6379/0")
@@ -208,17 +209,6 @@ def record_error(path: str) -> Callable[[TaskError], None]:
 
 
 # --- helpers --------------------------------------------------------------------------------
-
-
-def wait_for(pred: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = pred()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
 
 
 FINAL_EVENTS = {"succeeded", "failed", "cancelled", "expired"}

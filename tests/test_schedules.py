@@ -7,13 +7,13 @@ those tasks through the event log (``started``) and their results, and count the
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import itertools
 import subprocess
 import sys
 import textwrap
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,8 @@ import pytest
 
 from omniq import OmniQ, TaskResult, TaskStatus
 from omniq.errors import ConfigError
+
+from .workers import common
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -48,15 +50,7 @@ def slots(results: list[TaskResult]) -> list[float]:
     return [r.metadata["slot"] for r in results]
 
 
-def wait_for(pred: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = pred()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
+wait_for = functools.partial(common.wait_for, timeout=10.0, step=0.05)  # schedules tick every 50 ms
 
 
 def assert_once_per_slot(found: list[TaskResult]) -> None:

@@ -21,6 +21,18 @@ def wait_until(pred: Callable[[], object], timeout: float = 30.0) -> bool:
     return False
 
 
+def wait_for(pred: Callable[[], Any], timeout: float = 15.0, what: str = "condition", step: float = 0.02) -> Any:
+    """``pred()``'s first truthy value; ``AssertionError`` naming ``what`` past ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = pred()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(step)
+
+
 def runner(oq: Any) -> Any:
     """The runner behind an open ``OmniQ``'s worker slots."""
     return oq.core._worker.runner
