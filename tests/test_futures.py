@@ -122,3 +122,61 @@ def test_a_pending_future_with_a_callback_outlives_its_last_reference():
     del f
     gc.collect()
     assert ref() is None  # done: no longer pinned
+
+
+def test_bulk_moves_what_it_made_to_the_oldest_generation_and_keeps_an_app_freeze():
+    class Node:
+        pass
+
+    gc.collect()
+    with bulk():
+        made = [Node() for _ in range(5000)]
+    # already in the oldest generation: the young collections to come walk none of them
+    oldest = {id(o) for o in gc.get_objects(generation=2)}
+    assert all(id(n) in oldest for n in made[::500])
+    gc.freeze()  # an application that froze its start-up objects keeps them frozen
+    try:
+        frozen = gc.get_freeze_count()
+        with bulk():
+            _ = [Node() for _ in range(100)]
+        assert gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()
+
+
+def test_weak_futures_hold_only_what_callers_keep_and_sweep_the_rest():
+    from omniq._futures import WeakFutures
+
+    w = WeakFutures()
+    kept = [ResultFuture() for _ in range(10)]
+    w.add_many((f"k{i}", f) for i, f in enumerate(kept))
+    w.add_many((f"d{i}", ResultFuture()) for i in range(10_000))  # dropped at once
+    assert len(w) == 10 and "k3" in w and "d3" not in w and w.get("d3") is None
+    assert len(w._data) < 5_000  # swept as it grew, not left to hold 10,000 dead refs
+    assert w.get("k1") is kept[1] and w.pop("k1") is kept[1] and "k1" not in w
+    w["k1"] = kept[1]
+    assert sorted(k for k, _ in w.live()) == sorted(f"k{i}" for i in range(10)) and w.pop("nope") is None
+
+
+def test_weak_futures_take_adds_from_many_threads_while_sweeping():
+    from omniq._futures import WeakFutures
+
+    w = WeakFutures()
+    keep: list[ResultFuture] = []
+    lock = threading.Lock()
+
+    def add(t: int) -> None:
+        for i in range(3000):
+            f = ResultFuture()
+            if i % 3 == 0:
+                with lock:
+                    keep.append(f)
+            w[f"{t}-{i}"] = f  # every 4096 entries the adding thread sweeps
+
+    threads = [threading.Thread(target=add, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(w) == len(keep) == 4000
+    assert all(w.get(k) is not None for k in (f"{t}-{i}" for t in range(4) for i in range(0, 3000, 3)))

@@ -844,3 +844,16 @@ def test_huge_payloads_round_trip() -> None:
     assert data[:1] == b"M" and loads(data) == rows
     fn, args, kwargs = loads_call(dumps_call(module_level, (blob,), {"rows": rows}))
     assert fn is module_level and args[0] == blob and kwargs["rows"] == rows
+
+
+def test_dumps_calls_of_an_importable_function_match_dumps_call_byte_for_byte() -> None:
+    from omniq.serialization import dumps_calls
+
+    from .. import helpers
+
+    calls = [((i,), {}) for i in range(5)] + [((2**70,), {}), (("\ud800",), {}), (([1, (2, 3)],), {}),
+                                              ((1,), {"k": {1, 2}})]
+    assert dumps_calls(helpers.square, calls) == [dumps_call(helpers.square, a, k) for a, k in calls]
+    f, args, kwargs = loads_call(dumps_calls(helpers.square, calls)[5])
+    assert kwargs == {}
+    assert f(*args) == 2**140

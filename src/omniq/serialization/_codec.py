@@ -64,10 +64,9 @@ Call = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
 def dumps(obj: Any) -> bytes:
     """Serialize a value (a task result, say): msgpack when exact, else pickle or dill."""
     key = _signing.get_secret_keys()[0]
-    t = type(obj)
     if obj is None:
         payload = _NONE
-    elif t in EXACT_SCALARS or (t is int and INT_MIN <= obj <= INT_MAX):
+    elif _exact_scalar(obj):
         try:
             payload = TAG_MSGPACK + _encoder.encode(obj)
         except Exception:  # a str with lone surrogates is not valid UTF-8
@@ -204,6 +203,11 @@ def dumps_call(
     return payload if key is None else _signing.sign(payload, key, TAG_SIGNED)
 
 
+def _exact_scalar(obj: Any) -> bool:
+    t = type(obj)
+    return t in EXACT_SCALARS or (t is int and INT_MIN <= obj <= INT_MAX)
+
+
 def dumps_calls(
     fn: Callable[..., Any], calls: Sequence[tuple[Sequence[Any], Mapping[str, Any]]]
 ) -> list[bytes]:
@@ -211,24 +215,35 @@ def dumps_calls(
     value (a closure, a notebook function) is pickled once, not once per call; each payload then
     costs a msgpack encode of its plain arguments. Calls with non-plain arguments fall back to
     :func:`dumps_call`, which keeps a ``__main__`` class shared by function and argument whole."""
-    if _function_ref(fn) is not None or len(calls) < 2:
+    if len(calls) < 2:
         return [dumps_call(fn, tuple(a), dict(k)) for a, k in calls]
     if not callable(fn):
         raise SerializationError(f"cannot serialize call: {type(fn).__name__} object is not callable")
-    sources = _sources.collect(fn)
-    try:
-        fn_bytes = dill.dumps((fn, sources) if sources else (fn,), protocol=PROTOCOL, recurse=True)
-    except Exception as exc:
-        raise SerializationError(_describe_call(fn, (), {}, exc)) from exc
+    fn_ref = _function_ref(fn)
+    if fn_ref is not None:  # importable: each payload names it (TAG_CALL), as dumps_call would
+        tag, fn_bytes = TAG_CALL, fn_ref
+    else:
+        sources = _sources.collect(fn)
+        try:
+            fn_bytes = dill.dumps((fn, sources) if sources else (fn,), protocol=PROTOCOL, recurse=True)
+        except Exception as exc:
+            raise SerializationError(_describe_call(fn, (), {}, exc)) from exc
+        tag = TAG_SHARED
     key = _signing.get_secret_keys()[0]
+    encode = _encoder.encode
     out = []
     for a, k in calls:
-        args, kwargs = tuple(a), dict(k)
+        args = a if type(a) is tuple else tuple(a)
+        kwargs = k if type(k) is dict else dict(k)
         payload = None
-        if classify_call(args, kwargs) == EXACT:
+        if kwargs or len(args) != 1 or not _exact_scalar(args[0]):  # map's one plain item: no walk
+            exact = classify_call(args, kwargs) == EXACT
+        else:
+            exact = True
+        if exact:
             try:
-                payload = TAG_SHARED + _encoder.encode((fn_bytes, args, kwargs))
-            except Exception:
+                payload = tag + encode((fn_bytes, args, kwargs))
+            except Exception:  # lone surrogates in a str: let pickle carry it
                 payload = None
         if payload is None:
             out.append(dumps_call(fn, args, kwargs))

@@ -154,6 +154,8 @@ IDS = "(SELECT value FROM json_each(?))"  # a JSON array of ids: one parameter, 
 INSERT_TASK = """INSERT INTO omniq_tasks (id, queue, priority, status, blocked, eta, expires_at,
     max_deliveries, deliveries, attempts, created_at, finished_at, task)
     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
+INSERT_QUEUED = """INSERT INTO omniq_tasks (id, queue, priority, status, expires_at, max_deliveries,
+    created_at, task) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?)"""
 INSERT_DEP = "INSERT OR IGNORE INTO omniq_deps (task_id, dep_id) VALUES (?, ?)"
 TASK_STATUSES = f"SELECT id, status FROM omniq_tasks WHERE id IN {IDS}"
 GET_TASK = f"SELECT {TASK_COLUMNS} FROM omniq_tasks WHERE id = ?"
@@ -589,22 +591,34 @@ def _insert_tasks(conn: sqlite3.Connection, tasks: Sequence[Task], now: float) -
     known: dict[str, TaskStatus] = {}
     if deps:
         known = {i: _STATUS[s] for i, s in conn.execute(TASK_STATUSES, (_ids(list(deps)),))}
-    plans = plan_enqueue(tasks, known)
-    rows: list[tuple[Any, ...]] = []
+    plain = (TaskStatus.QUEUED, TaskStatus.PENDING)  # pending with no eta nor deps: queued
     dep_rows: list[tuple[str, str]] = []
-    ready = False
-    for t, (status, waiting) in zip(tasks, plans, strict=True):
-        rows.append((
-            t.id, t.queue, t.priority, status.value, 1 if waiting else 0, t.eta, t.expires_at,
-            t.max_deliveries, t.deliveries, t.attempts, t.created_at,
-            now if status is TaskStatus.CANCELLED else None, _encode(t),
-        ))  # fmt: skip
-        if waiting:
-            dep_rows.extend((t.id, d) for d in waiting)
-        elif status is TaskStatus.QUEUED:
-            ready = True
+    rows: list[tuple[Any, ...]]
+    if not deps and all(
+        t.status in plain and t.eta is None and not t.deliveries and not t.attempts for t in tasks
+    ):  # the usual batch (submit, map, sweep), all queued at once: 7 values a row to bind, not 13
+        sql = INSERT_QUEUED
+        rows = [
+            (t.id, t.queue, t.priority, t.expires_at, t.max_deliveries, t.created_at, _encode(t))
+            for t in tasks
+        ]
+        ready = True
+    else:
+        sql = INSERT_TASK
+        rows = []
+        ready = False
+        for t, (status, waiting) in zip(tasks, plan_enqueue(tasks, known), strict=True):
+            rows.append((
+                t.id, t.queue, t.priority, status.value, 1 if waiting else 0, t.eta, t.expires_at,
+                t.max_deliveries, t.deliveries, t.attempts, t.created_at,
+                now if status is TaskStatus.CANCELLED else None, _encode(t),
+            ))  # fmt: skip
+            if waiting:
+                dep_rows.extend((t.id, d) for d in waiting)
+            elif status is TaskStatus.QUEUED:
+                ready = True
     try:
-        conn.executemany(INSERT_TASK, rows)
+        conn.executemany(sql, rows)
     except sqlite3.IntegrityError:
         taken = [i for i, _ in conn.execute(TASK_STATUSES, (_ids([t.id for t in tasks]),))]
         if taken:
