@@ -132,6 +132,7 @@ class Peer:
 # ------------------------------------------------------------------------------------------
 class OmniQPeer(Peer):
     restartable = True
+    map_chunksizes = (1, AUTO)  # a task per item, or chunks as joblib batches
     modules = (
         "omniq.core",
         "omniq.storage.sqlite",
@@ -166,7 +167,7 @@ class OmniQPeer(Peer):
         timeout: float,
         chunksize: int | str | None = None,
     ) -> list[Any]:
-        return self.gather(self.oq.map(fn, items), timeout)
+        return self.gather(self.oq.map(fn, items, chunksize=chunksize or 1), timeout)
 
 
 # ------------------------------------------------------------------------------------------

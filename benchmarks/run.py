@@ -155,7 +155,7 @@ TARGETS += [
     Target("noop", "omniq-sqlite", f"≥1.0{X} PPE", baseline=BASELINE, factor=1.0, later=True),
     Target("noop", "omniq-memory", f"≥1.0{X} PPE", baseline=BASELINE, factor=1.0),
     Target("noop", "omniq-memory", f"≥1.5{X} PPE", baseline=BASELINE, factor=1.5, later=True),
-    Target("map", "omniq-sqlite", f"≥0.5{X} joblib", baseline="joblib", factor=0.5),
+    Target("map", "omniq-sqlite", f"≥0.5{X} joblib", baseline="joblib", factor=0.5, variant="chunksize=auto"),
     Target("enqueue", "omniq-sqlite", "≥20,000/s", at_least=20_000, variant="enqueue() x N"),
     Target("enqueue", "omniq-sqlite", "≥200,000/s", at_least=200_000, variant="map() + flush()"),
 ]
@@ -181,7 +181,7 @@ class Report:
             if (
                 r.workload == workload
                 and r.peer == peer
-                and (variant is None or r.variant == variant)
+                and (variant is None or r.variant == variant or r.variant.startswith(f"{variant} ("))
             ):
                 return r
         return None
@@ -362,7 +362,8 @@ def peer_jobs(peer: Peer, s: Sizes, wanted: set[str]) -> list[Job]:
             continue
         for cs in peer.map_chunksizes:
             variant = (
-                "" if cs is None else f"chunksize={auto_chunksize(s.map) if cs == AUTO else cs}"
+                "" if cs is None else f"chunksize=auto ({auto_chunksize(s.map)})" if cs == AUTO
+                else f"chunksize={cs}"
             )
 
             def map_once(

@@ -523,3 +523,33 @@ def test_every_enqueue_option_works_or_names_itself(option: str, value: object) 
     for name in ("timeout", "retry_delay", "result_ttl"):
         got = getattr(task, name)
         assert got is None or (isinstance(got, float) and got == got and got >= 0), (name, got)
+
+
+def test_close_returns_when_a_storage_stops_answering(tmp_path, monkeypatch, caplog):
+    """A frozen events server costs close() a WARNING per step naming it, not a hang; the
+    tasks and results on the healthy storage are all there."""
+    import signal
+
+    import omniq.core
+
+    from .servers import private_redis
+
+    monkeypatch.setattr(omniq.core, "CLOSE_STEP", 1.0)
+    with private_redis() as server:
+        db = f"sqlite:///{tmp_path}/t.db"
+        oq = OmniQ(tasks=db, events=server.url(), worker="thread", concurrency=1).open()
+        try:
+            ids = [h.id for h in oq.map(helpers.square, range(20))]
+            assert oq.gather([oq.handle(i) for i in ids], timeout=30) == [i * i for i in range(20)]
+            os.kill(server.proc.pid, signal.SIGSTOP)  # answers nothing, closes nothing
+            oq.submit(helpers.square, 5)  # its events cannot be written now
+            t0 = time.monotonic()
+            with caplog.at_level("WARNING", logger="omniq"):
+                oq.close()
+            assert time.monotonic() - t0 < 20
+        finally:
+            os.kill(server.proc.pid, signal.SIGCONT)
+        warned = [r.getMessage() for r in caplog.records if "did not finish within" in r.getMessage()]
+        assert warned and all(f"127.0.0.1:{server.port}" in m for m in warned)
+        with OmniQ(tasks=db, concurrency=0) as again:
+            assert [again.get_result(i).value for i in ids] == [i * i for i in range(20)]

@@ -192,7 +192,7 @@ def test_100k_tasks_end_to_end(url: str) -> None:
         # nothing is kept per finished task (waiters, their bookkeeping, batching state)
         assert len(core._waiters) == 0
         assert len(core._waiter_meta) == 0
-        assert len(core._unit_of) == 0
+        assert len(core._units) == 0
         assert len(core._buffer) == 0
 
         started = oq.events(types=["started"])

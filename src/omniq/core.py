@@ -17,8 +17,9 @@ import contextlib
 import datetime as dt
 import functools
 import heapq
-import itertools
+import inspect
 import logging
+import os
 import threading
 import time
 import weakref
@@ -30,8 +31,8 @@ import anyio
 import msgspec
 from anyio.from_thread import BlockingPortal
 
-from . import ids
-from ._futures import ResultFuture, bulk, resolve_many
+from . import _chunks, ids
+from ._futures import ResultFuture, WeakFutures, bulk, resolve_many
 from .config import configure_logging, load_config, resolve_urls
 from .errors import ConfigError, StorageError, StorageUnwritable, TaskError
 from .events.logger import EventLogger
@@ -106,6 +107,11 @@ def _task_ids(value: Any) -> tuple[str, ...]:
             out.append(v)
         else:
             raise ConfigError(f"depends_on contains {v!r}: expected task ids (str) or task handles")
+        if _chunks.split_item_id(out[-1]) is not None:  # its chunk succeeds even if the item raised
+            raise ConfigError(
+                f"depends_on contains {out[-1]!r}, an item of a chunked map: a task can depend on whole "
+                "tasks only (map without chunksize to depend on single items)"
+            )
     return tuple(out)
 
 
@@ -157,8 +163,7 @@ class TaskHandle(_HandleBase):
     __slots__ = ("_oq",)
 
     def __init__(self, oq: OmniQ, task_id: str, queue: str, future: cf.Future[TaskResult]) -> None:
-        super().__init__(task_id, queue, future)
-        self._oq = oq
+        self.id, self.queue, self._future, self._oq = task_id, queue, future, oq  # 10,000 a map
 
     def status(self) -> TaskStatus:
         if self._future.done() and self._future.exception() is None:
@@ -197,8 +202,7 @@ class AsyncTaskHandle(_HandleBase):
     __slots__ = ("_oq",)
 
     def __init__(self, oq: AsyncOmniQ, task_id: str, queue: str, future: cf.Future[TaskResult]) -> None:
-        super().__init__(task_id, queue, future)
-        self._oq = oq
+        self.id, self.queue, self._future, self._oq = task_id, queue, future, oq  # 10,000 a map
 
     async def status(self) -> TaskStatus:
         if self._future.done() and self._future.exception() is None:
@@ -269,7 +273,7 @@ class AsyncOmniQ:
         self._flush_lock: asyncio.Lock | None = None
         # futures live as long as someone holds them (a handle, a sweep): a producer that drops
         # its handles keeps nothing per task
-        self._waiters: weakref.WeakValueDictionary[str, ResultFuture[TaskResult]] = weakref.WeakValueDictionary()
+        self._waiters = WeakFutures()
         # tasks handed over here that this instance's workers serve: close(drain=True) waits
         self._waiter_meta: dict[str, tuple[str, float, float]] = {}  # id -> (queue, eta, since)
         self._results_changed: anyio.Event | None = None
@@ -286,8 +290,9 @@ class AsyncOmniQ:
         self._facade_owned = False  # set by OmniQ: only it (re)opens, so a loop never outlives it
         self._stored_here: deque[tuple[Task, float, bool]] = deque()  # by _store_here, for the loop
         self._stored_here_kick = False
-        self._units = itertools.count(1)
-        self._unit_of: dict[str, int] = {}  # task id -> the call that handed it over (if > 1 task)
+        # first task id -> how many tasks one call handed over (if > 1): they lie together in
+        # the buffer (one deque.extend), and are stored or refused together
+        self._units: dict[str, int] = {}
 
     # --- lifecycle ---------------------------------------------------------------------------
     @classmethod
@@ -386,15 +391,16 @@ class AsyncOmniQ:
                     await self._drain()
             if self._worker is not None:
                 await self._worker.stop(graceful=drain)
-            await self._events.flush()
+            await _within(CLOSE_STEP, "writing the last events", self.events_url, self._events.flush())
         finally:
             await _cancel_all(self._bg)
             self._bg.clear()
             with contextlib.suppress(Exception):
-                await self._events.flush()
-            for b in (self._events_store, self._results, self._queue):
+                await _within(CLOSE_STEP, "writing the last events", self.events_url, self._events.flush())
+            for b, url in ((self._events_store, self.events_url), (self._results, self.results_url),
+                           (self._queue, self.tasks_url)):
                 with contextlib.suppress(Exception):
-                    await b.close()
+                    await _within(CLOSE_STEP, "closing", url, b.close())
             self._opened = False
             self._closing = False
             self._worker = None
@@ -497,19 +503,16 @@ class AsyncOmniQ:
         futs = []
         waiters, meta = self._waiters, self._waiter_meta
         now = time.time()
-        if len(tasks) > 1:  # one call's tasks are stored or refused together
-            unit = next(self._units)
-            unit_of = self._unit_of
-            for t in tasks:
-                unit_of[t.id] = unit
+        if len(tasks) > 1:
+            self._units[tasks[0].id] = len(tasks)
         served, local = self.config.queues, self._worker is not None
         for t in tasks:
             f: ResultFuture[TaskResult] = ResultFuture()
             f.since = now
-            waiters[t.id] = f
             if local and (served is None or t.queue in served):
                 meta[t.id] = (t.queue, t.eta or 0.0, now)
             futs.append(f)
+        waiters.add_many(zip([t.id for t in tasks], futs))
         self._buffer.extend(tasks)
         if not self._kick_pending:
             self._kick_pending = True
@@ -556,7 +559,7 @@ class AsyncOmniQ:
                 err = exc
                 break
             except ConfigError as exc:  # e.g. an unknown dependency: refused, not transient
-                units = _split_units(batch, self._unit_of)
+                units = _split_units(batch, self._units)
                 if len(units) > 1:
                     # store each call's tasks on their own, in order: only the refused call's
                     # tasks fail, and a task depending on an earlier call's still finds it
@@ -568,11 +571,9 @@ class AsyncOmniQ:
             except Exception as exc:
                 err = exc
                 await anyio.sleep(0.05 * 4**attempt)
-        unit_of = self._unit_of
-        for t in batch:
-            unit_of.pop(t.id, None)
-        if not unit_of and len(batch) > 1000:
-            self._unit_of = {}  # a dict keeps its grown table after pops: 100k calls' worth
+        i, starts = 0, self._units
+        while i < len(batch):
+            i += starts.pop(batch[i].id, 1)
         if err is not None:
             # Tell every waiter loudly rather than drop the tasks silently.
             if not isinstance(err, ConfigError):  # a refused task is the caller's error, raised to it
@@ -586,9 +587,8 @@ class AsyncOmniQ:
                 if f is not None and not f.done():
                     f.set_exception(e)
             return
-        self._events.emit_many(
-            [TaskEvent(task_id=t.id, type=EventType.ENQUEUED.value, timestamp=stamp, queue=t.queue) for t in batch]
-        )
+        kind = EventType.ENQUEUED.value
+        self._events.emit_many([TaskEvent(task_id=t.id, type=kind, timestamp=stamp, queue=t.queue) for t in batch])
         self._queue.notify()
         with_deps = [t for t in batch if t.depends_on]
         if with_deps:
@@ -713,16 +713,54 @@ class AsyncOmniQ:
         (fut,) = self._accept([task])
         return AsyncTaskHandle(self, task.id, task.queue, fut)
 
-    async def map(self, fn: Callable[..., Any], iterable: Iterable[Any], **options: Any) -> list[AsyncTaskHandle]:
-        """``fn(item)`` for each item, enqueued as one batch; handles in input order."""
+    async def map(
+        self, fn: Callable[..., Any], iterable: Iterable[Any], *, chunksize: int | str = 1, **options: Any
+    ) -> list[AsyncTaskHandle]:
+        """``fn(item)`` for each item, enqueued as one batch; handles in input order.
+        ``chunksize`` > 1 or ``"auto"``: that many items per task (see ``omniq._chunks``)."""
         await self._ensure_open()
         with bulk():
-            tasks = self._map_tasks(fn, iterable, options)
-            futs = self._accept(tasks)
-            return [AsyncTaskHandle(self, t.id, t.queue, f) for t, f in zip(tasks, futs)]
+            return [AsyncTaskHandle(self, *h) for h in self._map(fn, iterable, chunksize, options, self._accept)]
 
-    def _map_tasks(self, fn: Callable[..., Any], iterable: Iterable[Any], options: Mapping[str, Any]) -> list[Task]:
-        return self.build_tasks(fn, [((item,), {}) for item in iterable], **options)
+    def _map(
+        self,
+        fn: Callable[..., Any],
+        iterable: Iterable[Any],
+        chunksize: Any,
+        options: Mapping[str, Any],
+        accept: Callable[[Sequence[Task]], list[ResultFuture[TaskResult]]],
+    ) -> list[tuple[str, str, cf.Future[TaskResult]]]:
+        """``(id, queue, future)`` per item of a ``map``, its tasks handed to ``accept``."""
+        none: dict[str, Any] = {}  # one empty kwargs for every call: only read, never kept
+        if chunksize == 1:
+            tasks = self.build_tasks(fn, [((item,), none) for item in iterable], **options)
+            return [(t.id, t.queue, f) for t, f in zip(tasks, accept(tasks))]
+        items = list(iterable)
+        slots = self.config.concurrency if self._worker is not None else (os.cpu_count() or 1)
+        size = _chunks.chunk_length(chunksize, len(items), slots)
+        if not items:
+            return []
+        opts = dict(options)
+        retries = _int("retries", opts.pop("retries", 0), minimum=0)
+        retry_delay = _seconds("retry_delay", opts.pop("retry_delay", 1.0), allow_zero=True) or 0.0
+        timeout = _seconds("timeout", opts.pop("timeout", None))
+        if not callable(fn):
+            raise ConfigError(f"fn={fn!r} is not valid: expected a callable")
+        fn_payload = dumps_call(fn)  # the function once; each chunk carries its items
+        runner = _chunks.run_chunk_async if inspect.iscoroutinefunction(fn) else _chunks.run_chunk
+        chunks = [items[i : i + size] for i in range(0, len(items), size)]
+        tasks = self.build_tasks(runner, [((fn_payload, c, retries, retry_delay), none) for c in chunks], **opts)
+        name = _callable_name(fn)
+        tasks = [
+            msgspec.structs.replace(t, name=name, timeout=timeout * len(c) if timeout else None)
+            for t, c in zip(tasks, chunks)
+        ]
+        out: list[tuple[str, str, cf.Future[TaskResult]]] = []
+        for t, f, c in zip(tasks, accept(tasks), chunks):
+            futs: list[ResultFuture[TaskResult]] = [ResultFuture() for _ in c]
+            f.add_done_callback(functools.partial(_resolve_items, futs))
+            out += [(_chunks.item_id(t.id, i), t.queue, g) for i, g in enumerate(futs)]
+        return out
 
     def build_tasks(
         self,
@@ -743,7 +781,9 @@ class AsyncOmniQ:
             return []
         now = time.time()
         for i, (args, kwargs) in enumerate(calls):
-            if not isinstance(args, (tuple, list)) or not isinstance(kwargs, Mapping):
+            if (type(args) is not tuple or type(kwargs) is not dict) and (
+                not isinstance(args, (tuple, list)) or not isinstance(kwargs, Mapping)
+            ):
                 raise ConfigError(f"calls[{i}] is not valid: expected (args tuple, kwargs dict)")
         payloads = dumps_calls(fn, calls)  # a by-value function is pickled once for the batch
         task_ids = ids.new_ids(len(calls))
@@ -756,6 +796,9 @@ class AsyncOmniQ:
         )
         replace = msgspec.structs.replace
         out = [template]
+        if keys is None and not metadata:  # map: only id and payload differ (metadata: read-only)
+            out += [replace(template, id=i, payload=p) for i, p in zip(task_ids[1:], payloads[1:])]
+            return out
         for i in range(1, len(calls)):
             md = metadata[i] if per_md else metadata  # type: ignore[index]
             out.append(replace(
@@ -804,6 +847,11 @@ class AsyncOmniQ:
             await ev.wait()
 
     def _future_for(self, task_id: str) -> cf.Future[TaskResult]:
+        item = _chunks.split_item_id(task_id)
+        if item is not None:  # resolved from its chunk's future
+            g: ResultFuture[TaskResult] = ResultFuture()
+            self._future_for(item[0]).add_done_callback(functools.partial(_resolve_items, [g], start=item[1]))
+            return g
         f = self._waiters.get(task_id)
         if f is None:
             f = ResultFuture()  # "since" 0: the pickup loop reads its result at once
@@ -824,6 +872,10 @@ class AsyncOmniQ:
         """The task's final result; ``None`` if not final yet (and ``wait`` is False).
         With ``wait``, block until it is final; ``TimeoutError`` past ``timeout``."""
         await self._ensure_open()
+        item = _chunks.split_item_id(task_id)
+        if item is not None:  # an item of a chunked map: cut from its chunk's result
+            chunk = await self.get_result(item[0], wait, timeout)
+            return None if chunk is None else _chunks.item_result(chunk, item[1])
         f = self._waiters.get(task_id)
         if f is not None and f.done():
             return f.result()
@@ -839,6 +891,11 @@ class AsyncOmniQ:
     async def status(self, task_id: str) -> TaskStatus:
         """Current status; ``ConfigError`` for an id this storage has never seen."""
         await self._ensure_open()
+        item = _chunks.split_item_id(task_id)
+        if item is not None:  # its chunk's, unless the chunk ran and this item raised
+            chunk = await self.status(item[0])
+            mine = await self.get_result(task_id) if chunk is TaskStatus.SUCCEEDED else None
+            return chunk if mine is None else mine.status
         await self.flush()
         st = (await self._queue.statuses([task_id])).get(task_id)
         if st is None:
@@ -858,7 +915,8 @@ class AsyncOmniQ:
         Dependents of cancelled tasks are cancelled too (with the cause in their error)."""
         await self._ensure_open()
         await self.flush()
-        roots = list(dict.fromkeys(task_ids))
+        # an item of a chunked map is cancelled with its chunk
+        roots = list(dict.fromkeys(item[0] if (item := _chunks.split_item_id(t)) else t for t in task_ids))
         root_set = set(roots)
         changed = await self._queue.cancel(roots, now=time.time())
         hit = [t for t in roots if (st := changed.get(t)) is not None and not st.is_final]
@@ -1127,8 +1185,9 @@ class AsyncOmniQ:
             now = time.time()
             try:
                 reaped = await self._queue.reap(now=now)
-                for t in reaped.requeued:
-                    self._events.emit(t.id, EventType.REQUEUED, queue=t.queue, detail="lease lapsed")
+                for t in reaped.requeued:  # stamped at the reap: a worker woken by it may
+                    # claim the task and emit `started` before this coroutine resumes
+                    self._events.emit(t.id, EventType.REQUEUED, queue=t.queue, detail="lease lapsed", timestamp=now)
                 if reaped.requeued:
                     self._queue.notify()
                 if reaped.dead:
@@ -1227,8 +1286,7 @@ class AsyncOmniQ:
             # tasks our own runner holds report themselves; look up the rest (run elsewhere):
             # those someone waits for, and those close(drain=True) would wait for
             # (list() of the underlying dict is one C-level copy: producer threads may be adding)
-            refs = list(self._waiters.data.items())  # type: ignore[attr-defined]
-            since = {tid: f.since for tid, ref in refs if (f := ref()) is not None}
+            since = {tid: f.since for tid, f in self._waiters.live()}
             since.update((tid, m[2]) for tid, m in list(self._waiter_meta.items()))
             stale = [tid for tid, t in since.items() if now - t > 0.05 and tid not in held]
             found_any = False
@@ -1244,6 +1302,18 @@ class AsyncOmniQ:
                 outage.failed(exc)
             delay = 0.05 if found_any else min(1.0, delay * 2)
 
+CLOSE_STEP = 30.0  # seconds a storage may take to answer one step of close()
+
+
+async def _within(limit: float, what: str, url: str, step: Awaitable[Any]) -> None:
+    """One step of ``close()`` that waits on a storage: a server that stops answering costs a
+    WARNING naming it, not a ``close()`` that never returns."""
+    with anyio.move_on_after(limit) as scope:
+        await step
+    if scope.cancelled_caught:
+        log.warning("close: %s (%s) did not finish within %g s; going on", what, masked(url), limit)
+
+
 async def _cancel_all(tasks: Sequence[asyncio.Task[Any]], timeout: float = 10.0) -> None:
     """Cancel background tasks and wait for them, cancelling again while any is left: on
     Python 3.11 a driver's ``asyncio.wait_for`` can swallow a cancel that lands together with
@@ -1258,17 +1328,14 @@ async def _cancel_all(tasks: Sequence[asyncio.Task[Any]], timeout: float = 10.0)
         log.warning("%d background tasks did not stop within %g s; leaving them", len(pending), timeout)
 
 
-def _split_units(batch: list[Task], unit_of: Mapping[str, int]) -> list[list[Task]]:
+def _split_units(batch: list[Task], starts: Mapping[str, int]) -> list[list[Task]]:
     """Consecutive runs of tasks handed over by one call (a lone task is its own unit)."""
     units: list[list[Task]] = []
-    last: int | None = None
-    for t in batch:
-        u = unit_of.get(t.id)
-        if units and u is not None and u == last:
-            units[-1].append(t)
-        else:
-            units.append([t])
-        last = u
+    i = 0
+    while i < len(batch):
+        n = starts.get(batch[i].id) or 1
+        units.append(batch[i : i + n])
+        i += n
     return units
 
 
@@ -1355,6 +1422,20 @@ def _close_all_at_exit() -> None:
     for oq in list(_OPEN):
         with contextlib.suppress(BaseException):
             oq.close(drain=False, timeout=5)
+
+
+def _resolve_items(
+    items: Sequence[ResultFuture[TaskResult]], chunk: cf.Future[TaskResult], start: int = 0
+) -> None:
+    """A chunk's future is done: resolve its items' futures (``items[k]`` is item ``start + k``)."""
+    exc = chunk.exception()
+    if exc is not None:
+        for f in items:
+            f.set_exception(exc)
+        return
+    r = chunk.result()
+    n = len(items) if start == 0 else None
+    resolve_many([(f, _chunks.item_result(r, start + k, n)) for k, f in enumerate(items)])
 
 
 def _read_result(core: AsyncOmniQ, task_id: str, timeout: float | None) -> TaskResult:
@@ -1522,13 +1603,15 @@ class OmniQ:
         """``_accept`` on an open instance (no portal round trip), waiting out a racing close."""
         return self._while_open(lambda _thread: self._core._accept(tasks))
 
-    def map(self, fn: Callable[..., Any], iterable: Iterable[Any], **options: Any) -> list[TaskHandle]:
+    def map(
+        self, fn: Callable[..., Any], iterable: Iterable[Any], *, chunksize: int | str = 1, **options: Any
+    ) -> list[TaskHandle]:
         """``fn(item)`` for each item, as one batch; handles in input order. ``options`` are
-        ``enqueue`` options (queue, priority, retries, timeout, ...)."""
+        ``enqueue`` options (queue, priority, retries, timeout, ...). ``chunksize`` > 1 or
+        ``"auto"`` runs that many items per task, as joblib batches: far less storage per item;
+        each item keeps its own handle, value and error (see ``omniq._chunks``)."""
         with bulk():
-            tasks = self._core._map_tasks(fn, iterable, options)
-            futs = self._hand_over(tasks)
-            return [TaskHandle(self, t.id, t.queue, f) for t, f in zip(tasks, futs)]
+            return [TaskHandle(self, *h) for h in self._core._map(fn, iterable, chunksize, options, self._hand_over)]
 
     def handle(self, task_id: str) -> TaskHandle:
         """A handle for a task id (from ``enqueue`` or another process)."""

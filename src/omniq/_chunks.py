@@ -1,0 +1,143 @@
+"""Chunked ``map``: many items per task, as joblib and ``ProcessPoolExecutor.map`` batch them.
+
+A task costs a row, a claim, a result and three events whatever it does, so 2,000 no-ops as
+2,000 tasks spend their time in storage. ``map(fn, items, chunksize=n)`` stores one task per
+``n`` items instead; the worker runs ``fn`` over its items and returns every item's outcome in
+one result. Each item still gets its own handle and id (``<chunk id>.<index>``) whose
+``TaskResult`` is cut from the chunk's: an item that raises fails alone, with its own error.
+A chunk is one task for everything else: its events, lease, cancel (cancelling an item
+cancels its chunk) and a crash are shared by its items; ``retries`` retry a raising item in
+place; ``timeout`` is per item (the chunk gets ``timeout`` times its length).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import msgspec
+
+from .models import ErrorInfo, TaskResult, TaskStatus
+
+# what a chunk's result holds: [values, errors]; errors: [[index, type, message, traceback]]
+Outcomes = list[Any]
+
+
+def item_id(chunk_id: str, index: int) -> str:
+    return f"{chunk_id}.{index}"
+
+
+def split_item_id(task_id: str) -> tuple[str, int] | None:
+    """``(chunk id, index)`` for an item id, None for a task id (task ids hold no dot)."""
+    head, dot, tail = task_id.rpartition(".")
+    if dot and head and tail.isdigit():
+        return head, int(tail)
+    return None
+
+
+def chunk_length(chunksize: Any, n: int, slots: int) -> int:
+    """Items per chunk: ``"auto"`` makes four chunks per worker slot (as ``joblib`` and the
+    ``ProcessPoolExecutor`` recipe do), so every slot stays busy while the last chunks run."""
+    if chunksize == "auto":
+        return max(1, math.ceil(n / (4 * max(1, slots))))
+    if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
+        from .errors import ConfigError
+
+        raise ConfigError(f"chunksize={chunksize!r} is not valid: expected a positive int or 'auto'")
+    return chunksize
+
+
+# --- in the worker --------------------------------------------------------------------------------
+_fns: dict[bytes, Callable[..., Any]] = {}
+
+
+def _load(fn_payload: bytes) -> Callable[..., Any]:
+    fn = _fns.get(fn_payload)
+    if fn is None:
+        from .serialization import loads_call
+
+        fn = loads_call(fn_payload)[0]
+        if len(_fns) >= 64:
+            _fns.clear()
+        _fns[fn_payload] = fn
+    return fn
+
+
+def _error(index: int, exc: BaseException) -> list[Any]:
+    from .workers.base import error_info
+
+    e = error_info(exc)
+    return [index, e.type, e.message, e.traceback]
+
+
+def run_chunk(fn_payload: bytes, items: Sequence[Any], retries: int = 0, retry_delay: float = 0.0) -> Outcomes:
+    """``fn(item)`` for each item; an item that raises is retried, then recorded, not raised."""
+    fn = _load(fn_payload)
+    values: list[Any] = []
+    errors: list[list[Any]] = []
+    for i, item in enumerate(items):
+        for attempt in range(retries + 1):
+            try:
+                values.append(fn(item))
+                break
+            except Exception as exc:
+                if attempt < retries:
+                    time.sleep(retry_delay)
+                    continue
+                values.append(None)
+                errors.append(_error(i, exc))
+    return [values, errors]
+
+
+async def run_chunk_async(
+    fn_payload: bytes, items: Sequence[Any], retries: int = 0, retry_delay: float = 0.0
+) -> Outcomes:
+    """``run_chunk`` for a coroutine function: its items are awaited one after another."""
+    import asyncio
+
+    fn = _load(fn_payload)
+    values: list[Any] = []
+    errors: list[list[Any]] = []
+    for i, item in enumerate(items):
+        for attempt in range(retries + 1):
+            try:
+                values.append(await fn(item))
+                break
+            except Exception as exc:
+                if attempt < retries:
+                    await asyncio.sleep(retry_delay)
+                    continue
+                values.append(None)
+                errors.append(_error(i, exc))
+    return [values, errors]
+
+
+# --- in the submitting process -----------------------------------------------------------------------
+def item_results(chunk: TaskResult, n: int) -> list[TaskResult]:
+    """The ``n`` items' results cut from their chunk's (each value already decoded)."""
+    return [item_result(chunk, i, n) for i in range(n)]
+
+
+def item_result(chunk: TaskResult, index: int, n: int | None = None) -> TaskResult:
+    """Item ``index``'s result cut from its chunk's (``n``: the items expected, if known)."""
+    replace = msgspec.structs.replace
+    tid = item_id(chunk.task_id, index)
+    if chunk.status is not TaskStatus.SUCCEEDED:  # the chunk never ran to its end: nor did they
+        return replace(chunk, task_id=tid)
+    try:
+        values, errors = chunk.value
+        if n is not None and len(values) != n:
+            raise ValueError(f"it holds {len(values)} outcomes for {n} items")
+        value = values[index]
+        err = next((e for e in errors if e[0] == index), None)
+    except Exception as exc:  # not a chunk's result (a mistaken id, say): the item says so
+        bad = ErrorInfo(type="ConfigError", message=f"task {chunk.task_id} is not a map chunk with item {index}: {exc}")
+        return replace(chunk, task_id=tid, status=TaskStatus.FAILED, payload=None, error=bad)
+    if err is not None:
+        return replace(chunk, task_id=tid, status=TaskStatus.FAILED, payload=None,
+                       error=ErrorInfo(type=err[1], message=err[2], traceback=err[3]))
+    r = replace(chunk, task_id=tid, payload=None)
+    r.__dict__["_value"] = value  # decoded with the chunk: ``value`` reads this cache
+    return r
