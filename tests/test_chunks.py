@@ -23,6 +23,10 @@ def odd_fails(x):
     return x
 
 
+def generator_or_value(x):
+    return (i for i in range(3)) if x == 0 else x
+
+
 @pytest.fixture
 def db(tmp_path):
     return f"sqlite:///{tmp_path}/q.db"
@@ -143,9 +147,9 @@ def test_options_are_checked_for_chunks_too(db):
 
 
 def test_run_chunk_records_errors_and_item_result_cuts_them_out():
-    values, errors = run_chunk(dumps_call(odd_fails), [0, 1, 2])
-    assert values == [0, None, 2] and [e[:3] for e in errors] == [[1, "ValueError", "odd 1"]]
-    chunk = TaskResult(task_id="c", status=TaskStatus.SUCCEEDED, payload=dumps([values, errors]))
+    payloads, errors = run_chunk(dumps_call(odd_fails), [0, 1, 2])
+    assert payloads == [dumps(0), None, dumps(2)] and [e[:3] for e in errors] == [[1, "ValueError", "odd 1"]]
+    chunk = TaskResult(task_id="c", status=TaskStatus.SUCCEEDED, payload=dumps([payloads, errors]))
     assert item_result(chunk, 2).value == 2 and item_result(chunk, 2).task_id == "c.2"
     assert item_result(chunk, 1).status is TaskStatus.FAILED
     # a task that is not a chunk, or an item it does not have: the item says so
@@ -160,5 +164,45 @@ def test_run_chunk_records_errors_and_item_result_cuts_them_out():
 def test_item_ids_are_told_apart_from_task_ids():
     assert split_item_id("18ec53e1ead4644b09d6fc9d") is None
     assert split_item_id("18ec53e1ead4644b09d6fc9d.12") == ("18ec53e1ead4644b09d6fc9d", 12)
-    assert split_item_id("a.b") is None and split_item_id(".3") is None
+    assert split_item_id("a.b") is None and split_item_id(".3") is None and split_item_id("x.3") is None
     assert chunk_length("auto", 2000, 2) == 250 and chunk_length("auto", 3, 8) == 1
+
+
+def test_a_handle_by_id_resolves_every_item_of_its_chunk(db):
+    with OmniQ(tasks=db, worker="thread", concurrency=1) as oq:
+        hs = oq.map(helpers.square, range(8), chunksize=4)
+        assert [oq.handle(h.id).result(30) for h in hs] == [i * i for i in range(8)]
+
+
+def test_an_item_whose_value_cannot_travel_fails_alone(db):
+    with OmniQ(tasks=db, worker="process", concurrency=1) as oq:
+        hs = oq.map(generator_or_value, [1, 0, 2], chunksize=3)
+        assert hs[0].result(30) == 1 and hs[2].result(30) == 2
+        with pytest.raises(TaskError) as ei:
+            hs[1].result(30)
+        assert ei.value.type == "SerializationError" and "generator" in ei.value.message
+
+
+def test_a_callable_returning_a_coroutine_has_it_awaited_per_item(db):
+    with OmniQ(tasks=db, worker="thread", concurrency=1) as oq:
+        hs = oq.map(lambda x: helpers.async_double(x), range(5), chunksize=2)
+        assert [h.result(30) for h in hs] == [0, 2, 4, 6, 8]
+
+
+@pytest.mark.parametrize("bad", [True, 1.0])
+def test_chunksize_one_must_be_the_int(db, bad):
+    with OmniQ(tasks=db, concurrency=0) as oq, pytest.raises(ConfigError, match="chunksize="):
+        oq.map(helpers.square, range(4), chunksize=bad)
+
+
+def test_callbacks_are_refused_with_chunks(db):
+    with OmniQ(tasks=db, concurrency=0) as oq, pytest.raises(ConfigError, match="on_success is not valid with chunksize"):
+        oq.map(helpers.square, range(4), chunksize=2, on_success=print)
+
+
+def test_only_an_omniq_id_and_an_index_make_an_item_id(db):
+    assert split_item_id("report.2024") is None and split_item_id("18ec53e1ead4644b09d6fc9d.²") is None
+    with OmniQ(tasks=db, concurrency=0) as oq:
+        assert oq.get_result("report.2024") is None
+        with pytest.raises(ConfigError, match="is not known"):
+            oq.status("report.2024")

@@ -180,3 +180,25 @@ def test_weak_futures_take_adds_from_many_threads_while_sweeping():
         t.join()
     assert len(w) == len(keep) == 4000
     assert all(w.get(k) is not None for k in (f"{t}-{i}" for t in range(4) for i in range(0, 3000, 3)))
+
+
+def test_bulk_runs_a_full_collection_after_ten_million_promoted_objects():
+    import weakref
+
+    import omniq._futures as F
+
+    class Node:
+        pass
+
+    old = F._promoted
+    F._promoted = F.PROMOTED_LIMIT - 1
+    try:
+        with bulk():
+            a, b = Node(), Node()
+            a.other, b.other = b, a  # a cycle: only the collector frees it
+            ref = weakref.ref(a)
+            del a, b
+            _ = [Node() for _ in range(2000)]
+        assert ref() is None and F._promoted == 0
+    finally:
+        F._promoted = old

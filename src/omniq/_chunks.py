@@ -4,15 +4,18 @@ A task costs a row, a claim, a result and three events whatever it does, so 2,00
 2,000 tasks spend their time in storage. ``map(fn, items, chunksize=n)`` stores one task per
 ``n`` items instead; the worker runs ``fn`` over its items and returns every item's outcome in
 one result. Each item still gets its own handle and id (``<chunk id>.<index>``) whose
-``TaskResult`` is cut from the chunk's: an item that raises fails alone, with its own error.
-A chunk is one task for everything else: its events, lease, cancel (cancelling an item
-cancels its chunk) and a crash are shared by its items; ``retries`` retry a raising item in
-place; ``timeout`` is per item (the chunk gets ``timeout`` times its length).
+``TaskResult`` is cut from the chunk's: an item that raises, or returns what cannot be
+serialized, fails alone with its own error. A chunk is one task for everything else: its
+events, lease, cancel (cancelling an item cancels its chunk) and a crash are shared by its
+items; ``retries`` retry a raising item in place; ``timeout`` is per item (the chunk gets
+``timeout`` times its length).
 """
 
 from __future__ import annotations
 
+import inspect
 import math
+import re
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -20,9 +23,13 @@ from typing import Any
 import msgspec
 
 from .models import ErrorInfo, TaskResult, TaskStatus
+from .serialization import dumps
 
-# what a chunk's result holds: [values, errors]; errors: [[index, type, message, traceback]]
+# a chunk's value: [payloads, errors]; payloads[i] is item i's serialized value (None if it
+# failed), errors: [[index, type, message, traceback], ...]
 Outcomes = list[Any]
+
+_ITEM_ID = re.compile(r"([0-9a-f]{24})\.([0-9]+)")  # a task id (see ids.py), a dot, an index
 
 
 def item_id(chunk_id: str, index: int) -> str:
@@ -30,11 +37,9 @@ def item_id(chunk_id: str, index: int) -> str:
 
 
 def split_item_id(task_id: str) -> tuple[str, int] | None:
-    """``(chunk id, index)`` for an item id, None for a task id (task ids hold no dot)."""
-    head, dot, tail = task_id.rpartition(".")
-    if dot and head and tail.isdigit():
-        return head, int(tail)
-    return None
+    """``(chunk id, index)`` for an item id; None for anything else."""
+    m = _ITEM_ID.fullmatch(task_id)
+    return None if m is None else (m[1], int(m[2]))
 
 
 def chunk_length(chunksize: Any, n: int, slots: int) -> int:
@@ -42,7 +47,7 @@ def chunk_length(chunksize: Any, n: int, slots: int) -> int:
     ``ProcessPoolExecutor`` recipe do), so every slot stays busy while the last chunks run."""
     if chunksize == "auto":
         return max(1, math.ceil(n / (4 * max(1, slots))))
-    if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
+    if type(chunksize) is not int or chunksize < 1:
         from .errors import ConfigError
 
         raise ConfigError(f"chunksize={chunksize!r} is not valid: expected a positive int or 'auto'")
@@ -72,23 +77,39 @@ def _error(index: int, exc: BaseException) -> list[Any]:
     return [index, e.type, e.message, e.traceback]
 
 
+def _keep(index: int, value: Any, payloads: list[bytes | None], errors: list[list[Any]]) -> None:
+    """Serialize one item's value on its own: one that cannot be fails alone."""
+    try:
+        payloads.append(dumps(value))
+    except Exception as exc:
+        payloads.append(None)
+        errors.append(_error(index, exc))
+
+
 def run_chunk(fn_payload: bytes, items: Sequence[Any], retries: int = 0, retry_delay: float = 0.0) -> Outcomes:
-    """``fn(item)`` for each item; an item that raises is retried, then recorded, not raised."""
+    """``fn(item)`` for each item; an item that raises is retried, then recorded, not raised.
+    A callable that returns an awaitable (an ``async`` lambda) has it run to its end."""
     fn = _load(fn_payload)
-    values: list[Any] = []
+    payloads: list[bytes | None] = []
     errors: list[list[Any]] = []
     for i, item in enumerate(items):
         for attempt in range(retries + 1):
             try:
-                values.append(fn(item))
-                break
+                value = fn(item)
+                if inspect.isawaitable(value):
+                    from .workers._wire import run_coroutine
+
+                    value = run_coroutine(value)
             except Exception as exc:
                 if attempt < retries:
                     time.sleep(retry_delay)
                     continue
-                values.append(None)
+                payloads.append(None)
                 errors.append(_error(i, exc))
-    return [values, errors]
+            else:
+                _keep(i, value, payloads, errors)
+            break
+    return [payloads, errors]
 
 
 async def run_chunk_async(
@@ -98,46 +119,44 @@ async def run_chunk_async(
     import asyncio
 
     fn = _load(fn_payload)
-    values: list[Any] = []
+    payloads: list[bytes | None] = []
     errors: list[list[Any]] = []
     for i, item in enumerate(items):
         for attempt in range(retries + 1):
             try:
-                values.append(await fn(item))
-                break
+                value = await fn(item)
             except Exception as exc:
                 if attempt < retries:
                     await asyncio.sleep(retry_delay)
                     continue
-                values.append(None)
+                payloads.append(None)
                 errors.append(_error(i, exc))
-    return [values, errors]
+            else:
+                _keep(i, value, payloads, errors)
+            break
+    return [payloads, errors]
 
 
 # --- in the submitting process -----------------------------------------------------------------------
-def item_results(chunk: TaskResult, n: int) -> list[TaskResult]:
-    """The ``n`` items' results cut from their chunk's (each value already decoded)."""
-    return [item_result(chunk, i, n) for i in range(n)]
-
-
 def item_result(chunk: TaskResult, index: int, n: int | None = None) -> TaskResult:
-    """Item ``index``'s result cut from its chunk's (``n``: the items expected, if known)."""
+    """Item ``index``'s result cut from its chunk's (``n``: the items expected, if known); its
+    value is decoded when read, as any result's."""
     replace = msgspec.structs.replace
     tid = item_id(chunk.task_id, index)
     if chunk.status is not TaskStatus.SUCCEEDED:  # the chunk never ran to its end: nor did they
         return replace(chunk, task_id=tid)
     try:
-        values, errors = chunk.value
-        if n is not None and len(values) != n:
-            raise ValueError(f"it holds {len(values)} outcomes for {n} items")
-        value = values[index]
+        payloads, errors = chunk.value
+        if n is not None and len(payloads) != n:
+            raise ValueError(f"it holds {len(payloads)} outcomes for {n} items")
+        payload = payloads[index]
         err = next((e for e in errors if e[0] == index), None)
+        if err is None and type(payload) is not bytes:
+            raise ValueError(f"item {index} holds no value")
     except Exception as exc:  # not a chunk's result (a mistaken id, say): the item says so
         bad = ErrorInfo(type="ConfigError", message=f"task {chunk.task_id} is not a map chunk with item {index}: {exc}")
         return replace(chunk, task_id=tid, status=TaskStatus.FAILED, payload=None, error=bad)
     if err is not None:
         return replace(chunk, task_id=tid, status=TaskStatus.FAILED, payload=None,
                        error=ErrorInfo(type=err[1], message=err[2], traceback=err[3]))
-    r = replace(chunk, task_id=tid, payload=None)
-    r.__dict__["_value"] = value  # decoded with the chunk: ``value`` reads this cache
-    return r
+    return replace(chunk, task_id=tid, payload=payload)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import gc
+import sys
 import threading
 import time
 import weakref
@@ -186,14 +187,31 @@ def bulk() -> Iterator[None]:
         with _bulk_lock:
             _bulk_depth -= 1
             if _bulk_depth == 0 and _bulk_restore:
-                if not gc.get_freeze_count():  # (never thaw what the application froze)
-                    # what the call made goes straight to the oldest generation: O(1), where
-                    # the young collections to come would each walk all of it (7 ms a 10,000-
-                    # task map); refcounting still frees it, a full collection still scans it
-                    gc.freeze()
-                    gc.unfreeze()
+                _promote_young()
                 gc.enable()
 
+
+def _promote_young() -> None:
+    """Move what a bulk call made straight to the oldest generation: O(1), where the young
+    collections to come would each walk all of it (7 ms a 10,000-task map). Refcounting still
+    frees it. Objects moved this way do not count towards CPython's next full collection, so
+    after ten million of them (mostly freed long before) we run one: cyclic garbage that rode
+    along from any thread is not kept for ever."""
+    global _promoted
+    young = gc.get_count()[0]
+    if young < 1000 or gc.get_freeze_count() or not _GIL:  # small, an app's freeze, free-threaded
+        return
+    gc.freeze()
+    gc.unfreeze()
+    _promoted += young
+    if _promoted > PROMOTED_LIMIT:
+        _promoted = 0
+        gc.collect()
+
+
+_promoted = 0
+PROMOTED_LIMIT = 10_000_000
+_GIL = getattr(sys, "_is_gil_enabled", lambda: True)()  # freeze() means more without a GIL
 
 # bulk() is entered from several threads at once (a sweep's follower, the kernel): the
 # outermost one across all threads restores the collector to what it found

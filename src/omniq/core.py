@@ -384,6 +384,7 @@ class AsyncOmniQ:
         if not self._opened or self._closing:
             return
         self._closing = True
+        events_stuck = False
         try:
             await self.flush()
             if drain and self._worker is not None:
@@ -391,12 +392,14 @@ class AsyncOmniQ:
                     await self._drain()
             if self._worker is not None:
                 await self._worker.stop(graceful=drain)
-            await _within(CLOSE_STEP, "writing the last events", self.events_url, self._events.flush())
+            events_stuck = not await _within(CLOSE_STEP, "writing the last events", self.events_url,
+                                             self._events.flush())
         finally:
             await _cancel_all(self._bg)
             self._bg.clear()
-            with contextlib.suppress(Exception):
-                await _within(CLOSE_STEP, "writing the last events", self.events_url, self._events.flush())
+            if not events_stuck:  # (once timed out is enough)
+                with contextlib.suppress(Exception):
+                    await _within(CLOSE_STEP, "writing the last events", self.events_url, self._events.flush())
             for b, url in ((self._events_store, self.events_url), (self._results, self.results_url),
                            (self._queue, self.tasks_url)):
                 with contextlib.suppress(Exception):
@@ -574,6 +577,8 @@ class AsyncOmniQ:
         i, starts = 0, self._units
         while i < len(batch):
             i += starts.pop(batch[i].id, 1)
+        if i > len(batch) and self._buffer:  # the call's rest waits at the buffer's head
+            starts[self._buffer[0].id] = i - len(batch)
         if err is not None:
             # Tell every waiter loudly rather than drop the tasks silently.
             if not isinstance(err, ConfigError):  # a refused task is the caller's error, raised to it
@@ -732,20 +737,23 @@ class AsyncOmniQ:
     ) -> list[tuple[str, str, cf.Future[TaskResult]]]:
         """``(id, queue, future)`` per item of a ``map``, its tasks handed to ``accept``."""
         none: dict[str, Any] = {}  # one empty kwargs for every call: only read, never kept
-        if chunksize == 1:
+        if type(chunksize) is int and chunksize == 1:
             tasks = self.build_tasks(fn, [((item,), none) for item in iterable], **options)
             return [(t.id, t.queue, f) for t, f in zip(tasks, accept(tasks))]
         items = list(iterable)
-        slots = self.config.concurrency if self._worker is not None else (os.cpu_count() or 1)
-        size = _chunks.chunk_length(chunksize, len(items), slots)
-        if not items:
-            return []
+        size = _chunks.chunk_length(chunksize, len(items), self.config.concurrency or os.cpu_count() or 1)
         opts = dict(options)
         retries = _int("retries", opts.pop("retries", 0), minimum=0)
         retry_delay = _seconds("retry_delay", opts.pop("retry_delay", 1.0), allow_zero=True) or 0.0
         timeout = _seconds("timeout", opts.pop("timeout", None))
         if not callable(fn):
             raise ConfigError(f"fn={fn!r} is not valid: expected a callable")
+        for name in ("on_success", "on_failure"):
+            if opts.get(name) is not None:
+                raise ConfigError(f"{name} is not valid with chunksize={chunksize!r}: a chunk is one task "
+                                  "for many items; map with chunksize=1 for a callback per item")
+        if not items:
+            return []
         fn_payload = dumps_call(fn)  # the function once; each chunk carries its items
         runner = _chunks.run_chunk_async if inspect.iscoroutinefunction(fn) else _chunks.run_chunk
         chunks = [items[i : i + size] for i in range(0, len(items), size)]
@@ -758,7 +766,7 @@ class AsyncOmniQ:
         out: list[tuple[str, str, cf.Future[TaskResult]]] = []
         for t, f, c in zip(tasks, accept(tasks), chunks):
             futs: list[ResultFuture[TaskResult]] = [ResultFuture() for _ in c]
-            f.add_done_callback(functools.partial(_resolve_items, futs))
+            f.add_done_callback(functools.partial(_resolve_items, futs, n=len(c)))
             out += [(_chunks.item_id(t.id, i), t.queue, g) for i, g in enumerate(futs)]
         return out
 
@@ -1305,13 +1313,14 @@ class AsyncOmniQ:
 CLOSE_STEP = 30.0  # seconds a storage may take to answer one step of close()
 
 
-async def _within(limit: float, what: str, url: str, step: Awaitable[Any]) -> None:
+async def _within(limit: float, what: str, url: str, step: Awaitable[Any]) -> bool:
     """One step of ``close()`` that waits on a storage: a server that stops answering costs a
-    WARNING naming it, not a ``close()`` that never returns."""
+    WARNING naming it, not a ``close()`` that never returns. False if it timed out."""
     with anyio.move_on_after(limit) as scope:
         await step
     if scope.cancelled_caught:
         log.warning("close: %s (%s) did not finish within %g s; going on", what, masked(url), limit)
+    return not scope.cancelled_caught
 
 
 async def _cancel_all(tasks: Sequence[asyncio.Task[Any]], timeout: float = 10.0) -> None:
@@ -1425,16 +1434,17 @@ def _close_all_at_exit() -> None:
 
 
 def _resolve_items(
-    items: Sequence[ResultFuture[TaskResult]], chunk: cf.Future[TaskResult], start: int = 0
+    items: Sequence[ResultFuture[TaskResult]], chunk: cf.Future[TaskResult], start: int = 0, n: int | None = None
 ) -> None:
-    """A chunk's future is done: resolve its items' futures (``items[k]`` is item ``start + k``)."""
+    """A chunk's future is done: resolve its items' futures (``items[k]`` is item ``start + k``;
+    ``n``: how many items the chunk has, when known). Futures already final are left alone."""
     exc = chunk.exception()
     if exc is not None:
         for f in items:
-            f.set_exception(exc)
+            with contextlib.suppress(cf.InvalidStateError):
+                f.set_exception(exc)
         return
     r = chunk.result()
-    n = len(items) if start == 0 else None
     resolve_many([(f, _chunks.item_result(r, start + k, n)) for k, f in enumerate(items)])
 
 
