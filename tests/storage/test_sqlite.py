@@ -280,3 +280,28 @@ def test_enqueue_from_short_lived_threads_does_not_pile_up_connections(tmp_path:
         after = len(os.listdir("/proc/self/fd"))
         assert oq.health()["queues"]["default"]["queued"] == 201
     assert after - before < 10, f"{after - before} file descriptors more after 200 threads"
+
+
+@pytest.mark.parametrize("queue", ["it's", "x'); DROP TABLE omniq_tasks; --", "naïve queue"])
+async def test_a_big_alike_batch_keeps_every_value(tmp_path: Path, queue: str) -> None:
+    """A map's tasks share queue, priority, expiry, deliveries and creation time: those are
+    written into the statement once; every stored value must still be exactly the task's."""
+    b = SQLiteBackend(f"sqlite:///{tmp_path}/alike.db")
+    await b.connect()
+    try:
+        now = time.time()
+        tasks = [Task(id=i, payload=bytes([k % 256]), queue=queue, priority=-3, expires_at=now + 60,
+                      max_deliveries=4, created_at=now) for k, i in enumerate(new_ids(300))]
+        await b.enqueue(tasks)
+        await b.enqueue([Task(id=i, payload=b"q", queue="other") for i in new_ids(200)])  # alike, no ttl
+        got = await b.claim("w", queues=[queue], limit=500, lease=60, now=time.time())
+        assert [t.id for t in got] == [t.id for t in tasks]  # FIFO kept, nothing else claimed
+        assert {(t.queue, t.priority, t.expires_at, t.max_deliveries, t.created_at) for t in got} == {
+            (queue, -3, now + 60, 4, now)}
+        assert [t.payload for t in got] == [t.payload for t in tasks]
+        assert len(await b.claim("w", queues=["other"], limit=500, lease=60, now=time.time())) == 200
+        with sqlite3.connect(f"{tmp_path}/alike.db") as c:
+            row = c.execute("SELECT expires_at, created_at FROM omniq_tasks WHERE queue = ?", (queue,)).fetchone()
+        assert row == (now + 60, now)  # the columns too (claims and expiry read them)
+    finally:
+        await b.close()
