@@ -732,13 +732,15 @@ def main(argv: list[str] | None = None) -> int:
     report = Report(sizes)
     workdir = Path(tempfile.mkdtemp(prefix="omniq-bench-"))
     try:
-        for peer in peers.all_peers(workdir):
-            if peer.name in chosen and wanted & {"ready", *PEER_WORKLOADS}:
-                bench_peer(peer, report, wanted)
+        # enqueue-only and sweep need no pool: measured first, in a process no peer has touched
+        # yet (Dask and ipyparallel leave threads behind that would share the GIL with them)
         if "enqueue" in wanted:
             bench_enqueue(report, workdir, chosen)
         if "sweep" in wanted:
             bench_sweep(report, workdir, chosen)
+        for peer in peers.all_peers(workdir):
+            if peer.name in chosen and wanted & {"ready", *PEER_WORKLOADS}:
+                bench_peer(peer, report, wanted)
     finally:
         left = leftover_processes()
         shutil.rmtree(workdir, ignore_errors=True)
