@@ -1293,7 +1293,7 @@ class AsyncOmniQ:
             held = set(self._worker.runner.held()) if self._worker is not None else set()
             # tasks our own runner holds report themselves; look up the rest (run elsewhere):
             # those someone waits for, and those close(drain=True) would wait for
-            # (list() of the underlying dict is one C-level copy: producer threads may be adding)
+            # (live() copies the map in one C-level step: producer threads may be adding)
             since = {tid: f.since for tid, f in self._waiters.live()}
             since.update((tid, m[2]) for tid, m in list(self._waiter_meta.items()))
             stale = [tid for tid, t in since.items() if now - t > 0.05 and tid not in held]
@@ -1309,6 +1309,7 @@ class AsyncOmniQ:
             except Exception as exc:
                 outage.failed(exc)
             delay = 0.05 if found_any else min(1.0, delay * 2)
+
 
 CLOSE_STEP = 30.0  # seconds a storage may take to answer one step of close()
 
