@@ -283,17 +283,35 @@ def test_enqueue_from_short_lived_threads_does_not_pile_up_connections(tmp_path:
 
 
 @pytest.mark.parametrize("queue", ["it's", "x'); DROP TABLE omniq_tasks; --", "naïve queue"])
-async def test_a_big_alike_batch_keeps_every_value(tmp_path: Path, queue: str) -> None:
+async def test_a_big_alike_batch_keeps_every_value(
+    tmp_path: Path, queue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A map's tasks share queue, priority, expiry, deliveries and creation time: those are
     written into the statement once; every stored value must still be exactly the task's."""
+    import msgspec
+
+    import omniq.storage.sqlite as S
+
+    alike: list[str] = []
+    original = S._insert_alike
+
+    def spy(t: Task) -> str:
+        alike.append(t.queue)
+        return original(t)
+
+    monkeypatch.setattr(S, "_insert_alike", spy)
     b = SQLiteBackend(f"sqlite:///{tmp_path}/alike.db")
     await b.connect()
     try:
         now = time.time()
-        tasks = [Task(id=i, payload=bytes([k % 256]), queue=queue, priority=-3, expires_at=now + 60,
-                      max_deliveries=4, created_at=now) for k, i in enumerate(new_ids(300))]
+        template = Task(id="t", payload=b"", queue=queue, priority=-3, expires_at=now + 60,
+                        max_deliveries=4, created_at=now)  # copies of one template, as map makes
+        tasks = [msgspec.structs.replace(template, id=i, payload=bytes([k % 256]))
+                 for k, i in enumerate(new_ids(300))]
         await b.enqueue(tasks)
-        await b.enqueue([Task(id=i, payload=b"q", queue="other") for i in new_ids(200)])  # alike, no ttl
+        other = Task(id="o", payload=b"q", queue="other")
+        await b.enqueue([msgspec.structs.replace(other, id=i) for i in new_ids(200)])  # alike, no ttl
+        assert alike == [queue, "other"]
         got = await b.claim("w", queues=[queue], limit=500, lease=60, now=time.time())
         assert [t.id for t in got] == [t.id for t in tasks]  # FIFO kept, nothing else claimed
         assert {(t.queue, t.priority, t.expires_at, t.max_deliveries, t.created_at) for t in got} == {

@@ -618,9 +618,10 @@ def _insert_tasks(conn: sqlite3.Connection, tasks: Sequence[Task], now: float) -
         t.status in plain and t.eta is None and not t.deliveries and not t.attempts for t in tasks
     ):  # the usual batch (submit, map, sweep), all queued at once: 7 values a row to bind, not 13
         first = tasks[0]
-        shared = (first.queue, first.priority, first.expires_at, first.max_deliveries, first.created_at)
-        if len(tasks) > 100 and _writable(first) and all(
-            (t.queue, t.priority, t.expires_at, t.max_deliveries, t.created_at) == shared for t in tasks
+        q, p, e, m, c = first.queue, first.priority, first.expires_at, first.max_deliveries, first.created_at
+        if len(tasks) > 100 and _writable(first) and all(  # (the very objects: copies of one template)
+            t.created_at is c and t.queue is q and t.priority is p and t.expires_at is e and t.max_deliveries is m
+            for t in tasks
         ):  # one map or sweep: what its tasks share is written once into the statement
             sql = _insert_alike(first)
             rows = [(t.id, _encode(t)) for t in tasks]
