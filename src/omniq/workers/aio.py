@@ -11,9 +11,9 @@ from collections.abc import Sequence
 import anyio
 
 from ..errors import SerializationError
-from ..models import ErrorInfo, Task, TaskStatus
+from ..models import Task
 from ..serialization import dumps, loads_call
-from .base import Outcome, Runner, error_info, expired_outcome, timeout_error
+from .base import Outcome, Runner, error_info, expired_outcome, stopped_outcome, timeout_error
 
 
 class AsyncRunner(Runner):
@@ -53,8 +53,7 @@ class AsyncRunner(Runner):
             if task.id not in self._cancelled or task.id in self._started:
                 raise
             now = time.time()
-            self._finish(Outcome(task, status=TaskStatus.CANCELLED, error=ErrorInfo("TaskCancelled", "cancelled by user"),
-                                 started_at=now, finished_at=now, retryable=False))
+            self._finish(stopped_outcome(task, "cancel", now, now))
 
     async def _run(self, task: Task) -> None:
         started = time.time()
@@ -82,8 +81,7 @@ class AsyncRunner(Runner):
         except asyncio.CancelledError:
             if task.id not in self._cancelled:
                 raise
-            out = Outcome(task, status=TaskStatus.CANCELLED, error=ErrorInfo("TaskCancelled", "cancelled by user"),
-                          started_at=started, finished_at=time.time(), retryable=False)
+            out = stopped_outcome(task, "cancel", started, time.time())
         except Exception as exc:
             out = Outcome(task, error=error_info(exc), started_at=started, finished_at=time.time())
         self._finish(out)

@@ -69,6 +69,15 @@ def timeout_error(task: Task) -> ErrorInfo:
     )
 
 
+def stopped_outcome(task: Task, reason: str, started: float, finished: float) -> Outcome:
+    """A task stopped on purpose: timed out (``reason`` "timeout": a failure, retried if
+    retries allow) or cancelled (any other reason)."""
+    if reason == "timeout":
+        return Outcome(task, error=timeout_error(task), started_at=started, finished_at=finished)
+    return Outcome(task, status=TaskStatus.CANCELLED, error=ErrorInfo("TaskCancelled", "cancelled by user"),
+                   started_at=started, finished_at=finished, retryable=False)
+
+
 class Runner(abc.ABC):
     """Executes tasks. Calls ``on_done`` (on the event loop) with batches of outcomes."""
 

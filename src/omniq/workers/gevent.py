@@ -21,8 +21,8 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..models import Task
-from .base import Outcome
-from .process import ChildRunner, _Child, _stopped
+from .base import Outcome, stopped_outcome
+from .process import ChildRunner, _Child
 
 #: seconds past a task's timeout (or a cancel) before an unresponsive child is killed
 GRACE = 2.0
@@ -102,7 +102,7 @@ class GeventRunner(ChildRunner):
         target = next((t for t in lost if reason is not None and t.id == reason[0]), None)
         outs: list[Outcome] = []
         if target is not None and reason is not None:
-            outs.append(_stopped(target, reason[1], self._began(c, target, now), now))
+            outs.append(stopped_outcome(target, reason[1], self._began(c, target, now), now))
             lost = [t for t in lost if t is not target]
             why = f" (killed because task {target.id} did not stop at its {reason[1]})"
         else:

@@ -25,7 +25,7 @@ from typing import Any
 from ..logs import about, get_logger
 from ..models import ErrorInfo, Task, TaskStatus
 from . import _wire
-from .base import Outcome, Runner, expired_outcome, timeout_error
+from .base import Outcome, Runner, expired_outcome, stopped_outcome
 
 log = get_logger("omniq.worker.process")
 
@@ -223,11 +223,11 @@ class ChildRunner(Runner):
         if code == _wire.OK:
             return Outcome(task, payload=data, started_at=started, finished_at=finished)
         if code == _wire.TIMED_OUT:
-            return _stopped(task, "timeout", started, finished)
+            return stopped_outcome(task, "timeout", started, finished)
         if code == _wire.CANCELLED:
-            return _stopped(task, "cancel", started, finished)
+            return stopped_outcome(task, "cancel", started, finished)
         if code == _wire.EXPIRED:
-            return expired_outcome(task, finished) or _stopped(task, "cancel", started, finished)
+            return expired_outcome(task, finished) or stopped_outcome(task, "cancel", started, finished)
         etype, emsg, etb = data
         return Outcome(
             task,
@@ -250,7 +250,7 @@ class ChildRunner(Runner):
             if t.id == task_id:
                 del self._ready[i]
                 now = time.time()
-                self.on_done([_stopped(t, "cancel", now, now)])
+                self.on_done([stopped_outcome(t, "cancel", now, now)])
                 return True
         for c in self._children:
             if task_id in c.pending and not c.died:
@@ -389,20 +389,12 @@ class ProcessRunner(ChildRunner):
             if target is not None:
                 rest.remove(target)
                 rest.insert(0, first)  # the running one goes back
-                outs.append(_stopped(target, reason[1], now, now))
+                outs.append(stopped_outcome(target, reason[1], now, now))
             else:
                 outs.extend(self._worker_died(c, [first], now))
         elif reason is not None:
-            outs.append(_stopped(first, reason[1], self._began(c, first, now), now))
+            outs.append(stopped_outcome(first, reason[1], self._began(c, first, now), now))
         else:
             outs.extend(self._worker_died(c, [first], now))
         self._ready.extendleft(reversed(rest))
         return outs
-
-
-def _stopped(task: Task, reason: str, started: float, finished: float) -> Outcome:
-    """A task stopped on purpose: timed out (a failure, retried if retries allow) or cancelled."""
-    if reason == "timeout":
-        return Outcome(task, error=timeout_error(task), started_at=started, finished_at=finished)
-    return Outcome(task, status=TaskStatus.CANCELLED, error=ErrorInfo("TaskCancelled", "cancelled by user"),
-                   started_at=started, finished_at=finished, retryable=False)

@@ -13,9 +13,9 @@ import time
 from collections.abc import Sequence
 
 from ..errors import SerializationError
-from ..models import ErrorInfo, Task, TaskStatus
+from ..models import Task
 from ..serialization import dumps, loads_call
-from .base import Outcome, Runner, error_info, expired_outcome, timeout_error
+from .base import Outcome, Runner, error_info, expired_outcome, stopped_outcome
 
 _STOP = object()
 
@@ -162,12 +162,7 @@ class ThreadRunner(Runner):
         self._slots.remove(slot)
         self._add_slot()
         now = time.time()
-        if reason == "timeout":
-            out = Outcome(task, error=timeout_error(task), started_at=now, finished_at=now)
-        else:
-            out = Outcome(task, status=TaskStatus.CANCELLED, error=ErrorInfo("TaskCancelled", "cancelled by user"),
-                          started_at=now, finished_at=now, retryable=False)
-        self.on_done([out])
+        self.on_done([stopped_outcome(task, reason, now, now)])
         self._signal_capacity()
 
     async def cancel(self, task_id: str) -> bool:
