@@ -22,8 +22,9 @@ from typing import Any
 
 import msgspec
 
+from .errors import ConfigError
 from .models import ErrorInfo, TaskResult, TaskStatus
-from .serialization import dumps
+from .serialization import dumps, loads_call
 
 # a chunk's value: [payloads, errors]; payloads[i] is item i's serialized value (None if it
 # failed), errors: [[index, type, message, traceback], ...]
@@ -48,8 +49,6 @@ def chunk_length(chunksize: Any, n: int, slots: int) -> int:
     if chunksize == "auto":
         return max(1, math.ceil(n / (4 * max(1, slots))))
     if type(chunksize) is not int or chunksize < 1:
-        from .errors import ConfigError
-
         raise ConfigError(f"chunksize={chunksize!r} is not valid: expected a positive int or 'auto'")
     return chunksize
 
@@ -61,8 +60,6 @@ _fns: dict[bytes, Callable[..., Any]] = {}
 def _load(fn_payload: bytes) -> Callable[..., Any]:
     fn = _fns.get(fn_payload)
     if fn is None:
-        from .serialization import loads_call
-
         fn = loads_call(fn_payload)[0]
         if len(_fns) >= 64:
             _fns.clear()
@@ -138,25 +135,39 @@ async def run_chunk_async(
 
 
 # --- in the submitting process -----------------------------------------------------------------------
-def item_result(chunk: TaskResult, index: int, n: int | None = None) -> TaskResult:
-    """Item ``index``'s result cut from its chunk's (``n``: the items expected, if known); its
-    value is decoded when read, as any result's."""
+def item_result(chunk: TaskResult, index: int) -> TaskResult:
+    """Item ``index``'s result cut from its chunk's; its value is decoded when read, as any
+    result's."""
+    return item_results(chunk, [index])[0]
+
+
+def item_results(chunk: TaskResult, indexes: Sequence[int], n: int | None = None) -> list[TaskResult]:
+    """The results of the items at ``indexes``, cut from their chunk's (``n``: how many items
+    the chunk has, when known). The chunk is decoded and its errors indexed once."""
     replace = msgspec.structs.replace
-    tid = item_id(chunk.task_id, index)
     if chunk.status is not TaskStatus.SUCCEEDED:  # the chunk never ran to its end: nor did they
-        return replace(chunk, task_id=tid)
+        return [replace(chunk, task_id=item_id(chunk.task_id, i)) for i in indexes]
     try:
         payloads, errors = chunk.value
         if n is not None and len(payloads) != n:
             raise ValueError(f"it holds {len(payloads)} outcomes for {n} items")
-        payload = payloads[index]
-        err = next((e for e in errors if e[0] == index), None)
-        if err is None and type(payload) is not bytes:
-            raise ValueError(f"item {index} holds no value")
-    except Exception as exc:  # not a chunk's result (a mistaken id, say): the item says so
-        bad = ErrorInfo(type="ConfigError", message=f"task {chunk.task_id} is not a map chunk with item {index}: {exc}")
-        return replace(chunk, task_id=tid, status=TaskStatus.FAILED, payload=None, error=bad)
-    if err is not None:
-        return replace(chunk, task_id=tid, status=TaskStatus.FAILED, payload=None,
-                       error=ErrorInfo(type=err[1], message=err[2], traceback=err[3]))
-    return replace(chunk, task_id=tid, payload=payload)
+        failed = {e[0]: ErrorInfo(type=e[1], message=e[2], traceback=e[3]) for e in errors}
+    except Exception as exc:  # not a chunk's result (a mistaken id, say): every item says so
+        return [_not_a_chunk(chunk, i, exc) for i in indexes]
+    out = []
+    for i in indexes:
+        tid = item_id(chunk.task_id, i)
+        err = failed.get(i)
+        if err is not None:
+            out.append(replace(chunk, task_id=tid, status=TaskStatus.FAILED, payload=None, error=err))
+        elif 0 <= i < len(payloads) and type(payloads[i]) is bytes:
+            out.append(replace(chunk, task_id=tid, payload=payloads[i]))
+        else:
+            out.append(_not_a_chunk(chunk, i, ValueError(f"item {i} holds no value")))
+    return out
+
+
+def _not_a_chunk(chunk: TaskResult, index: int, exc: Exception) -> TaskResult:
+    bad = ErrorInfo(type="ConfigError", message=f"task {chunk.task_id} is not a map chunk with item {index}: {exc}")
+    return msgspec.structs.replace(chunk, task_id=item_id(chunk.task_id, index), status=TaskStatus.FAILED,
+                                   payload=None, error=bad)

@@ -1446,7 +1446,7 @@ def _resolve_items(
                 f.set_exception(exc)
         return
     r = chunk.result()
-    resolve_many([(f, _chunks.item_result(r, start + k, n)) for k, f in enumerate(items)])
+    resolve_many(zip(items, _chunks.item_results(r, range(start, start + len(items)), n)))
 
 
 def _read_result(core: AsyncOmniQ, task_id: str, timeout: float | None) -> TaskResult:
