@@ -61,3 +61,27 @@ async def test_store_outage_keeps_events_for_the_next_try():
                 log._wake.set()
         tg.cancel_scope.cancel()
     assert [e.type for e in await store.query_events(task_id="a")] == ["enqueued", "started"]
+
+
+async def test_store_outage_is_one_warning_and_one_recovery_line(caplog):
+    """A server restart while events are written: no ERROR, no traceback per retry."""
+    import logging
+
+    store = FlakyStore(fail=3)
+    store.url = "redis://user:s3cret@127.0.0.1:6379/0"
+    await store.connect()
+    log = EventLogger(store, interval=0.01)
+    caplog.set_level(logging.INFO, logger="omniq")
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(log.run)
+        log.emit("a", "enqueued", timestamp=1.0)
+        with anyio.fail_after(10):
+            while not await store.query_events():
+                await anyio.sleep(0.05)
+                log._wake.set()
+        tg.cancel_scope.cancel()
+    mine = [r for r in caplog.records if r.name == "omniq.events"]
+    assert [r.levelno for r in mine] == [logging.WARNING, logging.WARNING]
+    assert "failed" in mine[0].getMessage() and "works again" in mine[1].getMessage()
+    assert not any(r.exc_info for r in mine)
+    assert all("s3cret" not in r.getMessage() and "***" in r.getMessage() for r in mine)

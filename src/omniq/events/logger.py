@@ -12,9 +12,9 @@ from collections.abc import Callable
 
 import anyio
 
-from ..logs import get_logger
+from ..logs import Outage, get_logger
 from ..models import TaskEvent
-from ..storage.base import EventStore
+from ..storage.base import EventStore, masked
 
 log = get_logger("omniq.events")
 
@@ -35,6 +35,9 @@ class EventLogger:
         self._listeners: list[Listener] = []
         self._closed = False
         self._writing = anyio.Lock()  # one flush at a time: flush() waits for the loop's write
+        # a store that stops answering (a server restart) is one WARNING and one when it is
+        # back, not a traceback per retry
+        self._outage = Outage(log, "writing events", masked(getattr(store, "url", "") or "event store"))
 
     def add_listener(self, fn: Listener) -> Callable[[], None]:
         """Call ``fn(batch)`` on the loop for every batch emitted in this process."""
@@ -98,12 +101,13 @@ class EventLogger:
             except anyio.get_cancelled_exc_class():
                 self._pending[:0] = batch  # maybe not written: the closing flush writes it (again)
                 raise
-            except Exception:
+            except Exception as exc:
                 # Events are diagnostics: keep them for the next try rather than lose or crash.
-                log.exception("could not write %d events; will retry", len(batch))
+                self._outage.failed(exc)
                 self._pending[:0] = batch
                 await anyio.sleep(min(1.0, self._interval * 10))
                 return
+            self._outage.ok()
         self._idle.set()
 
     async def flush(self) -> None:
