@@ -177,6 +177,8 @@ def test_scheme_of_any_string(url: str) -> None:
 @example(url="sqlite:///\x00", role="tasks")
 @example(url="memory://a?b", role="tasks")
 @example(url="file://", role="results")
+@example(url=f"://:{SECRET}@\x1f@", role="tasks")  # no scheme at all: still masked (found by hypothesis)
+@example(url=f"mongo db://u:{SECRET}@h", role="events")
 @settings(max_examples=URL_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_any_url_opens_or_raises_config_error_naming_the_role(url: str, role: str) -> None:
     kwargs = {"tasks": url} if role == "tasks" else {"tasks": "memory://", role: url}
@@ -199,6 +201,10 @@ def test_any_url_opens_or_raises_config_error_naming_the_role(url: str, role: st
         ("s3://bucket/key@x", "s3://bucket/key@x"),
         ("redis://u:pa/ss@h/0", "redis://u:***@h/0"),  # "/" inside the password
         ("rediss://default:s3cr#et@h", "rediss://default:***@h"),
+        ("://:s3cret@\x1f@", "://:***@"),  # an empty scheme is masked the same
+        ("no such+scheme://u:s3cret@h/x", "no such+scheme://u:***@h/x"),  # so is a garbled one
+        ("u:s3cret@h", "u:***@h"),  # no "://" but user:password@host all the same
+        ("omniq.db", "omniq.db"),
     ],
 )
 def test_masked_hides_the_whole_secret(url: str, shown: str) -> None:

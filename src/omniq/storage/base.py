@@ -480,25 +480,33 @@ def task_from_row(row: Sequence[Any]) -> Task:
 def masked(url: str) -> str:
     """``url`` with any password (or a NATS token) replaced by ``***``, for messages and logs.
 
-    The user info runs to the *last* ``@`` before the path, as URL parsers read it, so a
-    password containing ``@`` is hidden whole."""
+    Whatever its shape: the scheme is whatever comes before the first ``://`` (empty, unknown
+    or garbled too), and the user info runs to the *last* ``@`` before the path, as URL parsers
+    read it, so a password containing ``@`` is hidden whole. A string without ``://`` that
+    still looks like ``user:password@host`` has everything from its first ``:`` to its last
+    ``@`` hidden."""
     import re
 
-    m = re.match(r"([a-zA-Z][\w+.-]*://)([^/?#]*)@", url)
+    head, sep, rest = url.partition("://")
+    if not sep:
+        m = re.match(r"([^:@]*):(.*)@", url, re.DOTALL)  # the greedy ".*" runs to the last "@"
+        return url if m is None else f"{m.group(1)}:***@{url[m.end():]}"
+    scheme = head + sep
+    m = re.match(r"([^/?#]*)@", rest, re.DOTALL)
     if m is None:
         # a password with "/", "?" or "#" in it (not valid unescaped, but it happens): hide
         # from the first ":" of the user info to the last "@"
-        m = re.match(r"([a-zA-Z][\w+.-]*://)([^/?#@:]*:.*)@", url)
+        m = re.match(r"([^/?#@:]*:.*)@", rest, re.DOTALL)
         if m is None:
             return url
-    scheme, userinfo = m.group(1), m.group(2)
+    userinfo = m.group(1)
     if ":" in userinfo:
         hidden = userinfo.split(":", 1)[0] + ":***"
     elif scheme.lower().startswith(("nats", "tls")):
         hidden = "***"  # nats://TOKEN@host: the token is the secret
     else:
         return url
-    return f"{scheme}{hidden}@{url[m.end():]}"
+    return f"{scheme}{hidden}@{rest[m.end():]}"
 
 
 __all__ = [
