@@ -45,3 +45,9 @@ def boom_once_then(marker_path):
         open(marker_path, "w").close()
         raise RuntimeError("first attempt fails")
     return "ok"
+
+
+def examples(n):
+    """A property test's example count: ``n``, ten times that under the ``explore`` Hypothesis
+    profile (tests/conftest.py)."""
+    return n * 10 if os.environ.get("HYPOTHESIS_PROFILE") == "explore" else n

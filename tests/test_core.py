@@ -507,7 +507,7 @@ _OPTIONS = ("priority", "delay", "ttl", "retries", "retry_delay", "timeout", "re
 _CORE = AsyncOmniQ(tasks="memory://", concurrency=0)  # building a task opens nothing
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=helpers.examples(400), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(option=st.sampled_from(_OPTIONS), value=_ODD)
 def test_every_enqueue_option_works_or_names_itself(option: str, value: object) -> None:
     try:

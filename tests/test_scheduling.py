@@ -34,6 +34,7 @@ from omniq.scheduling import (
     validate_spec,
 )
 from omniq.storage.base import TaskQueue
+from tests.helpers import examples
 
 BERLIN = ZoneInfo("Europe/Berlin")
 NEW_YORK = ZoneInfo("America/New_York")
@@ -202,7 +203,7 @@ _CRONLIKE = st.lists(
 ).map(" ".join)
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=examples(500), deadline=None)
 @given(
     st.one_of(
         _CRONLIKE,
@@ -304,7 +305,7 @@ def test_dst_new_york_both_transitions() -> None:
     ]
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(
     expr=st.sampled_from(
         ["*/7 * * * *", "0 * * * *", "30 2 * * *", "0 1-3 * * *", "*/20 2 * * *", "5 */2 * * *"]
@@ -349,7 +350,7 @@ def test_interval_slots_anchored_at_creation() -> None:
     assert abs(k - round(k)) < 1e-6
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 @given(
     anchor=st.floats(min_value=0, max_value=2e9),
     interval=st.floats(min_value=1e-3, max_value=1e6),

@@ -27,6 +27,7 @@ from omniq.sweep import (
     point_key,
     zipped,
 )
+from tests.helpers import examples
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -209,7 +210,7 @@ def test_spec_names_from_a_namespace_only_when_defined():
 _SPECISH = st.text(alphabet="abxyz=[](){};,:0123456789.+-*/%'\" \n_rangezip", max_size=40)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(st.one_of(st.text(max_size=60), _SPECISH))
 def test_any_string_gives_a_dict_or_config_error(text):
     try:
@@ -222,7 +223,7 @@ def test_any_string_gives_a_dict_or_config_error(text):
         assert isinstance(axis, (list, Zipped))
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 @given(
     st.dictionaries(
         st.from_regex(r"[a-z][a-z0-9_]{0,6}", fullmatch=True).filter(

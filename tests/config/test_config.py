@@ -27,6 +27,7 @@ from omniq.config import settings as defaults
 from omniq.config.env import RULES
 from omniq.errors import ConfigError
 from omniq.models import OmniQConfig
+from tests.helpers import examples
 
 
 @pytest.fixture(autouse=True)
@@ -329,7 +330,7 @@ env_text = st.text(
 
 
 @given(st.sampled_from(sorted(RULES)), env_text | st.sampled_from(["1", "0", "-3", "none", "a,b"]))
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 def test_any_env_string_gives_a_config_or_a_config_error(key: str, raw: str) -> None:
     name = env_var(key)
     with pytest.MonkeyPatch.context() as mp:
@@ -348,7 +349,7 @@ def test_any_env_string_gives_a_config_or_a_config_error(key: str, raw: str) -> 
 
 
 @given(st.sampled_from(sorted(RULES)), st.from_type(object).filter(lambda v: v is not None))
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 def test_any_dict_value_gives_a_config_or_a_config_error(key: str, value: Any) -> None:
     try:
         load_config({key: value})

@@ -275,8 +275,9 @@ from hypothesis import strategies as st  # noqa: E402
 from IPython.core.error import UsageError  # noqa: E402
 
 from omniq.notebook import magics as magics_module  # noqa: E402
+from tests.helpers import examples  # noqa: E402
 
-MAGIC_EXAMPLES = 300
+MAGIC_EXAMPLES = examples(300)
 
 
 class _Reached(Exception):
@@ -375,7 +376,7 @@ def _check_usage_error(exc: UsageError, line: str) -> None:
 @example(sub="init", rest="--concurrency -3")
 @example(sub="init", rest="--tasks mongodb://h/db")
 @example(sub="status", rest="\\")
-@settings(max_examples=MAGIC_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=MAGIC_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 def test_line_magic_arguments_parse_or_raise_usage_error(bare_magics: Any, sub: str, rest: str) -> None:
     line = f"{sub} {rest}"
     try:
@@ -395,7 +396,7 @@ def test_line_magic_arguments_parse_or_raise_usage_error(bare_magics: Any, sub: 
 @example(rest="-n job --queue ''", cell="y = 1")
 @example(rest='-n job --sweep "a=range(10**9)"', cell="y = 1")
 @example(rest="-n job --out job", cell="y = 1")
-@settings(max_examples=MAGIC_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=MAGIC_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 def test_cell_magic_arguments_parse_or_raise_usage_error(bare_magics: Any, rest: str, cell: str) -> None:
     line = f"submit {rest}"
     try:
@@ -407,7 +408,7 @@ def test_cell_magic_arguments_parse_or_raise_usage_error(bare_magics: Any, rest:
 
 
 @given(sub=st.sampled_from(["init", "status", "wait", "bogus"]), rest=_args)
-@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(50), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 def test_cell_magic_with_another_subcommand_is_a_usage_error(bare_magics: Any, sub: str, rest: str) -> None:
     with pytest.raises(UsageError, match="one subcommand, submit"):
         bare_magics.omniq(f"{sub} {rest}", "y = 1")

@@ -39,6 +39,7 @@ from omniq.serialization import (
     loads_call,
     set_secret_keys,
 )
+from tests.helpers import examples
 
 
 @pytest.fixture(autouse=True)
@@ -186,7 +187,7 @@ plain = st.recursive(
 
 
 @given(plain)
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 def test_plain_data_round_trips_exactly(value: Any) -> None:
     assert same(roundtrip(value), value)
 
@@ -226,7 +227,7 @@ odd_objects = st.sampled_from(
 
 
 @given(st.lists(odd_objects | plain, max_size=4).map(tuple))
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_odd_objects_round_trip_or_raise_serialization_error(value: tuple[Any, ...]) -> None:
     try:
         data = dumps(value)
@@ -409,7 +410,7 @@ def _corrupt(data: bytes, draw: Any) -> bytes:
 
 
 @given(corruptible, st.data())
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 def test_corruption_gives_serialization_error_or_a_value(data: bytes, draw: st.DataObject) -> None:
     bad = _corrupt(data, draw.draw)
     try:
@@ -423,7 +424,7 @@ def test_corruption_gives_serialization_error_or_a_value(data: bytes, draw: st.D
 
 
 @given(corruptible, st.data())
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 def test_signed_corruption_is_always_caught(data: bytes, draw: st.DataObject) -> None:
     set_secret_keys("k")
     try:
@@ -809,7 +810,7 @@ def _nest(depth: int, kind: str, leaf: Any) -> Any:
     kind=st.sampled_from(sorted(_NESTERS)),
     leaf=st.sampled_from(["plain", "generator", "lock"]),
 )
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 def test_deep_nesting_works_or_names_the_path(depth: int, kind: str, leaf: str) -> None:
     value = _nest(depth, kind, {"plain": 1, "generator": _generator(), "lock": threading.Lock()}[leaf])
     for dump, root in ((dumps, "value"), (lambda v: dumps_call(module_level, (v,), {}), "argument args[0]")):

@@ -120,8 +120,9 @@ from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from omniq.storage.urls import scheme_of  # noqa: E402
+from tests.helpers import examples  # noqa: E402
 
-URL_EXAMPLES = 500
+URL_EXAMPLES = examples(500)
 SECRET = "Pw0rdXyzzy"
 
 _text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=40)
