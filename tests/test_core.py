@@ -11,6 +11,7 @@ import textwrap
 import threading
 import time
 
+import anyio
 import pytest
 
 from omniq import AsyncOmniQ, OmniQ, TaskError, TaskStatus
@@ -460,12 +461,62 @@ def test_a_flush_cut_short_loses_no_task(tmp_path):
 
             oq._queue.enqueue = slow
             h = await oq.submit(helpers.square, 3)
-            with pytest.raises(TimeoutError):
+            # (asyncio.TimeoutError: the caller's own wait_for raises it, builtin from 3.11)
+            with pytest.raises(asyncio.TimeoutError):
                 await asyncio.wait_for(oq.flush(), 0.1)
             await oq.flush()
             assert await oq.status(h.id) == "queued"
+            h2 = await oq.submit(helpers.square, 4)
+            with anyio.move_on_after(0.1) as scope:  # an anyio scope cancels the same way
+                await oq.flush()
+            assert scope.cancelled_caught
+            enqueuer = asyncio.ensure_future(oq.enqueue(helpers.square, (5,)))
+            await asyncio.sleep(0.05)
+            enqueuer.cancel()  # an enqueue() whose task is cancelled
+            await oq.flush()
+            assert await oq.status(h2.id) == "queued"
+            assert len({e.task_id for e in await oq.events() if e.type == "enqueued"}) == 3
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("cut", ["wait_for", "cancel"])
+def test_a_close_cut_short_loses_no_task(tmp_path, cut):
+    """close() under a caller's timeout, or cancelled, while the store of what it accepted is
+    slow: the tasks are stored before the storage closes (on every Python: 3.12 changed how
+    asyncio.wait_for cancels)."""
+    url = f"sqlite:///{tmp_path}/cutclose.db"
+
+    async def main() -> list[str]:
+        oq = AsyncOmniQ(tasks=url, concurrency=0)
+        await oq.open()
+        real = oq._queue.enqueue
+
+        async def slow(tasks):
+            await asyncio.sleep(0.5)
+            await real(tasks)
+
+        oq._queue.enqueue = slow
+        hs = await oq.map(helpers.square, range(3))
+        if cut == "wait_for":
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(oq.close(), 0.1)
+        else:
+            closer = asyncio.ensure_future(oq.close())
+            await asyncio.sleep(0.1)
+            closer.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await closer
+        assert not oq.is_open
+        return [h.id for h in hs]
+
+    ids = asyncio.run(main())
+
+    async def check() -> None:
+        async with AsyncOmniQ(tasks=url, concurrency=0) as oq:
+            assert [await oq.status(i) for i in ids] == ["queued"] * 3
+
+    asyncio.run(check())
 
 
 def test_a_callback_on_a_dropped_handle_still_runs(tmp_path):
@@ -480,6 +531,29 @@ def test_a_callback_on_a_dropped_handle_still_runs(tmp_path):
         while len(seen) < 5 and time.monotonic() < deadline:
             time.sleep(0.02)
     assert sorted(seen) == [0, 1, 4, 9, 16]
+
+
+def test_every_timeout_is_the_builtin_timeout_error(tmp_path):
+    """On every Python (before 3.11 asyncio's and concurrent.futures' TimeoutError are other
+    classes): a handle, its future, get_result and an async handle all raise TimeoutError."""
+    import concurrent.futures as cf
+
+    with OmniQ(tasks=f"sqlite:///{tmp_path}/to.db", concurrency=0) as oq:
+        h = oq.submit(helpers.square, 2)
+        for wait in (lambda: h.result(timeout=0.05), lambda: h.future.result(timeout=0.05),
+                     lambda: oq.get_result(h.id, wait=True, timeout=0.05)):
+            with pytest.raises(TimeoutError):
+                wait()
+        with pytest.raises(cf.TimeoutError):  # and still what a concurrent.futures caller catches
+            h.future.result(timeout=0.01)
+
+    async def main() -> None:
+        async with AsyncOmniQ(tasks=f"sqlite:///{tmp_path}/to.db", concurrency=0) as aoq:
+            ah = await aoq.submit(helpers.square, 3)
+            with pytest.raises(TimeoutError):
+                await ah.result(timeout=0.05)
+
+    asyncio.run(main())
 
 
 def test_a_handle_of_a_closed_instance_waits_without_reopening_its_workers(tmp_path):

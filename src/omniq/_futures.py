@@ -25,6 +25,15 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
+if sys.version_info >= (3, 11):
+    FutureTimeout = TimeoutError  # what concurrent.futures.TimeoutError is from 3.11
+else:
+
+    class FutureTimeout(cf.TimeoutError, TimeoutError):
+        """Before 3.11 ``concurrent.futures.TimeoutError`` is not the builtin ``TimeoutError``
+        the docs promise: this one is both, so either ``except`` catches it."""
+
+
 _SHARED = threading.Condition()
 _PINNED: set[cf.Future[Any]] = set()  # pending futures someone registered a callback on
 
@@ -62,7 +71,7 @@ class ResultFuture(cf.Future[T]):
                 continue
             left = deadline - time.monotonic()
             if left <= 0:
-                raise cf.TimeoutError()
+                raise FutureTimeout()
             self._condition.wait(left)
 
     def result(self, timeout: float | None = None) -> T:

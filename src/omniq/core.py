@@ -271,6 +271,9 @@ class AsyncOmniQ:
         self._kick_pending = False
         self._kick: asyncio.Event | None = None
         self._flush_lock: asyncio.Lock | None = None
+        # the batch being stored, in its own task: a flush() whose caller is cancelled (a
+        # timeout around it) stops waiting but never stops the write; the next flush waits for it
+        self._storing: asyncio.Task[None] | None = None
         # futures live as long as someone holds them (a handle, a sweep): a producer that drops
         # its handles keeps nothing per task
         self._waiters = WeakFutures()
@@ -395,6 +398,14 @@ class AsyncOmniQ:
             events_stuck = not await _within(CLOSE_STEP, "writing the last events", self.events_url,
                                              self._events.flush())
         finally:
+            # close() cut short (its caller's timeout, a cancel) while tasks it accepted were
+            # still on their way: store them before the storage closes under them
+            if self._buffer or (self._storing is not None and not self._storing.done()):
+                assert self._loop is not None
+                rest = self._loop.create_task(self.flush())
+                if not await _finish(rest, CLOSE_STEP):
+                    log.warning("close: storing %d accepted tasks (%s) did not finish within %g s; "
+                                "going on", len(self._buffer), masked(self.tasks_url), CLOSE_STEP)
             await _cancel_all(self._bg)
             self._bg.clear()
             if not events_stuck:  # (once timed out is enough)
@@ -539,16 +550,23 @@ class AsyncOmniQ:
         if not self._opened:
             return
         self._after_stored_here()  # tasks stored by enqueue() on another thread: their events
-        assert self._flush_lock is not None
+        assert self._flush_lock is not None and self._loop is not None
         async with self._flush_lock:
-            while self._buffer:
-                batch: list[Task] = []
-                pop = self._buffer.popleft
-                with contextlib.suppress(IndexError):
-                    while len(batch) < 20000:
-                        batch.append(pop())
-                with anyio.CancelScope(shield=True):  # a cancelled caller must not drop the batch
-                    await self._store_batch(batch)
+            while True:
+                storing = self._storing
+                if storing is None or storing.done():
+                    self._storing = None
+                    if not self._buffer:
+                        return
+                    batch: list[Task] = []
+                    pop = self._buffer.popleft
+                    with contextlib.suppress(IndexError):
+                        while len(batch) < 20000:
+                            batch.append(pop())
+                    storing = self._storing = self._loop.create_task(self._store_batch(batch))
+                # Cancelling this wait (asyncio.wait_for, an anyio scope) leaves the write going
+                # on: the batch was taken from the buffer and nothing else would store it.
+                await asyncio.shield(storing)
 
     async def _store_batch(self, batch: list[Task]) -> None:
         err: BaseException | None = None
@@ -662,7 +680,9 @@ class AsyncOmniQ:
         lock = self._flush_lock
         if (
             not self._opened or self._closing or not q.blocking_enqueue or task.depends_on
-            or self._buffer or lock is None or lock.locked() or threading.get_ident() == self._loop_thread
+            or self._buffer or lock is None or lock.locked()
+            or (self._storing is not None and not self._storing.done())  # a cut-short flush's batch
+            or threading.get_ident() == self._loop_thread
         ):
             return False
         serves = self._serves(task.queue)
@@ -1322,6 +1342,25 @@ async def _within(limit: float, what: str, url: str, step: Awaitable[Any]) -> bo
     if scope.cancelled_caught:
         log.warning("close: %s (%s) did not finish within %g s; going on", what, masked(url), limit)
     return not scope.cancelled_caught
+
+
+async def _finish(task: asyncio.Task[Any], limit: float) -> bool:
+    """Wait up to ``limit`` seconds for ``task`` (never cancelling it), through any cancellation
+    of the caller meanwhile (an anyio scope, a ``Task.cancel()``), which is raised afterwards.
+    True if it finished."""
+    deadline = time.monotonic() + limit
+    cancelled: BaseException | None = None
+    with anyio.CancelScope(shield=True):
+        while not task.done() and (left := deadline - time.monotonic()) > 0:
+            try:
+                await asyncio.wait({task}, timeout=left)
+            except asyncio.CancelledError as exc:
+                cancelled = exc
+    if task.done() and not task.cancelled():
+        task.exception()  # retrieved (a failed store has told its waiters already)
+    if cancelled is not None:
+        raise cancelled
+    return task.done()
 
 
 async def _cancel_all(tasks: Sequence[asyncio.Task[Any]], timeout: float = 10.0) -> None:
