@@ -47,6 +47,25 @@ def boom_once_then(marker_path):
     return "ok"
 
 
+def nap(seconds):
+    """Sleep; returns (pid, started, finished) so a test can see where and when it ran."""
+    import time
+
+    t0 = time.time()
+    time.sleep(seconds)
+    return os.getpid(), t0, time.time()
+
+
+def touch_sleep_touch(started_path, seconds, finished_path):
+    """Write this pid to ``started_path``, sleep, then create ``finished_path``."""
+    import time
+
+    with open(started_path, "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(seconds)
+    open(finished_path, "w").close()
+
+
 def examples(n):
     """A property test's example count: ``n``, ten times that under the ``explore`` Hypothesis
     profile (tests/conftest.py)."""

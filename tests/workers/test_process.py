@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import time
 
+import pytest
+
 from omniq import OmniQ, TaskStatus
+from omniq.cli import status_report
 
 from .. import helpers
-from .common import cancel_running
+from .common import cancel_running, wait_for, wait_until
 from .common import runner as _runner
 from .common import wait_until as _wait_until
 
@@ -79,7 +83,7 @@ def test_prefetch_follows_task_duration(tmp_path):
         [h.result(30) for h in oq.map(helpers.square, range(300))]
         assert _runner(oq)._prefetch() > 2  # quick tasks: batches in flight
         [h.result(30) for h in oq.map(helpers.sleep_return, [0.1] * 3, )]
-        assert _runner(oq)._prefetch() <= 2  # slow tasks: no queue behind a running one
+        assert _runner(oq)._prefetch() == 1  # slow tasks: at most one waiting behind a running one
 
 
 def test_task_reading_stdin_gets_eof_not_protocol_frames(tmp_path):
@@ -87,3 +91,142 @@ def test_task_reading_stdin_gets_eof_not_protocol_frames(tmp_path):
         h = oq.submit(lambda: sys.stdin.read())  # before: read the next frames meant for the child
         assert h.result(30) == ""
         assert oq.submit(helpers.square, 4).result(30) == 16
+
+
+# --- dispatch: no child idles while a task it could run waits ------------------------------------
+
+
+def _redis_url() -> str:
+    redis = pytest.importorskip("redis", reason="the redis extra is not installed")
+    base = os.environ.get("OMNIQ_TEST_REDIS", "redis://127.0.0.1:6379/0")
+    try:
+        redis.Redis.from_url(base, socket_connect_timeout=1).ping()
+    except Exception as exc:
+        pytest.skip(f"no Redis server answers at {base} ({exc})")
+    return f"{base}?prefix=omniq-dispatch-{os.urandom(4).hex()}"
+
+
+@pytest.fixture(params=["sqlite", "memory", "redis"])
+def pool_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/pool.db"
+    if request.param == "memory":
+        return "memory://"
+    return _redis_url()
+
+
+def _overlap(a: tuple[int, float, float], b: tuple[int, float, float]) -> float:
+    """Seconds two (pid, start, end) runs overlapped."""
+    return min(a[2], b[2]) - max(a[1], b[1])
+
+
+def test_two_slow_tasks_on_a_fresh_pool_run_at_once_in_two_children(pool_url):
+    with OmniQ(tasks=pool_url, worker="process", concurrency=2) as oq:
+        a, b = (h.result(60) for h in [oq.submit(helpers.nap, 1.0), oq.submit(helpers.nap, 1.0)])
+    assert a[0] != b[0]  # before: both ran in the first child, one after the other (2.0 s)
+    assert _overlap(a, b) > 0.8
+
+
+def test_slow_tasks_after_quick_ones_are_spread_over_the_children(pool_url):
+    with OmniQ(tasks=pool_url, worker="process", concurrency=2) as oq:
+        assert [h.result(60) for h in oq.map(helpers.square, range(50))][-1] == 49**2
+        runs = [h.result(60) for h in [oq.submit(helpers.nap, 1.0) for _ in range(4)]]
+    per_child = sorted(sum(1 for r in runs if r[0] == pid) for pid in {r[0] for r in runs})
+    assert per_child == [2, 2]  # before: all four in one child (4.0 s)
+
+
+def test_tasks_queued_behind_a_slow_one_are_taken_by_an_idle_child(tmp_path):
+    with OmniQ(tasks=f"sqlite:///{tmp_path}/steal.db", worker="process", concurrency=2) as oq:
+        [h.result(60) for h in oq.map(helpers.square, range(300))]  # quick: children take batches
+        assert _runner(oq)._prefetch() > 1
+        slow, *quick = oq.map(helpers.nap, [2.0, 0.05, 0.05, 0.05, 0.05])  # one claim, one batch
+        runs = [h.result(60) for h in quick]
+        first = slow.result(60)
+    # every quick task ended long before the slow one: none waited behind it in its child
+    assert all(r[2] < first[2] - 1.0 for r in runs), (first, runs)
+    assert all(r[0] != first[0] for r in runs if r[1] > first[1])
+
+
+def test_unknown_durations_count_as_long():
+    from omniq.workers.process import ProcessRunner
+
+    r = ProcessRunner(2)
+    assert r._prefetch() == 1  # nothing seen yet: one waiting task per child, no batch
+    for _ in range(20):
+        r._observe(0.0001)
+    assert r._prefetch() > 1
+    for _ in range(20):
+        r._observe(1.0)
+    assert r._prefetch() == 1
+
+
+def test_omniq_worker_runs_two_slow_tasks_at_once(tmp_path):
+    url = f"sqlite:///{tmp_path}/cli.db"
+    with OmniQ(tasks=url, concurrency=0) as oq:
+        ids = [oq.enqueue(helpers.nap, args=(1.5,)) for _ in range(2)]
+        w = subprocess.Popen([sys.executable, "-m", "omniq.cli", "worker", "--tasks", url, "--worker", "process",
+                              "-c", "2"], stderr=subprocess.PIPE, text=True)
+        try:
+            a, b = (oq.get_result(i, wait=True, timeout=60).value for i in ids)
+        finally:
+            w.send_signal(signal.SIGTERM)
+            w.communicate(timeout=60)
+    assert a[0] != b[0] and _overlap(a, b) > 1.0
+
+
+# --- children that cannot outlive their owner or escape its signals -------------------------------
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_kill9_of_omniq_worker_takes_its_children_and_their_tasks_with_it(tmp_path):
+    url = f"sqlite:///{tmp_path}/k9.db"
+    started, finished = tmp_path / "started", tmp_path / "finished"
+    with OmniQ(tasks=url, concurrency=0) as oq:
+        oq.enqueue(helpers.touch_sleep_touch, args=(str(started), 2.0, str(finished)))
+        w = subprocess.Popen([sys.executable, "-m", "omniq.cli", "worker", "--tasks", url, "--worker", "process",
+                              "-c", "1"], stderr=subprocess.DEVNULL)
+        try:
+            assert wait_until(started.exists, 60)
+            child = int(started.read_text())
+            assert child != w.pid
+        finally:
+            w.kill()
+            w.wait(30)
+        assert wait_until(lambda: not _alive(child), 10), "the child outlived its killed owner"
+        time.sleep(2.5)  # past the moment the task would have finished
+    assert not finished.exists()  # before: the orphan ran it to the end while it was delivered again
+
+
+def test_children_run_in_a_session_of_their_own(tmp_path):
+    with OmniQ(tasks=f"sqlite:///{tmp_path}/s.db", worker="process", concurrency=2) as oq:
+        for pid in _runner(oq).pids():
+            assert os.getsid(pid) == pid  # the Stop button's SIGINT to our process group misses them
+        os.killpg(os.getpgid(os.getpid()), 0)  # (our own group exists; nothing is sent)
+        assert oq.submit(helpers.square, 5).result(30) == 25
+
+
+def test_a_replacement_that_fails_is_retried_and_the_pool_says_it_is_short(tmp_path):
+    from omniq.workers.process import PoolShortWarning
+
+    with OmniQ(tasks=f"sqlite:///{tmp_path}/short.db", worker="process", concurrency=2) as oq:
+        runner = _runner(oq)
+        runner.child_module = "omniq.workers.no_such_child"  # every start now fails
+        victim = runner.pids()[0]
+        with pytest.warns(PoolShortWarning, match="short of a worker"):
+            os.kill(victim, signal.SIGKILL)
+            assert wait_until(lambda: runner.missing() == 1, 30)
+            time.sleep(0.3)
+        workers = wait_for(lambda: [w for w in oq.health()["workers"] if w["missing"] == 1], 30,
+                           what="health() to report the short pool")
+        assert workers[0]["slots"] == 2
+        assert "SHORT of 1" in status_report(oq.health())
+        runner.child_module = "omniq.workers.child"  # the next retry works
+        assert wait_until(lambda: runner.missing() == 0 and len(runner.pids()) == 2, 30)
+        assert sorted({h.result(30)[0] for h in oq.map(helpers.nap, [0.5, 0.5])}) == sorted(runner.pids())

@@ -3,14 +3,18 @@
 Frames on the child's stdin / stdout (which the child moves out of its tasks' way at once: see
 ``setup_child``): a 4-byte big-endian length and a msgpack body.
 
-parent -> child  ["T", [[task_id, payload, timeout], ...]]   run these (timeout: seconds or None)
+parent -> child  ["T", [[task_id, payload, timeout, expires_at], ...]]   run these (timeout:
+                                                             seconds or None)
                  ["X", task_id]                              stop this task (gevent children;
                                                              a process child is killed instead)
+                 ["U", [task_id, ...]]                       give back those not started yet
+                                                             (process children)
                  ["Q"]                                       exit
 child -> parent  ["H", pid]                                  ready
                  ["S", task_id, started_at]                  started (for timeouts / live events;
                                                              not every quick task: see child.py)
                  ["R", [[task_id, code, data, started_at, finished_at], ...]]   see the codes below
+                 ["B", [task_id, ...]]                       given back, never started (answers "U")
 
 A process child runs its tasks one by one, in order; a gevent child runs them at once and
 reports each as it ends, so rows name their task. The user's prints go to stderr: stdout
@@ -89,23 +93,45 @@ def error_row(exc: BaseException) -> list[str]:
     return [type(exc).__name__, str(exc), "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))]
 
 
+PARENT_ENV = "OMNIQ_CHILD_PARENT"  # the pid of the process that owns this child
+
+
+def die_with_parent() -> None:
+    """Have the kernel kill this process when its owner dies, even by ``kill -9`` (Linux); the
+    closed pipe is the other, portable, signal (see the children's read loops)."""
+    parent = os.environ.get(PARENT_ENV)
+    if not sys.platform.startswith("linux") or not parent:
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except Exception:  # no prctl here: the pipe still tells
+        return
+    if os.getppid() != int(parent):  # the owner died before the request took hold
+        os._exit(1)
+
+
 def setup_child() -> tuple[int, int]:
-    """Prepare a child process: the parent's import path, SIGINT ignored, and the protocol
-    pipes kept apart from what tasks use.
+    """Prepare a child process: dying with its owner, SIGINT ignored, the parent's import path,
+    and the protocol pipes kept apart from what tasks use.
 
     Returns the descriptors frames come from and go to. They are private copies (not
     inherited by a task's subprocesses); fd 0 then reads /dev/null and fd 1 writes to stderr, so
     a task's prints, its ``input()`` or a subprocess it starts cannot corrupt or steal frames,
     nor flip the pipe's blocking mode under a gevent child.
     """
+    # Jupyter's Stop button (and Ctrl-C in a terminal) signals the whole process group; the
+    # parent decides when its children end (timeout, cancel, close), so they ignore SIGINT. They
+    # run in a session of their own (see ``ChildRunner._spawn``); this covers a direct start.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent()
     extra = os.environ.get("OMNIQ_CHILD_SYSPATH")
     if extra:
         for p in reversed(json.loads(extra)):
             if p not in sys.path:
                 sys.path.insert(0, p)
-    # Jupyter's Stop button (and Ctrl-C in a terminal) signals the whole process group; the
-    # parent decides when its children end (timeout, cancel, close), so they ignore SIGINT
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     rfd, wfd = os.dup(0), os.dup(1)
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)

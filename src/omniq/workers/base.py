@@ -89,17 +89,25 @@ class Runner(abc.ABC):
         self.on_started: Callable[[Task, float], None] = lambda task, t: None
         self.worker_id: str | None = None  # the Worker driving it, for log records
         self.capacity_changed = anyio.Event()
-        self._avg = 0.01  # moving average of task run time, seconds: sizes the prefetch
+        self._avg: float | None = None  # moving average of task run time, seconds (None: none seen)
 
     def _observe(self, seconds: float) -> None:
-        self._avg = 0.8 * self._avg + 0.2 * max(0.0, seconds)
+        seconds = max(0.0, seconds)
+        self._avg = seconds if self._avg is None else 0.8 * self._avg + 0.2 * seconds
 
     def _prefetch(self) -> int:
-        """Tasks to hold per slot, by how long tasks take: quick ones come in batches (a claim
-        round trip per task would cap a pool at a few thousand a second), slow ones stay in
-        the queue for other workers."""
+        """Tasks to hold per slot beyond the one it runs. One, so a slot goes from task to task
+        without a round trip, unless tasks have been far quicker than a claim round trip: then
+        batches (a claim per task would cap a pool at a few thousand a second). Durations not
+        yet seen count as long. Whatever waits beyond that could run in another slot."""
         avg = self._avg
-        return 64 if avg < 0.001 else 16 if avg < 0.005 else 2 if avg < 0.05 else 1
+        if avg is None or avg >= 0.005:
+            return 1
+        return 63 if avg < 0.001 else 15
+
+    def missing(self) -> int:
+        """Slots this runner should have and lacks (children it could not replace)."""
+        return 0
 
     def _signal_capacity(self) -> None:
         self.capacity_changed.set()
@@ -383,6 +391,8 @@ class Worker:
             queues=self.queues,
             started_at=self.started_at,
             last_heartbeat=now,
+            lease=self.lease,
+            missing=self.runner.missing(),
         )
 
     async def stop(self, *, graceful: bool) -> None:

@@ -1,9 +1,16 @@
 """Process workers: children spawned through ``python -m omniq.workers.child`` and owned here.
 
 Owning the children (rather than using a ``ProcessPoolExecutor``) lets us kill exactly the
-child running a task that timed out or was cancelled, and replace a child that died. Tasks go
-out in batches sized by how long tasks take (prefetch), so no child idles between quick tasks
-and slow tasks are not queued behind each other.
+child running a task that timed out or was cancelled, and replace a child that died.
+
+Dispatch never lets a child idle while a task it could run waits: tasks go to the least
+loaded child one at a time; a child holds at most one task beyond the one it runs unless tasks
+have been far quicker than a round trip (``Runner._prefetch``); and when a child is idle while
+another sits on tasks it has not started behind a slow one, those are taken back (``"U"``) and
+run by the idle child.
+
+Children run in a session of their own (the Stop button's SIGINT to the kernel's process group
+does not reach them) and die with this process, even after ``kill -9`` (``_wire.setup_child``).
 
 ``ChildRunner`` is what every runner with children shares (the gevent runner is the other):
 spawning, reading frames, stopping, killing, and replacing a child that died.
@@ -14,10 +21,12 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import heapq
 import json
 import os
 import sys
 import time
+import warnings
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
@@ -41,6 +50,7 @@ def child_env() -> dict[str, str]:
     paths = [os.path.abspath(p or os.getcwd()) for p in sys.path]
     env["OMNIQ_CHILD_SYSPATH"] = json.dumps([p for p in paths if os.path.isdir(p)])
     env.setdefault("PYTHONUNBUFFERED", "1")
+    env[_wire.PARENT_ENV] = str(os.getpid())
     # keys set in this process with set_secret_keys() must reach the children too
     from ..serialization import ACCEPTED_ENV, SIGNING_ENV, get_secret_keys
 
@@ -55,8 +65,18 @@ def child_env() -> dict[str, str]:
     return env
 
 
+#: seconds a child may go without a word (its task still running) before tasks it holds but
+#: has not started are taken back for an idle sibling
+RECALL_AFTER = 0.05
+
+
+class PoolShortWarning(RuntimeWarning):
+    """A worker pool runs with fewer children than it was given slots (a replacement failed)."""
+
+
 class _Child:
-    __slots__ = ("died", "kill_reason", "pending", "pid", "proc", "reader", "started", "timers")
+    __slots__ = ("died", "heard", "kill_reason", "pending", "pid", "proc", "reader", "recalling", "started",
+                 "timers")
 
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self.proc = proc
@@ -67,12 +87,23 @@ class _Child:
         self.timers: dict[str, asyncio.TimerHandle] = {}
         self.reader: asyncio.Task[None] | None = None
         self.died = False
+        self.heard = time.monotonic()  # its last frame, or when it was last handed work while idle
+        self.recalling = False  # a "U" is out, its "B" not yet back
+
+    def close(self) -> None:
+        """Close the pipes' transport of a child that exited. Left to the garbage collector, it
+        closes on a loop that may be closed by then ("Event loop is closed" at exit)."""
+        transport = getattr(self.proc, "_transport", None)
+        if transport is not None:
+            transport.close()
 
     def send(self, msg: object) -> None:
         assert self.proc.stdin is not None
         self.proc.stdin.write(_wire.frame(msg))
 
     def send_tasks(self, batch: Sequence[Task]) -> None:
+        if not self.pending:
+            self.heard = time.monotonic()
         self.pending.update((t.id, t) for t in batch)
         try:
             self.send(["T", [[t.id, t.payload, t.timeout, t.expires_at] for t in batch]])
@@ -96,6 +127,7 @@ class ChildRunner(Runner):
         self._ready: deque[Task] = deque()  # claimed here, not yet sent to a child
         self._stopping = False
         self._spawning = 0
+        self._short_since: float | None = None  # a replacement keeps failing since then
 
     # --- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -110,6 +142,7 @@ class ChildRunner(Runner):
             stdout=asyncio.subprocess.PIPE,
             env=child_env(),
             limit=1 << 20,
+            start_new_session=True,  # out of reach of the Stop button's SIGINT from the first instruction
         )
         child = _Child(proc)
         assert proc.stdout is not None
@@ -150,6 +183,7 @@ class ChildRunner(Runner):
             with contextlib.suppress(ProcessLookupError):
                 c.proc.kill()
             await c.proc.wait()
+        c.close()
         if c.reader is not None:
             c.reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -159,6 +193,12 @@ class ChildRunner(Runner):
 
     def alive(self) -> bool:
         return bool(self._children) and all(c.proc.returncode is None for c in self._children)
+
+    def missing(self) -> int:
+        """Children this pool should have and does not (a replacement that keeps failing)."""
+        if self._stopping:
+            return 0
+        return max(0, self.processes - sum(not c.died for c in self._children) - self._spawning)
 
     def pids(self) -> list[int]:
         return [c.pid for c in self._children]
@@ -185,10 +225,13 @@ class ChildRunner(Runner):
         try:
             while True:
                 msg = await _wire.read_frame_async(stdout)
+                c.heard = time.monotonic()
                 if msg[0] == "R":
                     self._results(c, msg[1])
                 elif msg[0] == "S":
                     self._started(c, msg[1], msg[2])
+                elif msg[0] == "B":
+                    self._given_back(c, msg[1])
         except (asyncio.IncompleteReadError, ConnectionResetError):
             pass
         except asyncio.CancelledError:
@@ -212,6 +255,14 @@ class ChildRunner(Runner):
     @abc.abstractmethod
     def _results(self, c: _Child, rows: list[list[Any]]) -> None:
         """Handle an "R" frame."""
+
+    def _given_back(self, c: _Child, ids: list[str]) -> None:
+        """Handle a "B" frame: tasks a child gave back unstarted run elsewhere, first."""
+        c.recalling = False
+        back = [t for t in (c.pending.pop(tid, None) for tid in ids) if t is not None]
+        self._ready.extendleft(reversed(back))
+        self._pump()
+        self._signal_capacity()
 
     def _finished(self, c: _Child, task: Task, code: int, data: Any, started: float, finished: float) -> Outcome:
         """The outcome of a reported row; its start is announced now if it was not yet."""
@@ -266,6 +317,7 @@ class ChildRunner(Runner):
         """A child exited: report or hand back its tasks (``_orphans``), replace it."""
         c.died = True
         await c.proc.wait()
+        c.close()
         for h in c.timers.values():
             h.cancel()
         c.timers.clear()
@@ -276,15 +328,41 @@ class ChildRunner(Runner):
             self.on_done(outs)
         if c in self._children and not self._stopping:
             self._children.remove(c)
-            self._spawning += 1
-            try:
-                self._children.append(await self._spawn())
-            except Exception:
-                log.exception("could not replace %s worker %s", self.kind, c.pid)
-            finally:
-                self._spawning -= 1
+            await self._replace(c)
         self._pump()
         self._signal_capacity()
+
+    async def _replace(self, c: _Child) -> None:
+        """Start a child in place of ``c``; a start that fails is tried again with back-off
+        (the pool says it is short meanwhile: ``missing``, health and a warning)."""
+        delay = 0.1
+        while not self._stopping:
+            self._spawning += 1
+            try:
+                child = await self._spawn()
+            except Exception as exc:
+                if self._short_since is None:
+                    self._short_since = time.monotonic()
+                    msg = (f"OmniQ {self.kind} pool is short of a worker: could not replace child {c.pid} "
+                           f"({type(exc).__name__}: {exc}); retrying")
+                    log.warning(msg, exc_info=True)
+                    warnings.warn(msg, PoolShortWarning, stacklevel=1)
+            else:
+                if self._stopping:  # closed while it started
+                    self._children.append(child)
+                    await self._reap(child, False)
+                    self._children.remove(child)
+                    return
+                self._children.append(child)
+                if self._short_since is not None and not self.missing():
+                    log.warning("%s pool is whole again after %.1f s", self.kind,
+                                time.monotonic() - self._short_since)
+                    self._short_since = None
+                return
+            finally:
+                self._spawning -= 1
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
     @abc.abstractmethod
     def _orphans(self, c: _Child, lost: list[Task], now: float) -> list[Outcome]:
@@ -322,41 +400,78 @@ class ProcessRunner(ChildRunner):
 
     def __init__(self, slots: int) -> None:
         super().__init__(slots, processes=slots)
+        self._balance_at: asyncio.TimerHandle | None = None
 
     def capacity(self) -> int:
         if self._stopping:
             return 0
-        per = self._prefetch()
+        per = 1 + self._prefetch()
         live = [c for c in self._children if not c.died]
         room = sum(max(0, per - len(c.pending)) for c in live) + self._spawning * per
         return room - len(self._ready)
 
     def _pump(self) -> None:
-        if not self._ready:
-            return
-        per = self._prefetch()
-        for c in sorted(self._children, key=lambda c: len(c.pending)):
-            if not self._ready:
-                break
-            if c.died:
-                continue
-            room = per - len(c.pending)
-            if room <= 0:
-                continue
-            batch: list[Task] = []
+        """Hand ready tasks out one at a time to the least loaded child, so two slow tasks never
+        share a child while another has room; then see whether an idle child should take tasks
+        a busy one has not started."""
+        if self._ready:
+            per = 1 + self._prefetch()
+            heap = [(len(c.pending), i) for i, c in enumerate(self._children) if not c.died and len(c.pending) < per]
+            heapq.heapify(heap)
+            batches: dict[int, list[Task]] = {}
             late: list[Outcome] = []
             now = time.time()
-            while self._ready and len(batch) < room:
+            while self._ready and heap:
+                load, i = heap[0]
                 t = self._ready.popleft()
                 gone = expired_outcome(t, now)
-                if gone is None:
-                    batch.append(t)
-                else:
+                if gone is not None:
                     late.append(gone)
-            if batch:
-                c.send_tasks(batch)
+                    continue
+                batches.setdefault(i, []).append(t)
+                if load + 1 < per:
+                    heapq.heapreplace(heap, (load + 1, i))
+                else:
+                    heapq.heappop(heap)
+            for i, batch in batches.items():
+                self._children[i].send_tasks(batch)
             if late:
                 self.on_done(late)
+        if not self._ready and not self._stopping:
+            self._balance()
+
+    def _balance(self) -> None:
+        """Take back the unstarted tasks of a child that has gone quiet (its task is slow) while
+        a sibling is idle: they run there instead of waiting."""
+        live = [c for c in self._children if not c.died]
+        if not any(not c.pending for c in live):
+            return
+        victims = [c for c in live if len(c.pending) > 1 and not c.recalling]
+        if not victims:
+            return
+        now = time.monotonic()
+        wait = RECALL_AFTER
+        for c in victims:
+            quiet = now - c.heard
+            if quiet >= RECALL_AFTER:
+                c.recalling = True
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError, RuntimeError):
+                    c.send(["U", list(c.pending)[1:]])
+            else:
+                wait = min(wait, RECALL_AFTER - quiet)
+        if len([c for c in victims if not c.recalling]) and self._balance_at is None:
+            def again() -> None:
+                self._balance_at = None
+                if not self._ready and not self._stopping:
+                    self._balance()
+
+            self._balance_at = asyncio.get_running_loop().call_later(wait + 0.001, again)
+
+    async def stop(self, *, graceful: bool) -> list[Task]:
+        if self._balance_at is not None:
+            self._balance_at.cancel()
+            self._balance_at = None
+        return await super().stop(graceful=graceful)
 
     def _started(self, c: _Child, tid: str, at: float) -> Task | None:
         task = super()._started(c, tid, at)
