@@ -1079,8 +1079,8 @@ class AsyncOmniQ:
             "workers": [
                 {
                     "id": w.id, "kind": w.kind, "host": w.host, "pid": w.pid, "slots": w.slots,
-                    "queues": w.queues, "alive": now - w.last_heartbeat < self.config.lease,
-                    "last_heartbeat": w.last_heartbeat, "started_at": w.started_at,
+                    "queues": w.queues, "alive": now - w.last_heartbeat < (w.lease or self.config.lease),
+                    "last_heartbeat": w.last_heartbeat, "started_at": w.started_at, "missing": w.missing,
                 }
                 for w in worker_rows
             ],

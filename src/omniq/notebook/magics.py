@@ -851,8 +851,18 @@ class OmniQMagics(Magics):
 
     @_command("omniq workers", _HELP)
     def _cmd_workers(self, args: Any) -> Any:
-        """Workers seen by the task queue, with their last heartbeat (a DataFrame)."""
-        return _frame(self.oq.health()["workers"])
+        """Workers seen by the task queue, with their last heartbeat (a DataFrame); a pool short
+        of children says so."""
+        rows = []
+        for w in self.oq.health()["workers"]:
+            row = dict(w)
+            row["last_heartbeat"] = _ago(w.get("last_heartbeat"))
+            row["started_at"] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(w.get("started_at") or 0))
+            if w.get("missing"):
+                print(f"WARNING: worker {w['id']} is short of {w['missing']} of its {w['slots']} slots "
+                      "(a child process could not be replaced; it keeps trying)", file=sys.stderr)
+            rows.append(row)
+        return _frame(rows)
 
     # --- between cells --------------------------------------------------------------------------
     def _between_cells(self, *_: Any) -> None:
@@ -1028,8 +1038,9 @@ def status_text(health: Mapping[str, Any]) -> str:
     workers = health.get("workers") or []
     lines.append(f"\nworkers: {sum(1 for x in workers if x.get('alive'))} alive of {len(workers)}")
     for x in workers:
+        short = f" SHORT of {x['missing']} (a child could not be replaced)" if x.get("missing") else ""
         lines.append(f"  {x.get('id')} {x.get('kind')} x{x.get('slots')} "
-                     f"{'alive' if x.get('alive') else 'gone'} heartbeat {_ago(x.get('last_heartbeat'))}")
+                     f"{'alive' if x.get('alive') else 'gone'} heartbeat {_ago(x.get('last_heartbeat'))}{short}")
     schedules = health.get("schedules") or []
     lines.append(f"schedules: {len(schedules)}")
     for s in schedules:
@@ -1062,7 +1073,9 @@ def status_html(health: Mapping[str, Any]) -> str:
     out.append("<tr><th>id</th><th>kind</th><th>slots</th><th>alive</th><th>heartbeat</th></tr>")
     for x in workers:
         out.append(f"<tr><td>{e(str(x.get('id')))}</td><td>{e(str(x.get('kind')))}</td>"
-                   f"<td {td}>{x.get('slots')}</td><td>{'yes' if x.get('alive') else 'no'}</td>"
+                   f"<td {td}>{x.get('slots')}"
+                   + (f" <b style=\"color:#c00\">short {x['missing']}</b>" if x.get("missing") else "")
+                   + f"</td><td>{'yes' if x.get('alive') else 'no'}</td>"
                    f"<td>{_ago(x.get('last_heartbeat'))}</td></tr>")
     out.append("</table>")
     schedules = health.get("schedules") or []

@@ -71,6 +71,8 @@ class WorkerInfo(msgspec.Struct, kw_only=True):
     queues: list[str] | None
     started_at: float
     last_heartbeat: float
+    lease: float = 0.0  # its own lease: silent longer than this, it is dead (0: the reader's)
+    missing: int = 0  # slots it should have and lacks (children it could not replace)
 
 
 class Backend(abc.ABC):
