@@ -42,6 +42,7 @@ class TaskResult(msgspec.Struct, kw_only=True, omit_defaults=True, dict=True):
     key: str | None = None
     expires_at: float | None = None
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+    blobs: tuple[str, ...] = ()  # digests of the large values ``payload`` refers to (BlobStore)
 
     @property
     def value(self) -> Any:

@@ -60,6 +60,7 @@ class Task(msgspec.Struct, kw_only=True, omit_defaults=True):
     key: str | None = None  # caller's idempotency / sweep-point key
     result_ttl: float | None = None
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+    blobs: tuple[str, ...] = ()  # digests of the large values its payload refers to (BlobStore)
     # lease state, maintained by the task queue
     worker: str | None = None
     lease_until: float | None = None

@@ -105,7 +105,54 @@ class Backend(abc.ABC):
     async def _close(self) -> None: ...
 
 
-class TaskQueue(Backend):
+class BlobStore(abc.ABC):
+    """Large values by content: stored once per storage under the SHA-256 digest of their bytes.
+
+    A task (or a result) carrying a large value (a notebook global, an argument, a big return
+    value) refers to it by digest; the value itself is written once however many tasks use it.
+    Every backend that holds a task queue or results implements this part too, on the same
+    connection. Blobs are immutable, so a reader may cache one forever.
+
+    Lifetime: ``put_blobs`` records an *owner* for each digest: ``"t:" + task id`` for a task's
+    values, ``"r:" + task id`` for a result's. ``sweep_blobs`` drops owners that are neither an
+    unfinished task (pending, queued, running) nor a stored result in this backend, then blobs no
+    owner refers to. Both only past a grace time (``older_than``), since values are uploaded
+    before the task that refers to them is stored.
+    """
+
+    async def put_blobs(self, blobs: Mapping[str, bytes | bytearray | memoryview], owner: str, *,
+                        now: float) -> int:
+        """Store each blob not stored yet, and record ``owner`` as referring to every digest
+        given (already stored or not). Idempotent; safe against another process storing the same
+        digest at once. A blob is readable only once whole: a crash mid-write never leaves one
+        that reads as valid. Returns the bytes written (0 when every blob was there)."""
+        raise NotImplementedError(f"{type(self).__name__} does not store blobs")
+
+    async def add_blob_owners(self, owners: Mapping[str, Sequence[str]], *, now: float) -> None:
+        """Record each owner (key) as referring to its digests (already stored): a batch of tasks
+        sharing blobs another call stored, in one round trip."""
+        raise NotImplementedError(f"{type(self).__name__} does not store blobs")
+
+    async def get_blobs(self, digests: Sequence[str]) -> dict[str, bytes]:
+        """The blobs stored under these digests (missing ones left out)."""
+        raise NotImplementedError(f"{type(self).__name__} does not store blobs")
+
+    async def missing_blobs(self, digests: Sequence[str]) -> set[str]:
+        """Which of these digests are not stored (cheap: no blob is read)."""
+        raise NotImplementedError(f"{type(self).__name__} does not store blobs")
+
+    async def sweep_blobs(self, *, older_than: float) -> int:
+        """Remove owners that no longer exist and blobs left with none, both only when recorded
+        before ``older_than``. Returns the number of blobs removed."""
+        raise NotImplementedError(f"{type(self).__name__} does not store blobs")
+
+    def blob_path(self, digest: str) -> str | None:
+        """A local file holding exactly this blob's bytes, when the backend keeps blobs as local
+        files (readers then map it instead of copying); None otherwise."""
+        return None
+
+
+class TaskQueue(Backend, BlobStore):
     """Durable tasks with priorities, named queues, leases, dependencies and schedules."""
 
     #: True when ``notify``/``wait_for_tasks`` can wake a worker in another process promptly
@@ -268,7 +315,7 @@ class TaskQueue(Backend):
         self._wakeup = anyio.Event()
 
 
-class ResultStore(Backend):
+class ResultStore(Backend, BlobStore):
     """Final results, one per task id, overwritten by a redelivery (at-least-once)."""
 
     @abc.abstractmethod
