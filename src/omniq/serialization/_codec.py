@@ -11,6 +11,10 @@
        notebook-defined functions when there are any (see ``_sources``)
 ``C``  msgpack ``[fn_pickle, args, kwargs]``: a call to an importable function with plain
        arguments; ``fn_pickle`` is a by-reference pickle, cached per function object
+``Q``  as ``P``, with large values stored apart as blobs (persistent ids: see ``_blobs``)
+``R``  as ``D``, with large values stored apart as blobs
+``F``  msgpack ``[fn_pickle, args, kwargs]`` of a by-value function pickled once for a batch
+       (dill, its large globals as blobs)
 ``S``  signed: ``S + HMAC-SHA256(inner) + inner``, where ``inner`` is one of the above
 =====  ==========================================================================
 
@@ -32,7 +36,8 @@ import msgspec
 
 from ..errors import SerializationError, SignatureError
 from . import _signing, _sources
-from ._classify import EXACT, EXACT_SCALARS, INT_MAX, INT_MIN, PICKLE, classify, classify_call
+from ._blobs import THRESHOLD, BlobSink, Fetch, fetching, pickle_refs, unpickle_refs
+from ._classify import DILL, EXACT, EXACT_SCALARS, INT_MAX, INT_MIN, PICKLE, classify, classify_call
 from ._diagnose import describe_failure, probe
 
 TAG_MSGPACK = b"M"
@@ -42,11 +47,15 @@ TAG_DILL = b"D"
 TAG_CALL = b"C"
 TAG_SIGNED = b"S"
 TAG_SHARED = b"F"  # a call whose by-value function is pickled once for a whole batch
-_M, _T, _P, _D, _C, _S, _F = (
-    t[0] for t in (TAG_MSGPACK, TAG_STRUCT, TAG_PICKLE, TAG_DILL, TAG_CALL, TAG_SIGNED, TAG_SHARED)
+TAG_PICKLE_REFS = b"Q"
+TAG_DILL_REFS = b"R"
+_M, _T, _P, _D, _C, _S, _F, _Q, _R = (
+    t[0] for t in (TAG_MSGPACK, TAG_STRUCT, TAG_PICKLE, TAG_DILL, TAG_CALL, TAG_SIGNED, TAG_SHARED,
+                   TAG_PICKLE_REFS, TAG_DILL_REFS)
 )
 _FORMAT_NAMES = {
     _M: "msgpack", _T: "struct", _P: "pickle", _D: "dill", _C: "call", _S: "signed", _F: "shared call",
+    _Q: "pickle with blobs", _R: "dill with blobs",
 }
 
 PROTOCOL = 5
@@ -61,19 +70,56 @@ Call = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
 # --------------------------------------------------------------------------------- dumping
 
 
-def dumps(obj: Any) -> bytes:
-    """Serialize a value (a task result, say): msgpack when exact, else pickle or dill."""
+def dumps(obj: Any, *, blobs: BlobSink | None = None) -> bytes:
+    """Serialize a value (a task result, say): msgpack when exact, else pickle or dill. With a
+    ``blobs`` sink, large values inside go there and the payload refers to them by digest."""
     key = _signing.get_secret_keys()[0]
     if obj is None:
         payload = _NONE
-    elif _exact_scalar(obj):
+    elif _exact_scalar(obj) and (blobs is None or not _large_scalar(obj)):
         try:
             payload = TAG_MSGPACK + _encoder.encode(obj)
         except Exception:  # a str with lone surrogates is not valid UTF-8
             payload = _dump_value(obj)
+    elif blobs is not None:
+        payload = _dump_value_refs(obj, blobs)
     else:
         payload = _dump_value(obj)
     return payload if key is None else _signing.sign(payload, key, TAG_SIGNED)
+
+
+def _large_scalar(obj: Any) -> bool:
+    return type(obj) in (str, bytes) and len(obj) >= THRESHOLD
+
+
+def _dump_value_refs(obj: Any, sink: BlobSink) -> bytes:
+    """A value with its large parts in ``sink``; the plain format when it has none."""
+    before = len(sink.data)
+    level = classify(obj) if not isinstance(obj, msgspec.Struct) else DILL
+    if level == EXACT:
+        try:
+            data = TAG_MSGPACK + _encoder.encode(obj)
+            if len(data) < THRESHOLD:
+                return data
+        except Exception:
+            pass
+        level = PICKLE
+    if level == PICKLE:
+        try:
+            body = pickle_refs(obj, sink, use_dill=False)
+            return (TAG_PICKLE if len(sink.data) == before else TAG_PICKLE_REFS) + body
+        except Exception:
+            pass
+    try:
+        body = pickle_refs(obj, sink, use_dill=True)
+    except Exception as exc:
+        raise SerializationError(describe_failure(obj, "value", exc)) from exc
+    return (TAG_DILL if len(sink.data) == before else TAG_DILL_REFS) + body
+
+
+def dump_value(obj: Any) -> bytes:
+    """An unsigned tagged payload of ``obj`` (a big container kept apart as a blob)."""
+    return _dump_value(obj)
 
 
 def _dump_value(obj: Any) -> bytes:
@@ -171,13 +217,18 @@ def _function_ref(fn: Any) -> bytes | None:
 
 
 def dumps_call(
-    fn: Callable[..., Any], args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+    fn: Callable[..., Any],
+    args: tuple[Any, ...] = (),
+    kwargs: dict[str, Any] | None = None,
+    *,
+    blobs: BlobSink | None = None,
 ) -> bytes:
     """Serialize a task: the function with its arguments, ready for another process.
 
     An importable function with plain arguments costs a msgpack encode (its pickle is cached).
     Anything else is pickled by dill in one piece, so a ``__main__`` class used by both the
-    function and an argument stays one class after loading.
+    function and an argument stays one class after loading. With a ``blobs`` sink, large values
+    (in arguments, or globals a by-value function reads) go there, referred to by digest.
     """
     if not callable(fn):
         raise SerializationError(
@@ -199,7 +250,7 @@ def dumps_call(
                 f"kwargs keys must be str, not {type(name).__name__} ({name!r})"
             )
     key = _signing.get_secret_keys()[0]
-    payload = _dump_call(fn, args, kwargs)
+    payload = _dump_call(fn, args, kwargs, blobs)
     return payload if key is None else _signing.sign(payload, key, TAG_SIGNED)
 
 
@@ -209,14 +260,17 @@ def _exact_scalar(obj: Any) -> bool:
 
 
 def dumps_calls(
-    fn: Callable[..., Any], calls: Sequence[tuple[Sequence[Any], Mapping[str, Any]]]
+    fn: Callable[..., Any],
+    calls: Sequence[tuple[Sequence[Any], Mapping[str, Any]]],
+    *,
+    blobs: BlobSink | None = None,
 ) -> list[bytes]:
     """Payloads for many calls of one function (``map``, sweeps): a function that must travel by
     value (a closure, a notebook function) is pickled once, not once per call; each payload then
     costs a msgpack encode of its plain arguments. Calls with non-plain arguments fall back to
     :func:`dumps_call`, which keeps a ``__main__`` class shared by function and argument whole."""
     if len(calls) < 2:
-        return [dumps_call(fn, tuple(a), dict(k)) for a, k in calls]
+        return [dumps_call(fn, tuple(a), dict(k), blobs=blobs) for a, k in calls]
     if not callable(fn):
         raise SerializationError(f"cannot serialize call: {type(fn).__name__} object is not callable")
     fn_ref = _function_ref(fn)
@@ -224,8 +278,12 @@ def dumps_calls(
         tag, fn_bytes = TAG_CALL, fn_ref
     else:
         sources = _sources.collect(fn)
+        shell = (fn, sources) if sources else (fn,)
         try:
-            fn_bytes = dill.dumps((fn, sources) if sources else (fn,), protocol=PROTOCOL, recurse=True)
+            if blobs is not None:
+                fn_bytes = pickle_refs(shell, blobs, use_dill=True)
+            else:
+                fn_bytes = dill.dumps(shell, protocol=PROTOCOL, recurse=True)
         except Exception as exc:
             raise SerializationError(_describe_call(fn, (), {}, exc)) from exc
         tag = TAG_SHARED
@@ -243,10 +301,12 @@ def dumps_calls(
         if exact:
             try:
                 payload = tag + encode((fn_bytes, args, kwargs))
+                if blobs is not None and len(payload) - len(fn_bytes) >= THRESHOLD:
+                    payload = None  # a large argument: stored apart, by dumps_call
             except Exception:  # lone surrogates in a str: let pickle carry it
                 payload = None
         if payload is None:
-            out.append(dumps_call(fn, args, kwargs))
+            out.append(dumps_call(fn, args, kwargs, blobs=blobs))
         else:
             out.append(payload if key is None else _signing.sign(payload, key, TAG_SIGNED))
     return out
@@ -262,7 +322,7 @@ def _load_shared(data: bytes) -> Call:
         fn_bytes, args, kwargs = _decoder.decode(data[1:])
         fn = _shared_fns.get(fn_bytes)
         if fn is None:
-            loaded = dill.loads(fn_bytes)
+            loaded = unpickle_refs(fn_bytes, use_dill=True)
             if len(loaded) == 2:
                 _sources.register(loaded[1])
             fn = loaded[0]
@@ -276,25 +336,38 @@ def _load_shared(data: bytes) -> Call:
     return fn, tuple(args), kwargs
 
 
-def _dump_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+def _dump_call(
+    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], blobs: BlobSink | None = None
+) -> bytes:
     fn_ref = _function_ref(fn)
     if fn_ref is not None:
         level = classify_call(args, kwargs)
         if level == EXACT:
             try:
-                return TAG_CALL + _encoder.encode((fn_ref, args, kwargs))
+                data = TAG_CALL + _encoder.encode((fn_ref, args, kwargs))
+                if blobs is None or len(data) < THRESHOLD:
+                    return data
             except Exception:  # lone surrogates in a str: let pickle carry it
-                level = PICKLE
+                pass
+            level = PICKLE
         if level == PICKLE:
             try:
-                return TAG_PICKLE + pickle.dumps((fn, args, kwargs), protocol=PROTOCOL)
+                if blobs is None:
+                    return TAG_PICKLE + pickle.dumps((fn, args, kwargs), protocol=PROTOCOL)
+                before = len(blobs.data)
+                body = pickle_refs((fn, args, kwargs), blobs, use_dill=False)
+                return (TAG_PICKLE if len(blobs.data) == before else TAG_PICKLE_REFS) + body
             except Exception:
                 pass
     # A fourth element carries the source lines of notebook-defined functions (see _sources).
     sources = _sources.collect(fn)
     call = (fn, args, kwargs, sources) if sources else (fn, args, kwargs)
     try:
-        return TAG_DILL + dill.dumps(call, protocol=PROTOCOL, recurse=True)
+        if blobs is None:
+            return TAG_DILL + dill.dumps(call, protocol=PROTOCOL, recurse=True)
+        before = len(blobs.data)
+        body = pickle_refs(call, blobs, use_dill=True)
+        return (TAG_DILL if len(blobs.data) == before else TAG_DILL_REFS) + body
     except Exception as exc:
         raise SerializationError(_describe_call(fn, args, kwargs, exc)) from exc
 
@@ -315,17 +388,29 @@ def _describe_call(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], exc: 
 # --------------------------------------------------------------------------------- loading
 
 
-def loads(data: bytes) -> Any:
+def loads(data: bytes, *, blobs: Fetch | None = None) -> Any:
     """Load a payload written by :func:`dumps` (read :func:`dumps_call` payloads with
     :func:`loads_call`). With a secret key configured the signature is checked first; nothing
-    unsigned is opened."""
+    unsigned is opened. ``blobs`` fetches the large values it refers to, by digest."""
     if data == _NONE and not _signing.get_secret_keys()[1]:
         return None
-    return _load(_unwrap(data))
+    with fetching(blobs):
+        return _load(_unwrap(data))
 
 
-def loads_call(data: bytes) -> Call:
-    """Load a payload written by :func:`dumps_call` as ``(fn, args, kwargs)``."""
+def load_value(data: bytes) -> Any:
+    """Load an unsigned tagged payload written by :func:`dump_value`."""
+    return _load(data)
+
+
+def loads_call(data: bytes, *, blobs: Fetch | None = None) -> Call:
+    """Load a payload written by :func:`dumps_call` as ``(fn, args, kwargs)``; ``blobs``
+    fetches the large values it refers to, by digest."""
+    with fetching(blobs):
+        return _loads_call(data)
+
+
+def _loads_call(data: bytes) -> Call:
     inner = _unwrap(data)
     if inner[0] == _C:
         return _load_call(inner)
@@ -383,6 +468,10 @@ def _load(data: bytes) -> Any:
             return pickle.loads(_body(data))
         if tag == _D:
             return dill.loads(data[1:])
+        if tag == _Q:
+            return unpickle_refs(_body(data), use_dill=False)
+        if tag == _R:
+            return unpickle_refs(_body(data), use_dill=True)
         if tag == _T:
             return _load_struct(data)
         if tag == _C:

@@ -1,0 +1,306 @@
+"""Large values out of band: stored once by the digest of their bytes, referred to by it.
+
+A 40 MB array in a notebook global, read by a function submitted 30 times, must not be written
+30 times. While a payload is pickled, every large value met -- a numpy array, a pandas object,
+long ``bytes`` / ``str``, a big container -- is replaced by a *persistent id* naming the
+SHA-256 digest of its bytes, and its bytes go to a :class:`BlobSink`. The caller stores what the
+sink collected (``BlobStore.put_blobs``) before the task that refers to it, once per digest.
+
+Loading resolves each digest through a *fetch* function: a worker gives it the bytes of a blob
+cache file mapped copy-on-write (``map_file``), so an array loads without a copy and each task
+still gets its own writable view. Since a digest names bytes, a value changed in place between
+two submits gets a new digest: every task sees its values as they were when it was submitted.
+
+Arrays and pandas objects go through pickle protocol 5: a small in-band head plus their raw
+buffers, each buffer its own blob (so one array shared by two DataFrames is stored once).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import io
+import mmap
+import os
+import pickle
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import dill
+
+from ..errors import SerializationError
+
+#: values at least this large (bytes) travel as blobs
+THRESHOLD = 1 << 20
+#: out-of-band buffers smaller than this stay inside the payload
+_SMALL = 1 << 16
+#: containers with at least this many items are weighed (pickled apart) as one value
+_BIG_CONTAINER = 10_000
+PROTOCOL = 5
+
+Fetch = Callable[[str], Any]  # digest -> a bytes-like object (bytes, mmap, memoryview)
+
+_fetch: contextvars.ContextVar[Fetch | None] = contextvars.ContextVar("omniq_blob_fetch", default=None)
+
+
+def digest(data: Any) -> str:
+    """The blob key of ``data`` (anything with the buffer protocol): lowercase hex SHA-256."""
+    return hashlib.sha256(data).hexdigest()
+
+
+class BlobSink:
+    """Collects the large values met while serializing: ``digest -> bytes``.
+
+    ``known`` names digests the caller knows are stored: their bytes are not copied (only the
+    digest is kept), which is what makes a second submit over the same 40 MB array cheap.
+    Values are copied at once otherwise, since the caller may change them in place right after.
+    """
+
+    __slots__ = ("data", "known")
+
+    def __init__(self, known: Any = ()) -> None:
+        self.known = known
+        self.data: dict[str, bytes | None] = {}
+
+    def add(self, buf: Any) -> str:
+        d = digest(buf)
+        if d not in self.data:
+            self.data[d] = None if d in self.known else bytes(buf)
+        return d
+
+    def digests(self) -> tuple[str, ...]:
+        return tuple(self.data)
+
+    def __bool__(self) -> bool:
+        return bool(self.data)
+
+
+# --------------------------------------------------------------------------------- dumping
+
+_PLAIN_TYPES = frozenset({int, float, bool, type(None), complex, tuple, list, dict, set, frozenset, type})
+
+
+def _nbytes(obj: Any) -> int:
+    """How many bytes of data a numpy / pandas object holds (0 when unknown or not data)."""
+    n = getattr(obj, "nbytes", None)
+    if isinstance(n, int):
+        return n
+    usage = getattr(obj, "memory_usage", None)  # a DataFrame
+    if callable(usage):
+        try:
+            return int(usage(index=True, deep=False).sum())
+        except Exception:
+            return 0
+    return 0
+
+
+def _has_objects(obj: Any) -> bool:
+    """True for arrays and frames holding Python objects (their items need dill, in band)."""
+    dtype = getattr(obj, "dtype", None)
+    if dtype is not None:
+        return bool(getattr(dtype, "hasobject", False))
+    dtypes = getattr(obj, "dtypes", None)  # a DataFrame
+    if dtypes is not None:
+        try:
+            return any(getattr(d, "hasobject", False) for d in dtypes)
+        except Exception:
+            return True
+    return True
+
+
+class _Refs:
+    """What both picklers do: large values become persistent ids (see the module docstring)."""
+
+    sink: BlobSink
+    _seen: dict[int, tuple[Any, Any]]
+
+    def _blob_id(self, obj: Any) -> Any:
+        t = type(obj)
+        if t in _PLAIN_TYPES:
+            if t in (list, dict, set, frozenset, tuple) and len(obj) >= _BIG_CONTAINER:
+                return self._apart(obj)
+            return None
+        if t is bytes or t is bytearray:
+            if len(obj) >= THRESHOLD:
+                return ("b", self.sink.add(obj), t is bytearray)
+            return None
+        if t is str:
+            if len(obj) >= THRESHOLD:
+                return ("s", self.sink.add(obj.encode("utf-8", "surrogatepass")))
+            return None
+        module = getattr(t, "__module__", "") or ""
+        if module.startswith(("numpy", "pandas")) and _nbytes(obj) >= THRESHOLD and not _has_objects(obj):
+            return self._out_of_band(obj)
+        return None
+
+    def _out_of_band(self, obj: Any) -> Any:
+        bufs: list[pickle.PickleBuffer] = []
+        try:
+            head = pickle.dumps(obj, protocol=PROTOCOL, buffer_callback=bufs.append)
+        except Exception:
+            return None  # dill will say what is wrong with it, in band
+        parts: list[Any] = [self._part(memoryview(head))]
+        for b in bufs:
+            try:
+                raw = b.raw()
+            except BufferError:  # not contiguous
+                raw = memoryview(bytes(b))
+            parts.append(self._part(raw))
+        return ("B", parts)
+
+    def _part(self, view: memoryview) -> Any:
+        return view.tobytes() if view.nbytes < _SMALL else self.sink.add(view)
+
+    def _apart(self, obj: Any) -> Any:
+        """A big container pickled on its own: a blob when it comes out large."""
+        from ._codec import dump_value  # the tagged value format, so it loads like any result
+
+        data = dump_value(obj)
+        if len(data) < THRESHOLD:
+            return None
+        return ("o", self.sink.add(data))
+
+    def _ref(self, obj: Any) -> Any:
+        seen = self._seen.get(id(obj))
+        if seen is not None:
+            return seen[1]
+        pid = self._blob_id(obj)
+        if pid is not None:
+            self._seen[id(obj)] = (obj, pid)  # the object is kept alive, so its id stays its own
+        return pid
+
+
+class RefsPickler(_Refs, pickle.Pickler):
+    """The stdlib (C) pickler, with large values as blob references."""
+
+    def __init__(self, file: Any, sink: BlobSink) -> None:
+        super().__init__(file, protocol=PROTOCOL)
+        self.sink = sink
+        self._seen = {}
+
+    def persistent_id(self, obj: Any) -> Any:
+        return self._ref(obj)
+
+
+class RefsDillPickler(_Refs, dill.Pickler):
+    """dill's pickler (``recurse=True``), with large values as blob references."""
+
+    def __init__(self, file: Any, sink: BlobSink) -> None:
+        super().__init__(file, protocol=PROTOCOL, recurse=True)
+        self.sink = sink
+        self._seen = {}
+
+    def persistent_id(self, obj: Any) -> Any:
+        return self._ref(obj)
+
+
+def pickle_refs(obj: Any, sink: BlobSink, *, use_dill: bool) -> bytes:
+    buf = io.BytesIO()
+    (RefsDillPickler if use_dill else RefsPickler)(buf, sink).dump(obj)
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------------- loading
+
+
+def _resolve(pid: Any) -> Any:
+    fetch = _fetch.get()
+    if fetch is None:
+        raise SerializationError(
+            "this payload refers to large values stored apart (blobs), and no blob source was given to load it"
+        )
+    try:
+        kind = pid[0]
+        if kind == "B":
+            parts = [fetch(p) if type(p) is str else p for p in pid[1]]
+            return pickle.loads(parts[0], buffers=parts[1:])
+        if kind == "b":
+            data = fetch(pid[1])
+            return bytearray(data) if pid[2] else bytes(data)
+        if kind == "s":
+            return bytes(fetch(pid[1])).decode("utf-8", "surrogatepass")
+        if kind == "o":
+            from ._codec import load_value
+
+            return load_value(bytes(fetch(pid[1])))
+    except SerializationError:
+        raise
+    except KeyError as exc:
+        raise SerializationError(f"a large value this payload refers to is missing: blob {exc}") from None
+    except Exception as exc:
+        raise SerializationError(f"cannot load a large value this payload refers to ({type(exc).__name__}: {exc})") from exc
+    raise SerializationError(f"corrupted payload: unknown blob reference {kind!r}")
+
+
+class RefsUnpickler(pickle.Unpickler):
+    def persistent_load(self, pid: Any) -> Any:
+        return _resolve(pid)
+
+
+class RefsDillUnpickler(dill.Unpickler):
+    def persistent_load(self, pid: Any) -> Any:
+        return _resolve(pid)
+
+
+def unpickle_refs(data: Any, *, use_dill: bool) -> Any:
+    return (RefsDillUnpickler if use_dill else RefsUnpickler)(io.BytesIO(data)).load()
+
+
+class fetching:
+    """``with fetching(fetch): loads(...)``: where blob references are resolved meanwhile."""
+
+    __slots__ = ("_fetch", "_token")
+
+    def __init__(self, fetch: Fetch | None) -> None:
+        self._fetch = fetch
+        self._token: contextvars.Token[Fetch | None] | None = None
+
+    def __enter__(self) -> None:
+        if self._fetch is not None:
+            self._token = _fetch.set(self._fetch)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._token is not None:
+            _fetch.reset(self._token)
+            self._token = None
+
+
+# --------------------------------------------------------------------------------- files
+
+
+def map_file(path: str) -> Any:
+    """A blob file's bytes, mapped copy-on-write: nothing is read until used, pages are shared
+    by every process mapping the file, and a task writing to an array it got changes only its
+    own copy."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            return b""
+        return mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY)
+
+
+def path_fetch(paths: dict[str, str]) -> Fetch:
+    """A fetch over ``{digest: path}`` (what a worker child is given with each task)."""
+
+    def fetch(d: str) -> Any:
+        return map_file(paths[d])
+
+    return fetch
+
+
+def write_file(path: str, chunks: Iterable[Any]) -> None:
+    """Write a blob file whole or not at all (a temporary name, then a rename)."""
+    tmp = f"{path}.{os.getpid()}.{time.monotonic_ns()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for c in chunks:
+                f.write(c)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
