@@ -2,8 +2,9 @@
 
 It is the semantic reference for the other backends (the contract suite runs on all of them)
 and the speed reference: claiming pops per-queue heaps keyed by ``(-priority, seq)``, delayed
-tasks wait in a heap keyed by ``eta``, results live in a dict and events in a list. Every
-method is ``async`` for the interface but never awaits, so each call is atomic on its loop.
+tasks wait in a heap keyed by ``eta``, results live in a dict and events in a list, blobs in a
+dict by digest beside a dict of their owners. Every method is ``async`` for the interface but
+never awaits, so each call is atomic on its loop.
 
 Tasks are stored as private copies and handed out as copies, so callers cannot change stored
 state by mutating what they got back.
@@ -19,7 +20,7 @@ import threading
 import time
 import weakref
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from copy import copy
 
 import anyio
@@ -39,6 +40,17 @@ from .base import (
     check_new_tasks,
     check_outcomes,
     plan_enqueue,
+)
+from .blobs import (
+    LIVE_TASK_STATUSES,
+    Blob,
+    as_bytes,
+    check_blobs,
+    check_digests,
+    check_owners,
+    nbytes,
+    result_owner,
+    task_owner,
 )
 
 QUEUED = TaskStatus.QUEUED
@@ -85,6 +97,8 @@ class MemoryBackend(TaskQueue, ResultStore, EventStore):
         self._results: dict[str, TaskResult] = {}
         self._events: list[TaskEvent] = []
         self._events_by_task: dict[str, list[TaskEvent]] = {}
+        self._blobs: dict[str, tuple[bytes, float]] = {}  # digest -> (bytes, created_at)
+        self._blob_owners: dict[str, dict[str, float]] = {}  # digest -> {owner: recorded_at}
         # One wake-up per event loop: a named backend is shared by OmniQ instances, each on its
         # own loop, and an asyncio.Event can only be awaited on the loop it first waited on.
         self._wakeups: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Event] = (
@@ -595,6 +609,61 @@ class MemoryBackend(TaskQueue, ResultStore, EventStore):
             by_task.setdefault(e.task_id, []).append(e)
         self._events_by_task = by_task
         return n - len(self._events)
+
+
+    # --- blobs ------------------------------------------------------------------------------------
+    def _own(self, digests: Sequence[str], owner: str, now: float) -> None:
+        owners = self._blob_owners
+        for d in digests:
+            rows = owners.get(d)
+            if rows is None:
+                owners[d] = {owner: now}
+            elif rows.get(owner, now) <= now:
+                rows[owner] = now
+
+    async def put_blobs(self, blobs: Mapping[str, Blob], owner: str, *, now: float) -> int:
+        given = check_blobs(blobs, owner)
+        self._own(list(given), owner, now)
+        written = 0
+        for d, data in given.items():
+            if d not in self._blobs:
+                self._blobs[d] = (as_bytes(data), now)
+                written += nbytes(data)
+        return written
+
+    async def add_blob_owners(self, owners: Mapping[str, Sequence[str]], *, now: float) -> None:
+        for owner, digests in check_owners(owners).items():
+            self._own(digests, owner, now)
+
+    async def get_blobs(self, digests: Sequence[str]) -> dict[str, bytes]:
+        blobs = self._blobs
+        return {d: got[0] for d in check_digests(digests) if (got := blobs.get(d)) is not None}
+
+    async def missing_blobs(self, digests: Sequence[str]) -> set[str]:
+        return {d for d in check_digests(digests) if d not in self._blobs}
+
+    async def sweep_blobs(self, *, older_than: float) -> int:
+        entries, results = self._entries, self._results
+        live = LIVE_TASK_STATUSES
+
+        def alive(owner: str) -> bool:
+            if (tid := task_owner(owner)) is not None:
+                e = entries.get(tid)
+                return e is not None and e.task.status.value in live
+            return (rid := result_owner(owner)) is not None and rid in results
+
+        for d, rows in list(self._blob_owners.items()):
+            for owner in [o for o, at in rows.items() if at < older_than and not alive(o)]:
+                del rows[owner]
+            if not rows:
+                del self._blob_owners[d]
+        doomed = [
+            d for d, (_, created) in self._blobs.items()
+            if created < older_than and d not in self._blob_owners
+        ]  # fmt: skip
+        for d in doomed:
+            del self._blobs[d]
+        return len(doomed)
 
 
 def _timestamp(e: TaskEvent) -> float:

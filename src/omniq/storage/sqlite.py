@@ -39,7 +39,7 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from queue import SimpleQueue
 from typing import Any, TypeVar
 
@@ -64,10 +64,11 @@ from .base import (
     plan_enqueue,
     task_from_row,
 )
+from .blobs import Blob, check_blobs, check_digests, check_owners, nbytes
 
 # --- schema --------------------------------------------------------------------------------------
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: blobs (files of version 1 get the new tables on connect)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS omniq_tasks (
@@ -139,7 +140,20 @@ CREATE TABLE IF NOT EXISTS omniq_workers (
     id             TEXT PRIMARY KEY,
     last_heartbeat REAL NOT NULL,
     info           BLOB NOT NULL
-)
+);
+CREATE TABLE IF NOT EXISTS omniq_blobs (         -- large values, once each, by SHA-256
+    digest     TEXT PRIMARY KEY,                 -- lowercase hex of the data's SHA-256
+    created_at REAL NOT NULL,
+    size       INTEGER NOT NULL,
+    data       BLOB NOT NULL                     -- last: read only when asked for
+);
+CREATE TABLE IF NOT EXISTS omniq_blob_owners (   -- who refers to each blob ('t:'/'r:' + task id)
+    digest      TEXT NOT NULL,
+    owner       TEXT NOT NULL,
+    recorded_at REAL NOT NULL,
+    PRIMARY KEY (digest, owner)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS omniq_blob_owners_time ON omniq_blob_owners (recorded_at)
 """
 
 # --- queries, named after the operation ----------------------------------------------------------
@@ -255,6 +269,22 @@ DELETE_SCHEDULE = "DELETE FROM omniq_schedules WHERE id = ?"
 UPSERT_WORKER = "INSERT OR REPLACE INTO omniq_workers (id, last_heartbeat, info) VALUES (?, ?, ?)"
 DELETE_WORKER = "DELETE FROM omniq_workers WHERE id = ?"
 GET_WORKERS = "SELECT info FROM omniq_workers ORDER BY id"
+
+PUT_BLOB_OWNER = """INSERT INTO omniq_blob_owners (digest, owner, recorded_at) VALUES (?, ?, ?)
+    ON CONFLICT (digest, owner) DO UPDATE SET recorded_at = max(recorded_at, excluded.recorded_at)"""
+STORED_BLOBS = f"SELECT digest FROM omniq_blobs WHERE digest IN {IDS}"  # the key index alone
+INSERT_BLOB = """INSERT INTO omniq_blobs (digest, created_at, size, data) VALUES (?, ?, ?, ?)
+    ON CONFLICT (digest) DO NOTHING"""
+GET_BLOBS = f"SELECT digest, data FROM omniq_blobs WHERE digest IN {IDS}"
+# owners recorded before ?1 that are neither an unfinished task nor a stored result
+SWEEP_BLOB_OWNERS = """DELETE FROM omniq_blob_owners WHERE recorded_at < ?1
+    AND NOT (substr(owner, 1, 2) = 't:' AND EXISTS (SELECT 1 FROM omniq_tasks t
+        WHERE t.id = substr(omniq_blob_owners.owner, 3)
+        AND t.status IN ('pending', 'queued', 'running')))
+    AND NOT (substr(owner, 1, 2) = 'r:' AND EXISTS (SELECT 1 FROM omniq_results r
+        WHERE r.task_id = substr(omniq_blob_owners.owner, 3)))"""
+SWEEP_BLOBS = """DELETE FROM omniq_blobs WHERE created_at < ?1 AND NOT EXISTS (
+    SELECT 1 FROM omniq_blob_owners o WHERE o.digest = omniq_blobs.digest)"""
 
 PUT_RESULT = """INSERT OR REPLACE INTO omniq_results
     (task_id, status, key, expires_at, finished_at, result) VALUES (?, ?, ?, ?, ?, ?)"""
@@ -1180,6 +1210,51 @@ class SQLiteBackend(TaskQueue, ResultStore, EventStore):
 
     async def purge_events(self, *, before: float) -> int:
         return await self._call(_execute, PURGE_EVENTS, (before,))
+
+    # --- blobs --------------------------------------------------------------------------------------
+    async def put_blobs(self, blobs: Mapping[str, Blob], owner: str, *, now: float) -> int:
+        given = check_blobs(blobs, owner)
+        if not given:
+            return 0
+        return await self._write(_put_blobs, given, owner, now)
+
+    async def add_blob_owners(self, owners: Mapping[str, Sequence[str]], *, now: float) -> None:
+        rows = [(d, o, now) for o, ds in check_owners(owners).items() for d in ds]
+        if rows:
+            await self._write(_executemany, PUT_BLOB_OWNER, rows)
+
+    async def get_blobs(self, digests: Sequence[str]) -> dict[str, bytes]:
+        ds = check_digests(digests)
+        if not ds:
+            return {}
+        return dict(await self._call(_fetchall, GET_BLOBS, (_ids(ds),)))
+
+    async def missing_blobs(self, digests: Sequence[str]) -> set[str]:
+        ds = check_digests(digests)
+        if not ds:
+            return set()
+        rows = await self._call(_fetchall, STORED_BLOBS, (_ids(ds),))
+        return set(ds).difference(r[0] for r in rows)
+
+    async def sweep_blobs(self, *, older_than: float) -> int:
+        return await self._write(_sweep_blobs, older_than)
+
+
+def _put_blobs(conn: sqlite3.Connection, blobs: dict[str, Blob], owner: str, now: float) -> int:
+    """Owners first, then the blobs not stored yet (in the caller's write transaction)."""
+    conn.executemany(PUT_BLOB_OWNER, [(d, owner, now) for d in blobs])
+    stored = {r[0] for r in conn.execute(STORED_BLOBS, (_ids(list(blobs)),))}
+    written = 0
+    for d, data in blobs.items():
+        if d not in stored:  # bytes, bytearray and memoryview bind as a BLOB, without a copy
+            conn.execute(INSERT_BLOB, (d, now, nbytes(data), data))
+            written += nbytes(data)
+    return written
+
+
+def _sweep_blobs(conn: sqlite3.Connection, older_than: float) -> int:
+    conn.execute(SWEEP_BLOB_OWNERS, (older_than,))
+    return conn.execute(SWEEP_BLOBS, (older_than,)).rowcount
 
 
 def _execute(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> int:

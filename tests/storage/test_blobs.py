@@ -1,0 +1,540 @@
+"""The BlobStore contract: large values stored once by digest, their owners, the sweep.
+
+Runs on every task-queue URL and result-store URL of the contract suite (``conftest.py``) and on
+PostgreSQL, Redis and NATS JetStream (each skipped when its server does not answer; the same
+defaults and variables as ``test_postgres.py``, ``test_redis.py`` and ``test_nats.py``). Every
+run gets storage of its own: a temp directory, bucket prefix, schema, key prefix or namespace.
+Times come from a fake clock (``T0``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import os
+import socket
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any, NamedTuple
+from urllib.parse import urlsplit
+
+import anyio
+import pytest
+
+from omniq.errors import StorageError
+from omniq.ids import new_id
+from omniq.models import Task, TaskResult, TaskStatus
+from omniq.storage.urls import open_backends
+
+from .conftest import PRIVATE_URLS, RESULT_EVENT_ONLY_URLS, TASK_QUEUE_URLS, shares_storage
+from .test_fsspec import cloud_storage_options
+
+pytestmark = pytest.mark.anyio
+
+T0 = 1_000_000.0
+PG_URL = os.environ.get("OMNIQ_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("OMNIQ_TEST_REDIS", "redis://127.0.0.1:6379/0")
+NATS_URL = os.environ.get("OMNIQ_TEST_NATS", "nats://127.0.0.1:4222")
+SERVERS = ["postgresql", "redis", "nats"]
+
+#: (URL template, holds a task queue)
+TARGETS = [(u, True) for u in TASK_QUEUE_URLS + SERVERS] + [
+    (u, False) for u in RESULT_EVENT_ONLY_URLS
+]
+
+
+def digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def blob(n: int = 100, seed: str = "") -> tuple[str, bytes]:
+    data = (seed or uuid.uuid4().hex).encode() * (n // 32 + 1)
+    data = data[:n]
+    return digest(data), data
+
+
+# --- servers -----------------------------------------------------------------------------------
+
+
+@functools.cache
+def _server_problem(kind: str) -> str | None:
+    """Why the test server of ``kind`` cannot be used (None when it can)."""
+    try:
+        if kind == "postgresql":
+            import asyncpg
+
+            async def probe() -> None:
+                conn = await asyncpg.connect(PG_URL, timeout=3)
+                await conn.close()
+
+            asyncio.run(probe())
+        elif kind == "redis":
+            import redis
+
+            redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
+        else:
+            import nats  # noqa: F401
+
+            parts = urlsplit(NATS_URL)
+            with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 4222), 1):
+                pass
+    except Exception as e:
+        return f"no {kind} server for the blob tests: {type(e).__name__}: {e}"
+    return None
+
+
+async def _drop_schema(schema: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(PG_URL, timeout=10)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
+
+
+def _drop_redis_prefix(prefix: str) -> None:
+    import redis
+
+    r = redis.Redis.from_url(REDIS_URL)
+    keys = list(r.scan_iter(match=f"{prefix}:*", count=1000))
+    for i in range(0, len(keys), 500):
+        r.delete(*keys[i : i + 500])
+
+
+async def _drop_nats(url: str) -> None:
+    from omniq.storage.nats import NatsBackend
+
+    b = NatsBackend(url)
+    await b.connect()
+    try:
+        await b.drop()
+    finally:
+        await b.close()
+
+
+class Target(NamedTuple):
+    template: str
+    url: str
+    has_tasks: bool
+    options: dict[str, Any] | None
+
+    @property
+    def shared(self) -> bool:
+        return self.template not in PRIVATE_URLS and shares_storage(self.url)
+
+
+@pytest.fixture(params=TARGETS, ids=[t for t, _ in TARGETS])
+def target(
+    request: pytest.FixtureRequest, url_of: Callable[[str], str]
+) -> Iterator[Target]:
+    template, has_tasks = request.param
+    if template in SERVERS:
+        problem = _server_problem(template)
+        if problem is not None:
+            pytest.skip(problem)
+        tag = uuid.uuid4().hex[:12]
+        if template == "postgresql":
+            schema = f"omniq_t_{tag}"
+            sep = "&" if "?" in PG_URL else "?"
+            yield Target(template, f"{PG_URL}{sep}schema={schema}", True, None)
+            asyncio.run(_drop_schema(schema))
+        elif template == "redis":
+            prefix = f"omniq-test-{tag}"
+            sep = "&" if "?" in REDIS_URL else "?"
+            yield Target(template, f"{REDIS_URL}{sep}prefix={prefix}", True, None)
+            _drop_redis_prefix(prefix)
+        else:
+            url = f"{NATS_URL}?namespace=t{tag}"
+            yield Target(template, url, True, None)
+            asyncio.run(_drop_nats(url))
+        return
+    url = url_of(template)
+    yield Target(template, url, has_tasks, cloud_storage_options(url.split("://")[0], request))
+
+
+def _open(t: Target) -> Any:
+    if t.has_tasks:
+        return open_backends(t.url)[0]
+    return open_backends("memory://", t.url, t.url, storage_options=t.options)[1]
+
+
+@pytest.fixture
+async def store(target: Target) -> AsyncIterator[Any]:
+    b = _open(target)
+    await b.connect()
+    try:
+        yield b
+    finally:
+        await b.close()
+
+
+async def another(t: Target, first: Any) -> Any:
+    """A second connection to the same storage (the same object where storage is private)."""
+    if not t.shared:
+        await first.connect()
+        return first
+    b = _open(t)
+    await b.connect()
+    return b
+
+
+# --- looking under the hood ----------------------------------------------------------------------
+
+
+async def stored_copies(store: Any, d: str) -> int:
+    """How many copies of blob ``d`` the storage holds (rows, keys, files, objects)."""
+    kind = type(store).__name__
+    if kind == "MemoryBackend":
+        return int(d in store._blobs)
+    if kind == "SQLiteBackend":
+        return int(
+            await store._call(
+                lambda c: c.execute("SELECT count(*) FROM omniq_blobs WHERE digest = ?", (d,))
+                .fetchone()[0]
+            )
+        )
+    if kind == "PostgresBackend":
+        return int(
+            await store._run(lambda c: c.fetchval("SELECT count(*) FROM omniq_blobs WHERE digest = $1", d))
+        )
+    if kind == "RedisBackend":
+        keys = await store._call(lambda r: r.keys(f"{store.prefix}:b:*"))
+        return sum(k.decode().endswith(d) for k in keys)
+    if kind == "NatsBackend":
+        return len(await store._blob_metas([d]))
+    files = await store.files.find(store._path("blobs"))
+    return sum(p.rsplit("/", 1)[-1] == d for p in files)
+
+
+async def owner_rows(store: Any, d: str) -> int:
+    kind = type(store).__name__
+    if kind == "SQLiteBackend":
+        return int(
+            await store._call(
+                lambda c: c.execute(
+                    "SELECT count(*) FROM omniq_blob_owners WHERE digest = ?", (d,)
+                ).fetchone()[0]
+            )
+        )
+    if kind == "PostgresBackend":
+        return int(
+            await store._run(
+                lambda c: c.fetchval("SELECT count(*) FROM omniq_blob_owners WHERE digest = $1", d)
+            )
+        )
+    raise NotImplementedError(kind)
+
+
+# --- the contract ----------------------------------------------------------------------------------
+
+
+async def test_put_then_get(store: Any) -> None:
+    (d1, b1), (d2, b2) = blob(10), blob(5000)
+    d3, _ = blob(7)
+    assert await store.put_blobs({d1: b1, d2: b2}, "t:" + new_id(), now=T0) == len(b1) + len(b2)
+    assert await store.get_blobs([d1, d2, d3]) == {d1: b1, d2: b2}
+    assert await store.missing_blobs([d1, d3, d2]) == {d3}
+    assert await store.get_blobs([]) == {}
+    assert await store.missing_blobs([]) == set()
+    got = await store.get_blobs([d2])
+    assert type(got[d2]) is bytes
+
+
+async def test_empty_and_binary_blobs(store: Any) -> None:
+    empty = b""
+    binary = bytes(range(256)) * 40 + b"\x00\x00"
+    blobs = {digest(empty): empty, digest(binary): binary}
+    assert await store.put_blobs(blobs, "t:x", now=T0) == len(binary)
+    assert await store.get_blobs(list(blobs)) == blobs
+    assert await store.missing_blobs(list(blobs)) == set()
+
+
+async def test_stored_once(store: Any) -> None:
+    d, data = blob(3000)
+    assert await store.put_blobs({d: data}, "t:a", now=T0) == len(data)
+    assert await store.put_blobs({d: bytearray(data)}, "t:b", now=T0 + 1) == 0
+    assert await store.put_blobs({d: memoryview(data)}, "r:b", now=T0 + 2) == 0
+    assert await stored_copies(store, d) == 1
+    assert await store.get_blobs([d]) == {d: data}
+    if type(store).__name__ in ("SQLiteBackend", "PostgresBackend"):
+        assert await owner_rows(store, d) == 3
+        await store.put_blobs({d: data}, "t:a", now=T0 + 3)  # the same owner again: one row
+        await store.add_blob_owners({"t:a": [d, d]}, now=T0 + 4)
+        assert await owner_rows(store, d) == 3
+
+
+async def test_mutable_input_is_copied(store: Any) -> None:
+    data = bytearray(b"abc" * 100)
+    d = digest(bytes(data))
+    await store.put_blobs({d: data}, "t:x", now=T0)
+    data[:] = b"x" * len(data)
+    assert await store.get_blobs([d]) == {d: b"abc" * 100}
+
+
+async def test_twenty_megabytes_round_trip(store: Any) -> None:
+    data = os.urandom(20 * 1024 * 1024)
+    d = digest(data)
+    assert await store.missing_blobs([d]) == {d}
+    assert await store.put_blobs({d: data}, "t:big", now=T0) == len(data)
+    got = await store.get_blobs([d])
+    assert len(got[d]) == len(data) and got[d] == data
+    assert await store.put_blobs({d: data}, "t:big2", now=T0) == 0
+    path = store.blob_path(d)
+    if store.url.startswith("file://"):
+        assert path is not None and Path(path).read_bytes() == data
+    else:
+        assert path is None
+
+
+async def test_blob_path_only_for_stored_local_files(store: Any) -> None:
+    d, data = blob(100)
+    assert store.blob_path(d) is None
+    await store.put_blobs({d: data}, "t:x", now=T0)
+    path = store.blob_path(d)
+    if store.url.startswith("file://"):
+        assert path is not None and Path(path).read_bytes() == data
+    else:
+        assert path is None
+
+
+async def test_bad_digests_are_refused(store: Any) -> None:
+    good, data = blob(10)
+    for bad in ["", "abc", good.upper(), good[:-1] + "g", "../" + good[3:], good + "0"]:
+        with pytest.raises(ValueError, match="blobs"):
+            await store.put_blobs({bad: data}, "t:x", now=T0)
+        with pytest.raises(ValueError, match="digests"):
+            await store.get_blobs([good, bad])
+        with pytest.raises(ValueError, match="digests"):
+            await store.missing_blobs([bad])
+        with pytest.raises(ValueError, match="owners"):
+            await store.add_blob_owners({"t:x": [bad]}, now=T0)
+    with pytest.raises(ValueError, match="digests"):
+        await store.get_blobs(good)  # a str, not a list of them
+    with pytest.raises(ValueError, match="blobs"):
+        await store.put_blobs({good: "text"}, "t:x", now=T0)
+    with pytest.raises(ValueError, match="owner"):
+        await store.put_blobs({good: data}, "", now=T0)
+    assert await store.missing_blobs([good]) == {good}  # nothing was stored by the refusals
+
+
+async def _tasks_in_every_state(store: Any) -> dict[str, str]:
+    """Task ids by name: ``queued``, ``running`` and ``done`` (succeeded)."""
+    queued, running, done = (Task(id=new_id(), payload=b"p", created_at=T0) for _ in range(3))
+    await store.enqueue([running, done])
+    claimed = await store.claim("w", queues=None, limit=2, lease=1e9, now=T0)
+    assert {t.id for t in claimed} == {running.id, done.id}
+    await store.finish("w", [(done.id, TaskStatus.SUCCEEDED)], now=T0)
+    await store.enqueue([queued])
+    return {"queued": queued.id, "running": running.id, "done": done.id}
+
+
+async def test_sweep_keeps_what_live_owners_refer_to(target: Target, store: Any) -> None:
+    tasks = await _tasks_in_every_state(store) if target.has_tasks else {}
+    rid = new_id()
+    await store.put_results([TaskResult(task_id=rid, status=TaskStatus.SUCCEEDED, payload=b"r")])
+    named = {name: blob(200 + i) for i, name in enumerate(
+        ["queued", "running", "done", "unknown", "result", "young", "shared"]
+    )}  # fmt: skip
+    d = {name: x[0] for name, x in named.items()}
+    for name in ("queued", "running", "done"):
+        owner = "t:" + tasks.get(name, new_id())
+        await store.put_blobs(dict([named[name]]), owner, now=T0)
+    await store.put_blobs(dict([named["unknown"]]), "t:" + new_id(), now=T0)
+    await store.put_blobs(dict([named["result"]]), "r:" + rid, now=T0)
+    await store.put_blobs(dict([named["young"]]), "t:" + new_id(), now=T0 + 100)
+    await store.put_blobs(dict([named["shared"]]), "t:" + new_id(), now=T0)  # dead owner ...
+    await store.add_blob_owners({"r:" + rid: [d["shared"]]}, now=T0)  # ... and a live one
+
+    gone = {"done", "unknown"} if target.has_tasks else {"queued", "running", "done", "unknown"}
+    assert await store.sweep_blobs(older_than=T0 + 50) == len(gone)
+    assert await store.missing_blobs(list(d.values())) == {d[n] for n in gone}
+    assert await store.sweep_blobs(older_than=T0 + 50) == 0  # nothing more to do
+
+    # the result goes: its blobs follow at the next sweep (the young one only once old)
+    assert await store.delete_results([rid]) == 1
+    assert await store.sweep_blobs(older_than=T0 + 50) == 2
+    assert await store.missing_blobs([d["result"], d["shared"], d["young"]]) == {
+        d["result"], d["shared"],
+    }  # fmt: skip
+    if target.has_tasks:  # the running task finishes, the queued one is cancelled
+        await store.finish("w", [(tasks["running"], TaskStatus.FAILED)], now=T0 + 1)
+        await store.cancel([tasks["queued"]], now=T0 + 1)
+    assert await store.sweep_blobs(older_than=T0 + 200) == (3 if target.has_tasks else 1)
+    assert await store.get_blobs(list(d.values())) == {}
+
+
+async def test_sweep_spares_what_was_recorded_within_the_grace_time(store: Any) -> None:
+    (d1, b1), (d2, b2) = blob(100), blob(100)
+    await store.put_blobs({d1: b1}, "t:" + new_id(), now=T0)  # an upload whose task ...
+    await store.put_blobs({d2: b2}, "t:" + new_id(), now=T0 + 10)
+    assert await store.sweep_blobs(older_than=T0 + 5) == 1  # ... never came: gone once old
+    assert await store.missing_blobs([d1, d2]) == {d1}
+    # an old blob nobody owns any more is owned again before the sweep: it stays
+    await store.put_blobs({d2: b2}, "t:" + new_id(), now=T0 + 100)
+    assert await store.sweep_blobs(older_than=T0 + 50) == 0
+    assert await store.get_blobs([d2]) == {d2: b2}
+    # recorded again by add_blob_owners: the same
+    await store.add_blob_owners({"t:" + new_id(): [d2]}, now=T0 + 200)
+    assert await store.sweep_blobs(older_than=T0 + 150) == 0
+    assert await store.sweep_blobs(older_than=T0 + 250) == 1
+
+
+async def test_add_blob_owners_for_many_owners_at_once(target: Target, store: Any) -> None:
+    blobs = dict(blob(50 + i) for i in range(5))
+    ds = list(blobs)
+    await store.put_blobs(blobs, "t:uploader", now=T0)
+    results = [TaskResult(task_id=new_id(), status=TaskStatus.SUCCEEDED) for _ in range(3)]
+    await store.put_results(results)
+    await store.add_blob_owners(
+        {"r:" + results[0].task_id: ds[:2], "r:" + results[1].task_id: ds[1:3],
+         "r:" + results[2].task_id: [], "t:" + new_id(): ds[3:]},
+        now=T0,
+    )  # fmt: skip
+    await store.add_blob_owners({}, now=T0)
+    assert await store.sweep_blobs(older_than=T0 + 1) == 2
+    assert await store.missing_blobs(ds) == set(ds[3:])
+    await store.delete_results([results[1].task_id])
+    assert await store.sweep_blobs(older_than=T0 + 1) == 1
+    assert await store.missing_blobs(ds) == set(ds[2:])
+
+
+async def test_concurrent_puts_of_one_digest_store_one_blob(target: Target, store: Any) -> None:
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    d = digest(data)
+    others = [await another(target, store) for _ in range(2)]
+    try:
+        backends = [store, *others]
+        written: list[int] = []
+
+        async def put(b: Any, i: int) -> None:
+            written.append(await b.put_blobs({d: data}, f"t:owner{i}", now=T0))
+
+        async with anyio.create_task_group() as tg:
+            for i, b in enumerate(backends):
+                tg.start_soon(put, b, i)
+        assert len(data) <= sum(written) <= len(data) * len(backends)
+        assert await stored_copies(store, d) == 1
+        for b in backends:
+            assert await b.get_blobs([d]) == {d: data}
+            assert await b.missing_blobs([d]) == set()
+    finally:
+        for b in others:
+            await b.close()
+
+
+async def test_concurrent_sweeps_and_puts(target: Target, store: Any) -> None:
+    """Sweeps racing puts of the same (old, unowned) blobs never lose a blob just owned."""
+    other = await another(target, store)
+    try:
+        for rnd in range(3):
+            now = T0 + 1000 * rnd
+            blobs = dict(blob(300 + i) for i in range(6))
+            await store.put_blobs(blobs, "t:" + new_id(), now=now)  # dead owner: sweepable
+            owner = "t:" + new_id()
+
+            async def put(blobs: dict[str, bytes] = blobs, owner: str = owner) -> None:
+                await other.put_blobs(blobs, owner, now=now + 100)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(functools.partial(store.sweep_blobs, older_than=now + 50))
+                tg.start_soon(put)
+            # every blob either survived (owned now) or was put again after the sweep took it
+            assert await other.get_blobs(list(blobs)) == blobs
+            assert await store.sweep_blobs(older_than=now + 50) == 0
+    finally:
+        await other.close()
+
+
+# --- a crash mid-write never leaves a blob that reads as valid ------------------------------------
+
+
+async def test_a_partial_file_is_not_a_blob(target: Target, store: Any) -> None:
+    if not target.url.startswith("file://"):
+        pytest.skip("local files only")
+    d, data = blob(100_000)
+    path = Path(store._blob_file(d))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    (path.parent / f".{d}.0123abcd.tmp").write_bytes(data[:5000])  # _write_atomic, cut short
+    assert await store.missing_blobs([d]) == {d}
+    assert await store.get_blobs([d]) == {}
+    assert store.blob_path(d) is None
+    assert await store.put_blobs({d: data}, "t:x", now=T0) == len(data)
+    assert await store.get_blobs([d]) == {d: data}
+
+
+async def test_a_failed_transaction_stores_nothing(target: Target, store: Any) -> None:
+    """A write that fails half-way (the second blob of a batch) leaves no blob nor owner."""
+    (d1, b1), (d2, b2) = blob(1000), blob(2000)
+    kind = type(store).__name__
+    if kind == "SQLiteBackend" and store.in_memory:
+        await store._call(lambda c: c.execute(_SQLITE_TRIGGER.format(d=d2)))
+    elif kind == "SQLiteBackend":
+        with sqlite3.connect(store.path) as conn:
+            conn.execute(_SQLITE_TRIGGER.format(d=d2))
+    elif kind == "PostgresBackend":
+        await store._run(lambda c: c.execute(_PG_TRIGGER.format(d=d2)))
+    else:
+        pytest.skip("SQL transactions only")
+    with pytest.raises(StorageError, match="no blob for you"):
+        await store.put_blobs({d1: b1, d2: b2}, "t:x", now=T0)
+    assert await store.missing_blobs([d1, d2]) == {d1, d2}
+    assert await owner_rows(store, d1) == 0
+    assert await store.put_blobs({d1: b1}, "t:x", now=T0) == len(b1)
+    assert await store.get_blobs([d1, d2]) == {d1: b1}
+
+
+_SQLITE_TRIGGER = """CREATE TRIGGER fail_blob BEFORE INSERT ON omniq_blobs
+    WHEN NEW.digest = '{d}' BEGIN SELECT RAISE(ABORT, 'no blob for you'); END"""
+_PG_TRIGGER = """
+CREATE FUNCTION fail_blob() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.digest = '{d}' THEN RAISE EXCEPTION 'no blob for you'; END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER fail_blob BEFORE INSERT ON omniq_blobs FOR EACH ROW EXECUTE FUNCTION fail_blob();
+"""
+
+
+async def test_half_written_nats_object_is_not_a_blob(target: Target, store: Any) -> None:
+    """Chunks published without the meta message (a crash mid-put) are not a blob."""
+    if target.template != "nats":
+        pytest.skip("NATS only")
+    d, data = blob(300_000)
+    await store._publish_ok([(store._blob_chunk_subject("crashednuid"), data[:100_000], None)])
+    assert await store.missing_blobs([d]) == {d}
+    assert await store.get_blobs([d]) == {}
+    assert await store.put_blobs({d: data}, "t:x", now=T0) == len(data)
+    assert await store.get_blobs([d]) == {d: data}
+
+
+async def test_an_sqlite_file_of_schema_version_1_gets_the_blob_tables(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    b = open_backends(f"sqlite:///{path}")[0]
+    await b.connect()
+    await b.close()
+    with sqlite3.connect(path) as conn:  # as OmniQ before blobs left it
+        conn.execute("DROP TABLE omniq_blob_owners")
+        conn.execute("DROP TABLE omniq_blobs")
+        conn.execute("PRAGMA user_version = 1")
+    b = open_backends(f"sqlite:///{path}")[0]
+    await b.connect()
+    try:
+        d, data = blob(10)
+        assert await b.put_blobs({d: data}, "t:x", now=T0) == len(data)
+        assert await b.get_blobs([d]) == {d: data}
+    finally:
+        await b.close()
+
+
+async def test_redis_blob_is_one_string(target: Target, store: Any) -> None:
+    if target.template != "redis":
+        pytest.skip("Redis only")
+    d, data = blob(5000)
+    await store.put_blobs({d: data}, "t:x", now=T0)
+    key = f"{store.prefix}:b:{d}"
+    assert await store._call(lambda r: r.type(key)) == b"string"
+    assert await store._call(lambda r: r.get(key)) == data
