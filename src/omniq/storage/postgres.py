@@ -70,7 +70,7 @@ import os
 import re
 import socket
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -96,6 +96,7 @@ from .base import (
     plan_enqueue,
     task_from_row,
 )
+from .blobs import Blob, check_blobs, check_digests, check_owners, nbytes
 
 try:
     import asyncpg
@@ -106,7 +107,7 @@ log = get_logger(__name__)
 
 # --- schema --------------------------------------------------------------------------------------
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: blobs (schemas of version 1 get the new tables on connect)
 
 #: ``{schema}`` is the quoted schema name; the pool's ``search_path`` points at it afterwards.
 SCHEMA = """
@@ -186,6 +187,19 @@ CREATE TABLE IF NOT EXISTS omniq_workers (
     last_heartbeat double precision NOT NULL,
     info           bytea NOT NULL
 );
+CREATE TABLE IF NOT EXISTS omniq_blobs (         -- large values, once each, by SHA-256
+    digest     text PRIMARY KEY,                 -- lowercase hex of the data's SHA-256
+    created_at double precision NOT NULL,
+    size       bigint NOT NULL,
+    data       bytea NOT NULL
+);
+CREATE TABLE IF NOT EXISTS omniq_blob_owners (   -- who refers to each blob ('t:'/'r:' + task id)
+    digest      text NOT NULL,
+    owner       text NOT NULL,
+    recorded_at double precision NOT NULL,
+    PRIMARY KEY (digest, owner)
+);
+CREATE INDEX IF NOT EXISTS omniq_blob_owners_time ON omniq_blob_owners (recorded_at);
 CREATE TABLE IF NOT EXISTS omniq_ops (  -- outcomes of writes, for a retry after a lost reply
     id     text PRIMARY KEY,
     at     timestamptz NOT NULL DEFAULT now(),
@@ -362,6 +376,30 @@ APPEND_EVENTS = """WITH op AS (INSERT INTO omniq_ops (id) VALUES ($7))
     ORDER BY ord"""
 QUERY_EVENTS = "SELECT task_id, type, timestamp, worker, queue, detail FROM omniq_events"
 PURGE_EVENTS = "DELETE FROM omniq_events WHERE timestamp < $1"
+
+# blobs: owners are recorded first, and stored blobs read FOR SHARE in the same transaction, so
+# a sweep (which locks what it deletes FOR UPDATE SKIP LOCKED, then checks owners again with a
+# fresh snapshot) never deletes a blob a put just found stored
+PUT_BLOB_OWNERS = """INSERT INTO omniq_blob_owners (digest, owner, recorded_at)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::float8[])
+    ON CONFLICT (digest, owner)
+        DO UPDATE SET recorded_at = greatest(omniq_blob_owners.recorded_at, excluded.recorded_at)"""
+LOCK_STORED_BLOBS = """SELECT digest FROM omniq_blobs WHERE digest = ANY($1::text[])
+    ORDER BY digest FOR SHARE"""
+STORED_BLOBS = "SELECT digest FROM omniq_blobs WHERE digest = ANY($1::text[])"
+INSERT_BLOB = """INSERT INTO omniq_blobs (digest, created_at, size, data) VALUES ($1, $2, $3, $4)
+    ON CONFLICT (digest) DO NOTHING RETURNING size"""
+GET_BLOBS = "SELECT digest, data FROM omniq_blobs WHERE digest = ANY($1::text[])"
+SWEEP_BLOB_OWNERS = """DELETE FROM omniq_blob_owners o WHERE o.recorded_at < $1
+    AND NOT (left(o.owner, 2) = 't:' AND EXISTS (SELECT 1 FROM omniq_tasks t
+        WHERE t.id = substr(o.owner, 3) AND t.status IN ('pending', 'queued', 'running')))
+    AND NOT (left(o.owner, 2) = 'r:' AND EXISTS (SELECT 1 FROM omniq_results r
+        WHERE r.task_id = substr(o.owner, 3)))"""
+LOCK_UNOWNED_BLOBS = """SELECT digest FROM omniq_blobs b WHERE b.created_at < $1
+    AND NOT EXISTS (SELECT 1 FROM omniq_blob_owners o WHERE o.digest = b.digest)
+    FOR UPDATE SKIP LOCKED"""
+DELETE_UNOWNED_BLOBS = """DELETE FROM omniq_blobs b WHERE b.digest = ANY($1::text[])
+    AND NOT EXISTS (SELECT 1 FROM omniq_blob_owners o WHERE o.digest = b.digest)"""
 
 RECORD_OP = "INSERT INTO omniq_ops (id, result) VALUES ($1, $2)"
 GET_OP = "SELECT result FROM omniq_ops WHERE id = $1"
@@ -1276,6 +1314,62 @@ class PostgresBackend(TaskQueue, ResultStore, EventStore):
 
     async def purge_events(self, *, before: float) -> int:
         return _rowcount(await self._run(lambda c: c.execute(PURGE_EVENTS, before)))
+
+    # --- blobs --------------------------------------------------------------------------------------
+    async def put_blobs(self, blobs: Mapping[str, Blob], owner: str, *, now: float) -> int:
+        """One transaction: owners, then which blobs are stored (locked FOR SHARE against a
+        sweep), then the others, in digest order (two puts never wait on each other in a
+        cycle). Only the missing blobs' bytes are sent."""
+        given = check_blobs(blobs, owner)
+        if not given:
+            return 0
+        ds = sorted(given)
+
+        async def put(conn: Any) -> int:
+            async with conn.transaction():
+                await conn.execute(PUT_BLOB_OWNERS, ds, [owner] * len(ds), [now] * len(ds))
+                stored = {r[0] for r in await conn.fetch(LOCK_STORED_BLOBS, ds)}
+                written = 0
+                for d in ds:
+                    if d not in stored:
+                        data = given[d]
+                        size = await conn.fetchval(INSERT_BLOB, d, now, nbytes(data), data)
+                        written += size or 0  # None: another put stored it first
+                return written
+
+        return await self._run(put)
+
+    async def add_blob_owners(self, owners: Mapping[str, Sequence[str]], *, now: float) -> None:
+        rows = sorted({(d, o) for o, ds in check_owners(owners).items() for d in ds})
+        if not rows:
+            return
+        cols = ([d for d, _ in rows], [o for _, o in rows], [now] * len(rows))
+        await self._run(lambda c: c.execute(PUT_BLOB_OWNERS, *cols))
+
+    async def get_blobs(self, digests: Sequence[str]) -> dict[str, bytes]:
+        ds = check_digests(digests)
+        if not ds:
+            return {}
+        return dict(await self._run(lambda c: c.fetch(GET_BLOBS, ds)))
+
+    async def missing_blobs(self, digests: Sequence[str]) -> set[str]:
+        ds = check_digests(digests)
+        if not ds:
+            return set()
+        rows = await self._run(lambda c: c.fetch(STORED_BLOBS, ds))
+        return set(ds).difference(r[0] for r in rows)
+
+    async def sweep_blobs(self, *, older_than: float) -> int:
+        async def sweep(conn: Any) -> int:
+            async with conn.transaction():
+                await conn.execute(SWEEP_BLOB_OWNERS, older_than)
+                doomed = [r[0] for r in await conn.fetch(LOCK_UNOWNED_BLOBS, older_than)]
+                if not doomed:
+                    return 0
+                # a new statement, a new snapshot: owners a put committed meanwhile count
+                return _rowcount(await conn.execute(DELETE_UNOWNED_BLOBS, doomed))
+
+        return await self._run(sweep)
 
 
 # --- helpers run on a connection -----------------------------------------------------------------
