@@ -33,6 +33,7 @@ from anyio.from_thread import BlockingPortal
 
 from . import _chunks, ids
 from ._futures import ResultFuture, WeakFutures, bulk, resolve_many
+from .blobcache import BlobCache
 from .config import configure_logging, load_config, resolve_urls
 from .errors import ConfigError, StorageError, StorageUnwritable, TaskError
 from .events.logger import EventLogger
@@ -41,7 +42,7 @@ from .events.processor import EventProcessor, aiter_subscription
 from .logs import Outage, get_logger
 from .models import EventType, OmniQConfig, Task, TaskEvent, TaskResult, TaskStatus
 from .scheduling import Scheduler, default_schedule_name
-from .serialization import dumps, dumps_call, dumps_calls, loads
+from .serialization import BlobSink, dumps, dumps_call, dumps_calls, loads, path_fetch
 from .storage.base import EventStore, ResultStore, TaskQueue, masked
 from .storage.urls import open_backends
 from .workers.base import Worker, cancelled_results, make_runner
@@ -296,6 +297,16 @@ class AsyncOmniQ:
         # first task id -> how many tasks one call handed over (if > 1): they lie together in
         # the buffer (one deque.extend), and are stored or refused together
         self._units: dict[str, int] = {}
+        # large values (blobs): bytes waiting to be stored with the first task that needs them,
+        # digests this instance stored lately (not sent again), and the files this process reads
+        self._blob_bytes: dict[str, bytes] = {}
+        self._known_blobs = _Recent(self.BLOB_GRACE / 2)
+        self.blobs = BlobCache()
+
+    #: seconds a blob, or an owner of one, is kept however unreferenced: values are stored before
+    #: the task that uses them, and a client skips re-sending a digest it stored lately
+    BLOB_GRACE = 3600.0
+    BLOB_SWEEP_EVERY = 300.0  # seconds between sweeps of unreferenced blobs (janitor)
 
     # --- lifecycle ---------------------------------------------------------------------------
     @classmethod
@@ -353,6 +364,7 @@ class AsyncOmniQ:
         self._start_scheduler()
         if cfg.concurrency > 0:
             runner = make_runner(cfg.default_worker, cfg.concurrency)
+            runner.blobs = self.blobs
             await runner.start()
             self._worker = Worker(
                 queue=self._queue,
@@ -454,6 +466,7 @@ class AsyncOmniQ:
         result_ttl: Any = _MISSING,
         task_id: str | None = None,
         payload: bytes | None = None,
+        blobs: tuple[str, ...] = (),
         now: float | None = None,
     ) -> Task:
         if not callable(fn):
@@ -485,9 +498,14 @@ class AsyncOmniQ:
         if metadata is not None and not isinstance(metadata, Mapping):
             raise ConfigError(f"metadata={metadata!r} is not valid: expected a dict or None")
         pending = bool(deps) or (start is not None and start > now)
+        if payload is None:
+            sink = self._blob_sink()
+            payload = dumps_call(fn, tuple(args), dict(kwargs), blobs=sink)
+            blobs = self._hold_blobs(sink)
         return Task(
             id=task_id or ids.new_id(),
-            payload=payload if payload is not None else dumps_call(fn, tuple(args), dict(kwargs)),
+            payload=payload,
+            blobs=blobs,
             name=_callable_name(fn),
             queue=queue,
             priority=priority,
@@ -506,6 +524,42 @@ class AsyncOmniQ:
             result_ttl=rttl,
             metadata=dict(metadata) if metadata else {},
         )
+
+    def _blob_sink(self) -> BlobSink:
+        return BlobSink(self._known_blobs)
+
+    def _hold_blobs(self, sink: BlobSink) -> tuple[str, ...]:
+        """Keep the bytes of a sink's new blobs until the flush stores them; the digests of the
+        payload just made."""
+        for d, data in sink.data.items():
+            if data is not None:
+                self._blob_bytes[d] = data
+        return sink.take()
+
+    async def _store_blobs(self, batch: Sequence[Task]) -> None:
+        """Store the blobs a batch of tasks refers to (each once per storage) and record the
+        tasks as their owners, before the tasks themselves."""
+        owners = {"t:" + t.id: t.blobs for t in batch if t.blobs}
+        if not owners:
+            return
+        q, now = self._queue, time.time()
+        digests = list(dict.fromkeys(d for ds in owners.values() for d in ds))
+        held = {d: self._blob_bytes[d] for d in digests if d in self._blob_bytes}
+        if held:
+            missing = await q.missing_blobs(list(held))
+            if missing:
+                await q.put_blobs({d: held[d] for d in missing}, next(iter(owners)), now=now)
+        await q.add_blob_owners(owners, now=now)
+        for d in digests:
+            self._known_blobs[d] = now
+
+    async def _with_blobs(self, results: Iterable[TaskResult | None]) -> None:
+        """Give results whose values are partly blobs a way to read them: the blobs fetched
+        into this process's cache (files, mapped when the value is read)."""
+        for r in results:
+            if r is not None and r.blobs and "_fetch" not in r.__dict__:
+                paths = await self.blobs.ensure(self._results, r.blobs)
+                r.__dict__["_fetch"] = path_fetch(paths)
 
     def _accept(self, tasks: Sequence[Task]) -> list[ResultFuture[TaskResult]]:
         """Register waiters and hand tasks to the flusher. Thread-safe; never blocks."""
@@ -573,6 +627,7 @@ class AsyncOmniQ:
         stamp = time.time()  # before the store: a fast worker's `started` must come after it
         for attempt in range(4):
             try:
+                await self._store_blobs(batch)
                 await self._queue.enqueue(batch)
                 err = None
                 break
@@ -592,6 +647,9 @@ class AsyncOmniQ:
             except Exception as exc:
                 err = exc
                 await anyio.sleep(0.05 * 4**attempt)
+        for t in batch:  # stored (or refused): their bytes are not needed here any more
+            for d in t.blobs:
+                self._blob_bytes.pop(d, None)
         i, starts = 0, self._units
         while i < len(batch):
             i += starts.pop(batch[i].id, 1)
@@ -679,7 +737,7 @@ class AsyncOmniQ:
         q = self._queue
         lock = self._flush_lock
         if (
-            not self._opened or self._closing or not q.blocking_enqueue or task.depends_on
+            not self._opened or self._closing or not q.blocking_enqueue or task.depends_on or task.blobs
             or self._buffer or lock is None or lock.locked()
             or (self._storing is not None and not self._storing.done())  # a cut-short flush's batch
             or threading.get_ident() == self._loop_thread
@@ -774,13 +832,16 @@ class AsyncOmniQ:
                                   "for many items; map with chunksize=1 for a callback per item")
         if not items:
             return []
-        fn_payload = dumps_call(fn)  # the function once; each chunk carries its items
+        sink = self._blob_sink()
+        fn_payload = dumps_call(fn, blobs=sink)  # the function once; each chunk carries its items
+        fn_blobs = self._hold_blobs(sink)
         runner = _chunks.run_chunk_async if inspect.iscoroutinefunction(fn) else _chunks.run_chunk
         chunks = [items[i : i + size] for i in range(0, len(items), size)]
         tasks = self.build_tasks(runner, [((fn_payload, c, retries, retry_delay), none) for c in chunks], **opts)
         name = _callable_name(fn)
         tasks = [
-            msgspec.structs.replace(t, name=name, timeout=timeout * len(c) if timeout else None)
+            msgspec.structs.replace(t, name=name, timeout=timeout * len(c) if timeout else None,
+                                    blobs=tuple(dict.fromkeys(t.blobs + fn_blobs)) if fn_blobs else t.blobs)
             for t, c in zip(tasks, chunks)
         ]
         out: list[tuple[str, str, cf.Future[TaskResult]]] = []
@@ -813,24 +874,32 @@ class AsyncOmniQ:
                 not isinstance(args, (tuple, list)) or not isinstance(kwargs, Mapping)
             ):
                 raise ConfigError(f"calls[{i}] is not valid: expected (args tuple, kwargs dict)")
-        payloads = dumps_calls(fn, calls)  # a by-value function is pickled once for the batch
+        sink = self._blob_sink()
+        payloads = dumps_calls(fn, calls, blobs=sink)  # a by-value function is pickled once for the batch
+        self._hold_blobs(sink)
+        per_call = sink.per_call
         task_ids = ids.new_ids(len(calls))
         per_md = isinstance(metadata, Sequence)
         # validate the shared options once, then stamp out copies
         template = self._make_task(
-            fn, calls[0][0], calls[0][1], task_id=task_ids[0], now=now, payload=payloads[0],
+            fn, calls[0][0], calls[0][1], task_id=task_ids[0], now=now, payload=payloads[0], blobs=per_call[0],
             key=keys[0] if keys is not None else None,
             metadata=metadata[0] if per_md else metadata, **options,  # type: ignore[index,arg-type]
         )
         replace = msgspec.structs.replace
         out = [template]
         if keys is None and not metadata:  # map: only id and payload differ (metadata: read-only)
-            out += [replace(template, id=i, payload=p) for i, p in zip(task_ids[1:], payloads[1:])]
+            if any(per_call):
+                out += [replace(template, id=i, payload=p, blobs=b)
+                        for i, p, b in zip(task_ids[1:], payloads[1:], per_call[1:])]
+            else:
+                out += [replace(template, id=i, payload=p) for i, p in zip(task_ids[1:], payloads[1:])]
             return out
         for i in range(1, len(calls)):
             md = metadata[i] if per_md else metadata  # type: ignore[index]
             out.append(replace(
-                template, id=task_ids[i], payload=payloads[i], key=keys[i] if keys is not None else None,
+                template, id=task_ids[i], payload=payloads[i], blobs=per_call[i],
+                key=keys[i] if keys is not None else None,
                 metadata=dict(md) if md else {},  # type: ignore[arg-type]
             ))
         return out
@@ -843,7 +912,9 @@ class AsyncOmniQ:
     async def find_results(self, key_prefix: str) -> list[TaskResult]:
         """Stored results whose ``key`` starts with ``key_prefix`` (how sweeps resume)."""
         await self._ensure_open()
-        return await self._results.find_results(key_prefix=key_prefix)
+        found = await self._results.find_results(key_prefix=key_prefix)
+        await self._with_blobs(found)
+        return found
 
     async def _ensure_open(self) -> None:
         if self._facade_owned and (not self._opened or self._closing):
@@ -909,8 +980,11 @@ class AsyncOmniQ:
             return f.result()
         r = await self._results.get_result(task_id)
         if r is not None or not wait:
+            await self._with_blobs([r])
             return r
-        return await self._wait(task_id, self._future_for(task_id), timeout)
+        r = await self._wait(task_id, self._future_for(task_id), timeout)
+        await self._with_blobs([r])
+        return r
 
     def handle(self, task_id: str) -> AsyncTaskHandle:
         """A handle for a task id (from ``enqueue`` or another process)."""
@@ -1207,6 +1281,7 @@ class AsyncOmniQ:
     async def _janitor(self) -> None:
         """Leases that lapsed, TTLs that ran out, and results finished by other processes."""
         last_purge = 0.0
+        last_sweep = time.time()
         outage = Outage(log, "housekeeping", masked(self.tasks_url))
         while True:
             await anyio.sleep(0.5)
@@ -1269,9 +1344,23 @@ class AsyncOmniQ:
                         heapq.heappop(expiries)
                     last_purge = now
                     await self._results.purge_results(now=now)
+                if now - last_sweep > self.BLOB_SWEEP_EVERY:
+                    last_sweep = now
+                    await self.sweep_blobs(now=now)
                 outage.ok()
             except Exception as exc:
                 outage.failed(exc)
+
+    async def sweep_blobs(self, *, now: float | None = None) -> int:
+        """Remove blobs no unfinished task and no stored result refers to any more (older than
+        ``BLOB_GRACE``); the janitor calls this every ``BLOB_SWEEP_EVERY`` seconds."""
+        now = time.time() if now is None else now
+        removed = 0
+        stores = {id(s): s for s in (self._queue, self._results)}
+        for store in stores.values():
+            with contextlib.suppress(NotImplementedError):
+                removed += await store.sweep_blobs(older_than=now - self.BLOB_GRACE)
+        return removed
 
     def _purge_every(self) -> float:
         """Purge expired results at least as often as the default result TTL (0.5-60 s)."""
@@ -1323,6 +1412,7 @@ class AsyncOmniQ:
                     found = await self._results.get_results(stale[i : i + 1000])
                     if found:
                         found_any = True
+                        await self._with_blobs(found.values())
                         self._on_results(list(found.values()))
                 if stale:  # only a call that was made says the storage works again
                     outage.ok()
@@ -1332,6 +1422,19 @@ class AsyncOmniQ:
 
 
 CLOSE_STEP = 30.0  # seconds a storage may take to answer one step of close()
+
+
+class _Recent(dict[str, float]):
+    """Digests with the time they were last stored here: ``in`` only while recent enough that
+    no sweep can have removed them (a sink then skips copying their bytes)."""
+
+    def __init__(self, within: float) -> None:
+        super().__init__()
+        self.within = within
+
+    def __contains__(self, key: object) -> bool:
+        t = self.get(key)  # type: ignore[call-overload]
+        return t is not None and time.time() - t < self.within
 
 
 async def _within(limit: float, what: str, url: str, step: Awaitable[Any]) -> bool:

@@ -54,7 +54,7 @@ class TaskResult(msgspec.Struct, kw_only=True, omit_defaults=True, dict=True):
             else:
                 from ..serialization import loads
 
-                cached = loads(self.payload)
+                cached = loads(self.payload, blobs=self.__dict__.get("_fetch"))
             self.__dict__["_value"] = cached
         return cached
 

@@ -13,6 +13,8 @@ verified before it is opened (``OMNIQ_SECRET_KEYS`` lists older keys still accep
 ``encode`` / ``decode`` are the untagged msgspec helpers storage backends use for records.
 """
 
+from ._blobs import THRESHOLD as BLOB_THRESHOLD
+from ._blobs import BlobSink, Fetch, fetching, map_file, path_fetch
 from ._codec import (
     TAG_CALL,
     TAG_DILL,
@@ -32,6 +34,7 @@ from ._storage import decode, encode
 
 __all__ = [
     "ACCEPTED_ENV",
+    "BLOB_THRESHOLD",
     "SIGNING_ENV",
     "TAG_CALL",
     "TAG_DILL",
@@ -40,13 +43,18 @@ __all__ = [
     "TAG_SHARED",
     "TAG_SIGNED",
     "TAG_STRUCT",
+    "BlobSink",
+    "Fetch",
     "decode",
     "dumps",
     "dumps_call",
     "dumps_calls",
     "encode",
+    "fetching",
     "get_secret_keys",
     "loads",
     "loads_call",
+    "map_file",
+    "path_fetch",
     "set_secret_keys",
 ]

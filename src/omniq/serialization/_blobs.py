@@ -30,6 +30,7 @@ from typing import Any
 import dill
 
 from ..errors import SerializationError
+from ._classify import holds_objects
 
 #: values at least this large (bytes) travel as blobs
 THRESHOLD = 1 << 20
@@ -57,17 +58,26 @@ class BlobSink:
     Values are copied at once otherwise, since the caller may change them in place right after.
     """
 
-    __slots__ = ("data", "known")
+    __slots__ = ("data", "known", "per_call", "touched")
 
     def __init__(self, known: Any = ()) -> None:
         self.known = known
         self.data: dict[str, bytes | None] = {}
+        self.touched: list[str] = []  # digests referred to since the last ``take``
+        self.per_call: list[tuple[str, ...]] = []  # ``dumps_calls``: each payload's digests
 
     def add(self, buf: Any) -> str:
         d = digest(buf)
         if d not in self.data:
             self.data[d] = None if d in self.known else bytes(buf)
+        self.touched.append(d)
         return d
+
+    def take(self) -> tuple[str, ...]:
+        """The digests referred to since the last call (one payload's)."""
+        out = tuple(dict.fromkeys(self.touched))
+        self.touched.clear()
+        return out
 
     def digests(self) -> tuple[str, ...]:
         return tuple(self.data)
@@ -95,20 +105,6 @@ def _nbytes(obj: Any) -> int:
     return 0
 
 
-def _has_objects(obj: Any) -> bool:
-    """True for arrays and frames holding Python objects (their items need dill, in band)."""
-    dtype = getattr(obj, "dtype", None)
-    if dtype is not None:
-        return bool(getattr(dtype, "hasobject", False))
-    dtypes = getattr(obj, "dtypes", None)  # a DataFrame
-    if dtypes is not None:
-        try:
-            return any(getattr(d, "hasobject", False) for d in dtypes)
-        except Exception:
-            return True
-    return True
-
-
 class _Refs:
     """What both picklers do: large values become persistent ids (see the module docstring)."""
 
@@ -130,7 +126,7 @@ class _Refs:
                 return ("s", self.sink.add(obj.encode("utf-8", "surrogatepass")))
             return None
         module = getattr(t, "__module__", "") or ""
-        if module.startswith(("numpy", "pandas")) and _nbytes(obj) >= THRESHOLD and not _has_objects(obj):
+        if module.startswith(("numpy", "pandas")) and _nbytes(obj) >= THRESHOLD and not holds_objects(obj):
             return self._out_of_band(obj)
         return None
 

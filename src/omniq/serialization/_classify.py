@@ -44,6 +44,7 @@ _PICKLE_SCALARS: frozenset[type] = frozenset(
     }
 )
 _PICKLE_CONTAINERS: frozenset[type] = frozenset({tuple, set, frozenset})
+_DATA_MODULES = frozenset({"numpy", "pandas"})
 _MAX_DEPTH = 200  # deeper than this: let dill (or its RecursionError) decide
 _FAST_LEN = 16  # lists longer than this are first checked by their set of element types
 
@@ -91,6 +92,8 @@ def _classify(obj: Any, depth: int, seen: set[int]) -> int:
         return _items(obj, depth, seen, PICKLE)
     if isinstance(obj, enum.Enum) and _importable(t):
         return PICKLE  # pickled by reference to its importable class
+    if t.__module__.partition(".")[0] in _DATA_MODULES and _importable(t) and not holds_objects(obj):
+        return PICKLE  # numpy / pandas data: the stdlib pickler writes it as dill would
     return DILL
 
 
@@ -132,3 +135,17 @@ def _dict(d: dict[Any, Any], depth: int, seen: set[int]) -> int:
             if level == DILL:
                 return DILL
     return _items(d.values(), depth, seen, level)
+
+
+def holds_objects(obj: Any) -> bool:
+    """True unless ``obj`` is numpy / pandas data of plain dtypes (no Python objects inside)."""
+    dtype = getattr(obj, "dtype", None)
+    if dtype is not None:
+        return bool(getattr(dtype, "hasobject", True))
+    dtypes = getattr(obj, "dtypes", None)  # a DataFrame
+    if dtypes is not None:
+        try:
+            return any(getattr(d, "hasobject", True) for d in dtypes)
+        except Exception:
+            return True
+    return True

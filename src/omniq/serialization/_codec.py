@@ -15,6 +15,9 @@
 ``R``  as ``D``, with large values stored apart as blobs
 ``F``  msgpack ``[fn_pickle, args, kwargs]`` of a by-value function pickled once for a batch
        (dill, its large globals as blobs)
+``V``  msgpack ``[shell, rest, args, kwargs]``: a by-value function's cached shell (see
+       ``_functions``); ``rest`` is None (plain ``args``/``kwargs`` inline) or a ``P``/``Q``
+       payload of ``(mutable globals, args, kwargs)``
 ``S``  signed: ``S + HMAC-SHA256(inner) + inner``, where ``inner`` is one of the above
 =====  ==========================================================================
 
@@ -39,6 +42,7 @@ from . import _signing, _sources
 from ._blobs import THRESHOLD, BlobSink, Fetch, fetching, pickle_refs, unpickle_refs
 from ._classify import DILL, EXACT, EXACT_SCALARS, INT_MAX, INT_MIN, PICKLE, classify, classify_call
 from ._diagnose import describe_failure, probe
+from ._functions import Shell, load_shell, shell_for
 
 TAG_MSGPACK = b"M"
 TAG_STRUCT = b"T"
@@ -49,13 +53,14 @@ TAG_SIGNED = b"S"
 TAG_SHARED = b"F"  # a call whose by-value function is pickled once for a whole batch
 TAG_PICKLE_REFS = b"Q"
 TAG_DILL_REFS = b"R"
-_M, _T, _P, _D, _C, _S, _F, _Q, _R = (
+TAG_SHELL = b"V"
+_M, _T, _P, _D, _C, _S, _F, _Q, _R, _V = (
     t[0] for t in (TAG_MSGPACK, TAG_STRUCT, TAG_PICKLE, TAG_DILL, TAG_CALL, TAG_SIGNED, TAG_SHARED,
-                   TAG_PICKLE_REFS, TAG_DILL_REFS)
+                   TAG_PICKLE_REFS, TAG_DILL_REFS, TAG_SHELL)
 )
 _FORMAT_NAMES = {
     _M: "msgpack", _T: "struct", _P: "pickle", _D: "dill", _C: "call", _S: "signed", _F: "shared call",
-    _Q: "pickle with blobs", _R: "dill with blobs",
+    _Q: "pickle with blobs", _R: "dill with blobs", _V: "function shell call",
 }
 
 PROTOCOL = 5
@@ -270,7 +275,10 @@ def dumps_calls(
     costs a msgpack encode of its plain arguments. Calls with non-plain arguments fall back to
     :func:`dumps_call`, which keeps a ``__main__`` class shared by function and argument whole."""
     if len(calls) < 2:
-        return [dumps_call(fn, tuple(a), dict(k), blobs=blobs) for a, k in calls]
+        out1 = [dumps_call(fn, tuple(a), dict(k), blobs=blobs) for a, k in calls]
+        if blobs is not None:
+            blobs.per_call.append(blobs.take())
+        return out1
     if not callable(fn):
         raise SerializationError(f"cannot serialize call: {type(fn).__name__} object is not callable")
     fn_ref = _function_ref(fn)
@@ -287,6 +295,7 @@ def dumps_calls(
         except Exception as exc:
             raise SerializationError(_describe_call(fn, (), {}, exc)) from exc
         tag = TAG_SHARED
+    fn_digests = blobs.take() if blobs is not None else ()
     key = _signing.get_secret_keys()[0]
     encode = _encoder.encode
     out = []
@@ -307,8 +316,12 @@ def dumps_calls(
                 payload = None
         if payload is None:
             out.append(dumps_call(fn, args, kwargs, blobs=blobs))
+            if blobs is not None:
+                blobs.per_call.append(blobs.take())
         else:
             out.append(payload if key is None else _signing.sign(payload, key, TAG_SIGNED))
+            if blobs is not None:
+                blobs.per_call.append(fn_digests)
     return out
 
 
@@ -359,6 +372,12 @@ def _dump_call(
                 return (TAG_PICKLE if len(blobs.data) == before else TAG_PICKLE_REFS) + body
             except Exception:
                 pass
+    else:
+        shell = shell_for(fn)
+        if shell is not None:
+            payload = _dump_shell_call(shell, fn, args, kwargs, blobs)
+            if payload is not None:
+                return payload
     # A fourth element carries the source lines of notebook-defined functions (see _sources).
     sources = _sources.collect(fn)
     call = (fn, args, kwargs, sources) if sources else (fn, args, kwargs)
@@ -370,6 +389,50 @@ def _dump_call(
         return (TAG_DILL if len(blobs.data) == before else TAG_DILL_REFS) + body
     except Exception as exc:
         raise SerializationError(_describe_call(fn, args, kwargs, exc)) from exc
+
+
+def _dump_shell_call(
+    shell: Shell, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], blobs: BlobSink | None
+) -> bytes | None:
+    """A ``V`` payload, or None when the call needs dill in one piece (a ``__main__`` object
+    among the values or arguments must share its class with the function)."""
+    values = shell.values(fn)
+    if not values and classify_call(args, kwargs) == EXACT:
+        try:
+            data = TAG_SHELL + _encoder.encode((shell.data, None, args, kwargs))
+            if blobs is None or len(data) - len(shell.data) < THRESHOLD:
+                return data
+        except Exception:  # lone surrogates in a str: let pickle carry it
+            pass
+    rest = (values, args, kwargs)
+    if classify(rest) > PICKLE:
+        return None
+    try:
+        if blobs is None:
+            body = TAG_PICKLE + pickle.dumps(rest, protocol=PROTOCOL)
+        else:
+            before = len(blobs.data)
+            body = pickle_refs(rest, blobs, use_dill=False)
+            body = (TAG_PICKLE if len(blobs.data) == before else TAG_PICKLE_REFS) + body
+    except Exception:
+        return None
+    return TAG_SHELL + _encoder.encode((shell.data, body, (), {}))
+
+
+def _load_shell_call(data: bytes) -> Call:
+    try:
+        shell, rest, args, kwargs = _decoder.decode(data[1:])
+        values: dict[str, Any] = {}
+        if rest is not None:
+            values, args, kwargs = _load(rest)
+        fn = load_shell(shell, values)
+    except SerializationError:
+        raise
+    except Exception as exc:
+        raise _load_error(_V, data, exc) from exc
+    if not (callable(fn) and type(args) in (list, tuple) and type(kwargs) is dict):
+        raise SerializationError("corrupted call payload: it does not hold (function, args, kwargs)")
+    return fn, tuple(args), kwargs
 
 
 def _describe_call(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], exc: Exception) -> str:
@@ -416,6 +479,8 @@ def _loads_call(data: bytes) -> Call:
         return _load_call(inner)
     if inner[0] == _F:
         return _load_shared(inner)
+    if inner[0] == _V:
+        return _load_shell_call(inner)
     value = _load(inner)
     if (
         type(value) is tuple

@@ -3,8 +3,9 @@
 Frames on the child's stdin / stdout (which the child moves out of its tasks' way at once: see
 ``setup_child``): a 4-byte big-endian length and a msgpack body.
 
-parent -> child  ["T", [[task_id, payload, timeout, expires_at], ...]]   run these (timeout:
-                                                             seconds or None)
+parent -> child  ["T", [[task_id, payload, timeout, expires_at(, blob paths)], ...]]   run
+                                                             these (timeout: seconds or None;
+                                                             blob paths: {digest: file})
                  ["X", task_id]                              stop this task (gevent children;
                                                              a process child is killed instead)
                  ["U", [task_id, ...]]                       give back those not started yet
@@ -13,7 +14,10 @@ parent -> child  ["T", [[task_id, payload, timeout, expires_at], ...]]   run the
 child -> parent  ["H", pid]                                  ready
                  ["S", task_id, started_at]                  started (for timeouts / live events;
                                                              not every quick task: see child.py)
-                 ["R", [[task_id, code, data, started_at, finished_at], ...]]   see the codes below
+                 ["R", [[task_id, code, data, started_at, finished_at(, blobs)], ...]]   codes
+                                                             below; blobs: digests of a large
+                                                             result's values, written to the
+                                                             owner's blob folder
                  ["B", [task_id, ...]]                       given back, never started (answers "U")
 
 A process child runs its tasks one by one, in order; a gevent child runs them at once and
@@ -35,7 +39,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import msgspec
 
 from ..errors import SerializationError
-from ..serialization import dumps, loads_call
+from ..serialization import BlobSink, Fetch, dumps, fetching, loads_call, path_fetch
+from ..serialization._blobs import write_file
 
 if TYPE_CHECKING:
     import asyncio  # the parent's side only; children import it when a task is a coroutine
@@ -94,6 +99,7 @@ def error_row(exc: BaseException) -> list[str]:
 
 
 PARENT_ENV = "OMNIQ_CHILD_PARENT"  # the pid of the process that owns this child
+BLOB_DIR_ENV = "OMNIQ_BLOB_DIR"  # the owner's blob cache: large results are written there
 
 
 def die_with_parent() -> None:
@@ -144,30 +150,60 @@ def run_call(
     payload: bytes,
     passthrough: tuple[type[BaseException], ...] = (),
     in_loop: Callable[[Any], Any] | None = None,
-) -> tuple[int, Any]:
-    """Run one task payload: ``(code, data)`` as an "R" row carries them.
+    *,
+    fetch: Fetch | None = None,
+    blob_dir: str | None = None,
+) -> tuple[int, Any, tuple[str, ...]]:
+    """Run one task payload: ``(code, data, blobs)`` as an "R" row carries them.
 
     Whatever the task raises is its own failure, except ``passthrough`` exceptions: a gevent
     child's timeout and cancel, which must reach the code that raised them. A coroutine a task
-    returns runs to its end with ``in_loop`` (default: ``run_coroutine``).
+    returns runs to its end with ``in_loop`` (default: ``run_coroutine``). ``fetch`` resolves
+    the large values the payload refers to (while the task runs too: a chunk loads its function
+    then); with ``blob_dir``, a large result's values are written there, named by digest.
     """
-    try:
-        fn, args, kwargs = loads_call(payload)
-    except SerializationError as exc:
-        return REJECTED, error_row(exc)
-    except passthrough:
-        raise
-    except BaseException as exc:
-        return FAILED, error_row(exc)
-    try:
-        value = fn(*args, **kwargs)
-        if hasattr(value, "__await__"):
-            value = (in_loop or run_coroutine)(value)
-        return OK, dumps(value)
-    except passthrough:
-        raise
-    except BaseException as exc:  # the task's own failure, whatever it raised
-        return FAILED, error_row(exc)
+    with fetching(fetch):
+        try:
+            fn, args, kwargs = loads_call(payload)
+        except SerializationError as exc:
+            return REJECTED, error_row(exc), ()
+        except passthrough:
+            raise
+        except BaseException as exc:
+            return FAILED, error_row(exc), ()
+        try:
+            value = fn(*args, **kwargs)
+            if hasattr(value, "__await__"):
+                value = (in_loop or run_coroutine)(value)
+            data, blobs = dump_result(value, blob_dir)
+            return OK, data, blobs
+        except passthrough:
+            raise
+        except BaseException as exc:  # the task's own failure, whatever it raised
+            return FAILED, error_row(exc), ()
+
+
+def dump_result(value: Any, blob_dir: str | None) -> tuple[bytes, tuple[str, ...]]:
+    """A task's value as a payload; with ``blob_dir``, its large values as files there."""
+    if blob_dir is None:
+        return dumps(value), ()
+    sink = BlobSink()
+    data = dumps(value, blobs=sink)
+    for d, raw in sink.data.items():
+        path = os.path.join(blob_dir, d)
+        if raw is not None and not os.path.exists(path):
+            write_file(path, [raw])
+    return data, sink.digests()
+
+
+def row(tid: str, code: int, data: Any, started: float, finished: float, blobs: tuple[str, ...]) -> list[Any]:
+    """An "R" row; the blobs column only when the result has large values."""
+    return [tid, code, data, started, finished, list(blobs)] if blobs else [tid, code, data, started, finished]
+
+
+def task_fetch(item: list[Any]) -> Fetch | None:
+    """The fetch for a "T" row's blobs (its optional fifth column: ``{digest: path}``)."""
+    return path_fetch(item[4]) if len(item) > 4 and item[4] else None
 
 
 def run_coroutine(aw: Any) -> Any:

@@ -12,7 +12,8 @@ import anyio
 
 from ..errors import SerializationError
 from ..models import Task
-from ..serialization import dumps, loads_call
+from ..serialization import fetching, loads_call
+from ._wire import dump_result
 from .base import Outcome, Runner, error_info, expired_outcome, stopped_outcome, timeout_error
 
 
@@ -62,11 +63,15 @@ class AsyncRunner(Runner):
             self._finish(gone)
             return
         self.on_started(task, started)
+        with fetching(self._fetch(task)):
+            out = await self._call(task, started)
+        self._finish(out)
+
+    async def _call(self, task: Task, started: float) -> Outcome:
         try:
             fn, args, kwargs = loads_call(task.payload)
         except SerializationError as exc:
-            self._finish(Outcome(task, error=error_info(exc), started_at=started, finished_at=time.time(), retryable=False))
-            return
+            return Outcome(task, error=error_info(exc), started_at=started, finished_at=time.time(), retryable=False)
         try:
             with anyio.fail_after(task.timeout):
                 if inspect.iscoroutinefunction(fn):
@@ -75,16 +80,16 @@ class AsyncRunner(Runner):
                     value = await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs), abandon_on_cancel=True)
                     if inspect.isawaitable(value):
                         value = await value
-            out = Outcome(task, payload=dumps(value), started_at=started, finished_at=time.time())
+            data, blobs = dump_result(value, self._blob_dir())
+            return Outcome(task, payload=data, started_at=started, finished_at=time.time(), blobs=blobs)
         except TimeoutError:
-            out = Outcome(task, error=timeout_error(task), started_at=started, finished_at=time.time())
+            return Outcome(task, error=timeout_error(task), started_at=started, finished_at=time.time())
         except asyncio.CancelledError:
             if task.id not in self._cancelled:
                 raise
-            out = stopped_outcome(task, "cancel", started, time.time())
+            return stopped_outcome(task, "cancel", started, time.time())
         except Exception as exc:
-            out = Outcome(task, error=error_info(exc), started_at=started, finished_at=time.time())
-        self._finish(out)
+            return Outcome(task, error=error_info(exc), started_at=started, finished_at=time.time())
 
     def _finish(self, out: Outcome) -> None:
         self._running.pop(out.task.id, None)

@@ -18,10 +18,12 @@ from typing import Any
 
 import anyio
 
+from ..blobcache import BlobCache
 from ..events.logger import EventLogger
 from ..events.metrics import Metrics
 from ..logs import Outage, bind, get_logger
 from ..models import ErrorInfo, EventType, Task, TaskResult, TaskStatus
+from ..serialization import Fetch, path_fetch
 from ..storage.base import ResultStore, TaskQueue, WorkerInfo, masked
 
 log = get_logger("omniq.worker")
@@ -30,7 +32,7 @@ log = get_logger("omniq.worker")
 class Outcome:
     """How one run of a task ended. ``error`` set means the attempt failed."""
 
-    __slots__ = ("error", "finished_at", "payload", "retryable", "started_at", "status", "task")
+    __slots__ = ("blobs", "error", "finished_at", "payload", "retryable", "started_at", "status", "task")
 
     def __init__(
         self,
@@ -42,8 +44,10 @@ class Outcome:
         finished_at: float,
         retryable: bool = True,
         status: TaskStatus | None = None,
+        blobs: tuple[str, ...] = (),
     ) -> None:
         self.task = task
+        self.blobs = blobs  # digests of the payload's large values, files in the runner's blob cache
         self.payload = payload
         self.error = error
         self.started_at = started_at
@@ -88,6 +92,7 @@ class Runner(abc.ABC):
         self.on_done: Callable[[list[Outcome]], None] = lambda outs: None
         self.on_started: Callable[[Task, float], None] = lambda task, t: None
         self.worker_id: str | None = None  # the Worker driving it, for log records
+        self.blobs: BlobCache | None = None  # where tasks' large values are, and results' go
         self.capacity_changed = anyio.Event()
         self._avg: float | None = None  # moving average of task run time, seconds (None: none seen)
 
@@ -108,6 +113,19 @@ class Runner(abc.ABC):
     def missing(self) -> int:
         """Slots this runner should have and lacks (children it could not replace)."""
         return 0
+
+    def _paths(self, task: Task) -> dict[str, str] | None:
+        """Where the blobs ``task`` refers to are (the Worker fetched them before dispatch)."""
+        if not task.blobs or self.blobs is None:
+            return None
+        return self.blobs.locate(task.blobs)
+
+    def _fetch(self, task: Task) -> Fetch | None:
+        paths = self._paths(task)
+        return path_fetch(paths) if paths else None
+
+    def _blob_dir(self) -> str | None:
+        return self.blobs.root if self.blobs is not None else None
 
     def _signal_capacity(self) -> None:
         self.capacity_changed.set()
@@ -195,6 +213,7 @@ class Worker:
         make_follow_ups: Callable[[TaskResult, Task], list[Task]] | None = None,
         worker_id: str | None = None,
         metrics: Metrics | None = None,
+        blobs: BlobCache | None = None,
     ) -> None:
         self.queue = queue
         self.results = results
@@ -214,6 +233,8 @@ class Worker:
         runner.on_done = self._on_done
         runner.on_started = self._on_started
         runner.worker_id = self.id
+        self.blobs = blobs or runner.blobs or BlobCache()
+        runner.blobs = self.blobs
 
     # --- runner callbacks (on the loop) ------------------------------------------------------
     def _on_started(self, task: Task, at: float) -> None:
@@ -250,6 +271,14 @@ class Worker:
             outage.ok()
             backoff = 0.005
             if tasks:
+                if any(t.blobs for t in tasks):
+                    try:
+                        await self.blobs.ensure(self.queue, [d for t in tasks for d in t.blobs])
+                    except Exception as exc:  # storage unreachable: give the tasks back, try again
+                        outage.failed(exc)
+                        await self.queue.release(self.id, [t.id for t in tasks])
+                        await anyio.sleep(min(backoff, 2.0))
+                        continue
                 self.runner.dispatch(tasks)
             else:
                 await self.queue.wait_for_tasks(timeout=0.5)
@@ -312,11 +341,16 @@ class Worker:
                                    f"attempt {attempts} failed ({out.error}); retry in {delay:.2f} s"))
                     continue
             res_ttl = t.result_ttl
+            blobs = out.blobs if status is TaskStatus.SUCCEEDED else ()
+            if blobs:
+                self.blobs.adopt(blobs)
+                await self.results.put_blobs(self.blobs.read(blobs), "r:" + t.id, now=now)
             finals.append(
                 TaskResult(
                     task_id=t.id,
                     status=status,
                     payload=out.payload if status is TaskStatus.SUCCEEDED else None,
+                    blobs=blobs,
                     error=out.error,
                     attempts=attempts,
                     started_at=out.started_at,
@@ -354,6 +388,9 @@ class Worker:
                     evs.extend(_ev(f, EventType.ENQUEUED, None, now, None) for f in follow)
                     self.queue.notify()
             emit(evs)
+            for r in finals:
+                if r.blobs:  # its large values are files here: this process reads them there
+                    r.__dict__["_fetch"] = self.blobs.fetch(self.blobs.locate(r.blobs))
             self.on_results(finals + extra)
         elif evs:
             emit(evs)

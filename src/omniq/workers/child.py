@@ -23,7 +23,17 @@ import time
 from collections import deque
 from typing import Any
 
-from ._wire import EXPIRED, frame, read_frame, run_call, setup_child, write_all
+from ._wire import (
+    BLOB_DIR_ENV,
+    EXPIRED,
+    frame,
+    read_frame,
+    row,
+    run_call,
+    setup_child,
+    task_fetch,
+    write_all,
+)
 
 FLUSH_AFTER = 0.02  # seconds: report results at least this often while busy
 
@@ -86,13 +96,14 @@ def main() -> None:
 
     send(["H", os.getpid()])
     threading.Thread(target=read, name="omniq-child-reader", daemon=True).start()
+    blob_dir = os.environ.get(BLOB_DIR_ENV) or None
     last = time.monotonic()
     out: list[list[Any]] = []
     while True:
         item = inbox.take()
         if item is None:
             break
-        tid, payload, timeout, expires_at = item
+        tid, payload, timeout, expires_at = item[:4]
         if expires_at is not None and time.time() >= expires_at:  # waited here past its ttl
             now = time.time()
             out.append([tid, EXPIRED, None, now, now])
@@ -108,8 +119,8 @@ def main() -> None:
                 send(["S", tid, time.time()])
                 last = mono
             started = time.time()
-            code, data = run_call(payload)
-            out.append([tid, code, data, started, time.time()])
+            code, data, blobs = run_call(payload, fetch=task_fetch(item), blob_dir=blob_dir)
+            out.append(row(tid, code, data, started, time.time(), blobs))
         if out and (not inbox.todo or time.monotonic() - last > FLUSH_AFTER):
             send(["R", out])
             out = []

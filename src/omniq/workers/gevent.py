@@ -59,7 +59,7 @@ class GeventRunner(ChildRunner):
         if room <= 0:
             return
         batch = [self._ready.popleft() for _ in range(min(room, len(self._ready)))]
-        c.send_tasks(batch)
+        c.send_tasks(batch, [self._paths(t) for t in batch])
         # the child times tasks out itself; this only catches a child too busy to do it
         loop = asyncio.get_running_loop()
         for t in batch:
@@ -68,12 +68,13 @@ class GeventRunner(ChildRunner):
 
     def _results(self, c: _Child, rows: list[list[Any]]) -> None:
         outs: list[Outcome] = []
-        for tid, code, data, started, finished in rows:
+        for r in rows:
+            tid, code, data, started, finished = r[:5]
             task = c.pending.pop(tid, None)
             if task is None:  # not ours (anymore): nothing to report
                 continue
             self._cancelling.discard(tid)
-            outs.append(self._finished(c, task, code, data, started, finished))
+            outs.append(self._finished(c, task, code, data, started, finished, r[5] if len(r) > 5 else ()))
         if outs:
             self.on_done(outs)
         self._pump()

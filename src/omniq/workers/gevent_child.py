@@ -49,8 +49,8 @@ class _Outbox:
         self.starts.append(["S", tid, at])
         self.wake.set()
 
-    def result(self, tid: str, code: int, data: Any, started: float) -> None:
-        self.rows.append([tid, code, data, started, time.time()])
+    def result(self, tid: str, code: int, data: Any, started: float, blobs: tuple[str, ...] = ()) -> None:
+        self.rows.append(_wire.row(tid, code, data, started, time.time(), blobs))
         self.wake.set()
 
     def send(self, msg: Any) -> None:
@@ -83,14 +83,18 @@ def main() -> None:
         threads.maxsize = max(threads.maxsize, len(running))
         return threads.apply(_wire.run_coroutine, (aw,))
 
-    def run(tid: str, payload: bytes, timeout: float | None) -> None:
+    blob_dir = os.environ.get(_wire.BLOB_DIR_ENV) or None
+
+    def run(tid: str, payload: bytes, timeout: float | None, item: list[Any]) -> None:
         started = time.time()
         out.started(tid, started)
         timer = gevent.Timeout(timeout) if timeout is not None else None
+        blobs: tuple[str, ...] = ()
         try:
             if timer is not None:
                 timer.start()
-            code, data = _wire.run_call(payload, (gevent.Timeout, _Cancel), in_thread)
+            code, data, blobs = _wire.run_call(payload, (gevent.Timeout, _Cancel), in_thread,
+                                               fetch=_wire.task_fetch(item), blob_dir=blob_dir)
         except gevent.Timeout as exc:
             code, data = (_wire.TIMED_OUT, None) if exc is timer else (_wire.FAILED, _wire.error_row(exc))
         except _Cancel:
@@ -99,7 +103,7 @@ def main() -> None:
             if timer is not None:
                 timer.close()
         del running[tid]
-        out.result(tid, code, data, started)
+        out.result(tid, code, data, started, blobs)
 
     def gone(tid: str, g: gevent.Greenlet) -> None:
         # ``run`` removes its own entry: one still here was cancelled before it ever ran (or
@@ -119,8 +123,9 @@ def main() -> None:
         if msg is None or msg[0] == "Q":
             return  # the parent is done with us (or gone); running greenlets end with us
         if msg[0] == "T":
-            for tid, payload, timeout, _expires_at in msg[1]:  # started at once: no wait here
-                g = running[tid] = gevent.spawn(run, tid, payload, timeout)
+            for item in msg[1]:  # started at once: no wait here
+                tid, payload, timeout = item[:3]
+                g = running[tid] = gevent.spawn(run, tid, payload, timeout, item)
                 g.rawlink(functools.partial(gone, tid))
         elif msg[0] == "X":
             g = running.get(msg[1])

@@ -101,12 +101,14 @@ class _Child:
         assert self.proc.stdin is not None
         self.proc.stdin.write(_wire.frame(msg))
 
-    def send_tasks(self, batch: Sequence[Task]) -> None:
+    def send_tasks(self, batch: Sequence[Task], where: Sequence[dict[str, str] | None]) -> None:
         if not self.pending:
             self.heard = time.monotonic()
         self.pending.update((t.id, t) for t in batch)
         try:
-            self.send(["T", [[t.id, t.payload, t.timeout, t.expires_at] for t in batch]])
+            self.send(["T", [[t.id, t.payload, t.timeout, t.expires_at] if paths is None
+                             else [t.id, t.payload, t.timeout, t.expires_at, paths]
+                             for t, paths in zip(batch, where)]])
         except (BrokenPipeError, ConnectionResetError, RuntimeError):
             pass  # the reader sees the death and deals with the batch
 
@@ -136,11 +138,14 @@ class ChildRunner(Runner):
 
     async def _spawn(self) -> _Child:
         cmd = child_command(self.child_module)
+        env = child_env()
+        if self.blobs is not None:
+            env[_wire.BLOB_DIR_ENV] = self.blobs.root
         proc = await asyncio.create_subprocess_exec(
             *cmd,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
-            env=child_env(),
+            env=env,
             limit=1 << 20,
             start_new_session=True,  # out of reach of the Stop button's SIGINT from the first instruction
         )
@@ -264,7 +269,8 @@ class ChildRunner(Runner):
         self._pump()
         self._signal_capacity()
 
-    def _finished(self, c: _Child, task: Task, code: int, data: Any, started: float, finished: float) -> Outcome:
+    def _finished(self, c: _Child, task: Task, code: int, data: Any, started: float, finished: float,
+                  blobs: Sequence[str] = ()) -> Outcome:
         """The outcome of a reported row; its start is announced now if it was not yet."""
         h = c.timers.pop(task.id, None)
         if h is not None:
@@ -272,7 +278,7 @@ class ChildRunner(Runner):
         if c.started.pop(task.id, None) is None and code != _wire.EXPIRED:
             self.on_started(task, started)
         if code == _wire.OK:
-            return Outcome(task, payload=data, started_at=started, finished_at=finished)
+            return Outcome(task, payload=data, started_at=started, finished_at=finished, blobs=tuple(blobs))
         if code == _wire.TIMED_OUT:
             return stopped_outcome(task, "timeout", started, finished)
         if code == _wire.CANCELLED:
@@ -434,7 +440,7 @@ class ProcessRunner(ChildRunner):
                 else:
                     heapq.heappop(heap)
             for i, batch in batches.items():
-                self._children[i].send_tasks(batch)
+                self._children[i].send_tasks(batch, [self._paths(t) for t in batch])
             if late:
                 self.on_done(late)
         if not self._ready and not self._stopping:
@@ -482,13 +488,14 @@ class ProcessRunner(ChildRunner):
 
     def _results(self, c: _Child, rows: list[list[Any]]) -> None:
         outs: list[Outcome] = []
-        for tid, code, data, started, finished in rows:
+        for r in rows:
+            tid, code, data, started, finished = r[:5]
             first = next(iter(c.pending), None)
             if first != tid:  # cannot happen unless the protocol broke
                 raise RuntimeError(f"child {c.pid} answered {tid!r}, expected {first!r}")
             task = c.pending.pop(tid)
             self._observe(finished - started)
-            outs.append(self._finished(c, task, code, data, started, finished))
+            outs.append(self._finished(c, task, code, data, started, finished, r[5] if len(r) > 5 else ()))
         self.on_done(outs)
         self._pump()
         self._signal_capacity()

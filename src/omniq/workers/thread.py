@@ -14,7 +14,8 @@ from collections.abc import Sequence
 
 from ..errors import SerializationError
 from ..models import Task
-from ..serialization import dumps, loads_call
+from ..serialization import fetching, loads_call
+from ._wire import dump_result
 from .base import Outcome, Runner, error_info, expired_outcome, stopped_outcome
 
 _STOP = object()
@@ -104,18 +105,21 @@ class ThreadRunner(Runner):
                 self._drain_scheduled = True
             if schedule:  # one wake-up of the loop per batch, not one per task (~0.3 ms each)
                 loop.call_soon_threadsafe(self._drain)
-            try:
-                fn, args, kwargs = loads_call(task.payload)
-            except SerializationError as exc:
-                out = Outcome(task, error=error_info(exc), started_at=started, finished_at=time.time(), retryable=False)
-            else:
+            with fetching(self._fetch(task)):
                 try:
-                    value = fn(*args, **kwargs)
-                    if hasattr(value, "__await__"):
-                        value = asyncio.run(_await(value))
-                    out = Outcome(task, payload=dumps(value), started_at=started, finished_at=time.time())
-                except BaseException as exc:
-                    out = Outcome(task, error=error_info(exc), started_at=started, finished_at=time.time())
+                    fn, args, kwargs = loads_call(task.payload)
+                except SerializationError as exc:
+                    out = Outcome(task, error=error_info(exc), started_at=started, finished_at=time.time(),
+                                  retryable=False)
+                else:
+                    try:
+                        value = fn(*args, **kwargs)
+                        if hasattr(value, "__await__"):
+                            value = asyncio.run(_await(value))
+                        data, blobs = dump_result(value, self._blob_dir())
+                        out = Outcome(task, payload=data, started_at=started, finished_at=time.time(), blobs=blobs)
+                    except BaseException as exc:
+                        out = Outcome(task, error=error_info(exc), started_at=started, finished_at=time.time())
             with self._lock:
                 if slot.abandoned:
                     return  # timed out or cancelled: its outcome was already reported
