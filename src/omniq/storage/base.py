@@ -105,7 +105,7 @@ class Backend(abc.ABC):
     async def _close(self) -> None: ...
 
 
-class BlobStore(abc.ABC):
+class BlobStore:
     """Large values by content: stored once per storage under the SHA-256 digest of their bytes.
 
     A task (or a result) carrying a large value (a notebook global, an argument, a big return
