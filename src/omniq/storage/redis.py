@@ -37,6 +37,10 @@ module; scripts share the helpers in ``_PRELUDE``. Keys (``P`` = prefix):
 ``P:ev``                    events stream (``MAXLEN ~ max_events``)
 ``P:ev:t:<task id>``        list of the task's stream ids (``query_events(task_id=...)``)
 ``P:ev:tasks``, ``P:ev:*``  per-task lists by latest stream id (to drop trimmed ones); state
+``P:b:<digest>``            a blob: its bytes as one string (``SET NX``: whole or absent)
+``P:bc``                    zset of blobs (score created_at), for ``sweep_blobs``
+``P:bo:<digest>``           hash owner -> recorded_at: who refers to the blob
+``P:bot``                   zset of ``<digest><owner>`` (score recorded_at), for the sweep
 ==========================  ===============================================================
 
 Times: every float travels as ``repr`` text and is stored as given, never formatted by Lua
@@ -69,7 +73,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -98,6 +102,7 @@ from .base import (
     masked,
     plan_enqueue,
 )
+from .blobs import Blob, check_blobs, check_digests, check_owners, nbytes
 
 log = get_logger("omniq.storage.redis")
 
@@ -110,6 +115,8 @@ MAX_TASK_EVENTS = 1_000
 FORGET_WORKERS_AFTER = 86_400.0
 #: Tasks removed per ``purge`` script call (each call holds the server briefly).
 PURGE_BATCH = 1_000
+#: Owner records and blobs looked at per ``sweep_blobs`` script call.
+SWEEP_BATCH = 1_000
 
 # --- Lua ------------------------------------------------------------------------------------------
 # ARGV[1] is always the key prefix; KEYS[1], when given, is the call's reply-cache key.
@@ -844,6 +851,100 @@ return n
 """
 
 
+# blobs ---------------------------------------------------------------------------------------
+_BLOBS = r"""
+local BLOBS_AT, OWNED_AT = NS .. ':bc', NS .. ':bot'
+local function bkey(d) return NS .. ':b:' .. d end
+local function okey(d) return NS .. ':bo:' .. d end
+local function own(d, owner, now)
+  local prev = redis.call('HGET', okey(d), owner)
+  if not prev or tonumber(prev) < tonumber(now) then
+    redis.call('HSET', okey(d), owner, now)
+    redis.call('ZADD', OWNED_AT, now, d .. owner)
+  end
+end
+"""
+
+# own_blobs: ARGV now owner digest... Records the owner first, then replies with the digests
+# not stored: a sweep (one script too) can no longer take a blob this put found stored.
+OWN_BLOBS = r"""
+local now, owner, missing = ARGV[2], ARGV[3], {}
+for i = 4, #ARGV do
+  own(ARGV[i], owner, now)
+  if redis.call('EXISTS', bkey(ARGV[i])) == 0 then missing[#missing + 1] = ARGV[i] end
+end
+return missing
+"""
+
+# store_blob: ARGV now digest data. Reply: 1 when stored, 0 when it was there already.
+STORE_BLOB = r"""
+if redis.call('SET', bkey(ARGV[3]), ARGV[4], 'NX') then
+  redis.call('ZADD', BLOBS_AT, 'NX', ARGV[2], ARGV[3])
+  return 1
+end
+return 0
+"""
+
+# add_blob_owners: ARGV now n, then per owner: owner k digest_1 .. digest_k.
+ADD_BLOB_OWNERS = r"""
+local now, i = ARGV[2], 4
+for _ = 1, tonumber(ARGV[3]) do
+  local owner, k = ARGV[i], tonumber(ARGV[i + 1])
+  for j = i + 2, i + 1 + k do own(ARGV[j], owner, now) end
+  i = i + 2 + k
+end
+return 0
+"""
+
+# missing_blobs: ARGV digest... Reply: those not stored.
+MISSING_BLOBS = r"""
+local missing = {}
+for i = 2, #ARGV do
+  if redis.call('EXISTS', bkey(ARGV[i])) == 0 then missing[#missing + 1] = ARGV[i] end
+end
+return missing
+"""
+
+# sweep_blob_owners: ARGV before offset limit. Drops owners recorded before ``before`` that are
+# neither an unfinished task nor a stored result. Reply: {rows looked at, rows dropped}.
+SWEEP_BLOB_OWNERS = r"""
+local rows = redis.call('ZRANGEBYSCORE', OWNED_AT, '-inf', '(' .. ARGV[2], 'LIMIT', ARGV[3], ARGV[4])
+local dropped = 0
+for _, m in ipairs(rows) do
+  local d, owner = string.sub(m, 1, 64), string.sub(m, 65)
+  local kind, id = string.sub(owner, 1, 2), string.sub(owner, 3)
+  local alive = false
+  if kind == 't:' then
+    local s = redis.call('HGET', NS .. ':t:' .. id, 's')
+    alive = s == 'pending' or s == 'queued' or s == 'running'
+  elseif kind == 'r:' then
+    alive = redis.call('EXISTS', NS .. ':r:' .. id) == 1
+  end
+  if not alive then
+    redis.call('ZREM', OWNED_AT, m)
+    redis.call('HDEL', okey(d), owner)
+    dropped = dropped + 1
+  end
+end
+return {#rows, dropped}
+"""
+
+# sweep_blobs: ARGV before offset limit. Deletes blobs created before ``before`` that no owner
+# refers to. Reply: {blobs looked at, blobs deleted}.
+SWEEP_BLOBS = r"""
+local rows = redis.call('ZRANGEBYSCORE', BLOBS_AT, '-inf', '(' .. ARGV[2], 'LIMIT', ARGV[3], ARGV[4])
+local gone = 0
+for _, d in ipairs(rows) do
+  if redis.call('EXISTS', okey(d)) == 0 then
+    redis.call('DEL', bkey(d))
+    redis.call('ZREM', BLOBS_AT, d)
+    gone = gone + 1
+  end
+end
+return {#rows, gone}
+"""
+
+
 class _Script:
     """A Lua script: its full source (preludes included) and SHA1, for ``EVALSHA``."""
 
@@ -870,10 +971,16 @@ _RESULT_SCRIPTS = {
 _EVENT_SCRIPTS = {
     "append_events": APPEND_EVENTS, "task_events": TASK_EVENTS, "purge_events": PURGE_EVENTS,
 }
+_BLOB_SCRIPTS = {
+    "own_blobs": OWN_BLOBS, "store_blob": STORE_BLOB, "add_blob_owners": ADD_BLOB_OWNERS,
+    "missing_blobs": MISSING_BLOBS, "sweep_blob_owners": SWEEP_BLOB_OWNERS,
+    "sweep_blobs": SWEEP_BLOBS,
+}  # fmt: skip
 SCRIPTS: dict[str, _Script] = {
     **{n: _Script(n, _TASKS, body) for n, body in _TASK_SCRIPTS.items()},
     **{n: _Script(n, _RESULTS, body) for n, body in _RESULT_SCRIPTS.items()},
     **{n: _Script(n, _EVENTS, body) for n, body in _EVENT_SCRIPTS.items()},
+    **{n: _Script(n, _BLOBS, body) for n, body in _BLOB_SCRIPTS.items()},
 }
 
 # --- encoding -------------------------------------------------------------------------------------
@@ -1531,6 +1638,61 @@ class RedisBackend(TaskQueue, ResultStore, EventStore):
 
     async def purge_events(self, *, before: float) -> int:
         return int(await self._eval("purge_events", [_f(before), _event_ms(before)]))
+
+
+    # --- blobs -------------------------------------------------------------------------------
+    async def put_blobs(self, blobs: Mapping[str, Blob], owner: str, *, now: float) -> int:
+        """Owners first and the stored ones found in one script; then each missing blob in a
+        script of its own (``SET NX``), so only those are sent."""
+        given = check_blobs(blobs, owner)
+        if not given:
+            return 0
+        missing = await self._eval("own_blobs", [_f(now), owner, *given])
+        written = 0
+        for raw in missing:
+            d = raw.decode()
+            if await self._eval("store_blob", [_f(now), d, given[d]]):
+                written += nbytes(given[d])
+        return written
+
+    async def add_blob_owners(self, owners: Mapping[str, Sequence[str]], *, now: float) -> None:
+        checked = {o: ds for o, ds in check_owners(owners).items() if ds}
+        if not checked:
+            return
+        args: list[Any] = [_f(now), len(checked)]
+        for o, ds in checked.items():
+            args += (o, len(ds), *ds)
+        await self._eval("add_blob_owners", args)
+
+    async def get_blobs(self, digests: Sequence[str]) -> dict[str, bytes]:
+        ds = check_digests(digests)
+        if not ds:
+            return {}
+        keys = [self._key("b", d) for d in ds]
+        got = await self._call(lambda r: r.mget(keys))
+        return {d: b for d, b in zip(ds, got, strict=True) if b is not None}
+
+    async def missing_blobs(self, digests: Sequence[str]) -> set[str]:
+        ds = check_digests(digests)
+        if not ds:
+            return set()
+        return {raw.decode() for raw in await self._eval("missing_blobs", ds)}
+
+    async def sweep_blobs(self, *, older_than: float) -> int:
+        """Two passes of short scripts (``SWEEP_BATCH`` records each): dead owners, then blobs
+        left without one."""
+        before = _f(older_than)
+        gone = 0
+        for script in ("sweep_blob_owners", "sweep_blobs"):
+            offset = 0
+            while True:
+                seen, removed = await self._eval(script, [before, offset, SWEEP_BATCH])
+                offset += int(seen) - int(removed)  # what stays is skipped next time
+                if script == "sweep_blobs":
+                    gone += int(removed)
+                if int(seen) < SWEEP_BATCH:
+                    break
+        return gone
 
 
 async def _xrange(r: Any, *, key: str, start: str, count: int) -> Any:
