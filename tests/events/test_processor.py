@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import anyio
+import pytest
 
 from omniq import AsyncOmniQ, OmniQ
 
@@ -97,3 +98,25 @@ def test_on_event_callback_gets_events_from_another_process(tmp_path):
         proc.communicate(timeout=30)
     assert (tid, "started") in got and (tid, "succeeded") in got
     assert all(t in ("started", "succeeded") for _, t in got)
+
+
+@pytest.mark.anyio
+async def test_a_subscription_closed_under_its_consumer_just_ends():
+    """Closing an instance while a consumer waits on a subscription ended that consumer with
+    anyio's ClosedResourceError (a traceback printed at close after a sweep)."""
+    import anyio
+
+    from omniq.events.processor import Subscription
+
+    sub = Subscription(None, None, None, buffer=10)
+    got: list[str] = []
+
+    async def consume() -> None:
+        async for ev in sub:
+            got.append(ev.type)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(consume)
+        await anyio.sleep(0.05)
+        sub.close()  # what the processor does to every subscription when it stops
+    assert got == []

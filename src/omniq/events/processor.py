@@ -71,7 +71,11 @@ class Subscription:
             pass
 
     async def __aiter__(self) -> AsyncIterator[TaskEvent]:
-        async for ev in self._recv:
+        while True:
+            try:
+                ev = await self._recv.receive()
+            except (anyio.EndOfStream, anyio.ClosedResourceError):
+                return  # closed (the instance closing under a consumer): the stream just ends
             if self.dropped:
                 n, self.dropped = self.dropped, 0
                 yield TaskEvent(task_id="", type="dropped", timestamp=time.time(),
