@@ -54,22 +54,23 @@ async def _await(aw: Any) -> Any:
 
 def _run_cell(
     source: str,
-    globals_bytes: bytes,
+    shipped: bytes | dict[str, Any],
     params: Mapping[str, Any],
     outs: Sequence[str],
     filename: str = "<omniq cell>",
 ) -> dict[str, Any]:
     """Run a notebook cell in a fresh namespace on a worker.
 
-    ``globals_bytes`` holds ``{"values": {name: value}, "imports": {name: module}}`` (values
-    shipped by dill, modules by name and imported here); ``params`` are a sweep point's
+    ``shipped`` is ``{"values": {name: value}, "imports": {name: module}}`` (values shipped
+    with the task, modules by name and imported here; older payloads carry it serialized); ``params`` are a sweep point's
     parameters. Returns ``{"value", "outs", "stdout", "stderr"}``: the last expression's value,
     the ``--out`` variables, and what the cell printed. On failure the printed text rides on
     the exception as a note, since a failed task brings back only its traceback.
     """
     from ..serialization import loads
 
-    shipped = loads(globals_bytes) if globals_bytes else {}
+    if isinstance(shipped, (bytes, bytearray)):
+        shipped = loads(bytes(shipped)) if shipped else {}
     ns: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
     for name, module in (shipped.get("imports") or {}).items():
         ns[name] = importlib.import_module(module)
@@ -124,16 +125,16 @@ class CellCall:
     task names read ``cell:NAME`` in tables and events.
     """
 
-    def __init__(self, source: str, globals_bytes: bytes, outs: Sequence[str], name: str) -> None:
+    def __init__(self, source: str, shipped: dict[str, Any], outs: Sequence[str], name: str) -> None:
         self.source = source
-        self.globals_bytes = globals_bytes
+        self.shipped = shipped
         self.outs = tuple(outs)
         self.filename = f"<omniq cell {name}>"
         self.__qualname__ = f"cell:{name}"
         self.__module__ = "__main__"  # so the task name is just "cell:NAME"
 
     def __call__(self, **params: Any) -> dict[str, Any]:
-        return _run_cell(self.source, self.globals_bytes, params, self.outs, self.filename)
+        return _run_cell(self.source, self.shipped, params, self.outs, self.filename)
 
     def __repr__(self) -> str:
         return f"<CellCall {self.__qualname__}>"

@@ -55,7 +55,6 @@ from .._futures import bulk
 from ..core import OmniQ, TaskHandle
 from ..errors import ConfigError, SerializationError
 from ..models import TaskResult, TaskStatus
-from ..serialization import dumps
 from ..serialization._diagnose import describe_failure, probe
 from ..sweep import Sweep
 from . import STDERR_MARK, STDOUT_MARK, CellCall, _run_cell, compile_cell
@@ -224,12 +223,13 @@ def cell_identity(source: str, outs: Sequence[str] = ()) -> str:
 
 def ship_globals(
     names: Iterable[str], namespace: Mapping[str, Any], *, skip: Iterable[str] = ()
-) -> tuple[bytes, list[str]]:
-    """Serialize the notebook values ``names`` refer to; ``(payload, shipped names)``.
+) -> tuple[dict[str, Any], list[str]]:
+    """The notebook values ``names`` refer to, to ship with a cell: ``(shipped, names)``.
 
     Modules travel as their import name; builtins (unless shadowed), names missing from the
     namespace (a remote ``NameError`` will say so, as it would locally) and ``skip`` stay behind.
-    A value that cannot be serialized raises ``UsageError`` naming its variable."""
+    The values are serialized with the task (large ones stored once, as blobs); a handle on
+    something local to this kernel raises ``UsageError`` naming its variable."""
     skipped = set(skip)
     values: dict[str, Any] = {}
     imports: dict[str, str] = {}
@@ -253,11 +253,7 @@ def ship_globals(
                 f"Create it inside the cell instead (or pass what it points to, e.g. a path or "
                 f"URL). Nothing was submitted."
             )
-    try:
-        payload = dumps({"values": values, "imports": imports})
-    except SerializationError as exc:
-        raise UsageError(_unshippable(values, exc)) from None
-    return payload, [*imports, *values]
+    return {"values": values, "imports": imports}, [*imports, *values]
 
 
 _LOCAL_WHY = "a handle on something that exists only in this kernel, which a worker process cannot share."
@@ -715,7 +711,10 @@ class OmniQMagics(Magics):
             options["queue"] = _unquote(options["queue"])
         call = CellCall(source, payload, outs, name)
         oq = self.oq
-        job = self._start(oq, name, call, grid, outs, source, options)
+        try:
+            job = self._start(oq, name, call, grid, outs, source, options)
+        except SerializationError as exc:
+            raise UsageError(_unshippable(payload["values"], exc)) from None
         old = self._jobs.get(name)
         if old is not None and old is not job:
             old.applied = True  # a re-run replaces the earlier job's pending outputs
