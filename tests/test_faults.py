@@ -95,11 +95,12 @@ def _kill_group(p: subprocess.Popen[Any]) -> None:
 
 def _worker_cli(url: str, log: Path, *extra: str) -> subprocess.Popen[bytes]:
     """An ``omniq worker`` in its own session (a killpg takes its children too)."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "omniq.cli", "worker", "--tasks", url, "--worker", "process",
-         "-c", "2", "--lease", "1", *extra],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=log.open("wb"), start_new_session=True,
-    )
+    with log.open("wb") as err:  # the child has its own copy of the file
+        return subprocess.Popen(
+            [sys.executable, "-m", "omniq.cli", "worker", "--tasks", url, "--worker", "process",
+             "-c", "2", "--lease", "1", *extra],
+            cwd=REPO, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
+        )
 
 
 # --- the audit ------------------------------------------------------------------------------------
@@ -319,10 +320,11 @@ def test_kill9_of_the_process_owning_an_omniq_at_random_points(tmp_path: Path) -
         db = tmp_path / f"owner{trial}.db"
         url = f"sqlite:///{db}"
         err = tmp_path / f"owner{trial}.err"
-        proc = subprocess.Popen(
-            [sys.executable, "-c", OWNER, url, str(rng.randrange(2**32))], cwd=REPO,
-            stdout=subprocess.PIPE, stderr=err.open("wb"), start_new_session=True,
-        )
+        with err.open("wb") as err_file:
+            proc = subprocess.Popen(
+                [sys.executable, "-c", OWNER, url, str(rng.randrange(2**32))], cwd=REPO,
+                stdout=subprocess.PIPE, stderr=err_file, start_new_session=True,
+            )
         lines: list[str] = []
         assert proc.stdout is not None
         reader = threading.Thread(target=_read_lines, args=(proc.stdout, lines), daemon=True)
@@ -343,6 +345,8 @@ def test_kill9_of_the_process_owning_an_omniq_at_random_points(tmp_path: Path) -
             for c in children:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(c, signal.SIGKILL)
+            reader.join(10)
+            proc.stdout.close()
         accepted, submitted = _said(lines, "ACC"), _said(lines, "SUB")
         assert accepted, f"{where}: nothing accepted before the kill"
         recover(url, list(accepted) + list(submitted))
