@@ -26,6 +26,12 @@ request::
                                                 one object per appended batch (a list of
                                                 TaskEvent); the day is that of the batch's newest
                                                 event, so ``since`` skips older days by name
+    blobs/<first 2 hex digits>/<sha-256 hex>    one blob: exactly its bytes (``blob_path`` maps
+                                                it on file://)
+    blob-owners/<sha-256 hex>/<at>@<owner>      empty objects: ``owner`` (``t:``/``r:`` + task
+                                                id) referred to the blob at ``at``
+    blob-trash/<sha-256 hex>/<time>@<random>    a blob a running ``sweep_blobs`` took away while
+                                                it makes sure nobody just began to own it
 
 Names are percent-encoded (only ``A-Z a-z 0-9 - _ .`` stay as they are), long key segments are
 split into ``+``-suffixed chunks so no file name passes 255 bytes.
@@ -35,6 +41,13 @@ name in the same directory) is fsynced and ``os.replace``d over the target. Inde
 written *before* the result they point to, so a crash leaves at worst a dangling index entry,
 never an unindexed result. An object that does not decode (truncated by hand, a foreign file) is
 logged and treated as missing.
+
+Blobs: ``put_blobs`` writes its owner markers first, then looks which blobs are there (no blob
+is read) and writes the others whole. ``sweep_blobs`` lists the blobs, then the markers, deletes
+markers of dead owners recorded before its ``older_than``, and takes each blob left without a
+marker in two steps: it moves the blob to ``blob-trash/``, lists the blob's markers again, and
+moves it back when a put marked it meanwhile (that put may have found it stored), else deletes
+it. A reader that misses a blob looks in ``blob-trash/`` before calling it missing.
 
 The ``file://`` task queue keeps one file per task whose *directory* is its status and whose
 *name* carries the fields that change (see ``_TaskDir``); every status change is one
@@ -53,7 +66,7 @@ import secrets
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar, NamedTuple, TypeVar
 from urllib.parse import unquote
 
@@ -80,6 +93,17 @@ from .base import (
     check_outcomes,
     masked,
     plan_enqueue,
+)
+from .blobs import (
+    LIVE_TASK_STATUSES,
+    Blob,
+    as_bytes,
+    check_blobs,
+    check_digests,
+    check_owners,
+    nbytes,
+    result_owner,
+    task_owner,
 )
 
 log = get_logger("omniq.storage.fsspec")
@@ -189,6 +213,36 @@ def parse_key_marker(rel: str) -> tuple[str, str] | None:
             cur = ""
         return "/".join(segments), decode_name(tid)
     except UnicodeDecodeError:
+        return None
+
+
+_DIGEST_NAME = re.compile(r"[0-9a-f]{64}")
+#: Seconds after which a ``blob-trash/`` entry is a crashed sweep's, for any sweep to settle.
+TRASH_STALE = 3600.0
+
+
+def blob_relpath(digest: str) -> str:
+    return f"blobs/{digest[:2]}/{digest}"
+
+
+def blob_owner_marker(digest: str, owner: str, at: float) -> str:
+    name = encode_name(owner)
+    if len(name) > 200:
+        raise ConfigError(f"blob owner {owner[:40]!r}... is too long to name a file (max 200)")
+    return f"blob-owners/{digest}/{float(at)!r}@{name}"
+
+
+def parse_blob_owner_marker(rel: str) -> tuple[str, float, str] | None:
+    """``(digest, at, owner)`` of a ``blob-owners/...`` path relative to the root."""
+    parts = rel.split("/")
+    if len(parts) != 3 or parts[0] != "blob-owners" or not _DIGEST_NAME.fullmatch(parts[1]):
+        return None
+    at, sep, owner = parts[2].partition("@")
+    if not sep:
+        return None
+    try:
+        return parts[1], float(at), decode_name(owner)
+    except (ValueError, UnicodeDecodeError):
         return None
 
 
@@ -447,6 +501,14 @@ class _Files:
         """Names of the immediate subdirectories."""
         raise NotImplementedError
 
+    async def exists(self, paths: Sequence[str]) -> set[str]:
+        """Which of these objects exist (none is read)."""
+        raise NotImplementedError
+
+    async def move(self, src: str, dst: str) -> None:
+        """Move one object (``FileNotFoundError`` when ``src`` is not there)."""
+        raise NotImplementedError
+
 
 def _write_atomic(path: str, data: bytes, *, fsync: bool = True) -> None:
     """Write ``data`` to ``path`` so a reader sees all of it or the old file, never a part."""
@@ -573,6 +635,20 @@ class _LocalFiles(_Files):
 
         return await anyio.to_thread.run_sync(run)
 
+    async def exists(self, paths: Sequence[str]) -> set[str]:
+        def run() -> set[str]:
+            return {p for p in paths if os.path.isfile(p)}
+
+        return run() if len(paths) <= 16 else await anyio.to_thread.run_sync(run)
+
+    async def move(self, src: str, dst: str) -> None:
+        def run() -> None:
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            os.replace(src, dst)
+            _prune(src, self.root)
+
+        await anyio.to_thread.run_sync(run)
+
 
 class _SyncFiles(_Files):
     """A synchronous fsspec filesystem. ``memory://`` answers in microseconds, so its calls run
@@ -644,6 +720,19 @@ class _SyncFiles(_Files):
 
     async def dirs(self, path: str) -> list[str]:
         return await self._call(self._dirs, path)
+
+    async def exists(self, paths: Sequence[str]) -> set[str]:
+        def run() -> set[str]:
+            return {p for p in paths if self.fs.isfile(p)}
+
+        return await self._call(run)
+
+    def _move(self, src: str, dst: str) -> None:
+        self.fs.cp_file(src, dst)
+        self.fs.rm_file(src)
+
+    async def move(self, src: str, dst: str) -> None:
+        await self._call(self._move, src, dst)
 
 
 class _AsyncFiles(_Files):
@@ -767,6 +856,14 @@ class _AsyncFiles(_Files):
             return []
         return [_basename(e["name"].rstrip("/")) for e in entries if e.get("type") == "directory"]
 
+    async def exists(self, paths: Sequence[str]) -> set[str]:
+        found = await _bounded(self.fs._exists, paths, CONCURRENCY)
+        return {p for p, there in zip(paths, found, strict=True) if there}
+
+    async def move(self, src: str, dst: str) -> None:
+        await self.fs._cp_file(src, dst)  # a copy inside the store: no bytes come here
+        await self.fs._rm_file(src)
+
 
 # --------------------------------------------------------------------------------------------
 # URL -> filesystem
@@ -872,6 +969,9 @@ class FsspecBackend(ResultStore, EventStore):
         "keys": "keys/<key>@<task id>: empty index objects, for results with a key",
         "expiry": "expiry/<yyyy-mm-dd>/<expires_at>@<task id>: empty index objects",
         "events": "events/<yyyy-mm-dd>/<first>_<last>_<count>_<batch>.msgpack: TaskEvents",
+        "blobs": "blobs/<2 hex>/<sha-256 hex>: large values, each exactly its bytes",
+        "blob-owners": "blob-owners/<sha-256 hex>/<time>@<owner>: empty, who refers to a blob",
+        "blob-trash": "blob-trash/<sha-256 hex>/...: blobs a running sweep is deleting",
     }
 
     def __init__(self, url: str, *, storage_options: dict[str, Any] | None = None) -> None:
@@ -1215,6 +1315,142 @@ class FsspecBackend(ResultStore, EventStore):
         for path in whole:
             self._forget(path)
         return count
+
+    # --- BlobStore --------------------------------------------------------------------------------
+    def _blob_file(self, digest: str) -> str:
+        return self._path(blob_relpath(digest))
+
+    async def put_blobs(self, blobs: Mapping[str, Blob], owner: str, *, now: float) -> int:
+        given = check_blobs(blobs, owner)
+        if not given:
+            return 0
+        await self._own({owner: list(given)}, now)
+        files = self.files
+        paths = {self._blob_file(d): d for d in given}
+        stored = await self._guard("look for blobs in", files.exists(list(paths)))
+        todo = [(p, d) for p, d in paths.items() if p not in stored]
+        local = self.location.local
+
+        async def put(item: tuple[str, str]) -> None:
+            data = given[item[1]]
+            await files.put(item[0], data if local else as_bytes(data))  # whole, or not at all
+
+        await self._guard("write blobs to", _bounded(put, todo, 8))
+        return sum(nbytes(given[d]) for _, d in todo)
+
+    async def _own(self, owners: dict[str, list[str]], now: float) -> None:
+        chains = [
+            [(self._path(blob_owner_marker(d, o, now)), b"")] for o, ds in owners.items() for d in ds
+        ]
+        if chains:
+            await self._guard("record blob owners in", self.files.put_chains(chains))
+
+    async def add_blob_owners(self, owners: Mapping[str, Sequence[str]], *, now: float) -> None:
+        await self._own(check_owners(owners), now)
+
+    async def get_blobs(self, digests: Sequence[str]) -> dict[str, bytes]:
+        ds = check_digests(digests)
+        if not ds:
+            return {}
+        files = self.files
+        paths = {self._blob_file(d): d for d in ds}
+        found = await self._guard("read blobs from", files.get_many(list(paths)))
+        out = {paths[p]: data for p, data in found.items()}
+        for d in ds:
+            if d not in out:  # a sweep may be making sure nobody owns it (see the docstring)
+                trash = await self._guard(
+                    "read blobs from", files.find(self._path(f"blob-trash/{d}"))
+                )
+                got = await self._guard("read blobs from", files.get_many(trash[:1]))
+                out.update((d, data) for data in got.values())
+        return {d: out[d] for d in ds if d in out}
+
+    async def missing_blobs(self, digests: Sequence[str]) -> set[str]:
+        ds = check_digests(digests)
+        if not ds:
+            return set()
+        paths = {self._blob_file(d): d for d in ds}
+        stored = await self._guard("look for blobs in", self.files.exists(list(paths)))
+        return {d for p, d in paths.items() if p not in stored}
+
+    def blob_path(self, digest: str) -> str | None:
+        if not self.location.local or not _DIGEST_NAME.fullmatch(str(digest)):
+            return None
+        path = self._blob_file(digest)
+        return path if os.path.isfile(path) else None
+
+    async def _live_tasks(self, task_ids: list[str]) -> set[str]:
+        """Which of these tasks may still run: none here (no task queue)."""
+        return set()
+
+    async def sweep_blobs(self, *, older_than: float) -> int:
+        files = self.files
+        root_len = len(self._path(""))
+        # blobs first, then owners: a blob listed here had its first owner marked before
+        listed = await self._guard("list blobs in", files.find(self._path("blobs")))
+        stored = {d for p in listed if _DIGEST_NAME.fullmatch(d := _basename(p))}
+        markers = await self._guard("list blob owners in", files.find(self._path("blob-owners")))
+        owned: set[str] = set()
+        old: list[tuple[str, str, str]] = []  # (marker path, digest, owner)
+        for path in markers:
+            parsed = parse_blob_owner_marker(path[root_len:])
+            if parsed is None:
+                continue
+            d, at, owner = parsed
+            if at >= older_than:
+                owned.add(d)
+            else:
+                old.append((path, d, owner))
+        live = await self._live_owners({o for _, _, o in old})
+        dead = []
+        for path, d, owner in old:
+            if owner in live:
+                owned.add(d)
+            else:
+                dead.append(path)
+        await self._guard("delete blob owners in", files.delete(dead))
+        trash = await self._guard("list blobs in", files.find(self._path("blob-trash")))
+        stale = time.time() - TRASH_STALE
+        doomed = [(d, None) for d in sorted(stored - owned)]
+        for path in trash:  # left by a sweep that crashed: settled here
+            name = _basename(path)
+            d = path[root_len:].split("/")[1]
+            with contextlib.suppress(ValueError):
+                if _DIGEST_NAME.fullmatch(d) and float(name.partition("@")[0]) < stale:
+                    doomed.append((d, path))
+        gone = await self._guard("delete blobs in", _bounded(self._take_blob, doomed, 16))
+        return sum(gone)
+
+    async def _live_owners(self, owners: set[str]) -> set[str]:
+        tasks = {tid: o for o in owners if (tid := task_owner(o)) is not None}
+        results: dict[str, str] = {}
+        for o in owners:
+            if (rid := result_owner(o)) is not None:
+                with contextlib.suppress(ConfigError):  # an id no result can have
+                    results[self.result_path(rid)] = o
+        live = {tasks[t] for t in await self._live_tasks(list(tasks))}
+        there = await self._guard("look for results in", self.files.exists(list(results)))
+        live.update(results[p] for p in there)
+        return live
+
+    async def _take_blob(self, item: tuple[str, str | None]) -> int:
+        """Delete one blob nobody owned when the sweep looked: moved to the trash first, and
+        back when an owner was marked meanwhile. 1 when it is gone."""
+        d, trashed = item
+        files = self.files
+        home = self._blob_file(d)
+        if trashed is None:
+            trashed = self._path(f"blob-trash/{d}/{time.time()!r}@{secrets.token_hex(4)}")
+            try:
+                await files.move(home, trashed)
+            except FileNotFoundError:
+                return 0  # another sweep took it
+        if await files.find(self._path(f"blob-owners/{d}")):
+            with contextlib.suppress(FileNotFoundError):  # a put owns it now: it stays
+                await files.move(trashed, home)
+            return 0
+        await files.delete([trashed])
+        return 1
 
 
 def _marker_time(path: str) -> float:
@@ -2155,6 +2391,13 @@ class FileTaskQueueBackend(FsspecBackend, TaskQueue):
             return
         if await self._run("enqueue tasks in", self._tasks.enqueue, list(tasks)):
             self.notify()
+
+    async def _live_tasks(self, task_ids: list[str]) -> set[str]:
+        """Which of these tasks may still run (pending, queued or running here)."""
+        if not task_ids:
+            return set()
+        found = await self._run("read task statuses in", self._tasks.statuses, task_ids)
+        return {t for t, s in found.items() if s.value in LIVE_TASK_STATUSES}
 
     async def claim(
         self, worker: str, *, queues: Sequence[str] | None, limit: int, lease: float, now: float
