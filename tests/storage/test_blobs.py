@@ -436,12 +436,9 @@ async def test_concurrent_sweeps_and_puts(target: Target, store: Any) -> None:
             await store.put_blobs(blobs, "t:" + new_id(), now=now)  # dead owner: sweepable
             owner = "t:" + new_id()
 
-            async def put(blobs: dict[str, bytes] = blobs, owner: str = owner) -> None:
-                await other.put_blobs(blobs, owner, now=now + 100)
-
             async with anyio.create_task_group() as tg:
                 tg.start_soon(functools.partial(store.sweep_blobs, older_than=now + 50))
-                tg.start_soon(put)
+                tg.start_soon(functools.partial(other.put_blobs, blobs, owner, now=now + 100))
             # every blob either survived (owned now) or was put again after the sweep took it
             assert await other.get_blobs(list(blobs)) == blobs
             assert await store.sweep_blobs(older_than=now + 50) == 0

@@ -474,7 +474,7 @@ class _Files:
     def endpoint(self) -> str | None:
         return None
 
-    async def put(self, path: str, data: bytes) -> None:
+    async def put(self, path: str, data: Blob) -> None:
         raise NotImplementedError
 
     async def put_chains(self, chains: Sequence[Sequence[tuple[str, bytes]]]) -> None:
@@ -510,7 +510,7 @@ class _Files:
         raise NotImplementedError
 
 
-def _write_atomic(path: str, data: bytes, *, fsync: bool = True) -> None:
+def _write_atomic(path: str, data: Blob, *, fsync: bool = True) -> None:
     """Write ``data`` to ``path`` so a reader sees all of it or the old file, never a part."""
     head, name = os.path.split(path)
     for _ in range(3):
@@ -571,7 +571,7 @@ class _LocalFiles(_Files):
     async def open(self) -> None:
         await anyio.to_thread.run_sync(functools.partial(os.makedirs, self.root, exist_ok=True))
 
-    async def put(self, path: str, data: bytes) -> None:
+    async def put(self, path: str, data: Blob) -> None:
         await anyio.to_thread.run_sync(
             functools.partial(_write_atomic, path, data, fsync=bool(data))
         )
@@ -670,8 +670,8 @@ class _SyncFiles(_Files):
         except (FileNotFoundError, IsADirectoryError):
             return None
 
-    async def put(self, path: str, data: bytes) -> None:
-        await self._call(self.fs.pipe_file, path, data)
+    async def put(self, path: str, data: Blob) -> None:
+        await self._call(self.fs.pipe_file, path, as_bytes(data))
 
     def _put_chain(self, chain: Sequence[tuple[str, bytes]]) -> None:
         for p, d in chain:
@@ -802,8 +802,8 @@ class _AsyncFiles(_Files):
             # a PUT finds no object to miss: a 404 means the bucket (container) is not there
             raise BucketMissing(errno.ENOENT, f"no bucket for {path}: {exc}") from exc
 
-    async def put(self, path: str, data: bytes) -> None:
-        await self._pipe(path, data)
+    async def put(self, path: str, data: Blob) -> None:
+        await self._pipe(path, as_bytes(data))
 
     async def put_chains(self, chains: Sequence[Sequence[tuple[str, bytes]]]) -> None:
         async def chain(c: Sequence[tuple[str, bytes]]) -> None:
@@ -1329,11 +1329,9 @@ class FsspecBackend(ResultStore, EventStore):
         paths = {self._blob_file(d): d for d in given}
         stored = await self._guard("look for blobs in", files.exists(list(paths)))
         todo = [(p, d) for p, d in paths.items() if p not in stored]
-        local = self.location.local
 
         async def put(item: tuple[str, str]) -> None:
-            data = given[item[1]]
-            await files.put(item[0], data if local else as_bytes(data))  # whole, or not at all
+            await files.put(item[0], given[item[1]])  # whole, or not at all
 
         await self._guard("write blobs to", _bounded(put, todo, 8))
         return sum(nbytes(given[d]) for _, d in todo)
@@ -1411,7 +1409,7 @@ class FsspecBackend(ResultStore, EventStore):
         await self._guard("delete blob owners in", files.delete(dead))
         trash = await self._guard("list blobs in", files.find(self._path("blob-trash")))
         stale = time.time() - TRASH_STALE
-        doomed = [(d, None) for d in sorted(stored - owned)]
+        doomed: list[tuple[str, str | None]] = [(d, None) for d in sorted(stored - owned)]
         for path in trash:  # left by a sweep that crashed: settled here
             name = _basename(path)
             d = path[root_len:].split("/")[1]

@@ -38,6 +38,19 @@ only indexes pointing at records:
   filtered consumer; capped by ``max_events`` (oldest dropped).
 * ``KV OMNIQ_<ns>_META``: schedules (``s.<id>``, fired by compare-and-set) and worker
   heartbeats (``w.<id>``).
+* Object store ``OMNIQ_<ns>_BLOBS`` (stream ``OBJ_OMNIQ_<ns>_BLOBS``): one object per blob, named
+  by its digest, in the layout of nats-py's ``ObjectStore`` (chunks on ``$O.<bucket>.C.<nuid>``,
+  then one meta message on ``$O.<bucket>.M.<base64 name>``), so a blob larger than
+  ``max_payload`` is many messages. The meta message is written last, by a compare-and-set that
+  expects no meta yet: a reader finds an object only once all of it is stored, a crash mid-put
+  leaves chunks no meta names (never a blob), and of two processes storing one digest at once
+  the loser purges its own chunks. ``meta.mtime`` is the caller's ``now`` at creation.
+* ``KV OMNIQ_<ns>_BLOB_OWNERS``: key ``<digest>.<owner token>`` -> ``repr(recorded_at)``. A put
+  writes its owner keys before it looks which blobs are stored; ``sweep_blobs`` drops dead owner
+  keys, then takes each blob left without one in two steps: its meta moves to the name
+  ``trash/<digest>``, the blob's owner keys are listed again, and the meta moves back when a put
+  marked an owner meanwhile (that put may have found the blob stored), else the chunks go. A
+  reader that misses a blob looks for its ``trash/`` meta before calling it missing.
 * Wake-ups: core NATS ``omniq.<ns>.wake`` (not stored), published on enqueue, retry, release and
   requeue; every connected backend wakes its waiting workers from it.
 
@@ -68,16 +81,19 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import contextvars
 import datetime
 import functools
 import hashlib
+import io
 import json
 import logging
 import math
 import re
+import secrets
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from copy import copy
 from typing import Any, ParamSpec, TypeVar
 from urllib.parse import parse_qs, urlsplit
@@ -85,6 +101,7 @@ from urllib.parse import parse_qs, urlsplit
 import msgspec
 import nats.errors
 import nats.js.errors
+import nats.js.object_store
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
@@ -108,6 +125,16 @@ from .base import (
     masked,
     plan_enqueue,
 )
+from .blobs import (
+    LIVE_TASK_STATUSES,
+    Blob,
+    check_blobs,
+    check_digests,
+    check_owners,
+    nbytes,
+    result_owner,
+    task_owner,
+)
 
 log = get_logger(__name__)
 
@@ -130,6 +157,10 @@ STREAM_NAME_IN_USE = 10058  # add_stream on an existing stream with another conf
 BATCH = 256  # requests in flight at once
 DUE_STEP = 10  # delayed-task index granularity: 1/10 s
 EVENT_CLOCK_SLACK = 300.0  # seconds: query_events(since) starts reading this long before it
+BLOB_CHUNK = 256 * 1024  # bytes per object-store chunk message (at most half of max_payload)
+BLOB_WINDOW = 32  # chunks published per round trip
+TRASH = "trash/"  # object name prefix of a blob a sweep is taking away
+TRASH_STALE = 3600.0  # seconds after which a trash meta is a crashed sweep's, for any to settle
 
 _NAMESPACE_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _PLAIN_TOKEN_RE = re.compile(r"[A-Za-z0-9][-_A-Za-z0-9]*")
@@ -325,6 +356,9 @@ class NatsBackend(TaskQueue, ResultStore, EventStore):
         self.meta_bucket = f"OMNIQ_{ns}_META"
         self.index_stream = f"OMNIQ_{ns}_INDEX"
         self.events_stream = f"OMNIQ_{ns}_EVENTS"
+        self.blobs_bucket = f"OMNIQ_{ns}_BLOBS"
+        self.blobs_stream = f"OBJ_{self.blobs_bucket}"
+        self.blob_owners_bucket = f"OMNIQ_{ns}_BLOB_OWNERS"
         self._nc: NATS | None = None
         self._js: JetStreamContext | None = None
         self._next_due: float | None = None  # when the earliest delayed task falls due
@@ -350,6 +384,8 @@ class NatsBackend(TaskQueue, ResultStore, EventStore):
             f"KV_{self.meta_bucket}",
             self.index_stream,
             self.events_stream,
+            f"KV_{self.blob_owners_bucket}",
+            self.blobs_stream,
         ]
 
     async def _open(self) -> None:
@@ -472,7 +508,13 @@ class NatsBackend(TaskQueue, ResultStore, EventStore):
 
     async def _ensure_storage(self) -> None:
         js = self.js
-        for bucket in (self.tasks_bucket, self.results_bucket, self.meta_bucket):
+        try:
+            await js.create_object_store(bucket=self.blobs_bucket, storage=api.StorageType.FILE)
+        except nats.js.errors.BadRequestError as e:
+            if e.err_code != STREAM_NAME_IN_USE:
+                raise
+        buckets = (self.tasks_bucket, self.results_bucket, self.meta_bucket, self.blob_owners_bucket)
+        for bucket in buckets:
             try:
                 await js.create_key_value(
                     bucket=bucket, history=1, direct=True, storage=api.StorageType.FILE
@@ -1656,6 +1698,224 @@ class NatsBackend(TaskQueue, ResultStore, EventStore):
         await _gather(self._delete_msg(self.events_stream, s) for s in old)
         return len(old)
 
+    # --- blobs ----------------------------------------------------------------------------------------------
+    def _blob_meta_subject(self, name: str) -> str:
+        return f"$O.{self.blobs_bucket}.M.{base64.urlsafe_b64encode(name.encode()).decode()}"
+
+    def _blob_chunk_subject(self, nuid: str) -> str:
+        return f"$O.{self.blobs_bucket}.C.{nuid}"
+
+    def _blob_owner_subject(self, digest: str, owner: str) -> str:
+        return f"$KV.{self.blob_owners_bucket}.{digest}.{token(owner)}"
+
+    async def _blob_meta(self, name: str) -> tuple[int, dict[str, Any]] | None:
+        """The meta message of object ``name``: its sequence and its fields (None: none)."""
+        m = await self._get_last(self.blobs_stream, self._blob_meta_subject(name))
+        return None if m is None else (m.seq, json.loads(m.data))
+
+    async def _blob_metas(self, digests: Sequence[str]) -> dict[str, tuple[int, dict[str, Any]]]:
+        """The meta messages of the objects stored (and not deleted) under these digests."""
+        got = await _gather(self._blob_meta(d) for d in digests)
+        return {d: g for d, g in zip(digests, got, strict=True) if g is not None and not g[1].get("deleted")}
+
+    async def _own(self, owners: dict[str, list[str]], now: float) -> None:
+        at = repr(float(now)).encode()
+        items = [(self._blob_owner_subject(d, o), at, None) for o, ds in owners.items() for d in ds]
+        for i in range(0, len(items), 1000):
+            await self._publish_ok(items[i : i + 1000])
+
+    @_guard
+    async def put_blobs(self, blobs: Mapping[str, Blob], owner: str, *, now: float) -> int:
+        given = check_blobs(blobs, owner)
+        if not given:
+            return 0
+        await self._own({owner: list(given)}, now)  # first: a sweep now sees the owner
+        found = await _gather(self._blob_meta(d) for d in given)
+        written = 0
+        for (d, data), meta in zip(given.items(), found, strict=True):
+            if meta is None or meta[1].get("deleted"):
+                written += await self._put_blob(d, data, now, 0 if meta is None else meta[0])
+        return written
+
+    async def _put_blob(self, digest: str, data: Blob, now: float, last: int) -> int:
+        """Chunks, then the meta message by compare-and-set on ``last`` (0: none yet); bytes
+        written (0 when another process stored the blob first: our chunks are purged)."""
+        nc = self._nc
+        size = min(BLOB_CHUNK, max(1024, (nc.max_payload if nc is not None else 0) // 2))
+        nuid = secrets.token_hex(11)
+        subject = self._blob_chunk_subject(nuid)
+        view = memoryview(data)
+        n = nbytes(data)
+        sha = hashlib.sha256()
+        chunks = 0
+        try:
+            for start in range(0, n, size * BLOB_WINDOW):
+                items: list[tuple[str, bytes, dict[str, str] | None]] = []
+                for i in range(start, min(n, start + size * BLOB_WINDOW), size):
+                    piece = bytes(view[i : i + size])
+                    sha.update(piece)
+                    items.append((subject, piece, None))
+                await self._publish_ok(items)
+                chunks += len(items)
+            info = api.ObjectInfo(
+                name=digest, bucket=self.blobs_bucket, nuid=nuid, size=n,
+                mtime=datetime.datetime.fromtimestamp(now, datetime.timezone.utc).isoformat(),
+                chunks=chunks,
+                digest="SHA-256=" + base64.urlsafe_b64encode(sha.digest()).decode(),
+                options=api.ObjectMetaOptions(max_chunk_size=size),
+            )  # fmt: skip
+            seq = await self._cas(
+                self._blob_meta_subject(digest), json.dumps(info.as_dict()).encode(), last
+            )
+        except BaseException:
+            await self._purge_quietly(subject)
+            raise
+        if seq is None:  # stored by someone else meanwhile: theirs is the blob
+            await self._purge_quietly(subject)
+            return 0
+        return n
+
+    async def _purge_quietly(self, subject: str) -> None:
+        try:
+            await self._purge(self.blobs_stream, subject)
+        except (nats.errors.Error, asyncio.TimeoutError) as e:
+            log.debug("NATS %s: purging %s failed: %s", masked(self.url), subject, e)
+
+    @_guard
+    async def add_blob_owners(self, owners: Mapping[str, Sequence[str]], *, now: float) -> None:
+        await self._own(check_owners(owners), now)
+
+    @_guard
+    async def get_blobs(self, digests: Sequence[str]) -> dict[str, bytes]:
+        ds = check_digests(digests)
+        got = await _gather(self._read_blob(d) for d in ds)
+        return {d: data for d, data in zip(ds, got, strict=True) if data is not None}
+
+    async def _read_blob(self, digest: str) -> bytes | None:
+        """A blob's bytes (checked against the digest in its meta); a blob a sweep is taking
+        away is read from its trash name."""
+        obs = nats.js.object_store.ObjectStore(self.blobs_bucket, self.blobs_stream, self.js)
+        for name in (digest, TRASH + digest):
+            meta = await self._blob_meta(name)
+            if meta is None or meta[1].get("deleted"):
+                continue
+            out = io.BytesIO()
+            # chunks purged under a reader (a sweep) would leave it waiting: bounded
+            wait = self.timeout * 4 + int(meta[1].get("size") or 0) / 1e6
+            try:
+                await asyncio.wait_for(obs.get(name, writeinto=out), wait)
+            except nats.js.errors.ObjectNotFoundError:
+                continue
+            return out.getvalue()
+        return None
+
+    @_guard
+    async def missing_blobs(self, digests: Sequence[str]) -> set[str]:
+        ds = check_digests(digests)
+        return set(ds).difference(await self._blob_metas(ds))
+
+    async def _live_owners(self, owners: set[str]) -> set[str]:
+        tasks = {tid: o for o in owners if (tid := task_owner(o)) is not None}
+        results = {rid: o for o in owners if (rid := result_owner(o)) is not None}
+        recs = await self._get_recs(tasks)
+        live = {tasks[t] for t, (_, r) in recs.items() if r.task.status.value in LIVE_TASK_STATUSES}
+        ids = list(results)
+        there = await _gather(
+            self._get_last(f"KV_{self.results_bucket}", self._result_subject(i)) for i in ids
+        )
+        live.update(results[i] for i, m in zip(ids, there, strict=True) if m is not None)
+        return live
+
+    @_guard
+    async def sweep_blobs(self, *, older_than: float) -> int:
+        # blobs first, then owners: a blob listed here had its first owner key written before
+        metas = await self._scan(
+            self.blobs_stream, f"$O.{self.blobs_bucket}.M.>", last_per_subject=True
+        )
+        stored: dict[str, float] = {}  # digest -> created at
+        trash: list[tuple[str, dict[str, Any]]] = []
+        stale = time.time() - TRASH_STALE
+        for m in metas:
+            info = json.loads(m.data)
+            name = str(info.get("name", ""))
+            if info.get("deleted"):
+                continue
+            if name.startswith(TRASH):
+                with contextlib.suppress(ValueError):
+                    if float(info.get("description") or 0) < stale:
+                        trash.append((name[len(TRASH) :], info))
+                continue
+            stored[name] = _created(info)
+        keys = await self._scan(
+            f"KV_{self.blob_owners_bucket}", f"$KV.{self.blob_owners_bucket}.>",
+            last_per_subject=True,
+        )  # fmt: skip
+        owned: set[str] = set()
+        old: list[tuple[str, str, str]] = []  # (subject, digest, owner)
+        for m in keys:
+            if m.headers and m.headers.get(KV_OPERATION) in ("DEL", "PURGE"):
+                continue
+            parts = m.subject.split(".")
+            if len(parts) != 4:
+                continue
+            d, owner = parts[2], untoken(parts[3])
+            try:
+                at = float(m.data)
+            except ValueError:
+                at = 0.0
+            if at >= older_than:
+                owned.add(d)
+            else:
+                old.append((m.subject, d, owner))
+        live = await self._live_owners({o for _, _, o in old})
+        dead = []
+        for subject, d, owner in old:
+            if owner in live:
+                owned.add(d)
+            else:
+                dead.append(subject)
+        await _gather(self._purge(f"KV_{self.blob_owners_bucket}", s) for s in dead)
+        doomed: list[tuple[str, dict[str, Any] | None]] = [
+            (d, None) for d, created in sorted(stored.items())
+            if created < older_than and d not in owned
+        ]  # fmt: skip
+        doomed.extend(trash)
+        return sum(await _gather(self._take_blob(d, info) for d, info in doomed))
+
+    async def _take_blob(self, digest: str, trashed: dict[str, Any] | None) -> int:
+        """Delete one blob nobody owned when the sweep looked: its meta moves to the trash
+        name first, and back when an owner was marked meanwhile. 1 when it is gone."""
+        js, home = self.js, self._blob_meta_subject(digest)
+        if trashed is None:
+            meta = await self._blob_meta(digest)
+            if meta is None or meta[1].get("deleted"):
+                return 0
+            trashed = dict(meta[1], name=TRASH + digest, description=repr(time.time()))
+            await self._publish_ok(
+                [(self._blob_meta_subject(TRASH + digest), json.dumps(trashed).encode(),
+                  {api.Header.ROLLUP: "sub"})]
+            )  # fmt: skip
+            await self._purge(self.blobs_stream, home)
+        else:  # a crashed sweep's: unless it never took the blob away
+            meta = await self._blob_meta(digest)
+            if meta is not None and meta[1].get("nuid") == trashed.get("nuid"):
+                await self._purge(self.blobs_stream, self._blob_meta_subject(TRASH + digest))
+                return 0
+        chunks = self._blob_chunk_subject(str(trashed.get("nuid")))
+        owners = await self._subjects(
+            f"KV_{self.blob_owners_bucket}", f"$KV.{self.blob_owners_bucket}.{digest}.>"
+        )
+        gone = 0
+        if owners:  # a put owns it now: it stays (unless that put stored it again itself)
+            back = dict(trashed, name=digest, description=None)
+            if await self._cas(home, json.dumps(back).encode(), 0) is None:
+                await js.purge_stream(self.blobs_stream, subject=chunks)
+        else:
+            await js.purge_stream(self.blobs_stream, subject=chunks)
+            gone = 1
+        await self._purge(self.blobs_stream, self._blob_meta_subject(TRASH + digest))
+        return gone
+
 
 # --- record rules (pure) -----------------------------------------------------------------------------
 
@@ -1712,6 +1972,14 @@ def _due_verdict(seq: int, got: tuple[int, _Rec] | None, now: float) -> str:
     if rec.task.eta is not None and rec.task.eta > now:
         return "skip"
     return "promote"
+
+
+def _created(info: dict[str, Any]) -> float:
+    """When a blob was stored: its meta's ``mtime`` (0 when unreadable: old enough)."""
+    try:
+        return datetime.datetime.fromisoformat(str(info.get("mtime"))).timestamp()
+    except ValueError:
+        return 0.0
 
 
 def _lost_cas(ack: object) -> bool:
