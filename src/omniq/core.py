@@ -1802,6 +1802,7 @@ class OmniQ:
     resume_schedule = _portal_method(AsyncOmniQ.resume_schedule)
     delete_schedule = _portal_method(AsyncOmniQ.delete_schedule)
     schedules = _portal_method(AsyncOmniQ.schedules)
+    sweep_blobs = _portal_method(AsyncOmniQ.sweep_blobs)
 
     def sweep(self, fn: Callable[..., Any], grid: Any, name: str | None = None, **options: Any) -> Any:
         """Run ``fn(**point)`` for every point of ``grid``; finished points of an earlier run

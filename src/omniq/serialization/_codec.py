@@ -15,9 +15,9 @@
 ``R``  as ``D``, with large values stored apart as blobs
 ``F``  msgpack ``[fn_pickle, args, kwargs]`` of a by-value function pickled once for a batch
        (dill, its large globals as blobs)
-``V``  msgpack ``[shell, rest, args, kwargs]``: a by-value function's cached shell (see
-       ``_functions``); ``rest`` is None (plain ``args``/``kwargs`` inline) or a ``P``/``Q``
-       payload of ``(mutable globals, args, kwargs)``
+``V``  msgpack ``[shell, values, call, args, kwargs]``: a by-value function's cached shell
+       (see ``_functions``); ``values``: None or a ``P``/``Q`` payload of its mutable globals;
+       ``call``: None (plain ``args``/``kwargs`` inline) or a ``P``/``Q`` payload of them
 ``S``  signed: ``S + HMAC-SHA256(inner) + inner``, where ``inner`` is one of the above
 =====  ==========================================================================
 
@@ -282,6 +282,11 @@ def dumps_calls(
     if not callable(fn):
         raise SerializationError(f"cannot serialize call: {type(fn).__name__} object is not callable")
     fn_ref = _function_ref(fn)
+    fn_shell = shell_for(fn) if fn_ref is None else None
+    if fn_shell is not None:  # by value, pickled once per function object: values once per batch
+        values = _dump_values(fn_shell, fn, blobs)
+        if values is not False and values is not True:
+            return _shell_calls(fn_shell, fn, values, calls, blobs)
     if fn_ref is not None:  # importable: each payload names it (TAG_CALL), as dumps_call would
         tag, fn_bytes = TAG_CALL, fn_ref
     else:
@@ -322,6 +327,26 @@ def dumps_calls(
             out.append(payload if key is None else _signing.sign(payload, key, TAG_SIGNED))
             if blobs is not None:
                 blobs.per_call.append(fn_digests)
+    return out
+
+
+def _shell_calls(
+    shell: Shell, fn: Any, values: bytes | None, calls: Sequence[tuple[Sequence[Any], Mapping[str, Any]]],
+    blobs: BlobSink | None,
+) -> list[bytes]:
+    """``V`` payloads for a batch of calls sharing one shell and one snapshot of its values."""
+    shared = blobs.take() if blobs is not None else ()
+    key = _signing.get_secret_keys()[0]
+    out = []
+    for a, k in calls:
+        args = a if type(a) is tuple else tuple(a)
+        kwargs = k if type(k) is dict else dict(k)
+        payload = _dump_shell_call(shell, fn, args, kwargs, blobs, values)
+        if payload is None:  # a __main__ object among the arguments: dill, in one piece
+            payload = _dump_call(fn, args, kwargs, blobs)
+        if blobs is not None:
+            blobs.per_call.append(tuple(dict.fromkeys(shared + blobs.take())))
+        out.append(payload if key is None else _signing.sign(payload, key, TAG_SIGNED))
     return out
 
 
@@ -392,40 +417,72 @@ def _dump_call(
 
 
 def _dump_shell_call(
-    shell: Shell, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], blobs: BlobSink | None
+    shell: Shell, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], blobs: BlobSink | None,
+    values: bytes | bool | None = False,
 ) -> bytes | None:
     """A ``V`` payload, or None when the call needs dill in one piece (a ``__main__`` object
-    among the values or arguments must share its class with the function)."""
-    values = shell.values(fn)
-    if not values and classify_call(args, kwargs) == EXACT:
+    among the values or arguments must share its class with the function). ``values``: the
+    mutable globals' payload when the caller made it once for a batch (False: make it here)."""
+    if values is False:
+        values = _dump_values(shell, fn, blobs)
+    if values is False or values is True:
+        return None
+    if classify_call(args, kwargs) == EXACT:
         try:
-            data = TAG_SHELL + _encoder.encode((shell.data, None, args, kwargs))
-            if blobs is None or len(data) - len(shell.data) < THRESHOLD:
+            data = TAG_SHELL + _encoder.encode((shell.data, values, None, args, kwargs))
+            if blobs is None or len(data) - len(shell.data) - len(values or b"") < THRESHOLD:
                 return data
         except Exception:  # lone surrogates in a str: let pickle carry it
             pass
-    rest = (values, args, kwargs)
-    if classify(rest) > PICKLE:
+    call = _dump_plain((args, kwargs), blobs)
+    if call is None:
+        return None
+    return TAG_SHELL + _encoder.encode((shell.data, values, call, (), {}))
+
+
+def _dump_values(shell: Shell, fn: Any, blobs: BlobSink | None) -> bytes | bool | None:
+    """The payload of a shell's mutable globals as they are now: None when it has none, False
+    when they need dill (a ``__main__`` object: it must be pickled with the function)."""
+    values = shell.values(fn)
+    if not values:
+        return None
+    return _dump_plain(values, blobs) or False
+
+
+def _dump_plain(obj: Any, blobs: BlobSink | None) -> bytes | None:
+    """A ``P`` / ``Q`` payload of ``obj``, or None if it needs dill."""
+    if classify(obj) > PICKLE:
         return None
     try:
         if blobs is None:
-            body = TAG_PICKLE + pickle.dumps(rest, protocol=PROTOCOL)
-        else:
-            before = len(blobs.data)
-            body = pickle_refs(rest, blobs, use_dill=False)
-            body = (TAG_PICKLE if len(blobs.data) == before else TAG_PICKLE_REFS) + body
+            return TAG_PICKLE + pickle.dumps(obj, protocol=PROTOCOL)
+        before = len(blobs.data)
+        body = pickle_refs(obj, blobs, use_dill=False)
+        return (TAG_PICKLE if len(blobs.data) == before else TAG_PICKLE_REFS) + body
     except Exception:
         return None
-    return TAG_SHELL + _encoder.encode((shell.data, body, (), {}))
+
+
+# Functions loaded from shells with no mutable globals, by their bytes: nothing of theirs can
+# change, so a worker loads each once (one with mutable globals is loaded per call, with its
+# values as they were at submit).
+_shell_fns: dict[bytes, Any] = {}
 
 
 def _load_shell_call(data: bytes) -> Call:
     try:
-        shell, rest, args, kwargs = _decoder.decode(data[1:])
-        values: dict[str, Any] = {}
-        if rest is not None:
-            values, args, kwargs = _load(rest)
-        fn = load_shell(shell, values)
+        shell, values, call, args, kwargs = _decoder.decode(data[1:])
+        if call is not None:
+            args, kwargs = _load(call)
+        if values is None:
+            fn = _shell_fns.get(shell)
+            if fn is None:
+                fn = load_shell(shell, {})
+                if len(_shell_fns) >= 256:
+                    _shell_fns.clear()
+                _shell_fns[shell] = fn
+        else:
+            fn = load_shell(shell, _load(values))
     except SerializationError:
         raise
     except Exception as exc:
