@@ -545,6 +545,29 @@ async def test_an_sqlite_file_of_schema_version_1_gets_the_blob_tables(tmp_path:
         await b.close()
 
 
+@only("postgresql")
+async def test_a_postgres_schema_of_version_1_gets_the_blob_tables(target: Target) -> None:
+    b = _open(target)
+    await b.connect()
+    try:
+        await b._run(
+            lambda c: c.execute(
+                "DROP TABLE omniq_blob_owners; DROP TABLE omniq_blobs; "
+                "UPDATE omniq_meta SET value = '1' WHERE key = 'schema_version'"
+            )
+        )  # as OmniQ before blobs left it
+    finally:
+        await b.close()
+    b = _open(target)
+    await b.connect()
+    try:
+        d, data = blob(10)
+        assert await b.put_blobs({d: data}, "t:x", now=T0) == len(data)
+        assert await b.get_blobs([d]) == {d: data}
+    finally:
+        await b.close()
+
+
 @only("redis")
 async def test_redis_blob_is_one_string(target: Target, store: Any) -> None:
     d, data = blob(5000)
