@@ -70,3 +70,15 @@ def examples(n):
     """A property test's example count: ``n``, ten times that under the ``explore`` Hypothesis
     profile (tests/conftest.py)."""
     return n * 10 if os.environ.get("HYPOTHESIS_PROFILE") == "explore" else n
+
+
+def hog(mb, hold=30.0):
+    """Take ``mb`` MB of memory a chunk at a time, then hold it."""
+    import time
+
+    chunks = []
+    for _ in range(mb // 10):
+        chunks.append(bytearray(10 << 20))  # touched: zero-filled pages count
+        time.sleep(0.005)
+    time.sleep(hold)
+    return len(chunks)

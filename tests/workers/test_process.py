@@ -230,3 +230,36 @@ def test_a_replacement_that_fails_is_retried_and_the_pool_says_it_is_short(tmp_p
         runner.child_module = "omniq.workers.child"  # the next retry works
         assert wait_until(lambda: runner.missing() == 0 and len(runner.pids()) == 2, 30)
         assert sorted({h.result(30)[0] for h in oq.map(helpers.nap, [0.5, 0.5])}) == sorted(runner.pids())
+
+
+# --- memory limits ---------------------------------------------------------------------------------
+
+
+def test_a_task_over_its_memory_limit_fails_naming_the_limit_and_the_pool_goes_on(tmp_path):
+    from omniq import TaskError
+
+    with OmniQ(tasks=f"sqlite:///{tmp_path}/mem.db", worker="process", concurrency=1) as oq:
+        runner = _runner(oq)
+        runner.memory_limit = 200 << 20  # the worker's default (omniq worker --memory-limit)
+        before = runner.pids()
+        t0 = time.monotonic()
+        h = oq.handle(oq.enqueue(helpers.hog, args=(1000,), retries=2))
+        with pytest.raises(TaskError) as err:
+            h.result(60)
+        assert time.monotonic() - t0 < 20
+        assert err.value.type == "MemoryLimitExceeded"
+        assert "200.0 MiB" in err.value.message and "used" in err.value.message
+        r = oq.get_result(h.id)
+        assert r.attempts == 1  # failed as itself: not delivered again as if its worker had died
+        assert oq.submit(helpers.square, 6).result(30) == 36  # the pool goes on, with a new child
+        assert runner.pids() != before
+
+
+def test_a_child_killed_by_sigkill_says_so(tmp_path):
+    with OmniQ(tasks=f"sqlite:///{tmp_path}/k9.db", worker="process", concurrency=1, max_deliveries=1) as oq:
+        marker = tmp_path / "started"
+        h = oq.submit(helpers.touch_then_sleep, str(marker), 30)
+        assert wait_until(marker.exists)
+        os.kill(int(marker.read_text()), signal.SIGKILL)
+        r = oq.get_result(h.id, wait=True, timeout=60)
+    assert r.error.type == "WorkerDied" and "killed by SIGKILL: out of memory?" in r.error.message

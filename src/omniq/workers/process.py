@@ -24,6 +24,7 @@ import contextlib
 import heapq
 import json
 import os
+import signal
 import sys
 import time
 import warnings
@@ -68,6 +69,32 @@ def child_env() -> dict[str, str]:
 #: seconds a child may go without a word (its task still running) before tasks it holds but
 #: has not started are taken back for an idle sibling
 RECALL_AFTER = 0.05
+#: seconds between looks at the memory of children running a task with a memory limit
+MEMORY_EVERY = 0.1
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def rss(pid: int) -> int | None:
+    """A process's resident memory in bytes (None where it cannot be read)."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import psutil
+
+        return int(psutil.Process(pid).memory_info().rss)
+    except Exception:
+        return None
+
+
+def size_text(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
 
 
 class PoolShortWarning(RuntimeWarning):
@@ -75,8 +102,8 @@ class PoolShortWarning(RuntimeWarning):
 
 
 class _Child:
-    __slots__ = ("died", "heard", "kill_reason", "pending", "pid", "proc", "reader", "recalling", "started",
-                 "timers")
+    __slots__ = ("died", "heard", "kill_reason", "memory", "pending", "pid", "proc", "reader", "recalling",
+                 "started", "timers")
 
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self.proc = proc
@@ -89,6 +116,7 @@ class _Child:
         self.died = False
         self.heard = time.monotonic()  # its last frame, or when it was last handed work while idle
         self.recalling = False  # a "U" is out, its "B" not yet back
+        self.memory: tuple[str, int, int] | None = None  # (task id, limit, peak) of the task it runs
 
     def close(self) -> None:
         """Close the pipes' transport of a child that exited. Left to the garbage collector, it
@@ -388,7 +416,10 @@ class ChildRunner(Runner):
     def _worker_died(self, c: _Child, tasks: Sequence[Task], now: float, why: str = "") -> list[Outcome]:
         """Outcomes marking ``tasks`` as lost with their child: delivered again if their
         delivery bound allows (see ``Worker._complete``), else failed with ``WorkerDied``."""
-        msg = f"worker process {c.pid} died (exit code {c.proc.returncode}) running this task{why}"
+        code = c.proc.returncode
+        if code == -signal.SIGKILL and not why:  # not by us: the kernel's OOM killer, or a person
+            why = " (killed by SIGKILL: out of memory? give it a memory_limit to fail it cleanly)"
+        msg = f"worker process {c.pid} died (exit code {code}) running this task{why}"
         for t in tasks:  # one record per task, so each carries its task id and queue
             log.warning("%s worker %s died (exit code %s) running task %s%s", self.kind, c.pid,
                         c.proc.returncode, t.id, why, extra=about(t, worker=self.worker_id))
@@ -407,6 +438,35 @@ class ProcessRunner(ChildRunner):
     def __init__(self, slots: int) -> None:
         super().__init__(slots, processes=slots)
         self._balance_at: asyncio.TimerHandle | None = None
+        self.memory_limit: int | None = None  # bytes: for tasks that do not set their own
+        self._memory_watch: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await super().start()
+        self._memory_watch = asyncio.get_running_loop().create_task(self._watch_memory())
+
+    def _limit(self, task: Task) -> int | None:
+        return getattr(task, "memory_limit", None) or self.memory_limit
+
+    async def _watch_memory(self) -> None:
+        """Stop a task whose process goes over its memory limit (killing its child, as for a
+        timeout); it fails with ``MemoryLimitExceeded`` naming the limit and the peak."""
+        while True:
+            await asyncio.sleep(MEMORY_EVERY)
+            for c in self._children:
+                if c.died or not c.pending or c.kill_reason is not None:
+                    continue
+                task = next(iter(c.pending.values()))
+                limit = self._limit(task)
+                if not limit:
+                    continue
+                used = rss(c.pid)
+                if used is None:
+                    continue
+                if c.memory is None or c.memory[0] != task.id or used > c.memory[2]:
+                    c.memory = (task.id, limit, used)
+                if used > limit:
+                    self._kill(c, task.id, "memory")
 
     def capacity(self) -> int:
         if self._stopping:
@@ -477,6 +537,9 @@ class ProcessRunner(ChildRunner):
         if self._balance_at is not None:
             self._balance_at.cancel()
             self._balance_at = None
+        if self._memory_watch is not None:
+            self._memory_watch.cancel()
+            self._memory_watch = None
         return await super().stop(graceful=graceful)
 
     def _started(self, c: _Child, tid: str, at: float) -> Task | None:
@@ -514,6 +577,13 @@ class ProcessRunner(ChildRunner):
                 outs.append(stopped_outcome(target, reason[1], now, now))
             else:
                 outs.extend(self._worker_died(c, [first], now))
+        elif reason is not None and reason[1] == "memory" and c.memory is not None:
+            _, limit, peak = c.memory
+            outs.append(Outcome(first, error=ErrorInfo(
+                type="MemoryLimitExceeded",
+                message=f"task {first.name or first.id} used {size_text(peak)}, over its memory_limit of "
+                        f"{size_text(limit)}; it was stopped"),
+                started_at=self._began(c, first, now), finished_at=now, retryable=False))
         elif reason is not None:
             outs.append(stopped_outcome(first, reason[1], self._began(c, first, now), now))
         else:
