@@ -263,3 +263,49 @@ def test_a_child_killed_by_sigkill_says_so(tmp_path):
         os.kill(int(marker.read_text()), signal.SIGKILL)
         r = oq.get_result(h.id, wait=True, timeout=60)
     assert r.error.type == "WorkerDied" and "killed by SIGKILL: out of memory?" in r.error.message
+    assert r.attempts == 1  # it was delivered once, and ran (before: 0)
+
+
+# --- errors that say what to do ----------------------------------------------------------------------
+
+
+def test_remote_tracebacks_start_at_the_users_code(tmp_path):
+    from omniq import TaskError
+
+    with OmniQ(tasks=f"sqlite:///{tmp_path}/tb.db", worker="process", concurrency=1) as oq:
+        with pytest.raises(TaskError) as err:
+            oq.submit(helpers.boom_once_then, str(tmp_path / "m")).result(30)
+    tb = err.value.traceback
+    assert tb.splitlines()[1].strip().startswith('File "') and "helpers.py" in tb.splitlines()[1]
+    assert "omniq/workers" not in tb and "omniq/serialization" not in tb
+
+
+def test_a_worker_that_cannot_import_the_tasks_module_says_where_it_looked(tmp_path):
+    from omniq import TaskError
+
+    pkg = tmp_path / "mine"
+    pkg.mkdir()
+    (pkg / "tasks_mod_xyz.py").write_text("def work(x):\n    return x + 1\n")
+    url = f"sqlite:///{tmp_path}/imp.db"
+    sys.path.insert(0, str(pkg))
+    try:
+        import tasks_mod_xyz  # type: ignore[import-not-found]
+
+        with OmniQ(tasks=url, concurrency=0) as oq:
+            tid = oq.enqueue(tasks_mod_xyz.work, args=(1,))
+            elsewhere = tmp_path / "elsewhere"
+            elsewhere.mkdir()
+            w = subprocess.Popen([sys.executable, "-m", "omniq.cli", "worker", "--tasks", url, "--worker", "process",
+                                  "-c", "1"], cwd=elsewhere, stderr=subprocess.DEVNULL,
+                                 env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+            try:
+                with pytest.raises(TaskError) as err:
+                    oq.handle(tid).result(60)
+            finally:
+                w.terminate()
+                w.wait(60)
+    finally:
+        sys.path.remove(str(pkg))
+        sys.modules.pop("tasks_mod_xyz", None)
+    msg = err.value.message
+    assert "tasks_mod_xyz" in msg and "PYTHONPATH" in msg and str(elsewhere) in msg

@@ -93,9 +93,27 @@ def write_all(fd: int, data: bytes, write: Callable[[int, Any], int] = os.write)
         view = view[write(fd, view) :]
 
 
+_OWN = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the omniq package folder
+
+
 def error_row(exc: BaseException) -> list[str]:
-    """An exception as ``[type, message, traceback]``, readable in any process."""
-    return [type(exc).__name__, str(exc), "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))]
+    """An exception as ``[type, message, traceback]``, readable in any process. The traceback
+    starts at the user's code: OmniQ's own frames above it (loading and calling the task) are
+    left out."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None and tb.tb_frame.f_code.co_filename.startswith(_OWN):
+        tb = tb.tb_next
+    return [type(exc).__name__, str(exc), "".join(traceback.format_exception(type(exc), exc, tb))]
+
+
+def _import_hint(exc: SerializationError) -> SerializationError:
+    """A payload naming a module this worker cannot import: say where it looked."""
+    if "No module named" not in str(exc):
+        return exc
+    return SerializationError(
+        f"{exc}. This worker runs in {os.getcwd()!r}: start it where the module is, or put the module's "
+        "folder on PYTHONPATH (or install it) on the worker's machine"
+    )
 
 
 PARENT_ENV = "OMNIQ_CHILD_PARENT"  # the pid of the process that owns this child
@@ -166,7 +184,7 @@ def run_call(
         try:
             fn, args, kwargs = loads_call(payload)
         except SerializationError as exc:
-            return REJECTED, error_row(exc), ()
+            return REJECTED, error_row(_import_hint(exc)), ()
         except passthrough:
             raise
         except BaseException as exc:

@@ -12,7 +12,6 @@ import os
 import random
 import socket
 import time
-import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -25,6 +24,7 @@ from ..logs import Outage, bind, get_logger
 from ..models import ErrorInfo, EventType, Task, TaskResult, TaskStatus
 from ..serialization import Fetch, path_fetch
 from ..storage.base import ResultStore, TaskQueue, WorkerInfo, masked
+from ._wire import error_row
 
 log = get_logger("omniq.worker")
 
@@ -58,12 +58,9 @@ class Outcome:
 
 
 def error_info(exc: BaseException) -> ErrorInfo:
-    """An exception as text that any process can read."""
-    return ErrorInfo(
-        type=type(exc).__name__,
-        message=str(exc),
-        traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
-    )
+    """An exception as text that any process can read (the user's frames first)."""
+    etype, message, tb = error_row(exc)
+    return ErrorInfo(type=etype, message=message, traceback=tb)
 
 
 def timeout_error(task: Task) -> ErrorInfo:
@@ -326,7 +323,7 @@ class Worker:
                     self.queue.notify()
                     continue
                 status = TaskStatus.FAILED
-                attempts = t.attempts
+                attempts = max(t.attempts, t.deliveries)  # each delivery ran it (and died)
             elif out.status is None and out.error is None:
                 status = TaskStatus.SUCCEEDED
             elif out.status is TaskStatus.CANCELLED or out.status is TaskStatus.EXPIRED:
