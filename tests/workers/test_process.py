@@ -272,9 +272,9 @@ def test_a_child_killed_by_sigkill_says_so(tmp_path):
 def test_remote_tracebacks_start_at_the_users_code(tmp_path):
     from omniq import TaskError
 
-    with OmniQ(tasks=f"sqlite:///{tmp_path}/tb.db", worker="process", concurrency=1) as oq:
-        with pytest.raises(TaskError) as err:
-            oq.submit(helpers.boom_once_then, str(tmp_path / "m")).result(30)
+    with OmniQ(tasks=f"sqlite:///{tmp_path}/tb.db", worker="process", concurrency=1) as oq, \
+            pytest.raises(TaskError) as err:
+        oq.submit(helpers.boom_once_then, str(tmp_path / "m")).result(30)
     tb = err.value.traceback
     assert tb.splitlines()[1].strip().startswith('File "') and "helpers.py" in tb.splitlines()[1]
     assert "omniq/workers" not in tb and "omniq/serialization" not in tb
