@@ -116,6 +116,25 @@ def _task_ids(value: Any) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _map_keys(key: Any, items: Sequence[Any]) -> list[str | None]:
+    """A ``map``'s ``key=``: one idempotency key per item, from a list or a function of the item."""
+    if isinstance(key, str):
+        raise ConfigError(f"key={key!r} is not valid for map: give one key per item (a list of str, "
+                          "or a function of the item returning one)")
+    if callable(key):
+        keys = [key(item) for item in items]
+    elif isinstance(key, Iterable):
+        keys = list(key)
+    else:
+        raise ConfigError(f"key={key!r} is not valid for map: expected a list of str or a function of the item")
+    if len(keys) != len(items):
+        raise ConfigError(f"key has {len(keys)} entries for {len(items)} items: give one key per item")
+    for k in keys:
+        if k is not None and (not isinstance(k, str) or not k):
+            raise ConfigError(f"key contains {k!r}: each item's key must be a non-empty str or None")
+    return keys
+
+
 def _callable_name(fn: Any) -> str:
     name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__
     mod = getattr(fn, "__module__", None)
@@ -131,12 +150,22 @@ def _run_callback(callback: bytes, argument: bytes) -> Any:
 # handles
 # --------------------------------------------------------------------------------------------
 class _HandleBase:
-    __slots__ = ("_future", "id", "queue")
+    __slots__ = ("_future", "_id", "queue")
 
     def __init__(self, task_id: str, queue: str, future: cf.Future[TaskResult]) -> None:
-        self.id = task_id
+        self._id = task_id
         self.queue = queue
         self._future = future
+
+    @property
+    def id(self) -> str:
+        """The task's id. A task with a ``key`` that another task held when it was stored
+        (``flush()``) was not stored: its handle follows that task, and ``id`` is its id."""
+        core = self._core()
+        return self._id if core is None else core._aliases.get(self._id, self._id)
+
+    def _core(self) -> AsyncOmniQ | None:
+        return None
 
     def done(self) -> bool:
         """True once the task's final result is known to this process."""
@@ -164,7 +193,10 @@ class TaskHandle(_HandleBase):
     __slots__ = ("_oq",)
 
     def __init__(self, oq: OmniQ, task_id: str, queue: str, future: cf.Future[TaskResult]) -> None:
-        self.id, self.queue, self._future, self._oq = task_id, queue, future, oq  # 10,000 a map
+        self._id, self.queue, self._future, self._oq = task_id, queue, future, oq  # 10,000 a map
+
+    def _core(self) -> AsyncOmniQ | None:
+        return self._oq._core
 
     def status(self) -> TaskStatus:
         if self._future.done() and self._future.exception() is None:
@@ -203,7 +235,10 @@ class AsyncTaskHandle(_HandleBase):
     __slots__ = ("_oq",)
 
     def __init__(self, oq: AsyncOmniQ, task_id: str, queue: str, future: cf.Future[TaskResult]) -> None:
-        self.id, self.queue, self._future, self._oq = task_id, queue, future, oq  # 10,000 a map
+        self._id, self.queue, self._future, self._oq = task_id, queue, future, oq  # 10,000 a map
+
+    def _core(self) -> AsyncOmniQ | None:
+        return self._oq
 
     async def status(self) -> TaskStatus:
         if self._future.done() and self._future.exception() is None:
@@ -302,6 +337,9 @@ class AsyncOmniQ:
         self._blob_bytes: dict[str, bytes] = {}
         self._known_blobs = _Recent(self.BLOB_GRACE / 2)
         self.blobs = BlobCache()
+        # ids of keyed tasks the queue did not store because another task held their key ->
+        # that task's id: handles, futures and calls naming the first follow the second
+        self._aliases: dict[str, str] = {}
 
     #: seconds a blob, or an owner of one, is kept however unreferenced: values are stored before
     #: the task that uses them, and a client skips re-sending a digest it stored lately
@@ -493,8 +531,8 @@ class AsyncOmniQ:
         for name, cb in (("on_success", on_success), ("on_failure", on_failure)):
             if cb is not None and not callable(cb):
                 raise ConfigError(f"{name}={cb!r} is not valid: expected a callable or None")
-        if key is not None and not isinstance(key, str):
-            raise ConfigError(f"key={key!r} is not valid: expected a string or None")
+        if key is not None and (not isinstance(key, str) or not key):
+            raise ConfigError(f"key={key!r} is not valid: expected a non-empty string or None")
         if metadata is not None and not isinstance(metadata, Mapping):
             raise ConfigError(f"metadata={metadata!r} is not valid: expected a dict or None")
         pending = bool(deps) or (start is not None and start > now)
@@ -625,10 +663,11 @@ class AsyncOmniQ:
     async def _store_batch(self, batch: list[Task]) -> None:
         err: BaseException | None = None
         stamp = time.time()  # before the store: a fast worker's `started` must come after it
+        dups: dict[str, str] = {}
         for attempt in range(4):
             try:
                 await self._store_blobs(batch)
-                await self._queue.enqueue(batch)
+                dups = await self._queue.enqueue(batch) or {}
                 err = None
                 break
             except StorageUnwritable as exc:  # disk full, read-only: retrying only delays the error
@@ -668,12 +707,43 @@ class AsyncOmniQ:
                 if f is not None and not f.done():
                     f.set_exception(e)
             return
+        if dups:
+            self._adopt(dups)
+            batch = [t for t in batch if t.id not in dups]
         kind = EventType.ENQUEUED.value
-        self._events.emit_many([TaskEvent(task_id=t.id, type=kind, timestamp=stamp, queue=t.queue) for t in batch])
+        self._events.emit_many([
+            TaskEvent(task_id=t.id, type=kind, timestamp=stamp, queue=t.queue,
+                      detail=None if t.key is None else f"key {t.key}")
+            for t in batch
+        ])
         self._queue.notify()
         with_deps = [t for t in batch if t.depends_on]
         if with_deps:
             await self._settle_stillborn(with_deps)
+
+    def _adopt(self, dups: Mapping[str, str]) -> None:
+        """Keyed tasks the queue did not store (``{new id: id of the task holding the key}``):
+        their futures follow the existing tasks, and every call naming a new id acts on the
+        existing task (``_aliases``). Their results are read like those of tasks run elsewhere."""
+        aliases, waiters, meta = self._aliases, self._waiters, self._waiter_meta
+        for new, old in dups.items():
+            aliases[new] = old
+            f = waiters.pop(new)
+            m = meta.pop(new, None)
+            if f is None:
+                continue
+            g = waiters.get(old)
+            if g is None:
+                waiters[old] = f
+                if m is not None:
+                    meta.setdefault(old, m)
+            elif g is not f:  # someone here waits for it already: resolve with that future
+                g.add_done_callback(functools.partial(_pass_on, f))
+        self._poke_pickup()
+
+    def _resolve_id(self, task_id: str) -> str:
+        """The id a call naming ``task_id`` acts on (see ``_adopt``)."""
+        return self._aliases.get(task_id, task_id) if self._aliases else task_id
 
     async def _settle_stillborn(self, tasks: list[Task]) -> None:
         """Tasks stored CANCELLED at once because a dependency had already failed, been
@@ -722,13 +792,14 @@ class AsyncOmniQ:
         await self.flush()
         if fut.done() and fut.exception() is not None:
             raise fut.exception()  # type: ignore[misc]
+        tid = self._resolve_id(task.id)
         if not self._serves(task.queue):
             # nobody here will run it and no handle was asked for: keep no waiter (a producer
             # process would otherwise hold one per task forever); get_result(wait=True) or
             # handle() make one on demand
-            self._waiters.pop(task.id, None)
-            self._waiter_meta.pop(task.id, None)
-        return task.id
+            self._waiters.pop(tid, None)
+            self._waiter_meta.pop(tid, None)
+        return tid
 
     def _store_here(self, task: Task) -> bool:
         """The sync ``enqueue()``'s fast path: store ``task`` on the calling thread (see
@@ -738,7 +809,7 @@ class AsyncOmniQ:
         lock = self._flush_lock
         if (
             not self._opened or self._closing or not q.blocking_enqueue or task.depends_on or task.blobs
-            or self._buffer or lock is None or lock.locked()
+            or task.key is not None or self._buffer or lock is None or lock.locked()
             or (self._storing is not None and not self._storing.done())  # a cut-short flush's batch
             or threading.get_ident() == self._loop_thread
         ):
@@ -815,9 +886,18 @@ class AsyncOmniQ:
     ) -> list[tuple[str, str, cf.Future[TaskResult]]]:
         """``(id, queue, future)`` per item of a ``map``, its tasks handed to ``accept``."""
         none: dict[str, Any] = {}  # one empty kwargs for every call: only read, never kept
+        key = options.get("key")
         if type(chunksize) is int and chunksize == 1:
-            tasks = self.build_tasks(fn, [((item,), none) for item in iterable], **options)
+            if key is None:
+                tasks = self.build_tasks(fn, [((item,), none) for item in iterable], **options)
+            else:
+                items = list(iterable)
+                opts = {k: v for k, v in options.items() if k != "key"}
+                tasks = self.build_tasks(fn, [((item,), none) for item in items], keys=_map_keys(key, items), **opts)
             return [(t.id, t.queue, f) for t, f in zip(tasks, accept(tasks))]
+        if key is not None:
+            raise ConfigError(f"key is not valid with chunksize={chunksize!r}: a chunk is one task for many "
+                              "items; map with chunksize=1 to key each item")
         items = list(iterable)
         size = _chunks.chunk_length(chunksize, len(items), self.config.concurrency or os.cpu_count() or 1)
         opts = dict(options)
@@ -864,8 +944,13 @@ class AsyncOmniQ:
         with consecutive time-ordered ids (for ``map`` and sweeps; hand them to ``submit_tasks``)."""
         if not callable(fn):
             raise ConfigError(f"fn={fn!r} is not valid: expected a callable")
-        if keys is not None and len(keys) != len(calls):
-            raise ConfigError(f"keys has {len(keys)} entries for {len(calls)} calls: give one key per call")
+        if keys is not None:
+            if isinstance(keys, str) or len(keys) != len(calls):
+                n = "a str" if isinstance(keys, str) else f"{len(keys)} entries"
+                raise ConfigError(f"keys has {n} for {len(calls)} calls: give one key per call")
+            if not all(type(k) is str and k for k in keys):
+                bad = next(k for k in keys if k is not None and (not isinstance(k, str) or not k))
+                raise ConfigError(f"keys contains {bad!r}: each key must be a non-empty str or None")
         if not calls:
             return []
         now = time.time()
@@ -951,6 +1036,7 @@ class AsyncOmniQ:
             g: ResultFuture[TaskResult] = ResultFuture()
             self._future_for(item[0]).add_done_callback(functools.partial(_resolve_items, [g], start=item[1]))
             return g
+        task_id = self._resolve_id(task_id)
         f = self._waiters.get(task_id)
         if f is None:
             f = ResultFuture()  # "since" 0: the pickup loop reads its result at once
@@ -975,6 +1061,7 @@ class AsyncOmniQ:
         if item is not None:  # an item of a chunked map: cut from its chunk's result
             chunk = await self.get_result(item[0], wait, timeout)
             return None if chunk is None else _chunks.item_result(chunk, item[1])
+        task_id = self._resolve_id(task_id)
         f = self._waiters.get(task_id)
         if f is not None and f.done():
             return f.result()
@@ -988,7 +1075,7 @@ class AsyncOmniQ:
 
     def handle(self, task_id: str) -> AsyncTaskHandle:
         """A handle for a task id (from ``enqueue`` or another process)."""
-        return AsyncTaskHandle(self, task_id, "", self._future_for(task_id))
+        return AsyncTaskHandle(self, self._resolve_id(task_id), "", self._future_for(task_id))
 
     async def status(self, task_id: str) -> TaskStatus:
         """Current status; ``ConfigError`` for an id this storage has never seen."""
@@ -999,6 +1086,7 @@ class AsyncOmniQ:
             mine = await self.get_result(task_id) if chunk is TaskStatus.SUCCEEDED else None
             return chunk if mine is None else mine.status
         await self.flush()
+        task_id = self._resolve_id(task_id)  # (a keyed task of the batch just stored, too)
         st = (await self._queue.statuses([task_id])).get(task_id)
         if st is None:
             r = await self._results.get_result(task_id)
@@ -1018,7 +1106,8 @@ class AsyncOmniQ:
         await self._ensure_open()
         await self.flush()
         # an item of a chunked map is cancelled with its chunk
-        roots = list(dict.fromkeys(item[0] if (item := _chunks.split_item_id(t)) else t for t in task_ids))
+        roots = list(dict.fromkeys(self._resolve_id(item[0] if (item := _chunks.split_item_id(t)) else t)
+                                   for t in task_ids))
         root_set = set(roots)
         changed = await self._queue.cancel(roots, now=time.time())
         hit = [t for t in roots if (st := changed.get(t)) is not None and not st.is_final]
@@ -1574,6 +1663,16 @@ def _close_all_at_exit() -> None:
     for oq in list(_OPEN):
         with contextlib.suppress(BaseException):
             oq.close(drain=False, timeout=5)
+
+
+def _pass_on(f: ResultFuture[TaskResult], g: cf.Future[TaskResult]) -> None:
+    """``g`` is done: resolve ``f`` the same way (a duplicate's future following its holder's)."""
+    exc = g.exception()
+    if exc is not None:
+        with contextlib.suppress(cf.InvalidStateError):
+            f.set_exception(exc)
+    else:
+        resolve_many([(f, g.result())])
 
 
 def _resolve_items(

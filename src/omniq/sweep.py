@@ -28,8 +28,12 @@ Keys and resuming
     expired) as one batch. Points still in flight from an earlier start *in this process* are
     followed, not submitted twice.
 
-    Points queued or running from an earlier *process* have no result yet and are submitted
-    again (the queue cannot be asked for tasks by key); the latest result wins.
+    The key is also each point's task key (``TaskQueue.enqueue``): a point whose key a task
+    still holds — pending, queued or running, say from an earlier process that died or from
+    another process running the same sweep right now — is not stored again; the sweep adopts
+    that task and counts it as it finishes. Only a point that was running when its worker died
+    can run twice (delivered again once its lease lapses). ``submitted`` counts the tasks this
+    object handed to the queue, adopted ones included.
 
 Records
     ``results()`` and ``failed()`` return one dict per point, in grid order: the parameters

@@ -6,7 +6,11 @@ Times come from a fake clock (``T0``): backends take ``now`` from the caller.
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
+import threading
 import time
+from pathlib import Path
 
 import anyio
 import pytest
@@ -20,6 +24,7 @@ from omniq.storage.urls import open_backends
 from .conftest import shares_storage
 
 pytestmark = pytest.mark.anyio
+REPO = Path(__file__).resolve().parents[2]
 
 T0 = 1_000_000.0
 S = TaskStatus
@@ -562,6 +567,204 @@ class TestSchedules:
         assert len(outcomes) == 30 and len(winners) == 1
         stored = await queue.statuses([tid for _, tid in outcomes])
         assert stored == {winners[0]: S.QUEUED}
+
+
+class TestIdempotencyKeys:
+    """``Task.key``: a task whose key a live or succeeded task holds is not stored; ``enqueue``
+    answers ``{its id: the holder's}``. Failure, cancel and expiry free the key."""
+
+    async def test_while_queued_and_running_the_first_task_holds_the_key(
+        self, queue: TaskQueue
+    ) -> None:
+        first = task(key="k1")
+        assert await queue.enqueue([first]) == {}
+        again = task(key="k1")
+        assert await queue.enqueue([again]) == {again.id: first.id}
+        assert await queue.get_task(again.id) is None
+        await claim(queue)
+        assert await status(queue, first.id) is S.RUNNING
+        third = task(key="k1")
+        assert await queue.enqueue([third]) == {third.id: first.id}
+        other = task(key="k2")
+        assert await queue.enqueue([other]) == {}  # another key is another task
+        assert (await queue.counts())["default"] == {"running": 1, "queued": 1}
+
+    async def test_pending_with_eta_holds_the_key(self, queue: TaskQueue) -> None:
+        first = task(key="k", status=S.PENDING, eta=T0 + 60)
+        await queue.enqueue([first])
+        again = task(key="k")
+        assert await queue.enqueue([again]) == {again.id: first.id}
+
+    async def test_after_success_the_call_returns_the_succeeded_task(self, queue: TaskQueue) -> None:
+        first = task(key="k")
+        await queue.enqueue([first])
+        await claim(queue)
+        await queue.finish("w1", [(first.id, S.SUCCEEDED)], now=T0)
+        again = task(key="k")
+        assert await queue.enqueue([again]) == {again.id: first.id}
+        assert await queue.get_task(again.id) is None
+
+    @pytest.mark.parametrize("end", ["failed", "cancelled", "expired", "worker died"])
+    async def test_after_failure_cancel_or_expiry_a_new_task_is_made(
+        self, queue: TaskQueue, end: str
+    ) -> None:
+        first = task(key="k", expires_at=T0 + 5, max_deliveries=1)
+        await queue.enqueue([first])
+        if end == "failed":
+            await claim(queue)
+            await queue.finish("w1", [(first.id, S.FAILED)], now=T0)
+        elif end == "cancelled":
+            await queue.cancel([first.id], now=T0)
+        elif end == "expired":
+            assert [t.id for t in await queue.expire(now=T0 + 6)] == [first.id]
+        else:
+            await claim(queue, lease=1.0)
+            assert [t.id for t in (await queue.reap(now=T0 + 2)).dead] == [first.id]
+        assert (await status(queue, first.id)).is_final
+        second = task(key="k")
+        assert await queue.enqueue([second]) == {}
+        assert await status(queue, second.id) is S.QUEUED
+        third = task(key="k")  # from now on the key refers to the new task
+        assert await queue.enqueue([third]) == {third.id: second.id}
+
+    async def test_retrying_task_still_holds_the_key(self, queue: TaskQueue) -> None:
+        first = task(key="k", retries=2)
+        await queue.enqueue([first])
+        await claim(queue)
+        await queue.retry("w1", first.id, eta=time.time() + 60, attempts=1)
+        again = task(key="k")
+        assert await queue.enqueue([again]) == {again.id: first.id}
+
+    async def test_in_one_batch_the_first_task_holds_and_dependents_follow_it(
+        self, queue: TaskQueue
+    ) -> None:
+        a, b = task(key="k"), task(key="k")
+        c = task(status=S.PENDING, depends_on=(b.id,))  # depends on the duplicate
+        plain = task()
+        assert await queue.enqueue([a, plain, b, c]) == {b.id: a.id}
+        assert await queue.statuses([a.id, b.id, c.id, plain.id]) == {
+            a.id: S.QUEUED, c.id: S.PENDING, plain.id: S.QUEUED,
+        }  # fmt: skip
+        got = await claim(queue)
+        assert [t.id for t in got] == [a.id, plain.id]
+        out = await queue.finish("w1", [(a.id, S.SUCCEEDED)], now=T0)
+        assert [t.id for t in out.released] == [c.id]  # c waited for the holder
+
+    async def test_a_duplicate_of_a_succeeded_task_is_no_dependency_to_wait_for(
+        self, queue: TaskQueue
+    ) -> None:
+        a = task(key="k")
+        await queue.enqueue([a])
+        await claim(queue)
+        await queue.finish("w1", [(a.id, S.SUCCEEDED)], now=T0)
+        b = task(key="k")
+        c = task(status=S.PENDING, depends_on=(b.id,))
+        assert await queue.enqueue([b, c]) == {b.id: a.id}
+        assert await status(queue, c.id) is S.QUEUED
+
+    async def test_a_purged_success_holds_while_its_result_is_stored(self, queue: TaskQueue) -> None:
+        if not isinstance(queue, ResultStore):
+            pytest.skip("this backend keeps results elsewhere")
+        done, failed = task(key="ok"), task(key="bad")
+        await queue.enqueue([done, failed])
+        await claim(queue)
+        await queue.finish("w1", [(done.id, S.SUCCEEDED), (failed.id, S.FAILED)], now=T0)
+        await queue.put_results([result(task_id=done.id, key="ok"),
+                                 result(task_id=failed.id, key="bad", status=S.FAILED)])
+        assert await queue.purge(before=time.time() + 3600) == 2
+        again, retry = task(key="ok"), task(key="bad")
+        dependent = task(status=S.PENDING, depends_on=(again.id,))  # nothing left to wait for
+        assert await queue.enqueue([again, retry, dependent]) == {again.id: done.id}
+        assert await queue.statuses([retry.id, dependent.id]) == {
+            retry.id: S.QUEUED, dependent.id: S.QUEUED}
+        await queue.delete_results([done.id])  # no record, no result: the key is free
+        last = task(key="ok")
+        assert await queue.enqueue([last]) == {}
+
+    async def test_bad_key(self, queue: TaskQueue) -> None:
+        for bad in ("", 7):
+            with pytest.raises(ConfigError, match="key"):
+                await queue.enqueue([task(key=bad)])
+
+    async def test_race_one_task_stored_and_every_caller_gets_its_id(
+        self, queue: TaskQueue, tmp_path: Path
+    ) -> None:
+        """8 threads and 2 processes (on storage others can open; else 10 concurrent calls on
+        this loop) enqueue one key at once: exactly one task is stored, every caller gets it."""
+        key = f"race/{new_id()}"
+        answers: list[str] = []
+        mine: list[str] = []
+
+        async def once(backend: TaskQueue) -> None:
+            t = task(key=key)
+            mine.append(t.id)
+            answers.append((await backend.enqueue([t])).get(t.id, t.id))
+
+        if not shares_storage(queue.url):
+            async with anyio.create_task_group() as tg:
+                for _ in range(10):
+                    tg.start_soon(once, queue)
+        else:
+            go = threading.Event()
+            ready = threading.Semaphore(0)
+            errors: list[BaseException] = []
+
+            def thread() -> None:
+                async def run() -> None:
+                    peer, _, _ = open_backends(queue.url)
+                    await peer.connect()
+                    try:
+                        ready.release()
+                        go.wait(60)
+                        await once(peer)
+                    finally:
+                        await peer.close()
+
+                try:
+                    anyio.run(run)
+                except BaseException as e:  # reported by the test below
+                    errors.append(e)
+                    ready.release()
+
+            gofile = tmp_path / "go"
+            procs = [
+                subprocess.Popen(
+                    [sys.executable, "-m", "tests.storage.key_racer", queue.url, key,
+                     str(tmp_path / f"ready{i}"), str(gofile)],
+                    stdout=subprocess.PIPE, text=True, cwd=REPO,
+                )
+                for i in range(2)
+            ]  # fmt: skip
+            threads = [threading.Thread(target=thread) for _ in range(8)]
+            for th in threads:
+                th.start()
+            try:
+                for _ in threads:
+                    assert ready.acquire(timeout=60)
+                deadline = time.monotonic() + 60
+                while not all((tmp_path / f"ready{i}").exists() for i in range(2)):
+                    assert time.monotonic() < deadline and all(p.poll() is None for p in procs)
+                    await anyio.sleep(0.01)
+                gofile.touch()
+                go.set()
+                for p in procs:
+                    out, _ = p.communicate(timeout=60)
+                    assert p.returncode == 0
+                    answers.append(out.strip().splitlines()[-1])
+            finally:
+                go.set()
+                gofile.touch()
+                for p in procs:
+                    if p.poll() is None:
+                        p.kill()
+                        p.wait()
+                for th in threads:
+                    th.join(60)
+            assert not errors, errors
+        assert len(answers) == 10 and len(set(answers)) == 1, answers
+        winner = answers[0]
+        stored = await queue.statuses([*mine, winner])
+        assert stored == {winner: S.QUEUED}
 
 
 class TestWorkers:

@@ -16,7 +16,7 @@ All times are epoch seconds passed in by the caller (``now``), so backends stay 
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -164,12 +164,24 @@ class TaskQueue(Backend, BlobStore):
 
     # --- tasks -------------------------------------------------------------------------
     @abc.abstractmethod
-    async def enqueue(self, tasks: Sequence[Task]) -> None:
+    async def enqueue(self, tasks: Sequence[Task]) -> dict[str, str]:
         """Store tasks durably (one transaction). Status as given: QUEUED, or PENDING when the
         task has a future ``eta`` or dependencies not yet succeeded. Dependencies that already
         failed/cancelled/expired make the task CANCELLED at once (returned by nothing: the
         orchestrator checks dependencies first). Raises ``ConfigError`` for an unknown
-        dependency id, ``StorageError`` when the write fails."""
+        dependency id, ``StorageError`` when the write fails.
+
+        Idempotency keys (``Task.key``): a task whose key is *held* is not stored; the reply
+        maps its id to the holder's (``{new id: existing id}``, empty when every task was
+        stored). The holder of a key is the latest task stored with it, while that task is
+        PENDING, QUEUED, RUNNING or SUCCEEDED (once its record is purged: while a SUCCEEDED
+        result of it is stored in this backend). A failed, cancelled or expired holder holds
+        nothing: the new task is stored and holds the key from then on. Within one batch the
+        first task with a key stores it and later ones are its duplicates; a task of the batch
+        depending on a duplicate depends on the holder instead (``plan_keys``). Deciding and
+        storing are atomic across processes: of several callers racing with one key, exactly
+        one stores a task and every other gets its id. A retried call (after a lost reply)
+        whose first attempt stored a task takes it as its own, never as a duplicate."""
 
     @abc.abstractmethod
     async def claim(
@@ -292,8 +304,9 @@ class TaskQueue(Backend, BlobStore):
 
     def enqueue_blocking(self, tasks: Sequence[Task]) -> bool | None:
         """``enqueue`` from a thread that is not the event loop's; True when a task is ready
-        now, None when the backend is closing (nothing stored: use ``enqueue``). The caller
-        then runs ``after_blocking_enqueue`` on the loop."""
+        now, None when nothing was stored and ``enqueue`` should be used instead (the backend
+        is closing, or a task has a key). The caller then runs ``after_blocking_enqueue`` on the
+        loop."""
         raise NotImplementedError
 
     def after_blocking_enqueue(self, tasks: Sequence[Task], ready: bool) -> None:
@@ -398,6 +411,7 @@ def check_new_tasks(tasks: Sequence[Task]) -> None:
     if all(  # the usual batch, checked in one pass (a third of the loop below); else find why
         type(t) is Task and type(t.id) is str and t.id and t.status in ok and type(t.payload) is bytes
         and type(t.queue) is str and t.queue and type(t.priority) is int and not t.depends_on
+        and (t.key is None or (type(t.key) is str and t.key))
         for t in tasks
     ) and len({t.id for t in tasks}) == len(tasks):
         return
@@ -422,6 +436,8 @@ def check_new_tasks(tasks: Sequence[Task]) -> None:
             raise ConfigError(f"tasks[{i}].priority must be an int, got {t.priority!r}")
         if t.id in t.depends_on:
             raise ConfigError(f"tasks[{i}] ({t.id}) depends on itself")
+        if t.key is not None and (not isinstance(t.key, str) or not t.key):
+            raise ConfigError(f"tasks[{i}].key must be a non-empty str or None, got {t.key!r}")
 
 
 def plan_enqueue(
@@ -475,6 +491,68 @@ def plan_enqueue(
         cycle = [tasks[i].id for i, p in enumerate(plans) if p is None]
         raise ConfigError(f"tasks have circular dependencies: {', '.join(cycle)}")
     return plans  # type: ignore[return-value]
+
+
+#: Statuses in which a task holds its idempotency key (see ``TaskQueue.enqueue``).
+KEY_HOLDING = frozenset(
+    {TaskStatus.PENDING, TaskStatus.QUEUED, TaskStatus.RUNNING, TaskStatus.SUCCEEDED}
+)
+#: Seconds a key marker whose task record is not there yet counts as a write in progress
+#: (backends that write the marker before the record: NATS, file://). Past it, the writer is
+#: taken to have died between the two and the key is free again.
+KEY_WRITE_GRACE = 30.0
+
+
+def holds_key(status: TaskStatus | None, succeeded_result: bool = False) -> bool:
+    """Whether a key's latest task holds it: its status (None: no record any more), and
+    whether a SUCCEEDED result of it is stored in the same backend."""
+    if status is None:
+        return succeeded_result
+    return status in KEY_HOLDING
+
+
+def keyed(tasks: Sequence[Task]) -> list[str]:
+    """The keys of a batch, once each, in order (empty for the usual unkeyed batch)."""
+    return list(dict.fromkeys(t.key for t in tasks if t.key is not None))
+
+
+def plan_keys(
+    tasks: Sequence[Task], holders: Mapping[str, str], gone: Collection[str] = ()
+) -> tuple[list[Task], dict[str, str]]:
+    """Split a batch into the tasks to store and the duplicates of held keys.
+
+    ``holders`` maps each key held now to its holder's id (keys not held are left out). A task
+    whose key is held by *another* task is a duplicate (``{its id: holder id}``); the first task
+    of the batch with a free key stores it, and later tasks of the batch with that key are its
+    duplicates. A task held by its own id (a retry whose first attempt stored it) is kept, for
+    the backend's usual take-over of a lost reply. Tasks depending on a duplicate get the holder
+    in its place (a copy of the task: the caller's objects are never changed), or lose that
+    dependency when the holder is in ``gone`` (its record purged, its success stored: nothing
+    to wait for). Pure: the backend reads ``holders`` and writes the result under one lock or
+    transaction."""
+    if not holders and all(t.key is None for t in tasks):
+        return list(tasks), {}
+    held = dict(holders)
+    dups: dict[str, str] = {}
+    store: list[Task] = []
+    for t in tasks:
+        k = t.key
+        if k is not None:
+            h = held.get(k)
+            if h is not None and h != t.id:
+                dups[t.id] = h
+                continue
+            held[k] = t.id
+        store.append(t)
+    if dups and any(d in dups for t in store for d in t.depends_on):
+        replace = msgspec.structs.replace
+        store = [
+            replace(t, depends_on=tuple(dict.fromkeys(
+                h for d in t.depends_on if (h := dups.get(d, d)) not in gone or h == d)))
+            if any(d in dups for d in t.depends_on) else t
+            for t in store
+        ]
+    return store, dups
 
 
 def check_claim(queues: Sequence[str] | None, limit: int, lease: float) -> list[str] | None:
@@ -559,6 +637,8 @@ def masked(url: str) -> str:
 
 
 __all__ = [
+    "KEY_HOLDING",
+    "KEY_WRITE_GRACE",
     "UNSUCCESSFUL",
     "Backend",
     "EventStore",
@@ -572,8 +652,11 @@ __all__ = [
     "check_claim",
     "check_new_tasks",
     "check_outcomes",
+    "holds_key",
+    "keyed",
     "masked",
     "plan_enqueue",
+    "plan_keys",
     "task_from_row",
 ]
 

@@ -2383,12 +2383,13 @@ class FileTaskQueueBackend(FsspecBackend, TaskQueue):
         except OSError as exc:
             raise self._error(action, exc) from exc
 
-    async def enqueue(self, tasks: Sequence[Task]) -> None:
+    async def enqueue(self, tasks: Sequence[Task]) -> dict[str, str]:
         check_new_tasks(tasks)
         if not tasks:
-            return
+            return {}
         if await self._run("enqueue tasks in", self._tasks.enqueue, list(tasks)):
             self.notify()
+        return {}
 
     async def _live_tasks(self, task_ids: list[str]) -> set[str]:
         """Which of these tasks may still run (pending, queued or running here)."""

@@ -39,7 +39,10 @@ from .base import (
     check_claim,
     check_new_tasks,
     check_outcomes,
+    holds_key,
+    keyed,
     plan_enqueue,
+    plan_keys,
 )
 from .blobs import (
     LIVE_TASK_STATUSES,
@@ -92,6 +95,8 @@ class MemoryBackend(TaskQueue, ResultStore, EventStore):
         self._running: set[str] = set()
         self._dependents: dict[str, list[str]] = {}  # dependency id -> waiting task ids
         self._counts: dict[str, Counter[TaskStatus]] = {}
+        self._keys: dict[str, str] = {}  # idempotency key -> the latest task stored with it
+        self._key_lock = threading.Lock()
         self._schedules: dict[str, Schedule] = {}
         self._workers: dict[str, WorkerInfo] = {}
         self._results: dict[str, TaskResult] = {}
@@ -226,9 +231,39 @@ class MemoryBackend(TaskQueue, ResultStore, EventStore):
         return entry
 
     # --- tasks ----------------------------------------------------------------------------------
-    async def enqueue(self, tasks: Sequence[Task]) -> None:
+    async def enqueue(self, tasks: Sequence[Task]) -> dict[str, str]:
         check_new_tasks(tasks)
-        self._insert(tasks)
+        keys = keyed(tasks)
+        if not keys:
+            self._insert(tasks)
+            return {}
+        with self._key_lock:  # a named backend is shared by instances on other threads' loops
+            holders = self._holders(keys)
+            gone = [h for h in holders.values() if h not in self._entries]
+            store, dups = plan_keys(tasks, holders, gone)
+            if store:
+                self._insert(store)  # raises before any change; then the keys change with it
+            for t in store:
+                if t.key is not None:
+                    self._keys[t.key] = t.id
+        return dups
+
+    def _holders(self, keys: Sequence[str]) -> dict[str, str]:
+        """Key -> holder id, for the keys held now (see ``TaskQueue.enqueue``)."""
+        out: dict[str, str] = {}
+        for k in keys:
+            hid = self._keys.get(k)
+            if hid is None:
+                continue
+            entry = self._entries.get(hid)
+            if entry is not None:
+                held = holds_key(entry.task.status)
+            else:
+                r = self._results.get(hid)
+                held = holds_key(None, r is not None and r.status is TaskStatus.SUCCEEDED)
+            if held:
+                out[k] = hid
+        return out
 
     async def claim(
         self,
@@ -449,6 +484,9 @@ class MemoryBackend(TaskQueue, ResultStore, EventStore):
         for e in gone:
             del self._entries[e.task.id]
             self._counts[e.task.queue][e.task.status] -= 1
+            k = e.task.key
+            if k is not None and self._keys.get(k) == e.task.id and not self._holders([k]):
+                del self._keys[k]  # (a SUCCEEDED result of it still holds the key)
         return len(gone)
 
     # --- schedules --------------------------------------------------------------------------------

@@ -831,10 +831,11 @@ class NatsBackend(TaskQueue, ResultStore, EventStore):
 
     # --- tasks ------------------------------------------------------------------------------------------
     @_guard
-    async def enqueue(self, tasks: Sequence[Task]) -> None:
+    async def enqueue(self, tasks: Sequence[Task]) -> dict[str, str]:
         check_new_tasks(tasks)
         if tasks:
             await self._insert(tasks, time.time())
+        return {}
 
     async def _insert(self, tasks: Sequence[Task], now: float) -> None:
         """Store a validated batch: index messages first, then records created only if absent."""

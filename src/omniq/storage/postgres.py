@@ -92,8 +92,11 @@ from .base import (
     check_claim,
     check_new_tasks,
     check_outcomes,
+    holds_key,
+    keyed,
     masked,
     plan_enqueue,
+    plan_keys,
     task_from_row,
 )
 from .blobs import Blob, check_blobs, check_digests, check_owners, nbytes
@@ -107,7 +110,7 @@ log = get_logger(__name__)
 
 # --- schema --------------------------------------------------------------------------------------
 
-SCHEMA_VERSION = 2  # 2: blobs (schemas of version 1 get the new tables on connect)
+SCHEMA_VERSION = 3  # 2: blobs, 3: idempotency keys (older schemas get the new tables on connect)
 
 #: ``{schema}`` is the quoted schema name; the pool's ``search_path`` points at it afterwards.
 SCHEMA = """
@@ -152,6 +155,10 @@ CREATE TABLE IF NOT EXISTS omniq_deps (  -- dependencies not yet succeeded when 
     PRIMARY KEY (task_id, dep_id)
 );
 CREATE INDEX IF NOT EXISTS omniq_deps_dep ON omniq_deps (dep_id);
+CREATE TABLE IF NOT EXISTS omniq_keys (  -- idempotency keys: the latest task stored with each
+    key     text PRIMARY KEY,
+    task_id text NOT NULL
+);
 CREATE TABLE IF NOT EXISTS omniq_results (
     task_id     text PRIMARY KEY,
     status      text NOT NULL,
@@ -234,6 +241,21 @@ LOCK_DEPENDENCIES = (
 )
 STORED_TASKS = "SELECT id, task FROM omniq_tasks WHERE id = ANY($1::text[])"
 TASK_STATUSES = "SELECT id, status FROM omniq_tasks WHERE id = ANY($1::text[])"
+# keys: enqueue takes the advisory locks of its keys' buckets ($1 the schema's lock space, $2
+# the sorted buckets: one order for everyone, so no deadlock), then reads each key's latest task
+# with a fresh snapshot, so a racing enqueue of the same key has committed or not begun
+LOCK_KEYS = "SELECT pg_advisory_xact_lock($1::int4, b) FROM unnest($2::int4[]) AS b"
+KEY_HOLDERS = """SELECT k.key, k.task_id, t.status, CASE WHEN t.status IS NULL THEN
+        (SELECT r.status FROM omniq_results r WHERE r.task_id = k.task_id) END
+    FROM omniq_keys k LEFT JOIN omniq_tasks t ON t.id = k.task_id WHERE k.key = ANY($1::text[])"""
+PUT_KEYS = """INSERT INTO omniq_keys (key, task_id) SELECT * FROM unnest($1::text[], $2::text[])
+    ON CONFLICT (key) DO UPDATE SET task_id = excluded.task_id"""
+# keys whose task was purged, unless a stored success of it still holds them
+PURGE_KEYS = """DELETE FROM omniq_keys k WHERE NOT EXISTS (
+        SELECT 1 FROM omniq_tasks t WHERE t.id = k.task_id)
+    AND NOT EXISTS (SELECT 1 FROM omniq_results r
+        WHERE r.task_id = k.task_id AND r.status = 'succeeded')"""
+KEY_BUCKETS = 64  # advisory locks per schema that keyed enqueues take (one per key's bucket)
 GET_TASK = f"SELECT {TASK_COLUMNS} FROM omniq_tasks WHERE id = $1"
 
 # claim: $1 worker, $2 lease_until, $3 claim token, $4 now, $5 limit, $6 queue names
@@ -511,6 +533,19 @@ def channel_for(schema: str) -> str:
 
 def _quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
+
+
+def _key_space(schema: str) -> int:
+    """The first half (int4) of the two-key advisory locks guarding ``schema``'s idempotency keys
+    (the two-key lock space does not overlap the one-key space of ``_lock_key``)."""
+    digest = hashlib.blake2b(f"omniq-keys:{schema}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def _key_bucket(key: str) -> int:
+    """Which of the ``KEY_BUCKETS`` advisory locks guards ``key``."""
+    return int.from_bytes(hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=4).digest(),
+                          "big") % KEY_BUCKETS
 
 
 def _lock_key(schema: str) -> int:
@@ -892,33 +927,66 @@ class PostgresBackend(TaskQueue, ResultStore, EventStore):
         self._wakeup = anyio.Event()
 
     # --- tasks ----------------------------------------------------------------------------------------
-    async def enqueue(self, tasks: Sequence[Task]) -> None:
+    async def enqueue(self, tasks: Sequence[Task]) -> dict[str, str]:
         check_new_tasks(tasks)
         if not tasks:
-            return
+            return {}
         blobs = {t.id: _encode(t) for t in tasks}
         now = time.time()
+        keys = keyed(tasks)
 
         async def recover(conn: Any) -> Any:
             stored = {r[0]: r[1] for r in await conn.fetch(STORED_TASKS, list(blobs))}
-            return True if stored == blobs else _MISSING  # all there, byte for byte: committed
+            if not keys:
+                # all there, byte for byte: committed
+                return (True, {}) if stored == blobs else _MISSING
+            # a keyed batch is one transaction: anything of it stored means it committed, and
+            # what is missing was a duplicate of the key's holder (nothing stored: run again)
+            if not stored or any(blobs[i] != b for i, b in stored.items()):
+                return _MISSING
+            missing = [t for t in tasks if t.id not in stored]
+            holders = {k: tid for k, tid, _, _ in await conn.fetch(
+                KEY_HOLDERS, [t.key for t in missing if t.key is not None])}
+            return True, {t.id: holders[t.key] for t in missing if t.key in holders}
 
-        ready = await self._run(lambda c: self._insert(c, tasks, blobs, now), recover=recover)
+        ready, dups = await self._run(lambda c: self._insert(c, tasks, blobs, now, keys),
+                                      recover=recover)
         if ready:
             self.notify()
         for t in tasks:
-            if t.eta is not None:
+            if t.eta is not None and t.id not in dups:
                 self._due_at(t.eta)
+        return dups
 
     async def _insert(
-        self, conn: Any, tasks: Sequence[Task], blobs: dict[str, bytes], now: float
-    ) -> bool:
-        """Insert a validated batch, with its NOTIFY; True when some task is ready at once."""
+        self, conn: Any, tasks: Sequence[Task], blobs: dict[str, bytes], now: float,
+        keys: list[str],
+    ) -> tuple[bool, dict[str, str]]:
+        """Insert a validated batch, with its NOTIFY; True when some task is ready at once,
+        and the duplicates of held keys (see ``TaskQueue.enqueue``)."""
         try:
+            if keys:
+                async with conn.transaction():
+                    buckets = sorted({_key_bucket(k) for k in keys})
+                    await conn.execute(LOCK_KEYS, _key_space(self.schema), buckets)
+                    holders: dict[str, str] = {}
+                    gone: list[str] = []  # holders known only by their stored success
+                    for k, tid, st, rst in await conn.fetch(KEY_HOLDERS, keys):
+                        if holds_key(_STATUS[st] if st is not None else None, rst == "succeeded"):
+                            holders[k] = tid
+                            if st is None:
+                                gone.append(tid)
+                    store, dups = plan_keys(tasks, holders, gone)
+                    ready = False
+                    if store:
+                        ready = await _insert_tasks(conn, self.channel, store, blobs, now)
+                        kept = [t for t in store if t.key is not None]
+                        await conn.execute(PUT_KEYS, [t.key for t in kept], [t.id for t in kept])
+                    return ready, dups
             if any(t.depends_on for t in tasks):
                 async with conn.transaction():
-                    return await _insert_tasks(conn, self.channel, tasks, blobs, now)
-            return await _insert_tasks(conn, self.channel, tasks, blobs, now)
+                    return await _insert_tasks(conn, self.channel, tasks, blobs, now), {}
+            return await _insert_tasks(conn, self.channel, tasks, blobs, now), {}
         except asyncpg.UniqueViolationError:
             taken = [r[0] for r in await conn.fetch(TASK_STATUSES, list(blobs))]
             if taken:
@@ -1121,7 +1189,16 @@ class PostgresBackend(TaskQueue, ResultStore, EventStore):
         return {q: t for q, t in await self._run(lambda c: c.fetch(OLDEST_QUEUED))}
 
     async def purge(self, *, before: float) -> int:
-        return int(await self._run(lambda c: c.fetchval(PURGE_TASKS, before)))
+        gone = int(await self._run(lambda c: c.fetchval(PURGE_TASKS, before)))
+        if gone:
+
+            async def keys(conn: Any) -> None:
+                async with conn.transaction():  # under every key lock: no enqueue re-keys meanwhile
+                    await conn.execute(LOCK_KEYS, _key_space(self.schema), list(range(KEY_BUCKETS)))
+                    await conn.execute(PURGE_KEYS)
+
+            await self._run(keys)
+        return gone
 
     # --- schedules ----------------------------------------------------------------------------------
     async def add_schedule(self, schedule: Schedule) -> None:

@@ -17,7 +17,7 @@ module; scripts share the helpers in ``_PRELUDE``. Keys (``P`` = prefix):
                             ``a`` attempts, ``e`` eta, ``c`` cancel requested, ``k`` number of
                             dependencies not yet succeeded, ``q`` queue, ``o`` -priority,
                             ``m`` ready-set member, ``x`` expires_at, ``ca`` created_at,
-                            ``f`` finished_at, ``md`` max_deliveries
+                            ``f`` finished_at, ``md`` max_deliveries, ``y`` idempotency key
 ``P:ready:<queue>``         zset of QUEUED tasks: score ``-priority``, member ``<seq:016d><id>``;
                             equal scores sort by member bytes, i.e. by ``seq`` (FIFO). Scores
                             stay exact (no ``priority * 2**40 + seq`` packing to overflow).
@@ -28,6 +28,8 @@ module; scripts share the helpers in ``_PRELUDE``. Keys (``P`` = prefix):
 ``P:done``                  zset of final tasks (score finished_at), for ``purge``
 ``P:deps:<id>``             list of tasks waiting for ``<id>``
 ``P:counts``                hash ``<queue>\\x1f<status>`` -> count, kept by the scripts
+``P:keys``                  hash idempotency key -> the latest task stored with it; the
+                            enqueue script decides duplicates and stores in one step
 ``P:once:<token>``          a write script's reply, kept 60 s (see "Reconnects")
 ``P:s:<id>``, ``P:sched``   schedules (hash: blob + mutable fields) and their order
 ``P:workers``, ``P:hb``     worker records and their last heartbeats
@@ -146,6 +148,7 @@ local DUE = NS .. ':due'
 local LEASES = NS .. ':leases'
 local EXPIRY = NS .. ':expiry'
 local DONE = NS .. ':done'
+local KEYS = NS .. ':keys'
 local WAKE = NS .. ':wake'
 local FIELDS = {'b', 's', 'w', 'l', 'd', 'a', 'e', 'c'}
 
@@ -238,9 +241,22 @@ local function resolve(ids, now, released, cancelled)
   end
 end
 
+-- does task ``id`` hold its idempotency key? Live or succeeded; once its record is gone, while
+-- a SUCCEEDED result of it is stored here
+local function holds(id)
+  local s = redis.call('HGET', tkey(id), 's')
+  if s then return s == 'pending' or s == 'queued' or s == 'running' or s == 'succeeded' end
+  local blob = redis.call('GET', NS .. ':r:' .. id)
+  if not blob then return false end
+  local ok, r = pcall(cmsgpack.unpack, blob)
+  return ok and type(r) == 'table' and r['status'] == 'succeeded'
+end
+
 -- store a planned batch from ARGV[i..]: now, known dependency statuses (checked unchanged),
 -- then per task: id q o status eta expires created max_deliveries deliveries attempts blob
--- n_waiting waiting-ids...  Checks everything before the first write (all or nothing).
+-- key ('' none) n_waiting waiting-ids...  Checks everything before the first write (all or
+-- nothing). A task whose key another task holds (P:keys: key -> latest task) is not stored;
+-- the reply {'ok', id, holder id, ...} names them, and their dependents wait for the holder.
 local function insert(i)
   local now = ARGV[i]; i = i + 1
   local nk = tonumber(ARGV[i]); i = i + 1
@@ -250,45 +266,84 @@ local function insert(i)
   end
   local nt = tonumber(ARGV[i]); i = i + 1
   local first = i
+  local dupof, inbatch, claimed = {}, {}, {}
+  local reply = {'ok'}
   for _ = 1, nt do
-    if redis.call('EXISTS', tkey(ARGV[i])) == 1 then return {'exists', ARGV[i]} end
-    i = i + 12 + tonumber(ARGV[i + 11])
+    local id, k = ARGV[i], ARGV[i + 11]
+    if redis.call('EXISTS', tkey(id)) == 1 then return {'exists', id} end
+    if k ~= '' then
+      local h = claimed[k]
+      if not h then
+        local cur = redis.call('HGET', KEYS, k)
+        if cur and cur ~= id and holds(cur) then h = cur end
+      end
+      if h then
+        dupof[id] = h
+        reply[#reply + 1] = id
+        reply[#reply + 1] = h
+      else
+        claimed[k] = id
+      end
+    end
+    if not dupof[id] then inbatch[id] = true end
+    i = i + 13 + tonumber(ARGV[i + 12])
   end
   local seq = redis.call('INCRBY', NS .. ':seq', nt) - nt
   local ready, due = false, nil
   i = first
   for _ = 1, nt do
     local id, q, o, st, eta, exp = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
-    local nw = tonumber(ARGV[i + 11])
-    seq = seq + 1
-    local m = string.format('%016d', seq) .. id
-    local key = tkey(id)
-    redis.call('HSET', key, 'b', ARGV[i + 10], 's', st, 'q', q, 'o', o, 'm', m, 'ca', ARGV[i + 6],
-               'md', ARGV[i + 7], 'd', ARGV[i + 8], 'a', ARGV[i + 9])
-    if eta ~= '' then redis.call('HSET', key, 'e', eta) end
-    if exp ~= '' then redis.call('HSET', key, 'x', exp) end
-    count(q, st, 1)
-    if st == 'cancelled' then
-      redis.call('HSET', key, 'f', now)
-      redis.call('ZADD', DONE, now, id)
-    else
-      if exp ~= '' then redis.call('ZADD', EXPIRY, exp, id) end
-      if st == 'queued' then
-        push_ready(q, o, m)
-        ready = true
-      elseif nw > 0 then
-        redis.call('HSET', key, 'k', nw)
-        for j = 1, nw do redis.call('RPUSH', NS .. ':deps:' .. ARGV[i + 11 + j], id) end
+    local k, nw = ARGV[i + 11], tonumber(ARGV[i + 12])
+    if not dupof[id] then
+      local waits = {}
+      for j = 1, nw do
+        local w = ARGV[i + 12 + j]
+        local h = dupof[w]
+        if not h then
+          waits[#waits + 1] = w
+        else  -- a duplicate's dependents wait for its holder, unless it succeeded
+          local hs = redis.call('HGET', tkey(h), 's')
+          if inbatch[h] or (hs and hs ~= 'succeeded') then waits[#waits + 1] = h end
+        end
+      end
+      if nw > 0 and #waits == 0 and st == 'pending' then
+        if eta == '' or tonumber(eta) <= tonumber(now) then st = 'queued' end
+      end
+      nw = #waits
+      seq = seq + 1
+      local m = string.format('%016d', seq) .. id
+      local key = tkey(id)
+      redis.call('HSET', key, 'b', ARGV[i + 10], 's', st, 'q', q, 'o', o, 'm', m, 'ca', ARGV[i + 6],
+                 'md', ARGV[i + 7], 'd', ARGV[i + 8], 'a', ARGV[i + 9])
+      if eta ~= '' then redis.call('HSET', key, 'e', eta) end
+      if exp ~= '' then redis.call('HSET', key, 'x', exp) end
+      if k ~= '' then
+        redis.call('HSET', key, 'y', k)
+        redis.call('HSET', KEYS, k, id)
+      end
+      count(q, st, 1)
+      if st == 'cancelled' then
+        redis.call('HSET', key, 'f', now)
+        redis.call('ZADD', DONE, now, id)
       else
-        redis.call('ZADD', DUE, eta, id)
-        if not due or tonumber(eta) < tonumber(due) then due = eta end
+        if exp ~= '' then redis.call('ZADD', EXPIRY, exp, id) end
+        if st == 'queued' then
+          push_ready(q, o, m)
+          ready = true
+        elseif nw > 0 then
+          redis.call('HSET', key, 'k', nw)
+          for j = 1, nw do redis.call('RPUSH', NS .. ':deps:' .. waits[j], id) end
+        else
+          redis.call('ZADD', DUE, eta, id)
+          if not due or tonumber(eta) < tonumber(due) then due = eta end
+        end
       end
     end
-    i = i + 12 + nw
+    i = i + 13 + tonumber(ARGV[i + 12])
   end
   if ready then redis.call('PUBLISH', WAKE, '') end
   if due then redis.call('PUBLISH', WAKE, due) end
-  return {'ok'}
+  return reply
 end
 """
 
@@ -615,8 +670,12 @@ return out
 PURGE = r"""
 local ids = redis.call('ZRANGEBYSCORE', DONE, '-inf', '(' .. ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
 for _, id in ipairs(ids) do
-  local h = redis.call('HMGET', tkey(id), 's', 'q')
+  local h = redis.call('HMGET', tkey(id), 's', 'q', 'y')
   if h[1] then count(h[2], h[1], -1) end
+  -- its key is free now, unless it succeeded (a stored result of it may still hold the key)
+  if h[3] and h[1] ~= 'succeeded' and redis.call('HGET', KEYS, h[3]) == id then
+    redis.call('HDEL', KEYS, h[3])
+  end
   redis.call('DEL', tkey(id), NS .. ':deps:' .. id)
   redis.call('ZREM', DONE, id)
 end
@@ -1265,7 +1324,7 @@ class RedisBackend(TaskQueue, ResultStore, EventStore):
                 args += (
                     t.id, t.queue, str(-t.priority), status.value, _f(t.eta), _f(t.expires_at),
                     _f(t.created_at), t.max_deliveries, t.deliveries, t.attempts, _encode(t),
-                    len(waiting), *waiting,
+                    t.key or "", len(waiting), *waiting,
                 )  # fmt: skip
             reply = await self._eval(script, args, once=True)
             if reply[0] == b"stale":
@@ -1275,12 +1334,15 @@ class RedisBackend(TaskQueue, ResultStore, EventStore):
             return reply
         raise StorageError(f"Redis {masked(self.url)}: dependencies kept changing during enqueue")
 
-    async def enqueue(self, tasks: Sequence[Task]) -> None:
+    async def enqueue(self, tasks: Sequence[Task]) -> dict[str, str]:
         check_new_tasks(tasks)
         if not tasks:
-            return
-        await self._insert(tasks, time.time(), "enqueue", [])
-        self._woken(tasks)
+            return {}
+        reply = await self._insert(tasks, time.time(), "enqueue", [])
+        ids = [x.decode() for x in reply[1:]]
+        dups = dict(zip(ids[::2], ids[1::2]))
+        self._woken([t for t in tasks if t.id not in dups] if dups else tasks)
+        return dups
 
     def _woken(self, tasks: Sequence[Task]) -> None:
         """Wake local waiters at once (the published message wakes other processes)."""

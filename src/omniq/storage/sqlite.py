@@ -60,15 +60,18 @@ from .base import (
     check_claim,
     check_new_tasks,
     check_outcomes,
+    holds_key,
+    keyed,
     masked,
     plan_enqueue,
+    plan_keys,
     task_from_row,
 )
 from .blobs import Blob, check_blobs, check_digests, check_owners, nbytes
 
 # --- schema --------------------------------------------------------------------------------------
 
-SCHEMA_VERSION = 2  # 2: blobs (files of version 1 get the new tables on connect)
+SCHEMA_VERSION = 3  # 2: blobs, 3: idempotency keys (older files get the new tables on connect)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS omniq_tasks (
@@ -108,6 +111,10 @@ CREATE TABLE IF NOT EXISTS omniq_deps (  -- dependencies not yet succeeded when 
     PRIMARY KEY (task_id, dep_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS omniq_deps_dep ON omniq_deps (dep_id);
+CREATE TABLE IF NOT EXISTS omniq_keys (  -- idempotency keys: the latest task stored with each
+    key     TEXT PRIMARY KEY,
+    task_id TEXT NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS omniq_results (
     task_id     TEXT PRIMARY KEY,
     status      TEXT NOT NULL,
@@ -173,6 +180,16 @@ INSERT_QUEUED = """INSERT INTO omniq_tasks (id, queue, priority, status, expires
     created_at, task) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?)"""
 INSERT_DEP = "INSERT OR IGNORE INTO omniq_deps (task_id, dep_id) VALUES (?, ?)"
 TASK_STATUSES = f"SELECT id, status FROM omniq_tasks WHERE id IN {IDS}"
+# each key's latest task, its status, and (only when its record is gone) its result's status
+KEY_HOLDERS = f"""SELECT k.key, k.task_id, t.status, CASE WHEN t.status IS NULL THEN
+        (SELECT r.status FROM omniq_results r WHERE r.task_id = k.task_id) END
+    FROM omniq_keys k LEFT JOIN omniq_tasks t ON t.id = k.task_id WHERE k.key IN {IDS}"""
+PUT_KEY = "INSERT OR REPLACE INTO omniq_keys (key, task_id) VALUES (?, ?)"
+# keys whose task was purged, unless a stored success of it still holds them
+PURGE_KEYS = """DELETE FROM omniq_keys WHERE NOT EXISTS (
+        SELECT 1 FROM omniq_tasks t WHERE t.id = omniq_keys.task_id)
+    AND NOT EXISTS (SELECT 1 FROM omniq_results r
+        WHERE r.task_id = omniq_keys.task_id AND r.status = 'succeeded')"""
 GET_TASK = f"SELECT {TASK_COLUMNS} FROM omniq_tasks WHERE id = ?"
 
 # claim: a read first (no write lock when idle), then one UPDATE ... RETURNING takes the lease.
@@ -688,6 +705,27 @@ def _insert_tasks(conn: sqlite3.Connection, tasks: Sequence[Task], now: float) -
     return ready
 
 
+def _enqueue(
+    conn: sqlite3.Connection, tasks: Sequence[Task], now: float
+) -> tuple[bool, dict[str, str]]:
+    """``_insert_tasks`` with idempotency keys (in the caller's write transaction): tasks
+    whose key is held are left out; returns (something ready, {duplicate id: holder id})."""
+    keys = keyed(tasks)
+    if not keys:
+        return _insert_tasks(conn, tasks, now), {}
+    holders: dict[str, str] = {}
+    gone: list[str] = []  # holders known only by their stored success
+    for key, tid, st, rst in conn.execute(KEY_HOLDERS, (_ids(keys),)):
+        if holds_key(_STATUS[st] if st is not None else None, rst == "succeeded"):
+            holders[key] = tid
+            if st is None:
+                gone.append(tid)
+    store, dups = plan_keys(tasks, holders, gone)
+    ready = _insert_tasks(conn, store, now) if store else False
+    conn.executemany(PUT_KEY, [(t.key, t.id) for t in store if t.key is not None])
+    return ready, dups
+
+
 def _resolve(conn: sqlite3.Connection, ids: Sequence[str], now: float) -> Finished:
     """Release or cancel (transitively) the dependents of tasks that just became final."""
     out = Finished()
@@ -788,21 +826,25 @@ class SQLiteBackend(TaskQueue, ResultStore, EventStore):
         return await self._call(_transaction, fn, *args)
 
     # --- tasks ----------------------------------------------------------------------------------------
-    async def enqueue(self, tasks: Sequence[Task]) -> None:
+    async def enqueue(self, tasks: Sequence[Task]) -> dict[str, str]:
         check_new_tasks(tasks)
         if not tasks:
-            return
-        if await self._write(_insert_tasks, tasks, time.time()):
+            return {}
+        ready, dups = await self._write(_enqueue, tasks, time.time())
+        if ready:
             self.notify()
         for t in tasks:
-            if t.eta is not None:
+            if t.eta is not None and t.id not in dups:
                 self._due_at(t.eta)
+        return dups
 
     def enqueue_blocking(self, tasks: Sequence[Task]) -> bool | None:
         """One transaction on a connection of the calling thread's own (WAL lets it write
         beside the connection thread's): a durable single enqueue costs a commit, not two
         thread hops. None once ``close`` has begun (``close`` waits for calls in progress)."""
         check_new_tasks(tasks)
+        if any(t.key is not None for t in tasks):
+            return None  # duplicates need an answer this call does not give: use enqueue()
         with self._blocking:
             if not self._blocking_open:
                 return None
@@ -1020,6 +1062,7 @@ class SQLiteBackend(TaskQueue, ResultStore, EventStore):
         gone = [r[0] for r in _returning(conn, PURGE_TASKS, (before,))]
         if gone:
             conn.execute(PURGE_DEPS, (_ids(gone),))
+            conn.execute(PURGE_KEYS)
         return len(gone)
 
     # --- schedules ----------------------------------------------------------------------------------
