@@ -33,7 +33,7 @@ def notebook(source: str, **globals_: Any) -> dict[str, Any]:
 
 def blob_rows(db: str) -> list[tuple[str, int]]:
     with sqlite3.connect(db) as c:
-        return c.execute("SELECT digest, length(data) FROM omniq_blobs").fetchall()
+        return c.execute("SELECT digest, size FROM omniq_blobs").fetchall()
 
 
 def test_a_big_global_is_stored_once_for_every_submit_and_map_item(tmp_path):

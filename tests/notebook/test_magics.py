@@ -69,12 +69,13 @@ def test_a_sweep_over_a_50mb_global_stores_it_once(execute: Any, nbview: Any, wo
         "%omniq wait big",
         "print(s == [float(i * 1000) + data.nbytes for i in range(12)])",
         "import sqlite3\ndb = sqlite3.connect('lab.db')\n"
-        "print(db.execute('SELECT count(*), sum(length(data)) FROM omniq_blobs').fetchone())",
+        "print(db.execute('SELECT count(*), sum(size) FROM omniq_blobs').fetchone())",
     ], timeout=300)
     assert nbview.text_of(nb.cells[5]).strip() == "True"
     count, stored = eval(nbview.text_of(nb.cells[6]).strip())
     assert count == 1 and 50_000_000 <= stored < 51_000_000
-    size = sum(f.stat().st_size for f in workdir.glob("lab.db*"))
+    size = sum(f.stat().st_size for f in workdir.glob("lab.db*") if f.is_file())
+    size += sum(f.stat().st_size for f in workdir.glob("lab.db-blobs/*/*"))
     assert size < 1.5 * 50_000_000, f"{size} bytes on disk for one 50 MB global"
 
 

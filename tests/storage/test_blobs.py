@@ -17,6 +17,7 @@ import json
 import os
 import socket
 import sqlite3
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -297,7 +298,7 @@ async def test_twenty_megabytes_round_trip(store: Any) -> None:
     assert len(got[d]) == len(data) and got[d] == data
     assert await store.put_blobs({d: data}, "t:big2", now=T0) == 0
     path = store.blob_path(d)
-    if store.url.startswith("file://"):
+    if local_files(store, len(data)):
         assert path is not None and Path(path).read_bytes() == data
     else:
         assert path is None
@@ -308,10 +309,19 @@ async def test_blob_path_only_for_stored_local_files(store: Any) -> None:
     assert store.blob_path(d) is None
     await store.put_blobs({d: data}, "t:x", now=T0)
     path = store.blob_path(d)
-    if store.url.startswith("file://"):
+    if local_files(store, len(data)):
         assert path is not None and Path(path).read_bytes() == data
     else:
         assert path is None
+
+
+def local_files(store: Any, size: int) -> bool:
+    """Whether a blob of ``size`` bytes is a local file (``blob_path``): always on file://; on
+    an SQLite file from 64 KiB on (beside the database)."""
+    if store.url.startswith("file://"):
+        return True
+    return type(store).__name__ == "SQLiteBackend" and not store.in_memory and size >= 1 << 16
+
 
 
 async def test_bad_digests_are_refused(store: Any) -> None:
@@ -631,3 +641,29 @@ async def test_a_blob_a_sweep_left_in_the_trash_is_read_then_settled(store: Any)
     assert await store.get_blobs([d1, d2]) == {d2: b2}
     assert await store.missing_blobs([d1, d2]) == {d1}  # d2 is back where it belongs
     assert await store.sweep_blobs(older_than=T0 + 50) == 0
+
+
+@only("sqlite:///{tmp}/t.db")
+async def test_sqlite_keeps_large_blobs_as_files_beside_the_database(target: Target, store: Any) -> None:
+    """Written once, outside the WAL; the file goes with its row; a file a crash left without a
+    row (or a temporary one) goes once it is older than the grace time."""
+    d, data = blob(200_000)
+    assert await store.put_blobs({d: data}, "t:gone", now=T0) == len(data)
+    path = Path(store.blob_path(d))
+    assert path.read_bytes() == data and oct(path.stat().st_mode & 0o777) == "0o600"
+    with sqlite3.connect(store.path) as conn:
+        assert conn.execute("SELECT size, length(data) FROM omniq_blobs").fetchall() == [(len(data), 0)]
+    assert await store.get_blobs([d]) == {d: data}
+    orphan, odata = blob(300_000)
+    folder = Path(store.blob_dir) / orphan[:2]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / orphan).write_bytes(odata)  # a crash between the file and its row
+    (folder / f"{orphan}.1.2.tmp").write_bytes(odata[:10])  # a crash while writing
+    for f in folder.iterdir():
+        os.utime(f, (T0, T0))
+    fresh, fdata = blob(100_000)
+    assert await store.put_blobs({fresh: fdata}, "t:unknown", now=time.time()) == len(fdata)
+    assert await store.sweep_blobs(older_than=time.time() - 60) == 1  # `fresh` is within the grace
+    assert not path.exists()
+    assert not (folder / orphan).exists() and not (folder / f"{orphan}.1.2.tmp").exists()
+    assert Path(store.blob_path(fresh)).read_bytes() == fdata

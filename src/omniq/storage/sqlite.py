@@ -152,8 +152,9 @@ CREATE TABLE IF NOT EXISTS omniq_blobs (         -- large values, once each, by 
     digest     TEXT PRIMARY KEY,                 -- lowercase hex of the data's SHA-256
     created_at REAL NOT NULL,
     size       INTEGER NOT NULL,
-    data       BLOB NOT NULL                     -- last: read only when asked for
-);
+    data       BLOB NOT NULL                     -- last: read only when asked for. Empty (with
+);                                               -- size > 0) when the bytes are a file beside
+                                                 -- the database (see SQLiteBackend.blob_path)
 CREATE TABLE IF NOT EXISTS omniq_blob_owners (   -- who refers to each blob ('t:'/'r:' + task id)
     digest      TEXT NOT NULL,
     owner       TEXT NOT NULL,
@@ -292,7 +293,9 @@ PUT_BLOB_OWNER = """INSERT INTO omniq_blob_owners (digest, owner, recorded_at) V
 STORED_BLOBS = f"SELECT digest FROM omniq_blobs WHERE digest IN {IDS}"  # the key index alone
 INSERT_BLOB = """INSERT INTO omniq_blobs (digest, created_at, size, data) VALUES (?, ?, ?, ?)
     ON CONFLICT (digest) DO NOTHING"""
-GET_BLOBS = f"SELECT digest, data FROM omniq_blobs WHERE digest IN {IDS}"
+GET_BLOBS = f"SELECT digest, data, size FROM omniq_blobs WHERE digest IN {IDS}"
+DOOMED_BLOBS = """SELECT digest FROM omniq_blobs WHERE created_at < ?1 AND length(data) < size AND NOT EXISTS (
+    SELECT 1 FROM omniq_blob_owners o WHERE o.digest = omniq_blobs.digest)"""
 # owners recorded before ?1 that are neither an unfinished task nor a stored result
 SWEEP_BLOB_OWNERS = """DELETE FROM omniq_blob_owners WHERE recorded_at < ?1
     AND NOT (substr(owner, 1, 2) = 't:' AND EXISTS (SELECT 1 FROM omniq_tasks t
@@ -778,6 +781,9 @@ class SQLiteBackend(TaskQueue, ResultStore, EventStore):
         self._blocking = threading.Condition()
         self._blocking_open = False
         self._blocking_busy = 0
+        # large blobs live as files beside the database: written once, outside the write lock,
+        # no WAL copy, and local readers map them in place
+        self.blob_dir = None if self.in_memory else os.path.abspath(self.path) + "-blobs"
 
     # --- lifecycle ----------------------------------------------------------------------------------
     async def _open(self) -> None:
@@ -1259,7 +1265,15 @@ class SQLiteBackend(TaskQueue, ResultStore, EventStore):
         given = check_blobs(blobs, owner)
         if not given:
             return 0
-        return await self._write(_put_blobs, given, owner, now)
+        files: set[str] = set()
+        if self.blob_dir is not None:
+            big = [d for d, b in given.items() if nbytes(b) >= EXTERNAL_BLOB]
+            if big:
+                missing = await self.missing_blobs(big)
+                files = {d for d in big if d in missing or self.blob_path(d) is None}
+                if files:  # whole files before their rows; a file without a row is swept later
+                    await anyio.to_thread.run_sync(_write_blob_files, self.blob_dir, {d: given[d] for d in files})
+        return await self._write(_put_blobs, given, owner, now, files)
 
     async def add_blob_owners(self, owners: Mapping[str, Sequence[str]], *, now: float) -> None:
         rows = [(d, o, now) for o, ds in check_owners(owners).items() for d in ds]
@@ -1270,7 +1284,21 @@ class SQLiteBackend(TaskQueue, ResultStore, EventStore):
         ds = check_digests(digests)
         if not ds:
             return {}
-        return dict(await self._call(_fetchall, GET_BLOBS, (_ids(ds),)))
+        out: dict[str, bytes] = {}
+        for d, data, size in await self._call(_fetchall, GET_BLOBS, (_ids(ds),)):
+            if len(data) == size:
+                out[d] = data
+            else:  # a file beside the database
+                path = self.blob_path(d)
+                if path is not None:
+                    out[d] = await anyio.to_thread.run_sync(_read_file, path)
+        return out
+
+    def blob_path(self, digest: str) -> str | None:
+        if self.blob_dir is None:
+            return None
+        path = os.path.join(self.blob_dir, digest[:2], digest)
+        return path if os.path.exists(path) else None
 
     async def missing_blobs(self, digests: Sequence[str]) -> set[str]:
         ds = check_digests(digests)
@@ -1280,24 +1308,95 @@ class SQLiteBackend(TaskQueue, ResultStore, EventStore):
         return set(ds).difference(r[0] for r in rows)
 
     async def sweep_blobs(self, *, older_than: float) -> int:
-        return await self._write(_sweep_blobs, older_than)
+        removed, files = await self._write(_sweep_blobs, older_than)
+        if self.blob_dir is not None:
+            await anyio.to_thread.run_sync(_sweep_blob_files, self.blob_dir, files, older_than,
+                                           functools.partial(self._has_rows))
+        return int(removed)
+
+    def _has_rows(self, digests: list[str]) -> set[str]:
+        """Which of these digests have a row (for the sweep of files left by a crash)."""
+        with contextlib.closing(sqlite3.connect(self.path, timeout=30.0)) as c:
+            return {r[0] for r in c.execute(STORED_BLOBS, (_ids(digests),))}
 
 
-def _put_blobs(conn: sqlite3.Connection, blobs: dict[str, Blob], owner: str, now: float) -> int:
-    """Owners first, then the blobs not stored yet (in the caller's write transaction)."""
+#: blobs at least this large are files beside the database rather than rows
+EXTERNAL_BLOB = 1 << 16
+
+
+def _put_blobs(conn: sqlite3.Connection, blobs: dict[str, Blob], owner: str, now: float, files: set[str]) -> int:
+    """Owners first, then the blobs not stored yet (in the caller's write transaction); those in
+    ``files`` were written beside the database and get a row with no data."""
     conn.executemany(PUT_BLOB_OWNER, [(d, owner, now) for d in blobs])
     stored = {r[0] for r in conn.execute(STORED_BLOBS, (_ids(list(blobs)),))}
     written = 0
     for d, data in blobs.items():
         if d not in stored:  # bytes, bytearray and memoryview bind as a BLOB, without a copy
-            conn.execute(INSERT_BLOB, (d, now, nbytes(data), data))
-            written += nbytes(data)
+            size = nbytes(data)
+            conn.execute(INSERT_BLOB, (d, now, size, b"" if d in files and size else data))
+            written += size
     return written
 
 
-def _sweep_blobs(conn: sqlite3.Connection, older_than: float) -> int:
+def _sweep_blobs(conn: sqlite3.Connection, older_than: float) -> tuple[int, list[str]]:
     conn.execute(SWEEP_BLOB_OWNERS, (older_than,))
-    return conn.execute(SWEEP_BLOBS, (older_than,)).rowcount
+    files = [r[0] for r in conn.execute(DOOMED_BLOBS, (older_than,))]
+    return conn.execute(SWEEP_BLOBS, (older_than,)).rowcount, files
+
+
+def _write_blob_files(root: str, blobs: Mapping[str, Blob]) -> None:
+    """Each blob whole under ``root/<2 hex>/<digest>``: a temporary name, flushed, then renamed
+    (so a file there is always a whole blob); owner-only permissions."""
+    os.makedirs(root, mode=0o700, exist_ok=True)
+    for d, data in blobs.items():
+        folder = os.path.join(root, d[:2])
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        path = os.path.join(folder, d)
+        if os.path.exists(path):
+            continue
+        tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+
+def _read_file(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _sweep_blob_files(root: str, doomed: list[str], older_than: float,
+                      has_rows: Callable[[list[str]], set[str]]) -> None:
+    """Remove the files of blobs whose rows the sweep deleted, and files older than the grace
+    time that no row refers to (a crash between writing a file and its row)."""
+    for d in doomed:
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(root, d[:2], d))
+    try:
+        folders = os.listdir(root)
+    except OSError:
+        return
+    old: list[tuple[str, str]] = []  # (file name, path) of files older than the grace time
+    for sub_ in folders:
+        with contextlib.suppress(OSError):
+            for name in os.listdir(os.path.join(root, sub_)):
+                path = os.path.join(root, sub_, name)
+                if os.stat(path).st_mtime < older_than:
+                    old.append((name, path))
+    if old:
+        kept = has_rows([name for name, _ in old if len(name) == 64])
+        for name, path in old:
+            if name not in kept:  # a temporary file, or a blob no row names
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
 
 
 def _execute(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> int:
