@@ -148,6 +148,19 @@ class BlobCache:
     def fetch(self, paths: Mapping[str, str]) -> Fetch:
         return path_fetch(dict(paths))
 
+    def seed(self, store: BlobStore, blobs: Mapping[str, bytes]) -> None:
+        """Put blobs this process has (it just stored them) into the cache, unless ``store``
+        keeps them as local files already."""
+        for d, data in blobs.items():
+            if d in self._files or d in self._direct:
+                continue
+            direct = store.blob_path(d)
+            if direct is not None:
+                self._direct[d] = direct
+                continue
+            write_file(self.path(d), [data])
+            self._touch(d, len(data))
+
     def keep(self, sink: BlobSink) -> tuple[str, ...]:
         """Write what ``sink`` collected (a result's large values) into the cache; returns its
         digests, all of which are then files here."""

@@ -587,6 +587,8 @@ class AsyncOmniQ:
             missing = await q.missing_blobs(list(held))
             if missing:
                 await q.put_blobs({d: held[d] for d in missing}, next(iter(owners)), now=now)
+            if self._worker is not None:  # this process's own workers need not fetch them back
+                await anyio.to_thread.run_sync(self.blobs.seed, q, held)
         await q.add_blob_owners(owners, now=now)
         for d in digests:
             self._known_blobs[d] = now
@@ -1507,7 +1509,9 @@ class AsyncOmniQ:
                     outage.ok()
             except Exception as exc:
                 outage.failed(exc)
-            delay = 0.05 if found_any else min(1.0, delay * 2)
+            # someone waits on a few tasks run elsewhere: look at least 5 times a second (a
+            # second's back-off made a 1.5 s task in an `omniq worker` take 2.0 s to come back)
+            delay = 0.05 if found_any else min(0.2 if 0 < len(stale) <= 1000 else 1.0, delay * 2)
 
 
 CLOSE_STEP = 30.0  # seconds a storage may take to answer one step of close()
