@@ -83,8 +83,9 @@ def test_owner_killed_mid_run_then_run_again_no_point_runs_twice(tmp_path: Path,
     out.mkdir()
     db = f"sqlite:///{tmp_path}/q.db" if backend == "sqlite" else f"file://{tmp_path}/q"
     # the owner submits 30 points to its own two process workers and dies (os._exit: no
-    # cleanup) once some are done, at a moment when both running points have just started (so
-    # neither is mid-way through recording its run)
+    # cleanup) once some are done, at a moment when every recorded run has its result stored
+    # and both running points have just started (so neither is mid-way through recording its
+    # run: a point killed after its record but before its result may run twice, by design)
     owner = _start(_script(db, out, """
         oq = OmniQ(tasks=DB, worker="process", concurrency=2, lease=2.0)
         oq.open()
@@ -96,7 +97,9 @@ def test_owner_killed_mid_run_then_run_again_no_point_runs_twice(tmp_path: Path,
             starts = {int(n.split(".")[0]): os.stat(os.path.join(OUT, n)).st_mtime
                       for n in os.listdir(OUT) if n.endswith(".start")}
             running = [t for i, t in starts.items() if i not in done]
-            if len(done) >= 6 and running and all(time.time() - t < 0.15 for t in running):
+            stored = sw.counts().get("succeeded", 0)
+            if (len(done) >= 6 and stored == len(done) and running
+                    and all(time.time() - t < 0.15 for t in running)):
                 print(json.dumps({"done": sorted(done), "running": len(running)}), flush=True)
                 os._exit(1)
             time.sleep(0.005)

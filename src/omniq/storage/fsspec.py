@@ -59,6 +59,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import hashlib
 import inspect
 import os
 import re
@@ -79,6 +80,7 @@ from ..ids import new_id, new_ids
 from ..logs import get_logger
 from ..models import Schedule, Task, TaskEvent, TaskResult, TaskStatus
 from .base import (
+    KEY_WRITE_GRACE,
     UNSUCCESSFUL,
     Backend,
     EventStore,
@@ -91,8 +93,11 @@ from .base import (
     check_claim,
     check_new_tasks,
     check_outcomes,
+    holds_key,
+    keyed,
     masked,
     plan_enqueue,
+    plan_keys,
 )
 from .blobs import (
     LIVE_TASK_STATUSES,
@@ -130,6 +135,19 @@ _PACKAGES: dict[str, tuple[str, str]] = {
 }
 
 _results_enc = msgspec.msgpack.Encoder()
+
+
+class _KeyMark(msgspec.Struct, array_like=True):
+    """A file:// key marker: the key's latest task ("" once that task was purged unsuccessful),
+    when the marker was written, and whether that task's record was purged after it succeeded
+    (it then holds the key while its result is stored)."""
+
+    task: str
+    at: float
+    purged: bool = False
+
+
+_key_dec = msgspec.msgpack.Decoder(_KeyMark)
 _result_dec = msgspec.msgpack.Decoder(TaskResult)
 _events_dec = msgspec.msgpack.Decoder(list[TaskEvent])
 
@@ -1590,6 +1608,9 @@ class _TaskDir:
         staged/<schedule>@<task id>.msgpack  a schedule's task between its compare-and-set and
                                              its enqueue (reap finishes the job after a crash)
         schedules/<schedule id>/v<N>.msgpack versions; compare-and-set = os.link of v<N+1>
+        keys/<key>/v<N>                      idempotency key markers: msgpack [task id, time];
+                                             the newest names the key's latest task; a new
+                                             version is made with O_EXCL (compare-and-set)
         workers/<worker>.msgpack             heartbeats
 
     Every status change is ``os.rename`` of the one file that is the task, so two processes can
@@ -1609,6 +1630,10 @@ class _TaskDir:
         self.staged = os.path.join(base, "staged")
         self.scheds = os.path.join(base, "schedules")
         self.workers_dir = os.path.join(base, "workers")
+        self.keys = os.path.join(base, "keys")
+        #: whether a SUCCEEDED result of a task (whose record is gone) is stored here; set by
+        #: the backend holding the results beside this queue
+        self.succeeded_result: Callable[[str], bool] = lambda task_id: False
         self._queue_of: dict[str, str] = {}  # task id -> queue (never changes)
         self._deps_of: dict[str, tuple[str, ...]] = {}  # task id -> its dependencies
 
@@ -1622,6 +1647,7 @@ class _TaskDir:
             self.staged,
             self.scheds,
             self.workers_dir,
+            self.keys,
         ):
             os.makedirs(d, exist_ok=True)
         for st in _FINALS:
@@ -1782,9 +1808,112 @@ class _TaskDir:
             cancel_requested=running and os.path.exists(self._cancel_path(t.id)),
         )
 
+    # --- idempotency keys -----------------------------------------------------------------------------
+    def _key_dir(self, key: str) -> str:
+        name = encode_name(key)
+        if len(name) > 200:  # a long key: its digest (the marker holds no key, only the task)
+            name = "~" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+        return os.path.join(self.keys, name)
+
+    def _key_current(self, kdir: str) -> tuple[int, _KeyMark | None, float] | None:
+        """The newest marker of a key: (version, marker, written at); the marker is None while
+        it is being written (or left empty by a crash: ``written at`` is then its mtime)."""
+        for _ in range(5):
+            versions = [int(n[1:]) for n in _listdir(kdir) if n[:1] == "v" and n[1:].isdigit()]
+            if not versions:
+                return None
+            v = max(versions)
+            path = os.path.join(kdir, f"v{v}")
+            try:
+                with open(path, "rb") as f:
+                    data = f.read()
+                    at = os.fstat(f.fileno()).st_mtime
+            except FileNotFoundError:
+                continue  # replaced and cleaned meanwhile: look again
+            try:
+                mark = _key_dec.decode(data)
+                return v, mark, mark.at
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                return v, None, at
+        return None
+
+    def _key_cas(self, kdir: str, version: int, task_id: str, now: float, purged: bool = False) -> bool:
+        """Write marker ``version + 1`` naming ``task_id``; False if someone wrote it first
+        (``O_EXCL`` creation is atomic on every POSIX filesystem, NFS included)."""
+        path = os.path.join(kdir, f"v{version + 1}")
+        for _ in range(3):
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                break
+            except FileNotFoundError:
+                os.makedirs(kdir, exist_ok=True)
+            except FileExistsError:
+                return False
+        else:
+            return False
+        try:
+            os.write(fd, _results_enc.encode(_KeyMark(task_id, now, purged)))
+        finally:
+            os.close(fd)
+        for n in _listdir(kdir):  # keep the newest two; a reader whose file vanished looks again
+            if n[:1] == "v" and n[1:].isdigit() and int(n[1:]) < version:
+                _unlink(os.path.join(kdir, n))
+        return True
+
+    def _claim_keys(self, tasks: Sequence[Task], now: float) -> tuple[dict[str, str], list[str]]:
+        """Point each key of the batch at its first task, unless another task holds it:
+        ``(key -> holder, for keys held; holders known only by a stored success)``.
+
+        A marker is written *before* its task's file, so a marker whose task is not there yet
+        may be a write in progress: it is waited for, up to ``KEY_WRITE_GRACE`` seconds after
+        it was written (then its writer is taken to have died in between). ``purge`` marks the
+        keys of the tasks it removes, so a purged task is never taken for one being written."""
+        first: dict[str, str] = {}
+        for t in tasks:
+            if t.key is not None:
+                first.setdefault(t.key, t.id)
+        holders: dict[str, str] = {}
+        gone: list[str] = []
+        todo = dict(first)
+        delay = 0.005
+        while todo:
+            current = {k: self._key_current(self._key_dir(k)) for k in todo}
+            mine = set(todo.values())
+            others = {c[1].task for c in current.values() if c is not None and c[1] is not None}
+            others -= mine | {""}
+            found = self.locate(others) if others else {}
+            waiting: dict[str, str] = {}
+            for k, tid in todo.items():
+                cur = current[k]
+                version = 0
+                if cur is not None:
+                    version, mark, at = cur
+                    if mark is not None and mark.task == tid:
+                        continue  # ours already
+                    if mark is None or not (mark.purged or mark.task == "" or mark.task in found):
+                        if time.time() - at < KEY_WRITE_GRACE:
+                            waiting[k] = tid  # its task may be being stored: look again shortly
+                            continue
+                    elif mark.task in found:
+                        if holds_key(found[mark.task].status):
+                            holders[k] = mark.task
+                            continue
+                    elif mark.purged and self.succeeded_result(mark.task):
+                        holders[k] = mark.task
+                        gone.append(mark.task)
+                        continue
+                if not self._key_cas(self._key_dir(k), version, tid, now):
+                    waiting[k] = tid  # someone else was first: look at what they wrote
+            todo = waiting
+            if todo:
+                time.sleep(delay)
+                delay = min(delay * 2, 0.1)
+        return holders, gone
+
     # --- enqueue ------------------------------------------------------------------------------------
-    def enqueue(self, tasks: Sequence[Task]) -> bool:
-        """Store a checked batch; True when some task is ready to claim at once."""
+    def enqueue(self, tasks: Sequence[Task]) -> tuple[bool, dict[str, str]]:
+        """Store a checked batch: (some task is ready to claim at once, {duplicate id: holder
+        id} for tasks whose key another task holds, which are not stored)."""
         now = time.time()
         for t in tasks:
             if len(encode_name(t.id)) > _MAX_TASK_NAME:
@@ -1792,13 +1921,19 @@ class _TaskDir:
                     f"task id {t.id[:40]!r}... is too long for a file:// queue "
                     f"(at most {_MAX_TASK_NAME} characters once percent-encoded)"
                 )
-        batch = {t.id for t in tasks}
-        outside = {d for t in tasks for d in t.depends_on} - batch
-        found = self.locate(outside)
-        existing = self._existing(batch)
+        existing = self._existing({t.id for t in tasks})
         taken = [t.id for t in tasks if t.id in existing]
         if taken:
             raise ConfigError(f"task id {taken[0]!r} already exists")
+        dups: dict[str, str] = {}
+        if keyed(tasks):
+            holders, gone = self._claim_keys(tasks, now)
+            tasks, dups = plan_keys(tasks, holders, gone)
+            if not tasks:
+                return False, dups
+        batch = {t.id for t in tasks}
+        outside = {d for t in tasks for d in t.depends_on} - batch
+        found = self.locate(outside)
         plans = plan_enqueue(tasks, {d: found[d].status for d in outside if d in found})
         ready = False
         recheck: list[tuple[str, Task]] = []
@@ -1838,7 +1973,7 @@ class _TaskDir:
                     self._end(
                         _Loc(TaskStatus.PENDING, path, None), stored, TaskStatus.CANCELLED, now
                     )
-        return ready
+        return ready, dups
 
     # --- claim ----------------------------------------------------------------------------------------
     def _deps_done(self, loc: _Loc) -> bool:
@@ -2161,14 +2296,29 @@ class _TaskDir:
                         continue
                 except FileNotFoundError:
                     continue
+                rec = self._read_rec(e.path)
                 if _unlink(e.path):
                     count += 1
                     tid = decode_name(e.name[: -len(".msgpack")])
+                    if rec is not None and rec.task.key is not None:
+                        self._forget_key(rec.task.key, tid, st, time.time())
                     _unlink(self._cancel_path(tid))
                     _rmtree(os.path.join(self.deps, encode_name(tid)))
                     self._queue_of.pop(tid, None)
                     self._deps_of.pop(tid, None)
         return count
+
+    def _forget_key(self, key: str, task_id: str, status: TaskStatus, now: float) -> None:
+        """``purge`` removed ``task_id``: if it is its key's latest task, say so in a new marker
+        (free, or held while its stored success lasts); someone re-keying first wins."""
+        kdir = self._key_dir(key)
+        cur = self._key_current(kdir)
+        if cur is None or cur[1] is None or cur[1].task != task_id:
+            return
+        if status is TaskStatus.SUCCEEDED:
+            self._key_cas(kdir, cur[0], task_id, now, purged=True)
+        else:
+            self._key_cas(kdir, cur[0], "", now)
 
     # --- schedules ------------------------------------------------------------------------------------
     def _sched_dir(self, schedule_id: str) -> str:
@@ -2365,6 +2515,7 @@ class FileTaskQueueBackend(FsspecBackend, TaskQueue):
         if not self.location.local:
             raise ConfigError(no_task_queue_message(url))
         self._tasks = _TaskDir(self.root)
+        self._tasks.succeeded_result = self._succeeded_result
         self._watched: set[str] | None = set()  # queues claimed from (None: all)
 
     async def _open(self) -> None:
@@ -2387,9 +2538,17 @@ class FileTaskQueueBackend(FsspecBackend, TaskQueue):
         check_new_tasks(tasks)
         if not tasks:
             return {}
-        if await self._run("enqueue tasks in", self._tasks.enqueue, list(tasks)):
+        ready, dups = await self._run("enqueue tasks in", self._tasks.enqueue, list(tasks))
+        if ready:
             self.notify()
-        return {}
+        return dups
+
+    def _succeeded_result(self, task_id: str) -> bool:
+        """Whether a SUCCEEDED result of ``task_id`` is stored here (in the queue's thread)."""
+        path = self.result_path(task_id)
+        data = _read(path)
+        r = self._decode_result(path, data) if data is not None else None
+        return r is not None and r.status is TaskStatus.SUCCEEDED
 
     async def _live_tasks(self, task_ids: list[str]) -> set[str]:
         """Which of these tasks may still run (pending, queued or running here)."""
