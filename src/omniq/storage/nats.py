@@ -110,6 +110,7 @@ from ..errors import ConfigError, StorageError
 from ..logs import get_logger
 from ..models import Schedule, Task, TaskEvent, TaskResult, TaskStatus
 from .base import (
+    KEY_WRITE_GRACE,
     UNSUCCESSFUL,
     EventStore,
     Finished,
@@ -122,8 +123,11 @@ from .base import (
     check_claim,
     check_new_tasks,
     check_outcomes,
+    holds_key,
+    keyed,
     masked,
     plan_enqueue,
+    plan_keys,
 )
 from .blobs import (
     LIVE_TASK_STATUSES,
@@ -180,8 +184,19 @@ class _Rec(msgspec.Struct, array_like=True):
     dependents: list[str] = msgspec.field(default_factory=list)  # tasks waiting for this one
 
 
+class _KeyMark(msgspec.Struct, array_like=True):
+    """An idempotency key's marker (``k.<key>`` in the meta bucket): the key's latest task
+    ("" once that task was purged unsuccessful), when the marker was written, and whether that
+    task's record was purged after it succeeded (it holds the key while its result lasts)."""
+
+    task: str
+    at: float
+    purged: bool = False
+
+
 _encode = msgspec.msgpack.Encoder().encode
 _decode_rec = msgspec.msgpack.Decoder(_Rec).decode
+_decode_keymark = msgspec.msgpack.Decoder(_KeyMark).decode
 _decode_result = msgspec.msgpack.Decoder(TaskResult).decode
 _decode_event = msgspec.msgpack.Decoder(TaskEvent).decode
 _decode_schedule = msgspec.msgpack.Decoder(Schedule).decode
@@ -833,11 +848,116 @@ class NatsBackend(TaskQueue, ResultStore, EventStore):
     @_guard
     async def enqueue(self, tasks: Sequence[Task]) -> dict[str, str]:
         check_new_tasks(tasks)
-        if tasks:
-            await self._insert(tasks, time.time())
-        return {}
+        if not tasks:
+            return {}
+        return await self._insert(tasks, time.time())
 
-    async def _insert(self, tasks: Sequence[Task], now: float) -> None:
+    def _key_subject(self, key: str) -> str:
+        tok = token(key)
+        if len(tok) > 200:  # a long key: its digest (the marker names the task, not the key)
+            tok = "~" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+        return f"$KV.{self.meta_bucket}.k.{tok}"
+
+    async def _claim_keys(
+        self, tasks: Sequence[Task], now: float
+    ) -> tuple[dict[str, str], list[str], dict[str, int]]:
+        """Point each key of the batch at its first task by compare-and-set on its marker,
+        unless another task holds it: (key -> holder, for keys held; holders known only by a
+        stored success; key -> revision of the markers written here).
+
+        A marker is written *before* its task's record, so a marker whose task is not there yet
+        may be a write in progress: it is waited for, up to ``KEY_WRITE_GRACE`` seconds after
+        it was written (then its writer is taken to have died in between). ``purge`` marks the
+        keys of the tasks it removes, so a purged task is never taken for one being written."""
+        first: dict[str, str] = {}
+        for t in tasks:
+            if t.key is not None:
+                first.setdefault(t.key, t.id)
+        holders: dict[str, str] = {}
+        gone: list[str] = []
+        written: dict[str, int] = {}
+        stream = f"KV_{self.meta_bucket}"
+
+        async def one(key: str, tid: str) -> None:
+            subject = self._key_subject(key)
+            delay = 0.005
+            while True:
+                m = await self._get_last(stream, subject)
+                rev = 0 if m is None else m.seq
+                if m is not None:
+                    mark = _decode_keymark(m.data)
+                    if mark.task == tid:
+                        written[key] = m.seq  # ours (an earlier attempt of this call)
+                        return
+                    if mark.task:
+                        got = await self._get_rec(mark.task)
+                        if got is not None:
+                            if holds_key(got[1].task.status):
+                                holders[key] = mark.task
+                                return
+                        elif mark.purged:
+                            r = await self._get_result(mark.task)
+                            if r is not None and r.status is TaskStatus.SUCCEEDED:
+                                holders[key] = mark.task
+                                gone.append(mark.task)
+                                return
+                        elif time.time() - mark.at < KEY_WRITE_GRACE:
+                            await asyncio.sleep(delay)  # its task may be being stored
+                            delay = min(delay * 2, 0.1)
+                            continue
+                seq = await self._cas(subject, _encode(_KeyMark(tid, now)), rev)
+                if seq is not None:
+                    written[key] = seq
+                    return
+
+        await _gather(one(k, tid) for k, tid in first.items())
+        return holders, gone, written
+
+    async def _free_keys(self, written: Mapping[str, int], now: float) -> None:
+        """Best effort, after a failed enqueue: markers written here point at no task; free them
+        (a marker someone replaced meanwhile is left alone)."""
+        with contextlib.suppress(Exception):
+            await _gather(
+                self._cas(self._key_subject(k), _encode(_KeyMark("", now)), seq)
+                for k, seq in written.items()
+            )
+
+    async def _forget_keys(self, recs: Sequence[_Rec], now: float) -> None:
+        """``purge`` removed these records: mark their keys free (or held while a stored success
+        lasts), unless someone re-keyed them meanwhile."""
+        stream = f"KV_{self.meta_bucket}"
+
+        async def one(rec: _Rec) -> None:
+            assert rec.task.key is not None
+            subject = self._key_subject(rec.task.key)
+            m = await self._get_last(stream, subject)
+            if m is None or _decode_keymark(m.data).task != rec.task.id:
+                return
+            ok = rec.task.status is TaskStatus.SUCCEEDED
+            mark = _KeyMark(rec.task.id if ok else "", now, purged=ok)
+            await self._cas(subject, _encode(mark), m.seq)
+
+        await _gather(one(r) for r in recs if r.task.key is not None)
+
+    async def _insert(self, tasks: Sequence[Task], now: float) -> dict[str, str]:
+        """Store a validated batch: key markers, index messages, then records created only if
+        absent. Returns the duplicates of held keys (see ``TaskQueue.enqueue``)."""
+        dups: dict[str, str] = {}
+        written: dict[str, int] = {}
+        if keyed(tasks):
+            holders, gone, written = await self._claim_keys(tasks, now)
+            tasks, dups = plan_keys(tasks, holders, gone)
+            if not tasks:
+                return dups
+        try:
+            await self._insert_records(tasks, now)
+        except BaseException as e:
+            if written and not isinstance(e, _TRANSIENT):  # (a transient one runs again)
+                await self._free_keys(written, now)
+            raise
+        return dups
+
+    async def _insert_records(self, tasks: Sequence[Task], now: float) -> None:
         """Store a validated batch: index messages first, then records created only if absent."""
         batch = {t.id for t in tasks}
         outside = {d for t in tasks for d in t.depends_on if d not in batch}
@@ -1458,11 +1578,12 @@ class NatsBackend(TaskQueue, ResultStore, EventStore):
     @_guard
     async def purge(self, *, before: float) -> int:
         gone = [
-            subject
+            (subject, rec)
             for subject, rec in await self._all_recs()
             if rec.task.status.is_final and rec.finished_at is not None and rec.finished_at < before
         ]
-        await _gather(self._purge(f"KV_{self.tasks_bucket}", s) for s in gone)
+        await _gather(self._purge(f"KV_{self.tasks_bucket}", s) for s, _ in gone)
+        await self._forget_keys([r for _, r in gone], time.time())
         return len(gone)
 
     # --- schedules ----------------------------------------------------------------------------------------
