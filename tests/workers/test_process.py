@@ -309,3 +309,25 @@ def test_a_worker_that_cannot_import_the_tasks_module_says_where_it_looked(tmp_p
         sys.modules.pop("tasks_mod_xyz", None)
     msg = err.value.message
     assert "tasks_mod_xyz" in msg and "PYTHONPATH" in msg and str(elsewhere) in msg
+
+
+def test_a_module_planted_where_the_worker_starts_is_not_imported_by_its_children(tmp_path):
+    """Children started as ``python -m`` had the working directory first on their path: a
+    ``dill.py`` there ran in every child (security review, finding 5)."""
+    url = f"sqlite:///{tmp_path}/plant.db"
+    here = tmp_path / "here"
+    here.mkdir()
+    marker = tmp_path / "pwned"
+    (here / "dill.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    with OmniQ(tasks=url, concurrency=0) as oq:
+        tid = oq.enqueue(helpers.square, args=(7,))
+        script = os.path.join(os.path.dirname(sys.executable), "omniq")  # as a user starts it
+        w = subprocess.Popen([script, "worker", "--tasks", url, "--worker", "process", "-c", "1"], cwd=here,
+                             stderr=subprocess.DEVNULL,
+                             env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)})
+        try:
+            assert oq.get_result(tid, wait=True, timeout=60).value == 49
+        finally:
+            w.terminate()
+            w.wait(60)
+    assert not marker.exists()

@@ -41,7 +41,12 @@ log = get_logger("omniq.worker.process")
 
 
 def child_command(module: str = "omniq.workers.child") -> list[str]:
-    return [sys.executable, "-m", module]
+    """The child's command line. ``-m`` would put the working directory first on ``sys.path``,
+    so a ``dill.py`` planted where ``omniq worker`` was started would run in every child: ``-P``
+    (3.11+) leaves it out; on 3.10, ``-I`` (isolated: no working directory, no PYTHON*
+    variables, hence ``-u``). The child gets the parent's import path explicitly instead."""
+    flags = ["-P"] if sys.version_info >= (3, 11) else ["-I", "-u"]
+    return [sys.executable, *flags, "-m", module]
 
 
 def child_env() -> dict[str, str]:
