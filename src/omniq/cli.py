@@ -72,6 +72,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     oq = AsyncOmniQ(
         tasks=args.tasks, results=args.results, events=args.events, worker=args.worker,
         concurrency=args.concurrency, queues=args.queues, lease=args.lease,
+        memory_limit=args.memory_limit,
     )
 
     async def main() -> None:
@@ -91,25 +92,41 @@ def cmd_worker(args: argparse.Namespace) -> int:
                         print("omniq worker: stopping now", file=sys.stderr, flush=True)
                         os._exit(1)
 
+        async def watch_idle(limit: float) -> None:
+            """Leave (as on SIGTERM) once no task was held for ``limit`` seconds."""
+            last_busy = time.monotonic()
+            while not stopped.is_set():
+                await anyio.sleep(min(1.0, limit / 4))
+                w = oq._worker
+                if w is not None and w.runner.held():
+                    last_busy = time.monotonic()
+                elif time.monotonic() - last_busy >= limit:
+                    print(f"omniq worker: no task for {limit:g} s; leaving", file=sys.stderr, flush=True)
+                    stopped.set()
+
         # outside the task group, so errors reach main() as themselves: the port first (a port
         # in use is said before any work), then storage
         listener = None
         if args.metrics_port is not None:
             listener = await open_listener(args.metrics_host, args.metrics_port)
         await oq.open()
+        limit = oq.config.memory_limit
         print(f"omniq worker: {oq.config.default_worker} x{oq.config.concurrency} on "
-              f"{_masked(oq.tasks_url)} queues={oq.config.queues or 'all'}", file=sys.stderr, flush=True)
+              f"{_masked(oq.tasks_url)} queues={oq.config.queues or 'all'}"
+              + (f" memory_limit={_size_text(limit)}" if limit else ""), file=sys.stderr, flush=True)
         async with anyio.create_task_group() as tg:
             tg.start_soon(watch_signals)
             if listener is not None:
                 tg.start_soon(serve_prometheus, _metrics_text(oq), listener)
                 print(f"omniq worker: metrics on http://{args.metrics_host}:{bound_port(listener)}/metrics",
                       file=sys.stderr, flush=True)
+            if args.idle_timeout is not None:
+                tg.start_soon(watch_idle, args.idle_timeout)
             try:
                 await stopped.wait()
             finally:
                 with anyio.CancelScope(shield=True):
-                    await _graceful(oq)
+                    await _graceful(oq, args.grace)
                 tg.cancel_scope.cancel()
 
     anyio.run(main)
@@ -129,11 +146,23 @@ def _metrics_text(oq: Any) -> Callable[[], str]:
     return render
 
 
-async def _graceful(oq: Any) -> None:
-    """Stop claiming, let running tasks finish, hand unstarted ones back."""
+async def _graceful(oq: Any, grace: float | None = None) -> None:
+    """Stop claiming, let running tasks finish, hand unstarted ones back. With ``grace``:
+    tasks still running after that many seconds are stopped and handed back too (queued again
+    for another worker, not counted as a delivery or a failure)."""
+    import anyio
+
     w = oq._worker
     if w is not None:
-        await w.stop(graceful=True)
+        if grace is not None:
+            w._claiming = False  # (as Worker.stop does first) no new task while the grace runs
+            with anyio.move_on_after(grace):
+                while w.runner.held():
+                    await anyio.sleep(0.05)
+            if w.runner.held():
+                print(f"omniq worker: tasks still running after {grace:g} s; handing them back",
+                      file=sys.stderr, flush=True)
+        await w.stop(graceful=grace is None or not w.runner.held())
         oq._worker = None
     await oq.close(drain=False)
 
@@ -146,6 +175,31 @@ def _port(text: str) -> int:
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port: expected 0-65535 (0 picks a free one)")
     return port
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds > 0")
+    return value
+
+
+def _size(text: str) -> int:
+    from .config.sizes import SIZE_TEXT, size_or_none
+
+    size = size_or_none(text)
+    if size is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size: expected {SIZE_TEXT}")
+    return size
+
+
+def _size_text(n: int) -> str:
+    from .config.sizes import format_size
+
+    return format_size(n)
 
 
 def _masked(url: str) -> str:
@@ -219,16 +273,24 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(fn=cmd_demo)
 
     w = sub.add_parser("worker", help="run worker slots against shared storage")
-    w.add_argument("--tasks", required=True, help="task queue URL")
+    w.add_argument("--tasks", default=None, help="task queue URL (default from config/env: OMNIQ_TASK_QUEUE_TYPE)")
     w.add_argument("--results", default=None, help="result storage URL (default: same as --tasks)")
     w.add_argument("--events", default=None, help="event storage URL (default: same as --tasks)")
     w.add_argument("--queues", default=None, help="comma-separated queues to take from (default: all)")
     w.add_argument("--worker", default="process", choices=["async", "thread", "process", "gevent"])
     w.add_argument("-c", "--concurrency", type=int, default=os.cpu_count() or 2)
     w.add_argument("--lease", type=float, default=None, help="lease seconds (default from config)")
+    w.add_argument("--memory-limit", type=_size, default=None, metavar="SIZE",
+                   help="memory a task may use, e.g. 4GB or '512 MiB', for tasks without their own "
+                        "memory_limit; over it a task fails naming the limit (default from config: none)")
     w.add_argument("--metrics-port", type=_port, default=None,
                    help="serve Prometheus metrics on this port (0: any free port; default: off)")
     w.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port (default 127.0.0.1)")
+    w.add_argument("--idle-timeout", type=_positive, default=None, metavar="SECONDS",
+                   help="exit after this long with no task to run (default: never)")
+    w.add_argument("--grace", type=_positive, default=None, metavar="SECONDS",
+                   help="on SIGTERM, give running tasks this long to finish, then stop them and hand "
+                        "them back to the queue (default: wait for them)")
     w.set_defaults(fn=cmd_worker)
 
     s = sub.add_parser("status", help="queue depths by status, workers, schedules")
