@@ -35,6 +35,7 @@ from . import _chunks, ids
 from ._futures import ResultFuture, WeakFutures, bulk, resolve_many
 from .blobcache import BlobCache
 from .config import configure_logging, load_config, resolve_urls
+from .config.sizes import parse_size
 from .errors import ConfigError, StorageError, StorageUnwritable, TaskError
 from .events.logger import EventLogger
 from .events.metrics import Metrics
@@ -279,6 +280,7 @@ class AsyncOmniQ:
         result_ttl: float | None = None,
         task_ttl: float | None = None,
         storage_options: Mapping[str, Any] | None = None,
+        memory_limit: int | str | None = None,
     ) -> None:
         if isinstance(queues, str):
             queues = [q for q in (s.strip() for s in queues.split(",")) if q]
@@ -297,6 +299,7 @@ class AsyncOmniQ:
             result_ttl=result_ttl,
             task_ttl=task_ttl,
             storage_options=dict(storage_options) if storage_options else None,
+            memory_limit=memory_limit,
         )
         self.tasks_url, self.results_url, self.events_url = resolve_urls(self.config)
         self._opened = False
@@ -403,6 +406,8 @@ class AsyncOmniQ:
         if cfg.concurrency > 0:
             runner = make_runner(cfg.default_worker, cfg.concurrency)
             runner.blobs = self.blobs
+            if hasattr(runner, "memory_limit"):  # runners that can watch memory: the default limit
+                runner.memory_limit = cfg.memory_limit
             await runner.start()
             self._worker = Worker(
                 queue=self._queue,
@@ -502,6 +507,7 @@ class AsyncOmniQ:
         key: str | None = None,
         metadata: Mapping[str, Any] | None = None,
         result_ttl: Any = _MISSING,
+        memory_limit: Any = None,
         task_id: str | None = None,
         payload: bytes | None = None,
         blobs: tuple[str, ...] = (),
@@ -535,6 +541,7 @@ class AsyncOmniQ:
             raise ConfigError(f"key={key!r} is not valid: expected a non-empty string or None")
         if metadata is not None and not isinstance(metadata, Mapping):
             raise ConfigError(f"metadata={metadata!r} is not valid: expected a dict or None")
+        mem = parse_size(memory_limit, "memory_limit")
         pending = bool(deps) or (start is not None and start > now)
         if payload is None:
             sink = self._blob_sink()
@@ -560,6 +567,7 @@ class AsyncOmniQ:
             on_failure=dumps(on_failure) if on_failure is not None else None,
             key=key,
             result_ttl=rttl,
+            memory_limit=mem,
             metadata=dict(metadata) if metadata else {},
         )
 
@@ -779,12 +787,20 @@ class AsyncOmniQ:
         key: str | None = None,
         metadata: Mapping[str, Any] | None = None,
         result_ttl: float | dt.timedelta | None = _MISSING,
+        memory_limit: int | str | None = None,
     ) -> str:
-        """Store one task durably and return its id (time-ordered)."""
+        """Store one task durably and return its id (time-ordered).
+
+        ``key``: an idempotency key. While a task with this key is pending, queued or running,
+        or once it succeeded, no new task is stored and its id is returned; after it failed, was
+        cancelled or expired, a new task is made. ``memory_limit``: bytes (or ``"4GB"``,
+        ``"512MB"``) the task may use; over it, it fails with a memory error naming the limit
+        (None: the worker's ``memory_limit``)."""
         task = self._make_task(
             fn, args, kwargs, queue=queue, priority=priority, delay=delay, eta=eta, ttl=ttl,
             depends_on=depends_on, retries=retries, retry_delay=retry_delay, timeout=timeout,
             on_success=on_success, on_failure=on_failure, key=key, metadata=metadata, result_ttl=result_ttl,
+            memory_limit=memory_limit,
         )
         return await self._enqueue_task(task)
 
@@ -1753,11 +1769,12 @@ class OmniQ:
         result_ttl: float | None = None,
         task_ttl: float | None = None,
         storage_options: Mapping[str, Any] | None = None,
+        memory_limit: int | str | None = None,
     ) -> None:
         self._core = AsyncOmniQ(
             tasks, results, events, worker, concurrency, queues, config=config, lease=lease,
             max_deliveries=max_deliveries, result_ttl=result_ttl, task_ttl=task_ttl,
-            storage_options=storage_options,
+            storage_options=storage_options, memory_limit=memory_limit,
         )
         self._core._facade_owned = True
         self._thread: _LoopThread | None = None

@@ -222,6 +222,7 @@ def test_env_overrides_every_key(monkeypatch: pytest.MonkeyPatch) -> None:
         "OMNIQ_LEASE": "12.5",
         "OMNIQ_MAX_DELIVERIES": "5",
         "OMNIQ_QUEUES": "high, low,,",
+        "OMNIQ_MEMORY_LIMIT": "2 GiB",
         "OMNIQ_STORAGE_OPTIONS": '{"anon": true}',
     }
     for name, value in values.items():
@@ -241,6 +242,7 @@ def test_env_overrides_every_key(monkeypatch: pytest.MonkeyPatch) -> None:
         lease=12.5,
         max_deliveries=5,
         queues=["high", "low"],
+        memory_limit=2 * 1024**3,
         storage_options={"anon": True},
     )
 
@@ -467,3 +469,32 @@ def test_package_reexports() -> None:
     assert "load_config" in dir(omniq_config)
     with pytest.raises(AttributeError):
         omniq_config.nope  # noqa: B018
+
+
+# ------------------------------------------------------------------------------ memory_limit
+
+
+def test_memory_limit_from_a_dict_yaml_env_and_argument(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_config().memory_limit is None
+    assert load_config({"memory_limit": "4GB"}).memory_limit == 4_000_000_000
+    assert load_config({"memory_limit": 1_000_000}).memory_limit == 1_000_000
+    f = tmp_path / "c.yaml"
+    f.write_text("memory_limit: 512 MiB\n")
+    assert load_config(str(f)).memory_limit == 512 * 1024**2
+    monkeypatch.setenv("OMNIQ_MEMORY_LIMIT", "1GB")
+    assert load_config(str(f)).memory_limit == 10**9  # the environment over the file
+    assert load_config(str(f), memory_limit="3GB").memory_limit == 3 * 10**9  # arguments over both
+    monkeypatch.setenv("OMNIQ_MEMORY_LIMIT", "none")
+    assert load_config({"memory_limit": "4GB"}).memory_limit is None
+
+
+@pytest.mark.parametrize("bad", ["lots", "-1GB", 0, "4 XB", True, 1.5])
+def test_bad_memory_limit_names_the_key_and_what_is_valid(bad: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigError, match=r"memory_limit=.* is not valid: expected a size such as '4GB'"):
+        load_config({"memory_limit": bad})
+    with pytest.raises(ConfigError, match=r"^memory_limit=.* is not valid: expected a size"):
+        load_config(memory_limit=bad)
+    if isinstance(bad, str):
+        monkeypatch.setenv("OMNIQ_MEMORY_LIMIT", bad)
+        with pytest.raises(ConfigError, match=r"^OMNIQ_MEMORY_LIMIT=.* is not valid: expected a size"):
+            load_config()

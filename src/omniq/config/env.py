@@ -116,6 +116,17 @@ def _queues(value: Any) -> list[str] | None:
     return names
 
 
+def _memory_limit(value: Any) -> int | None:
+    from .sizes import size_or_none
+
+    if value is None:
+        return None
+    size = size_or_none(value)
+    if size is None:
+        raise Invalid
+    return size
+
+
 def _options(value: Any) -> dict[str, object]:
     if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
         raise Invalid
@@ -224,6 +235,12 @@ RULES: dict[str, Rule] = {
         "a list of queue names (or one comma-separated string), or None for all queues",
         _as_queues,
         "queue names separated by commas, or 'none' / '*' for all queues",
+    ),
+    "memory_limit": Rule(
+        _memory_limit,
+        "a size such as '4GB', '512MB' or '200 MiB', a whole number of bytes > 0, or None",
+        _as_optional_str,
+        "a size such as 4GB, 512MB or '200 MiB', a number of bytes > 0, or 'none'",
     ),
     "storage_options": Rule(
         _options,

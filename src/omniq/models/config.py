@@ -22,5 +22,7 @@ class OmniQConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     result_ttl: float | None = settings.RESULT_TTL
     lease: float = settings.LEASE
     max_deliveries: int = settings.MAX_DELIVERIES
+    #: bytes a task without its own ``memory_limit`` may use on this instance's workers
+    memory_limit: int | None = settings.MEMORY_LIMIT
     queues: list[str] | None = None
     storage_options: dict[str, object] = msgspec.field(default_factory=dict)

@@ -59,6 +59,7 @@ class Task(msgspec.Struct, kw_only=True, omit_defaults=True):
     on_failure: bytes | None = None
     key: str | None = None  # caller's idempotency / sweep-point key
     result_ttl: float | None = None
+    memory_limit: int | None = None  # bytes its process may use (None: the worker's default)
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
     blobs: tuple[str, ...] = ()  # digests of the large values its payload refers to (BlobStore)
     # lease state, maintained by the task queue

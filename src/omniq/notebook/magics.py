@@ -524,6 +524,8 @@ _ENQUEUE = (
     argument("--priority", "-p", type=int, default=None, metavar="P", help="higher runs first (default 0)"),
     argument("--retries", "-r", type=int, default=None, metavar="R", help="retries after the cell raises (default 0)"),
     argument("--timeout", type=float, default=None, metavar="S", help="stop a run after S seconds"),
+    argument("--memory", default=None, metavar="SIZE",
+             help="memory a run may use, e.g. 4GB or 512MB; over it, it fails naming the limit"),
 )
 _SUBMIT = (
     argument("-n", "--name", required=True, metavar="NAME",
@@ -609,7 +611,7 @@ class OmniQMagics(Magics):
           %omniq status | %omniq schedules | %omniq workers
           %omniq wait NAME [--timeout S] | %omniq cancel NAME | %omniq results NAME
           %%omniq submit -n NAME [--sweep SPEC] [--out X,Y] [--queue Q] [--priority P]
-                         [--retries R] [--timeout S] [--wait]
+                         [--retries R] [--timeout S] [--memory SIZE] [--wait]
         """
         sub, _, rest = line.strip().partition(" ")
         if sub in ("", "-h", "--help", "help"):
@@ -707,6 +709,12 @@ class OmniQMagics(Magics):
         payload, _shipped = ship_globals(needed, ns, skip=hidden | params)
         options = {k: v for k, v in (("queue", args.queue), ("priority", args.priority),
                                      ("retries", args.retries), ("timeout", args.timeout)) if v is not None}
+        if args.memory is not None:  # "4GB" or bytes; a bad size is a UsageError naming --memory
+            from ..config.sizes import SIZE_TEXT, size_or_none
+
+            options["memory_limit"] = size_or_none(_unquote(args.memory))
+            if options["memory_limit"] is None:
+                raise UsageError(f"--memory {args.memory}: not a size; expected {SIZE_TEXT}")
         if "queue" in options:
             options["queue"] = _unquote(options["queue"])
         call = CellCall(source, payload, outs, name)
