@@ -1529,6 +1529,12 @@ class AsyncOmniQ:
             # second's back-off made a 1.5 s task in an `omniq worker` take 2.0 s to come back)
             delay = 0.05 if found_any else min(0.2 if 0 < len(stale) <= 1000 else 1.0, delay * 2)
 
+    def executor(self, **task_options: Any) -> Any:
+        """A ``concurrent.futures.Executor`` over this open instance (``OmniQ.executor``)."""
+        from .executor import Executor
+
+        return Executor._over(self, task_options)
+
 
 CLOSE_STEP = 30.0  # seconds a storage may take to answer one step of close()
 
@@ -1940,6 +1946,14 @@ class OmniQ:
         if not self._core.is_open:
             self.open()
         return self._core.on_event(callback, types)
+
+    def executor(self, **task_options: Any) -> Any:
+        """A ``concurrent.futures.Executor`` over this open OmniQ; ``task_options`` (queue,
+        priority, retries, timeout, ...) apply to every call. Its ``shutdown()`` leaves this
+        OmniQ open. See ``omniq.Executor``."""
+        from .executor import Executor
+
+        return Executor._over(self, task_options)
 
 
 async def _async_future_for(core: AsyncOmniQ, task_id: str) -> cf.Future[TaskResult]:
