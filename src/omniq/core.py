@@ -394,6 +394,9 @@ class AsyncOmniQ:
             if isinstance(exc, (StorageError, ConfigError)):
                 raise
             raise StorageError(f"could not open storage {masked(self.tasks_url)}: {exc}") from exc
+        # one backend holding tasks and results: a succeeded task holds its key only while its
+        # result is stored (a caller handed its id would otherwise wait for a result that is gone)
+        self._queue.results_here = self._queue is self._results
         self._events = EventLogger(self._events_store)
         self._events.add_listener(self.metrics.on_events)
         self._processor = EventProcessor(self._events, self._events_store)

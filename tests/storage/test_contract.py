@@ -681,6 +681,26 @@ class TestIdempotencyKeys:
         last = task(key="ok")
         assert await queue.enqueue([last]) == {}
 
+    async def test_with_results_here_a_success_holds_only_while_its_result_is_stored(
+        self, queue: TaskQueue
+    ) -> None:
+        if not isinstance(queue, ResultStore):
+            pytest.skip("this backend keeps results elsewhere")
+        queue.results_here = True  # (the orchestrator sets it when tasks and results share it)
+        try:
+            a = task(key="k")
+            await queue.enqueue([a])
+            await claim(queue)
+            await queue.put_results([result(task_id=a.id, key="k")])
+            await queue.finish("w1", [(a.id, S.SUCCEEDED)], now=T0)
+            b = task(key="k")
+            assert await queue.enqueue([b]) == {b.id: a.id}
+            await queue.delete_results([a.id])  # its value is gone: nobody could wait for it
+            c = task(key="k")
+            assert await queue.enqueue([c]) == {}
+        finally:
+            queue.results_here = False
+
     async def test_bad_key(self, queue: TaskQueue) -> None:
         for bad in ("", 7):
             with pytest.raises(ConfigError, match="key"):

@@ -158,6 +158,10 @@ class TaskQueue(Backend, BlobStore):
     #: True when ``notify``/``wait_for_tasks`` can wake a worker in another process promptly
     #: (e.g. PostgreSQL LISTEN); otherwise ``wait_for_tasks`` polls with back-off.
     cross_process_wakeups: bool = False
+    #: True when this backend is also the result store of whoever enqueues (set by the
+    #: orchestrator): a SUCCEEDED task then holds its key only while its result is stored.
+    #: False: its status is enough (results live elsewhere).
+    results_here: bool = False
 
     def __init__(self) -> None:
         self._wakeup = anyio.Event()
@@ -174,8 +178,8 @@ class TaskQueue(Backend, BlobStore):
         Idempotency keys (``Task.key``): a task whose key is *held* is not stored; the reply
         maps its id to the holder's (``{new id: existing id}``, empty when every task was
         stored). The holder of a key is the latest task stored with it, while that task is
-        PENDING, QUEUED, RUNNING or SUCCEEDED (once its record is purged: while a SUCCEEDED
-        result of it is stored in this backend). A failed, cancelled or expired holder holds
+        PENDING, QUEUED, RUNNING or SUCCEEDED (with ``results_here``, or once its record is
+        purged: while a SUCCEEDED result of it is stored in this backend). A failed, cancelled or expired holder holds
         nothing: the new task is stored and holds the key from then on. Within one batch the
         first task with a key stores it and later ones are its duplicates; a task of the batch
         depending on a duplicate depends on the holder instead (``plan_keys``). Deciding and
@@ -503,10 +507,14 @@ KEY_HOLDING = frozenset(
 KEY_WRITE_GRACE = 30.0
 
 
-def holds_key(status: TaskStatus | None, succeeded_result: bool = False) -> bool:
-    """Whether a key's latest task holds it: its status (None: no record any more), and
-    whether a SUCCEEDED result of it is stored in the same backend."""
-    if status is None:
+def holds_key(
+    status: TaskStatus | None, succeeded_result: bool = False, results_here: bool = False
+) -> bool:
+    """Whether a key's latest task holds it: its status (None: no record any more), whether a
+    SUCCEEDED result of it is stored in the same backend, and whether this backend is the
+    result store (``TaskQueue.results_here``: a success then holds only while its result is
+    stored, since a caller handed its id would wait for a result that is gone)."""
+    if status is None or (status is TaskStatus.SUCCEEDED and results_here):
         return succeeded_result
     return status in KEY_HOLDING
 

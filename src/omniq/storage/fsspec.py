@@ -1631,6 +1631,7 @@ class _TaskDir:
         self.scheds = os.path.join(base, "schedules")
         self.workers_dir = os.path.join(base, "workers")
         self.keys = os.path.join(base, "keys")
+        self.results_here = False  # (TaskQueue.results_here, copied by the backend)
         #: whether a SUCCEEDED result of a task (whose record is gone) is stored here; set by
         #: the backend holding the results beside this queue
         self.succeeded_result: Callable[[str], bool] = lambda task_id: False
@@ -1895,7 +1896,9 @@ class _TaskDir:
                             waiting[k] = tid  # its task may be being stored: look again shortly
                             continue
                     elif mark.task in found:
-                        if holds_key(found[mark.task].status):
+                        st = found[mark.task].status
+                        ok = st is TaskStatus.SUCCEEDED and self.results_here and self.succeeded_result(mark.task)
+                        if holds_key(st, ok, self.results_here):
                             holders[k] = mark.task
                             continue
                     elif mark.purged and self.succeeded_result(mark.task):
@@ -2538,6 +2541,7 @@ class FileTaskQueueBackend(FsspecBackend, TaskQueue):
         check_new_tasks(tasks)
         if not tasks:
             return {}
+        self._tasks.results_here = self.results_here
         ready, dups = await self._run("enqueue tasks in", self._tasks.enqueue, list(tasks))
         if ready:
             self.notify()

@@ -256,11 +256,9 @@ class MemoryBackend(TaskQueue, ResultStore, EventStore):
             if hid is None:
                 continue
             entry = self._entries.get(hid)
-            if entry is not None:
-                held = holds_key(entry.task.status)
-            else:
-                r = self._results.get(hid)
-                held = holds_key(None, r is not None and r.status is TaskStatus.SUCCEEDED)
+            r = self._results.get(hid)
+            ok = r is not None and r.status is TaskStatus.SUCCEEDED
+            held = holds_key(entry.task.status if entry is not None else None, ok, self.results_here)
             if held:
                 out[k] = hid
         return out

@@ -892,7 +892,12 @@ class NatsBackend(TaskQueue, ResultStore, EventStore):
                     if mark.task:
                         got = await self._get_rec(mark.task)
                         if got is not None:
-                            if holds_key(got[1].task.status):
+                            st = got[1].task.status
+                            ok = False
+                            if st is TaskStatus.SUCCEEDED and self.results_here:
+                                r = await self._get_result(mark.task)
+                                ok = r is not None and r.status is TaskStatus.SUCCEEDED
+                            if holds_key(st, ok, self.results_here):
                                 holders[key] = mark.task
                                 return
                         elif mark.purged:

@@ -245,7 +245,8 @@ TASK_STATUSES = "SELECT id, status FROM omniq_tasks WHERE id = ANY($1::text[])"
 # the sorted buckets: one order for everyone, so no deadlock), then reads each key's latest task
 # with a fresh snapshot, so a racing enqueue of the same key has committed or not begun
 LOCK_KEYS = "SELECT pg_advisory_xact_lock($1::int4, b) FROM unnest($2::int4[]) AS b"
-KEY_HOLDERS = """SELECT k.key, k.task_id, t.status, CASE WHEN t.status IS NULL THEN
+KEY_HOLDERS = """SELECT k.key, k.task_id, t.status,
+        CASE WHEN t.status IS NULL OR t.status = 'succeeded' THEN
         (SELECT r.status FROM omniq_results r WHERE r.task_id = k.task_id) END
     FROM omniq_keys k LEFT JOIN omniq_tasks t ON t.id = k.task_id WHERE k.key = ANY($1::text[])"""
 PUT_KEYS = """INSERT INTO omniq_keys (key, task_id) SELECT * FROM unnest($1::text[], $2::text[])
@@ -972,7 +973,8 @@ class PostgresBackend(TaskQueue, ResultStore, EventStore):
                     holders: dict[str, str] = {}
                     gone: list[str] = []  # holders known only by their stored success
                     for k, tid, st, rst in await conn.fetch(KEY_HOLDERS, keys):
-                        if holds_key(_STATUS[st] if st is not None else None, rst == "succeeded"):
+                        status = _STATUS[st] if st is not None else None
+                        if holds_key(status, rst == "succeeded", self.results_here):
                             holders[k] = tid
                             if st is None:
                                 gone.append(tid)

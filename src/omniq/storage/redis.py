@@ -148,7 +148,8 @@ local DUE = NS .. ':due'
 local LEASES = NS .. ':leases'
 local EXPIRY = NS .. ':expiry'
 local DONE = NS .. ':done'
-local KEYS = NS .. ':keys'
+local KEYMAP = NS .. ':keys'
+local RESULTS_HERE = false  -- the enqueue script sets it (see holds())
 local WAKE = NS .. ':wake'
 local FIELDS = {'b', 's', 'w', 'l', 'd', 'a', 'e', 'c'}
 
@@ -245,7 +246,9 @@ end
 -- a SUCCEEDED result of it is stored here
 local function holds(id)
   local s = redis.call('HGET', tkey(id), 's')
-  if s then return s == 'pending' or s == 'queued' or s == 'running' or s == 'succeeded' end
+  if s and not (s == 'succeeded' and RESULTS_HERE) then
+    return s == 'pending' or s == 'queued' or s == 'running' or s == 'succeeded'
+  end
   local blob = redis.call('GET', NS .. ':r:' .. id)
   if not blob then return false end
   local ok, r = pcall(cmsgpack.unpack, blob)
@@ -274,7 +277,7 @@ local function insert(i)
     if k ~= '' then
       local h = claimed[k]
       if not h then
-        local cur = redis.call('HGET', KEYS, k)
+        local cur = redis.call('HGET', KEYMAP, k)
         if cur and cur ~= id and holds(cur) then h = cur end
       end
       if h then
@@ -319,7 +322,7 @@ local function insert(i)
       if exp ~= '' then redis.call('HSET', key, 'x', exp) end
       if k ~= '' then
         redis.call('HSET', key, 'y', k)
-        redis.call('HSET', KEYS, k, id)
+        redis.call('HSET', KEYMAP, k, id)
       end
       count(q, st, 1)
       if st == 'cancelled' then
@@ -347,11 +350,13 @@ local function insert(i)
 end
 """
 
-# enqueue: ARGV[2..] as insert(). Reply {'ok'} | {'exists', id} | {'stale'} (re-plan).
+# enqueue: ARGV[2] results_here ('1': a success holds its key only while its result is
+# stored), ARGV[3..] as insert(). Reply {'ok', dups...} | {'exists', id} | {'stale'} (re-plan).
 ENQUEUE = r"""
 local c = replay()
 if c then return c end
-local r = insert(2)
+RESULTS_HERE = ARGV[2] == '1'
+local r = insert(3)
 if r[1] == 'ok' then remember(r) end
 return r
 """
@@ -673,8 +678,8 @@ for _, id in ipairs(ids) do
   local h = redis.call('HMGET', tkey(id), 's', 'q', 'y')
   if h[1] then count(h[2], h[1], -1) end
   -- its key is free now, unless it succeeded (a stored result of it may still hold the key)
-  if h[3] and h[1] ~= 'succeeded' and redis.call('HGET', KEYS, h[3]) == id then
-    redis.call('HDEL', KEYS, h[3])
+  if h[3] and h[1] ~= 'succeeded' and redis.call('HGET', KEYMAP, h[3]) == id then
+    redis.call('HDEL', KEYMAP, h[3])
   end
   redis.call('DEL', tkey(id), NS .. ':deps:' .. id)
   redis.call('ZREM', DONE, id)
@@ -1338,7 +1343,7 @@ class RedisBackend(TaskQueue, ResultStore, EventStore):
         check_new_tasks(tasks)
         if not tasks:
             return {}
-        reply = await self._insert(tasks, time.time(), "enqueue", [])
+        reply = await self._insert(tasks, time.time(), "enqueue", ["1" if self.results_here else "0"])
         ids = [x.decode() for x in reply[1:]]
         dups = dict(zip(ids[::2], ids[1::2]))
         self._woken([t for t in tasks if t.id not in dups] if dups else tasks)

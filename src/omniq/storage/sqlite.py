@@ -181,8 +181,9 @@ INSERT_QUEUED = """INSERT INTO omniq_tasks (id, queue, priority, status, expires
     created_at, task) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?)"""
 INSERT_DEP = "INSERT OR IGNORE INTO omniq_deps (task_id, dep_id) VALUES (?, ?)"
 TASK_STATUSES = f"SELECT id, status FROM omniq_tasks WHERE id IN {IDS}"
-# each key's latest task, its status, and (only when its record is gone) its result's status
-KEY_HOLDERS = f"""SELECT k.key, k.task_id, t.status, CASE WHEN t.status IS NULL THEN
+# each key's latest task, its status, and (when it has none, or succeeded) its result's status
+KEY_HOLDERS = f"""SELECT k.key, k.task_id, t.status,
+        CASE WHEN t.status IS NULL OR t.status = 'succeeded' THEN
         (SELECT r.status FROM omniq_results r WHERE r.task_id = k.task_id) END
     FROM omniq_keys k LEFT JOIN omniq_tasks t ON t.id = k.task_id WHERE k.key IN {IDS}"""
 PUT_KEY = "INSERT OR REPLACE INTO omniq_keys (key, task_id) VALUES (?, ?)"
@@ -709,7 +710,7 @@ def _insert_tasks(conn: sqlite3.Connection, tasks: Sequence[Task], now: float) -
 
 
 def _enqueue(
-    conn: sqlite3.Connection, tasks: Sequence[Task], now: float
+    conn: sqlite3.Connection, tasks: Sequence[Task], now: float, results_here: bool = False
 ) -> tuple[bool, dict[str, str]]:
     """``_insert_tasks`` with idempotency keys (in the caller's write transaction): tasks
     whose key is held are left out; returns (something ready, {duplicate id: holder id})."""
@@ -719,7 +720,7 @@ def _enqueue(
     holders: dict[str, str] = {}
     gone: list[str] = []  # holders known only by their stored success
     for key, tid, st, rst in conn.execute(KEY_HOLDERS, (_ids(keys),)):
-        if holds_key(_STATUS[st] if st is not None else None, rst == "succeeded"):
+        if holds_key(_STATUS[st] if st is not None else None, rst == "succeeded", results_here):
             holders[key] = tid
             if st is None:
                 gone.append(tid)
@@ -836,7 +837,7 @@ class SQLiteBackend(TaskQueue, ResultStore, EventStore):
         check_new_tasks(tasks)
         if not tasks:
             return {}
-        ready, dups = await self._write(_enqueue, tasks, time.time())
+        ready, dups = await self._write(_enqueue, tasks, time.time(), self.results_here)
         if ready:
             self.notify()
         for t in tasks:
