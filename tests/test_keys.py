@@ -112,6 +112,9 @@ def test_enqueued_event_names_the_key_and_duplicates_make_none(db):
         assert dup == tid
         events = oq.events()
         assert [(e.task_id, e.type, e.detail) for e in events] == [(tid, "enqueued", "key ev")]
+        [h] = oq.map(add, [1], key=["ev"])
+        oq.flush()
+        assert oq.events(task_id=h._id) == events  # a duplicate's id names its holder's events
 
 
 def test_bad_keys_are_named(db):

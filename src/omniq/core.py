@@ -1154,6 +1154,8 @@ class AsyncOmniQ:
         await self._ensure_open()
         self._after_stored_here()
         await self._events.flush()
+        if task_id is not None:
+            task_id = self._resolve_id(task_id)
         return await self._events_store.query_events(task_id=task_id, since=_epoch("since", since), types=types)
 
     def subscribe(
