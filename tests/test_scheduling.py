@@ -768,3 +768,12 @@ async def test_two_processes_fire_each_slot_once(tmp_path: Path) -> None:
     assert 35 <= len(per_slot) <= 41
     # the child (up after its imports, ~0.5 s) won some slots: the race was real
     assert {t.metadata["by"] for t in tasks} == {"parent", "child"}
+
+
+def test_six_fields_written_seconds_last_are_refused_with_the_seconds_first_form() -> None:
+    """croniter's own six-field form puts seconds last: '* * * * * */2' meant every 2 s, and
+    was read as every second on every other weekday."""
+    with pytest.raises(ConfigError, match=r"seconds FIRST.*'\*/2 \* \* \* \* \*'"):
+        validate_spec(cron="* * * * * */2")
+    assert validate_spec(cron="*/2 * * * * *").cron == "*/2 * * * * *"  # every 2 seconds
+    assert validate_spec(cron="0 */2 * * * 1-5").cron == "0 */2 * * * 1-5"

@@ -164,6 +164,13 @@ def _check_cron(cron: object) -> str:
         raise ConfigError(
             f"cron={cron!r} has {len(fields)} field{'s' if len(fields) != 1 else ''}; {_CRON_HELP}"
         )
+    if len(fields) == 6 and fields[0] == "*" and "/" in fields[5]:
+        # every second, on every n-th weekday: what croniter's seconds-LAST form reads as here
+        raise ConfigError(
+            f"cron={cron!r} is ambiguous: 6 fields are read with seconds FIRST (second minute hour "
+            f"day-of-month month day-of-week), so this fires every second on every {fields[5]} day of "
+            f"the week. For seconds, put them first: {' '.join([fields[5], *fields[:5]])!r}"
+        )
     if any(_HASHED.match(part) for field in fields for part in field.split(",")):
         raise ConfigError(
             f"cron={cron!r} uses a hashed (H) or random (R) field, which OmniQ does not "
