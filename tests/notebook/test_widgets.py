@@ -259,3 +259,20 @@ def test_tasks_running_before_the_widget_was_made_show_as_running(oq):
     again.wait(30)
     for h in hs:
         h.get(30)
+
+
+def test_a_cancelled_task_is_counted_as_cancelled_not_failed(oq):
+    import time as _time
+
+    h = oq.enqueue(ok, args=(1,), delay=60)  # waits: cancelled before it runs
+    handle = oq.handle(h)
+    p = Progress(oq, [handle], title="one", mode="widget")
+    assert oq.cancel(h)
+    deadline = _time.monotonic() + 30
+    while not p.tracker.snapshot().complete and _time.monotonic() < deadline:
+        _time.sleep(0.02)
+    p.finalize()
+    snap = p.tracker.snapshot()
+    assert (snap.failed, snap.cancelled) == (0, 1)
+    assert "failed 0" in p.counts.value and "cancelled 1" in p.counts.value
+    assert p.bar.bar_style == "warning"  # before: "failed 1" in red

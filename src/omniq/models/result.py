@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import reprlib
 from typing import Any
 
 import msgspec
@@ -57,6 +58,27 @@ class TaskResult(msgspec.Struct, kw_only=True, omit_defaults=True, dict=True):
                 cached = loads(self.payload, blobs=self.__dict__.get("_fetch"))
             self.__dict__["_value"] = cached
         return cached
+
+    def __repr__(self) -> str:
+        """The value, not its bytes: shown when it is plain data (decoding it runs no code) or
+        already loaded; a pickled value is only named, since loading it runs code."""
+        parts = [f"task_id={self.task_id!r}", f"status={self.status.value!r}"]
+        if self.payload is not None:
+            cached = self.__dict__.get("_value", _UNSET)
+            if cached is _UNSET and self.payload[:1] == b"M":
+                cached = self.value
+            if cached is not _UNSET:
+                parts.append(f"value={reprlib.repr(cached)}")
+            else:
+                parts.append(f"value=<not loaded yet: {len(self.payload):,} bytes; read .value>")
+        if self.error is not None:
+            parts.append(f"error={self.error}")
+        parts.append(f"attempts={self.attempts}")
+        if self.duration is not None:
+            parts.append(f"duration={self.duration:.3f}s")
+        if self.key:
+            parts.append(f"key={self.key!r}")
+        return f"TaskResult({', '.join(parts)})"
 
     @property
     def duration(self) -> float | None:

@@ -52,7 +52,8 @@ class Failure:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """Counts at one moment. ``failed`` counts every non-succeeded final (cancelled, expired too)."""
+    """Counts at one moment. ``failed`` counts tasks that failed; ``cancelled`` those cancelled or
+    expired (stopped on purpose, not an error)."""
 
     total: int
     pending: int
@@ -63,10 +64,11 @@ class Snapshot:
     elapsed: float
     eta: float | None
     failures: tuple[Failure, ...]  # the first ``max_failures`` in slot order
+    cancelled: int = 0
 
     @property
     def finished(self) -> int:
-        return self.succeeded + self.failed
+        return self.succeeded + self.failed + self.cancelled
 
     @property
     def complete(self) -> bool:
@@ -318,16 +320,17 @@ class Tracker:
             elapsed = now - self._started
             run_finished = self._run_finished
             succeeded = c.get(_SUCCEEDED, 0)
-            failed = total - succeeded - sum(c.get(s, 0) for s in _WAITING)
+            cancelled = c.get("cancelled", 0) + c.get("expired", 0)
+            failed = total - succeeded - cancelled - sum(c.get(s, 0) for s in _WAITING)
             failures: list[Failure] = []
-            if failed:
+            if failed or cancelled:
                 for i, st in enumerate(self._states):
                     if st not in _WAITING and st != _SUCCEEDED:
                         r = self._results[i]
                         failures.append(Failure(i, "", st, r.error if r is not None else None))
                         if len(failures) >= max_failures:
                             break
-        remaining = total - succeeded - failed
+        remaining = total - succeeded - failed - cancelled
         eta: float | None = None
         if not remaining:
             eta = 0.0
@@ -340,6 +343,7 @@ class Tracker:
             running=c.get(RUNNING, 0),
             succeeded=succeeded,
             failed=failed,
+            cancelled=cancelled,
             elapsed=elapsed,
             eta=eta,
             failures=tuple(Failure(f.slot, self._label(f.slot), f.status, f.error) for f in failures),

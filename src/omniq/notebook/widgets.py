@@ -60,7 +60,10 @@ def _clock(seconds: float | None) -> str:
 def _counts_text(snap: Snapshot) -> str:
     waiting = snap.queued + snap.pending
     parts = [f"{snap.finished}/{snap.total}", f"queued {waiting}", f"running {snap.running}",
-             f"done {snap.succeeded}", f"failed {snap.failed}", f"{_clock(snap.elapsed)} elapsed"]
+             f"done {snap.succeeded}", f"failed {snap.failed}"]
+    if snap.cancelled:
+        parts.append(f"cancelled {snap.cancelled}")
+    parts.append(f"{_clock(snap.elapsed)} elapsed")
     if not snap.complete:
         parts.append(f"ETA {_clock(snap.eta)}")
     return " · ".join(parts)
@@ -69,6 +72,8 @@ def _counts_text(snap: Snapshot) -> str:
 def _bar_style(snap: Snapshot) -> str:
     if snap.failed:
         return "danger"
+    if snap.cancelled:  # stopped on purpose: not an error, not a success either
+        return "warning" if snap.complete else ""
     return "success" if snap.complete and snap.total else ""
 
 
@@ -203,7 +208,7 @@ class Progress:
         self.failures.children = children
         self.failures.titles = tuple(titles)
         self.failures.layout.display = "" if children else "none"
-        more = snap.failed - len(children)
+        more = snap.failed + snap.cancelled - len(children)
         self.failures_note.value = (
             f"<i>… and {more} more without a value (see <code>.failed()</code>)</i>" if more > 0 else ""
         )
