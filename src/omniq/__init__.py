@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .core import AsyncOmniQ, AsyncTaskHandle, OmniQ, TaskHandle
+    from .executor import Executor
 
 from .errors import (
     ConfigError,
@@ -27,6 +28,7 @@ __all__ = [
     "AsyncTaskHandle",
     "ConfigError",
     "ErrorInfo",
+    "Executor",
     "OmniQ",
     "OmniQConfig",
     "OmniQError",
@@ -53,6 +55,10 @@ def __getattr__(name: str) -> Any:
         from . import core
 
         return getattr(core, name)
+    if name == "Executor":
+        from .executor import Executor
+
+        return Executor
     raise AttributeError(f"module 'omniq' has no attribute {name!r}")
 
 

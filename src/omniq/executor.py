@@ -1,0 +1,663 @@
+"""``concurrent.futures.Executor`` over OmniQ: code written for ``ProcessPoolExecutor`` runs
+unchanged, with OmniQ's durable queue, process workers and results underneath.
+
+``Executor(max_workers=None, **options)`` owns an ``OmniQ`` (process workers by default,
+``max_workers`` slots, storage from ``options`` or the configured default) and closes it on
+``shutdown``. ``oq.executor(**task_options)`` is the same executor over an OmniQ that is
+already open; its ``shutdown`` leaves that OmniQ open.
+
+Futures are real ``concurrent.futures.Future`` objects (the package's cheap
+``ResultFuture``), so ``cf.wait``, ``cf.as_completed``, ``asyncio.wrap_future`` and
+``loop.run_in_executor`` take them as they are. Each resolves from its task's ``TaskResult``:
+
+* succeeded: its value;
+* failed: the remote exception rebuilt with its original type when that type can be found in
+  this process (``builtins`` or a module already imported) and built from its message; its
+  ``__cause__`` is the ``TaskError`` carrying the remote traceback text. Otherwise the
+  ``TaskError`` itself (``TaskExpired``, ``WorkerDied``, a timeout, ...);
+* cancelled: the future is cancelled.
+
+A future turns ``running()`` when OmniQ reports its task ``started`` (an event, so with a few
+milliseconds' lag). ``cancel()`` cancels the OmniQ task too when it is still queued; a task
+that a worker already holds is left to run and ``cancel()`` returns False, as the standard
+library's executors do. ``shutdown(cancel_futures=True)`` cancels the queued tasks except those
+the executor's idle worker slots take next, as ``ProcessPoolExecutor`` hands up to
+``max_workers + 1`` calls to its processes at once.
+
+A future keeps its value or exception only; the function and arguments live in the stored
+task, and results are not cached anywhere else in this process.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import builtins
+import concurrent.futures as cf
+import contextlib
+import inspect
+import os
+import re
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING, RUNNING
+from typing import TYPE_CHECKING, Any
+
+from . import _chunks
+from ._futures import ResultFuture
+from .errors import ConfigError, SerializationError, TaskError
+from .models import TaskEvent, TaskResult, TaskStatus
+
+if TYPE_CHECKING:
+    from .core import AsyncOmniQ, OmniQ
+    from .models import Task
+
+__all__ = ["Executor", "ExecutorFuture", "remote_exception"]
+
+# --------------------------------------------------------------------------------------------
+# remote exceptions
+# --------------------------------------------------------------------------------------------
+#: error types OmniQ itself records: they stay ``TaskError`` (or its subclasses)
+_OWN_TYPES = frozenset({"TaskError", "TaskCancelled", "TaskExpired", "WorkerDied", "TaskTimeout",
+                        "MemoryLimitExceeded", "SignatureError"})
+_QUALNAME = re.compile(r"([A-Za-z_][\w.]*)(?::|$)")
+
+
+def remote_exception(result: TaskResult) -> BaseException:
+    """The exception a task that did not succeed raises in this process: its remote exception
+    rebuilt with the original type where possible (``__cause__``: the ``TaskError`` with the
+    remote traceback), else that ``TaskError``."""
+    err = TaskError.from_info(result.task_id, result.error)
+    if result.error is None or err.type in _OWN_TYPES or type(err) is not TaskError:
+        return err
+    exc = _rebuild(err.type, err.message, err.traceback)
+    if exc is None:
+        return err
+    exc.__cause__ = err
+    return exc
+
+
+def _rebuild(name: str, message: str, tb: str) -> BaseException | None:
+    cls = _find_class(name, tb)
+    if cls is None:
+        return None
+    for args in _candidate_args(cls, message):
+        try:
+            exc = cls(*args)
+            if type(exc) is cls and str(exc) == message:
+                return exc
+        except Exception:
+            continue
+    try:  # a constructor that wants other arguments: the message as its only argument
+        exc = cls.__new__(cls)
+        exc.args = (message,)
+        str(exc)
+        return exc
+    except Exception:
+        return None
+
+
+def _candidate_args(cls: type, message: str) -> list[tuple[Any, ...]]:
+    literal: list[tuple[Any, ...]] = []
+    try:
+        literal = [(ast.literal_eval(message),)] if message else []
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        pass
+    plain = [(message,)] if message else [(), ("",)]
+    # KeyError's str() is the repr of its key: the literal first
+    return literal + plain if issubclass(cls, KeyError) else plain + literal
+
+
+def _find_class(name: str, tb: str) -> type[BaseException] | None:
+    """The exception class named ``name``, found by the qualified name the traceback's last
+    line gives (``pkg.mod.Name: message``) in ``builtins``, ``__main__`` or a module this
+    process has already imported (nothing is imported for it)."""
+    qual = name
+    for line in reversed(tb.splitlines()):
+        m = _QUALNAME.match(line)
+        if m and (m[1] == name or m[1].endswith("." + name)):
+            qual = m[1]
+            break
+    parts = qual.split(".")
+    candidates: list[tuple[Any, list[str]]] = []
+    if len(parts) == 1:
+        candidates = [(builtins, parts), (sys.modules.get("__main__"), parts)]
+    for i in range(len(parts) - 1, 0, -1):
+        candidates.append((sys.modules.get(".".join(parts[:i])), parts[i:]))
+    for module, path in candidates:
+        if module is None:
+            continue
+        obj: Any = module
+        for p in path:
+            obj = getattr(obj, p, None)
+            if obj is None:
+                break
+        if isinstance(obj, type) and issubclass(obj, BaseException) and obj.__name__ == name:
+            return obj
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# futures
+# --------------------------------------------------------------------------------------------
+class ExecutorFuture(ResultFuture[Any]):
+    """A ``concurrent.futures.Future`` for one task of an executor; ``task_id`` names it.
+    ``cancel()`` cancels the queued OmniQ task as well."""
+
+    __slots__ = ("_st", "task_id")
+
+    def __init__(self, state: _State, task_id: str) -> None:
+        super().__init__()
+        self._st: _State | None = state
+        self.task_id = task_id
+
+    def cancel(self) -> bool:
+        state = self._state
+        if state in (RUNNING, FINISHED):
+            return False
+        if state in (CANCELLED, CANCELLED_AND_NOTIFIED):
+            return True
+        st = self._st
+        if st is None:
+            return _cancel_here(self)
+        return self in st.cancel([self])
+
+    def _take(self, inner: cf.Future[TaskResult]) -> None:
+        """``inner`` (the task's ``TaskResult`` future) is done: settle this one (on OmniQ's loop)."""
+        st, self._st = self._st, None
+        if st is not None:
+            st.forget(self)
+        if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED):
+            return
+        exc = inner.exception()
+        if exc is not None:  # the task could not be stored
+            _set(self, exc, failed=True)
+            return
+        r = inner.result()
+        if r.status is TaskStatus.SUCCEEDED:
+            try:
+                value = r.value
+            except Exception as e:  # e.g. a class this process cannot import
+                _set(self, SerializationError(f"task {r.task_id}: its result could not be read here: {e}"),
+                     failed=True)
+            else:
+                _set(self, value, failed=False)
+        elif r.status is TaskStatus.CANCELLED and self._state == PENDING:
+            _cancel_here(self)
+        else:
+            _set(self, remote_exception(r), failed=True)
+
+    def _mark_running(self) -> None:
+        with self._condition:
+            if self._state == PENDING:
+                self._state = RUNNING
+
+
+def _set(f: cf.Future[Any], value: Any, *, failed: bool) -> None:
+    with contextlib.suppress(cf.InvalidStateError):
+        if failed:
+            f.set_exception(value)
+        else:
+            f.set_result(value)
+
+
+def _cancel_here(f: cf.Future[Any]) -> bool:
+    """Cancel the future itself (not its task) and notify its waiters, as an executor's
+    worker does for a cancelled call: ``wait`` and ``as_completed`` count it done."""
+    with f._condition:
+        if f._state in (RUNNING, FINISHED):
+            return False
+        if f._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
+            return True
+        f._state = CANCELLED_AND_NOTIFIED
+        for waiter in f._waiters:
+            waiter.add_cancelled(f)
+        f._condition.notify_all()
+    f._invoke_callbacks()  # type: ignore[attr-defined]
+    return True
+
+
+# --------------------------------------------------------------------------------------------
+# what an executor needs of its OmniQ
+# --------------------------------------------------------------------------------------------
+_NOT_TASK_OPTIONS = frozenset({"self", "fn", "args", "kwargs", "task_id", "payload", "blobs", "now", "key",
+                               "depends_on"})
+
+
+def task_option_names() -> frozenset[str]:
+    """Options one task takes (``enqueue``'s keywords, less ``key`` and ``depends_on``)."""
+    from .core import AsyncOmniQ
+
+    params = inspect.signature(AsyncOmniQ._make_task).parameters
+    return frozenset(params) - _NOT_TASK_OPTIONS
+
+
+def omniq_option_names() -> frozenset[str]:
+    """The ``OmniQ`` constructor's keywords."""
+    from .core import OmniQ
+
+    return frozenset(inspect.signature(OmniQ.__init__).parameters) - {"self"}
+
+
+def check_task_options(options: dict[str, Any], where: str) -> dict[str, Any]:
+    """``options`` if each is a task option; a ``ConfigError`` naming the first that is not."""
+    valid = task_option_names()
+    for name in options:
+        if name not in valid:
+            raise ConfigError(f"{where} got an unknown option {name!r}: expected task options "
+                              f"({', '.join(sorted(valid))})")
+    return options
+
+
+class _State:
+    """An executor's state, shared with its futures (which must not keep the executor alive):
+    the OmniQ, task options, the futures not final yet and the tasks they follow."""
+
+    def __init__(self, oq: OmniQ | AsyncOmniQ, task_options: dict[str, Any], *, owned: bool) -> None:
+        from .core import OmniQ
+
+        self.oq = oq
+        self.sync = oq if isinstance(oq, OmniQ) else None
+        self.core: AsyncOmniQ = oq.core if isinstance(oq, OmniQ) else oq
+        self.task_options = task_options
+        self.owned = owned
+        self.lock = threading.Lock()
+        self.closed = False
+        self.pending: set[ExecutorFuture] = set()
+        # task id (a chunk's id for the items of a chunked map) -> its future(s): for `started`
+        self.watch: dict[str, Any] = {}
+        self._unsubscribe: Callable[[], None] | None = None
+        try:
+            self._unsubscribe = self.core.on_event(self._on_event, ["started"])
+        except RuntimeError:  # not open: no running() state, everything else works
+            self._unsubscribe = None
+
+    # --- handing tasks over --------------------------------------------------------------------
+    def accept(self, tasks: Sequence[Task]) -> list[ResultFuture[TaskResult]]:
+        if self.sync is not None:
+            return self.sync._hand_over(tasks)
+        return self.core._accept(tasks)
+
+    def follow(self, task_ids: Sequence[str], inner: Sequence[cf.Future[TaskResult]]) -> list[ExecutorFuture]:
+        """One executor future per task, settled from the task's ``TaskResult`` future."""
+        out = []
+        pending, watch = self.pending, self.watch
+        for tid, f in zip(task_ids, inner):
+            uf = ExecutorFuture(self, tid)
+            pending.add(uf)
+            item = _chunks.split_item_id(tid)
+            if item is None:
+                watch[tid] = uf
+            else:
+                watch.setdefault(item[0], []).append(uf)
+            out.append(uf)
+            f.add_done_callback(uf._take)
+        return out
+
+    def forget(self, f: ExecutorFuture) -> None:
+        self.pending.discard(f)
+        item = _chunks.split_item_id(f.task_id)
+        self.watch.pop(f.task_id if item is None else item[0], None)
+
+    def _on_event(self, ev: TaskEvent) -> None:
+        x = self.watch.get(ev.task_id)
+        if x is None:
+            return
+        for f in x if isinstance(x, list) else (x,):
+            f._mark_running()
+
+    # --- cancelling -----------------------------------------------------------------------------
+    def cancel(self, futures: Iterable[ExecutorFuture], *, spare: int = 0) -> set[ExecutorFuture]:
+        """Cancel the queued tasks of ``futures`` (all but the first ``spare`` of them, which the
+        idle worker slots take next) and those futures; the cancelled futures. Futures whose
+        task a worker holds are marked running and left alone."""
+        cand = [f for f in futures if f._state == PENDING]
+        if not cand:
+            return set()
+        roots: dict[str, None] = {}
+        for f in cand:
+            item = _chunks.split_item_id(f.task_id)
+            roots[f.task_id if item is None else item[0]] = None
+        core = self.core
+        if not core.is_open:  # nothing can run it any more
+            return {f for f in cand if _cancel_here(f)}
+        if threading.get_ident() == core._loop_thread:
+            # on OmniQ's loop (a done callback, a coroutine of an AsyncOmniQ): we cannot wait for
+            # the storage here, so the futures are cancelled now and the tasks right after
+            loop = core._loop
+            assert loop is not None
+            loop.create_task(core.cancel_many(list(roots)))
+            return {f for f in cand if _cancel_here(f)}
+        try:
+            cancelled, running = self._run(_cancel_queued, core, list(roots), spare)
+        except Exception:
+            if core.is_open:
+                raise
+            return {f for f in cand if _cancel_here(f)}
+        out = set()
+        for f in cand:
+            item = _chunks.split_item_id(f.task_id)
+            root = f.task_id if item is None else item[0]
+            if root in cancelled:
+                if _cancel_here(f) or f.cancelled():
+                    out.add(f)
+            elif root in running:
+                f._mark_running()
+        return out
+
+    def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``await fn(*args)`` on OmniQ's loop, from another thread."""
+        if self.sync is not None:
+            thread = self.sync._thread
+            if thread is None:
+                raise RuntimeError("this OmniQ is closed")
+            return thread.call(fn, *args)
+        loop = self.core._loop
+        assert loop is not None
+        return asyncio.run_coroutine_threadsafe(fn(*args), loop).result()
+
+    def local_slots(self) -> int:
+        """Worker slots of this instance serving the executor's queue (0: none here)."""
+        core = self.core
+        queue = self.task_options.get("queue", "default")
+        return core.config.concurrency if core._serves(queue) else 0
+
+    # --- ending ---------------------------------------------------------------------------------
+    def wait_all(self) -> None:
+        while True:
+            fs = list(self.pending)
+            if not fs:
+                return
+            cf.wait(fs)
+            for f in fs:
+                if f.done():
+                    self.pending.discard(f)
+
+    def close(self, *, wait: bool) -> None:
+        """After ``shutdown``: wait for the futures (``wait``), stop following events, and
+        close the OmniQ if this executor owns it."""
+        if wait:
+            self.wait_all()
+        with self.lock:
+            if self.closed:
+                return
+            self.closed = True
+        unsub, self._unsubscribe = self._unsubscribe, None
+        if unsub is not None:
+            with contextlib.suppress(Exception):
+                unsub()
+        if self.owned and self.sync is not None:
+            self.sync.close(drain=True)
+
+
+async def _cancel_queued(core: AsyncOmniQ, ids: list[str], spare: int) -> tuple[set[str], set[str]]:
+    """Cancel those of ``ids`` still waiting (queued or pending) but the first ``spare`` queued
+    ones; ``(cancelled ids, ids a worker holds)``."""
+    await core.flush()
+    resolved = {tid: core._resolve_id(tid) for tid in ids}
+    states = await core._queue.statuses(list(dict.fromkeys(resolved.values())))
+    waiting = [t for t in ids if states.get(resolved[t]) in (TaskStatus.QUEUED, TaskStatus.PENDING)]
+    running = {t for t in ids if states.get(resolved[t]) is TaskStatus.RUNNING}
+    if spare > 0:
+        queued = [t for t in waiting if states.get(resolved[t]) is TaskStatus.QUEUED]
+        keep = set(queued[:spare])
+        running |= keep
+        waiting = [t for t in waiting if t not in keep]
+    if waiting:
+        await core.cancel_many(waiting)
+    return set(waiting), running
+
+
+# --------------------------------------------------------------------------------------------
+# the executor
+# --------------------------------------------------------------------------------------------
+class _Star:
+    """``fn(*args)`` for the items of a chunked ``map`` over several iterables."""
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+        self.__module__ = getattr(fn, "__module__", None) or __name__
+        self.__qualname__ = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or "fn"
+
+    def __call__(self, args: Sequence[Any]) -> Any:
+        return self.fn(*args)
+
+
+_global_shutdown = False
+_LIVE: weakref.WeakSet[_State] = weakref.WeakSet()
+
+
+def _python_exit() -> None:
+    """At interpreter exit (before non-daemon threads are joined), as the standard library's
+    executors: no new futures, and executors still open finish their work, then close."""
+    global _global_shutdown
+    _global_shutdown = True
+    for st in list(_LIVE):
+        if st.owned and not st.closed:
+            with contextlib.suppress(BaseException):
+                st.close(wait=True)
+
+
+_register = getattr(threading, "_register_atexit", None)
+try:
+    if _register is None:  # pragma: no cover - every supported Python has it
+        raise RuntimeError
+    _register(_python_exit)
+except RuntimeError:  # imported while the interpreter exits, or no such hook
+    import atexit
+
+    atexit.register(_python_exit)
+
+
+class Executor(cf.Executor):
+    """A ``concurrent.futures.Executor`` that runs calls as OmniQ tasks.
+
+    ``Executor(max_workers=None, **options)`` owns an ``OmniQ`` built from ``options``: its
+    constructor's (``tasks``, ``results``, ``events``, ``worker`` -- ``"process"`` unless given
+    --, ``queues``, ``config``, ...) and task options applied to every call (``queue``,
+    ``priority``, ``retries``, ``timeout``, ``ttl``, ...). ``max_workers`` worker slots (default:
+    ``concurrency`` from the options, config or environment, else one per CPU). The OmniQ is
+    closed by ``shutdown``. ``oq.executor(**task_options)`` makes one over an open OmniQ.
+    """
+
+    def __init__(self, max_workers: int | None = None, **options: Any) -> None:
+        if max_workers is not None:
+            if isinstance(max_workers, bool) or not isinstance(max_workers, int):
+                raise TypeError(f"max_workers={max_workers!r} is not valid: expected an int > 0 or None")
+            if max_workers <= 0:
+                raise ValueError("max_workers must be greater than 0")
+        from .core import OmniQ
+
+        ctor, tasks = omniq_option_names(), task_option_names()
+        oq_opts: dict[str, Any] = {}
+        task_opts: dict[str, Any] = {}
+        for name, value in options.items():
+            if name in ctor:
+                oq_opts[name] = value
+            elif name in tasks:
+                task_opts[name] = value
+            else:
+                raise ConfigError(
+                    f"Executor() got an unknown option {name!r}: expected max_workers, OmniQ options "
+                    f"({', '.join(sorted(ctor))}) or task options ({', '.join(sorted(tasks))})"
+                )
+        env = os.environ
+        if max_workers is not None:
+            if oq_opts.get("concurrency") not in (None, max_workers):
+                raise ConfigError(f"max_workers={max_workers} and concurrency={oq_opts['concurrency']} "
+                                  "disagree: give one of them")
+            oq_opts["concurrency"] = max_workers
+        elif oq_opts.get("concurrency") is None and "config" not in oq_opts and "OMNIQ_CONCURRENCY" not in env:
+            oq_opts["concurrency"] = os.cpu_count() or 1
+        if oq_opts.get("worker") is None and "config" not in oq_opts and "OMNIQ_DEFAULT_WORKER" not in env:
+            oq_opts["worker"] = "process"
+        oq = OmniQ(**oq_opts)
+        if oq.config.concurrency < 1:
+            raise ValueError("max_workers must be greater than 0")
+        self._init(oq, task_opts, owned=True)
+
+    @classmethod
+    def _over(cls, oq: OmniQ | AsyncOmniQ, task_options: dict[str, Any]) -> Executor:
+        """An executor over an open OmniQ (``oq.executor()``); it does not close it."""
+        check_task_options(task_options, "executor()")
+        if not _core_of(oq).is_open:
+            raise ConfigError(f"{oq!r} is not open: open it first (`with OmniQ(...) as oq:` or "
+                              "oq.open()); an executor does not reopen an OmniQ")
+        self = cls.__new__(cls)
+        self._init(oq, task_options, owned=False)
+        return self
+
+    def _init(self, oq: OmniQ | AsyncOmniQ, task_options: dict[str, Any], *, owned: bool) -> None:
+        from .core import OmniQ
+
+        if task_options:  # validated once here, not on every submit
+            _core_of(oq)._make_task(_noop, **task_options)
+        if owned and isinstance(oq, OmniQ):
+            oq.open()
+        self._st = _State(oq, dict(task_options), owned=owned)
+        self._max_workers = self._st.core.config.concurrency
+        self._shutdown = False
+        _LIVE.add(self._st)
+        if owned:
+            weakref.finalize(self, _close_dropped, self._st)
+
+    @property
+    def oq(self) -> OmniQ | AsyncOmniQ:
+        """The OmniQ the tasks go to."""
+        return self._st.oq
+
+    def __repr__(self) -> str:
+        state = "shut down" if self._shutdown else "open"
+        return f"<omniq.Executor {state} {self._st.oq!r} pending={len(self._st.pending)}>"
+
+    # --- submitting ---------------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        if _global_shutdown:
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future[Any]:
+        """Run ``fn(*args, **kwargs)`` as an OmniQ task; a ``concurrent.futures.Future``."""
+        if not callable(fn):
+            raise TypeError(f"submit(): fn={fn!r} is not callable")
+        st = self._st
+        with st.lock:
+            self._check_open()
+            task = st.core._make_task(fn, args, kwargs, **st.task_options)
+            return st.follow([task.id], st.accept([task]))[0]
+
+    def _submit_tasks(self, tasks: Sequence[Task]) -> list[ExecutorFuture]:
+        """Futures for tasks built elsewhere (the joblib backend: keys, names)."""
+        st = self._st
+        with st.lock:
+            self._check_open()
+            return st.follow([t.id for t in tasks], st.accept(tasks))
+
+    def map(
+        self,
+        fn: Callable[..., Any],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int | str = 1,
+    ) -> Iterator[Any]:
+        """``fn(*args)`` for each ``args`` of ``zip(*iterables)``, results in order, as
+        ``ProcessPoolExecutor.map``: every call is submitted now (one batch); ``timeout`` counts
+        from this call; ``chunksize`` > 1 (or ``"auto"``) runs that many calls per task."""
+        if not callable(fn):
+            raise TypeError(f"map(): fn={fn!r} is not callable")
+        if chunksize != "auto" and (isinstance(chunksize, bool) or not isinstance(chunksize, int)):
+            raise TypeError(f"chunksize={chunksize!r} is not valid: expected an int >= 1 or 'auto'")
+        if chunksize != "auto" and chunksize < 1:  # type: ignore[operator]
+            raise ValueError("chunksize must be >= 1.")
+        end_time = None if timeout is None else timeout + time.monotonic()
+        calls = list(zip(*iterables))
+        st = self._st
+        if not calls:
+            with st.lock:
+                self._check_open()
+            return iter(())
+        with st.lock:
+            self._check_open()
+            if chunksize == 1:
+                tasks = st.core.build_tasks(fn, [(args, {}) for args in calls], **st.task_options)
+                fs = st.follow([t.id for t in tasks], st.accept(tasks))
+            else:
+                if len(iterables) == 1:
+                    target, items = fn, [args[0] for args in calls]
+                else:
+                    target, items = _Star(fn), calls
+                made = st.core._map(target, items, chunksize, st.task_options, st.accept)
+                fs = st.follow([h[0] for h in made], [h[2] for h in made])
+        return _results(fs, end_time, st)
+
+    # --- ending -------------------------------------------------------------------------------------
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """As the standard library's: no new calls; ``cancel_futures`` cancels the calls still
+        queued (their OmniQ tasks too); ``wait`` waits for the rest. The OmniQ is closed when
+        this executor owns it (after the calls finish, also with ``wait=False``)."""
+        st = self._st
+        with st.lock:
+            self._shutdown = True
+        if cancel_futures:
+            spare = 0
+            if st.core.is_open:
+                spare = st.local_slots() - sum(1 for f in list(st.pending) if f._state == RUNNING)
+            st.cancel(sorted(st.pending, key=_order), spare=max(0, spare))
+        if wait:
+            st.close(wait=True)
+        elif not st.closed:
+            threading.Thread(target=st.close, kwargs={"wait": True}, name="omniq-executor-shutdown",
+                             daemon=False).start()
+
+
+def _order(f: ExecutorFuture) -> str:
+    return f.task_id  # time-ordered ids: submission order
+
+
+def _noop() -> None:
+    return None
+
+
+def _core_of(oq: Any) -> AsyncOmniQ:
+    from .core import OmniQ
+
+    return oq.core if isinstance(oq, OmniQ) else oq
+
+
+def _close_dropped(st: _State) -> None:
+    """An owned executor was garbage-collected without ``shutdown``: finish and close (off
+    this thread, as collection can happen anywhere)."""
+    if not st.closed and not _global_shutdown:
+        threading.Thread(target=st.close, kwargs={"wait": True}, name="omniq-executor-shutdown",
+                         daemon=False).start()
+
+
+def _results(fs: list[ExecutorFuture], end_time: float | None, st: _State) -> Iterator[Any]:
+    """Values in order (``Executor.map``'s iterator): what is left when it stops early (a
+    timeout, an exception, the caller dropping it) is cancelled in one call."""
+    try:
+        fs.reverse()
+        while fs:
+            if end_time is None:
+                yield _result_or_cancel(fs.pop())
+            else:
+                yield _result_or_cancel(fs.pop(), end_time - time.monotonic())
+    finally:
+        if fs:
+            with contextlib.suppress(Exception):
+                st.cancel(fs)
+
+
+def _result_or_cancel(fut: cf.Future[Any], timeout: float | None = None) -> Any:
+    try:
+        try:
+            return fut.result(timeout)
+        finally:
+            fut.cancel()
+    finally:
+        del fut  # no reference to the future (nor its value) is kept by this frame
+
