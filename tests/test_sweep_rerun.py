@@ -72,8 +72,11 @@ RERUN = """
     with OmniQ(tasks=DB, worker="process", concurrency=2, lease=2.0) as oq:
         sw = oq.sweep(record, GRID, name="rerun")
         submitted = sw.submitted
+        oq.flush()
+        adopted = sw.adopted
         sw.wait(150)
-        print(json.dumps({"submitted": submitted, "counts": sw.counts(), "values": sw.values()}))
+        print(json.dumps({"submitted": submitted, "adopted": adopted, "counts": sw.counts(),
+                          "values": sw.values()}))
 """
 
 
@@ -112,6 +115,8 @@ def test_owner_killed_mid_run_then_run_again_no_point_runs_twice(tmp_path: Path,
     got = _finish(_start(_script(db, out, RERUN)))
     assert got["values"] == [i * 10 for i in range(POINTS)]
     assert got["counts"] == {"succeeded": POINTS}
+    assert got["submitted"] == POINTS - len(before["done"])  # all without a result
+    assert got["adopted"] == got["submitted"]  # every one of them still in the queue
     counted = runs(out)
     assert {i: n for i, n in counted.items() if n != 1} == {}, (before, got)
 

@@ -33,7 +33,7 @@ Keys and resuming
     another process running the same sweep right now — is not stored again; the sweep adopts
     that task and counts it as it finishes. Only a point that was running when its worker died
     can run twice (delivered again once its lease lapses). ``submitted`` counts the tasks this
-    object handed to the queue, adopted ones included.
+    object handed to the queue, ``adopted`` those of them that followed a task already there.
 
 Records
     ``results()`` and ``failed()`` return one dict per point, in grid order: the parameters
@@ -814,6 +814,17 @@ class _SweepBase:
     # --- reading (no I/O) ------------------------------------------------------------------
     def __len__(self) -> int:
         return len(self.points)
+
+    @property
+    def adopted(self) -> int:
+        """Points whose task was not stored because a task already held their key (queued or
+        running from an earlier run, or another process's run of this sweep): this sweep waits
+        for those tasks instead. Known once the points are stored (``flush()``)."""
+        aliases = self._core._aliases
+        if not aliases:
+            return 0
+        t = self._tracker
+        return sum(1 for i in range(len(self.points)) if t.task_id(i) in aliases)
 
     def done(self) -> bool:
         """True once every point has a final result."""
