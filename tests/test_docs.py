@@ -1,0 +1,245 @@
+"""The documentation site: it builds with warnings as errors, and its examples run.
+
+Examples in ``docs/*.md`` are fenced code blocks:
+
+* ```` ```python ````: run. A page's Python blocks run in order as one script (a later block
+  may use what an earlier one defined), in a fresh interpreter whose working directory is an
+  empty temporary folder, so ``sqlite:///lab.db`` and the default ``.omniq/omniq.db`` are
+  temporary SQLite files. No ``OMNIQ_*`` variable of the test run reaches them.
+* ```` ```ipython ````: notebook cells. A page's IPython blocks run in order, one cell each,
+  in one IPython shell (magics included), in a fresh interpreter and temporary folder.
+* ``<!-- docs-test: skip REASON -->`` on the line before a block: shown, not run (it needs a
+  server, a bucket or a cluster). The reason is required.
+* ``<!-- docs-test: output -->`` on the line before a ```` ```text ```` block: that block is
+  what the Python or IPython block just before it prints (compared line by line, trailing
+  spaces ignored).
+* ``<!-- docs-test: env NAME=VALUE -->`` anywhere on a page: set for that page's examples.
+
+Other fences (bash, yaml, text) are not run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+MARK = "<<<omniq-docs-block>>>"
+
+FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<ticks>`{3,})(?P<info>[^\n`]*)\n(?P<body>.*?)^(?P=indent)(?P=ticks)[ \t]*$",
+                   re.MULTILINE | re.DOTALL)
+DIRECTIVE = re.compile(r"<!-- docs-test: (?P<what>skip|output|env)\b(?P<rest>[^>]*?)-->")
+
+
+@dataclass
+class Block:
+    page: str
+    line: int
+    lang: str
+    code: str
+    skip: str | None = None  # the reason
+    output: str | None = None  # the expected output, when the page gives it
+
+
+@dataclass
+class Page:
+    path: Path
+    blocks: list[Block] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+
+    def runnable(self, lang: str) -> list[Block]:
+        return [b for b in self.blocks if b.lang == lang and b.skip is None]
+
+
+def parse(path: Path) -> Page:
+    text = path.read_text(encoding="utf-8")
+    rel = str(path.relative_to(ROOT))
+    page = Page(path)
+    for m in DIRECTIVE.finditer(text):
+        if m.group("what") == "env":
+            name, _, value = m.group("rest").strip().partition("=")
+            page.env[name] = value
+    last: Block | None = None
+    for m in FENCE.finditer(text):
+        before = text[: m.start()].rstrip("\n").rsplit("\n", 1)[-1].strip()
+        directive = DIRECTIVE.fullmatch(before)
+        lang = (m.group("info").strip().split() or [""])[0].lower()
+        line = text.count("\n", 0, m.start()) + 1
+        code = textwrap.dedent(m.group("body"))
+        where = f"{rel}:{line}"
+        if directive and directive.group("what") == "output":
+            assert lang == "text", f"{where}: an output block is a ```text block"
+            assert last is not None and last.skip is None, f"{where}: output of no runnable block"
+            last.output = code
+            continue
+        block = Block(rel, line, lang, code)
+        if directive and directive.group("what") == "skip":
+            reason = directive.group("rest").strip()
+            assert reason, f"{where}: docs-test: skip needs a reason"
+            block.skip = reason
+        if lang in ("python", "ipython"):
+            page.blocks.append(block)
+            last = block
+        else:
+            assert directive is None or directive.group("what") != "skip", f"{where}: only python/ipython blocks run"
+            last = None
+    return page
+
+
+PAGES = sorted(p for p in DOCS.rglob("*.md") if "_hooks" not in p.parts and "results" not in p.parts)
+
+
+def _env(page: Page) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OMNIQ_")}
+    env.update(page.env)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _check_outputs(blocks: list[Block], stdout: str) -> None:
+    parts = stdout.split(MARK + "\n")[1:]
+    assert len(parts) == len(blocks), f"expected {len(blocks)} blocks' output, got {len(parts)}:\n{stdout}"
+    for block, got in zip(blocks, parts):
+        if block.output is None:
+            continue
+        want = [ln.rstrip() for ln in block.output.rstrip("\n").splitlines()]
+        have = [ln.rstrip() for ln in got.rstrip("\n").splitlines()]
+        assert have == want, f"{block.page}:{block.line} printed:\n{got}\nthe page says:\n{block.output}"
+
+
+def _run(args: list[str], page: Page, cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, cwd=cwd, env=_env(page), capture_output=True, text=True, timeout=timeout)
+
+
+def _python_script(blocks: list[Block]) -> str:
+    parts = []
+    for b in blocks:
+        parts.append(f"# ---- {b.page}:{b.line}\nprint({MARK!r}, flush=True)\n{b.code}")
+    return "\n".join(parts)
+
+
+IPYTHON_RUNNER = f"""
+import json, sys
+from IPython.core.interactiveshell import InteractiveShell
+shell = InteractiveShell.instance()
+cells = json.load(open(sys.argv[1]))
+for where, cell in cells:
+    print({MARK!r}, flush=True)
+    result = shell.run_cell(cell, store_history=True)
+    sys.stdout.flush(); sys.stderr.flush()
+    if not result.success:
+        print("docs-test: the cell at " + where + " failed", file=sys.stderr, flush=True)
+        sys.exit(1)
+"""
+
+
+@pytest.mark.parametrize("path", PAGES, ids=[str(p.relative_to(DOCS)) for p in PAGES])
+def test_examples_run(path: Path, tmp_path: Path) -> None:
+    page = parse(path)
+    python, ipython = page.runnable("python"), page.runnable("ipython")
+    if not python and not ipython:
+        pytest.skip("no runnable example on this page")
+    if python:
+        work = tmp_path / "py"
+        work.mkdir()
+        script = work / "example.py"
+        script.write_text(_python_script(python))
+        p = _run([sys.executable, str(script)], page, work)
+        assert p.returncode == 0, (
+            f"{page.path.name}'s Python examples failed (exit {p.returncode}); the script is the page's "
+            f"blocks in order, each after a '# ---- page:line' comment:\n{p.stdout}\n{p.stderr}"
+        )
+        _check_outputs(python, p.stdout)
+    if ipython:
+        pytest.importorskip("IPython")
+        work = tmp_path / "ipy"
+        work.mkdir()
+        (work / "cells.json").write_text(json.dumps([(f"{b.page}:{b.line}", b.code) for b in ipython]))
+        (work / "runner.py").write_text(IPYTHON_RUNNER)
+        p = _run([sys.executable, "runner.py", "cells.json"], page, work)
+        assert p.returncode == 0, f"{page.path.name}'s IPython cells failed:\n{p.stdout}\n{p.stderr}"
+        _check_outputs(ipython, p.stdout)
+
+
+def test_every_example_is_run_or_says_why_not() -> None:
+    """Python examples run unless a reason is given; the pages keep most of them runnable."""
+    blocks = [b for p in PAGES for b in parse(p).blocks]
+    assert blocks, "no examples found"
+    skipped = [b for b in blocks if b.skip]
+    assert len(skipped) <= len(blocks) // 3, [f"{b.page}:{b.line} {b.skip}" for b in skipped]
+
+
+# --------------------------------------------------------------------------------------------
+# the site
+# --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("mkdocs")
+    pytest.importorskip("mkdocstrings")
+    out = tmp_path_factory.mktemp("site")
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    p = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, f"mkdocs build --strict failed:\n{p.stdout}\n{p.stderr}"
+    problems = [ln for ln in p.stderr.splitlines() if ln.startswith(("WARNING", "ERROR"))]
+    assert not problems, "\n".join(problems)
+    return out
+
+
+def _text(html_file: Path) -> str:
+    return re.sub(r"<[^>]+>", " ", html_file.read_text(encoding="utf-8"))
+
+
+def test_site_builds_strictly_with_every_page(site: Path) -> None:
+    import yaml
+
+    class _Loader(yaml.SafeLoader):
+        pass
+
+    _Loader.add_multi_constructor("tag:yaml.org,2002:python/", lambda *a: None)
+    _Loader.add_multi_constructor("!", lambda *a: None)
+    config = yaml.load((ROOT / "mkdocs.yml").read_text(), Loader=_Loader)
+
+    def walk(nav: object) -> list[str]:
+        if isinstance(nav, str):
+            return [nav]
+        if isinstance(nav, list):
+            return [p for item in nav for p in walk(item)]
+        if isinstance(nav, dict):
+            return [p for v in nav.values() for p in walk(v)]
+        return []
+
+    in_nav = set(walk(config["nav"]))
+    pages = {str(p.relative_to(DOCS)) for p in PAGES}
+    assert pages <= in_nav, f"pages missing from mkdocs.yml's nav: {sorted(pages - in_nav)}"
+    for entry in in_nav:
+        target = site / (entry.rsplit(".", 1)[0].removesuffix("index")) / "index.html"
+        assert target.exists(), f"{entry} was not built ({target})"
+
+
+def test_generated_references_list_everything(site: Path) -> None:
+    import msgspec
+
+    from omniq.cli import build_parser
+    from omniq.config.env import env_var
+    from omniq.models.config import OmniQConfig
+
+    config = _text(site / "configuration" / "index.html")
+    for f in msgspec.structs.fields(OmniQConfig):
+        assert f.name in config and env_var(f.name) in config, f.name
+    cli = _text(site / "cli" / "index.html")
+    subs = next(a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction")
+    for name in subs.choices:
+        assert f"omniq {name}" in cli, name
+    api = _text(site / "api" / "omniq" / "index.html")
+    for method in ("submit", "map", "enqueue", "get_result", "cancel", "schedule", "sweep", "health", "events"):
+        assert re.search(rf"\b{method}\s*\(", api), f"OmniQ.{method} is not in the API reference"
