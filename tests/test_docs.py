@@ -13,6 +13,8 @@ Examples in ``docs/*.md`` are fenced code blocks:
 * ``<!-- docs-test: output -->`` on the line before a ```` ```text ```` block: that block is
   what the Python or IPython block just before it prints (compared line by line, trailing
   spaces ignored).
+* ``<!-- docs-test: raises NAME -->`` on the line before an ```` ```ipython ```` block: the cell
+  must fail with that exception (by class name), as a notebook would show it; the next cells run.
 * ``<!-- docs-test: env NAME=VALUE -->`` anywhere on a page: set for that page's examples.
 
 Other fences (bash, yaml, text) are not run.
@@ -37,7 +39,7 @@ MARK = "<<<omniq-docs-block>>>"
 
 FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<ticks>`{3,})(?P<info>[^\n`]*)\n(?P<body>.*?)^(?P=indent)(?P=ticks)[ \t]*$",
                    re.MULTILINE | re.DOTALL)
-DIRECTIVE = re.compile(r"<!-- docs-test: (?P<what>skip|output|env)\b(?P<rest>[^>]*?)-->")
+DIRECTIVE = re.compile(r"<!-- docs-test: (?P<what>skip|output|env|raises)\b(?P<rest>[^>]*?)-->")
 
 
 @dataclass
@@ -48,6 +50,7 @@ class Block:
     code: str
     skip: str | None = None  # the reason
     output: str | None = None  # the expected output, when the page gives it
+    raises: str | None = None  # the exception an IPython cell must fail with
 
 
 @dataclass
@@ -86,6 +89,10 @@ def parse(path: Path) -> Page:
             reason = directive.group("rest").strip()
             assert reason, f"{where}: docs-test: skip needs a reason"
             block.skip = reason
+        if directive and directive.group("what") == "raises":
+            assert lang == "ipython", f"{where}: docs-test: raises is for ```ipython cells"
+            block.raises = directive.group("rest").strip()
+            assert block.raises.isidentifier(), f"{where}: docs-test: raises needs an exception name"
         if lang in ("python", "ipython"):
             page.blocks.append(block)
             last = block
@@ -132,11 +139,16 @@ import json, sys
 from IPython.core.interactiveshell import InteractiveShell
 shell = InteractiveShell.instance()
 cells = json.load(open(sys.argv[1]))
-for where, cell in cells:
+for where, cell, raises in cells:
     print({MARK!r}, flush=True)
     result = shell.run_cell(cell, store_history=True)
     sys.stdout.flush(); sys.stderr.flush()
-    if not result.success:
+    error = result.error_in_exec or result.error_before_exec
+    if raises is not None:
+        if type(error).__name__ != raises:
+            print(f"docs-test: the cell at {{where}} should fail with {{raises}}, not {{error!r}}", file=sys.stderr)
+            sys.exit(1)
+    elif not result.success:
         print("docs-test: the cell at " + where + " failed", file=sys.stderr, flush=True)
         sys.exit(1)
 """
@@ -163,7 +175,7 @@ def test_examples_run(path: Path, tmp_path: Path) -> None:
         pytest.importorskip("IPython")
         work = tmp_path / "ipy"
         work.mkdir()
-        (work / "cells.json").write_text(json.dumps([(f"{b.page}:{b.line}", b.code) for b in ipython]))
+        (work / "cells.json").write_text(json.dumps([(f"{b.page}:{b.line}", b.code, b.raises) for b in ipython]))
         (work / "runner.py").write_text(IPYTHON_RUNNER)
         p = _run([sys.executable, "runner.py", "cells.json"], page, work)
         assert p.returncode == 0, f"{page.path.name}'s IPython cells failed:\n{p.stdout}\n{p.stderr}"
