@@ -70,6 +70,7 @@ import os
 import re
 import socket
 import time
+import zlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -544,9 +545,8 @@ def _key_space(schema: str) -> int:
 
 
 def _key_bucket(key: str) -> int:
-    """Which of the ``KEY_BUCKETS`` advisory locks guards ``key``."""
-    return int.from_bytes(hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=4).digest(),
-                          "big") % KEY_BUCKETS
+    """Which of the ``KEY_BUCKETS`` advisory locks guards ``key`` (the same in every process)."""
+    return zlib.crc32(key.encode("utf-8", "surrogatepass")) % KEY_BUCKETS
 
 
 def _lock_key(schema: str) -> int:
