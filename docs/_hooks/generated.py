@@ -45,7 +45,9 @@ def _settings_comments() -> dict[str, str]:
 
 def _type_text(annotation: Any) -> str:
     text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", repr(annotation))
-    return text.replace("typing.", "")
+    if not isinstance(annotation, (str, type)):
+        text = repr(annotation)
+    return " or ".join(f"`{part.strip()}`" for part in text.replace("typing.", "").split("|"))
 
 
 def _default_text(field: Any) -> str:
@@ -59,7 +61,8 @@ def _default_text(field: Any) -> str:
 
 
 def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    """Text for a table cell: no pipes, no newlines, and no "{...}" that attr_list would eat."""
+    return text.replace("|", "or").replace("\n", " ").replace("{", "&#123;").replace("}", "&#125;")
 
 
 def config_reference() -> str:
@@ -88,8 +91,8 @@ def config_reference() -> str:
         if rule.env_text() != rule.expected:
             valid += f"; in the environment: {rule.env_text()}"
         rows.append(
-            f"| `{f.name}` | `{env_var(f.name)}` | `{_cell(_type_text(hints.get(f.name, f.type)))}` "
-            f"| {_cell(_default_text(f))} | {_cell(valid)} | {_cell(comments.get(f.name, ''))} |"
+            f"| `{f.name}` | `{env_var(f.name)}` | {_type_text(hints.get(f.name, f.type))} "
+            f"| {_default_text(f)} | {_cell(valid)} | {_cell(comments.get(f.name, ''))} |"
         )
     return "\n".join(rows)
 
