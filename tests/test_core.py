@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -337,7 +338,8 @@ def test_sync_enqueue_is_in_the_file_when_it_returns_and_keeps_submit_order(tmp_
     db = tmp_path / "fast.db"
     with OmniQ(tasks=f"sqlite:///{db}", concurrency=0) as oq:
         first = oq.enqueue(helpers.square, args=(1,))
-        row = sqlite3.connect(db).execute("SELECT status FROM omniq_tasks WHERE id = ?", (first,)).fetchone()
+        with contextlib.closing(sqlite3.connect(db)) as conn:
+            row = conn.execute("SELECT status FROM omniq_tasks WHERE id = ?", (first,)).fetchone()
         assert row == ("queued",)  # durable on return, no flush()
         assert [e.type for e in oq.events(task_id=first)] == ["enqueued"]
         # a submit still on its way to storage: the enqueue after it must not overtake it,
@@ -423,7 +425,8 @@ def test_closing_while_threads_enqueue_neither_crashes_nor_loses_or_duplicates(t
     counts, ids = p.stdout.splitlines()
     n, unique, errors = map(int, counts.split())
     assert (n, unique, errors) == (1200, 1200, 0)  # a call racing the close waits and goes on
-    stored = {r[0] for r in sqlite3.connect(db).execute("SELECT id FROM omniq_tasks")}
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        stored = {r[0] for r in conn.execute("SELECT id FROM omniq_tasks")}
     assert stored == set(ids.split(","))  # every returned id stored, nothing stored unreturned
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import subprocess
@@ -113,7 +114,7 @@ def test_four_processes_share_one_file(tmp_path: Path) -> None:
     assert len(claimed) == len(set(claimed)), "a task was claimed twice"
     assert set(claimed) == set(enqueued), "a task was never claimed"
     assert won == list(range(slots)), "each schedule slot fires exactly once"
-    with sqlite3.connect(tmp_path / "shared.db") as db:
+    with contextlib.closing(sqlite3.connect(tmp_path / "shared.db")) as db, db:
         assert db.execute(
             "SELECT status, count(*) FROM omniq_tasks GROUP BY status"
         ).fetchall() == [("succeeded", total)]
@@ -150,7 +151,7 @@ def test_processes_creating_one_new_file_at_once(tmp_path: Path) -> None:
     for child in children:
         _, err = child.communicate(timeout=120)
         assert child.returncode == 0, err
-    with sqlite3.connect(tmp_path / "new/fresh.db") as db:
+    with contextlib.closing(sqlite3.connect(tmp_path / "new/fresh.db")) as db, db:
         assert db.execute("SELECT count(*) FROM omniq_tasks").fetchone()[0] == 40
 
 
@@ -167,7 +168,7 @@ async def test_wal_and_pragmas(tmp_path: Path) -> None:
         assert pragmas == ["wal", 1, 30000]  # synchronous 1 = NORMAL
     finally:
         await b.close()
-    with sqlite3.connect(tmp_path / "deep/er/w.db") as db:
+    with contextlib.closing(sqlite3.connect(tmp_path / "deep/er/w.db")) as db, db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
@@ -248,7 +249,7 @@ async def test_tasks_survive_reopening(tmp_path: Path) -> None:
 
 async def test_newer_schema_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "future.db"
-    with sqlite3.connect(path) as db:
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
         db.execute("PRAGMA user_version = 99")
     b = SQLiteBackend(f"sqlite:///{path}")
     with pytest.raises(StorageError, match="newer"):
@@ -318,7 +319,7 @@ async def test_a_big_alike_batch_keeps_every_value(
             (queue, -3, now + 60, 4, now)}
         assert [t.payload for t in got] == [t.payload for t in tasks]
         assert len(await b.claim("w", queues=["other"], limit=500, lease=60, now=time.time())) == 200
-        with sqlite3.connect(f"{tmp_path}/alike.db") as c:
+        with contextlib.closing(sqlite3.connect(f"{tmp_path}/alike.db")) as c, c:
             row = c.execute("SELECT expires_at, created_at FROM omniq_tasks WHERE queue = ?", (queue,)).fetchone()
         assert row == (now + 60, now)  # the columns too (claims and expiry read them)
     finally:
