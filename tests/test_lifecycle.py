@@ -777,7 +777,7 @@ def _worker_cli(url: str, *extra: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "omniq.cli", "worker", "--tasks", url, "--worker", "process",
          "-c", "1", "--lease", "1", *extra],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,  # (nobody reads it)
         start_new_session=True,
     )
 

@@ -194,7 +194,7 @@ def _start_worker(url: str, *extra: str) -> subprocess.Popen[bytes]:
         ],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,  # a pipe nobody reads would leak, and block a chatty worker
         start_new_session=True,
     )
 
