@@ -286,3 +286,29 @@ async def test_live_subscribers_are_woken_by_another_connection(nats_url: str) -
     from .event_signals import woken_by_another_connection
 
     await woken_by_another_connection(nats_url)
+
+
+async def test_a_retried_keyed_enqueue_takes_its_own_markers_and_records(queue: TaskQueue) -> None:
+    """A keyed enqueue stored everything but its reply was lost: the retry (a later attempt of
+    the same call) finds the key markers naming its own tasks and its records, and answers as
+    the first attempt did, without "already exists"."""
+    import time
+
+    from omniq.ids import new_id
+    from omniq.models import Task, TaskStatus
+    from omniq.storage import nats as nats_module
+
+    assert isinstance(queue, NatsBackend)
+    held = Task(id=new_id(), payload=b"h", key="k1", created_at=time.time())
+    await queue.enqueue([held])
+    dup = Task(id=new_id(), payload=b"d", key="k1", created_at=time.time())
+    new = Task(id=new_id(), payload=b"n", key="k2", created_at=time.time())
+    now = time.time()
+    assert await queue._insert([dup, new], now) == {dup.id: held.id}
+    token = nats_module._ATTEMPT.set(1)
+    try:
+        assert await queue._insert([dup, new], now) == {dup.id: held.id}
+    finally:
+        nats_module._ATTEMPT.reset(token)
+    assert await queue.statuses([held.id, dup.id, new.id]) == {
+        held.id: TaskStatus.QUEUED, new.id: TaskStatus.QUEUED}

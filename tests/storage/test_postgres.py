@@ -266,6 +266,22 @@ class TestPostgresSpecifics:
             reaped = await queue.reap(now=T0 + 100)
         assert [t.id for t in reaped.requeued] == [others[0].id]
 
+    async def test_a_lost_reply_of_a_keyed_enqueue_reports_its_duplicates(
+        self, queue: TaskQueue
+    ) -> None:
+        """A keyed batch committed, its reply lost: the retry finds what it stored, and says
+        which tasks were duplicates of the key's holder (not "already exists", not new tasks)."""
+        held = Task(id=new_id(), payload=b"h", key="k1")
+        await queue.enqueue([held])
+        dup, new = Task(id=new_id(), payload=b"d", key="k1"), Task(id=new_id(), payload=b"n", key="k2")
+        with reply_lost(queue):
+            assert await queue.enqueue([dup, new]) == {dup.id: held.id}
+        assert await queue.statuses([held.id, dup.id, new.id]) == {
+            held.id: TaskStatus.QUEUED, new.id: TaskStatus.QUEUED}
+        only_dups = Task(id=new_id(), payload=b"o", key="k2")
+        with reply_lost(queue):  # nothing was stored: it simply runs again
+            assert await queue.enqueue([only_dups]) == {only_dups.id: new.id}
+
     async def test_find_results_escapes_like_wildcards(self, results: ResultStore) -> None:
         from omniq.models import TaskResult
 

@@ -18,6 +18,7 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import anyio
@@ -27,6 +28,7 @@ import pytest
 from omniq import OmniQ, TaskError
 from omniq.errors import ConfigError, StorageError
 from omniq.ids import new_id
+from omniq.models import TaskStatus
 from omniq.storage.base import EventStore, ResultStore, TaskQueue, masked
 from omniq.storage.urls import open_backends
 from tests import helpers
@@ -208,6 +210,31 @@ async def test_retried_writes_run_once(queue: TaskQueue) -> None:
     for _ in range(2):
         r.evalsha(SCRIPTS["append_events"].sha, 1, f"{queue.prefix}:once:ev", *ev_args)
     assert await queue.query_events(task_id="x") == [e]  # type: ignore[attr-defined]
+
+
+async def test_a_retried_keyed_enqueue_replays_its_duplicates(queue: TaskQueue) -> None:
+    """The enqueue script ran, its reply was lost, the call runs it again with the same token:
+    the first run's answer comes back (its duplicates too), nothing is stored twice."""
+    assert isinstance(queue, RedisBackend)
+    held = task(key="k1")
+    await queue.enqueue([held])
+    real_call = queue._call
+    calls: list[int] = []
+
+    async def twice(fn: Any) -> Any:
+        calls.append(1)
+        await real_call(fn)  # the first run: its reply "lost"
+        return await real_call(fn)  # the retry, with the same once-token
+
+    queue._call = twice  # type: ignore[method-assign]
+    try:
+        dup, new = task(key="k1"), task(key="k2")
+        assert await queue.enqueue([dup, new]) == {dup.id: held.id}
+    finally:
+        queue._call = real_call  # type: ignore[method-assign]
+    assert calls == [1]
+    assert await queue.statuses([held.id, dup.id, new.id]) == {
+        held.id: TaskStatus.QUEUED, new.id: TaskStatus.QUEUED}
 
 
 async def test_a_dropped_connection_is_retried_and_logged(
