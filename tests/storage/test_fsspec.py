@@ -1569,3 +1569,43 @@ async def test_gcs_reads_are_one_request_per_result(gcs_env: str, tmp_path: Path
         assert len(calls) == 6  # one listing of keys/k/, then one GET per result
     finally:
         await b.close()
+
+
+# --- idempotency keys on the file:// queue -----------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_a_key_marker_whose_task_never_came_is_taken_over_after_the_grace(
+    tq: FileTaskQueueBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A marker is written before its task's file: one whose task is not there is a write in
+    progress (waited for), until ``KEY_WRITE_GRACE`` says its writer died in between."""
+    from omniq.storage import fsspec as fsspec_module
+
+    monkeypatch.setattr(fsspec_module, "KEY_WRITE_GRACE", 0.3)
+    kdir = tq._tasks._key_dir("k")
+    assert tq._tasks._key_cas(kdir, 0, "ghost-task", time.time())  # a writer that died here
+    t = Task(id=new_id(), payload=b"x", key="k")
+    t0 = time.monotonic()
+    assert await tq.enqueue([t]) == {}  # waited for the ghost, then took the key
+    assert 0.2 < time.monotonic() - t0 < 5
+    again = Task(id=new_id(), payload=b"x", key="k")
+    assert await tq.enqueue([again]) == {again.id: t.id}
+
+
+@pytest.mark.anyio
+async def test_a_key_marker_of_a_task_being_written_is_waited_for(
+    tq: FileTaskQueueBackend,
+) -> None:
+    kdir = tq._tasks._key_dir("k")
+    first = Task(id=new_id(), payload=b"x", key="k")
+    assert tq._tasks._key_cas(kdir, 0, first.id, time.time())  # its writer is on its way
+
+    async def writer() -> None:
+        await anyio.sleep(0.3)
+        assert await tq.enqueue([first]) == {}  # its own marker: takes it as its own
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(writer)
+        second = Task(id=new_id(), payload=b"x", key="k")
+        assert await tq.enqueue([second]) == {second.id: first.id}

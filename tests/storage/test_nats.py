@@ -312,3 +312,24 @@ async def test_a_retried_keyed_enqueue_takes_its_own_markers_and_records(queue: 
         nats_module._ATTEMPT.reset(token)
     assert await queue.statuses([held.id, dup.id, new.id]) == {
         held.id: TaskStatus.QUEUED, new.id: TaskStatus.QUEUED}
+
+
+async def test_a_key_marker_whose_record_never_came_is_taken_over_after_the_grace(
+    queue: TaskQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    from omniq.ids import new_id
+    from omniq.models import Task
+    from omniq.storage import nats as nats_module
+
+    assert isinstance(queue, NatsBackend)
+    monkeypatch.setattr(nats_module, "KEY_WRITE_GRACE", 0.3)
+    ghost = nats_module._KeyMark("ghost-task", time.time())  # its writer died before the record
+    assert await queue._cas(queue._key_subject("k"), nats_module._encode(ghost), 0) is not None
+    t = Task(id=new_id(), payload=b"x", key="k", created_at=time.time())
+    t0 = time.monotonic()
+    assert await queue.enqueue([t]) == {}
+    assert 0.2 < time.monotonic() - t0 < 5
+    again = Task(id=new_id(), payload=b"x", key="k", created_at=time.time())
+    assert await queue.enqueue([again]) == {again.id: t.id}
