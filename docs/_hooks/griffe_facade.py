@@ -1,4 +1,6 @@
-"""Griffe extension: show ``OmniQ``'s generated methods as the methods they are.
+"""Griffe extensions for the API reference.
+
+``FacadeMethods``: show ``OmniQ``'s generated methods as the methods they are.
 
 ``OmniQ`` (the sync facade) makes most of its methods from ``AsyncOmniQ``'s coroutines at
 import time (``get_result = _portal_method(AsyncOmniQ.get_result)``; ``enqueue`` is wrapped
@@ -7,6 +9,9 @@ docstring. This extension gives each one the signature and docstring of its ``As
 twin, as a plain (blocking) method, which is what ``functools.wraps`` gives it at run time.
 Importing the package for runtime inspection instead would import every submodule, the
 gevent child's monkey patching included.
+
+It also turns the reST roles some docstrings use (``:class:`Zipped```, ``:meth:`Sweep.start```)
+into Markdown code, which is how the rest of the docstrings mark names.
 """
 
 from __future__ import annotations
@@ -17,12 +22,25 @@ from typing import Any
 import griffe
 
 _PORTAL = re.compile(r"^_portal_method\(AsyncOmniQ\.(\w+)\)$")
+_ROLE = re.compile(r":(?:py:)?(?:class|meth|func|mod|attr|data|exc|obj):`~?([^`]+)`")
+
+
+def _plain_roles(obj: griffe.Object, seen: set[int]) -> None:
+    if id(obj) in seen:
+        return
+    seen.add(id(obj))
+    if obj.docstring is not None and ":`" in obj.docstring.value:
+        obj.docstring.value = _ROLE.sub(r"`\1`", obj.docstring.value)
+    for member in obj.members.values():
+        if not isinstance(member, griffe.Alias):
+            _plain_roles(member, seen)
 
 
 class FacadeMethods(griffe.Extension):
     def on_package(self, *, pkg: griffe.Module, **kwargs: Any) -> None:
         if pkg.path != "omniq" or "core" not in pkg.members:
             return
+        _plain_roles(pkg, set())
         core = pkg["core"]
         sync, core_async = core["OmniQ"], core["AsyncOmniQ"]
         for name, member in list(sync.members.items()):
