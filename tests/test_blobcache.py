@@ -4,6 +4,7 @@ end to end through real workers and storage (SQLite files, memory://, file://, R
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import subprocess
@@ -32,7 +33,7 @@ def notebook(source: str, **globals_: Any) -> dict[str, Any]:
 
 
 def blob_rows(db: str) -> list[tuple[str, int]]:
-    with sqlite3.connect(db) as c:
+    with contextlib.closing(sqlite3.connect(db)) as c:
         return c.execute("SELECT digest, size FROM omniq_blobs").fetchall()
 
 
@@ -154,7 +155,7 @@ def test_unreferenced_blobs_are_swept_once_their_tasks_and_results_are_gone(tmp_
         assert len(blob_rows(db)) == 2
         assert oq.sweep_blobs() == 1  # the task's global: its task is done
         assert len(blob_rows(db)) == 1  # the result's values stay while the result does
-    with sqlite3.connect(db) as c:  # the result goes (as purge or result_ttl would remove it)
+    with contextlib.closing(sqlite3.connect(db)) as c, c:  # the result goes (as purge would remove it)
         c.execute("DELETE FROM omniq_results WHERE task_id = ?", (gone.id,))
     with OmniQ(tasks=f"sqlite:///{db}", concurrency=0) as oq:
         assert oq.sweep_blobs() == 1

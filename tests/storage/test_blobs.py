@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import array
 import asyncio
+import contextlib
 import functools
 import hashlib
 import json
@@ -651,7 +652,7 @@ async def test_sqlite_keeps_large_blobs_as_files_beside_the_database(target: Tar
     assert await store.put_blobs({d: data}, "t:gone", now=T0) == len(data)
     path = Path(store.blob_path(d))
     assert path.read_bytes() == data and oct(path.stat().st_mode & 0o777) == "0o600"
-    with sqlite3.connect(store.path) as conn:
+    with contextlib.closing(sqlite3.connect(store.path)) as conn:
         assert conn.execute("SELECT size, length(data) FROM omniq_blobs").fetchall() == [(len(data), 0)]
     assert await store.get_blobs([d]) == {d: data}
     orphan, odata = blob(300_000)

@@ -188,6 +188,7 @@ class ChildRunner(Runner):
             hello = await _wire.read_frame_async(proc.stdout)
         except asyncio.IncompleteReadError:
             code = await proc.wait()
+            child.close()
             raise RuntimeError(
                 f"{self.kind} worker failed to start ({' '.join(cmd)} exited with {code}); see its stderr above"
             ) from None
