@@ -109,10 +109,19 @@ def _redis_url() -> str:
 @pytest.fixture(params=["sqlite", "memory", "redis"])
 def pool_url(request, tmp_path):
     if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/pool.db"
-    if request.param == "memory":
-        return "memory://"
-    return _redis_url()
+        yield f"sqlite:///{tmp_path}/pool.db"
+    elif request.param == "memory":
+        yield "memory://"
+    else:
+        url = _redis_url()
+        yield url
+        import redis
+
+        base, _, prefix = url.partition("?prefix=")
+        client = redis.Redis.from_url(base)
+        for k in client.scan_iter(f"{prefix}*"):
+            client.delete(k)
+        client.close()
 
 
 def _overlap(a: tuple[int, float, float], b: tuple[int, float, float]) -> float:
