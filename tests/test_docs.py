@@ -254,3 +254,9 @@ def test_generated_references_list_everything(site: Path) -> None:
     api = _text(site / "api" / "omniq" / "index.html")
     for method in ("submit", "map", "enqueue", "get_result", "cancel", "schedule", "sweep", "health", "events"):
         assert re.search(rf"\b{method}\s*\(", api), f"OmniQ.{method} is not in the API reference"
+
+
+def test_readme_names_the_docs_commands() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Documentation", 1)[1].split("\n## ", 1)[0]
+    assert "uv run mkdocs build --strict" in section and "uv run mkdocs serve" in section
