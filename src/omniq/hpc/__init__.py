@@ -1,0 +1,29 @@
+"""Worker jobs on a batch scheduler, one call away from the notebook.
+
+::
+
+    from omniq.hpc import SlurmWorkers
+
+    pool = SlurmWorkers(oq, partition="gpu", cores=4, gpus=1, walltime="02:00:00")
+    pool.scale(4)                       # or pool.adapt(minimum=0, maximum=20)
+    pool.jobs()                         # [Job(id='123_0', state='RUNNING', ...), ...]
+    pool.close()                        # cancels every job it started
+
+Each job runs ``omniq worker`` against ``oq``'s storage. ``JobWorkers`` (``base.py``) is what
+does not depend on the scheduler: checking that jobs can reach the storage, the job's script and
+its private environment file, scale / adapt / close, and closing with the OmniQ and at
+interpreter exit. A scheduler is a small subclass giving its three commands (submit, cancel,
+list) and their parsing: ``SlurmWorkers`` (``slurm.py``); PBS or LSF would be another.
+"""
+
+from .base import Job, JobSystemError, JobWorkers, StorageReachWarning, parse_walltime
+from .slurm import SlurmWorkers
+
+__all__ = [
+    "Job",
+    "JobSystemError",
+    "JobWorkers",
+    "SlurmWorkers",
+    "StorageReachWarning",
+    "parse_walltime",
+]

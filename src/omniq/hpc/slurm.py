@@ -1,0 +1,280 @@
+"""``SlurmWorkers``: ``omniq worker`` jobs on SLURM (``sbatch``, ``scancel``, ``squeue``, ``sinfo``).
+
+Each job is ``sbatch --nodes=1 --ntasks=1 --cpus-per-task=<cores> --time=<walltime>
+--signal=B:TERM@<margin>`` of a script that sources the pool's private environment file and
+``exec``s ``omniq worker`` (so SLURM's walltime warning, sent to the batch shell only, reaches
+the worker itself and not the tasks' processes). Several jobs at once are one job array. Jobs are
+named ``omniq-<hex>`` (unique per pool: ``squeue --name`` lists them, ``scancel --name`` cancels
+them all) and log to ``<log_dir>/<name>-<job id>.log``.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ..config.sizes import parse_size
+from ..errors import ConfigError, OmniQError
+from .base import Job, JobSystemError, JobWorkers, _lines, format_walltime, parse_walltime
+
+
+class SlurmWorkers(JobWorkers):
+    """A pool of SLURM jobs, each running ``omniq worker`` with ``cores`` slots against ``oq``'s
+    storage, in the same Python (``sys.executable``) unless ``python=`` says otherwise.
+
+    ``partition`` / ``account``: where the jobs go and who pays; ``memory`` ("16GB", bytes):
+    ``--mem``; ``gpus`` (a count, or "type:count"): ``--gres=gpu:...``; ``walltime``: each job's
+    time limit; ``idle_timeout``: seconds a job stays without tasks before leaving (None: until
+    its walltime); ``worker``: the kind of worker slots; ``queues``: the queues jobs take from
+    (default: ``oq``'s); ``job_extra``: more sbatch options (``["--qos=long",
+    "--constraint=a100"]``); ``env``: variables for the jobs (kept out of command lines);
+    ``memory_limit``: ``omniq worker --memory-limit`` (a task over it fails cleanly);
+    ``walltime_margin``: seconds before the walltime at which a job stops taking tasks (default:
+    a tenth of it, 30 s to 5 min); ``log_dir``: the pool's folder (default
+    ``<base_dir>/hpc/<name>``); ``name``: the job name (``omniq-<hex>`` by default);
+    ``interval``: seconds between checks of queue depth and jobs.
+    """
+
+    scheduler = "SLURM"
+    commands = ("sbatch", "squeue", "scancel", "sinfo")
+
+    def __init__(
+        self,
+        oq: Any,
+        *,
+        partition: str | None = None,
+        account: str | None = None,
+        cores: int = 1,
+        memory: int | str | None = None,
+        gpus: int | str | None = None,
+        walltime: Any = "01:00:00",
+        idle_timeout: float | None = 300,
+        worker: str = "process",
+        queues: Sequence[str] | str | None = None,
+        job_extra: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+        python: str | None = None,
+        memory_limit: int | str | None = None,
+        walltime_margin: float | None = None,
+        log_dir: str | os.PathLike[str] | None = None,
+        name: str | None = None,
+        interval: float = 5.0,
+    ) -> None:
+        self.partition = _word("partition", partition)
+        self.account = _word("account", account)
+        self.memory_mb = None if memory is None else -(-parse_size(memory, "memory") // (1024 * 1024))  # type: ignore[operator]
+        self.memory = memory
+        self.gpus = _gpus(gpus)
+        self.gpus_asked = gpus
+        if isinstance(job_extra, str):
+            job_extra = [job_extra]
+        extra = []
+        for item in job_extra:
+            if not isinstance(item, str) or not item.strip():
+                raise ConfigError(f"job_extra: {item!r} is not valid: expected sbatch options such as '--qos=long'")
+            item = item.strip()
+            if item.startswith("#SBATCH"):
+                item = item[len("#SBATCH"):].strip()
+            if not item.startswith("-") or "\n" in item:
+                raise ConfigError(f"job_extra: {item!r} is not valid: expected sbatch options such as '--qos=long'")
+            extra.extend(shlex.split(item))
+        self.job_extra = extra
+        self._partitions: dict[str, dict[str, Any]] | None = None
+        super().__init__(
+            oq, cores=cores, walltime=walltime, idle_timeout=idle_timeout, worker=worker, queues=queues,
+            env=env, python=python, memory_limit=memory_limit, walltime_margin=walltime_margin,
+            log_dir=log_dir, name=name, interval=interval,
+        )
+
+    # --- the three commands ---------------------------------------------------------------------
+    def sbatch_options(self) -> list[str]:
+        """The options every job of the pool is submitted with."""
+        opts = [
+            f"--job-name={self.name}",
+            f"--output={os.path.join(self.log_dir, '%x-%j.log')}",
+            f"--time={self.walltime}",
+            "--nodes=1",
+            "--ntasks=1",
+            f"--cpus-per-task={self.cores}",
+            f"--signal=B:TERM@{self.walltime_margin}",
+            f"--chdir={self.cwd}",
+        ]
+        if self.partition:
+            opts.append(f"--partition={self.partition}")
+        if self.account:
+            opts.append(f"--account={self.account}")
+        if self.memory_mb is not None:
+            opts.append(f"--mem={self.memory_mb}M")
+        if self.gpus:
+            opts.append(f"--gres=gpu:{self.gpus}")
+        return opts + self.job_extra
+
+    def submit_command(self, script: str, count: int) -> list[str]:
+        argv = ["sbatch", "--parsable", *self.sbatch_options()]
+        if count > 1:
+            argv.append(f"--array=0-{count - 1}")
+        return [*argv, script]
+
+    def parse_submit(self, stdout: str, count: int) -> list[str]:
+        first = next(iter(_lines(stdout)), "").strip().split(";")[0]
+        if not first.isdigit():
+            raise JobSystemError(f"sbatch answered {stdout.strip()!r}, not a job id")
+        return [f"{first}_{i}" for i in range(count)] if count > 1 else [first]
+
+    def cancel_command(self, ids: Sequence[str], *, graceful: bool) -> list[str]:
+        # graceful: SIGTERM to the batch shell (the worker, exec'd) only, not to the tasks'
+        # processes: it stops taking tasks, lets running ones finish within its grace, leaves
+        return ["scancel", *(["--batch", "--signal=TERM"] if graceful else []), *ids]
+
+    def cancel_all_command(self) -> list[str]:
+        return ["scancel", f"--name={self.name}"]
+
+    def list_command(self) -> list[str]:
+        return ["squeue", "--noheader", "--array", f"--name={self.name}", "--format=%i|%A|%T|%r|%N"]
+
+    def parse_list(self, stdout: str) -> list[Job]:
+        jobs = []
+        for line in _lines(stdout):
+            parts = [p.strip() for p in line.split("|")]
+            if len(parts) < 3:
+                continue
+            jid, raw, state = parts[0], parts[1], parts[2].upper()
+            reason = parts[3] if len(parts) > 3 and parts[3] not in ("None", "(null)") else ""
+            node = parts[4] if len(parts) > 4 and parts[4] not in ("(null)",) else ""
+            # (a pending array element shows the array's id until it starts)
+            job_id = raw if raw.isdigit() and state != "PENDING" else None
+            jobs.append(Job(id=jid, state=state, job_id=job_id, reason=reason, node=node))
+        return jobs
+
+    # --- cluster facts ---------------------------------------------------------------------------
+    def partitions(self) -> dict[str, dict[str, Any]]:
+        """What ``sinfo`` says of each partition: ``limit`` (time limit as written), ``default``,
+        ``cpus`` / ``memory_mb`` (the most of any node), ``gres`` and ``hosts`` (node names and
+        addresses). Empty when sinfo does not answer."""
+        if self._partitions is None:
+            try:
+                p = self._run(["sinfo", "--noheader", "--Node", "--format=%P|%l|%c|%m|%G|%N|%o|%n"],
+                              timeout=30, check=False)
+            except OmniQError:
+                return {}
+            out: dict[str, dict[str, Any]] = {}
+            if p.returncode == 0:
+                for line in _lines(p.stdout):
+                    f = [x.strip() for x in line.split("|")]
+                    if len(f) < 8:
+                        continue
+                    name = f[0].rstrip("*")
+                    part = out.setdefault(name, {"limit": f[1], "default": f[0].endswith("*"), "cpus": 0,
+                                                 "memory_mb": 0, "gres": set(), "hosts": set()})
+                    part["cpus"] = max(part["cpus"], _leading_int(f[2]))
+                    part["memory_mb"] = max(part["memory_mb"], _leading_int(f[3]))
+                    if f[4] not in ("(null)", ""):
+                        part["gres"].add(f[4])
+                    part["hosts"].update(h for h in f[5:8] if h and h != "(null)")
+            self._partitions = out
+        return self._partitions
+
+    def _partition(self) -> tuple[str, dict[str, Any]] | None:
+        """The partition jobs go to (the one named, else the default), with its facts."""
+        parts = self.partitions()
+        name = self.partition or next((n for n, v in parts.items() if v["default"]), None)
+        return (name, parts[name]) if name is not None and name in parts else None
+
+    def cluster_hosts(self) -> list[str] | None:
+        found = self._partition()
+        return sorted(found[1]["hosts"]) if found is not None and found[1]["hosts"] else None
+
+    def _validate(self) -> None:
+        parts = self.partitions()
+        if not parts:
+            return  # sinfo said nothing: sbatch will
+        if self.partition is not None and self.partition not in parts:
+            raise ConfigError(f"partition={self.partition!r} is not a SLURM partition here: expected one of "
+                              f"{', '.join(sorted(parts))}")
+        found = self._partition()
+        if found is None:
+            return
+        name, facts = found
+        limit = facts["limit"]
+        if limit and limit.lower() not in ("infinite", "unlimited", "n/a"):
+            try:
+                max_seconds = parse_walltime(limit)
+            except ConfigError:
+                max_seconds = None
+            if max_seconds is not None and self.walltime_seconds > max_seconds:
+                raise ConfigError(
+                    f"walltime={self.walltime!r} is over partition {name}'s time limit of {limit} "
+                    f"({format_walltime(max_seconds)}): jobs would wait forever; ask for at most that")
+        if facts["cpus"] and self.cores > facts["cpus"]:
+            raise ConfigError(f"cores={self.cores} is more than any node of partition {name} has "
+                              f"({facts['cpus']} CPUs)")
+        if facts["memory_mb"] and self.memory_mb is not None and self.memory_mb > facts["memory_mb"]:
+            raise ConfigError(f"memory={self.memory!r} is more than any node of partition {name} has "
+                              f"({facts['memory_mb']} MB)")
+        if self.gpus and not any("gpu" in g for g in facts["gres"]):
+            raise ConfigError(f"gpus={self.gpus_asked!r}: partition {name} has no GPUs "
+                              f"(its nodes' generic resources: {', '.join(sorted(facts['gres'])) or 'none'})")
+
+    def never_starts(self, job: Job) -> str | None:
+        if job.reason in NEVER:
+            return f"{job.reason} ({NEVER[job.reason]})"
+        return None
+
+    def submit_error(self, message: str) -> OmniQError:
+        low = message.lower()
+        if "partition" in low:
+            return ConfigError(f"partition={self.partition!r}: SLURM refused the job: {message}")
+        if "account" in low or "association" in low:
+            return ConfigError(f"account={self.account!r}: SLURM refused the job: {message}")
+        if "time limit" in low:
+            return ConfigError(f"walltime={self.walltime!r}: SLURM refused the job: {message}")
+        if "node configuration is not available" in low or "gres" in low or "memory" in low:
+            return ConfigError(
+                f"cores={self.cores}, memory={self.memory!r}, gpus={self.gpus!r}: no node can run such a job "
+                f"(SLURM: {message})")
+        if "invalid" in low or "unrecognized" in low or ("error" in low and "option" in low):
+            return ConfigError(f"SLURM refused the job's options ({' '.join(self.sbatch_options())}): {message}")
+        return JobSystemError(f"sbatch failed: {message}")
+
+
+#: pending reasons that mean "never, as asked" (squeue %r), and what to change
+NEVER = {
+    "PartitionConfig": "more CPUs, memory or GPUs than the partition allows a job",
+    "PartitionTimeLimit": "walltime over the partition's time limit",
+    "PartitionNodeLimit": "more nodes than the partition allows",
+    "BadConstraints": "constraints no node satisfies (job_extra)",
+    "InvalidAccount": "the account is not valid",
+    "InvalidQOS": "the QOS is not valid",
+    "DependencyNeverSatisfied": "a dependency that can never be met (job_extra)",
+}
+
+
+def _leading_int(text: str) -> int:
+    digits = ""
+    for c in text:
+        if not c.isdigit():
+            break
+        digits += c
+    return int(digits) if digits else 0
+
+
+def _word(name: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip() or any(c.isspace() for c in value.strip()):
+        raise ConfigError(f"{name}={value!r} is not valid: expected a {name} name")
+    return value.strip()
+
+
+def _gpus(value: Any) -> str | None:
+    if value is None or value == 0:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return str(value)
+    if isinstance(value, str):
+        kind, _, count = value.strip().rpartition(":")
+        if count.isdigit() and int(count) > 0 and (not kind or all(c.isalnum() or c in "-_." for c in kind)):
+            return value.strip()
+    raise ConfigError(f"gpus={value!r} is not valid: expected a number of GPUs >= 1, or 'type:count' such as 'a100:2'")
