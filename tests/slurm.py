@@ -9,7 +9,8 @@ machine's own SLURM or munge setup is read or changed: clients find this cluster
 ``SLURM_CONF``, which :meth:`PrivateSlurm.env` gives.
 
 ``python tests/slurm.py`` starts one and waits (Ctrl-C stops it), printing the
-``SLURM_CONF=...`` line to try ``sbatch`` / ``squeue`` by hand.
+``SLURM_CONF=...`` line to try ``sbatch`` / ``squeue`` by hand; ``--check`` starts one, runs a
+job and stops (exit status 0 when that worked).
 """
 
 from __future__ import annotations
@@ -261,6 +262,20 @@ def private_slurm(**kwargs: int) -> Iterator[PrivateSlurm]:
 
 
 if __name__ == "__main__":
+    import sys
+
+    if "--check" in sys.argv[1:]:  # start, run one job, stop: says whether tests/test_hpc.py can run
+        try:
+            with private_slurm() as s:
+                out = s._run("sbatch", "--parsable", "--output=/dev/null", "--wrap=true").stdout.strip()
+                deadline = time.monotonic() + 60
+                while s.jobs() and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                print(f"private SLURM ok (job {out} ran)")
+        except SlurmUnavailable as exc:
+            print(f"private SLURM unavailable: {exc}", file=sys.stderr)
+            sys.exit(1)
+        sys.exit(0)
     with private_slurm() as s:
         print(f"SLURM_CONF={s.conf}", flush=True)
         with contextlib.suppress(KeyboardInterrupt):
