@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from omniq import ConfigError, OmniQ, TaskStatus
-from omniq.hpc import SlurmWorkers, StorageReachWarning, parse_walltime
+from omniq.hpc import SlurmWorkers, StorageReachWarning, omniq_jobs, parse_walltime
 from omniq.hpc import base as hpc_base
 from omniq.hpc.base import format_walltime, job_url
 
@@ -158,6 +158,50 @@ def test_without_slurm_commands_the_error_says_so(tmp_path: Any, monkeypatch: py
     oq = OmniQ(tasks=f"sqlite:///{tmp_path}/q.db", concurrency=0)
     with pytest.raises(ConfigError, match=r"SlurmWorkers needs SLURM's commands .*sbatch"):
         SlurmWorkers(oq)
+    assert omniq_jobs() == []
+
+
+def test_worker_leaves_when_idle(tmp_path: Any) -> None:
+    """``omniq worker --idle-timeout S`` (what a job runs): exits 0 after S seconds without a task."""
+    started = time.monotonic()
+    p = subprocess.run([sys.executable, "-m", "omniq.cli", "worker", "--tasks", f"sqlite:///{tmp_path}/q.db",
+                        "-c", "1", "--idle-timeout", "1"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert "no task for 1 s; leaving" in p.stderr
+    assert time.monotonic() - started < 30
+
+
+def test_worker_grace_hands_running_tasks_back(tmp_path: Any) -> None:
+    """``omniq worker --grace S`` (a job near its walltime gets SIGTERM): a task still running
+    after S seconds is stopped and queued again: it runs to the end elsewhere as its first
+    attempt, neither failed nor retried."""
+    import signal
+
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    url = f"sqlite:///{tmp_path}/q.db"
+    with OmniQ(tasks=url, concurrency=0) as oq:
+        h = oq.submit(stubborn, str(markers))
+        oq.flush()
+        w = subprocess.Popen([sys.executable, "-m", "omniq.cli", "worker", "--tasks", url, "-c", "1", "--grace", "1"],
+                             stderr=subprocess.PIPE, text=True)
+        try:
+            _wait(lambda: os.listdir(markers), 60, "the task to run")
+            started = time.monotonic()
+            w.send_signal(signal.SIGTERM)
+            _, err = w.communicate(timeout=60)
+        finally:
+            if w.poll() is None:
+                w.kill()
+                w.communicate()
+        assert w.returncode == 0, err
+        assert time.monotonic() - started < 20
+        assert "tasks still running after 1 s; handing them back" in err
+        assert h.status() is TaskStatus.QUEUED
+    with OmniQ(tasks=url, concurrency=1) as other:
+        r = other.get_result(h.id, wait=True, timeout=60)
+    assert r is not None and r.status is TaskStatus.SUCCEEDED and r.attempts == 1
+    assert len(os.listdir(markers)) == 2
 
 
 # --------------------------------------------------------------------------- a real SLURM
@@ -220,6 +264,8 @@ def test_tasks_run_inside_jobs_and_scale_spreads_them(cluster: PrivateSlurm, oq:
             text = _read(p)
             assert "omniq worker: process x1 on sqlite:///" in text and "omniq job" in text
         assert {j.log for j in pool.jobs()} == set(logs)
+        # every omniq job of the user, from any process (for status displays)
+        assert {(j.id, j.name) for j in omniq_jobs()} >= {(j.id, pool.name) for j in pool.jobs()}
         # scale down: both asked to leave (they finish what they run), then none is listed
         pool.scale(0)
         _wait(lambda: not _ours(cluster, pool), 60, "the jobs to leave after scale(0)")

@@ -17,7 +17,7 @@ list) and their parsing: ``SlurmWorkers`` (``slurm.py``); PBS or LSF would be an
 """
 
 from .base import Job, JobSystemError, JobWorkers, StorageReachWarning, parse_walltime
-from .slurm import SlurmWorkers
+from .slurm import SlurmWorkers, omniq_jobs
 
 __all__ = [
     "Job",
@@ -25,5 +25,6 @@ __all__ = [
     "JobWorkers",
     "SlurmWorkers",
     "StorageReachWarning",
+    "omniq_jobs",
     "parse_walltime",
 ]

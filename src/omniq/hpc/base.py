@@ -90,6 +90,7 @@ class Job:
     node: str = ""  # where it runs
     log: str | None = None  # its log file (once it started)
     stopping: bool = False  # asked to leave (scale down): finishing its tasks first
+    name: str = ""  # the job name (omniq-...)
 
     @property
     def active(self) -> bool:
@@ -345,9 +346,9 @@ class JobWorkers(abc.ABC):
         if walltime_margin is None:
             margin = default_margin(self.walltime_seconds)
         elif (isinstance(walltime_margin, bool) or not isinstance(walltime_margin, (int, float))
-              or not 0 < walltime_margin < self.walltime_seconds):
+              or not 0 < walltime_margin < min(self.walltime_seconds, 65536)):
             raise ConfigError(f"walltime_margin={walltime_margin!r} is not valid: expected seconds > 0 and "
-                              f"below the walltime ({self.walltime_seconds} s)")
+                              f"below the walltime ({self.walltime_seconds} s) and 65536")
         else:
             margin = math.ceil(walltime_margin)
         self.walltime_margin = margin

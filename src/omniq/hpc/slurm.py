@@ -132,21 +132,10 @@ class SlurmWorkers(JobWorkers):
         return ["scancel", f"--name={self.name}"]
 
     def list_command(self) -> list[str]:
-        return ["squeue", "--noheader", "--array", f"--name={self.name}", "--format=%i|%A|%T|%r|%N"]
+        return ["squeue", "--noheader", "--array", f"--name={self.name}", f"--format={SQUEUE_FORMAT}"]
 
     def parse_list(self, stdout: str) -> list[Job]:
-        jobs = []
-        for line in _lines(stdout):
-            parts = [p.strip() for p in line.split("|")]
-            if len(parts) < 3:
-                continue
-            jid, raw, state = parts[0], parts[1], parts[2].upper()
-            reason = parts[3] if len(parts) > 3 and parts[3] not in ("None", "(null)") else ""
-            node = parts[4] if len(parts) > 4 and parts[4] not in ("(null)",) else ""
-            # (a pending array element shows the array's id until it starts)
-            job_id = raw if raw.isdigit() and state != "PENDING" else None
-            jobs.append(Job(id=jid, state=state, job_id=job_id, reason=reason, node=node))
-        return jobs
+        return parse_squeue(stdout)
 
     # --- cluster facts ---------------------------------------------------------------------------
     def partitions(self) -> dict[str, dict[str, Any]]:
@@ -249,6 +238,44 @@ NEVER = {
     "InvalidQOS": "the QOS is not valid",
     "DependencyNeverSatisfied": "a dependency that can never be met (job_extra)",
 }
+
+
+SQUEUE_FORMAT = "%i|%A|%T|%r|%N|%j"
+
+
+def parse_squeue(stdout: str) -> list[Job]:
+    """Jobs in ``squeue --format=SQUEUE_FORMAT`` output."""
+    jobs = []
+    for line in _lines(stdout):
+        parts = [p.strip() for p in line.split("|", 5)]
+        if len(parts) < 3:
+            continue
+        jid, raw, state = parts[0], parts[1], parts[2].upper()
+        reason = parts[3] if len(parts) > 3 and parts[3] not in ("None", "(null)") else ""
+        node = parts[4] if len(parts) > 4 and parts[4] not in ("(null)",) else ""
+        name = parts[5] if len(parts) > 5 else ""
+        # (a pending array element shows the array's id until it starts)
+        job_id = raw if raw.isdigit() and state != "PENDING" else None
+        jobs.append(Job(id=jid, state=state, job_id=job_id, reason=reason, node=node, name=name))
+    return jobs
+
+
+def omniq_jobs(*, user: str | None = None, timeout: float = 10.0) -> list[Job]:
+    """The SLURM jobs of ``user`` (default: whoever runs this) whose name starts with ``omniq``
+    (every pool's, from any process), as ``squeue`` lists them now; empty where SLURM's commands
+    are missing or do not answer. For status displays (``omniq status``, ``%omniq status``)."""
+    import getpass
+    import subprocess
+
+    try:
+        who = user or getpass.getuser()
+        p = subprocess.run(["squeue", "--noheader", "--array", f"--user={who}", f"--format={SQUEUE_FORMAT}"],
+                           capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired, KeyError):
+        return []
+    if p.returncode != 0:
+        return []
+    return [j for j in parse_squeue(p.stdout) if j.name.lower().startswith("omniq")]
 
 
 def _leading_int(text: str) -> int:
