@@ -343,6 +343,7 @@ class AsyncOmniQ:
         # ids of keyed tasks the queue did not store because another task held their key ->
         # that task's id: handles, futures and calls naming the first follow the second
         self._aliases: dict[str, str] = {}
+        self._adopt_listeners: list[Callable[[Mapping[str, str]], None]] = []  # (sweeps)
 
     #: seconds a blob, or an owner of one, is kept however unreferenced: values are stored before
     #: the task that uses them, and a client skips re-sending a digest it stored lately
@@ -753,6 +754,11 @@ class AsyncOmniQ:
             elif g is not f:  # someone here waits for it already: resolve with that future
                 g.add_done_callback(functools.partial(_pass_on, f))
         self._poke_pickup()
+        for listener in list(self._adopt_listeners):  # on the loop: keep it quick
+            try:
+                listener(dups)
+            except Exception:
+                log.exception("adoption listener %r failed", listener)
 
     def _resolve_id(self, task_id: str) -> str:
         """The id a call naming ``task_id`` acts on (see ``_adopt``)."""

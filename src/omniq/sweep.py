@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import contextlib
 import hashlib
 import inspect
 import itertools
@@ -666,6 +667,7 @@ _INFLIGHT: weakref.WeakKeyDictionary[Any, dict[str, tuple[str, cf.Future[TaskRes
     weakref.WeakKeyDictionary()
 )
 _INFLIGHT_LOCK = threading.Lock()
+_SEEDING: set[asyncio.Task[None]] = set()  # status look-ups of adopted points in flight
 
 
 def _inflight(core: Any) -> dict[str, tuple[str, cf.Future[TaskResult]]]:
@@ -730,6 +732,10 @@ class _SweepBase:
         self._tracker = Tracker(core, label=self._label)
         self._tracker.add_slots(len(self.points))
         self._progress: Progress | None = None
+        self._futures: dict[int, cf.Future[TaskResult]] = {}  # slot -> its latest task's future
+        self._adopt_hook: Callable[[Mapping[str, str]], None] | None = None
+        self._n_adopted = 0
+        self._adopt_lock = threading.Lock()
 
     # --- starting --------------------------------------------------------------------------
     def _launch(self: S, found: Sequence[TaskResult]) -> S:
@@ -781,9 +787,61 @@ class _SweepBase:
             **self._options,
         )
         self._tracker.begin(slots, [t.id for t in tasks], [t.status.value for t in tasks])
-        futures = self._core.submit_tasks(tasks)
+        self._watch_adoptions()
+        with self._adopt_lock:  # the loop may store the batch (and adopt) before we get here
+            futures = self._core.submit_tasks(tasks)
+            self._futures.update(zip(slots, futures))
         self.submitted += len(tasks)
         self._follow(slots, futures, [t.id for t in tasks])
+
+    def _watch_adoptions(self) -> None:
+        """Follow points the queue did not store because a task already held their key (see
+        ``AsyncOmniQ._adopt``): their slots take that task's id, so its ``started`` events count
+        it as running, and those already running are shown so. Until every point is final."""
+        if self._adopt_hook is not None:
+            return
+        ref = weakref.ref(self)
+        core = self._core
+
+        def hook(dups: Mapping[str, str]) -> None:
+            sw = ref()
+            if sw is None or sw._tracker.complete:
+                with contextlib.suppress(ValueError):
+                    core._adopt_listeners.remove(hook)
+                if sw is not None:
+                    sw._adopt_hook = None
+                return
+            sw._adopted(dups)
+
+        self._adopt_hook = hook
+        core._adopt_listeners.append(hook)
+
+    def _adopted(self, dups: Mapping[str, str]) -> None:
+        """On the loop, as a batch is stored: the slots of duplicates follow their holders."""
+        with self._adopt_lock:
+            self._follow_holders(dups)
+
+    def _follow_holders(self, dups: Mapping[str, str]) -> None:
+        t = self._tracker
+        slot_of = {tid: i for i in range(len(self.points)) if (tid := t.task_id(i)) is not None}
+        moved = [(slot_of[new], old) for new, old in dups.items() if new in slot_of]
+        if not moved:
+            return
+        slots = [s for s, _ in moved]
+        holders = [h for _, h in moved]
+        t.begin(slots, holders, [QUEUED] * len(slots))
+        t.attach(slots, [self._futures[s] for s in slots])  # callbacks under the holders' ids
+        core = self._core
+
+        async def seed() -> None:  # holders already running elsewhere show as running
+            with contextlib.suppress(Exception):
+                states = await core._queue.statuses(holders)
+                t.mark_running([h for h, st in states.items() if st is TaskStatus.RUNNING])
+
+        job = asyncio.get_running_loop().create_task(seed())
+        _SEEDING.add(job)  # (the loop keeps only weak references to its tasks)
+        job.add_done_callback(_SEEDING.discard)
+        self._n_adopted += len(moved)
 
     def _follow(
         self, slots: list[int], futures: Sequence[cf.Future[TaskResult]], new_ids: Sequence[str] = ()
@@ -820,11 +878,7 @@ class _SweepBase:
         """Points whose task was not stored because a task already held their key (queued or
         running from an earlier run, or another process's run of this sweep): this sweep waits
         for those tasks instead. Known once the points are stored (``flush()``)."""
-        aliases = self._core._aliases
-        if not aliases:
-            return 0
-        t = self._tracker
-        return sum(1 for i in range(len(self.points)) if t.task_id(i) in aliases)
+        return self._n_adopted
 
     def done(self) -> bool:
         """True once every point has a final result."""
