@@ -324,3 +324,20 @@ async def test_a_big_alike_batch_keeps_every_value(
         assert row == (now + 60, now)  # the columns too (claims and expiry read them)
     finally:
         await b.close()
+
+
+@pytest.mark.parametrize(("message", "unwritable"), [
+    ("database or disk is full", True),
+    ("attempt to write a readonly database", True),
+    ("no such table: nothing", False),
+])
+def test_a_refused_write_is_told_apart_without_an_error_code(tmp_path: Path, message: str,
+                                                             unwritable: bool) -> None:
+    """Python 3.10's sqlite3 errors carry no ``sqlite_errorcode``: SQLite's message tells."""
+    from omniq.errors import StorageUnwritable
+    from omniq.storage.sqlite import storage_error
+
+    e = sqlite3.OperationalError(message)  # made here: no code, as on 3.10
+    err = storage_error(f"sqlite:///{tmp_path}/x.db", str(tmp_path / "x.db"), e)
+    assert isinstance(err, StorageUnwritable) is unwritable, err
+    assert message in str(err)

@@ -424,6 +424,13 @@ def parse_url(url: str) -> str:
 
 # primary result codes (``sqlite3.Error.sqlite_errorcode & 0xFF``)
 SQLITE_READONLY, SQLITE_IOERR, SQLITE_FULL, SQLITE_CANTOPEN = 8, 10, 13, 14
+# Python 3.10's sqlite3 errors carry no code: SQLite's own text for each (sqlite3_errstr)
+_CODE_OF_MESSAGE = {
+    "attempt to write a readonly database": SQLITE_READONLY,
+    "disk I/O error": SQLITE_IOERR,
+    "database or disk is full": SQLITE_FULL,
+    "unable to open database file": SQLITE_CANTOPEN,
+}
 NEARLY_FULL = 256 * 1024  # bytes free under which an I/O error is blamed on a full disk
 
 
@@ -454,7 +461,10 @@ def storage_error(url: str, path: str, e: sqlite3.Error) -> StorageError:
     """An SQLite error as a sentence naming the URL; a write refused by the file system (full
     disk, read-only file or mount) says so instead of SQLite's terse words, as
     ``StorageUnwritable``."""
-    code = (getattr(e, "sqlite_errorcode", None) or 0) & 0xFF
+    code = getattr(e, "sqlite_errorcode", None)  # from Python 3.11
+    if code is None:
+        code = _CODE_OF_MESSAGE.get(str(e), 0)
+    code &= 0xFF
     why = None
     if code == SQLITE_FULL:
         why = why_unwritable(path) or "the disk is full"
