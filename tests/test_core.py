@@ -311,7 +311,7 @@ def test_left_open_instance_closes_quietly_at_exit_and_keeps_tasks(tmp_path):
 
 
 def test_signed_payloads_and_an_unsigned_task_is_refused_not_retried(tmp_path, monkeypatch):
-    monkeypatch.setenv("OMNIQ_SECRET_KEY", "s3cret")
+    monkeypatch.setenv("OMNIQ_SECRET_KEY", "s3cret-0123456789abcdef0123456789abcdef")
     with OmniQ(tasks=f"sqlite:///{tmp_path}/s.db", worker="process", concurrency=1) as oq:
         assert oq.submit(add, 1, 2).result(30) == 3  # children verify with the same key
         monkeypatch.delenv("OMNIQ_SECRET_KEY")  # someone without the key writes a task
@@ -630,3 +630,42 @@ def test_close_returns_when_a_storage_stops_answering(tmp_path, monkeypatch, cap
         assert warned and all(f"127.0.0.1:{server.port}" in m for m in warned)
         with OmniQ(tasks=db, concurrency=0) as again:
             assert [again.get_result(i).value for i in ids] == [i * i for i in range(20)]
+
+
+# --- an id never stored: waiting on it raises at once, as status() does (issue 22, item 2) -----
+_UNKNOWN_ID_URLS = ["memory://", "sqlite:///{tmp}/u.db", "sqlite://:memory:", "file://{tmp}/fq"]
+
+
+@pytest.mark.parametrize("template", _UNKNOWN_ID_URLS)
+def test_waiting_on_an_unknown_task_id_raises_at_once_sync(tmp_path, template):
+    url = template.format(tmp=tmp_path)
+    with OmniQ(tasks=url, worker="thread", concurrency=1) as oq:
+        t0 = time.monotonic()
+        with pytest.raises(ConfigError, match="'typo'"):
+            oq.get_result("typo", wait=True)
+        with pytest.raises(ConfigError, match="'typo'"):
+            oq.handle("typo").result()
+        with pytest.raises(ConfigError, match="'typo.3'"):  # an item id of a chunk never stored
+            oq.get_result("typo.3", wait=True, timeout=30)
+        assert time.monotonic() - t0 < 10
+        assert oq.get_result("typo") is None  # without wait: "not final yet", as before
+        h = oq.submit(add, 1, 2)  # a real id, even one still buffered, is waited for
+        assert oq.handle(h.id).result(timeout=30) == 3
+        assert oq.get_result(oq.enqueue(add, args=(2, 2)), wait=True, timeout=30).value == 4
+
+
+@pytest.mark.parametrize("template", _UNKNOWN_ID_URLS)
+def test_waiting_on_an_unknown_task_id_raises_at_once_async(tmp_path, template):
+    url = template.format(tmp=tmp_path)
+
+    async def main():
+        async with AsyncOmniQ(tasks=url, worker="async", concurrency=1) as oq:
+            with anyio.fail_after(10):
+                with pytest.raises(ConfigError, match="'typo'"):
+                    await oq.get_result("typo", wait=True)
+                with pytest.raises(ConfigError, match="'typo'"):
+                    await oq.handle("typo").result()
+                h = await oq.submit(helpers.async_double, 4)
+                assert await oq.handle(h.id).result(timeout=30) == 8
+
+    asyncio.run(main())

@@ -490,7 +490,7 @@ def test_bad_input_against_slurm(cluster: PrivateSlurm, oq: OmniQ, tmp_path: Any
 
 @pytest.mark.slow
 def test_secrets_stay_off_command_lines(cluster: PrivateSlurm, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("OMNIQ_SECRET_KEY", "k3y-s3cret")
+    monkeypatch.setenv("OMNIQ_SECRET_KEY", "k3y-s3cret-0123456789abcdef0123456789abcdef")
     oq = OmniQ(tasks="postgresql://me:pa55word@localhost/db", results=f"file://{tmp_path}/results",
                concurrency=0, storage_options={"anon": True})
     pool = _pool(oq, tmp_path, env={"API_TOKEN": "t0ken"})

@@ -436,9 +436,9 @@ def test_corruption_gives_serialization_error_or_a_value(data: bytes, draw: st.D
 @given(corruptible, st.data())
 @settings(max_examples=examples(200), deadline=None)
 def test_signed_corruption_is_always_caught(data: bytes, draw: st.DataObject) -> None:
-    set_secret_keys("k")
+    set_secret_keys("k" + "-0123456789abcdef0123456789abcdef")
     try:
-        signed = b"S" + hmac.digest(b"k", data, "sha256") + data
+        signed = b"S" + hmac.digest(b"k-0123456789abcdef0123456789abcdef", data, "sha256") + data
         loads(signed)  # intact: verifies and loads
         bad = _corrupt(signed, draw.draw)
         with pytest.raises(SignatureError):
@@ -453,7 +453,7 @@ def test_signed_corruption_is_always_caught(data: bytes, draw: st.DataObject) ->
 
 
 def test_signed_when_key_set(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("OMNIQ_SECRET_KEY", "s3cret")
+    monkeypatch.setenv("OMNIQ_SECRET_KEY", "s3cret-0123456789abcdef0123456789abcdef")
     data = dumps({"a": 1})
     assert data[:1] == b"S" and len(data) > 33
     assert loads(data) == {"a": 1}
@@ -465,7 +465,7 @@ def test_signed_when_key_set(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_unsigned_payload_rejected_when_key_set(monkeypatch: pytest.MonkeyPatch) -> None:
     plain_payload = dumps([1, 2])
-    monkeypatch.setenv("OMNIQ_SECRET_KEY", "s3cret")
+    monkeypatch.setenv("OMNIQ_SECRET_KEY", "s3cret-0123456789abcdef0123456789abcdef")
     with pytest.raises(SignatureError, match="payload is not signed but OMNIQ_SECRET_KEY is set"):
         loads(plain_payload)
     with pytest.raises(SignatureError, match="not signed"):
@@ -475,15 +475,15 @@ def test_unsigned_payload_rejected_when_key_set(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_wrong_key_rejected_and_nothing_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("OMNIQ_SECRET_KEY", "one")
+    monkeypatch.setenv("OMNIQ_SECRET_KEY", "one-0123456789abcdef0123456789abcdef")
     data = dumps_call(module_level, (1,))
-    monkeypatch.setenv("OMNIQ_SECRET_KEY", "two")
+    monkeypatch.setenv("OMNIQ_SECRET_KEY", "two-0123456789abcdef0123456789abcdef")
     with pytest.raises(SignatureError, match="signature does not match any accepted key"):
         loads_call(data)
 
 
 def test_tampered_body_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("OMNIQ_SECRET_KEY", "one")
+    monkeypatch.setenv("OMNIQ_SECRET_KEY", "one-0123456789abcdef0123456789abcdef")
     data = bytearray(dumps({"amount": 1}))
     data[-1] ^= 1
     with pytest.raises(SignatureError, match="does not match"):
@@ -491,7 +491,7 @@ def test_tampered_body_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_signed_payload_without_key_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("OMNIQ_SECRET_KEY", "one")
+    monkeypatch.setenv("OMNIQ_SECRET_KEY", "one-0123456789abcdef0123456789abcdef")
     data = dumps(1)
     monkeypatch.delenv("OMNIQ_SECRET_KEY")
     with pytest.raises(SignatureError, match="no OMNIQ_SECRET_KEY is set"):
@@ -499,10 +499,13 @@ def test_signed_payload_without_key_is_rejected(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_key_rotation_through_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("OMNIQ_SECRET_KEY", "old")
+    monkeypatch.setenv("OMNIQ_SECRET_KEY", "old-0123456789abcdef0123456789abcdef")
     old_payload = dumps("in flight")
-    monkeypatch.setenv("OMNIQ_SECRET_KEY", "new")
-    monkeypatch.setenv("OMNIQ_SECRET_KEYS", "older, old")
+    monkeypatch.setenv("OMNIQ_SECRET_KEY", "new-0123456789abcdef0123456789abcdef")
+    monkeypatch.setenv(
+        "OMNIQ_SECRET_KEYS",
+        "older-0123456789abcdef0123456789abcdef, old-0123456789abcdef0123456789abcdef",
+    )
     assert loads(old_payload) == "in flight"
     new_payload = dumps("fresh")
     monkeypatch.setenv("OMNIQ_SECRET_KEYS", "")
@@ -512,20 +515,27 @@ def test_key_rotation_through_environment(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_accepted_keys_without_signing_key_is_a_config_error(monkeypatch) -> None:
-    monkeypatch.setenv("OMNIQ_SECRET_KEYS", "old")
+    monkeypatch.setenv("OMNIQ_SECRET_KEYS", "old-0123456789abcdef0123456789abcdef")
     with pytest.raises(ConfigError, match="OMNIQ_SECRET_KEYS is set but OMNIQ_SECRET_KEY is not"):
         dumps(1)
 
 
 def test_set_secret_keys_overrides_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("OMNIQ_SECRET_KEY", "env")
-    set_secret_keys(["new", b"old"])
-    assert get_secret_keys() == (b"new", (b"new", b"old"))
+    monkeypatch.setenv("OMNIQ_SECRET_KEY", "env-0123456789abcdef0123456789abcdef")
+    set_secret_keys(
+        ["new-0123456789abcdef0123456789abcdef", b"old-0123456789abcdef0123456789abcdef"]
+    )
+    assert get_secret_keys() == (
+        b"new-0123456789abcdef0123456789abcdef",
+        (b"new-0123456789abcdef0123456789abcdef", b"old-0123456789abcdef0123456789abcdef"),
+    )
     data = dumps(5)
-    set_secret_keys("old")
+    set_secret_keys("old-0123456789abcdef0123456789abcdef")
     with pytest.raises(SignatureError):
         loads(data)
-    set_secret_keys(["other", "new"])
+    set_secret_keys(
+        ["other-0123456789abcdef0123456789abcdef", "new-0123456789abcdef0123456789abcdef"]
+    )
     assert loads(data) == 5
     set_secret_keys([])  # explicitly off, whatever the environment says
     assert dumps(5)[:1] == b"M"
@@ -644,7 +654,7 @@ def _python(args: list[str], env: dict[str, str], cwd: Path) -> str:
     return proc.stdout
 
 
-@pytest.mark.parametrize("key", [None, "cross-process-key"])
+@pytest.mark.parametrize("key", [None, "cross-process-key-0123456789abcdef0123456789abcdef"])
 def test_main_functions_run_in_a_fresh_process(tmp_path: Path, key: str | None) -> None:
     """Dump in one process's __main__ (a script), load and call in another (python -c)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("OMNIQ_SECRET")}
@@ -665,10 +675,14 @@ def test_worker_with_another_key_refuses_the_payload(tmp_path: Path) -> None:
     script = tmp_path / "notebook.py"
     script.write_text(NOTEBOOK)
     payloads = tmp_path / "payloads.json"
-    _python([str(script), str(payloads)], {**env, "OMNIQ_SECRET_KEY": "a"}, tmp_path)
+    _python(
+        [str(script), str(payloads)],
+        {**env, "OMNIQ_SECRET_KEY": "a-0123456789abcdef0123456789abcdef"},
+        tmp_path,
+    )
     proc = subprocess.run(
         [sys.executable, "-c", WORKER, str(payloads)],
-        env={**env, "OMNIQ_SECRET_KEY": "b"},
+        env={**env, "OMNIQ_SECRET_KEY": "b-0123456789abcdef0123456789abcdef"},
         capture_output=True,
         text=True,
         timeout=120,
@@ -786,12 +800,12 @@ def test_dumps_calls_pickles_a_by_value_function_once_per_batch() -> None:
 def test_dumps_calls_are_signed_when_a_key_is_set(monkeypatch: pytest.MonkeyPatch) -> None:
     from omniq.serialization import TAG_SIGNED, dumps_calls
 
-    monkeypatch.setenv("OMNIQ_SECRET_KEY", "k1")
+    monkeypatch.setenv("OMNIQ_SECRET_KEY", "k1-0123456789abcdef0123456789abcdef")
     fn = lambda x: x + 1  # noqa: E731
     payloads = dumps_calls(fn, [((1,), {}), ((2,), {})])
     assert all(p[:1] == TAG_SIGNED for p in payloads)
     assert [loads_call(p)[0](*loads_call(p)[1]) for p in payloads] == [2, 3]
-    monkeypatch.setenv("OMNIQ_SECRET_KEY", "other")
+    monkeypatch.setenv("OMNIQ_SECRET_KEY", "other-0123456789abcdef0123456789abcdef")
     with pytest.raises(SignatureError):
         loads_call(payloads[0])
 
@@ -822,8 +836,13 @@ def _nest(depth: int, kind: str, leaf: Any) -> Any:
 )
 @settings(max_examples=examples(60), deadline=None)
 def test_deep_nesting_works_or_names_the_path(depth: int, kind: str, leaf: str) -> None:
-    value = _nest(depth, kind, {"plain": 1, "generator": _generator(), "lock": threading.Lock()}[leaf])
-    for dump, root in ((dumps, "value"), (lambda v: dumps_call(module_level, (v,), {}), "argument args[0]")):
+    value = _nest(
+        depth, kind, {"plain": 1, "generator": _generator(), "lock": threading.Lock()}[leaf]
+    )
+    for dump, root in (
+        (dumps, "value"),
+        (lambda v: dumps_call(module_level, (v,), {}), "argument args[0]"),
+    ):
         try:
             data = dump(value)
         except SerializationError as exc:
@@ -837,8 +856,11 @@ def test_deep_nesting_works_or_names_the_path(depth: int, kind: str, leaf: str) 
 
 @pytest.mark.parametrize(
     "data",
-    [b"M" + b"\x91" * 100_000 + b"\x01", b"M" + b"\x81\xa1k" * 100_000 + b"\x01",
-     b"C" + b"\x91" * 100_000 + b"\x01"],
+    [
+        b"M" + b"\x91" * 100_000 + b"\x01",
+        b"M" + b"\x81\xa1k" * 100_000 + b"\x01",
+        b"C" + b"\x91" * 100_000 + b"\x01",
+    ],
     ids=["deep-array", "deep-map", "deep-call"],
 )
 def test_deeply_nested_payload_bytes_are_a_serialization_error(data: bytes) -> None:
@@ -862,9 +884,15 @@ def test_dumps_calls_of_an_importable_function_match_dumps_call_byte_for_byte() 
 
     from .. import helpers
 
-    calls = [((i,), {}) for i in range(5)] + [((2**70,), {}), (("\ud800",), {}), (([1, (2, 3)],), {}),
-                                              ((1,), {"k": {1, 2}})]
-    assert dumps_calls(helpers.square, calls) == [dumps_call(helpers.square, a, k) for a, k in calls]
+    calls = [((i,), {}) for i in range(5)] + [
+        ((2**70,), {}),
+        (("\ud800",), {}),
+        (([1, (2, 3)],), {}),
+        ((1,), {"k": {1, 2}}),
+    ]
+    assert dumps_calls(helpers.square, calls) == [
+        dumps_call(helpers.square, a, k) for a, k in calls
+    ]
     f, args, kwargs = loads_call(dumps_calls(helpers.square, calls)[5])
     assert kwargs == {}
     assert f(*args) == 2**140

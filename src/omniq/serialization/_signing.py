@@ -23,6 +23,7 @@ from ..errors import ConfigError, SignatureError
 SIGNING_ENV = "OMNIQ_SECRET_KEY"
 ACCEPTED_ENV = "OMNIQ_SECRET_KEYS"
 MAC_SIZE = 32  # HMAC-SHA256
+MIN_KEY_BYTES = 32  # a key shorter than the MAC it makes can be guessed faster than the MAC
 
 Keys = tuple[bytes | None, tuple[bytes, ...]]  # (signing key, accepted keys incl. the signing key)
 _NO_KEYS: Keys = (None, ())
@@ -56,8 +57,16 @@ def _as_key(key: str | bytes, what: str) -> bytes:
         key = key.strip().encode()
     if not isinstance(key, bytes):
         raise ConfigError(f"{what} must be str or bytes, not {type(key).__name__}")
-    if not key:
-        raise ConfigError(f"{what} is empty")
+    if not key.strip():
+        raise ConfigError(
+            f"{what} is empty or blank: a key must be at least {MIN_KEY_BYTES} bytes "
+            f"(e.g. python -c 'import secrets; print(secrets.token_hex(32))')"
+        )
+    if len(key) < MIN_KEY_BYTES:
+        raise ConfigError(
+            f"{what} is {len(key)} bytes long: a key must be at least {MIN_KEY_BYTES} bytes "
+            f"(e.g. python -c 'import secrets; print(secrets.token_hex(32))')"
+        )
     return key
 
 
@@ -79,16 +88,18 @@ def set_secret_keys(keys: str | bytes | Iterable[str | bytes] | None) -> None:
 
 
 def _parse_env(signing: str | None, accepted: str | None) -> Keys:
+    """Unset means no signing; set but empty, blank or short is a ConfigError (never "off")."""
     extra = [k.strip() for k in (accepted or "").split(",") if k.strip()]
-    if not signing or not signing.strip():
+    if signing is None:
         if extra:
             raise ConfigError(
                 f"{ACCEPTED_ENV} is set but {SIGNING_ENV} is not: {ACCEPTED_ENV} only adds "
                 f"older keys to accept; set {SIGNING_ENV} to the key that signs"
             )
         return _NO_KEYS
-    key = signing.strip().encode()
-    return key, tuple(dict.fromkeys([key, *(k.encode() for k in extra)]))
+    key = _as_key(signing, SIGNING_ENV)
+    older = [_as_key(k, f"{ACCEPTED_ENV} entry #{i + 1}") for i, k in enumerate(extra)]
+    return key, tuple(dict.fromkeys([key, *older]))
 
 
 def get_secret_keys() -> Keys:
