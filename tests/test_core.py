@@ -645,7 +645,7 @@ def test_waiting_on_an_unknown_task_id_raises_at_once_sync(tmp_path, template):
             oq.get_result("typo", wait=True)
         with pytest.raises(ConfigError, match="'typo'"):
             oq.handle("typo").result()
-        with pytest.raises(ConfigError, match="'typo.3'"):  # an item id of a chunk never stored
+        with pytest.raises(ConfigError, match=r"'typo\.3'"):  # an item id of a chunk never stored
             oq.get_result("typo.3", wait=True, timeout=30)
         assert time.monotonic() - t0 < 10
         assert oq.get_result("typo") is None  # without wait: "not final yet", as before

@@ -1069,7 +1069,28 @@ class AsyncOmniQ:
             f = ResultFuture()  # "since" 0: the pickup loop reads its result at once
             self._waiters[task_id] = f
             self._poke_pickup()
+            if self._loop is not None and self._opened:  # an id never stored must not wait for ever
+                self._spawn(self._refuse_unknown(task_id, f))
         return f
+
+    async def _refuse_unknown(self, task_id: str, f: cf.Future[TaskResult]) -> None:
+        """Fail a waiter on ``task_id`` with ``ConfigError`` (as ``status()`` does) when
+        neither the task queue nor the result store has ever seen that id."""
+        try:
+            await self.flush()  # (a task submitted here a moment ago is stored first)
+            if task_id in await self._queue.statuses([task_id]) or f.done():
+                return
+            if await self._results.get_result(task_id) is not None or f.done():
+                return
+        except Exception:  # storage trouble: the waiter keeps waiting (the pickup loop says so)
+            return
+        if self._waiters.get(task_id) is f:
+            self._waiters.pop(task_id, None)
+        with contextlib.suppress(cf.InvalidStateError):
+            f.set_exception(ConfigError(f"task_id={task_id!r} is not known to {masked(self.tasks_url)}"))
+        if self._results_changed is not None:  # wake get_result(wait=True) now
+            self._results_changed.set()
+            self._results_changed = anyio.Event()
 
     async def _wait(self, task_id: str, fut: cf.Future[TaskResult], timeout: float | None) -> TaskResult:
         self._poke_pickup()  # someone is waiting: look for results finished elsewhere now
