@@ -83,3 +83,24 @@ def test_omniq_worker_memory_limit_option(capsys):
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert "--memory-limit" in err and "'plenty' is not a size" in err and "4GB" in err
+
+
+def test_omniq_worker_says_its_memory_limit(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    p = subprocess.Popen(
+        [sys.executable, "-m", "omniq.cli", "worker", "--tasks", f"sqlite:///{tmp_path}/q.db",
+         "--worker", "thread", "-c", "1", "--memory-limit", "1.5GB"],
+        stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert p.stderr is not None
+        line = p.stderr.readline()
+        while line and not line.startswith("omniq worker:"):
+            line = p.stderr.readline()
+        assert "memory_limit=1.5 GB" in line, line
+    finally:
+        p.send_signal(signal.SIGTERM)
+        p.communicate(timeout=30)
