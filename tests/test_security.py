@@ -57,3 +57,64 @@ def test_short_key_passed_in_code_is_a_config_error() -> None:
 def test_long_key_signs(monkeypatch) -> None:
     monkeypatch.setenv("OMNIQ_SECRET_KEY", KEY)
     assert dumps(1)[:1] == b"S"
+
+
+def _warnings(caplog) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelname == "WARNING" and "signing" in r.getMessage()
+    ]
+
+
+def test_shared_storage_without_a_key_warns_once_saying_what_an_attacker_could_do(
+    tmp_path, caplog
+) -> None:
+    from omniq import OmniQ
+
+    caplog.set_level("WARNING", logger="omniq")
+    url = f"file://{tmp_path}/queue"
+    with OmniQ(tasks=url, concurrency=0):
+        pass
+    (msg,) = _warnings(caplog)
+    assert "OMNIQ_SECRET_KEY is not set" in msg and url in msg
+    assert "run code" in msg and ".value" in msg and "require_signing" in msg
+
+
+def test_local_storage_without_a_key_does_not_warn(tmp_path, caplog) -> None:
+    from omniq import OmniQ
+
+    caplog.set_level("WARNING", logger="omniq")
+    with OmniQ(tasks=f"sqlite:///{tmp_path}/q.db", concurrency=0):
+        pass
+    with OmniQ(tasks="memory://", concurrency=0):
+        pass
+    assert _warnings(caplog) == []
+
+
+def test_require_signing_refuses_shared_storage_without_a_key(tmp_path, monkeypatch) -> None:
+    from omniq import OmniQ
+
+    url = f"file://{tmp_path}/queue"
+    oq = OmniQ(tasks=url, concurrency=0, require_signing=True)
+    with pytest.raises(ConfigError, match="require_signing is set but OMNIQ_SECRET_KEY is not"):
+        oq.open()
+    oq.close()
+    monkeypatch.setenv("OMNIQ_REQUIRE_SIGNING", "yes")  # the config key, from the environment
+    oq = OmniQ(tasks=f"sqlite:///{tmp_path}/q.db", results=url, concurrency=0)
+    assert oq.config.require_signing is True
+    with pytest.raises(ConfigError, match="refusing to open shared storage"):
+        oq.open()
+    oq.close()
+    monkeypatch.setenv("OMNIQ_SECRET_KEY", KEY)  # with a key it opens, signed
+    with OmniQ(tasks=url, concurrency=0) as oq:
+        task_id = oq.enqueue(len, args=([1, 2],))
+        assert oq.core.config.require_signing and task_id
+
+
+def test_require_signing_config_value_is_checked(monkeypatch) -> None:
+    from omniq import OmniQ
+
+    monkeypatch.setenv("OMNIQ_REQUIRE_SIGNING", "maybe")
+    with pytest.raises(ConfigError, match="OMNIQ_REQUIRE_SIGNING='maybe' is not valid"):
+        OmniQ(tasks="memory://", concurrency=0)

@@ -36,7 +36,7 @@ from ._futures import ResultFuture, WeakFutures, bulk, resolve_many
 from .blobcache import BlobCache
 from .config import configure_logging, load_config, resolve_urls
 from .config.sizes import parse_size
-from .errors import ConfigError, StorageError, StorageUnwritable, TaskError
+from .errors import ConfigError, OmniQClosed, StorageError, StorageUnwritable, TaskError
 from .events.logger import EventLogger
 from .events.metrics import Metrics
 from .events.processor import EventProcessor, aiter_subscription
@@ -45,7 +45,7 @@ from .models import EventType, OmniQConfig, Task, TaskEvent, TaskResult, TaskSta
 from .scheduling import Scheduler, default_schedule_name
 from .serialization import BlobSink, dumps, dumps_call, dumps_calls, loads, path_fetch
 from .storage.base import EventStore, ResultStore, TaskQueue, masked
-from .storage.urls import open_backends
+from .storage.urls import check_signing, open_backends
 from .workers.base import Worker, cancelled_results, make_runner
 
 log = get_logger("omniq")
@@ -281,6 +281,7 @@ class AsyncOmniQ:
         task_ttl: float | None = None,
         storage_options: Mapping[str, Any] | None = None,
         memory_limit: int | str | None = None,
+        require_signing: bool | None = None,
     ) -> None:
         if isinstance(queues, str):
             queues = [q for q in (s.strip() for s in queues.split(",")) if q]
@@ -300,10 +301,12 @@ class AsyncOmniQ:
             task_ttl=task_ttl,
             storage_options=dict(storage_options) if storage_options else None,
             memory_limit=memory_limit,
+            require_signing=require_signing,
         )
         self.tasks_url, self.results_url, self.events_url = resolve_urls(self.config)
         self._opened = False
         self._closing = False
+        self._closed = False  # closed by close(): calls refuse (OmniQClosed) until open()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
         self._buffer: deque[Task] = deque()
@@ -369,9 +372,11 @@ class AsyncOmniQ:
         await self.close(drain=exc_type is None)
 
     async def open(self) -> None:
-        """Connect storage and start this instance's worker slots (idempotent)."""
+        """Connect storage and start this instance's worker slots (idempotent); reopens a
+        closed instance."""
         if self._opened:
             return
+        self._closed = False
         cfg = self.config
         if _log_level_asked(cfg):
             configure_logging(cfg.log_level)  # the library prints nothing unless asked
@@ -383,6 +388,9 @@ class AsyncOmniQ:
         self._queue, self._results, self._events_store = open_backends(
             self.tasks_url, self.results_url, self.events_url, storage_options=dict(cfg.storage_options)
         )
+        # shared storage without a key: one WARNING, or a ConfigError with require_signing
+        check_signing((self.tasks_url, self.results_url, self.events_url),
+                      require=cfg.require_signing, log=log)
         connected: list[Any] = []
         try:
             for b in (self._queue, self._results, self._events_store):
@@ -442,7 +450,9 @@ class AsyncOmniQ:
 
     async def close(self, *, drain: bool = False, timeout: float | None = None) -> None:
         """Store what is buffered; with ``drain``, wait for this instance's ready tasks to finish
-        first. Unstarted tasks go back to the queue; nothing accepted is lost."""
+        first. Unstarted tasks go back to the queue; nothing accepted is lost. Later calls
+        raise ``OmniQClosed`` until ``open()``."""
+        self._closed = True
         if not self._opened or self._closing:
             return
         self._closing = True
@@ -617,6 +627,8 @@ class AsyncOmniQ:
         """Register waiters and hand tasks to the flusher. Thread-safe; never blocks."""
         if self._closing and self._facade_owned:
             raise _ClosedMeanwhile()  # accepted now, it would miss the closing flush
+        if self._closed and not self._opened:
+            raise _closed_error(self)
         if not self._opened or self._loop is None or self._closing:
             raise RuntimeError("this OmniQ is not open (or is closing): use `async with AsyncOmniQ(...)` "
                                "or `await oq.open()`")
@@ -1032,6 +1044,8 @@ class AsyncOmniQ:
         if self._facade_owned and (not self._opened or self._closing):
             raise _ClosedMeanwhile()  # the sync facade (re)opens it, with its loop thread
         if not self._opened:
+            if self._closed:
+                raise _closed_error(self)
             await self.open()
 
     # --- results --------------------------------------------------------------------------------
@@ -1761,6 +1775,12 @@ def _read_result(core: AsyncOmniQ, task_id: str, timeout: float | None) -> TaskR
     return r
 
 
+def _closed_error(core: AsyncOmniQ) -> OmniQClosed:
+    return OmniQClosed(
+        f"this OmniQ (tasks={masked(core.tasks_url)}) is closed: reopen it with oq.open() or use a "
+        "new `with` block; handles from it still read their results")
+
+
 class _ClosedMeanwhile(RuntimeError):
     """A facade call reached its AsyncOmniQ while another thread closed it (the facade retries
     on the reopened instance; elsewhere it reads as this message)."""
@@ -1808,15 +1828,18 @@ class OmniQ:
         task_ttl: float | None = None,
         storage_options: Mapping[str, Any] | None = None,
         memory_limit: int | str | None = None,
+        require_signing: bool | None = None,
     ) -> None:
         self._core = AsyncOmniQ(
             tasks, results, events, worker, concurrency, queues, config=config, lease=lease,
             max_deliveries=max_deliveries, result_ttl=result_ttl, task_ttl=task_ttl,
             storage_options=storage_options, memory_limit=memory_limit,
+            require_signing=require_signing,
         )
         self._core._facade_owned = True
         self._thread: _LoopThread | None = None
         self._lock = threading.Lock()
+        self._closed = False  # close() was called: no silent reopening (OmniQClosed) until open()
 
     @classmethod
     def from_config(cls, source: OmniQConfig | Mapping[str, Any] | str | Any, **overrides: Any) -> OmniQ:
@@ -1843,6 +1866,7 @@ class OmniQ:
     def open(self) -> OmniQ:
         global _ATEXIT
         with self._lock:
+            self._closed = False
             if self._thread is None:
                 self._thread = _LoopThread()
             if not self._core.is_open:
@@ -1862,8 +1886,10 @@ class OmniQ:
 
     def close(self, drain: bool = False, timeout: float | None = None) -> None:
         """Store buffered tasks, stop workers (with ``drain``: after this instance's ready
-        tasks finish), close storage and the loop thread."""
+        tasks finish), close storage and the loop thread. Later calls raise ``OmniQClosed``
+        until ``open()`` (handles from it still read their results)."""
         with self._lock:
+            self._closed = True
             if self._thread is None:
                 return
             try:
@@ -1880,8 +1906,15 @@ class OmniQ:
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         self.close(drain=exc_type is None)
 
+    def _open_lazily(self) -> None:
+        """Open on first use; an instance closed by ``close()`` is not reopened behind its
+        owner's back."""
+        if self._closed:
+            raise _closed_error(self._core)
+        self.open()
+
     def _call(self, fn: Callable[..., Awaitable[R]], *args: Any, **kwargs: Any) -> R:
-        """Run ``fn`` on the loop thread, opening first when closed."""
+        """Run ``fn`` on the loop thread, opening first on first use."""
         return self._while_open(lambda thread: thread.call(fn, *args, **kwargs))
 
     def _while_open(self, use: Callable[[_LoopThread], R]) -> R:
@@ -1890,7 +1923,7 @@ class OmniQ:
         for _ in range(100):
             thread = self._thread
             if thread is None or not self._core.is_open:
-                self.open()
+                self._open_lazily()
                 continue
             try:
                 return use(thread)
@@ -1927,7 +1960,7 @@ class OmniQ:
     def handle(self, task_id: str) -> TaskHandle:
         """A handle for a task id (from ``enqueue`` or another process)."""
         if not self._core.is_open:
-            self.open()
+            self._open_lazily()
         fut = self._call(_async_future_for, self._core, task_id)
         return TaskHandle(self, task_id, "", fut)
 
@@ -1941,7 +1974,7 @@ class OmniQ:
                 **options: Any) -> str:
         core = self._core
         if self._thread is None or not core.is_open:
-            self.open()
+            self._open_lazily()
         task = core._make_task(fn, args, kwargs, **options)
         if core._store_here(task):  # stored durably on this thread: no round trip to the loop
             return task.id
@@ -1969,14 +2002,14 @@ class OmniQ:
         from .sweep import Sweep
 
         if not self._core.is_open:
-            self.open()
+            self._open_lazily()
         return Sweep.start(self, fn, grid, name=name, **options)
 
     def on_event(self, callback: Callable[[TaskEvent], Any], types: Sequence[str] | None = None) -> Callable[[], None]:
         """Call ``callback(event)`` (on OmniQ's loop thread) for every event, from this process or
         any other sharing the event store; returns a function that unsubscribes."""
         if not self._core.is_open:
-            self.open()
+            self._open_lazily()
         return self._core.on_event(callback, types)
 
     def executor(self, **task_options: Any) -> Any:

@@ -127,6 +127,21 @@ def _memory_limit(value: Any) -> int | None:
     return size
 
 
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise Invalid
+    return value
+
+
+def _as_bool(raw: str) -> Any:
+    word = raw.lower()
+    if word in ("1", "true", "yes", "on"):
+        return True
+    if word in ("0", "false", "no", "off"):
+        return False
+    raise Invalid
+
+
 def _options(value: Any) -> dict[str, object]:
     if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
         raise Invalid
@@ -247,6 +262,9 @@ RULES: dict[str, Rule] = {
         "a mapping with str keys",
         _as_json_object,
         'a JSON object such as {"anon": true}',
+    ),
+    "require_signing": Rule(
+        _bool, "True or False", _as_bool, "one of 1, true, yes, on, 0, false, no, off"
     ),
 }
 

@@ -15,6 +15,7 @@ RESULT_TTL: float | None = None  # seconds a result is kept
 LEASE = 30.0  # seconds a claim holds before another worker may take the task again
 MAX_DELIVERIES = 3  # deliveries of a task whose worker keeps dying
 MEMORY_LIMIT: int | None = None  # bytes a task may use on this instance's workers (None: no limit)
+REQUIRE_SIGNING = False  # True: opening shared storage without OMNIQ_SECRET_KEY is a ConfigError
 SQLITE_FILENAME = "omniq.db"
 WORKER_KINDS = ("async", "thread", "process", "gevent")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "DISABLED")

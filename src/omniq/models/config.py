@@ -26,3 +26,6 @@ class OmniQConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     memory_limit: int | None = settings.MEMORY_LIMIT
     queues: list[str] | None = None
     storage_options: dict[str, object] = msgspec.field(default_factory=dict)
+    #: opening shared storage (PostgreSQL, Redis, NATS, object stores, file://) without
+    #: ``OMNIQ_SECRET_KEY`` is a ConfigError instead of a warning
+    require_signing: bool = settings.REQUIRE_SIGNING

@@ -152,6 +152,39 @@ def _scrubbed(text: str, url: str) -> str:
     return text
 
 
+#: Schemes of storage other accounts or machines may write to: a payload planted there runs code
+#: in whoever loads it (workers take task calls; the submitting process unpickles results).
+SHARED_SCHEMES = frozenset(SCHEMES) - {"memory", "sqlite"}
+
+_UNSIGNED_RISK = (
+    "anyone who can write to it can run code as this user: a planted task runs in the workers, "
+    "a planted result runs in the process that reads .value (this notebook too)"
+)
+
+
+def check_signing(urls: tuple[str, ...], *, require: bool, log: Any) -> None:
+    """One WARNING (or, with ``require``, a ConfigError) when shared storage is opened without
+    ``OMNIQ_SECRET_KEY``. Raises ConfigError for a malformed key either way."""
+    from ..serialization._signing import SIGNING_ENV, get_secret_keys
+
+    if get_secret_keys()[0] is not None:
+        return
+    shared = list(dict.fromkeys(masked(u) for u in urls if scheme_of(u) in SHARED_SCHEMES))
+    if not shared:
+        return
+    where = ", ".join(shared)
+    if require:
+        raise ConfigError(
+            f"require_signing is set but {SIGNING_ENV} is not: refusing to open shared storage "
+            f"{where} unsigned ({_UNSIGNED_RISK}). Set {SIGNING_ENV} (32+ bytes) on every process"
+        )
+    log.warning(
+        "payload signing is off (%s is not set) on shared storage %s: %s. Set %s (32+ bytes) "
+        "on every process, and require_signing (OMNIQ_REQUIRE_SIGNING=1) to refuse this",
+        SIGNING_ENV, where, _UNSIGNED_RISK, SIGNING_ENV,
+    )
+
+
 def open_backends(
     tasks: str,
     results: str | None = None,
@@ -186,4 +219,11 @@ def open_backends(
     return queue, result_store, event_store
 
 
-__all__ = ["SCHEMES", "TASK_QUEUE_SCHEMES", "open_backends", "scheme_of"]
+__all__ = [
+    "SCHEMES",
+    "SHARED_SCHEMES",
+    "TASK_QUEUE_SCHEMES",
+    "check_signing",
+    "open_backends",
+    "scheme_of",
+]
