@@ -118,3 +118,38 @@ def test_require_signing_config_value_is_checked(monkeypatch) -> None:
     monkeypatch.setenv("OMNIQ_REQUIRE_SIGNING", "maybe")
     with pytest.raises(ConfigError, match="OMNIQ_REQUIRE_SIGNING='maybe' is not valid"):
         OmniQ(tasks="memory://", concurrency=0)
+
+
+# ------------------------------------------------------------------------------ 4. secrets
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://user@db.example/q?password=PW0rdXyzzy&sslmode=require",
+        "postgresql://user@db.example/q?sslmode=require&sslpassword=PW0rdXyzzy",
+        "redis://db.example:6379/0?Password=PW0rdXyzzy",
+        "nats://db.example:4222?token=PW0rdXyzzy",
+        "s3://bucket/results?secret=PW0rdXyzzy",
+        "postgresql://user:PW0rdXyzzy@db.example/q",
+    ],
+)
+def test_masked_hides_query_passwords_tokens_and_secrets(url: str) -> None:
+    from omniq.storage.base import masked
+
+    shown = masked(url)
+    assert "PW0rdXyzzy" not in shown and "***" in shown
+    assert shown.split("://")[0] == url.split("://")[0]  # still says which storage
+
+
+def test_connection_error_does_not_show_a_query_password() -> None:
+    from omniq import OmniQ
+    from omniq.errors import StorageError
+
+    url = "postgresql://nobody@127.0.0.1:1/q?password=PW0rdXyzzy&connect_timeout=1"
+    oq = OmniQ(tasks=url, concurrency=0)
+    assert "PW0rdXyzzy" not in repr(oq)
+    with pytest.raises((StorageError, ConfigError)) as ei:
+        oq.open()
+    oq.close()
+    assert "PW0rdXyzzy" not in str(ei.value)

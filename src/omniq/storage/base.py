@@ -613,13 +613,26 @@ def task_from_row(row: Sequence[Any]) -> Task:
 
 
 def masked(url: str) -> str:
-    """``url`` with any password (or a NATS token) replaced by ``***``, for messages and logs.
+    """``url`` with any password (or a NATS token) replaced by ``***``, for messages and logs;
+    so are the values of ``password``, ``sslpassword``, ``token`` and ``secret`` query
+    parameters (any case), which PostgreSQL and Redis URLs accept.
 
     Whatever its shape: the scheme is whatever comes before the first ``://`` (empty, unknown
     or garbled too), and the user info runs to the *last* ``@`` before the path, as URL parsers
     read it, so a password containing ``@`` is hidden whole. A string without ``://`` that
     still looks like ``user:password@host`` has everything from its first ``:`` to its last
     ``@`` hidden."""
+    import re
+
+    return re.sub(
+        r"([?&;](?:ssl)?(?:password|token|secret)=)[^&;#]*",
+        r"\1***",
+        _masked_userinfo(url),
+        flags=re.IGNORECASE,
+    )
+
+
+def _masked_userinfo(url: str) -> str:
     import re
 
     head, sep, rest = url.partition("://")

@@ -149,6 +149,10 @@ def _scrubbed(text: str, url: str) -> str:
     _, colon, password = userinfo.partition(":")
     if at and colon and password:
         text = text.replace(password, "***")
+    import re
+
+    for value in re.findall(r"[?&;](?:ssl)?(?:password|token|secret)=([^&;#]+)", url, re.I):
+        text = text.replace(value, "***")
     return text
 
 
