@@ -23,11 +23,17 @@ def pid(_=None):
     return os.getpid()
 
 
+def _write_pid(path):
+    """``path`` appears holding this pid, never empty (a test waiting for it reads it at once)."""
+    with open(f"{path}.{os.getpid()}.tmp", "w") as f:
+        f.write(str(os.getpid()))
+    os.replace(f.name, path)
+
+
 def touch_then_sleep(path, seconds):
     import time
 
-    with open(path, "w") as f:
-        f.write(str(os.getpid()))
+    _write_pid(path)
     time.sleep(seconds)
     return seconds
 
@@ -60,8 +66,7 @@ def touch_sleep_touch(started_path, seconds, finished_path):
     """Write this pid to ``started_path``, sleep, then create ``finished_path``."""
     import time
 
-    with open(started_path, "w") as f:
-        f.write(str(os.getpid()))
+    _write_pid(started_path)
     time.sleep(seconds)
     open(finished_path, "w").close()
 
