@@ -153,3 +153,19 @@ def test_connection_error_does_not_show_a_query_password() -> None:
         oq.open()
     oq.close()
     assert "PW0rdXyzzy" not in str(ei.value)
+
+
+def test_config_repr_masks_urls_and_secret_storage_options() -> None:
+    from omniq import OmniQ
+
+    oq = OmniQ(
+        tasks="postgresql://user:PW0rdXyzzy@db.example/q",
+        results="redis://db.example/0?password=PW0rdXyzzy",
+        storage_options={"secret": "PW0rdXyzzy", "anon": False},
+        concurrency=0,
+    )
+    for text in (repr(oq.config), str(oq.config), repr(oq), f"{oq.config}"):
+        assert "PW0rdXyzzy" not in text
+    assert "postgresql://user:***@db.example/q" in repr(oq.config)
+    assert "'anon': False" in repr(oq.config)
+    assert oq.config.task_queue_type == "postgresql://user:PW0rdXyzzy@db.example/q"  # still usable

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
 from ..config import settings
@@ -29,3 +31,37 @@ class OmniQConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: opening shared storage (PostgreSQL, Redis, NATS, object stores, file://) without
     #: ``OMNIQ_SECRET_KEY`` is a ConfigError instead of a warning
     require_signing: bool = settings.REQUIRE_SIGNING
+
+    def _masked_items(self) -> list[tuple[str, Any]]:
+        from ..storage.base import masked
+
+        secret_options = {
+            "key",
+            "secret",
+            "token",
+            "password",
+            "account_key",
+            "sas_token",
+            "connection_string",
+            "client_secret",
+            "credential",
+            "session_token",
+        }
+        parts = []
+        for name in self.__struct_fields__:
+            value = getattr(self, name)
+            if isinstance(value, str) and name.endswith(("_type", "_url")):
+                value = masked(value)
+            elif name == "storage_options":
+                value = {k: "***" if k.lower() in secret_options else v for k, v in value.items()}
+            parts.append((name, value))
+        return parts
+
+    def __repr__(self) -> str:
+        """Every key, with URL passwords / tokens and secret ``storage_options`` values masked."""
+        return f"OmniQConfig({', '.join(f'{k}={v!r}' for k, v in self._masked_items())})"
+
+    __str__ = __repr__
+
+    def __rich_repr__(self) -> Any:
+        yield from self._masked_items()
