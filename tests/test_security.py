@@ -169,3 +169,24 @@ def test_config_repr_masks_urls_and_secret_storage_options() -> None:
     assert "postgresql://user:***@db.example/q" in repr(oq.config)
     assert "'anon': False" in repr(oq.config)
     assert oq.config.task_queue_type == "postgresql://user:PW0rdXyzzy@db.example/q"  # still usable
+
+
+def test_cli_commands_take_urls_from_config_file_or_environment(tmp_path, monkeypatch, capsys):
+    """No password needs to be on a command line (where ``ps`` shows it to every user)."""
+    from omniq import OmniQ
+    from omniq.cli import build_parser, main
+
+    db = f"sqlite:///{tmp_path}/q.db"
+    with OmniQ(tasks=db, concurrency=0) as oq:
+        oq.enqueue(len, args=([1],))
+    cfg = tmp_path / "omniq.yaml"
+    cfg.write_text(f"task_queue_type: {db}\n")
+    assert main(["status", "--config", str(cfg), "--json"]) == 0
+    assert '"queued": 1' in capsys.readouterr().out.replace(" ", "").replace('":', '": ')
+    monkeypatch.setenv("OMNIQ_TASK_QUEUE_TYPE", db)
+    assert main(["status", "--json"]) == 0
+    assert '"queued": 1' in capsys.readouterr().out.replace(" ", "").replace('":', '": ')
+    parser = build_parser()
+    for command in ("worker", "status"):
+        args = parser.parse_args([command, "--config", str(cfg)])
+        assert args.tasks is None and args.config == str(cfg)

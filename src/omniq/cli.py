@@ -70,6 +70,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     # a worker is a service: its problems (lost connections, dead children) go to stderr
     configure_logging(os.environ.get("OMNIQ_LOG_LEVEL") or "WARNING")
     oq = AsyncOmniQ(
+        config=args.config,
         tasks=args.tasks, results=args.results, events=args.events, worker=args.worker,
         concurrency=args.concurrency, queues=args.queues, lease=args.lease,
         memory_limit=args.memory_limit,
@@ -208,6 +209,10 @@ def _masked(url: str) -> str:
     return masked(url)
 
 
+_CONFIG_HELP = ("YAML config file (keys as in OmniQConfig); OMNIQ_* variables and flags override it. "
+                "Put URLs with passwords here or in OMNIQ_* variables, not in flags: flags show in ps")
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     """Exit status 0 when every storage answers, 1 when one does not (usable as a probe),
     2 for a bad argument."""
@@ -215,7 +220,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     from .errors import StorageError
 
     try:
-        with OmniQ(tasks=args.tasks, results=args.results, events=args.events, concurrency=0) as oq:
+        with OmniQ(tasks=args.tasks, results=args.results, events=args.events, concurrency=0,
+                   config=args.config) as oq:
             h = oq.health()
     except StorageError as exc:  # unreachable: 1, like a storage health() reports down
         print(f"omniq status: {exc}", file=sys.stderr)
@@ -273,9 +279,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(fn=cmd_demo)
 
     w = sub.add_parser("worker", help="run worker slots against shared storage")
+    w.add_argument("--config", default=None, metavar="YAML", help=_CONFIG_HELP)
     w.add_argument("--tasks", default=None, help="task queue URL (default from config/env: OMNIQ_TASK_QUEUE_TYPE)")
-    w.add_argument("--results", default=None, help="result storage URL (default: same as --tasks)")
-    w.add_argument("--events", default=None, help="event storage URL (default: same as --tasks)")
+    w.add_argument("--results", default=None,
+                   help="result storage URL (default from config/env: OMNIQ_RESULT_STORAGE_TYPE, else --tasks)")
+    w.add_argument("--events", default=None,
+                   help="event storage URL (default from config/env: OMNIQ_EVENT_STORAGE_TYPE, else --tasks)")
     w.add_argument("--queues", default=None, help="comma-separated queues to take from (default: all)")
     w.add_argument("--worker", default="process", choices=["async", "thread", "process", "gevent"])
     w.add_argument("-c", "--concurrency", type=int, default=os.cpu_count() or 2)
@@ -294,9 +303,10 @@ def build_parser() -> argparse.ArgumentParser:
     w.set_defaults(fn=cmd_worker)
 
     s = sub.add_parser("status", help="queue depths by status, workers, schedules")
-    s.add_argument("--tasks", default=None, help="task queue URL (default from config/env)")
-    s.add_argument("--results", default=None)
-    s.add_argument("--events", default=None)
+    s.add_argument("--config", default=None, metavar="YAML", help=_CONFIG_HELP)
+    s.add_argument("--tasks", default=None, help="task queue URL (default from config/env: OMNIQ_TASK_QUEUE_TYPE)")
+    s.add_argument("--results", default=None, help="result storage URL (default from config/env)")
+    s.add_argument("--events", default=None, help="event storage URL (default from config/env)")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(fn=cmd_status)
     return p
