@@ -16,7 +16,7 @@ import anyio
 import pytest
 
 from omniq import AsyncOmniQ, OmniQ, TaskError, TaskStatus
-from omniq.errors import ConfigError, TaskCancelled
+from omniq.errors import ConfigError, OmniQClosed, TaskCancelled
 
 from . import helpers
 
@@ -388,28 +388,32 @@ import faulthandler, sys, threading, time
 faulthandler.enable()
 sys.path.insert(0, sys.argv[2])
 from omniq import OmniQ
+from omniq.errors import OmniQClosed
 from tests import helpers
 
 oq = OmniQ(tasks=sys.argv[1], concurrency=0)
 oq.open()
-returned, errors = [], []
+returned, errors, closed = [], [], []
 
 def producer():
     for i in range(300):
         try:
             returned.append(oq.enqueue(helpers.square, args=(i,)))
-        except Exception as exc:  # none expected: a call racing the close retries on the reopened one
+        except OmniQClosed:  # a call after the close: refused, never stored, not reopened
+            closed.append(i)
+        except Exception as exc:  # none expected
             errors.append(repr(exc))
 
 threads = [threading.Thread(target=producer) for _ in range(4)]
 for t in threads:
     t.start()
 time.sleep(0.05)
-oq.close()  # while the producers are mid-enqueue (they reopen it as they go on)
+oq.close()  # while the producers are mid-enqueue (later calls raise OmniQClosed)
 for t in threads:
     t.join()
+assert not oq.core.is_open  # not reopened by the producers
 oq.close()
-print(len(returned), len(set(returned)), len(errors))
+print(len(returned), len(set(returned)), len(errors), len(closed))
 print(",".join(returned))
 """
 
@@ -423,8 +427,9 @@ def test_closing_while_threads_enqueue_neither_crashes_nor_loses_or_duplicates(t
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr[-3000:]  # (a segfault was -11)
     counts, ids = p.stdout.splitlines()
-    n, unique, errors = map(int, counts.split())
-    assert (n, unique, errors) == (1200, 1200, 0)  # a call racing the close waits and goes on
+    n, unique, errors, closed = map(int, counts.split())
+    assert (n + closed, unique, errors) == (1200, n, 0)  # each call stored once or refused
+    assert n > 0 and closed > 0
     with contextlib.closing(sqlite3.connect(db)) as conn:
         stored = {r[0] for r in conn.execute("SELECT id FROM omniq_tasks")}
     assert stored == set(ids.split(","))  # every returned id stored, nothing stored unreturned
@@ -667,5 +672,48 @@ def test_waiting_on_an_unknown_task_id_raises_at_once_async(tmp_path, template):
                     await oq.handle("typo").result()
                 h = await oq.submit(helpers.async_double, 4)
                 assert await oq.handle(h.id).result(timeout=30) == 8
+
+    asyncio.run(main())
+
+
+# --- a closed instance is not reopened behind its owner's back (issue 22, item 3) --------------
+def test_a_closed_instance_refuses_calls_until_opened_again(tmp_path):
+    url = f"sqlite:///{tmp_path}/closed.db"
+    with OmniQ(tasks=url, worker="thread", concurrency=1) as oq:
+        h = oq.submit(add, 1, 2)
+        assert h.result(timeout=30) == 3
+    for call in (lambda: oq.submit(add, 1, 1), lambda: oq.enqueue(add, args=(1, 1)),
+                 lambda: oq.map(helpers.square, [1]), lambda: oq.get_result(h.id), lambda: oq.handle(h.id),
+                 lambda: oq.status(h.id), lambda: oq.health()):
+        with pytest.raises(OmniQClosed, match=r"is closed: reopen it with oq\.open\(\)"):
+            call()
+    assert not oq.core.is_open and "closed" in repr(oq)
+    assert h.result(timeout=30) == 3  # its handles still read their results
+    assert isinstance(OmniQClosed("x"), RuntimeError)
+    with oq:  # a new `with` reopens it, as does oq.open()
+        assert oq.submit(add, 2, 2).result(timeout=30) == 4
+    oq.open()
+    try:
+        assert oq.get_result(h.id).value == 3
+    finally:
+        oq.close()
+    lazy = OmniQ(tasks=url, concurrency=0)  # never opened: the first call opens it
+    try:
+        assert lazy.get_result(h.id).value == 3
+    finally:
+        lazy.close()
+
+
+def test_a_closed_async_instance_refuses_calls_until_opened_again(tmp_path):
+    async def main():
+        async with AsyncOmniQ(tasks=f"sqlite:///{tmp_path}/aclosed.db", worker="async", concurrency=1) as oq:
+            tid = await oq.enqueue(add, args=(1, 2))
+            assert (await oq.get_result(tid, wait=True, timeout=30)).value == 3
+        with pytest.raises(OmniQClosed):
+            await oq.submit(add, 1, 1)
+        with pytest.raises(OmniQClosed):
+            await oq.get_result(tid)
+        async with oq:
+            assert (await oq.get_result(tid)).value == 3
 
     asyncio.run(main())

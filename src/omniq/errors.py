@@ -4,6 +4,7 @@
 
     OmniQError
     ├── ConfigError (ValueError)          bad argument, URL, setting or environment value
+    ├── OmniQClosed (RuntimeError)        a call on an instance closed by close() / its `with`
     ├── StorageError (RuntimeError)       a backend could not be reached or refused a write
     │   └── StorageUnwritable             the disk is full, or the file / mount is read-only
     ├── SerializationError (TypeError)    a payload could not be written or read
@@ -28,6 +29,12 @@ class OmniQError(Exception):
 
 class ConfigError(OmniQError, ValueError):
     """An argument, URL, setting or environment variable has a value OmniQ cannot use."""
+
+
+class OmniQClosed(OmniQError, RuntimeError):
+    """A call on an ``OmniQ`` that was closed (``close()``, or the end of its ``with`` block).
+    It is not reopened behind the caller's back: ``oq.open()`` or a new ``with`` reopens it.
+    Handles of a closed instance still wait for and read their results."""
 
 
 class StorageError(OmniQError, RuntimeError):
