@@ -51,3 +51,33 @@ def test_bad_url_is_a_clear_error_not_a_traceback(tmp_path):
     p = _omniq("status", "--tasks", "ftp://example")
     assert p.returncode == 2
     assert "ftp" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_status_on_a_missing_path_names_it_and_creates_nothing(tmp_path):
+    """A read-only command never creates storage (issue 22, item 4)."""
+    p = _omniq("status", "--tasks", "sqlite:///nonexist/typo.db", cwd=tmp_path)
+    assert p.returncode == 1, p.stdout
+    assert "sqlite:///nonexist/typo.db" in p.stderr and "does not exist" in p.stderr
+    assert "Traceback" not in p.stderr and "ok" not in p.stdout
+    assert not (tmp_path / "nonexist").exists()
+    p = _omniq("status", "--tasks", f"sqlite:///{tmp_path}/typo.db")
+    assert p.returncode == 1 and "typo.db" in p.stderr
+    assert not (tmp_path / "typo.db").exists()
+    p = _omniq("status", "--tasks", f"file://{tmp_path}/nodir")
+    assert p.returncode == 1 and "nodir" in p.stderr
+    assert not (tmp_path / "nodir").exists()
+    url = f"sqlite:///{tmp_path}/real.db"
+    with OmniQ(tasks=url, concurrency=0) as oq:
+        oq.enqueue(helpers.square, args=(1,))
+    p = _omniq("status", "--tasks", url, "--results", f"file://{tmp_path}/nores")
+    assert p.returncode == 1 and "nores" in p.stderr
+    assert _omniq("status", "--tasks", url).returncode == 0
+
+
+def test_worker_on_a_memory_queue_refuses(tmp_path):
+    """Nothing else can reach a worker's own memory:// queue (issue 22, item 10)."""
+    for url in ("memory://", "memory://shared"):
+        p = _omniq("worker", "--tasks", url, "-c", "1", cwd=tmp_path, timeout=60)
+        assert p.returncode == 2
+        assert "nothing else can enqueue" in p.stderr and "sqlite:///" in p.stderr
+        assert "Traceback" not in p.stderr

@@ -75,6 +75,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
         concurrency=args.concurrency, queues=args.queues, lease=args.lease,
         memory_limit=args.memory_limit,
     )
+    if oq.tasks_url.lower().startswith("memory://"):
+        from .errors import ConfigError
+
+        raise ConfigError(
+            f"--tasks {oq.tasks_url} is memory inside this worker's own process: nothing else can "
+            "enqueue to it. Give a task queue other processes reach: sqlite:///path.db, file:///dir, "
+            "postgresql://, redis:// or nats://")
 
     async def main() -> None:
         stop_count = 0
@@ -213,15 +220,39 @@ _CONFIG_HELP = ("YAML config file (keys as in OmniQConfig); OMNIQ_* variables an
                 "Put URLs with passwords here or in OMNIQ_* variables, not in flags: flags show in ps")
 
 
+def _missing_local_storage(urls: Sequence[str]) -> tuple[str, str] | None:
+    """The first ``sqlite://`` file or ``file://`` directory among ``urls`` that does not
+    exist, as (url, path); opening it would create it."""
+    for url in dict.fromkeys(urls):
+        low = url.lower()
+        if low.startswith("sqlite://"):
+            from .storage.sqlite import parse_url
+
+            path = parse_url(url)
+            if path != ":memory:" and not os.path.exists(path):
+                return url, path
+        elif low.startswith("file://"):
+            path = url[len("file://"):].split("?", 1)[0] or "/"
+            if not os.path.exists(path):
+                return url, path
+    return None
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     """Exit status 0 when every storage answers, 1 when one does not (usable as a probe),
     2 for a bad argument."""
     from . import OmniQ
     from .errors import StorageError
 
+    oq = OmniQ(tasks=args.tasks, results=args.results, events=args.events, concurrency=0,
+               config=args.config)
+    missing = _missing_local_storage((oq.core.tasks_url, oq.core.results_url, oq.core.events_url))
+    if missing:  # a read-only command creates nothing: a typo'd path is named, not made
+        print(f"omniq status: no storage at {_masked(missing[0])}: {missing[1]} does not exist "
+              "(check the URL; a worker or an OmniQ creates it on first use)", file=sys.stderr)
+        return 1
     try:
-        with OmniQ(tasks=args.tasks, results=args.results, events=args.events, concurrency=0,
-                   config=args.config) as oq:
+        with oq:
             h = oq.health()
     except StorageError as exc:  # unreachable: 1, like a storage health() reports down
         print(f"omniq status: {exc}", file=sys.stderr)
