@@ -190,3 +190,181 @@ def test_cli_commands_take_urls_from_config_file_or_environment(tmp_path, monkey
     for command in ("worker", "status"):
         args = parser.parse_args([command, "--config", str(cfg)])
         assert args.tasks is None and args.config == str(cfg)
+
+
+# ------------------------------------------------------------------------------ 6. permissions
+
+
+def _mode(path) -> int:
+    import os
+    import stat
+
+    return stat.S_IMODE(os.lstat(path).st_mode)
+
+
+@pytest.fixture
+def open_umask():
+    import os
+
+    old = os.umask(0)  # the worst case: nothing taken away by the umask
+    yield
+    os.umask(old)
+
+
+def test_sqlite_files_are_private_whatever_the_umask(tmp_path, open_umask) -> None:
+    import os
+
+    from omniq import OmniQ
+
+    db = tmp_path / "q.db"
+    with OmniQ(tasks=f"sqlite:///{db}", concurrency=0) as oq:
+        oq.enqueue(len, args=([1],))
+        made = [p for p in (db, f"{db}-wal", f"{db}-shm") if os.path.exists(p)]
+        assert str(db) in map(str, made) and len(made) >= 2
+        for p in made:
+            assert _mode(p) == 0o600, p
+
+
+def test_sqlite_does_not_create_a_database_through_a_dangling_symlink(tmp_path) -> None:
+    import os
+
+    from omniq import OmniQ
+    from omniq.errors import StorageError
+
+    target = tmp_path / "elsewhere.db"
+    os.symlink(target, tmp_path / "q.db")
+    oq = OmniQ(tasks=f"sqlite:///{tmp_path / 'q.db'}", concurrency=0)
+    with pytest.raises(StorageError, match="symlink to nothing"):
+        oq.open()
+    oq.close()
+    assert not target.exists()
+
+
+def test_file_queue_files_and_folders_are_private_whatever_the_umask(
+    tmp_path, open_umask, monkeypatch
+) -> None:
+    import os
+
+    from omniq import OmniQ
+
+    monkeypatch.setenv("OMNIQ_SECRET_KEY", KEY)
+    root = tmp_path / "shared" / "queue"
+    with OmniQ(tasks=f"file://{root}", worker="thread", concurrency=1) as oq:
+        assert oq.get_result(oq.enqueue(len, args=([1, 2],)), wait=True, timeout=30).value == 2
+    assert _mode(root) == 0o700
+    files = [os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs]
+    assert files
+    for f in files:
+        assert _mode(f) == 0o600, f
+
+
+def test_storage_root_of_another_user_or_world_writable_warns(tmp_path, caplog) -> None:
+    import os
+
+    from omniq import OmniQ
+
+    caplog.set_level("WARNING", logger="omniq")
+    root = tmp_path / "open"
+    root.mkdir()
+    os.chmod(root, 0o777)
+    with OmniQ(tasks=f"file://{root}", concurrency=0):
+        pass
+    assert any("writable by every user" in r.getMessage() for r in caplog.records)
+
+
+# ------------------------------------------------------------------------------ 3. bad records
+
+DEEP = b"\x91" * 200_000 + b"\xc0"  # 200,000 nested one-element arrays: RecursionError to decode
+PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def _deep_record(blob: bytes) -> bytes:
+    """A task record whose metadata is nested too deep to decode (the review's proof of concept)."""
+    import msgspec
+
+    from omniq.models import Task
+
+    t = msgspec.msgpack.decode(blob, type=Task)
+    t.metadata = {"deep": "@@DEEP@@"}
+    out = msgspec.msgpack.encode(t)
+    assert out.count(b"\xa8@@DEEP@@") == 1
+    return out.replace(b"\xa8@@DEEP@@", DEEP)
+
+
+BAD_RECORDS = {"deep": _deep_record, "garbage": lambda blob: b"\xc1 not msgpack at all"}
+
+
+def _run_with_one_bad(url: str, overwrite) -> None:
+    """Six tasks, the fourth's stored record overwritten: it fails alone with a TaskResult
+    saying why; the other five run; get_result(wait=True) returns for every one."""
+    from omniq import OmniQ, TaskStatus
+
+    with OmniQ(tasks=url, concurrency=0) as producer:
+        ids = [producer.enqueue(abs, args=(-i,)) for i in range(6)]
+    overwrite(ids[3])
+    with OmniQ(tasks=url, worker="thread", concurrency=6) as oq:
+        results = {t: oq.get_result(t, wait=True, timeout=30) for t in ids}
+        bad = results[ids[3]]
+        assert bad.status is TaskStatus.FAILED, bad
+        assert bad.error is not None and "cannot be read" in bad.error.message, bad.error
+        assert {t: r.value for t, r in results.items() if t != ids[3]} == {
+            t: i for i, t in enumerate(ids) if i != 3
+        }
+        assert oq.submit(abs, -5).result(30) == 5  # the queue keeps going
+
+
+@pytest.mark.parametrize("how", list(BAD_RECORDS))
+def test_bad_record_fails_alone_sqlite(tmp_path, how: str) -> None:
+    import sqlite3
+
+    db = tmp_path / "q.db"
+
+    def overwrite(tid: str) -> None:
+        conn = sqlite3.connect(db, isolation_level=None, timeout=30)
+        try:
+            (blob,) = conn.execute("SELECT task FROM omniq_tasks WHERE id = ?", (tid,)).fetchone()
+            conn.execute(
+                "UPDATE omniq_tasks SET task = ? WHERE id = ?", (BAD_RECORDS[how](blob), tid)
+            )
+        finally:
+            conn.close()
+
+    _run_with_one_bad(f"sqlite:///{db}", overwrite)
+
+
+@pytest.fixture
+def pg_schema_url():
+    import asyncio
+    import uuid
+
+    asyncpg = pytest.importorskip("asyncpg")
+    schema = f"omniq_sec_{uuid.uuid4().hex[:12]}"
+
+    async def run(sql: str, *args):
+        conn = await asyncpg.connect(PG_URL, timeout=5)
+        try:
+            return await conn.fetchval(sql, *args)
+        finally:
+            await conn.close()
+
+    try:
+        asyncio.run(run("SELECT 1"))
+    except Exception as exc:
+        pytest.skip(f"PostgreSQL at {PG_URL} is unreachable: {exc}")
+    yield f"{PG_URL}?schema={schema}", schema, lambda sql, *a: asyncio.run(run(sql, *a))
+    asyncio.run(run(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+
+
+@pytest.mark.parametrize("how", list(BAD_RECORDS))
+def test_bad_record_fails_alone_postgres(pg_schema_url, how: str) -> None:
+    url, schema, run = pg_schema_url
+
+    def overwrite(tid: str) -> None:
+        blob = run(f'SELECT task FROM "{schema}".omniq_tasks WHERE id = $1', tid)
+        run(
+            f'UPDATE "{schema}".omniq_tasks SET task = $1 WHERE id = $2',
+            BAD_RECORDS[how](blob),
+            tid,
+        )
+
+    _run_with_one_bad(url, overwrite)

@@ -612,6 +612,52 @@ def task_from_row(row: Sequence[Any]) -> Task:
     return t
 
 
+def make_private_dir(path: str) -> None:
+    """``os.makedirs(path)``: a folder it creates is 0700 whatever the umask (one it finds is
+    left as it is, see :func:`check_owner`)."""
+    import os
+
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        return
+    except FileNotFoundError:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            return
+    os.chmod(path, 0o700)
+
+
+def check_owner(path: str, url: str) -> None:
+    """One WARNING when storage ``path`` is owned by another user, or others may write to it:
+    whoever can write there can plant task or result payloads (a ``SignatureError`` when
+    ``OMNIQ_SECRET_KEY`` is set, code running as this user when it is not)."""
+    import os
+    import stat
+
+    from ..logs import get_logger
+
+    if not hasattr(os, "getuid"):
+        return
+    try:
+        st = os.stat(path)
+    except OSError:
+        return
+    problem = ""
+    if st.st_uid != os.getuid() and os.getuid() != 0:
+        problem = f"is owned by another user (uid {st.st_uid})"
+    elif stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_IWOTH and not st.st_mode & stat.S_ISVTX:
+        problem = "is writable by every user"
+    if problem:
+        get_logger("omniq.storage").warning(
+            "storage %s: %s %s: whoever can write there can plant tasks and results (run code "
+            "as this user unless OMNIQ_SECRET_KEY is set); use a folder only you own",
+            masked(url), path, problem,
+        )
+
+
 def masked(url: str) -> str:
     """``url`` with any password (or a NATS token) replaced by ``***``, for messages and logs;
     so are the values of ``password``, ``sslpassword``, ``token`` and ``secret`` query
@@ -673,8 +719,10 @@ __all__ = [
     "check_claim",
     "check_new_tasks",
     "check_outcomes",
+    "check_owner",
     "holds_key",
     "keyed",
+    "make_private_dir",
     "masked",
     "plan_enqueue",
     "plan_keys",

@@ -93,8 +93,10 @@ from .base import (
     check_claim,
     check_new_tasks,
     check_outcomes,
+    check_owner,
     holds_key,
     keyed,
+    make_private_dir,
     masked,
     plan_enqueue,
     plan_keys,
@@ -534,7 +536,7 @@ def _write_atomic(path: str, data: Blob, *, fsync: bool = True) -> None:
     for _ in range(3):
         tmp = os.path.join(head, f".{name}.{secrets.token_hex(4)}.tmp")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileNotFoundError:
             os.makedirs(head, exist_ok=True)
             continue
@@ -587,7 +589,9 @@ class _LocalFiles(_Files):
         self.root = root
 
     async def open(self) -> None:
-        await anyio.to_thread.run_sync(functools.partial(os.makedirs, self.root, exist_ok=True))
+        # the root is 0700 (files under it 0600), so no other user reads or plants payloads
+        await anyio.to_thread.run_sync(make_private_dir, self.root)
+        await anyio.to_thread.run_sync(check_owner, self.root, self.root)
 
     async def put(self, path: str, data: Blob) -> None:
         await anyio.to_thread.run_sync(
@@ -1566,10 +1570,13 @@ def _listdir(path: str) -> list[str]:
         return []
 
 
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
 def _touch(path: str) -> None:
     for _ in range(3):
         try:
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o644))
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | _NOFOLLOW, 0o600))
             return
         except FileNotFoundError:
             os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -1844,7 +1851,7 @@ class _TaskDir:
         path = os.path.join(kdir, f"v{version + 1}")
         for _ in range(3):
             try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                 break
             except FileNotFoundError:
                 os.makedirs(kdir, exist_ok=True)

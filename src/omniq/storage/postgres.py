@@ -98,9 +98,9 @@ from .base import (
     masked,
     plan_enqueue,
     plan_keys,
-    task_from_row,
 )
 from .blobs import Blob, check_blobs, check_digests, check_owners, nbytes
+from .sqlite import _task
 
 try:
     import asyncpg
@@ -223,7 +223,11 @@ SCHEMA_VERSION_OF = "SELECT value FROM omniq_meta WHERE key = 'schema_version'"
 # --- queries, named after the operation ----------------------------------------------------------
 # Literal statuses (not parameters) let PostgreSQL match the partial indexes above.
 
-TASK_COLUMNS = "seq, task, status, worker, lease_until, deliveries, attempts, eta, cancel_requested"
+# the layout ``task_from_row`` reads, then what an unreadable ``task`` blob is rebuilt from
+TASK_COLUMNS = (
+    "seq, task, status, worker, lease_until, deliveries, attempts, eta, cancel_requested, "
+    "id, queue, priority, max_deliveries, created_at"
+)
 
 INSERT_TASKS = """INSERT INTO omniq_tasks (id, queue, priority, status, blocked, eta, expires_at,
         max_deliveries, deliveries, attempts, created_at, finished_at, task)
@@ -457,7 +461,8 @@ T = TypeVar("T")
 _MISSING: Any = object()  # a recovery found nothing: run the operation again
 
 
-_task = task_from_row  # the row layout is shared with the other SQL backend
+# _task (from .sqlite): the row layout is shared with the other SQL backend, and so is the
+# stand-in of a record that does not decode (it fails alone, saying why; the batch goes on)
 
 
 def _tasks(rows: Sequence[Any]) -> list[Task]:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import math
 import os
@@ -60,6 +61,7 @@ from .base import (
     check_claim,
     check_new_tasks,
     check_outcomes,
+    check_owner,
     holds_key,
     keyed,
     masked,
@@ -354,7 +356,7 @@ def _task(row: Sequence[Any]) -> Task:
     saying so: that task fails alone, and the claim or reap that read it goes on for the rest."""
     try:
         return task_from_row(row)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except Exception as exc:  # any: deeply nested metadata raises RecursionError, not DecodeError
         return _unreadable(row, exc)
 
 
@@ -771,6 +773,27 @@ def _resolve_if_deps(conn: sqlite3.Connection, ids: Sequence[str], now: float) -
     return _resolve(conn, ids, now)
 
 
+def _create_private(path: str) -> None:
+    """Create the database file 0600 (umask-independent) unless it exists; SQLite gives its
+    ``-wal`` and ``-shm`` the database file's mode. ``O_EXCL`` never follows a symlink; a
+    dangling symlink in its place is refused rather than followed."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    except FileExistsError:
+        if os.path.islink(path) and not os.path.exists(path):
+            msg = f"{path} is a symlink to nothing: not creating a database through it"
+            raise OSError(msg) from None
+        return
+    except OSError as e:
+        if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT):
+            return  # SQLite's own error (StorageUnwritable) says it better
+        raise
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+
+
 class SQLiteBackend(TaskQueue, ResultStore, EventStore):
     """Task queue, result store and event store sharing one SQLite connection and schema."""
 
@@ -802,8 +825,10 @@ class SQLiteBackend(TaskQueue, ResultStore, EventStore):
             parent = os.path.dirname(os.path.abspath(self.path))
             try:
                 os.makedirs(parent, exist_ok=True)
+                _create_private(self.path)
             except OSError as e:
                 raise StorageError(f"cannot create {parent!r} for {masked(self.url)}: {e}") from e
+            check_owner(self.path, self.url)
         self._conn = _Connection(self.path, name=f"omniq-sqlite:{os.path.basename(self.path)}")
         try:
             await self._call(_setup, not self.in_memory)
