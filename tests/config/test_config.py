@@ -498,3 +498,55 @@ def test_bad_memory_limit_names_the_key_and_what_is_valid(bad: Any, monkeypatch:
         monkeypatch.setenv("OMNIQ_MEMORY_LIMIT", bad)
         with pytest.raises(ConfigError, match=r"^OMNIQ_MEMORY_LIMIT=.* is not valid: expected a size"):
             load_config()
+
+
+# --- the constructor's names work everywhere (issue 22, item 6) ------------------------------
+def test_constructor_names_are_accepted_in_dicts_yaml_and_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = load_config({"tasks": "sqlite:///x.db", "results": "memory", "events": "memory",
+                       "worker": "thread"})
+    assert (cfg.task_queue_type, cfg.result_storage_type, cfg.event_storage_type,
+            cfg.default_worker) == ("sqlite:///x.db", "memory", "memory", "thread")
+    cfg = load_config(write(tmp_path, "tasks: sqlite:///x.db\nworker: thread\n"))
+    assert (cfg.task_queue_type, cfg.default_worker) == ("sqlite:///x.db", "thread")
+    with pytest.raises(ConfigError, match="tasks and task_queue_type both set"):
+        load_config({"tasks": "memory", "task_queue_type": "sqlite"})
+    with pytest.raises(ConfigError, match="worker='fork' is not valid"):
+        load_config({"worker": "fork"})
+    monkeypatch.setenv("OMNIQ_TASKS", "sqlite:///env.db")
+    monkeypatch.setenv("OMNIQ_WORKER", "async")
+    cfg = load_config({"tasks": "memory"})
+    assert (cfg.task_queue_type, cfg.default_worker) == ("sqlite:///env.db", "async")  # env beats file
+    assert load_config(tasks="memory").task_queue_type == "memory"  # argument beats env
+    monkeypatch.setenv("OMNIQ_TASK_QUEUE_TYPE", "memory")
+    with pytest.raises(ConfigError, match="OMNIQ_TASK_QUEUE_TYPE and OMNIQ_TASKS both set"):
+        read_env()
+    monkeypatch.setenv("OMNIQ_TASK_QUEUE_TYPE", "sqlite:///env.db")  # the same value: fine
+    assert read_env()["task_queue_type"] == "sqlite:///env.db"
+
+
+def test_typos_suggest_the_right_key() -> None:
+    with pytest.raises(ConfigError, match=r"Did you mean 'tasks' \(config key 'task_queue_type'\)"):
+        load_config({"task": "memory"})
+    with pytest.raises(ConfigError, match=r"Did you mean 'worker' \(config key 'default_worker'\)"):
+        load_config({"workers": "thread"})
+
+
+def test_unknown_omniq_variables_are_warned_about_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from omniq.config import env as env_module
+
+    monkeypatch.setattr(env_module, "_warned", set())
+    monkeypatch.setenv("OMNIQ_CONCURENCY", "3")
+    monkeypatch.setenv("OMNIQ_SECRET_KEY", "k" * 32)  # read elsewhere: no warning
+    monkeypatch.setenv("OMNIQ_TASKS", "memory")  # an alias: no warning
+    with pytest.warns(env_module.UnknownSettingWarning,
+                      match="OMNIQ_CONCURENCY is not an OmniQ setting and is ignored. "
+                            "Did you mean OMNIQ_CONCURRENCY") as record:
+        read_env()
+    assert len(record) == 1
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        read_env()  # once only

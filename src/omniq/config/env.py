@@ -25,6 +25,28 @@ ENV_PREFIX = "OMNIQ_"
 STORAGE_SHORT_NAMES = ("sqlite", "memory")
 _NONE_WORDS = frozenset({"none", "null"})
 CONFIG_KEYS: tuple[str, ...] = tuple(f.name for f in msgspec.structs.fields(OmniQConfig))
+#: The constructor's argument names, accepted for their config keys in dicts, YAML and
+#: ``OMNIQ_*`` variables (``tasks: sqlite:///x.db``, ``OMNIQ_TASKS=...``).
+KEY_ALIASES: dict[str, str] = {
+    "tasks": "task_queue_type",
+    "results": "result_storage_type",
+    "events": "event_storage_type",
+    "worker": "default_worker",
+}
+#: ``OMNIQ_*`` variables that are not config keys but are read elsewhere (not warned about).
+_OTHER_VARS = frozenset({"OMNIQ_BLOB_DIR", "OMNIQ_CHILD_SYSPATH", "OMNIQ_CHILD_PARENT"})
+_OTHER_PREFIXES = ("OMNIQ_SECRET", "OMNIQ_TEST_", "OMNIQ_CI_", "OMNIQ_FAULT_", "OMNIQ_DEMO_",
+                   "OMNIQ_AZURITE_", "OMNIQ_KEEP_")
+_warned: set[str] = set()
+
+
+class UnknownSettingWarning(UserWarning):
+    """An ``OMNIQ_*`` environment variable that is no OmniQ setting (a typo?); it is ignored."""
+
+
+def canonical_key(key: str) -> str:
+    """The config key ``key`` names (an argument alias such as ``tasks`` -> ``task_queue_type``)."""
+    return KEY_ALIASES.get(key, key)
 
 
 class Invalid(ValueError):
@@ -289,15 +311,44 @@ def check_value(key: str, value: Any, *, source: str = "", name: str | None = No
 
 def unknown_key(key: Any, source: str = "") -> ConfigError:
     """ConfigError for a key OmniQConfig does not have, suggesting the closest one."""
+    where = f" in {source}" if source else ""
+    hint = _suggest(str(key).lower(), lambda k: repr(k))
+    return ConfigError(
+        f"unknown config key {key!r}{where}.{hint} Valid keys: {', '.join(CONFIG_KEYS)} "
+        f"(or the constructor's names {', '.join(KEY_ALIASES)})"
+    )
+
+
+def _suggest(text: str, spell: Callable[[str], str]) -> str:
+    """" Did you mean ...?" for the config key or alias closest to ``text`` (or "")."""
     import difflib
 
-    where = f" in {source}" if source else ""
-    text = str(key)
-    matches = difflib.get_close_matches(text.lower(), CONFIG_KEYS, n=1, cutoff=0.5)
-    hint = f" Did you mean {matches[0]!r}?" if matches else ""
-    return ConfigError(
-        f"unknown config key {key!r}{where}.{hint} Valid keys: {', '.join(CONFIG_KEYS)}"
-    )
+    names = (*CONFIG_KEYS, *KEY_ALIASES)
+    matches = difflib.get_close_matches(text, names, n=1, cutoff=0.5)
+    if not matches:  # a fragment of a longer key: "queue" -> task_queue_type
+        matches = [k for k in CONFIG_KEYS if len(text) >= 4 and text in k][:1]
+    if not matches:
+        return ""
+    best = matches[0]
+    if best in KEY_ALIASES:
+        return f" Did you mean {spell(best)} (config key {spell(KEY_ALIASES[best])})?"
+    return f" Did you mean {spell(best)}?"
+
+
+def warn_unknown_env(environ: Mapping[str, str] | None = None) -> None:
+    """Warn once per variable about ``OMNIQ_*`` variables that set nothing (``OMNIQ_CONCURENCY``)."""
+    import warnings
+
+    env = os.environ if environ is None else environ
+    known = {env_var(k) for k in (*CONFIG_KEYS, *KEY_ALIASES)} | _OTHER_VARS
+    for var in env:
+        if (not var.startswith(ENV_PREFIX) or var in known or var in _warned
+                or var.startswith(_OTHER_PREFIXES)):
+            continue
+        _warned.add(var)
+        hint = _suggest(var[len(ENV_PREFIX):].lower(), env_var)
+        warnings.warn(f"{var} is not an OmniQ setting and is ignored.{hint}",
+                      UnknownSettingWarning, stacklevel=3)
 
 
 def read_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -307,14 +358,21 @@ def read_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """
     env = os.environ if environ is None else environ
     found: dict[str, Any] = {}
-    for key, rule in RULES.items():
-        var = env_var(key)
+    set_by: dict[str, str] = {}
+    for name in (*RULES, *KEY_ALIASES):
+        key = canonical_key(name)
+        rule = RULES[key]
+        var = env_var(name)
         raw = env.get(var)
         if raw is None or not raw.strip():
             continue
         text = raw.strip()
         try:
-            found[key] = rule.check(rule.from_env(text))
+            value = rule.check(rule.from_env(text))
         except Invalid:
             raise ConfigError(f"{var}={raw!r} is not valid: expected {rule.env_text()}") from None
+        if key in set_by and found[key] != value:
+            raise ConfigError(f"{set_by[key]} and {var} both set {key!r}, differently: unset one")
+        found[key], set_by[key] = value, var
+    warn_unknown_env(env)
     return found

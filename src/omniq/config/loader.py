@@ -20,19 +20,14 @@ from ..errors import ConfigError
 from ..logs import ContextFilter, ContextFormatter
 from ..models.config import OmniQConfig
 from . import settings
-from .env import RULES, STORAGE_SHORT_NAMES, check_value, read_env, unknown_key
+from .env import KEY_ALIASES, RULES, STORAGE_SHORT_NAMES, check_value, read_env, unknown_key
 
 ConfigSource = OmniQConfig | Mapping[str, Any] | str | os.PathLike[str] | None
 
 
 # Constructor argument names (OmniQ(tasks=..., worker=...)) accepted as overrides, so an error
 # names the argument the caller actually wrote.
-ARGUMENT_ALIASES = {
-    "tasks": "task_queue_type",
-    "results": "result_storage_type",
-    "events": "event_storage_type",
-    "worker": "default_worker",
-}
+ARGUMENT_ALIASES = KEY_ALIASES
 
 
 def load_config(source: ConfigSource = None, **overrides: Any) -> OmniQConfig:
@@ -70,10 +65,15 @@ def _from_source(source: ConfigSource) -> dict[str, Any]:
 
 def _checked(values: Mapping[Any, Any], source: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for key, value in values.items():
+    named: dict[str, str] = {}
+    for name, value in values.items():
+        key = KEY_ALIASES.get(name, name) if isinstance(name, str) else name
         if not isinstance(key, str) or key not in RULES:
-            raise unknown_key(key, source)
-        out[key] = check_value(key, value, source=source)
+            raise unknown_key(name, source)
+        if key in named:
+            raise ConfigError(f"{source}: {named[key]} and {name} both set the config key {key!r}: keep one")
+        named[key] = name
+        out[key] = check_value(key, value, source=source, name=name)
     return out
 
 
