@@ -368,9 +368,12 @@ def reset_peak_rss() -> bool:
 
 
 def sqlite_bytes(db: Path) -> tuple[int, str]:
+    """The database, its WAL and the blob files OmniQ keeps beside it (``<db>-blobs/``)."""
     sizes = {s: (db.parent / (db.name + s)).stat().st_size if (db.parent / (db.name + s)).exists() else 0
              for s in ("", "-wal", "-shm")}
-    return sizes[""] + sizes["-wal"], f"db {sizes[''] / MB:.1f} MB + wal {sizes['-wal'] / MB:.1f} MB"
+    blobs = sum(f.stat().st_size for f in (db.parent / (db.name + "-blobs")).glob("*/*") if f.is_file())
+    return (sizes[""] + sizes["-wal"] + blobs,
+            f"db {sizes[''] / MB:.1f} MB + wal {sizes['-wal'] / MB:.1f} MB + blob files {blobs / MB:.1f} MB")
 
 
 def redis_bytes(client: Any, prefix: str) -> tuple[int, int]:
