@@ -174,9 +174,28 @@ def test_help_and_usage_errors(execute: Any, nbview: Any) -> None:
                       (9, "ftp://example.com/queue"), (10, "timeout=-1.0 is not valid"),
                       (11, "need different names")):
         assert needle in nbview.usage_error(nb.cells[i]), i
-    # a syntax error is reported in the kernel, before anything is sent
-    (err,) = nbview.errors_of(nb.cells[12])
-    assert err["ename"] == "SyntaxError"
+    # a syntax error is reported in the kernel, before anything is sent, in a few lines
+    syntax = nbview.usage_error(nb.cells[12])
+    assert "SyntaxError at line 1 of the cell" in syntax and "Nothing was submitted" in syntax
+    assert "x = (" in syntax and "Traceback" not in syntax and len(syntax.splitlines()) <= 3
+
+
+def test_storage_errors_are_one_line_not_a_traceback(execute: Any, nbview: Any) -> None:
+    """``%omniq init`` on storage that cannot be opened says so in its line (issue 22, item 8)."""
+    nb = execute([
+        "%load_ext omniq",
+        "%omniq init --tasks sqlite:////proc/nope/x.db --concurrency 0",
+        "%%omniq submit -n j\ny = [1,\nz = 2",
+        "print('j' in globals())",
+    ], allow_errors=True)
+    err = nbview.usage_error(nb.cells[1])
+    assert "sqlite:////proc/nope/x.db" in err and "cannot create" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not nbview.errors_of(nb.cells[1]) or all(
+        e["ename"] == "UsageError" for e in nbview.errors_of(nb.cells[1]))
+    syntax = nbview.usage_error(nb.cells[2])
+    assert "SyntaxError" in syntax and "Traceback" not in syntax
+    assert nbview.text_of(nb.cells[3]).strip() == "False"
 
 
 def test_failure_shows_output_and_traceback_under_the_widget(execute: Any, nbview: Any) -> None:

@@ -53,7 +53,7 @@ from IPython.utils.process import arg_split
 
 from .._futures import bulk
 from ..core import OmniQ, TaskHandle
-from ..errors import ConfigError, SerializationError
+from ..errors import ConfigError, SerializationError, StorageError
 from ..models import TaskResult, TaskStatus
 from ..serialization._diagnose import describe_failure, probe
 from ..sweep import Sweep
@@ -353,6 +353,18 @@ def _cell_frames(tb: str) -> str:
     return tb
 
 
+def _syntax_error_text(exc: SyntaxError, name: str) -> str:
+    """A cell's syntax error in a few lines: where, what, the line and a caret. Nothing was sent."""
+    where = f"line {exc.lineno}" if exc.lineno else "the cell"
+    lines = [f"%%omniq submit -n {name}: SyntaxError at {where} of the cell: {exc.msg}. Nothing was submitted."]
+    if exc.text and exc.text.strip():
+        text = exc.text.rstrip("\n")
+        lines.append("    " + text)
+        if exc.offset:
+            lines.append("    " + " " * (max(exc.offset, 1) - 1) + "^")
+    return "\n".join(lines)
+
+
 def _envelope(value: Any) -> dict[str, Any] | None:
     """The runner's return value (``value``, ``outs``, ``stdout``, ``stderr``), or None."""
     if isinstance(value, dict) and {"value", "outs", "stdout", "stderr"} <= value.keys():
@@ -365,7 +377,7 @@ def default_instance() -> OmniQ:
     (``.omniq/omniq.db``), process workers, one per core. ``OMNIQ_*`` variables still win."""
     env = os.environ
     return OmniQ(
-        worker=None if "OMNIQ_DEFAULT_WORKER" in env else "process",
+        worker=None if {"OMNIQ_DEFAULT_WORKER", "OMNIQ_WORKER"} & env.keys() else "process",
         concurrency=None if "OMNIQ_CONCURRENCY" in env else (os.cpu_count() or 1),
     )
 
@@ -621,6 +633,8 @@ class OmniQMagics(Magics):
             return self._dispatch(sub, rest, cell)
         except ConfigError as exc:  # a bad option value: say it like any other usage error
             raise UsageError(str(exc)) from None
+        except StorageError as exc:  # a missing bucket, an unreachable server: its one line
+            raise UsageError(str(exc)) from None
 
     def _dispatch(self, sub: str, rest: str, cell: str | None) -> Any:
         if cell is not None:
@@ -658,7 +672,7 @@ class OmniQMagics(Magics):
         concurrency = args.concurrency
         if concurrency is None and "OMNIQ_CONCURRENCY" not in env:
             concurrency = os.cpu_count() or 1
-        worker = args.worker or (None if "OMNIQ_DEFAULT_WORKER" in env else "process")
+        worker = args.worker or (None if {"OMNIQ_DEFAULT_WORKER", "OMNIQ_WORKER"} & env.keys() else "process")
         new = OmniQ(
             tasks=_unquote(args.tasks), results=_unquote(args.results), events=_unquote(args.events),
             worker=worker, concurrency=concurrency, queues=_unquote(args.queues),
@@ -693,7 +707,10 @@ class OmniQMagics(Magics):
             raise UsageError("%%omniq submit: IPython magics and shell escapes (%, !) cannot run on a worker; "
                              "keep them in another cell")
         filename = f"<omniq cell {name}>"
-        compile_cell(source, filename)  # a SyntaxError shows here, not on a worker
+        try:
+            compile_cell(source, filename)  # a SyntaxError shows here, not on a worker
+        except SyntaxError as exc:
+            raise UsageError(_syntax_error_text(exc, name)) from None
         grid: dict[str, Any] | None = None
         if args.sweep:
             from ..sweep import parse_sweep_spec
