@@ -103,6 +103,7 @@ from .base import (
     check_outcomes,
     masked,
     plan_enqueue,
+    stand_in_task,
 )
 from .blobs import Blob, check_blobs, check_digests, check_owners, nbytes
 
@@ -151,7 +152,7 @@ local DONE = NS .. ':done'
 local KEYMAP = NS .. ':keys'
 local RESULTS_HERE = false  -- the enqueue script sets it (see holds())
 local WAKE = NS .. ':wake'
-local FIELDS = {'b', 's', 'w', 'l', 'd', 'a', 'e', 'c'}
+local FIELDS = {'b', 's', 'w', 'l', 'd', 'a', 'e', 'c', 'q'}
 
 local function tkey(id) return NS .. ':t:' .. id end
 local function rkey(q) return NS .. ':ready:' .. q end
@@ -209,6 +210,7 @@ end
 local function task_fields(id, out)
   local h = redis.call('HMGET', tkey(id), unpack(FIELDS))
   for i = 1, #FIELDS do out[#out + 1] = h[i] end
+  out[#out + 1] = id  -- names the task when its record 'b' does not decode
 end
 
 -- release or cancel (transitively) the dependents of tasks that just became final
@@ -949,6 +951,21 @@ end
 return 0
 """
 
+# commit_blob: ARGV now digest part_key. A large blob written in pieces to a key of its own
+# becomes the blob in one step (or goes, when another writer's copy is there already).
+COMMIT_BLOB = r"""
+if redis.call('EXISTS', bkey(ARGV[3])) == 1 then
+  redis.call('DEL', ARGV[4])
+  return 0
+end
+redis.call('RENAME', ARGV[4], bkey(ARGV[3]))
+redis.call('PERSIST', bkey(ARGV[3]))
+redis.call('ZADD', BLOBS_AT, 'NX', ARGV[2], ARGV[3])
+return 1
+"""
+
+BLOB_PIECE = 4 << 20  # bytes: larger blobs are sent in pieces of this size
+
 # add_blob_owners: ARGV now n, then per owner: owner k digest_1 .. digest_k.
 ADD_BLOB_OWNERS = r"""
 local now, i = ARGV[2], 4
@@ -1036,7 +1053,8 @@ _EVENT_SCRIPTS = {
     "append_events": APPEND_EVENTS, "task_events": TASK_EVENTS, "purge_events": PURGE_EVENTS,
 }
 _BLOB_SCRIPTS = {
-    "own_blobs": OWN_BLOBS, "store_blob": STORE_BLOB, "add_blob_owners": ADD_BLOB_OWNERS,
+    "own_blobs": OWN_BLOBS, "store_blob": STORE_BLOB, "commit_blob": COMMIT_BLOB,
+    "add_blob_owners": ADD_BLOB_OWNERS,
     "missing_blobs": MISSING_BLOBS, "sweep_blob_owners": SWEEP_BLOB_OWNERS,
     "sweep_blobs": SWEEP_BLOBS,
 }  # fmt: skip
@@ -1056,8 +1074,8 @@ _decode_schedule = msgspec.msgpack.Decoder(Schedule).decode
 _decode_worker = msgspec.msgpack.Decoder(WorkerInfo).decode
 _decode_event = msgspec.msgpack.Decoder(TaskEvent).decode
 _STATUS = {s.value.encode(): s for s in TaskStatus}
-_TASK_FIELDS = ("b", "s", "w", "l", "d", "a", "e", "c")
-_NF = len(_TASK_FIELDS)
+_TASK_FIELDS = ("b", "s", "w", "l", "d", "a", "e", "c", "q")
+_NF = len(_TASK_FIELDS) + 1  # then the task id
 _COUNT_SEP = b"\x1f"
 
 
@@ -1067,8 +1085,13 @@ def _f(x: float | None) -> str:
 
 
 def _task(v: Sequence[Any], i: int = 0) -> Task:
-    """A Task from ``_TASK_FIELDS`` values at ``v[i:]``: the blob, overlaid with the state."""
-    t = _decode_task(v[i])
+    """A Task from ``_TASK_FIELDS`` values and the id at ``v[i:]``: the blob, overlaid with the
+    state. A blob that does not decode (any exception) becomes a stand-in that fails alone."""
+    try:
+        t = _decode_task(v[i])
+    except Exception as exc:
+        q = v[i + 8]
+        t = stand_in_task(v[i + 9].decode(), exc, queue=q.decode() if q else "default")
     t.status = _STATUS[v[i + 1]]
     w = v[i + 2]
     t.worker = None if w is None else w.decode()
@@ -1453,6 +1476,7 @@ class RedisBackend(TaskQueue, ResultStore, EventStore):
     async def get_task(self, task_id: str) -> Task | None:
         key = self._key("t", task_id)
         v = await self._call(lambda r: r.hmget(key, _TASK_FIELDS))
+        v = [*v, task_id.encode()]
         return None if v[0] is None else _task(v)
 
     async def statuses(self, task_ids: Sequence[str]) -> dict[str, TaskStatus]:
@@ -1718,9 +1742,32 @@ class RedisBackend(TaskQueue, ResultStore, EventStore):
         written = 0
         for raw in missing:
             d = raw.decode()
-            if await self._eval("store_blob", [_f(now), d, given[d]]):
-                written += nbytes(given[d])
+            data = given[d]
+            if nbytes(data) > BLOB_PIECE:
+                stored = await self._put_in_pieces(d, data, now)
+            else:
+                stored = await self._eval("store_blob", [_f(now), d, data])
+            if stored:
+                written += nbytes(data)
         return written
+
+    async def _put_in_pieces(self, d: str, data: Blob, now: float) -> bool:
+        """A large blob in pieces (SETRANGE: a retried piece lands in the same place) under a key
+        of its own that expires, then made the blob in one step: no request holds the whole
+        value (one would be copied whole into the client's buffers), and a crash midway leaves
+        no blob."""
+        view = memoryview(data).cast("B")
+        part = self._key("bt", f"{d}:{os.urandom(6).hex()}")
+        for off in range(0, len(view), BLOB_PIECE):
+            piece = view[off : off + BLOB_PIECE]
+
+            async def put(r: Any, o: int = off, p: memoryview = piece) -> Any:
+                return await r.setrange(part, o, p)
+
+            await self._call(put)
+            if off == 0:
+                await self._call(lambda r: r.pexpire(part, 3_600_000))
+        return bool(await self._eval("commit_blob", [_f(now), d, part]))
 
     async def add_blob_owners(self, owners: Mapping[str, Sequence[str]], *, now: float) -> None:
         checked = {o: ds for o, ds in check_owners(owners).items() if ds}
