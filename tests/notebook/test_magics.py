@@ -122,6 +122,28 @@ def test_sweep_out_comes_back_as_lists_in_grid_order(execute: Any, nbview: Any) 
     assert "[b=3, a=1] point 3 1" in printed and printed.count("point") == 6
 
 
+def test_values_come_back_as_instances_of_the_kernels_own_classes(execute: Any, nbview: Any) -> None:
+    """A notebook class travels to the worker by value; what comes back into the kernel is an
+    instance of the kernel's class, not of a copy (issue 22, item 1)."""
+    nb = execute([
+        "%load_ext omniq",
+        "from dataclasses import dataclass\n"
+        "@dataclass\nclass Model:\n    w: float\n"
+        "    class Part:\n        pass\n"
+        "def make(w):\n    return Model(w)",
+        "%%omniq submit -n mk --out model,parts\nmodel = make(2.5)\nparts = {'p': [Model.Part()], 't': (Model(1.0),)}\nmodel",
+        '%%omniq submit -n sw --sweep "w=[1.0, 2.0]" --out m\nm = Model(w)',
+        "%omniq wait mk\n%omniq wait sw",
+        "print(isinstance(model, Model), model == Model(2.5), type(model) is Model)\n"
+        "print(isinstance(parts['p'][0], Model.Part), parts['t'][0] == Model(1.0))\n"
+        "print(mk.result() == Model(2.5), mk.outputs()['model'] == Model(2.5))\n"
+        "print(m == [Model(1.0), Model(2.0)], all(isinstance(x, Model) for x in m))\n"
+        "print([r['m'] == Model(r['w']) for r in sw.results()])",
+    ])
+    lines = nbview.text_of(nb.cells[5]).splitlines()
+    assert lines == ["True True True", "True True", "True True", "True True", "[True, True]"], lines
+
+
 def test_unshippable_global_is_named_and_nothing_is_submitted(execute: Any, nbview: Any) -> None:
     nb = execute([
         "%load_ext omniq",

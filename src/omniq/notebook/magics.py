@@ -366,10 +366,77 @@ def _syntax_error_text(exc: SyntaxError, name: str) -> str:
 
 
 def _envelope(value: Any) -> dict[str, Any] | None:
-    """The runner's return value (``value``, ``outs``, ``stdout``, ``stderr``), or None."""
+    """The runner's return value (``value``, ``outs``, ``stdout``, ``stderr``), with its
+    ``value`` and ``outs`` made of the kernel's own ``__main__`` classes; or None."""
     if isinstance(value, dict) and {"value", "outs", "stdout", "stderr"} <= value.keys():
+        if not value.get("_kernel_classes"):
+            value["value"] = _kernel_classes(value["value"])
+            value["outs"] = _kernel_classes(value["outs"])
+            value["_kernel_classes"] = True
         return value
     return None
+
+
+_SCALARS = (str, bytes, bytearray, int, float, complex, bool, type(None))
+
+
+def _kernel_classes(value: Any, main_ns: Mapping[str, Any] | None = None) -> Any:
+    """``value`` with instances of copied ``__main__`` classes turned into instances of the
+    kernel's own classes of the same qualified name (and such classes into the kernel's).
+
+    A class defined in a notebook travels to a worker by value (dill), so what comes back is an
+    instance of a copy: ``isinstance(model, Model)`` and a dataclass's ``==`` would be False.
+    Instances are re-classed in place; lists, dicts, tuples and sets are walked."""
+    if main_ns is None:
+        main_ns = getattr(sys.modules.get("__main__"), "__dict__", {})
+    if not main_ns:
+        return value
+    memo: dict[int, Any] = {}
+
+    def kernel_class(cls: type) -> type:
+        if getattr(cls, "__module__", None) != "__main__":
+            return cls
+        mine: Any = main_ns
+        for part in cls.__qualname__.split("."):
+            mine = mine.get(part) if isinstance(mine, Mapping) else getattr(mine, part, None)
+            if mine is None:
+                return cls
+        return mine if isinstance(mine, type) and mine.__name__ == cls.__name__ else cls
+
+    def walk(v: Any, depth: int) -> Any:
+        if isinstance(v, _SCALARS) or depth > 100:
+            return v
+        if id(v) in memo:
+            return memo[id(v)]
+        t = type(v)
+        if isinstance(v, type):
+            return kernel_class(v)
+        if t is list:
+            memo[id(v)] = v
+            v[:] = [walk(x, depth + 1) for x in v]
+            return v
+        if t is dict:
+            memo[id(v)] = v
+            for k, x in list(v.items()):
+                v[k] = walk(x, depth + 1)
+            return v
+        if t in (tuple, set, frozenset):
+            memo[id(v)] = out = t(walk(x, depth + 1) for x in v)
+            return out
+        if t.__module__ != "__main__":
+            return v  # arrays, frames, library objects: left as they are
+        memo[id(v)] = v
+        mine = kernel_class(t)
+        if mine is not t:
+            with contextlib.suppress(TypeError):  # a class changed since (other slots): keep the copy
+                object.__setattr__(v, "__class__", mine)
+        d = getattr(v, "__dict__", None)
+        if isinstance(d, dict):
+            for k, x in list(d.items()):
+                d[k] = walk(x, depth + 1)
+        return v
+
+    return walk(value, 0)
 
 
 def default_instance() -> OmniQ:
