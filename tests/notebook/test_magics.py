@@ -526,3 +526,15 @@ def test_status_shows_last_outcomes_unreachable_storage_and_overruns(tmp_path: P
     assert "storage unreachable: results redis://h:1/0: ConnectionError: refused" in text
     assert "leases overrun in the last hour: 1" in text
     assert "redis://h:1/0 unreachable" in page and "leases overrun" in page
+
+
+def test_a_generator_comes_back_as_the_list_it_yields(tmp_path: Path) -> None:
+    """A cell ending in a generator expression (or setting one as --out) brings back its items
+    instead of failing the task with "cannot serialize" (issue 22, item 10)."""
+    from omniq import OmniQ
+    from omniq.notebook import CellCall
+
+    src = "gen = (i * i for i in range(4))\ndef g():\n    yield 'a'\n    yield 'b'\ng()"
+    with OmniQ(tasks=f"sqlite:///{tmp_path}/g.db", worker="process", concurrency=1) as oq:
+        env = oq.submit(CellCall(src, {"values": {}, "imports": {}}, ["gen"], "gen")).result(timeout=60)
+    assert env["value"] == ["a", "b"] and env["outs"] == {"gen": [0, 1, 4, 9]}

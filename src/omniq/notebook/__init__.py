@@ -17,6 +17,7 @@ import inspect
 import io
 import linecache
 import threading
+import types
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -87,6 +88,11 @@ def _run_cell(
             body, last = compile_cell(source, filename)
             _run_code(body, ns)
             value = _run_code(last, ns) if last is not None else None
+            # a generator cannot travel back (pickle refuses it): bring back what it yields
+            value = _materialized(value)
+            for n in outs:
+                if n in ns:
+                    ns[n] = _materialized(ns[n])
         missing = [n for n in outs if n not in ns]
         if missing:
             raise NameError(
@@ -106,6 +112,13 @@ def _run_cell(
         "stdout": out.getvalue(),
         "stderr": err.getvalue(),
     }
+
+
+def _materialized(value: Any) -> Any:
+    """A generator as the list of what it yields (it cannot be pickled); anything else as is."""
+    if isinstance(value, types.GeneratorType):
+        return list(value)
+    return value
 
 
 @contextlib.contextmanager
