@@ -368,3 +368,151 @@ def test_bad_record_fails_alone_postgres(pg_schema_url, how: str) -> None:
         )
 
     _run_with_one_bad(url, overwrite)
+
+
+@pytest.fixture
+def redis_prefix_url():
+    import uuid
+
+    redis = pytest.importorskip("redis")
+    r = redis.Redis.from_url("redis://127.0.0.1:6379/0", socket_timeout=5)
+    try:
+        r.ping()
+    except Exception as exc:
+        pytest.skip(f"Redis at 127.0.0.1:6379 is unreachable: {exc}")
+    prefix = f"omniq-sec-{uuid.uuid4().hex[:12]}"
+    yield f"redis://127.0.0.1:6379/0?prefix={prefix}", prefix, r
+    keys = list(r.scan_iter(match=f"{prefix}:*", count=1000))
+    if keys:
+        r.delete(*keys)
+    r.close()
+
+
+@pytest.mark.parametrize("how", list(BAD_RECORDS))
+def test_bad_record_fails_alone_redis(redis_prefix_url, how: str) -> None:
+    url, prefix, r = redis_prefix_url
+
+    def overwrite(tid: str) -> None:
+        key = f"{prefix}:t:{tid}"
+        r.hset(key, "b", BAD_RECORDS[how](r.hget(key, "b")))
+
+    _run_with_one_bad(url, overwrite)
+
+
+def _deep_file_record(data: bytes) -> bytes:
+    import msgspec
+
+    from omniq.storage.fsspec import _Record
+
+    rec = msgspec.msgpack.decode(data, type=_Record)
+    deep = _deep_record(msgspec.msgpack.encode(rec.task))
+    return msgspec.msgpack.encode({"seq": rec.seq, "task": "@@T@@"}).replace(b"\xa5@@T@@", deep)
+
+
+@pytest.mark.parametrize("how", list(BAD_RECORDS))
+def test_bad_record_fails_alone_file_queue(tmp_path, monkeypatch, how: str) -> None:
+    import os
+
+    from omniq.storage.fsspec import encode_name
+
+    root = tmp_path / "queue"
+
+    def overwrite(tid: str) -> None:
+        (path,) = [
+            os.path.join(d, f)
+            for d, _, fs in os.walk(root / "tasks" / "queued")
+            for f in fs
+            if encode_name(tid) in f
+        ]
+        with open(path, "rb") as fh:
+            data = fh.read()
+        bad = _deep_file_record(data) if how == "deep" else BAD_RECORDS[how](data)
+        with open(path, "wb") as fh:
+            fh.write(bad)
+
+    monkeypatch.setenv("OMNIQ_SECRET_KEY", KEY)  # (shared storage: signed)
+    _run_with_one_bad(f"file://{root}", overwrite)
+
+
+def _deep_nats_record(data: bytes) -> bytes:
+    import msgspec
+
+    from omniq.storage.nats import _decode_rec
+
+    rec = _decode_rec(data)
+    rec.task.metadata = {"deep": "@@DEEP@@"}
+    out = msgspec.msgpack.encode(rec)
+    assert out.count(b"\xa8@@DEEP@@") == 1
+    return out.replace(b"\xa8@@DEEP@@", DEEP)
+
+
+@pytest.mark.parametrize("how", list(BAD_RECORDS))
+def test_bad_record_fails_alone_nats(monkeypatch, how: str) -> None:
+    import asyncio
+    import socket
+    import uuid
+
+    pytest.importorskip("nats")
+    try:
+        socket.create_connection(("127.0.0.1", 4222), 1.0).close()
+    except OSError as exc:
+        pytest.skip(f"no NATS server at 127.0.0.1:4222: {exc}")
+    url = f"nats://127.0.0.1:4222?namespace=sec{uuid.uuid4().hex[:12]}"
+
+    async def overwrite_async(tid: str) -> None:
+        from omniq.storage.urls import open_backends
+
+        q, _, _ = open_backends(url)
+        await q.connect()
+        try:
+            subject = q._task_subject(tid)  # type: ignore[attr-defined]
+            m = await q._get_last(f"KV_{q.tasks_bucket}", subject)  # type: ignore[attr-defined]
+            bad = _deep_nats_record(m.data) if how == "deep" else BAD_RECORDS[how](m.data)
+            assert await q._cas(subject, bad, m.seq)  # type: ignore[attr-defined]
+        finally:
+            await q.close()
+
+    async def drop() -> None:
+        from omniq.storage.nats import NatsBackend
+
+        b = NatsBackend(url)
+        await b.connect()
+        try:
+            await b.drop()
+        finally:
+            await b.close()
+
+    monkeypatch.setenv("OMNIQ_SECRET_KEY", KEY)  # (shared storage: signed)
+    try:
+        _run_with_one_bad(url, lambda tid: asyncio.run(overwrite_async(tid)))
+    finally:
+        asyncio.run(drop())
+
+
+@pytest.mark.parametrize("payload", [b"\xc1 garbage", b"M" + DEEP, b"C" + DEEP, b"D" + DEEP])
+def test_bad_record_fails_alone_memory(payload: bytes) -> None:
+    """The memory backend keeps Task objects (nothing to decode): what can be garbage is the
+    payload, which the worker opens; that task fails alone, with a TaskResult."""
+    import asyncio
+    import uuid
+
+    from omniq import AsyncOmniQ, TaskStatus
+    from omniq.models import Task
+    from omniq.serialization import dumps_call
+
+    url = f"memory://sec-{uuid.uuid4().hex[:8]}"
+    good = [
+        Task(id=f"good{i}", payload=dumps_call(abs, (-i,), {}), created_at=1.0) for i in range(5)
+    ]
+    bad = Task(id="bad", payload=payload, created_at=1.0)
+
+    async def main() -> None:
+        async with AsyncOmniQ(tasks=url, worker="thread", concurrency=6) as oq:
+            await oq._queue.enqueue([*good[:3], bad, *good[3:]])
+            oq._kick.set()
+            r = await oq.get_result("bad", wait=True, timeout=30)
+            assert r.status is TaskStatus.FAILED and r.error is not None, r
+            values = {t.id: (await oq.get_result(t.id, wait=True, timeout=30)).value for t in good}
+            assert values == {f"good{i}": i for i in range(5)}
+
+    asyncio.run(main())

@@ -203,7 +203,7 @@ async def test_retried_writes_run_once(queue: TaskQueue) -> None:
     claim_args = [queue.prefix, repr(T0), "w1", repr(T0 + 30), 10, -1]
     first = r.evalsha(SCRIPTS["claim"].sha, 1, once, *claim_args)
     again = r.evalsha(SCRIPTS["claim"].sha, 1, once, *claim_args)
-    assert len(first) == 1 + 2 * 8 and again[1:] == first[1:]
+    assert len(first) == 1 + 2 * 10 and again[1:] == first[1:]  # 9 fields + the id per task
     assert {t.deliveries for t in (await queue.reap(now=T0 + 60)).requeued} == {1}
     e = event("x", "started", T0)
     ev_args = [queue.prefix, 100, 10, 1, int(T0 * 1000), "x", msgspec.msgpack.encode(e)]

@@ -612,6 +612,33 @@ def task_from_row(row: Sequence[Any]) -> Task:
     return t
 
 
+def unreadable_task(message: str) -> None:
+    """What the stand-in of an unreadable task record runs: a clear failure."""
+    from ..errors import SerializationError
+
+    raise SerializationError(message)
+
+
+def stand_in_task(task_id: str, exc: BaseException, **fields: Any) -> Task:
+    """The stand-in of a stored task record that does not decode (damaged, written over, or
+    nested too deep: any exception): it fails when run, saying why, so that task ends with a
+    TaskResult and the claim or reap that read it goes on for the rest of its batch."""
+    from ..serialization import dumps_call
+
+    why = str(exc)
+    why = why if len(why) <= 300 else why[:300] + "..."
+    message = (
+        f"task {task_id}: its stored record is corrupted and cannot be read "
+        f"({type(exc).__name__}: {why}); it was not run"
+    )
+    return Task(
+        id=task_id,
+        payload=dumps_call(unreadable_task, (message,), {}),
+        name="<unreadable task record>",
+        **fields,
+    )
+
+
 def make_private_dir(path: str) -> None:
     """``os.makedirs(path)``: a folder it creates is 0700 whatever the umask (one it finds is
     left as it is, see :func:`check_owner`)."""
@@ -726,6 +753,8 @@ __all__ = [
     "masked",
     "plan_enqueue",
     "plan_keys",
+    "stand_in_task",
     "task_from_row",
+    "unreadable_task",
 ]
 

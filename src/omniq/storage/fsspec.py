@@ -100,6 +100,7 @@ from .base import (
     masked,
     plan_enqueue,
     plan_keys,
+    stand_in_task,
 )
 from .blobs import (
     LIVE_TASK_STATUSES,
@@ -1672,14 +1673,18 @@ class _TaskDir:
     def _cancel_path(self, task_id: str) -> str:
         return os.path.join(self.cancels, encode_name(task_id))
 
-    def _read_rec(self, path: str) -> _Record | None:
+    def _read_rec(self, path: str, errors: list[Exception] | None = None) -> _Record | None:
+        """The record in ``path``; None when it is gone or does not decode (for any reason: a
+        record nested too deep raises RecursionError), the exception then added to ``errors``."""
         data = _read(path)
         if data is None:
             return None
         try:
             rec = _rec_dec.decode(data)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            log.error("unreadable task file %s (%d bytes): %s", path, len(data), exc)
+        except Exception as exc:
+            log.error("unreadable task file %s (%d bytes): %s", path, len(data), type(exc).__name__)
+            if errors is not None:
+                errors.append(exc)
             return None
         self._queue_of[rec.task.id] = rec.task.queue
         return rec
@@ -2050,8 +2055,19 @@ class _TaskDir:
             if not self._move(loc.path, dst):
                 continue  # another worker won it
             held = _Loc(TaskStatus.RUNNING, dst, new, worker)
-            rec = self._read_rec(dst)
-            if rec is None:  # unreadable (logged): fail it rather than meet it again forever
+            errors: list[Exception] = []
+            rec = self._read_rec(dst, errors)
+            if rec is None and errors:
+                # unreadable (logged): a stand-in that fails when run, saying why, so the task
+                # ends with a TaskResult and the rest of the batch goes on
+                queue = decode_name(os.path.basename(os.path.dirname(loc.path)))
+                task = stand_in_task(
+                    new.task_id, errors[0], queue=queue, priority=new.priority,
+                    created_at=new.created_at,
+                )
+                rec = _Record(new.seq, task)
+                self._write_rec(dst, rec)
+            if rec is None:  # gone under us: fail it rather than meet it again forever
                 self._move(dst, self._done_path(TaskStatus.FAILED, new.task_id))
                 continue
             out.append(self._task(held, rec))

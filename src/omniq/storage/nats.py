@@ -128,6 +128,7 @@ from .base import (
     masked,
     plan_enqueue,
     plan_keys,
+    stand_in_task,
 )
 from .blobs import (
     LIVE_TASK_STATUSES,
@@ -194,6 +195,7 @@ class _KeyMark(msgspec.Struct, array_like=True):
     purged: bool = False
 
 
+_UNREADABLE = -1  # index_seq of the stand-in of a record that does not decode
 _encode = msgspec.msgpack.Encoder().encode
 _decode_rec = msgspec.msgpack.Decoder(_Rec).decode
 _decode_keymark = msgspec.msgpack.Decoder(_KeyMark).decode
@@ -769,7 +771,16 @@ class NatsBackend(TaskQueue, ResultStore, EventStore):
     # --- task records -----------------------------------------------------------------------------------
     async def _get_rec(self, task_id: str) -> tuple[int, _Rec] | None:
         m = await self._get_last(f"KV_{self.tasks_bucket}", self._task_subject(task_id))
-        return None if m is None else (m.seq, _decode_rec(m.data))
+        if m is None:
+            return None
+        try:
+            return m.seq, _decode_rec(m.data)
+        except Exception as exc:  # any: a record nested too deep raises RecursionError
+            log.error("unreadable task record %s (%d bytes): %s", task_id, len(m.data),
+                      type(exc).__name__)
+            # a stand-in that fails when run, saying why; a claimer points it at its index
+            # message (index_seq), so it is claimed, written over and ends with a TaskResult
+            return m.seq, _Rec(task=stand_in_task(task_id, exc), index_seq=_UNREADABLE)
 
     async def _get_recs(self, task_ids: Iterable[str]) -> dict[str, tuple[int, _Rec]]:
         ids = list(dict.fromkeys(task_ids))
@@ -1208,6 +1219,8 @@ class NatsBackend(TaskQueue, ResultStore, EventStore):
             retry = _ATTEMPT.get() > 0
             for m in batch:
                 got = recs.get(m.data.decode())
+                if got is not None and got[1].index_seq == _UNREADABLE:
+                    got[1].index_seq = m.seq  # an unreadable record: its stand-in is claimed
                 if retry and got is not None and _leased_by_lost_claim(m.seq, got[1], worker, now):
                     # an earlier attempt of this claim leased it, then lost the reply: ours
                     task_id = m.data.decode()
@@ -1559,7 +1572,10 @@ class NatsBackend(TaskQueue, ResultStore, EventStore):
         for m in msgs:
             if m.headers and m.headers.get(KV_OPERATION) in ("DEL", "PURGE"):
                 continue
-            out.append((m.subject, _decode_rec(m.data)))
+            try:
+                out.append((m.subject, _decode_rec(m.data)))
+            except Exception as exc:  # counted once a claim has written its stand-in over it
+                log.warning("ignoring unreadable task record %s: %s", m.subject, type(exc).__name__)
         return out
 
     @_guard

@@ -48,7 +48,7 @@ import anyio
 import anyio.to_thread
 import msgspec
 
-from ..errors import ConfigError, SerializationError, StorageError, StorageUnwritable
+from ..errors import ConfigError, StorageError, StorageUnwritable
 from ..models import Schedule, Task, TaskEvent, TaskResult, TaskStatus
 from .base import (
     EventStore,
@@ -67,8 +67,10 @@ from .base import (
     masked,
     plan_enqueue,
     plan_keys,
+    stand_in_task,
     task_from_row,
 )
+from .base import unreadable_task as unreadable_task  # (stand-ins pickled before it moved)
 from .blobs import Blob, check_blobs, check_digests, check_owners, nbytes
 
 # --- schema --------------------------------------------------------------------------------------
@@ -361,24 +363,12 @@ def _task(row: Sequence[Any]) -> Task:
 
 
 def _unreadable(row: Sequence[Any], exc: Exception) -> Task:
-    from ..serialization import dumps_call
-
-    tid = str(row[9])
-    message = (
-        f"task {tid}: its stored record is corrupted and cannot be read "
-        f"({type(exc).__name__}: {exc}); it was not run"
-    )
-    return Task(
-        id=tid, payload=dumps_call(unreadable_task, (message,), {}), name="<unreadable task record>",
+    return stand_in_task(
+        str(row[9]), exc,
         queue=row[10], priority=row[11], max_deliveries=row[12], created_at=row[13],
         status=_STATUS[row[2]], worker=row[3], lease_until=row[4], deliveries=row[5],
         attempts=row[6], eta=row[7], cancel_requested=bool(row[8]),
     )
-
-
-def unreadable_task(message: str) -> None:
-    """What the stand-in of an unreadable task record runs: a clear failure."""
-    raise SerializationError(message)
 
 
 def _tasks(rows: list[Any]) -> list[Task]:
