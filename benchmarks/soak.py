@@ -180,6 +180,16 @@ def judge(samples: list[Sample], *, rss_mb: float, fd: int) -> Verdict:
 # --------------------------------------------------------------------------------------------
 # the run
 # --------------------------------------------------------------------------------------------
+DATA: Any = None
+
+
+def blob_task(i: int) -> Any:
+    """Reads the 2 MB global; every 10th returns a 1.6 MB array (a result blob)."""
+    import numpy as np
+
+    return np.full(200_000, float(DATA[0])) if i % 10 == 0 else float(DATA[i % 1000])
+
+
 def soak(
     url: str,
     seconds: float,
@@ -189,8 +199,23 @@ def soak(
     batch: int = 200,
     interval: float = 5.0,
     echo: bool = True,
+    blobs: bool = False,
 ) -> tuple[list[Sample], dict[str, Any]]:
-    from omniq import OmniQ, TaskStatus
+    from omniq import AsyncOmniQ, OmniQ, TaskStatus
+
+    fn: Any = noop
+    extra: dict[str, Any] = {}
+    if blobs:
+        # large values: a __main__ function over a 2 MB global changed in place every round (a
+        # new blob each round), every 10th task returning a 1.6 MB array; results expire after
+        # 20 s and unreferenced blobs are swept every 10 s, so stored blobs must plateau too
+        import numpy as np
+
+        global DATA
+        DATA = np.random.rand(250_000)
+        fn = blob_task
+        extra = {"result_ttl": 20}
+        AsyncOmniQ.BLOB_GRACE, AsyncOmniQ.BLOB_SWEEP_EVERY = 5.0, 10.0
 
     samples: list[Sample] = []
     done = 0
@@ -209,7 +234,7 @@ def soak(
 
     if echo:
         print(_header(), flush=True)
-    with OmniQ(tasks=url, worker=worker, concurrency=concurrency) as oq:
+    with OmniQ(tasks=url, worker=worker, concurrency=concurrency, **extra) as oq:
         # warm the workers before the clock matters (children spawned, imports done)
         for h in oq.map(noop, range(20)):
             h.get(60)
@@ -219,8 +244,10 @@ def soak(
         deadline = t0 + seconds
         i = 0
         while time.monotonic() < deadline:
-            hs = oq.map(noop, range(i, i + batch))
-            hs.extend(oq.submit(noop, i + batch + j) for j in range(max(1, batch // 10)))
+            if blobs:
+                DATA[0] = i  # changed in place: the next tasks carry a new blob
+            hs = oq.map(fn, range(i, i + batch))
+            hs.extend(oq.submit(fn, i + batch + j) for j in range(max(1, batch // 10)))
             i += len(hs)
             rounds.append(hs)
             if len(rounds) > 2:  # keep two rounds in flight: the workers never idle
@@ -316,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rss-mb", type=float, default=25.0, help="allowed RSS growth after warm-up, MB")
     p.add_argument("--fd", type=int, default=4, help="allowed FD growth after warm-up")
     p.add_argument("--note", default="", help="a line to put in the Markdown report")
+    p.add_argument("--blobs", action="store_true",
+                   help="large values: a 2 MB global changed every round, 1.6 MB results (blob store and cache)")
     p.add_argument("--json", default=None, help="write samples, info and verdict here")
     p.add_argument("--markdown", default=None, help="write a Markdown report here")
     a = p.parse_args(argv)
@@ -324,7 +353,14 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="omniq-soak-") as tmp:
         url = a.url or f"sqlite:///{tmp}/soak.db"
         samples, info = soak(url, seconds, worker=a.worker, concurrency=a.concurrency,
-                             batch=a.batch, interval=interval)
+                             batch=a.batch, interval=interval, blobs=a.blobs)
+        if a.blobs and url.startswith("sqlite:///"):
+            db = url[len("sqlite:///"):]
+            files = [os.path.join(r, f) for r, _, fs in os.walk(db + "-blobs") for f in fs]
+            info["blob_files_at_end"] = len(files)
+            info["blob_bytes_at_end"] = sum(os.path.getsize(f) for f in files)
+            print(f"blob files beside the database at the end: {len(files)}, "
+                  f"{info['blob_bytes_at_end'] / 2**20:.1f} MB")
     verdict = judge(samples, rss_mb=a.rss_mb, fd=a.fd)
     print()
     print(f"{info['tasks']:,} tasks in {info['seconds']} s ({info['rate']:,}/s), {info['failed']} not succeeded")

@@ -29,7 +29,17 @@ from .storage.base import BlobStore
 
 log = get_logger("omniq.blobs")
 
-DEFAULT_LIMIT = 8 << 30  # bytes kept before the least recently used files go
+def _default_limit() -> int:
+    """Bytes kept before the least recently used files go: an eighth of the machine's memory
+    (the folder may be RAM-backed), between 256 MiB and 4 GiB."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        total = 8 << 30
+    return max(256 << 20, min(4 << 30, total // 8))
+
+
+DEFAULT_LIMIT = _default_limit()
 _SHM = "/dev/shm"
 
 
