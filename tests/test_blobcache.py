@@ -50,10 +50,72 @@ def test_a_big_global_is_stored_once_for_every_submit_and_map_item(tmp_path):
     assert size < 1.5 * data.nbytes  # before: 1.6 GB for 40 submits and 40 map items
 
 
-def test_each_task_sees_its_values_as_they_were_at_submit(tmp_path):
+def _reachable(port: int) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", port), 1.0):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(params=["sqlite", "memory", "file", "redis", "postgresql", "nats"])
+def any_url(request, tmp_path):
+    """A task queue URL on each backend (servers on loopback; skipped when one is not there),
+    cleaned up afterwards."""
+    kind, tag = request.param, os.urandom(5).hex()
+    if kind == "sqlite":
+        yield f"sqlite:///{tmp_path}/any.db"
+    elif kind == "memory":
+        yield "memory://"
+    elif kind == "file":
+        yield f"file://{tmp_path}/fq"
+    elif kind == "redis":
+        redis = pytest.importorskip("redis")
+        if not _reachable(6379):
+            pytest.skip("no Redis server on 127.0.0.1:6379")
+        yield f"redis://127.0.0.1:6379/0?prefix=omniq-snap-{tag}"
+        client = redis.Redis(host="127.0.0.1", port=6379)
+        for k in client.scan_iter(f"omniq-snap-{tag}*"):
+            client.delete(k)
+        client.close()
+    elif kind == "postgresql":
+        pytest.importorskip("asyncpg")
+        if not _reachable(5432):
+            pytest.skip("no PostgreSQL server on 127.0.0.1:5432")
+        base = os.environ.get("OMNIQ_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+        yield f"{base}{'&' if '?' in base else '?'}schema=omniq_snap_{tag}"
+        subprocess.run(["psql", base, "-qc", f"DROP SCHEMA IF EXISTS omniq_snap_{tag} CASCADE"],
+                       capture_output=True, timeout=60)
+    else:
+        pytest.importorskip("nats")
+        if not _reachable(4222):
+            pytest.skip("no NATS server on 127.0.0.1:4222")
+        url = f"nats://127.0.0.1:4222?namespace=snap{tag}"
+        yield url
+
+        async def drop() -> None:
+            from omniq.storage.nats import NatsBackend
+
+            b = NatsBackend(url)
+            await b.connect()
+            try:
+                await b.drop()
+            finally:
+                await b.close()
+
+        import anyio
+
+        anyio.run(drop)
+
+
+def test_each_task_sees_its_values_as_they_were_at_submit(any_url):
+    """On every backend: a global changed in place, rebound, and an immutable global rebound
+    between submits; each task sees what was there when it was submitted."""
     ns = notebook("def f(i):\n    return float(DATA[i]) * SCALE\n", DATA=np.zeros(BLOB_THRESHOLD), SCALE=1)
     f = ns["f"]
-    with OmniQ(tasks=f"sqlite:///{tmp_path}/s.db", worker="process", concurrency=2) as oq:
+    with OmniQ(tasks=any_url, worker="process", concurrency=2) as oq:
         a = oq.submit(f, 3)
         ns["DATA"][3] = 5.0  # changed in place right after the submit
         b = oq.submit(f, 3)
@@ -186,3 +248,25 @@ def test_the_blob_cache_checks_digests_and_stays_within_its_limit(tmp_path):
         await store.close()
 
     anyio.run(main)
+
+
+def test_many_large_results_are_read_as_mapped_files_not_copied_into_memory(tmp_path):
+    """sweep.results() over large results hands back arrays backed by mapped files: the pages
+    are the OS's to drop, not copies held by the process."""
+    import mmap
+
+    ns = notebook("import numpy as np\ndef make(seed):\n    return np.full(600_000, float(seed))\n")
+    with OmniQ(tasks=f"sqlite:///{tmp_path}/sw.db", worker="process", concurrency=2) as oq:
+        sw = oq.sweep(ns["make"], {"seed": range(6)}, name="big")
+        sw.wait(120)
+    with OmniQ(tasks=f"sqlite:///{tmp_path}/sw.db", concurrency=0) as again:  # a new kernel, say
+        records = again.sweep(ns["make"], {"seed": range(6)}, name="big").results()
+    values = [r["value"] for r in records]
+    assert [float(v[0]) for v in values] == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    for v in values:
+        base = v
+        while getattr(base, "base", None) is not None:
+            base = base.base
+        if isinstance(base, memoryview):
+            base = base.obj
+        assert isinstance(base, mmap.mmap), type(base)
