@@ -68,6 +68,11 @@ def load_ipython_extension(ip: Any) -> None:
     from .notebook.magics import load_ipython_extension as load
 
     load(ip)
+    try:  # joblib.Parallel / scikit-learn's n_jobs on OmniQ: backend "omniq"
+        from .joblib import register
+    except ImportError:  # joblib is not installed
+        return
+    register()
 
 
 def unload_ipython_extension(ip: Any) -> None:

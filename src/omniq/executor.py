@@ -550,12 +550,16 @@ class Executor(cf.Executor):
             task = st.core._make_task(fn, args, kwargs, **st.task_options)
             return st.follow([task.id], st.accept([task]))[0]
 
-    def _submit_tasks(self, tasks: Sequence[Task]) -> list[ExecutorFuture]:
-        """Futures for tasks built elsewhere (the joblib backend: keys, names)."""
+    def _submit_tasks(self, tasks: Sequence[Task], inner: list[Any] | None = None) -> list[ExecutorFuture]:
+        """Futures for tasks built elsewhere (the joblib backend: keys, names); ``inner``
+        receives the tasks' ``TaskResult`` futures (for a progress display)."""
         st = self._st
         with st.lock:
             self._check_open()
-            return st.follow([t.id for t in tasks], st.accept(tasks))
+            fs = st.accept(tasks)
+            if inner is not None:
+                inner.extend(fs)
+            return st.follow([t.id for t in tasks], fs)
 
     def map(
         self,

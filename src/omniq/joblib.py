@@ -1,0 +1,567 @@
+"""joblib backend ``"omniq"``: ``joblib.Parallel`` -- and so scikit-learn's ``n_jobs`` -- on OmniQ.
+
+::
+
+    from omniq.joblib import register
+    register()                                    # (``%load_ext omniq`` does it too)
+    with joblib.parallel_config(backend="omniq", oq=oq, name="grid-1"):
+        GridSearchCV(model, grid, n_jobs=-1).fit(X, y)
+
+Inside the block every ``Parallel`` call sends its batches to ``oq`` as tasks (through an
+``oq.executor()``), so they run on its workers -- process workers, ``omniq worker`` processes on
+other machines -- and their results are stored like any task's.
+
+Options of ``parallel_config(backend="omniq", ...)``:
+
+``oq``
+    An open ``OmniQ`` (or ``AsyncOmniQ``). Without it: the kernel's instance from
+    ``%omniq init``, else a private one per set of options (process workers, one slot per CPU,
+    the configured storage), kept open for later calls and closed at exit.
+``name``
+    Makes calls resumable. Each call is then one task keyed as a sweep point:
+    ``"{name}/{function identity}/{arguments digest}"`` (the function's code and closure, and a
+    digest of its arguments; a wrapper such as scikit-learn's ``delayed`` is looked through,
+    its ``config`` counts as an argument). Running the same code again -- after a kernel
+    restart, in another process on the same storage -- adopts each call whose task is still
+    queued or running and reuses each stored success, so only missing and failed calls run.
+``chunksize``
+    Calls per task (default: joblib's automatic batch size, which grows while batches finish
+    faster than 0.2 s; 1 with ``name``).
+``progress``
+    The live progress widget: shown by default when running in a Jupyter kernel.
+anything else
+    ``OmniQ`` constructor options for the private instance (``tasks``, ``worker``,
+    ``concurrency``, ...), or task options for every call (``queue``, ``priority``,
+    ``retries``, ``timeout``, ...). An unknown name is a ``ConfigError`` naming it.
+
+``n_jobs=-1`` (or ``None``) means every worker slot of the instance (``concurrency``, or the
+slots of the live workers when it has none of its own), at least 2 so that joblib does not fall
+back to running calls in the caller; ``n_jobs=-2`` one fewer, and so on; a positive
+``n_jobs`` is taken as asked. An exception raised by a call is re-raised with its original
+type (see ``omniq.executor.remote_exception``); the remaining queued tasks are cancelled.
+
+Every ``Parallel`` call made in the block goes through OmniQ, however deep in library code it
+is (``cross_val_score`` -> ``cross_validate`` -> ``Parallel``). A ``Parallel`` call made *inside*
+a task (a ``GridSearchCV`` over a ``RandomForest(n_jobs=-1)``: the forest's trees) runs in the
+worker running that task, on joblib's threads (sequentially one level deeper), as joblib's own
+process backends do: sent to the shared queue it could deadlock, since every worker slot may
+be running an outer call that waits for it, and a pool claims tasks ahead of its free slots.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import contextlib
+import hashlib
+import inspect
+import io
+import os
+import pickle
+import sys
+import threading
+import types
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from joblib.parallel import (
+    AutoBatchingMixin,
+    ParallelBackendBase,
+    SequentialBackend,
+    ThreadingBackend,
+    register_parallel_backend,
+)
+
+from .errors import ConfigError
+from .executor import Executor, omniq_option_names, task_option_names
+from .serialization._blobs import THRESHOLD as BLOB_THRESHOLD
+from .serialization._blobs import _nbytes
+from .sweep import _Canon, function_identity, identity_digest
+
+if TYPE_CHECKING:
+    from .core import AsyncOmniQ, OmniQ
+    from .models import Task
+
+__all__ = ["BACKEND", "OmniQBackend", "call_key", "register"]
+
+BACKEND = "omniq"
+
+
+def register() -> None:
+    """Register the joblib backend ``"omniq"`` (idempotent)."""
+    register_parallel_backend(BACKEND, OmniQBackend)
+
+
+# --------------------------------------------------------------------------------------------
+# in the worker
+# --------------------------------------------------------------------------------------------
+def run_batch(batch: Callable[[], list[Any]], threads: int | None = None) -> list[Any]:
+    """A task's body: the calls of one joblib batch, in order (nested ``Parallel`` calls use
+    the backend the batch carries). ``threads`` caps the BLAS / OpenMP thread pools meanwhile,
+    as joblib's process backends do for their workers: two workers each running a BLAS pool
+    as wide as the machine made scikit-learn fits 5x slower."""
+    ctl = _controller() if threads is not None else None
+    if ctl is None:
+        return batch()
+    with ctl.limit(limits=threads):
+        return batch()
+
+
+def run_pickled_batch(data: bytes, refs: Sequence[Any], threads: int | None = None) -> list[Any]:
+    """``run_batch`` for a batch pickled by ``_pickle_batch``: ``refs`` are the values it left
+    to OmniQ's serializer (functions and classes shipped by value, large arrays as blobs)."""
+    return run_batch(_RefUnpickler(io.BytesIO(data), refs).load(), threads)
+
+
+_CONTROLLER: list[Any] = [None, -1]  # threadpoolctl's controller, and len(sys.modules) then
+
+
+def _controller() -> Any:
+    """A ``threadpoolctl.ThreadpoolController`` (None without threadpoolctl), made again when
+    modules were imported since (they may have loaded another thread pool)."""
+    ctl, seen = _CONTROLLER
+    if seen != len(sys.modules):
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:
+            return None
+        ctl = ThreadpoolController()
+        _CONTROLLER[:] = [ctl, len(sys.modules)]
+    return ctl
+
+
+class _RefUnpickler(pickle.Unpickler):
+    def __init__(self, file: Any, refs: Sequence[Any]) -> None:
+        super().__init__(file)
+        self._refs = refs
+
+    def persistent_load(self, pid: Any) -> Any:
+        return self._refs[pid]
+
+
+# --------------------------------------------------------------------------------------------
+# in the caller: a batch as a task's arguments
+# --------------------------------------------------------------------------------------------
+class _RefPickler(pickle.Pickler):
+    """The C pickler (scikit-learn's arguments pickle 50x faster than through dill), leaving
+    to OmniQ's serializer what it must handle itself: functions and classes defined in
+    ``__main__`` or locally (shipped by value) and large numpy / pandas data (blobs, stored
+    once however many calls share them)."""
+
+    def __init__(self, file: Any) -> None:
+        super().__init__(file, protocol=5)
+        self.refs: list[Any] = []
+        self._index: dict[int, int] = {}
+
+    def persistent_id(self, obj: Any) -> Any:
+        t = type(obj)
+        if t in _PLAIN:
+            return None
+        if t is types.FunctionType or isinstance(obj, type):
+            mod = getattr(obj, "__module__", None)
+            if not (mod is None or mod == "__main__" or "<" in getattr(obj, "__qualname__", "<")):
+                return None
+        elif not (t.__module__.startswith(("numpy", "pandas")) and _nbytes(obj) >= BLOB_THRESHOLD):
+            return None
+        i = self._index.get(id(obj))
+        if i is None:
+            i = self._index[id(obj)] = len(self.refs)
+            self.refs.append(obj)
+        return i
+
+
+_PLAIN = frozenset({int, float, str, bytes, bool, type(None), tuple, list, dict, set, frozenset})
+
+
+def _pickle_batch(batch: Any) -> tuple[bytes, tuple[Any, ...]] | None:
+    """``(bytes, refs)`` for a batch, or None when the C pickler cannot take it (the batch
+    then travels through OmniQ's serializer whole)."""
+    buf = io.BytesIO()
+    p = _RefPickler(buf)
+    try:
+        p.dump(batch)
+    except Exception:
+        return None
+    return buf.getvalue(), tuple(p.refs)
+
+
+# --------------------------------------------------------------------------------------------
+# keys of resumable calls
+# --------------------------------------------------------------------------------------------
+#: classes whose instances describe a run, not a call (scikit-learn's callback context holds a
+#: fresh UUID and start time on every fit): they count in a key by their type only. Add the
+#: qualified name of your own such classes here.
+RUN_CONTEXT_TYPES: set[str] = {"sklearn.callback._callback_context.CallbackContext"}
+
+
+def call_key(name: str, calls: Sequence[tuple[Callable[..., Any], Sequence[Any], dict[str, Any]]]) -> str:
+    """``"{name}/{identity}/{arguments}"`` for one task's calls: the identity digests each
+    function's code and closure (``sweep.function_identity``; wrappers with ``__wrapped__``
+    are looked through), the arguments digest their values (and a wrapper's ``config``):
+    plain data and arrays by content, objects with scikit-learn's ``get_params`` by their type
+    and parameters (an estimator, a search running its fits), ``RUN_CONTEXT_TYPES`` by type,
+    other objects by their serialized bytes."""
+    idents = []
+    values: list[Any] = []
+    for func, args, kwargs in calls:
+        base = inspect.unwrap(func)
+        idents.append(function_identity(base))
+        config = getattr(func, "config", None) if base is not func else None
+        values.append((config if isinstance(config, dict) else None, tuple(args), dict(kwargs)))
+    c = _KeyCanon(hashlib.sha256())
+    c.value(values)
+    return f"{name}/{identity_digest('|'.join(idents))}/{c.h.hexdigest()[:16]}"
+
+
+class _KeyCanon(_Canon):
+    """``sweep._Canon`` with the rules of ``call_key`` for objects."""
+
+    def _object(self, v: Any) -> None:
+        t = type(v)
+        qual = f"{t.__module__}.{t.__qualname__}"
+        if qual in RUN_CONTEXT_TYPES:
+            self._w(b"X", qual.encode())
+            return
+        if qual == "numpy.ndarray" and not v.dtype.hasobject:  # by content, without a pickler
+            self._w(b"A", f"{v.dtype.str}{v.shape}".encode())
+            self._w(b"a", v.tobytes())
+            return
+        get_params = getattr(v, "get_params", None)
+        if callable(get_params) and not isinstance(v, type):
+            try:
+                params = get_params(deep=False)
+            except Exception:
+                params = None
+            if isinstance(params, dict):
+                self._w(b"K", qual.encode())
+                self.value(params)
+                return
+        super()._object(v)
+
+
+# --------------------------------------------------------------------------------------------
+# the instance a backend uses
+# --------------------------------------------------------------------------------------------
+_PRIVATE: dict[str, OmniQ] = {}
+_PRIVATE_LOCK = threading.Lock()
+
+
+def _kernel_instance() -> OmniQ | None:
+    """The instance ``%omniq init`` opened in this kernel, if any."""
+    ipython = sys.modules.get("IPython")
+    if ipython is None:
+        return None
+    try:
+        ip = ipython.get_ipython()
+        magics = ip.magics_manager.registry.get("OmniQMagics") if ip is not None else None
+    except Exception:
+        return None
+    oq = getattr(magics, "_oq", None)
+    return oq if oq is not None and oq.core.is_open else None
+
+
+def _private(options: dict[str, Any]) -> OmniQ:
+    """One private instance per set of options, opened once and kept for later calls."""
+    from .core import OmniQ
+
+    key = repr(sorted(options.items()))
+    with _PRIVATE_LOCK:
+        oq = _PRIVATE.get(key)
+        if oq is None or not oq.core.is_open:
+            opts = dict(options)
+            env = os.environ
+            if opts.get("worker") is None and "config" not in opts and "OMNIQ_DEFAULT_WORKER" not in env:
+                opts["worker"] = "process"
+            if opts.get("concurrency") is None and "config" not in opts and "OMNIQ_CONCURRENCY" not in env:
+                opts["concurrency"] = os.cpu_count() or 1
+            oq = _PRIVATE[key] = OmniQ(**opts).open()
+        return oq
+
+
+def _is_open(oq: Any) -> bool:
+    core = getattr(oq, "core", oq)
+    return bool(getattr(core, "is_open", False))
+
+
+# --------------------------------------------------------------------------------------------
+# the backend
+# --------------------------------------------------------------------------------------------
+class OmniQBackend(AutoBatchingMixin, ParallelBackendBase):
+    """joblib's ``ParallelBackendBase`` on an OmniQ (see the module's documentation)."""
+
+    supports_retrieve_callback = True  # results come back through future callbacks
+    supports_inner_max_num_threads = True  # parallel_config(inner_max_num_threads=N)
+    uses_threads = False
+    supports_sharedmem = False
+    default_n_jobs = -1
+    MIN_IDEAL_BATCH_DURATION = 0.2
+    MAX_IDEAL_BATCH_DURATION = 1.0
+
+    def __init__(
+        self,
+        oq: OmniQ | AsyncOmniQ | None = None,
+        name: str | None = None,
+        chunksize: int | None = None,
+        progress: bool | None = None,
+        *,
+        nesting_level: int | None = None,
+        inner_max_num_threads: int | None = None,
+        **options: Any,
+    ) -> None:
+        super().__init__(nesting_level=nesting_level, inner_max_num_threads=inner_max_num_threads)
+        if name is not None and (not isinstance(name, str) or not name.strip() or name != name.strip()):
+            raise ConfigError(f"name={name!r} is not valid: expected a non-empty string (no surrounding spaces) or None")
+        if chunksize is not None and (isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1):
+            raise ConfigError(f"chunksize={chunksize!r} is not valid: expected an int >= 1 or None (automatic)")
+        if progress is not None and not isinstance(progress, bool):
+            raise ConfigError(f"progress={progress!r} is not valid: expected True, False or None (in a kernel)")
+        ctor, task = omniq_option_names(), task_option_names()
+        self._omniq_options: dict[str, Any] = {}
+        self._task_options: dict[str, Any] = {}
+        for key, value in options.items():
+            if key in ctor:
+                self._omniq_options[key] = value
+            elif key in task:
+                self._task_options[key] = value
+            else:
+                raise ConfigError(
+                    f"joblib backend 'omniq' got an unknown option {key!r}: expected oq, name, chunksize, "
+                    f"progress, OmniQ options ({', '.join(sorted(ctor))}) or task options "
+                    f"({', '.join(sorted(task))})"
+                )
+        if oq is not None:
+            from .core import AsyncOmniQ, OmniQ
+
+            if not isinstance(oq, (OmniQ, AsyncOmniQ)):
+                raise ConfigError(f"oq={oq!r} is not valid: expected an open OmniQ or AsyncOmniQ")
+            if self._omniq_options:
+                raise ConfigError(f"oq= and OmniQ options ({', '.join(sorted(self._omniq_options))}) are both "
+                                  "given: the options build a private instance; give one or the other")
+            if not _is_open(oq):
+                raise ConfigError(f"oq={oq!r} is not open: open it first (`with OmniQ(...) as oq:` or oq.open())")
+        if self._task_options:  # checked now, at the parallel_config call
+            from .core import AsyncOmniQ
+
+            probe = AsyncOmniQ(tasks="memory://", concurrency=0)
+            probe._make_task(run_batch, (None,), **self._task_options)
+        self._oq = oq
+        self.name = name
+        self.chunksize = chunksize
+        self.progress = progress
+        self._ex: Executor | None = None
+        self._stored: dict[str, Any] = {}  # key -> stored success (a named call's start)
+        self._threads: int | None = None  # BLAS / OpenMP threads per worker (configure)
+        self._tracker: Any = None
+        self._widget: Any = None
+        self.parallel: Any = None
+
+    # --- the instance -------------------------------------------------------------------------
+    def _instance(self) -> OmniQ | AsyncOmniQ:
+        oq = self._oq
+        if oq is not None:
+            if not _is_open(oq):
+                raise ConfigError(f"oq={oq!r} is not open (closed since parallel_config was entered): "
+                                  "open it again or give an open one")
+            return oq
+        if not self._omniq_options:
+            oq = _kernel_instance()
+            if oq is not None:
+                return oq
+        return _private(self._omniq_options)
+
+    def _slots(self, oq: OmniQ | AsyncOmniQ) -> int:
+        from .executor import _core_of
+
+        core = _core_of(oq)
+        n = core.config.concurrency if core._worker is not None else 0
+        if n > 0:
+            return n
+        from .core import OmniQ
+
+        if isinstance(oq, OmniQ):  # workers elsewhere only: the live ones' slots
+            with contextlib.suppress(Exception):
+                return max(1, sum(int(w.get("slots") or 1) for w in oq.health()["workers"] if w.get("alive")))
+        return 1
+
+    # --- joblib's interface ------------------------------------------------------------------
+    def effective_n_jobs(self, n_jobs: int | None) -> int:
+        if n_jobs == 0:
+            raise ValueError("n_jobs == 0 in Parallel has no meaning")
+        if n_jobs is not None and n_jobs > 0:
+            return int(n_jobs)
+        slots = self._slots(self._instance())
+        return max(2, slots + 1 + (n_jobs if n_jobs is not None else -1))
+
+    def configure(self, n_jobs: int = 1, parallel: Any = None, prefer: Any = None, require: Any = None,
+                  **backend_kwargs: Any) -> int:
+        self.parallel = parallel
+        oq = self._instance()
+        n = self.effective_n_jobs(n_jobs)
+        self._threads = self.inner_max_num_threads or max(1, (os.cpu_count() or 1) // n)
+        if self._ex is None:
+            self._ex = oq.executor(**self._task_options)
+        return n
+
+    def start_call(self) -> None:
+        self._stored = {}
+        if self.name is not None and self._ex is not None:
+            self._stored = _stored_successes(self._ex, f"{self.name}/")
+        if self.progress or (self.progress is None and _in_kernel()):
+            with contextlib.suppress(Exception):  # a display problem never stops the call
+                self._start_widget()
+
+    def stop_call(self) -> None:
+        self._stop_widget()
+        ex, self._ex = self._ex, None
+        if ex is not None:
+            ex.shutdown(wait=False)
+
+    def terminate(self) -> None:
+        self.stop_call()
+
+    def compute_batch_size(self) -> int:
+        if self.chunksize is not None:
+            return self.chunksize
+        if self.name is not None:
+            return 1
+        return int(super().compute_batch_size())
+
+    def submit(self, func: Any, callback: Callable[[Any], Any] | None = None) -> Any:
+        ex = self._ex
+        if ex is None:
+            raise RuntimeError("the omniq joblib backend was not configured (or its call has ended)")
+        task = self._task_for(func, ex)
+        tracker = self._tracker
+        stored = self._stored.get(task.key) if task.key is not None else None
+        if stored is not None:  # a named call whose result is stored: nothing to run
+            if tracker is not None:
+                tracker.finish(tracker.add_slots(1), [stored])
+            return _resolved_later(ex, stored, callback)
+        slots = None
+        if tracker is not None:
+            slots = tracker.add_slots(1)
+            tracker.begin(slots, [task.id], ["queued"])
+        inner: list[Any] = []
+        (fut,) = ex._submit_tasks([task], inner)
+        if tracker is not None:
+            tracker.attach(slots, inner)
+        if callback is not None:
+            fut.add_done_callback(callback)
+        return fut
+
+    def retrieve_result_callback(self, out: Any) -> Any:
+        return out.result()
+
+    def abort_everything(self, ensure_ready: bool = True) -> None:
+        ex = self._ex
+        if ex is not None:
+            with contextlib.suppress(Exception):
+                ex._st.cancel(list(ex._st.pending))
+
+    def get_nested_backend(self) -> tuple[ParallelBackendBase, int | None]:
+        """Nested ``Parallel`` calls run in the worker that runs the outer call: joblib's
+        threads at the first level, sequentially beyond (as joblib's own process backends).
+        Sending them to the shared queue could deadlock: every worker slot may be running an
+        outer call that waits for them, and a pool claims ahead of its free slots."""
+        level = (self.nesting_level or 0) + 1
+        if level > 1:
+            return SequentialBackend(nesting_level=level), None
+        return ThreadingBackend(nesting_level=level), None
+
+    # --- tasks ----------------------------------------------------------------------------------
+    def _task_for(self, batch: Any, ex: Executor) -> Task:
+        from .core import _callable_name
+
+        items = list(getattr(batch, "items", ()))
+        for func, _, _ in items:
+            if not callable(func):
+                raise TypeError(f"joblib call {func!r} is not callable: Parallel takes delayed(fn)(*args) calls")
+        core = ex._st.core
+        opts = dict(ex._st.task_options)
+        key = call_key(self.name, items) if self.name is not None and items else None
+        md = dict(opts.pop("metadata", None) or {})
+        md.setdefault("joblib", self.name or "")
+        md["calls"] = len(items)
+        packed = _pickle_batch(batch)
+        if packed is None:
+            task = core._make_task(run_batch, (batch, self._threads), None, key=key, metadata=md, **opts)
+        else:
+            task = core._make_task(run_pickled_batch, (*packed, self._threads), None, key=key, metadata=md,
+                                   **opts)
+        if items:
+            names = {_callable_name(inspect.unwrap(f)) for f, _, _ in items}
+            task = msgspec.structs.replace(task, name=names.pop() if len(names) == 1 else "joblib batch")
+        return task
+
+    # --- progress -------------------------------------------------------------------------------
+    def _start_widget(self) -> None:
+        from .notebook.progress import Tracker
+        from .notebook.widgets import Progress
+
+        ex = self._ex
+        if ex is None:
+            return
+        tracker = Tracker(ex._st.core)
+        title = f"joblib {self.name}" if self.name else "joblib"
+        widget = Progress(ex.oq, tracker, title=title)
+        self._tracker, self._widget = tracker, widget
+        widget.display()
+
+    def _stop_widget(self) -> None:
+        widget, self._widget = self._widget, None
+        tracker, self._tracker = self._tracker, None
+        if widget is not None:
+            with contextlib.suppress(Exception):
+                widget.finalize()
+                widget.close()
+        if tracker is not None:
+            with contextlib.suppress(Exception):
+                tracker.close()
+
+
+def _in_kernel() -> bool:
+    from .notebook.widgets import in_kernel
+
+    return in_kernel()
+
+
+def _stored_successes(ex: Executor, prefix: str) -> dict[str, Any]:
+    """Key -> latest stored result, for keys under ``prefix`` whose latest result succeeded
+    (one storage call when a named ``Parallel`` call starts)."""
+    from .models import TaskStatus
+    from .sweep import latest_results
+
+    st = ex._st
+    core = st.core
+    try:
+        if st.sync is not None:
+            found = st.sync.find_results(prefix)
+        elif threading.get_ident() != core._loop_thread and core._loop is not None:
+            found = asyncio.run_coroutine_threadsafe(core.find_results(prefix), core._loop).result()
+        else:  # on an AsyncOmniQ's own loop: adoption by key still skips finished calls
+            return {}
+    except Exception:
+        return {}
+    return {k: r for k, r in latest_results(found).items() if r.status is TaskStatus.SUCCEEDED}
+
+
+def _resolved_later(ex: Executor, result: Any, callback: Callable[[Any], Any] | None) -> cf.Future[Any]:
+    """A future for a stored result, resolved on OmniQ's loop like any other (joblib's
+    callback dispatches the next batch from there; resolving it here would recurse)."""
+    fut: cf.Future[Any] = cf.Future()
+    if callback is not None:
+        fut.add_done_callback(callback)
+
+    def resolve() -> None:
+        try:
+            value = result.value
+        except Exception as exc:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(value)
+
+    loop = ex._st.core._loop
+    assert loop is not None
+    loop.call_soon_threadsafe(resolve)
+    return fut
