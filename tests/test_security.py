@@ -516,3 +516,131 @@ def test_bad_record_fails_alone_memory(payload: bytes) -> None:
             assert values == {f"good{i}": i for i in range(5)}
 
     asyncio.run(main())
+
+
+# ------------------------------------------------------------------------------ least privilege
+
+
+def _child_secrets() -> dict:
+    import os
+
+    return {k: v for k, v in os.environ.items() if k.startswith("OMNIQ_SECRET")}
+
+
+def test_process_children_do_not_get_the_key_and_results_still_verify(tmp_path, monkeypatch):
+    from omniq import OmniQ
+
+    monkeypatch.setenv("OMNIQ_SECRET_KEY", KEY)
+    monkeypatch.setenv("OMNIQ_SECRET_KEYS", "o" * 40)
+    with OmniQ(tasks=f"sqlite:///{tmp_path}/q.db", worker="process", concurrency=1) as oq:
+        assert oq.submit(_child_secrets).result(60) == {}  # task code cannot read the key
+        assert oq.submit(abs, -3).result(60) == 3  # its result is signed and verifies here
+        # a chunked map: the chunk loads its function, a signed payload nested in the task
+        hs = oq.map(abs, [-1, -2, -3, -4], chunksize=2)
+        assert [h.result(60) for h in hs] == [1, 2, 3, 4]
+        hs = oq.map(lambda v: v * 10, [1, 2, 3], chunksize=2)  # a function sent by value
+        assert [h.result(60) for h in hs] == [10, 20, 30]
+
+
+def test_process_child_refuses_what_its_parent_could_not_verify(tmp_path, monkeypatch):
+    """A task written by someone without the key (the review's forged task) never reaches a
+    child as something it would open: it fails with SignatureError and is not retried."""
+    from omniq import OmniQ, TaskStatus
+
+    url = f"sqlite:///{tmp_path}/q.db"
+    with OmniQ(tasks=url, concurrency=0) as forger:  # no key: an unsigned payload
+        forged = forger.enqueue(abs, args=(-7,), retries=2)
+    monkeypatch.setenv("OMNIQ_SECRET_KEY", KEY)
+    with OmniQ(tasks=url, worker="process", concurrency=1) as oq:
+        r = oq.get_result(forged, wait=True, timeout=60)
+        assert r.status is TaskStatus.FAILED and r.error.type == "SignatureError", r
+        assert "not signed" in r.error.message and r.attempts == 1
+
+
+def test_signed_result_does_not_run_as_a_task(tmp_path, monkeypatch):
+    """The review's proof of concept: a task's signed result ``(operator.add, (40, 2), {})``
+    planted as a task payload ran and returned 42. Results are signed for their role now."""
+    import operator
+
+    from omniq import OmniQ, TaskStatus
+    from omniq.errors import SignatureError
+    from omniq.serialization import dumps, loads, loads_call
+
+    monkeypatch.setenv("OMNIQ_SECRET_KEY", KEY)
+    value = (operator.add, (40, 2), {})
+    assert loads(dumps(value)) == value
+    with pytest.raises(SignatureError):
+        loads_call(dumps(value))
+    for worker in ("thread", "process"):
+        db = tmp_path / f"{worker}.db"
+        url = f"sqlite:///{db}"
+        with OmniQ(tasks=url, worker=worker, concurrency=1) as oq:
+            made = oq.enqueue(_triple, args=(operator.add, (40, 2), {}))
+            assert oq.get_result(made, wait=True, timeout=60).value == value
+        with OmniQ(tasks=url, concurrency=0) as oq:
+            planted = oq.enqueue(abs, args=(-1,))
+        _plant_result_as_task(db, made, planted)
+        with OmniQ(tasks=url, worker=worker, concurrency=1) as oq:
+            r = oq.get_result(planted, wait=True, timeout=60)
+            assert r.status is TaskStatus.FAILED and r.error.type == "SignatureError", (worker, r)
+
+
+def _plant_result_as_task(db, result_of: str, task_id: str) -> None:
+    """Someone with write access copies a task's signed result payload into another task."""
+    import sqlite3
+
+    import msgspec
+
+    from omniq.models import Task, TaskResult
+
+    conn = sqlite3.connect(db, isolation_level=None)
+    try:
+        (raw,) = conn.execute(
+            "SELECT result FROM omniq_results WHERE task_id = ?", (result_of,)
+        ).fetchone()
+        payload = msgspec.msgpack.decode(raw, type=TaskResult).payload
+        assert payload[:1] == b"S"
+        (blob,) = conn.execute("SELECT task FROM omniq_tasks WHERE id = ?", (task_id,)).fetchone()
+        t = msgspec.msgpack.decode(blob, type=Task)
+        t.payload = payload
+        conn.execute(
+            "UPDATE omniq_tasks SET task = ? WHERE id = ?", (msgspec.msgpack.encode(t), task_id)
+        )
+    finally:
+        conn.close()
+
+
+def _triple(fn, args, kwargs):
+    return fn, args, kwargs
+
+
+def test_roles_survive_key_rotation(monkeypatch) -> None:
+    from omniq.errors import SignatureError
+    from omniq.serialization import dumps, dumps_call, loads, loads_call
+
+    monkeypatch.setenv("OMNIQ_SECRET_KEY", "old" * 11)
+    value, call = dumps([1, 2]), dumps_call(abs, (-1,))
+    monkeypatch.setenv("OMNIQ_SECRET_KEY", "new" * 11)
+    monkeypatch.setenv("OMNIQ_SECRET_KEYS", "old" * 11)
+    assert loads(value) == [1, 2] and loads_call(call) == (abs, (-1,), {})
+    with pytest.raises(SignatureError):
+        loads_call(value)  # still a value, whichever key signed it
+    monkeypatch.delenv("OMNIQ_SECRET_KEYS")
+    with pytest.raises(SignatureError):
+        loads(value)
+
+
+def test_a_child_key_signs_results_but_no_task(monkeypatch) -> None:
+    """What task code in a process worker's child holds (the result-role key) cannot make a
+    payload any worker runs."""
+    from omniq.errors import SignatureError
+    from omniq.serialization import _signing, dumps, dumps_call, loads, loads_call
+
+    monkeypatch.setenv("OMNIQ_SECRET_KEY", KEY)
+    child_key = _signing.derive(KEY.encode())
+    forged = _signing.sign(dumps_call(abs, (-1,))[33:], child_key, b"S")
+    with pytest.raises(SignatureError):
+        loads_call(forged)
+    assert _signing.for_child(forged)[:1] == _signing.TAG_REFUSED
+    result = _signing.sign(dumps(7)[33:], child_key, b"S")
+    assert loads(result) == 7

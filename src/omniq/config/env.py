@@ -34,7 +34,9 @@ KEY_ALIASES: dict[str, str] = {
     "worker": "default_worker",
 }
 #: ``OMNIQ_*`` variables that are not config keys but are read elsewhere (not warned about).
-_OTHER_VARS = frozenset({"OMNIQ_BLOB_DIR", "OMNIQ_CHILD_SYSPATH", "OMNIQ_CHILD_PARENT"})
+_OTHER_VARS = frozenset(
+    {"OMNIQ_BLOB_DIR", "OMNIQ_CHILD_SYSPATH", "OMNIQ_CHILD_PARENT", "OMNIQ_CHILD_RESULT_KEY"}
+)
 _OTHER_PREFIXES = ("OMNIQ_SECRET", "OMNIQ_TEST_", "OMNIQ_CI_", "OMNIQ_FAULT_", "OMNIQ_DEMO_",
                    "OMNIQ_AZURITE_", "OMNIQ_KEEP_")
 _warned: set[str] = set()

@@ -77,8 +77,9 @@ Call = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
 
 def dumps(obj: Any, *, blobs: BlobSink | None = None) -> bytes:
     """Serialize a value (a task result, say): msgpack when exact, else pickle or dill. With a
-    ``blobs`` sink, large values inside go there and the payload refers to them by digest."""
-    key = _signing.get_secret_keys()[0]
+    ``blobs`` sink, large values inside go there and the payload refers to them by digest.
+    Signed with the result-role key (see ``_signing``): a value never verifies as a call."""
+    key = _signing.value_keys()[0]
     if obj is None:
         payload = _NONE
     elif _exact_scalar(obj) and (blobs is None or not _large_scalar(obj)):
@@ -512,10 +513,10 @@ def loads(data: bytes, *, blobs: Fetch | None = None) -> Any:
     """Load a payload written by :func:`dumps` (read :func:`dumps_call` payloads with
     :func:`loads_call`). With a secret key configured the signature is checked first; nothing
     unsigned is opened. ``blobs`` fetches the large values it refers to, by digest."""
-    if data == _NONE and not _signing.get_secret_keys()[1]:
+    if data == _NONE and not _signing.value_keys()[1]:
         return None
     with fetching(blobs):
-        return _load(_unwrap(data))
+        return _load(_unwrap(data, value=True))
 
 
 def load_value(data: bytes) -> Any:
@@ -554,13 +555,18 @@ def _loads_call(data: bytes) -> Call:
     )
 
 
-def _unwrap(data: bytes) -> bytes:
-    """Check type, emptiness and signature; return the inner (unsigned) payload."""
+def _unwrap(data: bytes, value: bool = False) -> bytes:
+    """Check type, emptiness and signature; return the inner (unsigned) payload. ``value``:
+    the result-role keys are accepted too (``loads``); a call (``loads_call``) needs the key."""
     if type(data) is not bytes:
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise SerializationError(f"payload must be bytes, not {type(data).__name__}")
         data = bytes(data)
     accepted = _signing.get_secret_keys()[1]
+    if accepted and value:
+        accepted = _signing.value_keys()[1]
+    elif not accepted and data and _signing.child_result_key() is not None:
+        return _unwrap_in_child(data)
     if not data:
         error = SignatureError if accepted else SerializationError
         raise error("empty payload: nothing to load")
@@ -578,6 +584,29 @@ def _unwrap(data: bytes) -> bytes:
         )
     if data[0] == _S:
         raise SerializationError("corrupted payload: a signed payload nested in another")
+    return data
+
+
+def _unwrap_in_child(data: bytes) -> bytes:
+    """In a process worker's child (no key; its parent checks each task's signature and sends
+    the inner payload marked ``TAG_VERIFIED``, see ``_signing.for_child``): while that task
+    runs (``_signing.trusting``), its payloads open, signed ones nested in it (a chunk's
+    function) without a check the child has no key for; anything else is refused."""
+    tag = data[:1]
+    if tag == _signing.TAG_REFUSED:
+        raise SignatureError(data[1:].decode(errors="replace"))
+    if not _signing.trusted():
+        if tag == TAG_SIGNED:
+            raise SignatureError("a signed payload reached a worker's child unchecked; not loaded")
+        raise SignatureError(
+            f"payload is not signed but {_signing.SIGNING_ENV} is set; it was not loaded"
+        )
+    if tag == TAG_SIGNED:
+        if len(data) < 1 + _signing.MAC_SIZE + 1:
+            raise SignatureError("signed payload is truncated (shorter than its signature)")
+        data = data[1 + _signing.MAC_SIZE :]
+        if data[:1] == TAG_SIGNED:
+            raise SerializationError("corrupted payload: a signed payload nested in another")
     return data
 
 

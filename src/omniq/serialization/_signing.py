@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -134,3 +135,93 @@ def verify(data: bytes, accepted: tuple[bytes, ...]) -> bytes:
         f"signature does not match any accepted key ({len(accepted)} accepted: "
         f"{SIGNING_ENV} and {ACCEPTED_ENV}); the payload was not loaded"
     )
+
+
+# ------------------------------------------------------------------------------ roles
+#
+# Values (results, a chunk's outcomes: what ``dumps`` writes) are signed with a key derived for
+# that role, ``HMAC(key, b"omniq-result")``; calls (``dumps_call``: tasks, callbacks,
+# schedules) with the key itself. ``loads_call`` accepts only the key, so a signed result can
+# never run as a task. A process worker's children get only the derived key (in
+# ``CHILD_RESULT_ENV``, never the key): task code there can sign results, not tasks. Their
+# parent checks each task's signature and hands over the inner payload through its private pipe.
+
+CHILD_RESULT_ENV = "OMNIQ_CHILD_RESULT_KEY"
+RESULT_ROLE = b"omniq-result"
+#: first byte of what a parent sends its child for a task whose signature it refused
+TAG_REFUSED = b"!"
+#: first byte of what a parent sends its child for a task whose signature it checked
+TAG_VERIFIED = b"+"
+
+_read_child = _env_reader(CHILD_RESULT_ENV)
+_derived: dict[bytes, bytes] = {}
+
+
+def derive(key: bytes) -> bytes:
+    """The result-role key of ``key`` (cached)."""
+    got = _derived.get(key)
+    if got is None:
+        got = _derived[key] = hmac.digest(key, RESULT_ROLE, hashlib.sha256)
+    return got
+
+
+def child_result_key() -> bytes | None:
+    """In a process worker's child: the result-role key its parent gave it (None elsewhere)."""
+    raw = _read_child()
+    if not raw:
+        return None
+    try:
+        return bytes.fromhex(raw)
+    except ValueError:
+        raise ConfigError(f"{CHILD_RESULT_ENV} is not hex") from None
+
+
+def value_keys() -> Keys:
+    """``(signing key, accepted keys)`` for values: the derived keys (and, for values stored
+    before roles, the keys themselves)."""
+    signing, accepted = get_secret_keys()
+    if signing is None:
+        child = child_result_key()
+        return (child, ()) if child is not None else _NO_KEYS
+    return derive(signing), (*(derive(k) for k in accepted), *accepted)
+
+
+def for_child(data: bytes) -> bytes:
+    """What a parent sends its child for task payload ``data``: with keys set,
+    ``TAG_VERIFIED`` + the verified inner payload, or ``TAG_REFUSED`` + why; without keys,
+    ``data`` (which a child given a result key refuses: nothing opens there unchecked)."""
+    from ..errors import SignatureError
+
+    accepted = get_secret_keys()[1]
+    if not accepted:
+        return data
+    try:
+        if not data or data[:1] != b"S":
+            raise SignatureError(
+                f"payload is not signed but {SIGNING_ENV} is set; it was not loaded"
+            )
+        inner = verify(data, accepted)
+        if inner[:1] == b"S":
+            raise SignatureError("corrupted payload: a signed payload nested in another")
+        return TAG_VERIFIED + inner
+    except SignatureError as exc:
+        return TAG_REFUSED + str(exc).encode()
+
+
+_trust = threading.local()
+
+
+class trusting:
+    """While a child runs a task its parent verified (``TAG_VERIFIED``): its payload, and
+    signed payloads nested in it (a chunk's function), open without a check the child has no
+    key for; they came inside the bytes the parent checked."""
+
+    def __enter__(self) -> None:
+        _trust.depth = getattr(_trust, "depth", 0) + 1
+
+    def __exit__(self, *exc: object) -> None:
+        _trust.depth -= 1
+
+
+def trusted() -> bool:
+    return getattr(_trust, "depth", 0) > 0

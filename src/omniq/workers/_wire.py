@@ -41,6 +41,7 @@ import msgspec
 from ..errors import SerializationError
 from ..serialization import BlobSink, Fetch, dumps, fetching, loads_call, path_fetch
 from ..serialization._blobs import write_file
+from ..serialization._signing import TAG_VERIFIED, trusting
 
 if TYPE_CHECKING:
     import asyncio  # the parent's side only; children import it when a task is a coroutine
@@ -180,6 +181,9 @@ def run_call(
     the large values the payload refers to (while the task runs too: a chunk loads its function
     then); with ``blob_dir``, a large result's values are written there, named by digest.
     """
+    if payload[:1] == TAG_VERIFIED:  # checked by the parent (this child has no key)
+        with trusting():
+            return run_call(payload[1:], passthrough, in_loop, fetch=fetch, blob_dir=blob_dir)
     with fetching(fetch):
         try:
             fn, args, kwargs = loads_call(payload)

@@ -34,6 +34,7 @@ from typing import Any
 
 from ..logs import about, get_logger
 from ..models import ErrorInfo, Task, TaskStatus
+from ..serialization._signing import for_child
 from . import _wire
 from .base import Outcome, Runner, expired_outcome, stopped_outcome
 
@@ -57,17 +58,18 @@ def child_env() -> dict[str, str]:
     env["OMNIQ_CHILD_SYSPATH"] = json.dumps([p for p in paths if os.path.isdir(p)])
     env.setdefault("PYTHONUNBUFFERED", "1")
     env[_wire.PARENT_ENV] = str(os.getpid())
-    # keys set in this process with set_secret_keys() must reach the children too
+    # Least privilege: task code in a child must not read the key (it could sign tasks). The
+    # parent checks each task's signature and sends the inner payload (``for_child``); the child
+    # gets only the result-role key, which signs results and never verifies as a task.
     from ..serialization import ACCEPTED_ENV, SIGNING_ENV, get_secret_keys
+    from ..serialization._signing import CHILD_RESULT_ENV, derive
 
-    signing, accepted = get_secret_keys()
-    try:
-        if signing is not None:
-            env[SIGNING_ENV] = signing.decode()
-        if accepted:
-            env[ACCEPTED_ENV] = ",".join(k.decode() for k in accepted)
-    except UnicodeDecodeError:
-        log.warning("a secret key is not UTF-8 text; children read %s from the environment", SIGNING_ENV)
+    env.pop(SIGNING_ENV, None)
+    env.pop(ACCEPTED_ENV, None)
+    env.pop(CHILD_RESULT_ENV, None)
+    signing = get_secret_keys()[0]  # (keys set with set_secret_keys() count too)
+    if signing is not None:
+        env[CHILD_RESULT_ENV] = derive(signing).hex()
     return env
 
 
@@ -139,8 +141,9 @@ class _Child:
             self.heard = time.monotonic()
         self.pending.update((t.id, t) for t in batch)
         try:
-            self.send(["T", [[t.id, t.payload, t.timeout, t.expires_at] if paths is None
-                             else [t.id, t.payload, t.timeout, t.expires_at, paths]
+            # verified here: the child has no key (see child_env)
+            self.send(["T", [[t.id, for_child(t.payload), t.timeout, t.expires_at] if paths is None
+                             else [t.id, for_child(t.payload), t.timeout, t.expires_at, paths]
                              for t, paths in zip(batch, where)]])
         except (BrokenPipeError, ConnectionResetError, RuntimeError):
             pass  # the reader sees the death and deals with the batch
