@@ -46,7 +46,6 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING, RUNNING
 from typing import TYPE_CHECKING, Any
 
-from . import _chunks
 from ._futures import ResultFuture
 from .errors import ConfigError, SerializationError, TaskError
 from .models import TaskEvent, TaskResult, TaskStatus
@@ -147,12 +146,22 @@ class ExecutorFuture(ResultFuture[Any]):
     """A ``concurrent.futures.Future`` for one task of an executor; ``task_id`` names it.
     ``cancel()`` cancels the queued OmniQ task as well."""
 
-    __slots__ = ("_st", "task_id")
+    __slots__ = ("_checked", "_root", "_st", "task_id")
 
-    def __init__(self, state: _State, task_id: str) -> None:
+    def __init__(self, state: _State, task_id: str, root: str) -> None:
         super().__init__()
         self._st: _State | None = state
         self.task_id = task_id
+        self._root = root  # the task OmniQ runs (a chunk's, for an item of a chunked map)
+        self._checked = state.watching  # started events reach it (else: ask once, in running())
+
+    def running(self) -> bool:
+        """True while a worker runs (or holds) the task. Asked first, this starts following
+        OmniQ's ``started`` events for the executor, and looks the task up once."""
+        st = self._st
+        if self._state == PENDING and st is not None and not self._checked:
+            st.look_running(self)
+        return self._state == RUNNING
 
     def cancel(self) -> bool:
         state = self._state
@@ -269,11 +278,10 @@ class _State:
         self.pending: set[ExecutorFuture] = set()
         # task id (a chunk's id for the items of a chunked map) -> its future(s): for `started`
         self.watch: dict[str, Any] = {}
+        # started events are followed from the first running() on (they cost the loop ~20% of
+        # a submit's throughput, and only running() needs them)
+        self.watching = False
         self._unsubscribe: Callable[[], None] | None = None
-        try:
-            self._unsubscribe = self.core.on_event(self._on_event, ["started"])
-        except RuntimeError:  # not open: no running() state, everything else works
-            self._unsubscribe = None
 
     # --- handing tasks over --------------------------------------------------------------------
     def accept(self, tasks: Sequence[Task]) -> list[ResultFuture[TaskResult]]:
@@ -281,26 +289,46 @@ class _State:
             return self.sync._hand_over(tasks)
         return self.core._accept(tasks)
 
-    def follow(self, task_ids: Sequence[str], inner: Sequence[cf.Future[TaskResult]]) -> list[ExecutorFuture]:
-        """One executor future per task, settled from the task's ``TaskResult`` future."""
+    def follow(self, task_ids: Sequence[str], inner: Sequence[cf.Future[TaskResult]], *,
+               chunked: bool = False) -> list[ExecutorFuture]:
+        """One executor future per task (per item with ``chunked``: ids ``<chunk id>.<i>``),
+        settled from the task's ``TaskResult`` future."""
         out = []
         pending, watch = self.pending, self.watch
         for tid, f in zip(task_ids, inner):
-            uf = ExecutorFuture(self, tid)
-            pending.add(uf)
-            item = _chunks.split_item_id(tid)
-            if item is None:
-                watch[tid] = uf
+            if chunked:
+                root = tid.rpartition(".")[0]
+                uf = ExecutorFuture(self, tid, root)
+                watch.setdefault(root, []).append(uf)
             else:
-                watch.setdefault(item[0], []).append(uf)
+                uf = watch[tid] = ExecutorFuture(self, tid, tid)
+            pending.add(uf)
             out.append(uf)
             f.add_done_callback(uf._take)
         return out
 
     def forget(self, f: ExecutorFuture) -> None:
         self.pending.discard(f)
-        item = _chunks.split_item_id(f.task_id)
-        self.watch.pop(f.task_id if item is None else item[0], None)
+        self.watch.pop(f._root, None)
+
+    def look_running(self, f: ExecutorFuture) -> None:
+        """``running()`` asked about a future: follow started events from now on, and look its
+        task up once (it may have started before)."""
+        f._checked = True
+        core = self.core
+        if not self.watching:
+            with self.lock:
+                if not self.watching and core.is_open:
+                    try:
+                        self._unsubscribe = core.on_event(self._on_event, ["started"])
+                        self.watching = True
+                    except RuntimeError:  # closed meanwhile
+                        return
+        if threading.get_ident() == core._loop_thread or not core.is_open:
+            return
+        with contextlib.suppress(Exception):
+            if f._root in self._run(_held_by_workers, core, [f._root]):
+                f._mark_running()
 
     def _on_event(self, ev: TaskEvent) -> None:
         x = self.watch.get(ev.task_id)
@@ -317,10 +345,7 @@ class _State:
         cand = [f for f in futures if f._state == PENDING]
         if not cand:
             return set()
-        roots: dict[str, None] = {}
-        for f in cand:
-            item = _chunks.split_item_id(f.task_id)
-            roots[f.task_id if item is None else item[0]] = None
+        roots = dict.fromkeys(f._root for f in cand)
         core = self.core
         if not core.is_open:  # nothing can run it any more
             return {f for f in cand if _cancel_here(f)}
@@ -339,8 +364,7 @@ class _State:
             return {f for f in cand if _cancel_here(f)}
         out = set()
         for f in cand:
-            item = _chunks.split_item_id(f.task_id)
-            root = f.task_id if item is None else item[0]
+            root = f._root
             if root in cancelled:
                 if _cancel_here(f) or f.cancelled():
                     out.add(f)
@@ -391,6 +415,14 @@ class _State:
                 unsub()
         if self.owned and self.sync is not None:
             self.sync.close(drain=True)
+
+
+async def _held_by_workers(core: AsyncOmniQ, ids: list[str]) -> set[str]:
+    """Those of ``ids`` a worker holds (RUNNING in storage)."""
+    await core.flush()
+    resolved = {tid: core._resolve_id(tid) for tid in ids}
+    states = await core._queue.statuses(list(dict.fromkeys(resolved.values())))
+    return {t for t in ids if states.get(resolved[t]) is TaskStatus.RUNNING}
 
 
 async def _cancel_queued(core: AsyncOmniQ, ids: list[str], spare: int) -> tuple[set[str], set[str]]:
@@ -548,7 +580,11 @@ class Executor(cf.Executor):
         with st.lock:
             self._check_open()
             task = st.core._make_task(fn, args, kwargs, **st.task_options)
-            return st.follow([task.id], st.accept([task]))[0]
+            (inner,) = st.accept([task])
+            uf = st.watch[task.id] = ExecutorFuture(st, task.id, task.id)
+            st.pending.add(uf)
+        inner.add_done_callback(uf._take)
+        return uf
 
     def _submit_tasks(self, tasks: Sequence[Task], inner: list[Any] | None = None) -> list[ExecutorFuture]:
         """Futures for tasks built elsewhere (the joblib backend: keys, names); ``inner``
@@ -595,7 +631,7 @@ class Executor(cf.Executor):
                 else:
                     target, items = _Star(fn), calls
                 made = st.core._map(target, items, chunksize, st.task_options, st.accept)
-                fs = st.follow([h[0] for h in made], [h[2] for h in made])
+                fs = st.follow([h[0] for h in made], [h[2] for h in made], chunked=True)
         return _results(fs, end_time, st)
 
     # --- ending -------------------------------------------------------------------------------------
