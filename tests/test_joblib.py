@@ -178,6 +178,25 @@ def test_load_ext_registers_the_backend():
         register()
 
 
+def test_without_oq_the_kernels_instance_is_used(tmp_path):
+    ipython = pytest.importorskip("IPython")
+    from omniq import load_ipython_extension, unload_ipython_extension
+
+    ip = ipython.core.interactiveshell.InteractiveShell.instance()
+    url = f"sqlite:///{tmp_path}/kernel.db"
+    load_ipython_extension(ip)
+    try:
+        ip.run_line_magic("omniq", f"init --tasks {url} --worker process --concurrency 2")
+        kernel_oq = ip.magics_manager.registry["OmniQMagics"]._oq
+        since = time.time()
+        with parallel_config(backend="omniq"):
+            assert Parallel()(delayed(square)(i) for i in range(6)) == [i * i for i in range(6)]
+        assert results_of(kernel_oq, since)  # the tasks went to %omniq init's instance
+    finally:
+        unload_ipython_extension(ip)
+        register()
+
+
 def test_progress_outside_a_kernel_is_a_text_line(oq, capsys):
     with parallel_config(backend="omniq", oq=oq, progress=True):
         Parallel(n_jobs=2)(delayed(square)(i) for i in range(8))
