@@ -644,3 +644,20 @@ def test_a_child_key_signs_results_but_no_task(monkeypatch) -> None:
     assert _signing.for_child(forged)[:1] == _signing.TAG_REFUSED
     result = _signing.sign(dumps(7)[33:], child_key, b"S")
     assert loads(result) == 7
+
+
+# ------------------------------------------------------------------------------ 5. planted module
+
+
+def test_module_planted_in_the_working_directory_does_not_run_in_children(tmp_path, monkeypatch):
+    """The review's proof of concept: a ``dill.py`` where the worker started ran in every child
+    (``-m`` puts the working directory first on ``sys.path``); children start with ``-P``."""
+    from omniq import OmniQ
+
+    marker = tmp_path / "planted-ran"
+    (tmp_path / "dill.py").write_text(f"open({str(marker)!r}, 'w').close()\nraise ImportError\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OMNIQ_SECRET_KEY", KEY)
+    with OmniQ(tasks=f"sqlite:///{tmp_path}/q.db", worker="process", concurrency=1) as oq:
+        assert oq.submit(abs, -2).result(60) == 2
+    assert not marker.exists()
