@@ -36,19 +36,25 @@ import builtins
 import concurrent.futures as cf
 import contextlib
 import inspect
+import io
 import os
+import pickle
 import re
 import sys
 import threading
 import time
+import types
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING, RUNNING
 from typing import TYPE_CHECKING, Any
 
+from . import _chunks
 from ._futures import ResultFuture
 from .errors import ConfigError, SerializationError, TaskError
 from .models import TaskEvent, TaskResult, TaskStatus
+from .serialization._blobs import THRESHOLD as BLOB_THRESHOLD
+from .serialization._blobs import _nbytes
 
 if TYPE_CHECKING:
     from .core import AsyncOmniQ, OmniQ
@@ -146,13 +152,12 @@ class ExecutorFuture(ResultFuture[Any]):
     """A ``concurrent.futures.Future`` for one task of an executor; ``task_id`` names it.
     ``cancel()`` cancels the queued OmniQ task as well."""
 
-    __slots__ = ("_checked", "_root", "_st", "task_id")
+    __slots__ = ("_checked", "_st", "task_id")
 
-    def __init__(self, state: _State, task_id: str, root: str) -> None:
+    def __init__(self, state: _State, task_id: str) -> None:
         super().__init__()
         self._st: _State | None = state
         self.task_id = task_id
-        self._root = root  # the task OmniQ runs (a chunk's, for an item of a chunked map)
         self._checked = state.watching  # started events reach it (else: ask once, in running())
 
     def running(self) -> bool:
@@ -276,8 +281,8 @@ class _State:
         self.lock = threading.Lock()
         self.closed = False
         self.pending: set[ExecutorFuture] = set()
-        # task id (a chunk's id for the items of a chunked map) -> its future(s): for `started`
-        self.watch: dict[str, Any] = {}
+        # task id -> its future: for `started` events
+        self.watch: dict[str, ExecutorFuture] = {}
         # started events are followed from the first running() on (they cost the loop ~20% of
         # a submit's throughput, and only running() needs them)
         self.watching = False
@@ -289,19 +294,12 @@ class _State:
             return self.sync._hand_over(tasks)
         return self.core._accept(tasks)
 
-    def follow(self, task_ids: Sequence[str], inner: Sequence[cf.Future[TaskResult]], *,
-               chunked: bool = False) -> list[ExecutorFuture]:
-        """One executor future per task (per item with ``chunked``: ids ``<chunk id>.<i>``),
-        settled from the task's ``TaskResult`` future."""
+    def follow(self, task_ids: Sequence[str], inner: Sequence[cf.Future[TaskResult]]) -> list[ExecutorFuture]:
+        """One executor future per task, settled from the task's ``TaskResult`` future."""
         out = []
         pending, watch = self.pending, self.watch
         for tid, f in zip(task_ids, inner):
-            if chunked:
-                root = tid.rpartition(".")[0]
-                uf = ExecutorFuture(self, tid, root)
-                watch.setdefault(root, []).append(uf)
-            else:
-                uf = watch[tid] = ExecutorFuture(self, tid, tid)
+            uf = watch[tid] = ExecutorFuture(self, tid)
             pending.add(uf)
             out.append(uf)
             f.add_done_callback(uf._take)
@@ -309,7 +307,7 @@ class _State:
 
     def forget(self, f: ExecutorFuture) -> None:
         self.pending.discard(f)
-        self.watch.pop(f._root, None)
+        self.watch.pop(f.task_id, None)
 
     def look_running(self, f: ExecutorFuture) -> None:
         """``running()`` asked about a future: follow started events from now on, and look its
@@ -327,14 +325,12 @@ class _State:
         if threading.get_ident() == core._loop_thread or not core.is_open:
             return
         with contextlib.suppress(Exception):
-            if f._root in self._run(_held_by_workers, core, [f._root]):
+            if f.task_id in self._run(_held_by_workers, core, [f.task_id]):
                 f._mark_running()
 
     def _on_event(self, ev: TaskEvent) -> None:
-        x = self.watch.get(ev.task_id)
-        if x is None:
-            return
-        for f in x if isinstance(x, list) else (x,):
+        f = self.watch.get(ev.task_id)
+        if f is not None:
             f._mark_running()
 
     # --- cancelling -----------------------------------------------------------------------------
@@ -345,7 +341,7 @@ class _State:
         cand = [f for f in futures if f._state == PENDING]
         if not cand:
             return set()
-        roots = dict.fromkeys(f._root for f in cand)
+        roots = dict.fromkeys(f.task_id for f in cand)
         core = self.core
         if not core.is_open:  # nothing can run it any more
             return {f for f in cand if _cancel_here(f)}
@@ -364,7 +360,7 @@ class _State:
             return {f for f in cand if _cancel_here(f)}
         out = set()
         for f in cand:
-            root = f._root
+            root = f.task_id
             if root in cancelled:
                 if _cancel_here(f) or f.cancelled():
                     out.add(f)
@@ -446,18 +442,6 @@ async def _cancel_queued(core: AsyncOmniQ, ids: list[str], spare: int) -> tuple[
 # --------------------------------------------------------------------------------------------
 # the executor
 # --------------------------------------------------------------------------------------------
-class _Star:
-    """``fn(*args)`` for the items of a chunked ``map`` over several iterables."""
-
-    def __init__(self, fn: Callable[..., Any]) -> None:
-        self.fn = fn
-        self.__module__ = getattr(fn, "__module__", None) or __name__
-        self.__qualname__ = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or "fn"
-
-    def __call__(self, args: Sequence[Any]) -> Any:
-        return self.fn(*args)
-
-
 _global_shutdown = False
 _LIVE: weakref.WeakSet[_State] = weakref.WeakSet()
 
@@ -581,7 +565,7 @@ class Executor(cf.Executor):
             self._check_open()
             task = st.core._make_task(fn, args, kwargs, **st.task_options)
             (inner,) = st.accept([task])
-            uf = st.watch[task.id] = ExecutorFuture(st, task.id, task.id)
+            uf = st.watch[task.id] = ExecutorFuture(st, task.id)
             st.pending.add(uf)
         inner.add_done_callback(uf._take)
         return uf
@@ -625,14 +609,40 @@ class Executor(cf.Executor):
             if chunksize == 1:
                 tasks = st.core.build_tasks(fn, [(args, {}) for args in calls], **st.task_options)
                 fs = st.follow([t.id for t in tasks], st.accept(tasks))
-            else:
-                if len(iterables) == 1:
-                    target, items = fn, [args[0] for args in calls]
-                else:
-                    target, items = _Star(fn), calls
-                made = st.core._map(target, items, chunksize, st.task_options, st.accept)
-                fs = st.follow([h[0] for h in made], [h[2] for h in made], chunked=True)
+            else:  # as ProcessPoolExecutor.map: one task and one future per chunk
+                return _chained(_results(self._map_chunks(fn, calls, chunksize), end_time, st))
         return _results(fs, end_time, st)
+
+    def _map_chunks(self, fn: Callable[..., Any], calls: list[tuple[Any, ...]], chunksize: int | str) -> list[ExecutorFuture]:
+        """One task per ``chunksize`` calls, each returning its calls' values as one list
+        (one result to store and decode, as ``ProcessPoolExecutor``'s chunks); ``fn`` is
+        serialized once for all of them. Under ``st.lock``."""
+        import msgspec
+
+        from .core import _callable_name
+        from .serialization import dumps_call
+
+        st = self._st
+        core = st.core
+        size = _chunks.chunk_length(chunksize, len(calls), core.config.concurrency or os.cpu_count() or 1)
+        opts = dict(st.task_options)
+        timeout = opts.pop("timeout", None)
+        sink = core._blob_sink()
+        fn_payload = dumps_call(fn, blobs=sink)
+        fn_blobs = core._hold_blobs(sink)
+        chunks = [calls[i : i + size] for i in range(0, len(calls), size)]
+        args: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+        for c in chunks:
+            packed = pack(c)
+            args.append(((fn_payload, c), {}) if packed is None else ((fn_payload, *packed), {}))
+        tasks = core.build_tasks(_run_calls, args, **opts)
+        name = _callable_name(fn)
+        tasks = [
+            msgspec.structs.replace(t, name=name, timeout=float(timeout) * len(c) if timeout else None,
+                                    blobs=tuple(dict.fromkeys(t.blobs + fn_blobs)) if fn_blobs else t.blobs)
+            for t, c in zip(tasks, chunks)
+        ]
+        return st.follow([t.id for t in tasks], st.accept(tasks))
 
     # --- ending -------------------------------------------------------------------------------------
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -690,6 +700,85 @@ def _results(fs: list[ExecutorFuture], end_time: float | None, st: _State) -> It
         if fs:
             with contextlib.suppress(Exception):
                 st.cancel(fs)
+
+
+# --------------------------------------------------------------------------------------------
+# many calls as one argument: the C pickler, with OmniQ's serializer where it must decide
+# --------------------------------------------------------------------------------------------
+def pack(obj: Any) -> tuple[bytes, tuple[Any, ...]] | None:
+    """``(bytes, refs)`` for ``obj`` pickled by the C pickler (tens of times faster than going
+    through dill, which OmniQ's serializer does for anything not plain data), leaving in
+    ``refs`` what OmniQ's serializer must handle itself: functions and classes defined in
+    ``__main__`` or locally (shipped by value) and large numpy / pandas data (blobs, stored once
+    however many calls share them). None when the C pickler cannot take ``obj``."""
+    buf = io.BytesIO()
+    p = _RefPickler(buf)
+    try:
+        p.dump(obj)
+    except Exception:
+        return None
+    return buf.getvalue(), tuple(p.refs)
+
+
+def unpack(data: bytes, refs: Sequence[Any]) -> Any:
+    """``pack``'s inverse (in the worker)."""
+    return _RefUnpickler(io.BytesIO(data), refs).load()
+
+
+def _ref(index: int) -> Any:  # pragma: no cover - resolved by _RefUnpickler.find_class
+    raise RuntimeError("a packed value was unpickled without its refs (use omniq.executor.unpack)")
+
+
+class _RefPickler(pickle.Pickler):
+    def __init__(self, file: Any) -> None:
+        super().__init__(file, protocol=5)
+        self.refs: list[Any] = []
+        self._index: dict[int, int] = {}
+
+    def reducer_override(self, obj: Any) -> Any:
+        # not called for plain ints, strs, lists, dicts, ... (the C pickler's fast paths)
+        t = type(obj)
+        if t is types.FunctionType or isinstance(obj, type):
+            mod = getattr(obj, "__module__", None)
+            if not (mod is None or mod == "__main__" or "<" in getattr(obj, "__qualname__", "<")):
+                return NotImplemented
+        elif not (t.__module__.startswith(("numpy", "pandas")) and _nbytes(obj) >= BLOB_THRESHOLD):
+            return NotImplemented
+        i = self._index.get(id(obj))
+        if i is None:
+            i = self._index[id(obj)] = len(self.refs)
+            self.refs.append(obj)
+        return _ref, (i,)
+
+
+class _RefUnpickler(pickle.Unpickler):
+    def __init__(self, file: Any, refs: Sequence[Any]) -> None:
+        super().__init__(file)
+        self._refs = refs
+
+    def find_class(self, module: str, name: str) -> Any:
+        if name == "_ref" and module == __name__:
+            return self._refs.__getitem__
+        return super().find_class(module, name)
+
+
+def _chained(lists: Iterator[list[Any]]) -> Iterator[Any]:
+    """The values of a chunked ``map``, in order; each chunk's list is emptied as it is read
+    (no reference kept to a value already yielded)."""
+    for values in lists:
+        values.reverse()
+        while values:
+            yield values.pop()
+
+
+def _run_calls(fn_payload: bytes, calls: Any, refs: Sequence[Any] | None = None) -> list[Any]:
+    """A chunk of ``Executor.map`` in the worker: ``fn(*args)`` for each ``args``, in order
+    (the first exception fails the chunk, as in ``ProcessPoolExecutor.map``). ``calls`` is
+    ``pack``ed when ``refs`` is given."""
+    fn = _chunks._load(fn_payload)
+    if refs is not None:
+        calls = unpack(calls, refs)
+    return [fn(*args) for args in calls]
 
 
 def _result_or_cancel(fut: cf.Future[Any], timeout: float | None = None) -> Any:
