@@ -186,11 +186,11 @@ class ExecutorFuture(ResultFuture[Any]):
             st.forget(self)
         if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED):
             return
-        exc = inner.exception()
+        exc = inner._exception  # (done: read without the condition)
         if exc is not None:  # the task could not be stored
             _set(self, exc, failed=True)
             return
-        r = inner.result()
+        r: TaskResult = inner._result  # type: ignore[assignment]
         if r.status is TaskStatus.SUCCEEDED:
             try:
                 value = r.value
