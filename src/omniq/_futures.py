@@ -208,7 +208,7 @@ def _promote_young() -> None:
     along from any thread is not kept for ever."""
     global _promoted
     young = gc.get_count()[0]
-    if young < 1000 or gc.get_freeze_count() or not _GIL:  # small, an app's freeze, free-threaded
+    if young < 1000 or gc.get_freeze_count() > _FROZEN_BY_PYTHON or not _GIL:  # small, an app's freeze, free-threaded
         return
     gc.freeze()
     gc.unfreeze()
@@ -221,6 +221,9 @@ def _promote_young() -> None:
 _promoted = 0
 PROMOTED_LIMIT = 10_000_000
 _GIL = getattr(sys, "_is_gil_enabled", lambda: True)()  # freeze() means more without a GIL
+# CPython 3.12 starts with a few hundred of its own (deep-frozen) tuples in the permanent
+# generation: not an app's freeze to keep (they go to the oldest generation, as ours do)
+_FROZEN_BY_PYTHON = gc.get_freeze_count() if sys.version_info[:2] == (3, 12) else 0
 
 # bulk() is entered from several threads at once (a sweep's follower, the kernel): the
 # outermost one across all threads restores the collector to what it found
