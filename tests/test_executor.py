@@ -487,8 +487,11 @@ else:
     _Mixin = type("OmniQExecutorMixin", (_util.ExecutorMixin,), {"executor_type": _SuiteExecutor})
     _Base = _util.BaseTestCase
 
+    # where sleep_and_print lives: the module, or (3.12+) the package's test_shutdown
+    _SLEEPER = f"{CPYTHON_MODULE}.test_shutdown" if _SUITE is not None and _SUITE.is_dir() else CPYTHON_MODULE
+
     def _script(body: str, db: str) -> str:
-        return textwrap.dedent(body).format(module=CPYTHON_MODULE, db=db)
+        return textwrap.dedent(body).format(module=_SLEEPER, db=db)
 
     @pytest.mark.slow
     class TestCPythonExecutor(_Mixin, _ExecutorTest, _Base):  # type: ignore[misc,valid-type]
