@@ -17,12 +17,19 @@ Futures are real ``concurrent.futures.Future`` objects (the package's cheap
   ``TaskError`` itself (``TaskExpired``, ``WorkerDied``, a timeout, ...);
 * cancelled: the future is cancelled.
 
-A future turns ``running()`` when OmniQ reports its task ``started`` (an event, so with a few
-milliseconds' lag). ``cancel()`` cancels the OmniQ task too when it is still queued; a task
-that a worker already holds is left to run and ``cancel()`` returns False, as the standard
-library's executors do. ``shutdown(cancel_futures=True)`` cancels the queued tasks except those
-the executor's idle worker slots take next, as ``ProcessPoolExecutor`` hands up to
-``max_workers + 1`` calls to its processes at once.
+``running()`` is True once a worker holds the task: the first call looks the task up in
+storage and starts following OmniQ's ``started`` events for the executor (a few milliseconds'
+lag). ``cancel()`` cancels the OmniQ task too when it is still queued; a task that a worker
+already holds is left to run and ``cancel()`` returns False, as the standard library's
+executors do. ``shutdown(cancel_futures=True)`` cancels the queued tasks except those the
+executor's idle worker slots take next, as ``ProcessPoolExecutor`` hands up to
+``max_workers + 1`` calls to its processes at once. At interpreter exit an executor that was
+not shut down finishes its calls first, as the standard library's do.
+
+``map`` submits every call at once (one batch). With ``chunksize`` > 1 (or ``"auto"``) it works
+as ``ProcessPoolExecutor.map``: one task and one future per chunk, whose value is the list of
+its calls' values; the chunk's calls travel pickled by the C pickler (``pack``), the function
+once for all chunks.
 
 A future keeps its value or exception only; the function and arguments live in the stored
 task, and results are not cached anywhere else in this process.
