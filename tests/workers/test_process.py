@@ -340,3 +340,27 @@ def test_a_module_planted_where_the_worker_starts_is_not_imported_by_its_childre
             w.terminate()
             w.wait(60)
     assert not marker.exists()
+
+
+def test_a_finished_task_is_reported_while_a_slow_one_runs_after_it_in_the_same_child(tmp_path):
+    """A child held a quick task's result back until the slow task it took next had finished."""
+    with OmniQ(tasks=f"sqlite:///{tmp_path}/held.db", worker="process", concurrency=1) as oq:
+        quick, slow = oq.map(helpers.sleep_return, [0.0, 3.0])  # one batch: both go to the child
+        t0 = time.monotonic()
+        assert quick.result(30) == 0.0
+        assert time.monotonic() - t0 < 1.5
+        assert slow.result(30) == 3.0
+
+
+def test_closing_without_draining_while_tasks_run_logs_no_protocol_error(tmp_path, caplog):
+    import logging
+
+    url = f"sqlite:///{tmp_path}/nodrain.db"
+    caplog.set_level(logging.WARNING, logger="omniq")
+    oq = OmniQ(tasks=url, worker="process", concurrency=2)
+    hs = [oq.submit(helpers.sleep_return, 0.15, i) for i in range(4)]
+    time.sleep(0.1)  # running now
+    oq.close(drain=False)
+    assert not [r for r in caplog.records if "protocol error" in r.getMessage()]
+    with OmniQ(tasks=url, worker="process", concurrency=2) as again:
+        assert [again.get_result(h.id, wait=True, timeout=60).value for h in hs] == [0, 1, 2, 3]

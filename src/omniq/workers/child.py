@@ -87,7 +87,10 @@ def main() -> None:
                     inbox.todo.extend(msg[1])
                     inbox.cond.notify()
             elif kind == "U":
-                send(["B", inbox.give_back(msg[1])])
+                try:
+                    send(["B", inbox.give_back(msg[1])])
+                except OSError:  # the parent is gone: the next read says so
+                    pass
             elif kind == "Q":
                 with inbox.cond:
                     inbox.quit = True
@@ -96,9 +99,9 @@ def main() -> None:
 
     send(["H", os.getpid()])
     threading.Thread(target=read, name="omniq-child-reader", daemon=True).start()
+    outbox = _Outbox(send)
+    threading.Thread(target=outbox.run, name="omniq-child-flusher", daemon=True).start()
     blob_dir = os.environ.get(BLOB_DIR_ENV) or None
-    last = time.monotonic()
-    out: list[list[Any]] = []
     while True:
         item = inbox.take()
         if item is None:
@@ -106,27 +109,66 @@ def main() -> None:
         tid, payload, timeout, expires_at = item[:4]
         if expires_at is not None and time.time() >= expires_at:  # waited here past its ttl
             now = time.time()
-            out.append([tid, EXPIRED, None, now, now])
+            outbox.add([tid, EXPIRED, None, now, now])
         else:
-            mono = time.monotonic()
             # announce a task when all before it are reported (so a task that kills this
             # process was seen to start), when it has a timeout (the parent times it), and
             # at least every FLUSH_AFTER while busy (live progress)
-            if not out or timeout is not None or mono - last > FLUSH_AFTER:
-                if out:
-                    send(["R", out])
-                    out = []
+            if outbox.empty() or timeout is not None or outbox.stale():
+                outbox.flush()
                 send(["S", tid, time.time()])
-                last = mono
+                outbox.announced()
             started = time.time()
             code, data, blobs = run_call(payload, fetch=task_fetch(item), blob_dir=blob_dir)
-            out.append(row(tid, code, data, started, time.time(), blobs))
-        if out and (not inbox.todo or time.monotonic() - last > FLUSH_AFTER):
-            send(["R", out])
-            out = []
-            last = time.monotonic()
-    if out:
-        send(["R", out])
+            outbox.add(row(tid, code, data, started, time.time(), blobs))
+        if not inbox.todo:
+            outbox.flush()
+    outbox.flush()
+
+
+class _Outbox:
+    """Result rows not yet sent. Quick tasks' rows go out in batches (a pipe write per no-op
+    would cost more than the no-op); a flusher thread sends any row older than FLUSH_AFTER, so a
+    finished task is never held back by a slow one started after it."""
+
+    def __init__(self, send: Any) -> None:
+        self._send = send
+        self._rows: list[list[Any]] = []
+        self._since: float | None = None  # when the oldest unsent row was added
+        self._last = time.monotonic()  # the last frame about progress (a start or results)
+        self._lock = threading.Lock()
+
+    def add(self, r: list[Any]) -> None:
+        with self._lock:
+            if not self._rows:
+                self._since = time.monotonic()
+            self._rows.append(r)
+
+    def empty(self) -> bool:
+        return not self._rows
+
+    def stale(self) -> bool:
+        return time.monotonic() - self._last > FLUSH_AFTER
+
+    def announced(self) -> None:
+        self._last = time.monotonic()
+
+    def flush(self) -> None:
+        with self._lock:  # rows leave in the order they came, whoever sends them
+            rows, self._rows, self._since = self._rows, [], None
+            if rows:
+                self._send(["R", rows])
+                self._last = time.monotonic()
+
+    def run(self) -> None:
+        try:
+            while True:
+                time.sleep(FLUSH_AFTER / 2)
+                since = self._since
+                if since is not None and time.monotonic() - since >= FLUSH_AFTER:
+                    self.flush()
+        except OSError:  # the parent closed our pipe (shutting down, or gone)
+            return
 
 
 if __name__ == "__main__":

@@ -562,6 +562,8 @@ class ProcessRunner(ChildRunner):
         outs: list[Outcome] = []
         for r in rows:
             tid, code, data, started, finished = r[:5]
+            if self._stopping and tid not in c.pending:
+                continue  # a stop without draining gave this task back already: it runs again
             first = next(iter(c.pending), None)
             if first != tid:  # cannot happen unless the protocol broke
                 raise RuntimeError(f"child {c.pid} answered {tid!r}, expected {first!r}")
