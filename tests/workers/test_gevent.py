@@ -235,6 +235,9 @@ def test_child_protocol_cancel_before_start_and_out_of_order_results():
         assert p.wait(10) == 0
     finally:
         p.kill()
+        p.wait(10)
+        p.stdin.close()
+        p.stdout.close()
 
 
 @needs_gevent
