@@ -61,7 +61,7 @@ from ._futures import ResultFuture
 from .errors import ConfigError, SerializationError, TaskError
 from .models import TaskEvent, TaskResult, TaskStatus
 from .serialization._blobs import THRESHOLD as BLOB_THRESHOLD
-from .serialization._blobs import _nbytes
+from .serialization._blobs import data_nbytes
 
 if TYPE_CHECKING:
     from .core import AsyncOmniQ, OmniQ
@@ -749,7 +749,7 @@ class _RefPickler(pickle.Pickler):
             mod = getattr(obj, "__module__", None)
             if not (mod is None or mod == "__main__" or "<" in getattr(obj, "__qualname__", "<")):
                 return NotImplemented
-        elif not (t.__module__.startswith(("numpy", "pandas")) and _nbytes(obj) >= BLOB_THRESHOLD):
+        elif not (t.__module__.startswith(("numpy", "pandas")) and data_nbytes(obj) >= BLOB_THRESHOLD):
             return NotImplemented
         i = self._index.get(id(obj))
         if i is None:

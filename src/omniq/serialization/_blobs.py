@@ -45,6 +45,16 @@ Fetch = Callable[[str], Any]  # digest -> a bytes-like object (bytes, mmap, memo
 _fetch: contextvars.ContextVar[Fetch | None] = contextvars.ContextVar("omniq_blob_fetch", default=None)
 
 
+# the tagged value format (``_codec.dump_value`` / ``load_value``) that big containers kept apart
+# are written in; ``_codec`` hands it over when it loads, so this module does not import it
+_value_codec: tuple[Callable[[Any], bytes], Callable[[bytes], Any]] | None = None
+
+
+def use_value_codec(dump: Callable[[Any], bytes], load: Callable[[bytes], Any]) -> None:
+    global _value_codec
+    _value_codec = (dump, load)
+
+
 def digest(data: Any) -> str:
     """The blob key of ``data`` (anything with the buffer protocol): lowercase hex SHA-256."""
     return hashlib.sha256(data).hexdigest()
@@ -91,7 +101,7 @@ class BlobSink:
 _PLAIN_TYPES = frozenset({int, float, bool, type(None), complex, tuple, list, dict, set, frozenset, type})
 
 
-def _nbytes(obj: Any) -> int:
+def data_nbytes(obj: Any) -> int:
     """How many bytes of data a numpy / pandas object holds (0 when unknown or not data)."""
     n = getattr(obj, "nbytes", None)
     if isinstance(n, int):
@@ -126,7 +136,7 @@ class _Refs:
                 return ("s", self.sink.add(obj.encode("utf-8", "surrogatepass")))
             return None
         module = getattr(t, "__module__", "") or ""
-        if module.startswith(("numpy", "pandas")) and _nbytes(obj) >= THRESHOLD and not holds_objects(obj):
+        if module.startswith(("numpy", "pandas")) and data_nbytes(obj) >= THRESHOLD and not holds_objects(obj):
             return self._out_of_band(obj)
         return None
 
@@ -150,9 +160,9 @@ class _Refs:
 
     def _apart(self, obj: Any) -> Any:
         """A big container pickled on its own: a blob when it comes out large."""
-        from ._codec import dump_value  # the tagged value format, so it loads like any result
-
-        data = dump_value(obj)
+        if _value_codec is None:
+            return None
+        data = _value_codec[0](obj)  # the tagged value format, so it loads like any result
         if len(data) < THRESHOLD:
             return None
         return ("o", self.sink.add(data))
@@ -216,10 +226,8 @@ def _resolve(pid: Any) -> Any:
             return bytearray(data) if pid[2] else bytes(data)
         if kind == "s":
             return bytes(fetch(pid[1])).decode("utf-8", "surrogatepass")
-        if kind == "o":
-            from ._codec import load_value
-
-            return load_value(bytes(fetch(pid[1])))
+        if kind == "o" and _value_codec is not None:
+            return _value_codec[1](bytes(fetch(pid[1])))
     except SerializationError:
         raise
     except KeyError as exc:

@@ -39,7 +39,15 @@ import msgspec
 
 from ..errors import SerializationError, SignatureError
 from . import _signing, _sources
-from ._blobs import THRESHOLD, BlobSink, Fetch, fetching, pickle_refs, unpickle_refs
+from ._blobs import (
+    THRESHOLD,
+    BlobSink,
+    Fetch,
+    fetching,
+    pickle_refs,
+    unpickle_refs,
+    use_value_codec,
+)
 from ._classify import DILL, EXACT, EXACT_SCALARS, INT_MAX, INT_MIN, PICKLE, classify, classify_call
 from ._diagnose import describe_failure, probe
 from ._functions import Shell, load_shell, shell_for
@@ -680,3 +688,6 @@ def _load_error(tag: int, data: bytes, exc: Exception) -> SerializationError:
     return SerializationError(
         f"cannot load {fmt} payload ({len(data)} bytes): {hint} ({type(exc).__name__}: {exc})"
     )
+
+
+use_value_codec(dump_value, load_value)
