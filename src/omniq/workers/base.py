@@ -273,7 +273,10 @@ class Worker:
                         await self.blobs.ensure(self.queue, [d for t in tasks for d in t.blobs])
                     except Exception as exc:  # storage unreachable: give the tasks back, try again
                         outage.failed(exc)
-                        await self.queue.release(self.id, [t.id for t in tasks])
+                        try:
+                            await self.queue.release(self.id, [t.id for t in tasks])
+                        except Exception:  # their leases lapse instead: delivered again then
+                            log.debug("could not give back %d tasks", len(tasks), exc_info=True)
                         await anyio.sleep(min(backoff, 2.0))
                         continue
                 self.runner.dispatch(tasks)
