@@ -224,8 +224,10 @@ def test_unreferenced_blobs_are_swept_once_their_tasks_and_results_are_gone(tmp_
     assert blob_rows(db) == []
 
 
-def test_the_blob_cache_checks_digests_and_stays_within_its_limit(tmp_path):
+def test_the_blob_cache_checks_digests_and_stays_within_its_limit(tmp_path, monkeypatch):
     import anyio
+
+    import omniq.blobcache
 
     from omniq.serialization._blobs import digest
     from omniq.storage.memory import MemoryBackend
@@ -240,6 +242,9 @@ def test_the_blob_cache_checks_digests_and_stays_within_its_limit(tmp_path):
         os.makedirs(cache.root)
         paths = await cache.ensure(store, ds[:2])
         assert [Path(paths[d]).read_bytes() for d in ds[:2]] == blobs[:2]
+        await cache.ensure(store, ds[2:])
+        assert len(os.listdir(cache.root)) == 4  # over the limit, but all used just now: kept
+        monkeypatch.setattr(omniq.blobcache, "HOLD", 0.0)
         await cache.ensure(store, ds[2:])
         assert len(os.listdir(cache.root)) == 2  # the two used longest ago went
         bad = digest(b"other")

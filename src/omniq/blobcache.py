@@ -19,6 +19,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -40,6 +41,7 @@ def _default_limit() -> int:
 
 
 DEFAULT_LIMIT = _default_limit()
+HOLD = 600.0  # seconds a file stays after its last use, whatever the limit
 _SHM = "/dev/shm"
 
 
@@ -77,6 +79,7 @@ class BlobCache:
         self._root = root
         self.limit = limit
         self._files: OrderedDict[str, int] = OrderedDict()  # digest -> size, least recent first
+        self._used: dict[str, float] = {}  # digest -> when last asked for
         self._size = 0
         self._lock = threading.Lock()
         self._direct: dict[str, str] = {}  # digest -> a file of the storage itself (file://)
@@ -93,6 +96,7 @@ class BlobCache:
         return os.path.join(self.root, d)
 
     def _touch(self, d: str, size: int | None = None) -> None:
+        self._used[d] = time.monotonic()
         with self._lock:
             if d in self._files:
                 self._files.move_to_end(d)
@@ -101,14 +105,18 @@ class BlobCache:
                 self._size += size
 
     def _evict(self, keep: set[str]) -> None:
+        """Drop the files used longest ago while over the limit, but none used in the last
+        ``HOLD`` seconds: tasks fetched for then may still be waiting for a slot."""
+        recent = time.monotonic() - HOLD
         with self._lock:
             gone: list[str] = []
             for d in list(self._files):
                 if self._size <= self.limit:
                     break
-                if d in keep:
+                if d in keep or self._used.get(d, 0.0) > recent:
                     continue
                 self._size -= self._files.pop(d)
+                self._used.pop(d, None)
                 gone.append(d)
         for d in gone:
             with contextlib.suppress(OSError):
@@ -152,7 +160,7 @@ class BlobCache:
                 write_file(self.path(d), [data])
                 self._touch(d, len(data))
                 out[d] = self.path(d)
-            self._evict(set(out))
+        self._evict(set(out))
         return out
 
     def fetch(self, paths: Mapping[str, str]) -> Fetch:
@@ -170,6 +178,7 @@ class BlobCache:
                 continue
             write_file(self.path(d), [data])
             self._touch(d, len(data))
+        self._evict(set(blobs))
 
     def keep(self, sink: BlobSink) -> tuple[str, ...]:
         """Write what ``sink`` collected (a result's large values) into the cache; returns its
@@ -181,6 +190,7 @@ class BlobCache:
                 continue
             write_file(self.path(d), [data])
             self._touch(d, len(data))
+        self._evict(set(sink.data))
         return sink.digests()
 
     def adopt(self, digests: Sequence[str]) -> None:
@@ -189,6 +199,7 @@ class BlobCache:
             if d not in self._files:
                 with contextlib.suppress(OSError):
                     self._touch(d, os.path.getsize(self.path(d)))
+        self._evict(set(digests))
 
     def read(self, digests: Sequence[str]) -> dict[str, Any]:
         """The cached blobs, mapped (for storing a result's blobs without copying them)."""

@@ -621,6 +621,8 @@ class AsyncOmniQ:
         for r in results:
             if r is not None and r.blobs and "_fetch" not in r.__dict__:
                 paths = await self.blobs.ensure(self._results, r.blobs)
+                # mapped when read (a mapping holds a file descriptor: not one per result now);
+                # the cache keeps files used in the last ten minutes whatever its size
                 r.__dict__["_fetch"] = path_fetch(paths)
 
     def _accept(self, tasks: Sequence[Task]) -> list[ResultFuture[TaskResult]]:

@@ -32,10 +32,19 @@ _MISSING = object()
 
 
 def _fixed(v: Any, depth: int = 0) -> bool:
-    """True for values that cannot change without being rebound: baked into a shell."""
+    """True for values that cannot change without being rebound: baked into a shell. A class
+    or a function travelling by value (defined in ``__main__``) is not: its attributes,
+    defaults or closure can change in place, so a function reaching one is not cached."""
     t = type(v)
-    if t in _IMMUTABLE_SCALARS or isinstance(v, _CODE_TYPES):
+    if t in _IMMUTABLE_SCALARS:
         return True
+    if isinstance(v, _CODE_TYPES):
+        if getattr(v, "__module__", None) != "__main__":
+            return True
+        if not isinstance(v, types.FunctionType):
+            return False
+        return (v.__closure__ is None and all(_fixed(d, depth + 1) for d in (v.__defaults__ or ()))
+                and not v.__kwdefaults__ and not v.__dict__)
     if (t is tuple or t is frozenset) and depth < 3 and len(v) <= 64:
         return all(_fixed(x, depth + 1) for x in v)
     return False

@@ -299,9 +299,17 @@ class ChildRunner(Runner):
         """Handle an "R" frame."""
 
     def _given_back(self, c: _Child, ids: list[str]) -> None:
-        """Handle a "B" frame: tasks a child gave back unstarted run elsewhere, first."""
+        """Handle a "B" frame: tasks a child gave back unstarted run elsewhere, first (but one
+        a cancel or timeout was aimed at meanwhile ends as asked)."""
         c.recalling = False
         back = [t for t in (c.pending.pop(tid, None) for tid in ids) if t is not None]
+        reason = c.kill_reason
+        target = next((t for t in back if reason is not None and t.id == reason[0]), None)
+        if target is not None and reason is not None:
+            back.remove(target)
+            now = time.time()
+            self.on_done([stopped_outcome(target, reason[1], now, now)])
+            c.kill_reason = (reason[0], "given back")  # the child dies for it: not its tasks' fault
         self._ready.extendleft(reversed(back))
         self._pump()
         self._signal_capacity()
@@ -371,6 +379,8 @@ class ChildRunner(Runner):
             self.on_done(outs)
         if c in self._children and not self._stopping:
             self._children.remove(c)
+            self._pump()  # its unstarted tasks go to idle siblings now, not after the replacement
+            self._signal_capacity()
             await self._replace(c)
         self._pump()
         self._signal_capacity()
@@ -586,8 +596,8 @@ class ProcessRunner(ChildRunner):
                 rest.remove(target)
                 rest.insert(0, first)  # the running one goes back
                 outs.append(stopped_outcome(target, reason[1], now, now))
-            else:
-                outs.extend(self._worker_died(c, [first], now))
+            else:  # we killed it for a task it had reported or given back meanwhile: not first's fault
+                rest.insert(0, first)
         elif reason is not None and reason[1] == "memory" and c.memory is not None:
             _, limit, peak = c.memory
             outs.append(Outcome(first, error=ErrorInfo(
