@@ -228,7 +228,6 @@ def test_the_blob_cache_checks_digests_and_stays_within_its_limit(tmp_path, monk
     import anyio
 
     import omniq.blobcache
-
     from omniq.serialization._blobs import digest
     from omniq.storage.memory import MemoryBackend
 
