@@ -100,11 +100,16 @@ def _run_cell(
                 f"{'this variable' if len(missing) == 1 else 'these variables'}"
             )
     except BaseException as exc:
-        if hasattr(exc, "add_note"):  # Python 3.11+
-            if out.getvalue():
-                exc.add_note(f"{STDOUT_MARK}\n{out.getvalue().rstrip()}")
-            if err.getvalue():
-                exc.add_note(f"{STDERR_MARK}\n{err.getvalue().rstrip()}")
+        notes = []
+        if out.getvalue():
+            notes.append(f"{STDOUT_MARK}\n{out.getvalue().rstrip()}")
+        if err.getvalue():
+            notes.append(f"{STDERR_MARK}\n{err.getvalue().rstrip()}")
+        for note in notes:
+            if hasattr(exc, "add_note"):  # Python 3.11+
+                exc.add_note(note)
+            else:  # 3.10: the same attribute; the worker's traceback text adds it (_wire.error_row)
+                setattr(exc, "__notes__", [*getattr(exc, "__notes__", []), note])  # noqa: B010
         raise
     return {
         "value": value,

@@ -104,7 +104,11 @@ def error_row(exc: BaseException) -> list[str]:
     tb = exc.__traceback__
     while tb is not None and tb.tb_next is not None and tb.tb_frame.f_code.co_filename.startswith(_OWN):
         tb = tb.tb_next
-    return [type(exc).__name__, str(exc), "".join(traceback.format_exception(type(exc), exc, tb))]
+    text = "".join(traceback.format_exception(type(exc), exc, tb))
+    notes = getattr(exc, "__notes__", None)
+    if sys.version_info < (3, 11) and notes:  # 3.11+ prints them itself
+        text += "".join(f"{n}\n" for n in notes)
+    return [type(exc).__name__, str(exc), text]
 
 
 def _import_hint(exc: SerializationError) -> SerializationError:
