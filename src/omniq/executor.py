@@ -200,12 +200,13 @@ class ExecutorFuture(ResultFuture[Any]):
         r: TaskResult = inner._result  # type: ignore[assignment]
         if r.status is TaskStatus.SUCCEEDED:
             try:
-                value = r.value
+                box = [r.value]
             except Exception as e:  # e.g. a class this process cannot import
                 _set(self, SerializationError(f"task {r.task_id}: its result could not be read here: {e}"),
                      failed=True)
             else:
-                _set(self, value, failed=False)
+                r.__dict__.pop("_value", None)  # the result record keeps no copy
+                _give(self, box)
         elif r.status is TaskStatus.CANCELLED and self._state == PENDING:
             _cancel_here(self)
         else:
@@ -223,6 +224,22 @@ def _set(f: cf.Future[Any], value: Any, *, failed: bool) -> None:
             f.set_exception(value)
         else:
             f.set_result(value)
+
+
+def _give(f: ExecutorFuture, box: list[Any]) -> None:
+    """``set_result(box.pop())`` holding no other reference to the value once waiters wake:
+    a caller who drops the value finds it freed at once, as with the standard executors
+    (CPython's ``test_free_reference``)."""
+    with f._condition:
+        if f._state not in (PENDING, RUNNING):
+            box.clear()
+            return
+        f._result = box.pop()
+        f._state = FINISHED
+        for w in f._waiters:
+            w.add_result(f)
+        f._condition.notify_all()
+    f._invoke_callbacks()
 
 
 def _cancel_here(f: cf.Future[Any]) -> bool:
@@ -795,5 +812,8 @@ def _result_or_cancel(fut: cf.Future[Any], timeout: float | None = None) -> Any:
         finally:
             fut.cancel()
     finally:
+        # map's futures are its own: drop the value now, as OmniQ's loop may still hold the
+        # future a moment (running its callbacks) when the caller drops the value
+        fut._result = None
         del fut  # no reference to the future (nor its value) is kept by this frame
 
