@@ -44,6 +44,7 @@ class TaskResult(msgspec.Struct, kw_only=True, omit_defaults=True, dict=True):
     expires_at: float | None = None
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
     blobs: tuple[str, ...] = ()  # digests of the large values ``payload`` refers to (BlobStore)
+    seal: bytes | None = None  # with a secret key: MAC binding ``payload`` to this task id and key
 
     @property
     def value(self) -> Any:

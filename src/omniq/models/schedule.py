@@ -28,3 +28,4 @@ class Schedule(msgspec.Struct, kw_only=True, omit_defaults=True):
     last_task_id: str | None = None
     created_at: float = 0.0
     options: dict[str, object] = msgspec.field(default_factory=dict)  # enqueue options
+    seal: bytes | None = None  # with a secret key: MAC binding ``payload`` to this schedule

@@ -62,6 +62,7 @@ class Task(msgspec.Struct, kw_only=True, omit_defaults=True):
     memory_limit: int | None = None  # bytes its process may use (None: the worker's default)
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
     blobs: tuple[str, ...] = ()  # digests of the large values its payload refers to (BlobStore)
+    seal: bytes | None = None  # with a secret key: MAC binding the payload to this id and fields
     # lease state, maintained by the task queue
     worker: str | None = None
     lease_until: float | None = None
