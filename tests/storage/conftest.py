@@ -1,7 +1,9 @@
 """Backend URLs the contract suite runs on: a new backend joins by adding its URL here.
 
 ``{tmp}`` is replaced by a fresh temporary directory per test. ``#no-returning`` runs the SQLite
-backend with ``UPDATE ... RETURNING`` emulated, as on SQLite < 3.35.
+backend with ``UPDATE ... RETURNING`` emulated, as on SQLite < 3.35. ``postgresql://{server}``,
+``redis://{server}`` and ``nats://{server}`` name the shared server of that kind, in a namespace
+of the test's own (see ``backends.py``); the test is skipped when that server does not answer.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from omniq.storage import sqlite as sqlite_module
 from omniq.storage.base import EventStore, ResultStore, TaskQueue
 from omniq.storage.urls import open_backends
 
+from .backends import SERVERS
 from .test_fsspec import (  # noqa: F401  (fixtures for the s3://, gs:// and abfs:// URLs)
     azurite,
     azurite_endpoint,
@@ -57,6 +60,16 @@ def shares_storage(url: str) -> bool:
 def _url(
     template: str, tmp: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> str:
+    scheme, _, rest = template.partition("://")
+    if rest == "{server}":
+        problem, fresh = SERVERS[scheme]
+        why = problem()
+        if why is not None:
+            pytest.skip(why)
+        namespace = fresh()
+        url = namespace.__enter__()
+        request.addfinalizer(lambda: namespace.__exit__(None, None, None))
+        return url
     url = template.format(tmp=tmp)
     if url.startswith("s3://"):
         request.getfixturevalue("s3_env")  # starts the loopback S3 server, sets AWS_* for it
@@ -72,8 +85,16 @@ def _url(
 def url_of(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> Callable[[str], str]:
-    """Turn a URL template into a URL for this test (see module docstring)."""
-    return lambda template: _url(template, tmp_path, monkeypatch, request)
+    """Turn a URL template into a URL for this test (see module docstring): the same template
+    gives the same URL throughout the test (a second connection to the same storage)."""
+    made: dict[str, str] = {}
+
+    def url_of(template: str) -> str:
+        if template not in made:
+            made[template] = _url(template, tmp_path, monkeypatch, request)
+        return made[template]
+
+    return url_of
 
 
 @pytest.fixture(params=TASK_QUEUE_URLS)

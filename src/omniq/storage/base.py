@@ -23,6 +23,7 @@ import anyio
 import msgspec
 
 from ..errors import ConfigError
+from ..lifecycle import UNSUCCESSFUL
 from ..models import Schedule, Task, TaskEvent, TaskResult, TaskStatus
 
 
@@ -403,8 +404,7 @@ class EventStore(Backend):
 
 # --- checks and rules shared by every TaskQueue backend (pure: no I/O) -----------------------
 
-#: Final statuses that cancel a task's dependents.
-UNSUCCESSFUL = frozenset({TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.EXPIRED})
+# ``UNSUCCESSFUL`` (final statuses that cancel a task's dependents) is the lifecycle's, re-exported.
 
 
 def check_new_tasks(tasks: Sequence[Task]) -> None:

@@ -77,6 +77,18 @@ import msgspec
 
 from ..errors import ConfigError, StorageError, StorageUnwritable
 from ..ids import new_id, new_ids
+from ..lifecycle import (
+    Cascade,
+    claim_order,
+    claimable,
+    expires,
+    fired,
+    lease_lapsed,
+    on_dependency_end,
+    on_lapse,
+    ready_status,
+    slot_fires,
+)
 from ..logs import get_logger
 from ..models import Schedule, Task, TaskEvent, TaskResult, TaskStatus
 from .base import (
@@ -2002,17 +2014,21 @@ class _TaskDir:
             deps = self._deps_of[tid] = tuple(rec.task.depends_on)
         return all(os.path.exists(self._done_path(TaskStatus.SUCCEEDED, d)) for d in deps)
 
-    def _due(self, slot: Slot, now: float) -> bool:
-        return (slot.eta is None or slot.eta <= now) and (
-            slot.expires_at is None or slot.expires_at > now
-        )
+    def _claimable(self, loc: _Loc, now: float) -> bool:
+        """The lifecycle's claim rule for a QUEUED or PENDING file (dependencies are looked up
+        only for a PENDING task that could otherwise run)."""
+        s = loc.slot
+        assert s is not None
+        if not claimable(loc.status, eta=s.eta, expires_at=s.expires_at, waiting=False, now=now):
+            return False
+        return loc.status is TaskStatus.QUEUED or not s.ndeps or self._deps_done(loc)
 
     def _promote(self, queues: Sequence[str] | None, now: float) -> None:
         """PENDING tasks whose eta came and whose dependencies succeeded become QUEUED."""
         for tid, loc in self._scan(TaskStatus.PENDING, queues).items():
             s = loc.slot
             assert s is not None
-            if not self._due(s, now) or (s.ndeps and not self._deps_done(loc)):
+            if not self._claimable(loc, now):
                 continue
             queue = self._queue_of.get(tid) or decode_name(
                 os.path.basename(os.path.dirname(loc.path))
@@ -2021,15 +2037,11 @@ class _TaskDir:
 
     def claimable(self, queues: Sequence[str] | None, now: float) -> bool:
         """Whether ``claim`` would find something (for polling across processes)."""
-        for loc in self._scan(TaskStatus.QUEUED, queues).values():
-            assert loc.slot is not None
-            if loc.slot.expires_at is None or loc.slot.expires_at > now:
-                return True
-        for loc in self._scan(TaskStatus.PENDING, queues).values():
-            assert loc.slot is not None
-            if self._due(loc.slot, now) and (not loc.slot.ndeps or self._deps_done(loc)):
-                return True
-        return False
+        return any(
+            self._claimable(loc, now)
+            for status in (TaskStatus.QUEUED, TaskStatus.PENDING)
+            for loc in self._scan(status, queues).values()
+        )
 
     def claim(
         self, worker: str, queues: Sequence[str] | None, limit: int, lease: float, now: float
@@ -2037,16 +2049,15 @@ class _TaskDir:
         self._promote(queues, now)
         cands = sorted(
             (
-                (-loc.slot.priority, loc.slot.seq, loc)
+                (claim_order(loc.slot.priority, loc.slot.seq), loc)
                 for loc in self._scan(TaskStatus.QUEUED, queues).values()
-                if loc.slot is not None
-                and (loc.slot.expires_at is None or loc.slot.expires_at > now)
+                if loc.slot is not None and self._claimable(loc, now)
             ),
-            key=lambda c: (c[0], c[1]),
+            key=lambda c: c[0],
         )
         wdir = os.path.join(self.running, encode_name(worker))
         out: list[Task] = []
-        for _, _, loc in cands:
+        for _, loc in cands:
             if len(out) >= limit:
                 break
             assert loc.slot is not None
@@ -2107,17 +2118,19 @@ class _TaskDir:
                 rec = self._read_rec(loc.path) if loc is not None else None
                 if loc is None or loc.slot is None or rec is None:
                     continue  # not waiting (any more); an enqueue in flight checks for itself
-                if dep_status in UNSUCCESSFUL:
+                others_left = dep_status is TaskStatus.SUCCEEDED and not self._deps_done(loc)
+                fate = on_dependency_end(dep_status, others_left=others_left)
+                if fate is Cascade.CANCEL:
                     task = self._end(loc, rec, TaskStatus.CANCELLED, now)
                     if task is not None:
                         del pending[did]
                         fin.cancelled.append((task, dep))
                         todo.append((did, TaskStatus.CANCELLED))
                     continue
-                if not self._deps_done(loc):
+                if fate is not Cascade.RELEASE:
                     continue
                 s = loc.slot._replace(ndeps=0)
-                status = TaskStatus.QUEUED if s.eta is None or s.eta <= now else TaskStatus.PENDING
+                status = ready_status(s.eta, now)
                 dst = self._slot_path(status, rec.task.queue, s)
                 if self._move(loc.path, dst):
                     del pending[did]
@@ -2133,7 +2146,7 @@ class _TaskDir:
         if loc is None or loc.slot is None or rec is None:
             return False
         slot = loc.slot._replace(attempts=attempts, eta=eta, lease_until=None, ndeps=0)
-        status = TaskStatus.QUEUED if eta <= time.time() else TaskStatus.PENDING
+        status = ready_status(eta, time.time())
         moved = self._move(loc.path, self._slot_path(status, rec.task.queue, slot))
         return moved and status is TaskStatus.QUEUED
 
@@ -2161,7 +2174,7 @@ class _TaskDir:
     def overrun(self, now: float, limit: int) -> list[Overrun]:
         lapsed = sorted(
             (loc for loc in self._scan(TaskStatus.RUNNING).values()
-             if loc.slot is not None and loc.slot.lease_until is not None and loc.slot.lease_until < now),
+             if loc.slot is not None and lease_lapsed(loc.slot.lease_until, now)),
             key=lambda loc: loc.slot.lease_until if loc.slot and loc.slot.lease_until else 0.0,
         )[:limit]
         return [
@@ -2177,9 +2190,7 @@ class _TaskDir:
             (
                 loc
                 for loc in self._scan(TaskStatus.RUNNING).values()
-                if loc.slot is not None
-                and loc.slot.lease_until is not None
-                and loc.slot.lease_until < now
+                if loc.slot is not None and lease_lapsed(loc.slot.lease_until, now)
             ),
             key=lambda loc: loc.slot.seq if loc.slot else "",
         )
@@ -2189,13 +2200,18 @@ class _TaskDir:
             if s is None or rec is None:
                 continue
             tid = s.task_id
-            if os.path.exists(self._cancel_path(tid)):  # it was being cancelled anyway
+            fate = on_lapse(
+                cancel_requested=os.path.exists(self._cancel_path(tid)),
+                deliveries=s.deliveries,
+                max_deliveries=rec.task.max_deliveries,
+            )
+            if fate is TaskStatus.CANCELLED:
                 task = self._end(loc, rec, TaskStatus.CANCELLED, now, worker=loc.worker)
                 if task is not None:
                     _unlink(self._cancel_path(tid))
                     out.cancelled.append((task, tid))
                     ended.append((tid, TaskStatus.CANCELLED))
-            elif s.deliveries < rec.task.max_deliveries:
+            elif fate is TaskStatus.QUEUED:
                 slot = s._replace(lease_until=None)
                 dst = self._slot_path(TaskStatus.QUEUED, rec.task.queue, slot)
                 if self._move(loc.path, dst):
@@ -2214,9 +2230,7 @@ class _TaskDir:
             loc
             for st in (TaskStatus.QUEUED, TaskStatus.PENDING)
             for loc in self._scan(st).values()
-            if loc.slot is not None
-            and loc.slot.expires_at is not None
-            and loc.slot.expires_at <= now
+            if loc.slot is not None and expires(st, loc.slot.expires_at, now)
         ]
         found.sort(key=lambda loc: loc.slot.seq if loc.slot else "")
         out: list[Task] = []
@@ -2446,7 +2460,7 @@ class _TaskDir:
         if cur is None:
             return False, False
         v, s = cur
-        if s.paused or s.next_run != expected_next_run:
+        if not slot_fires(s, expected_next_run):
             return False, False
         if self._existing({task.id}):
             raise ConfigError(f"task id {task.id!r} already exists")
@@ -2457,7 +2471,7 @@ class _TaskDir:
         )
         rec = _Record(new_id(), task)
         self._write_rec(staged, rec)
-        new = msgspec.structs.replace(s, next_run=next_run, last_run=now, last_task_id=task.id)
+        new = fired(s, next_run=next_run, now=now, task_id=task.id)
         if not self._sched_cas(sdir, v, new):
             _unlink(staged)
             return False, False

@@ -26,9 +26,20 @@ from copy import copy
 import anyio
 
 from ..errors import ConfigError
+from ..lifecycle import (
+    Cascade,
+    claimable,
+    expires,
+    fired,
+    is_expired,
+    lease_lapsed,
+    on_dependency_end,
+    on_lapse,
+    ready_status,
+    slot_fires,
+)
 from ..models import Schedule, Task, TaskEvent, TaskResult, TaskStatus
 from .base import (
-    UNSUCCESSFUL,
     EventStore,
     Finished,
     Overrun,
@@ -134,12 +145,12 @@ class MemoryBackend(TaskQueue, ResultStore, EventStore):
     def _make_ready(self, entry: _Entry, now: float) -> None:
         """QUEUED, or PENDING until a future eta."""
         eta = entry.task.eta
-        if eta is None or eta <= now:
-            self._set_status(entry, QUEUED)
-            self._push_ready(entry)
-        else:
+        if eta is not None and ready_status(eta, now) is PENDING:
             self._set_status(entry, PENDING)
             heapq.heappush(self._delayed, (eta, entry.seq, entry.task.id))
+        else:
+            self._set_status(entry, QUEUED)
+            self._push_ready(entry)
 
     def _end(self, entry: _Entry, status: TaskStatus, now: float) -> None:
         self._set_status(entry, status)
@@ -163,15 +174,17 @@ class MemoryBackend(TaskQueue, ResultStore, EventStore):
                 child = self._entries.get(child_id)
                 if child is None or child.task.status is not PENDING or not child.waiting:
                     continue
-                if dep_status is TaskStatus.SUCCEEDED:
-                    child.waiting = child.waiting - {dep_id}
-                    if not child.waiting:
-                        self._make_ready(child, now)
-                        out.released.append(copy(child.task))
-                elif dep_status in UNSUCCESSFUL:
+                left = child.waiting - {dep_id}
+                fate = on_dependency_end(dep_status, others_left=bool(left))
+                if fate is Cascade.CANCEL:
                     self._end(child, CANCELLED, now)
                     out.cancelled.append((copy(child.task), dep_id))
                     stack.append(child_id)
+                elif dep_status is TaskStatus.SUCCEEDED:
+                    child.waiting = left
+                    if fate is Cascade.RELEASE:
+                        self._make_ready(child, now)
+                        out.released.append(copy(child.task))
         if out.released:
             self.notify()
         return out
@@ -280,7 +293,9 @@ class MemoryBackend(TaskQueue, ResultStore, EventStore):
             if entry is None:
                 continue
             t = entry.task
-            if t.status is PENDING and not entry.waiting and t.eta is not None and t.eta <= now:
+            if t.status is PENDING and t.eta is not None and claimable(
+                t.status, eta=t.eta, expires_at=None, waiting=bool(entry.waiting), now=now
+            ):  # due (an expired one is QUEUED here and left in its heap below, for expire())
                 self._set_status(entry, QUEUED)
                 self._push_ready(entry)
         if names is None:
@@ -300,7 +315,7 @@ class MemoryBackend(TaskQueue, ResultStore, EventStore):
             if entry is None or entry.task.status is not QUEUED:
                 continue  # stale heap item: the task was cancelled, expired or purged
             t = entry.task
-            if t.expires_at is not None and t.expires_at <= now:
+            if is_expired(t.expires_at, now):
                 lapsed.append((heap, item))  # expire() will end it; keep it for other clocks
                 continue
             self._set_status(entry, RUNNING)
@@ -335,7 +350,7 @@ class MemoryBackend(TaskQueue, ResultStore, EventStore):
         t.lease_until = None
         t.attempts = attempts
         t.eta = eta
-        if eta <= time.time():  # retry has no ``now``: the wall clock decides, as in SQL
+        if ready_status(eta, time.time()) is QUEUED:  # no ``now``: the wall clock, as in SQL
             self._set_status(entry, QUEUED)
             self._push_ready(entry)
         else:
@@ -370,7 +385,7 @@ class MemoryBackend(TaskQueue, ResultStore, EventStore):
         lapsed = [
             Overrun(task_id=t.id, queue=t.queue, worker=t.worker, lease_until=t.lease_until)
             for i in self._running
-            if (t := self._entries[i].task).lease_until is not None and t.lease_until < now
+            if (t := self._entries[i].task).lease_until is not None and lease_lapsed(t.lease_until, now)
         ]
         return sorted(lapsed, key=lambda o: o.lease_until)[:limit]
 
@@ -380,13 +395,15 @@ class MemoryBackend(TaskQueue, ResultStore, EventStore):
         for task_id in list(self._running):
             entry = self._entries[task_id]
             t = entry.task
-            if t.lease_until is None or t.lease_until >= now:
+            if not lease_lapsed(t.lease_until, now):
                 continue
-            if t.cancel_requested:
+            fate = on_lapse(cancel_requested=t.cancel_requested, deliveries=t.deliveries,
+                            max_deliveries=t.max_deliveries)  # fmt: skip
+            if fate is CANCELLED:
                 self._end(entry, CANCELLED, now)
                 out.cancelled.append((copy(t), t.id))
                 ended.append(t.id)
-            elif t.deliveries < t.max_deliveries:
+            elif fate is QUEUED:
                 self._running.discard(task_id)
                 t.worker = None
                 t.lease_until = None
@@ -409,7 +426,7 @@ class MemoryBackend(TaskQueue, ResultStore, EventStore):
         while heap and heap[0][0] <= now:
             _, _, task_id = heapq.heappop(heap)
             entry = self._entries.get(task_id)
-            if entry is None or entry.task.status not in (QUEUED, PENDING):
+            if entry is None or not expires(entry.task.status, entry.task.expires_at, now):
                 continue
             self._end(entry, TaskStatus.EXPIRED, now)
             expired.append(copy(entry.task))
@@ -518,13 +535,11 @@ class MemoryBackend(TaskQueue, ResultStore, EventStore):
         task: Task,
     ) -> bool:
         s = self._schedules.get(schedule_id)
-        if s is None or s.paused or s.next_run != expected_next_run:
+        if s is None or not slot_fires(s, expected_next_run):
             return False
         check_new_tasks([task])
         self._insert([task])  # raises before the schedule changes
-        s.next_run = next_run
-        s.last_run = now
-        s.last_task_id = task.id
+        self._schedules[schedule_id] = fired(s, next_run=next_run, now=now, task_id=task.id)
         return True
 
     # --- workers ----------------------------------------------------------------------------------

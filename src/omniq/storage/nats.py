@@ -107,11 +107,21 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
 from ..errors import ConfigError, StorageError
+from ..lifecycle import (
+    Cascade,
+    claimable,
+    expires,
+    fired,
+    lease_lapsed,
+    on_dependency_end,
+    on_lapse,
+    ready_status,
+    slot_fires,
+)
 from ..logs import get_logger
 from ..models import Schedule, Task, TaskEvent, TaskResult, TaskStatus
 from .base import (
     KEY_WRITE_GRACE,
-    UNSUCCESSFUL,
     EventStore,
     Finished,
     Overrun,
@@ -1085,11 +1095,11 @@ class NatsBackend(TaskQueue, ResultStore, EventStore):
             if rec.task.status is not PENDING or dep not in rec.waiting:
                 return None
             rec.waiting.remove(dep)
-            if rec.waiting:
+            fate = on_dependency_end(TaskStatus.SUCCEEDED, others_left=bool(rec.waiting))
+            if fate is not Cascade.RELEASE:
                 return ""
             released.append(True)
-            eta = rec.task.eta
-            if eta is None or eta <= now:
+            if ready_status(rec.task.eta, now) is QUEUED:
                 rec.task.status = QUEUED
                 return "ready"
             return "due"
@@ -1124,15 +1134,16 @@ class NatsBackend(TaskQueue, ResultStore, EventStore):
             rec = stack.pop()
             dep, status = rec.task.id, rec.task.status
             for child in rec.dependents:
-                if status is TaskStatus.SUCCEEDED:
-                    released = await self._dep_succeeded(child, dep, now)
-                    if released is not None:
-                        out.released.append(released)
-                elif status in UNSUCCESSFUL:
+                # RELEASE or WAIT is the child's to tell (its record knows what else it waits for)
+                if on_dependency_end(status, others_left=True) is Cascade.CANCEL:
                     cancelled = await self._dep_failed(child, dep, now)
                     if cancelled is not None:
                         out.cancelled.append((copy(cancelled.task), dep))
                         stack.append(cancelled)
+                elif status is TaskStatus.SUCCEEDED:
+                    released = await self._dep_succeeded(child, dep, now)
+                    if released is not None:
+                        out.released.append(released)
         return out
 
     @_guard
@@ -1369,7 +1380,7 @@ class NatsBackend(TaskQueue, ResultStore, EventStore):
             edit(t)
             t.worker = None
             t.lease_until = None
-            if eta is not None and eta > time.time():
+            if eta is not None and ready_status(eta, time.time()) is PENDING:
                 t.status = PENDING
                 return "due"
             t.status = QUEUED
@@ -1428,7 +1439,8 @@ class NatsBackend(TaskQueue, ResultStore, EventStore):
         lapsed = [
             Overrun(task_id=t.id, queue=t.queue, worker=t.worker, lease_until=t.lease_until)
             for _, rec in recs.values()
-            if (t := rec.task).status is RUNNING and t.lease_until is not None and t.lease_until < now
+            if (t := rec.task).status is RUNNING and t.lease_until is not None
+            and lease_lapsed(t.lease_until, now)
         ]
         return sorted(lapsed, key=lambda o: o.lease_until)[:limit]
 
@@ -1451,16 +1463,16 @@ class NatsBackend(TaskQueue, ResultStore, EventStore):
             t = got[1].task
             if got[1].claim_no < claim_no or t.status is not RUNNING:
                 continue  # a claim in progress, or a lease already given back
-            if t.lease_until is None or t.lease_until >= now:
+            if not lease_lapsed(t.lease_until, now):
                 continue
-            if t.cancel_requested or t.deliveries >= t.max_deliveries:
-                final = CANCELLED if t.cancel_requested else TaskStatus.FAILED
+            final = _on_lapse(t)
+            if final is not QUEUED:
 
                 def change(rec: _Rec, n: int = claim_no, final: TaskStatus = final) -> str | None:
                     x = rec.task
-                    if x.status is not RUNNING or rec.claim_no != n or x.lease_until is None:
+                    if x.status is not RUNNING or rec.claim_no != n:
                         return None
-                    if x.lease_until >= now:
+                    if not lease_lapsed(x.lease_until, now):
                         return None
                     _end(rec, final, now)
                     return ""
@@ -1499,10 +1511,7 @@ class NatsBackend(TaskQueue, ResultStore, EventStore):
                     continue
 
                 def change(rec: _Rec) -> str | None:
-                    t = rec.task
-                    if t.status not in (QUEUED, PENDING) or t.expires_at is None:
-                        return None
-                    if t.expires_at > now:
+                    if not expires(rec.task.status, rec.task.expires_at, now):
                         return None
                     _end(rec, TaskStatus.EXPIRED, now)
                     return ""
@@ -1664,11 +1673,11 @@ class NatsBackend(TaskQueue, ResultStore, EventStore):
             if got is None:
                 return False
             rev, s = got
-            if s.paused or s.next_run != expected_next_run:
+            if not slot_fires(s, expected_next_run):
                 return False
             if await self._get_rec(task.id) is not None:
                 raise ConfigError(f"task id {task.id!r} already exists")
-            s.next_run, s.last_run, s.last_task_id = next_run, now, task.id
+            s = fired(s, next_run=next_run, now=now, task_id=task.id)
             if await self._cas(self._schedule_subject(schedule_id), _encode(s), rev) is not None:
                 break
         await self._insert([task], now)
@@ -2084,8 +2093,8 @@ def _ready_verdict(seq: int, got: tuple[int, _Rec] | None, now: float) -> str:
         return "skip"  # published for a change not yet written (or that lost its race)
     if rec.task.status is not QUEUED:
         return "stale"
-    if rec.task.expires_at is not None and rec.task.expires_at <= now:
-        return "skip"  # expire() ends it; another clock may still claim it
+    if not claimable(QUEUED, eta=None, expires_at=rec.task.expires_at, waiting=False, now=now):
+        return "skip"  # expired: expire() ends it; another clock may still claim it
     return "claim"
 
 
@@ -2112,8 +2121,8 @@ def _due_verdict(seq: int, got: tuple[int, _Rec] | None, now: float) -> str:
         return "skip"
     if rec.task.status is not PENDING or rec.waiting:
         return "stale"
-    if rec.task.eta is not None and rec.task.eta > now:
-        return "skip"
+    if not claimable(PENDING, eta=rec.task.eta, expires_at=None, waiting=False, now=now):
+        return "skip"  # not due yet
     return "promote"
 
 
@@ -2145,15 +2154,16 @@ def _lapsed(claim_no: int, now: float) -> Callable[[_Rec], bool]:
 
     def check(rec: _Rec) -> bool:
         t = rec.task
-        return (
-            rec.claim_no == claim_no
-            and t.lease_until is not None
-            and t.lease_until < now
-            and not t.cancel_requested
-            and t.deliveries < t.max_deliveries
-        )
+        return rec.claim_no == claim_no and lease_lapsed(t.lease_until, now) and _on_lapse(t) is QUEUED
 
     return check
+
+
+def _on_lapse(t: Task) -> TaskStatus:
+    """The lifecycle's verdict on a task whose lease lapsed."""
+    return on_lapse(
+        cancel_requested=t.cancel_requested, deliveries=t.deliveries, max_deliveries=t.max_deliveries
+    )
 
 
 def _unchanged(t: Task) -> None:
