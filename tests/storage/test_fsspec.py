@@ -1580,11 +1580,11 @@ async def test_a_key_marker_whose_task_never_came_is_taken_over_after_the_grace(
 ) -> None:
     """A marker is written before its task's file: one whose task is not there is a write in
     progress (waited for), until ``KEY_WRITE_GRACE`` says its writer died in between."""
-    from omniq.storage import fsspec as fsspec_module
+    from omniq.storage.fsspec import keys as keys_module
 
-    monkeypatch.setattr(fsspec_module, "KEY_WRITE_GRACE", 0.3)
-    kdir = tq._tasks._key_dir("k")
-    assert tq._tasks._key_cas(kdir, 0, "ghost-task", time.time())  # a writer that died here
+    monkeypatch.setattr(keys_module, "KEY_WRITE_GRACE", 0.3)
+    kdir = tq._tasks.key_marks.dir("k")
+    assert tq._tasks.key_marks.cas(kdir, 0, "ghost-task", time.time())  # a writer that died here
     t = Task(id=new_id(), payload=b"x", key="k")
     t0 = time.monotonic()
     assert await tq.enqueue([t]) == {}  # waited for the ghost, then took the key
@@ -1597,9 +1597,9 @@ async def test_a_key_marker_whose_task_never_came_is_taken_over_after_the_grace(
 async def test_a_key_marker_of_a_task_being_written_is_waited_for(
     tq: FileTaskQueueBackend,
 ) -> None:
-    kdir = tq._tasks._key_dir("k")
+    kdir = tq._tasks.key_marks.dir("k")
     first = Task(id=new_id(), payload=b"x", key="k")
-    assert tq._tasks._key_cas(kdir, 0, first.id, time.time())  # its writer is on its way
+    assert tq._tasks.key_marks.cas(kdir, 0, first.id, time.time())  # its writer is on its way
 
     async def writer() -> None:
         await anyio.sleep(0.3)

@@ -1,0 +1,177 @@
+"""Idempotency keys of the file:// task queue: one directory of versioned markers per key.
+
+``keys/<key>/v<N>`` holds msgpack ``[task id, time, purged]``; the newest names the key's latest
+task. A new version is created with ``O_EXCL``, so of several processes racing for a key exactly
+one writes it (compare-and-set, NFS included)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Protocol
+
+import msgspec
+
+from ...models import Task, TaskStatus
+from .._codec import decoder, encode
+from ..base import (
+    KEY_WRITE_GRACE,
+    holds_key,
+)
+from .layout import (
+    encode_name,
+)
+from .taskfiles import TaskLoc, listdir, unlink
+
+
+class KeyMark(msgspec.Struct, array_like=True):
+    """A file:// key marker: the key's latest task ("" once that task was purged unsuccessful),
+    when the marker was written, and whether that task's record was purged after it succeeded
+    (it then holds the key while its result is stored)."""
+
+    task: str
+    at: float
+    purged: bool = False
+
+
+
+# --------------------------------------------------------------------------------------------
+# The file:// task queue
+# --------------------------------------------------------------------------------------------
+
+
+_key_dec = decoder(KeyMark)
+
+
+class _Tasks(Protocol):
+    """What key decisions read from the task queue beside them."""
+
+    results_here: bool
+    succeeded_result: Callable[[str], bool]
+
+    def locate(self, task_ids: Iterable[str]) -> dict[str, TaskLoc]: ...
+
+
+class KeyMarks:
+    """The key markers under ``root``, deciding with ``tasks`` who holds a key."""
+
+    def __init__(self, root: str, tasks: _Tasks) -> None:
+        self.root = root
+        self.tasks = tasks
+
+    def dir(self, key: str) -> str:
+        name = encode_name(key)
+        if len(name) > 200:  # a long key: its digest (the marker holds no key, only the task)
+            name = "~" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+        return os.path.join(self.root, name)
+
+    def current(self, kdir: str) -> tuple[int, KeyMark | None, float] | None:
+        """The newest marker of a key: (version, marker, written at); the marker is None while
+        it is being written (or left empty by a crash: ``written at`` is then its mtime)."""
+        for _ in range(5):
+            versions = [int(n[1:]) for n in listdir(kdir) if n[:1] == "v" and n[1:].isdigit()]
+            if not versions:
+                return None
+            v = max(versions)
+            path = os.path.join(kdir, f"v{v}")
+            try:
+                with open(path, "rb") as f:
+                    data = f.read()
+                    at = os.fstat(f.fileno()).st_mtime
+            except FileNotFoundError:
+                continue  # replaced and cleaned meanwhile: look again
+            try:
+                mark = _key_dec.decode(data)
+                return v, mark, mark.at
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                return v, None, at
+        return None
+
+    def cas(self, kdir: str, version: int, task_id: str, now: float, purged: bool = False) -> bool:
+        """Write marker ``version + 1`` naming ``task_id``; False if someone wrote it first
+        (``O_EXCL`` creation is atomic on every POSIX filesystem, NFS included)."""
+        path = os.path.join(kdir, f"v{version + 1}")
+        for _ in range(3):
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                break
+            except FileNotFoundError:
+                os.makedirs(kdir, exist_ok=True)
+            except FileExistsError:
+                return False
+        else:
+            return False
+        try:
+            os.write(fd, encode(KeyMark(task_id, now, purged)))
+        finally:
+            os.close(fd)
+        for n in listdir(kdir):  # keep the newest two; a reader whose file vanished looks again
+            if n[:1] == "v" and n[1:].isdigit() and int(n[1:]) < version:
+                unlink(os.path.join(kdir, n))
+        return True
+
+    def claim(self, tasks: Sequence[Task], now: float) -> tuple[dict[str, str], list[str]]:
+        """Point each key of the batch at its first task, unless another task holds it:
+        ``(key -> holder, for keys held; holders known only by a stored success)``.
+
+        A marker is written *before* its task's file, so a marker whose task is not there yet
+        may be a write in progress: it is waited for, up to ``KEY_WRITE_GRACE`` seconds after
+        it was written (then its writer is taken to have died in between). ``purge`` marks the
+        keys of the tasks it removes, so a purged task is never taken for one being written."""
+        first: dict[str, str] = {}
+        for t in tasks:
+            if t.key is not None:
+                first.setdefault(t.key, t.id)
+        holders: dict[str, str] = {}
+        gone: list[str] = []
+        todo = dict(first)
+        delay = 0.005
+        while todo:
+            current = {k: self.current(self.dir(k)) for k in todo}
+            mine = set(todo.values())
+            others = {c[1].task for c in current.values() if c is not None and c[1] is not None}
+            others -= mine | {""}
+            found = self.tasks.locate(others) if others else {}
+            waiting: dict[str, str] = {}
+            for k, tid in todo.items():
+                cur = current[k]
+                version = 0
+                if cur is not None:
+                    version, mark, at = cur
+                    if mark is not None and mark.task == tid:
+                        continue  # ours already
+                    if mark is None or not (mark.purged or mark.task == "" or mark.task in found):
+                        if time.time() - at < KEY_WRITE_GRACE:
+                            waiting[k] = tid  # its task may be being stored: look again shortly
+                            continue
+                    elif mark.task in found:
+                        st = found[mark.task].status
+                        ok = st is TaskStatus.SUCCEEDED and self.tasks.results_here and self.tasks.succeeded_result(mark.task)
+                        if holds_key(st, ok, self.tasks.results_here):
+                            holders[k] = mark.task
+                            continue
+                    elif mark.purged and self.tasks.succeeded_result(mark.task):
+                        holders[k] = mark.task
+                        gone.append(mark.task)
+                        continue
+                if not self.cas(self.dir(k), version, tid, now):
+                    waiting[k] = tid  # someone else was first: look at what they wrote
+            todo = waiting
+            if todo:
+                time.sleep(delay)
+                delay = min(delay * 2, 0.1)
+        return holders, gone
+
+    def forget(self, key: str, task_id: str, status: TaskStatus, now: float) -> None:
+        """``purge`` removed ``task_id``: if it is its key's latest task, say so in a new marker
+        (free, or held while its stored success lasts); someone re-keying first wins."""
+        kdir = self.dir(key)
+        cur = self.current(kdir)
+        if cur is None or cur[1] is None or cur[1].task != task_id:
+            return
+        if status is TaskStatus.SUCCEEDED:
+            self.cas(kdir, cur[0], task_id, now, purged=True)
+        else:
+            self.cas(kdir, cur[0], "", now)

@@ -1,0 +1,795 @@
+"""The file:// task queue's files: one file per task, whose directory is its status and whose
+name carries the fields that change (``TaskDir``)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import msgspec
+
+from ...errors import ConfigError
+from ...ids import new_id, new_ids
+from ...lifecycle import (
+    Cascade,
+    claim_order,
+    claimable,
+    expires,
+    fired,
+    lease_lapsed,
+    on_dependency_end,
+    on_lapse,
+    ready_status,
+    slot_fires,
+)
+from ...logs import get_logger
+from ...models import Schedule, Task, TaskStatus
+from .._codec import decoder, encode
+from ..base import (
+    UNSUCCESSFUL,
+    Finished,
+    Overrun,
+    Reaped,
+    WorkerInfo,
+    keyed,
+    plan_enqueue,
+    plan_keys,
+    stand_in_task,
+)
+from .files import (
+    read_file,
+    write_atomic,
+)
+from .keys import KeyMarks
+from .layout import (
+    decode_name,
+    encode_name,
+)
+from .schedules import ScheduleFiles
+from .taskfiles import FSYNC_TASKS, Slot, TaskLoc, TaskRecord, listdir, rmtree, touch, unlink
+
+log = get_logger("omniq.storage.fsspec")
+
+_rec_dec = decoder(TaskRecord)
+_worker_dec = decoder(WorkerInfo)
+_FINALS = (TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.EXPIRED)
+_MAX_TASK_NAME = 100  # encoded task id characters in a file:// queue (names stay < 255 bytes)
+
+
+class TaskDir:
+    """The task queue's files under ``<root>/tasks`` (synchronous; the backend runs each call
+    in a worker thread). Layout::
+
+        queued/<queue>/<slot>.msgpack        QUEUED; claim renames into running/<worker>/
+        pending/<queue>/<slot>.msgpack       PENDING (eta, dependencies); claim promotes when due
+        running/<worker>/<slot>.msgpack      RUNNING; the lease is in the name (extend renames)
+        done/<status>/<task id>.msgpack      final, finish time in the mtime; one stat finds it
+        deps/<dependency id>/<task id>       who waits on whom, resolved when the dependency ends
+        cancel/<task id>                     a cancel request for a running task
+        staged/<schedule>@<task id>.msgpack  a schedule's task between its compare-and-set and
+                                             its enqueue (reap finishes the job after a crash)
+        schedules/<schedule id>/v<N>.msgpack versions; compare-and-set = os.link of v<N+1>
+        keys/<key>/v<N>                      idempotency key markers: msgpack [task id, time];
+                                             the newest names the key's latest task; a new
+                                             version is made with O_EXCL (compare-and-set)
+        workers/<worker>.msgpack             heartbeats
+
+    Every status change is ``os.rename`` of the one file that is the task, so two processes can
+    never both claim, cancel or reap it: the loser's rename finds no source. No locks, so it
+    works on NFS too. Writes are temp file + rename, so a crash leaves no partial file.
+    """
+
+    def __init__(self, root: str) -> None:
+        base = os.path.join(root, "tasks")
+        self.base = base
+        self.queued = os.path.join(base, "queued")
+        self.pending = os.path.join(base, "pending")
+        self.running = os.path.join(base, "running")
+        self.done = os.path.join(base, "done")
+        self.deps = os.path.join(base, "deps")
+        self.cancels = os.path.join(base, "cancel")
+        self.staged = os.path.join(base, "staged")
+        self.scheds = os.path.join(base, "schedules")
+        self.workers_dir = os.path.join(base, "workers")
+        self.keys = os.path.join(base, "keys")
+        self.results_here = False  # (TaskQueue.results_here, copied by the backend)
+        #: whether a SUCCEEDED result of a task (whose record is gone) is stored here; set by
+        #: the backend holding the results beside this queue
+        self.succeeded_result: Callable[[str], bool] = lambda task_id: False
+        self._queue_of: dict[str, str] = {}  # task id -> queue (never changes)
+        self._deps_of: dict[str, tuple[str, ...]] = {}  # task id -> its dependencies
+        self.key_marks = KeyMarks(self.keys, self)
+        self.schedules = ScheduleFiles(self.scheds)
+
+    def setup(self) -> None:
+        for d in (
+            self.queued,
+            self.pending,
+            self.running,
+            self.deps,
+            self.cancels,
+            self.staged,
+            self.scheds,
+            self.workers_dir,
+            self.keys,
+        ):
+            os.makedirs(d, exist_ok=True)
+        for st in _FINALS:
+            os.makedirs(os.path.join(self.done, st.value), exist_ok=True)
+
+    # --- paths, reads, moves -----------------------------------------------------------------------
+    def _done_path(self, status: TaskStatus, task_id: str) -> str:
+        return os.path.join(self.done, status.value, encode_name(task_id) + ".msgpack")
+
+    def _slot_path(self, status: TaskStatus, queue: str, slot: Slot) -> str:
+        area = self.queued if status is TaskStatus.QUEUED else self.pending
+        return os.path.join(area, encode_name(queue), slot.render())
+
+    def _cancel_path(self, task_id: str) -> str:
+        return os.path.join(self.cancels, encode_name(task_id))
+
+    def _read_rec(self, path: str, errors: list[Exception] | None = None) -> TaskRecord | None:
+        """The record in ``path``; None when it is gone or does not decode (for any reason: a
+        record nested too deep raises RecursionError), the exception then added to ``errors``."""
+        data = read_file(path)
+        if data is None:
+            return None
+        try:
+            rec = _rec_dec.decode(data)
+        except Exception as exc:
+            log.error("unreadable task file %s (%d bytes): %s", path, len(data), type(exc).__name__)
+            if errors is not None:
+                errors.append(exc)
+            return None
+        self._queue_of[rec.task.id] = rec.task.queue
+        return rec
+
+    def _write_rec(self, path: str, rec: TaskRecord) -> None:
+        write_atomic(path, encode(rec), fsync=FSYNC_TASKS)
+
+    def _write_final(self, path: str, rec: TaskRecord, now: float, **fields: Any) -> Task:
+        """Rewrite a file that just became final (nobody else moves a final file)."""
+        task = msgspec.structs.replace(rec.task, lease_until=None, **fields)
+        self._write_rec(path, TaskRecord(rec.seq, task))
+        with contextlib.suppress(OSError):
+            os.utime(path, (now, now))  # purge reads the finish time from the mtime
+        return task
+
+    def _end(
+        self, loc: TaskLoc, rec: TaskRecord, status: TaskStatus, now: float, **fields: Any
+    ) -> Task | None:
+        """Move an active task to ``done/<status>``; None if someone else moved it first."""
+        dst = self._done_path(status, rec.task.id)
+        if not self._move(loc.path, dst):
+            return None
+        s = loc.slot
+        if s is not None:
+            fields = {"deliveries": s.deliveries, "attempts": s.attempts, "eta": s.eta, **fields}
+        return self._write_final(dst, rec, now, status=status, **fields)
+
+    def _move(self, src: str, dst: str) -> bool:
+        """Rename ``src`` to ``dst``; False if someone else moved ``src`` first."""
+        try:
+            os.rename(src, dst)
+            return True
+        except FileNotFoundError:
+            if not os.path.exists(src):
+                return False
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        try:
+            os.rename(src, dst)
+            return True
+        except FileNotFoundError:
+            return False
+
+    def _scan(self, status: TaskStatus, queues: Sequence[str] | None = None) -> dict[str, TaskLoc]:
+        """Every task in one active status (optionally only some queues), by id."""
+        out: dict[str, TaskLoc] = {}
+        if status is TaskStatus.RUNNING:
+            for w in listdir(self.running):
+                wdir = os.path.join(self.running, w)
+                worker = decode_name(w)
+                for name in listdir(wdir):
+                    slot = Slot.parse(name)
+                    if slot is not None:
+                        out[slot.task_id] = TaskLoc(status, os.path.join(wdir, name), slot, worker)
+            return out
+        area = self.queued if status is TaskStatus.QUEUED else self.pending
+        names = [encode_name(q) for q in queues] if queues else listdir(area)
+        for q in names:
+            qdir = os.path.join(area, q)
+            queue = decode_name(q)
+            for name in listdir(qdir):
+                slot = Slot.parse(name)
+                if slot is not None:
+                    out[slot.task_id] = TaskLoc(status, os.path.join(qdir, name), slot)
+                    self._queue_of.setdefault(slot.task_id, queue)
+        return out
+
+    def _held(self, worker: str) -> dict[str, TaskLoc]:
+        wdir = os.path.join(self.running, encode_name(worker))
+        out = {}
+        for name in listdir(wdir):
+            slot = Slot.parse(name)
+            if slot is not None:
+                out[slot.task_id] = TaskLoc(TaskStatus.RUNNING, os.path.join(wdir, name), slot, worker)
+        return out
+
+    def _final_status(self, task_id: str) -> TaskStatus | None:
+        for st in _FINALS:
+            if os.path.exists(self._done_path(st, task_id)):
+                return st
+        return None
+
+    def locate(self, task_ids: Iterable[str]) -> dict[str, TaskLoc]:
+        """Where each known task is. Active directories are read in the order tasks move through
+        them and a miss is looked for once more, so a task moving meanwhile is still found."""
+        want = list(dict.fromkeys(task_ids))
+        out: dict[str, TaskLoc] = {}
+        if not want:
+            return out
+        for _ in range(2):
+            active: dict[str, TaskLoc] = {}
+            for st in (TaskStatus.PENDING, TaskStatus.QUEUED, TaskStatus.RUNNING):
+                active.update(self._scan(st))
+            for tid in want:
+                if tid in out:
+                    continue
+                if tid in active:
+                    out[tid] = active[tid]
+                    continue
+                final = self._final_status(tid)
+                if final is not None:
+                    out[tid] = TaskLoc(final, self._done_path(final, tid), None)
+            if len(out) == len(want):
+                break
+        return out
+
+    def _existing(self, task_ids: set[str]) -> set[str]:
+        """Which of these ids are stored (for the duplicate check: names are not parsed)."""
+        by_name = {encode_name(t): t for t in task_ids}
+        out = {t for t in task_ids if self._final_status(t) is not None}
+        dirs = [os.path.join(a, q) for a in (self.pending, self.queued) for q in listdir(a)]
+        dirs += [os.path.join(self.running, w) for w in listdir(self.running)]
+        for d in dirs:
+            for name in listdir(d):
+                tid = by_name.get(name[name.rfind("_") + 1 : -len(".msgpack")])
+                if tid is not None:
+                    out.add(tid)
+        return out
+
+    def _task(self, loc: TaskLoc, rec: TaskRecord) -> Task:
+        """The stored task as it is now: its content overlaid with the fields of its name."""
+        t = rec.task
+        s = loc.slot
+        if s is None:
+            return msgspec.structs.replace(t, status=loc.status)
+        running = loc.status is TaskStatus.RUNNING
+        return msgspec.structs.replace(
+            t,
+            status=loc.status,
+            deliveries=s.deliveries,
+            attempts=s.attempts,
+            eta=s.eta,
+            worker=loc.worker if running else None,
+            lease_until=s.lease_until if running else None,
+            cancel_requested=running and os.path.exists(self._cancel_path(t.id)),
+        )
+
+    # --- enqueue ------------------------------------------------------------------------------------
+    def enqueue(self, tasks: Sequence[Task]) -> tuple[bool, dict[str, str]]:
+        """Store a checked batch: (some task is ready to claim at once, {duplicate id: holder
+        id} for tasks whose key another task holds, which are not stored)."""
+        now = time.time()
+        for t in tasks:
+            if len(encode_name(t.id)) > _MAX_TASK_NAME:
+                raise ConfigError(
+                    f"task id {t.id[:40]!r}... is too long for a file:// queue "
+                    f"(at most {_MAX_TASK_NAME} characters once percent-encoded)"
+                )
+        existing = self._existing({t.id for t in tasks})
+        taken = [t.id for t in tasks if t.id in existing]
+        if taken:
+            raise ConfigError(f"task id {taken[0]!r} already exists")
+        dups: dict[str, str] = {}
+        if keyed(tasks):
+            holders, gone = self.key_marks.claim(tasks, now)
+            tasks, dups = plan_keys(tasks, holders, gone)
+            if not tasks:
+                return False, dups
+        batch = {t.id for t in tasks}
+        outside = {d for t in tasks for d in t.depends_on} - batch
+        found = self.locate(outside)
+        plans = plan_enqueue(tasks, {d: found[d].status for d in outside if d in found})
+        ready = False
+        recheck: list[tuple[str, Task]] = []
+        for task, seq, (status, waiting) in zip(tasks, new_ids(len(tasks)), plans, strict=True):
+            rec = TaskRecord(seq, task)
+            self._queue_of[task.id] = task.queue
+            for d in waiting:  # before the task file: see _cascade
+                touch(os.path.join(self.deps, encode_name(d), encode_name(task.id)))
+            if status is TaskStatus.CANCELLED:
+                self._write_final(self._done_path(status, task.id), rec, now, status=status)
+                continue
+            if waiting:
+                self._deps_of[task.id] = tuple(waiting)
+            slot = Slot(
+                task.priority,
+                seq,
+                task.deliveries,
+                task.attempts,
+                task.created_at,
+                task.expires_at,
+                task.eta,
+                None,
+                len(waiting),
+                task.id,
+            )
+            path = self._slot_path(status, task.queue, slot)
+            self._write_rec(path, rec)
+            ready = ready or status is TaskStatus.QUEUED
+            if any(d in outside for d in waiting):
+                recheck.append((path, task))
+        # A dependency that ended badly between our look and our write may not have seen this
+        # task's deps/ entry; enqueue cancels such a task itself (as for a known failure).
+        for path, task in recheck:
+            if any(self._final_status(d) in UNSUCCESSFUL for d in task.depends_on):
+                stored = self._read_rec(path)
+                if stored is not None:
+                    self._end(
+                        TaskLoc(TaskStatus.PENDING, path, None), stored, TaskStatus.CANCELLED, now
+                    )
+        return ready, dups
+
+    # --- claim ----------------------------------------------------------------------------------------
+    def _deps_done(self, loc: TaskLoc) -> bool:
+        assert loc.slot is not None
+        tid = loc.slot.task_id
+        deps = self._deps_of.get(tid)
+        if deps is None:
+            rec = self._read_rec(loc.path)
+            if rec is None:
+                return False
+            deps = self._deps_of[tid] = tuple(rec.task.depends_on)
+        return all(os.path.exists(self._done_path(TaskStatus.SUCCEEDED, d)) for d in deps)
+
+    def _claimable(self, loc: TaskLoc, now: float) -> bool:
+        """The lifecycle's claim rule for a QUEUED or PENDING file (dependencies are looked up
+        only for a PENDING task that could otherwise run)."""
+        s = loc.slot
+        assert s is not None
+        if not claimable(loc.status, eta=s.eta, expires_at=s.expires_at, waiting=False, now=now):
+            return False
+        return loc.status is TaskStatus.QUEUED or not s.ndeps or self._deps_done(loc)
+
+    def _promote(self, queues: Sequence[str] | None, now: float) -> None:
+        """PENDING tasks whose eta came and whose dependencies succeeded become QUEUED."""
+        for tid, loc in self._scan(TaskStatus.PENDING, queues).items():
+            s = loc.slot
+            assert s is not None
+            if not self._claimable(loc, now):
+                continue
+            queue = self._queue_of.get(tid) or decode_name(
+                os.path.basename(os.path.dirname(loc.path))
+            )
+            self._move(loc.path, self._slot_path(TaskStatus.QUEUED, queue, s._replace(ndeps=0)))
+
+    def claimable(self, queues: Sequence[str] | None, now: float) -> bool:
+        """Whether ``claim`` would find something (for polling across processes)."""
+        return any(
+            self._claimable(loc, now)
+            for status in (TaskStatus.QUEUED, TaskStatus.PENDING)
+            for loc in self._scan(status, queues).values()
+        )
+
+    def claim(
+        self, worker: str, queues: Sequence[str] | None, limit: int, lease: float, now: float
+    ) -> list[Task]:
+        self._promote(queues, now)
+        cands = sorted(
+            (
+                (claim_order(loc.slot.priority, loc.slot.seq), loc)
+                for loc in self._scan(TaskStatus.QUEUED, queues).values()
+                if loc.slot is not None and self._claimable(loc, now)
+            ),
+            key=lambda c: c[0],
+        )
+        wdir = os.path.join(self.running, encode_name(worker))
+        out: list[Task] = []
+        for _, loc in cands:
+            if len(out) >= limit:
+                break
+            assert loc.slot is not None
+            new = loc.slot._replace(deliveries=loc.slot.deliveries + 1, lease_until=now + lease)
+            dst = os.path.join(wdir, new.render())
+            if not self._move(loc.path, dst):
+                continue  # another worker won it
+            held = TaskLoc(TaskStatus.RUNNING, dst, new, worker)
+            errors: list[Exception] = []
+            rec = self._read_rec(dst, errors)
+            if rec is None and errors:
+                # unreadable (logged): a stand-in that fails when run, saying why, so the task
+                # ends with a TaskResult and the rest of the batch goes on
+                queue = decode_name(os.path.basename(os.path.dirname(loc.path)))
+                task = stand_in_task(
+                    new.task_id, errors[0], queue=queue, priority=new.priority,
+                    created_at=new.created_at,
+                )
+                rec = TaskRecord(new.seq, task)
+                self._write_rec(dst, rec)
+            if rec is None:  # gone under us: fail it rather than meet it again forever
+                self._move(dst, self._done_path(TaskStatus.FAILED, new.task_id))
+                continue
+            out.append(self._task(held, rec))
+        return out
+
+    # --- ends of a lease and their consequences -------------------------------------------------------
+    def finish(
+        self, worker: str, outcomes: Sequence[tuple[str, TaskStatus]], now: float
+    ) -> Finished:
+        held = self._held(worker)
+        ended: list[tuple[str, TaskStatus]] = []
+        for tid, status in outcomes:
+            loc = held.get(tid)
+            rec = self._read_rec(loc.path) if loc is not None else None
+            if loc is None or rec is None:
+                continue  # not (or no longer) this worker's
+            if self._end(loc, rec, status, now, worker=worker) is not None:
+                unlink(self._cancel_path(tid))
+                ended.append((tid, status))
+        return self._cascade(ended, now)
+
+    def _cascade(self, ended: Sequence[tuple[str, TaskStatus]], now: float) -> Finished:
+        """Release or cancel (transitively) the tasks waiting on tasks that just ended."""
+        fin = Finished()
+        todo = list(ended)
+        pending: dict[str, TaskLoc] | None = None
+        while todo:
+            dep, dep_status = todo.pop(0)
+            ddir = os.path.join(self.deps, encode_name(dep))
+            names = listdir(ddir)
+            if names and pending is None:
+                pending = self._scan(TaskStatus.PENDING)
+            for name in names:
+                assert pending is not None
+                did = decode_name(name)
+                loc = pending.get(did)
+                rec = self._read_rec(loc.path) if loc is not None else None
+                if loc is None or loc.slot is None or rec is None:
+                    continue  # not waiting (any more); an enqueue in flight checks for itself
+                others_left = dep_status is TaskStatus.SUCCEEDED and not self._deps_done(loc)
+                fate = on_dependency_end(dep_status, others_left=others_left)
+                if fate is Cascade.CANCEL:
+                    task = self._end(loc, rec, TaskStatus.CANCELLED, now)
+                    if task is not None:
+                        del pending[did]
+                        fin.cancelled.append((task, dep))
+                        todo.append((did, TaskStatus.CANCELLED))
+                    continue
+                if fate is not Cascade.RELEASE:
+                    continue
+                s = loc.slot._replace(ndeps=0)
+                status = ready_status(s.eta, now)
+                dst = self._slot_path(status, rec.task.queue, s)
+                if self._move(loc.path, dst):
+                    del pending[did]
+                    fin.released.append(self._task(TaskLoc(status, dst, s), rec))
+            rmtree(ddir)
+        return fin
+
+    def retry(self, worker: str, task_id: str, eta: float, attempts: int) -> bool:
+        """True when the task is QUEUED again at once (``retry`` has no ``now``: the wall clock
+        decides, as in the other backends)."""
+        loc = self._held(worker).get(task_id)
+        rec = self._read_rec(loc.path) if loc is not None else None
+        if loc is None or loc.slot is None or rec is None:
+            return False
+        slot = loc.slot._replace(attempts=attempts, eta=eta, lease_until=None, ndeps=0)
+        status = ready_status(eta, time.time())
+        moved = self._move(loc.path, self._slot_path(status, rec.task.queue, slot))
+        return moved and status is TaskStatus.QUEUED
+
+    def release(self, worker: str, task_ids: Sequence[str]) -> bool:
+        held = self._held(worker)
+        moved = False
+        for tid in task_ids:
+            loc = held.get(tid)
+            rec = self._read_rec(loc.path) if loc is not None else None
+            if loc is None or loc.slot is None or rec is None:
+                continue
+            slot = loc.slot._replace(deliveries=max(0, loc.slot.deliveries - 1), lease_until=None)
+            moved |= self._move(loc.path, self._slot_path(TaskStatus.QUEUED, rec.task.queue, slot))
+        return moved
+
+    def extend(self, worker: str, task_ids: Sequence[str], lease_until: float) -> None:
+        held = self._held(worker)
+        for tid in task_ids:
+            loc = held.get(tid)
+            if loc is None or loc.slot is None:
+                continue
+            new = loc.slot._replace(lease_until=lease_until)
+            self._move(loc.path, os.path.join(os.path.dirname(loc.path), new.render()))
+
+    def overrun(self, now: float, limit: int) -> list[Overrun]:
+        lapsed = sorted(
+            (loc for loc in self._scan(TaskStatus.RUNNING).values()
+             if loc.slot is not None and lease_lapsed(loc.slot.lease_until, now)),
+            key=lambda loc: loc.slot.lease_until if loc.slot and loc.slot.lease_until else 0.0,
+        )[:limit]
+        return [
+            Overrun(task_id=loc.slot.task_id, queue=self._queue(loc.slot.task_id, loc.path) or "default",
+                    worker=loc.worker, lease_until=loc.slot.lease_until or 0.0)
+            for loc in lapsed if loc.slot is not None
+        ]
+
+    def reap(self, now: float) -> Reaped:
+        out = Reaped(requeued=[], dead=[], cancelled=[])
+        ended: list[tuple[str, TaskStatus]] = []
+        lapsed = sorted(
+            (
+                loc
+                for loc in self._scan(TaskStatus.RUNNING).values()
+                if loc.slot is not None and lease_lapsed(loc.slot.lease_until, now)
+            ),
+            key=lambda loc: loc.slot.seq if loc.slot else "",
+        )
+        for loc in lapsed:
+            s = loc.slot
+            rec = self._read_rec(loc.path)
+            if s is None or rec is None:
+                continue
+            tid = s.task_id
+            fate = on_lapse(
+                cancel_requested=os.path.exists(self._cancel_path(tid)),
+                deliveries=s.deliveries,
+                max_deliveries=rec.task.max_deliveries,
+            )
+            if fate is TaskStatus.CANCELLED:
+                task = self._end(loc, rec, TaskStatus.CANCELLED, now, worker=loc.worker)
+                if task is not None:
+                    unlink(self._cancel_path(tid))
+                    out.cancelled.append((task, tid))
+                    ended.append((tid, TaskStatus.CANCELLED))
+            elif fate is TaskStatus.QUEUED:
+                slot = s._replace(lease_until=None)
+                dst = self._slot_path(TaskStatus.QUEUED, rec.task.queue, slot)
+                if self._move(loc.path, dst):
+                    out.requeued.append(self._task(TaskLoc(TaskStatus.QUEUED, dst, slot), rec))
+            else:
+                task = self._end(loc, rec, TaskStatus.FAILED, now, worker=loc.worker)
+                if task is not None:
+                    out.dead.append(task)
+                    ended.append((tid, TaskStatus.FAILED))
+        out.cancelled.extend(self._cascade(ended, now).cancelled)
+        self._recover_staged(now)
+        return out
+
+    def expire(self, now: float) -> list[Task]:
+        found = [
+            loc
+            for st in (TaskStatus.QUEUED, TaskStatus.PENDING)
+            for loc in self._scan(st).values()
+            if loc.slot is not None and expires(st, loc.slot.expires_at, now)
+        ]
+        found.sort(key=lambda loc: loc.slot.seq if loc.slot else "")
+        out: list[Task] = []
+        for loc in found:
+            rec = self._read_rec(loc.path)
+            task = self._end(loc, rec, TaskStatus.EXPIRED, now) if rec is not None else None
+            if task is not None:
+                out.append(task)
+        cascade = self._cascade([(t.id, TaskStatus.EXPIRED) for t in out], now)
+        return out + [t for t, _ in cascade.cancelled]
+
+    def cancel(self, task_ids: Sequence[str], now: float) -> dict[str, TaskStatus]:
+        out: dict[str, TaskStatus] = {}
+        ended: list[tuple[str, TaskStatus]] = []
+        todo = list(dict.fromkeys(task_ids))
+        for _ in range(5):  # a task claimed under our feet is looked up again
+            if not todo:
+                break
+            locs = self.locate(todo)
+            todo = []
+            for tid, loc in locs.items():
+                if loc.status in (TaskStatus.QUEUED, TaskStatus.PENDING):
+                    rec = self._read_rec(loc.path)
+                    task = self._end(loc, rec, TaskStatus.CANCELLED, now) if rec else None
+                    if task is None:
+                        todo.append(tid)
+                        continue
+                    ended.append((tid, TaskStatus.CANCELLED))
+                elif loc.status is TaskStatus.RUNNING:
+                    touch(self._cancel_path(tid))
+                out.setdefault(tid, loc.status)
+        for t, _ in self._cascade(ended, now).cancelled:
+            out[t.id] = TaskStatus.PENDING
+        return out
+
+    # --- reads ----------------------------------------------------------------------------------------
+    def get_task(self, task_id: str) -> Task | None:
+        for _ in range(3):
+            loc = self.locate([task_id]).get(task_id)
+            if loc is None:
+                return None
+            rec = self._read_rec(loc.path)
+            if rec is not None:
+                return self._task(loc, rec)
+        return None
+
+    def statuses(self, task_ids: Sequence[str]) -> dict[str, TaskStatus]:
+        return {tid: loc.status for tid, loc in self.locate(task_ids).items()}
+
+    def cancel_requests(self, task_ids: Sequence[str]) -> list[str]:
+        running = self._scan(TaskStatus.RUNNING)
+        return [t for t in task_ids if t in running and os.path.exists(self._cancel_path(t))]
+
+    def _queue(self, task_id: str, path: str) -> str | None:
+        q = self._queue_of.get(task_id)
+        if q is None:
+            rec = self._read_rec(path)
+            q = rec.task.queue if rec is not None else None
+        return q
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+
+        def add(queue: str | None, status: TaskStatus, n: int = 1) -> None:
+            if queue is not None and n:
+                per = out.setdefault(queue, {})
+                per[status.value] = per.get(status.value, 0) + n
+
+        for st, area in ((TaskStatus.QUEUED, self.queued), (TaskStatus.PENDING, self.pending)):
+            for q in listdir(area):
+                n = sum(1 for name in listdir(os.path.join(area, q)) if Slot.parse(name))
+                add(decode_name(q), st, n)
+        for tid, loc in self._scan(TaskStatus.RUNNING).items():
+            add(self._queue(tid, loc.path), TaskStatus.RUNNING)
+        for st in _FINALS:
+            sdir = os.path.join(self.done, st.value)
+            for name in listdir(sdir):
+                if name.endswith(".msgpack"):
+                    tid = decode_name(name[: -len(".msgpack")])
+                    add(self._queue(tid, os.path.join(sdir, name)), st)
+        return out
+
+    def oldest_queued(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for q in listdir(self.queued):
+            slots = [s for n in listdir(os.path.join(self.queued, q)) if (s := Slot.parse(n))]
+            if slots:
+                out[decode_name(q)] = min(s.created_at for s in slots)
+        return out
+
+    def purge(self, before: float) -> int:
+        count = 0
+        for st in _FINALS:
+            try:
+                entries = list(os.scandir(os.path.join(self.done, st.value)))
+            except FileNotFoundError:
+                continue
+            for e in entries:
+                if e.name.startswith(".") or not e.name.endswith(".msgpack"):
+                    continue
+                try:
+                    if e.stat().st_mtime >= before:
+                        continue
+                except FileNotFoundError:
+                    continue
+                rec = self._read_rec(e.path)
+                if unlink(e.path):
+                    count += 1
+                    tid = decode_name(e.name[: -len(".msgpack")])
+                    if rec is not None and rec.task.key is not None:
+                        self.key_marks.forget(rec.task.key, tid, st, time.time())
+                    unlink(self._cancel_path(tid))
+                    rmtree(os.path.join(self.deps, encode_name(tid)))
+                    self._queue_of.pop(tid, None)
+                    self._deps_of.pop(tid, None)
+        return count
+
+    # --- schedules ------------------------------------------------------------------------------------
+    def add_schedule(self, schedule: Schedule) -> None:
+        self.schedules.add(schedule)
+
+    def get_schedules(self) -> list[Schedule]:
+        return self.schedules.all()
+
+    def set_schedule_paused(self, schedule_id: str, paused: bool, next_run: float | None) -> bool:
+        return self.schedules.set_paused(schedule_id, paused, next_run)
+
+    def delete_schedule(self, schedule_id: str) -> bool:
+        return self.schedules.delete(schedule_id)
+
+    def fire_schedule(
+        self,
+        schedule_id: str,
+        expected_next_run: float,
+        next_run: float | None,
+        now: float,
+        task: Task,
+    ) -> tuple[bool, bool]:
+        """(won the slot, the task is ready to claim)."""
+        sdir = self.schedules.dir(schedule_id)
+        cur = self.schedules.current(sdir)
+        if cur is None:
+            return False, False
+        v, s = cur
+        if not slot_fires(s, expected_next_run):
+            return False, False
+        if self._existing({task.id}):
+            raise ConfigError(f"task id {task.id!r} already exists")
+        # The task is staged first, so a crash between winning the slot and enqueueing loses
+        # nothing: reap finds the staged file and finishes the job.
+        staged = os.path.join(
+            self.staged, f"{encode_name(schedule_id)}@{encode_name(task.id)}.msgpack"
+        )
+        rec = TaskRecord(new_id(), task)
+        self._write_rec(staged, rec)
+        new = fired(s, next_run=next_run, now=now, task_id=task.id)
+        if not self.schedules.cas(sdir, v, new):
+            unlink(staged)
+            return False, False
+        return True, self._commit_staged(staged, rec)
+
+    def _commit_staged(self, staged: str, rec: TaskRecord) -> bool:
+        t = rec.task
+        self._queue_of[t.id] = t.queue
+        [(status, _)] = plan_enqueue([msgspec.structs.replace(t, depends_on=())], {})
+        slot = Slot(
+            t.priority,
+            rec.seq,
+            t.deliveries,
+            t.attempts,
+            t.created_at,
+            t.expires_at,
+            t.eta,
+            None,
+            0,
+            t.id,
+        )
+        return self._move(staged, self._slot_path(status, t.queue, slot)) and (
+            status is TaskStatus.QUEUED
+        )
+
+    def _recover_staged(self, now: float) -> None:
+        for name in listdir(self.staged):
+            path = os.path.join(self.staged, name)
+            try:
+                if os.stat(path).st_mtime > time.time() - 300:
+                    continue  # its firing may still be under way
+            except FileNotFoundError:
+                continue
+            sid = name.rpartition("@")[0]
+            rec = self._read_rec(path)
+            cur = self.schedules.current(self.schedules.dir(decode_name(sid))) if sid else None
+            if rec is not None and cur is not None and cur[1].last_task_id == rec.task.id:
+                log.warning("enqueueing task %s of schedule %s after a crash", rec.task.id, sid)
+                self._commit_staged(path, rec)
+            else:
+                unlink(path)
+
+    # --- workers --------------------------------------------------------------------------------------
+    def heartbeat(self, info: WorkerInfo) -> None:
+        path = os.path.join(self.workers_dir, encode_name(info.id) + ".msgpack")
+        write_atomic(path, encode(info), fsync=False)
+
+    def remove_worker(self, worker_id: str) -> None:
+        unlink(os.path.join(self.workers_dir, encode_name(worker_id) + ".msgpack"))
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.join(self.running, encode_name(worker_id)))
+
+    def workers(self) -> list[WorkerInfo]:
+        out = []
+        for name in listdir(self.workers_dir):
+            data = read_file(os.path.join(self.workers_dir, name))
+            if data is None:
+                continue
+            try:
+                out.append(_worker_dec.decode(data))
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                log.warning("ignoring unreadable worker record %s", name)
+        out.sort(key=lambda w: w.id)
+        return out
