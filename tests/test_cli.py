@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -11,9 +12,10 @@ from omniq import OmniQ
 from . import helpers
 
 
-def _omniq(*args: str, cwd=None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def _omniq(*args: str, cwd=None, timeout: float = 120, env=None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "omniq.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "omniq.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        env=env,
     )
 
 
@@ -81,3 +83,24 @@ def test_worker_on_a_memory_queue_refuses(tmp_path):
         assert p.returncode == 2
         assert "nothing else can enqueue" in p.stderr and "sqlite:///" in p.stderr
         assert "Traceback" not in p.stderr
+
+
+def test_status_without_slurm_says_nothing_of_it(tmp_path):
+    """SLURM jobs are listed only where ``squeue`` is installed and answers (tests/test_hpc.py
+    runs it against a real SLURM); without it, or when it fails, status is as before."""
+    url = f"sqlite:///{tmp_path}/s.db"
+    with OmniQ(tasks=url, concurrency=0) as oq:
+        oq.enqueue(helpers.square, args=(1,))
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    env = {**os.environ, "PATH": str(bare)}  # no squeue
+    p = _omniq("status", "--tasks", url, env=env)
+    assert p.returncode == 0, p.stderr
+    assert "SLURM" not in p.stdout and "squeue" not in p.stderr
+    assert "slurm_jobs" not in json.loads(_omniq("status", "--tasks", url, "--json", env=env).stdout)
+    squeue = bare / "squeue"  # installed, but reaching no cluster
+    squeue.write_text("#!/bin/sh\necho 'squeue: error: resolve_ctls_from_dns_srv: res_nsearch error' >&2\nexit 1\n")
+    squeue.chmod(0o755)
+    p = _omniq("status", "--tasks", url, env=env)
+    assert p.returncode == 0, p.stderr
+    assert "SLURM" not in p.stdout and "Traceback" not in p.stderr

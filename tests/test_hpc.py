@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -22,7 +23,7 @@ from typing import Any
 import pytest
 
 from omniq import ConfigError, OmniQ, TaskStatus
-from omniq.hpc import SlurmWorkers, StorageReachWarning, omniq_jobs, parse_walltime
+from omniq.hpc import SlurmWorkers, StorageReachWarning, omniq_jobs, parse_walltime, storage_tag
 from omniq.hpc import base as hpc_base
 from omniq.hpc.base import format_walltime, job_url
 
@@ -128,6 +129,23 @@ def test_job_urls_by_cluster(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> 
     # a local disk on a cluster of several hosts: a warning
     monkeypatch.setattr(hpc_base, "mount_of", lambda path: ("/", "ext4"))
     assert "looks local" in job_url("tasks", "sqlite:////data/lab.db", cluster_local=False)[1][0]
+
+
+def test_storage_tag_names_the_queue_not_its_password(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Job names carry a tag of the task queue they serve (``omniq status`` finds them by it)."""
+    monkeypatch.chdir(tmp_path)
+    tag = storage_tag(f"sqlite:///{tmp_path}/lab.db")
+    assert tag is not None and len(tag) == 8 and int(tag, 16) >= 0
+    assert storage_tag("sqlite:///lab.db") == tag  # relative or absolute: the same file
+    assert storage_tag(f"sqlite:///{tmp_path}/lab.db?timeout=5") == tag
+    (tmp_path / "link").symlink_to(tmp_path)
+    assert storage_tag(f"sqlite:///{tmp_path}/link/lab.db") == tag
+    assert storage_tag(f"sqlite:///{tmp_path}/other.db") != tag
+    assert storage_tag(f"file://{tmp_path}/lab.db") != tag
+    pg = storage_tag("postgresql://me:secret@db.lab/queue")
+    assert pg == storage_tag("postgresql://me:other@db.lab/queue")  # job names are public: no password
+    assert pg != storage_tag("postgresql://me:secret@db.lab/other")
+    assert storage_tag("memory://") is None and storage_tag("sqlite://:memory:") is None
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [
@@ -272,6 +290,42 @@ def test_tasks_run_inside_jobs_and_scale_spreads_them(cluster: PrivateSlurm, oq:
         assert pool.jobs() == []
     finally:
         pool.close()
+
+
+@pytest.mark.slow
+def test_omniq_status_lists_the_jobs_serving_its_queue(cluster: PrivateSlurm, oq: OmniQ, tmp_path: Any) -> None:
+    """``omniq status`` (CLI, another process) finds the jobs by the storage tag in their name:
+    this queue's, not another queue's."""
+    import json
+
+    other = OmniQ(tasks=f"sqlite:///{tmp_path}/other.db", concurrency=0)
+    mine, theirs = _pool(oq, tmp_path, idle_timeout=60), _pool(other, tmp_path / "o", idle_timeout=60)
+    try:
+        assert mine.name.startswith(f"omniq-{storage_tag(f'sqlite:///{tmp_path}/q.db')}-")
+        mine.scale(2)
+        theirs.scale(1)
+        oq.open()  # (creates q.db: status reads only storage that exists)
+        _wait(lambda: sum(j.state == "RUNNING" for j in mine.jobs()) == 2, 60, "two running jobs")
+        env = {**os.environ, **cluster.env()}
+
+        def status(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([sys.executable, "-m", "omniq.cli", "status", "--tasks", "sqlite:///q.db", *args],
+                                  capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
+
+        p = status()
+        assert p.returncode == 0, p.stderr
+        section = p.stdout.split("SLURM jobs serving this queue (2):\n", 1)[1]
+        for j in mine.jobs():
+            assert re.search(rf"^  {re.escape(j.id)} +running on localhost  {mine.name}$", section, re.M), p.stdout
+        assert theirs.name not in p.stdout
+        h = json.loads(status("--json").stdout)
+        assert {(j["id"], j["state"], j["name"]) for j in h["slurm_jobs"]} == {
+            (j.id, "RUNNING", mine.name) for j in mine.jobs()}
+    finally:
+        mine.close()
+        theirs.close()
+        other.close()
+    assert "SLURM jobs serving this queue (0):\n  (none)" in status().stdout
 
 
 @pytest.mark.slow

@@ -1,4 +1,8 @@
-"""Command line: ``omniq demo``, ``omniq worker``, ``omniq status``."""
+"""Command line: ``omniq demo``, ``omniq worker``, ``omniq status``.
+
+``omniq status`` lists, where SLURM is installed, the ``omniq.hpc`` worker jobs serving the
+queue (by the storage tag in their job names), beside the workers' heartbeats.
+"""
 
 from __future__ import annotations
 
@@ -257,11 +261,31 @@ def cmd_status(args: argparse.Namespace) -> int:
     except StorageError as exc:  # unreachable: 1, like a storage health() reports down
         print(f"omniq status: {exc}", file=sys.stderr)
         return 1
+    jobs = slurm_jobs(oq.core.tasks_url)
+    if jobs is not None:
+        h["slurm_jobs"] = jobs
     if args.json:
         print(json.dumps(h, indent=2, default=str))
     else:
         print(status_report(h))
     return 0 if h["ok"] else 1
+
+
+def slurm_jobs(tasks_url: str) -> list[dict[str, Any]] | None:
+    """The SLURM jobs (``omniq.hpc`` pools, from any process of this user) serving ``tasks_url``,
+    found by the storage tag in their names; None where SLURM's ``squeue`` is not installed or
+    reaches no cluster (status works the same without SLURM, and says nothing of it)."""
+    import dataclasses
+    import shutil
+
+    if shutil.which("squeue") is None:
+        return None
+    from .hpc import JobSystemError, omniq_jobs
+
+    try:
+        return [dataclasses.asdict(j) for j in omniq_jobs(tasks=tasks_url, strict=True)]
+    except JobSystemError:
+        return None
 
 
 def status_report(h: dict[str, Any]) -> str:
@@ -286,6 +310,15 @@ def status_report(h: dict[str, Any]) -> str:
                      f"{'alive' if w['alive'] else 'DEAD'} (heartbeat {now - w['last_heartbeat']:.1f}s ago){short}")
     if not h["workers"]:
         lines.append("  (none)")
+    if "slurm_jobs" in h:  # only where SLURM is installed
+        jobs = h["slurm_jobs"]
+        lines.append(f"\nSLURM jobs serving this queue ({len(jobs)}):")
+        for j in jobs:
+            where = f" on {j['node']}" if j.get("node") else ""
+            why = f" ({j['reason']})" if j.get("reason") and j["state"] == "PENDING" else ""
+            lines.append(f"  {j['id']:<16} {j['state'].lower()}{why}{where}  {j['name']}")
+        if not jobs:
+            lines.append("  (none)")
     overrun = h.get("leases_overrun")
     if overrun:
         lines.append(f"\nleases overrun in the last hour ({len(overrun)}): the worker died or hung")
@@ -333,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "them back to the queue (default: wait for them)")
     w.set_defaults(fn=cmd_worker)
 
-    s = sub.add_parser("status", help="queue depths by status, workers, schedules")
+    s = sub.add_parser("status", help="queue depths by status, workers, SLURM jobs, schedules")
     s.add_argument("--config", default=None, metavar="YAML", help=_CONFIG_HELP)
     s.add_argument("--tasks", default=None, help="task queue URL (default from config/env: OMNIQ_TASK_QUEUE_TYPE)")
     s.add_argument("--results", default=None, help="result storage URL (default from config/env)")

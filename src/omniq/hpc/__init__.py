@@ -16,7 +16,15 @@ interpreter exit. A scheduler is a small subclass giving its three commands (sub
 list) and their parsing: ``SlurmWorkers`` (``slurm.py``); PBS or LSF would be another.
 """
 
-from .base import Job, JobSystemError, JobWorkers, StorageReachWarning, parse_walltime
+from .base import (
+    Job,
+    JobSystemError,
+    JobWorkers,
+    StorageReachWarning,
+    parse_walltime,
+    pools,
+    storage_tag,
+)
 from .slurm import SlurmWorkers, omniq_jobs
 
 __all__ = [
@@ -27,4 +35,6 @@ __all__ = [
     "StorageReachWarning",
     "omniq_jobs",
     "parse_walltime",
+    "pools",
+    "storage_tag",
 ]

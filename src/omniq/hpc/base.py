@@ -44,6 +44,7 @@ import atexit
 import contextlib
 import dataclasses
 import datetime as _dt
+import hashlib
 import io
 import json
 import math
@@ -269,6 +270,25 @@ def _path_warnings(role: str, url: str, path: str, scheme: str, cluster_local: b
     return []
 
 
+def storage_tag(url: str) -> str | None:
+    """Eight hex digits naming the task queue ``url`` (as jobs open it), carried in job names
+    (``omniq-<tag>-<hex>``) so ``omniq status`` on that queue finds its jobs among the user's.
+    Derived from the URL without its password (job names are public); SQLite and ``file://``
+    by their resolved path. None for a queue no job could serve (``memory://``)."""
+    try:
+        url, _ = job_url("tasks", url, cluster_local=True)
+    except ConfigError:
+        return None
+    scheme, _, rest = url.partition("://")
+    scheme = scheme.lower()
+    if scheme in ("sqlite", "file"):
+        path = rest.partition("?")[0]
+        key = f"{scheme}:{os.path.realpath(path[1:] if scheme == 'sqlite' else path)}"
+    else:
+        key = masked(url).rstrip("/")
+    return hashlib.sha256(key.encode()).hexdigest()[:8]
+
+
 # ------------------------------------------------------------------------------ the pool
 def _core_of(oq: Any) -> Any:
     from ..core import AsyncOmniQ, OmniQ
@@ -356,16 +376,8 @@ class JobWorkers(abc.ABC):
         if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not 0 < interval < math.inf:
             raise ConfigError(f"interval={interval!r} is not valid: expected seconds > 0")
         self.interval = float(interval)
-        suffix = os.urandom(3).hex()
-        if name is None:
-            name = f"omniq-{suffix}"
-        elif not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9._-]{1,60}", name):
+        if name is not None and (not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9._-]{1,60}", name)):
             raise ConfigError(f"name={name!r} is not valid: expected letters, digits, '.', '_' or '-' (at most 60)")
-        elif "omniq" not in name.lower():
-            name = f"omniq-{name}"
-        self.name = name
-        self.log_dir = os.path.abspath(os.fspath(log_dir) if log_dir is not None
-                                       else os.path.join(cfg.base_dir, "hpc", name))
         self.cwd = os.getcwd()
 
         # the storage, as jobs will open it (refusing what they cannot reach)
@@ -383,6 +395,14 @@ class JobWorkers(abc.ABC):
             notes.extend(w)
         for note in dict.fromkeys(notes):
             warnings.warn(note, StorageReachWarning, stacklevel=3)
+        # the name says omniq and which task queue the jobs serve (omniq status finds them by it)
+        if name is None:
+            name = f"omniq-{storage_tag(self.urls['tasks'])}-{os.urandom(3).hex()}"
+        elif "omniq" not in name.lower():
+            name = f"omniq-{name}"
+        self.name = name
+        self.log_dir = os.path.abspath(os.fspath(log_dir) if log_dir is not None
+                                       else os.path.join(cfg.base_dir, "hpc", name))
         self._storage_env = self._storage_variables()
 
         self._lock = threading.RLock()

@@ -4,8 +4,9 @@ Each job is ``sbatch --nodes=1 --ntasks=1 --cpus-per-task=<cores> --time=<wallti
 --signal=B:TERM@<margin>`` of a script that sources the pool's private environment file and
 ``exec``s ``omniq worker`` (so SLURM's walltime warning, sent to the batch shell only, reaches
 the worker itself and not the tasks' processes). Several jobs at once are one job array. Jobs are
-named ``omniq-<hex>`` (unique per pool: ``squeue --name`` lists them, ``scancel --name`` cancels
-them all) and log to ``<log_dir>/<name>-<job id>.log``.
+named ``omniq-<storage tag>-<hex>`` (unique per pool: ``squeue --name`` lists them, ``scancel
+--name`` cancels them all; the tag lets ``omniq status`` on the same task queue find them) and log
+to ``<log_dir>/<name>-<job id>.log``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,15 @@ from typing import Any
 
 from ..config.sizes import parse_size
 from ..errors import ConfigError, OmniQError
-from .base import Job, JobSystemError, JobWorkers, _lines, format_walltime, parse_walltime
+from .base import (
+    Job,
+    JobSystemError,
+    JobWorkers,
+    _lines,
+    format_walltime,
+    parse_walltime,
+    storage_tag,
+)
 
 
 class SlurmWorkers(JobWorkers):
@@ -260,22 +269,37 @@ def parse_squeue(stdout: str) -> list[Job]:
     return jobs
 
 
-def omniq_jobs(*, user: str | None = None, timeout: float = 10.0) -> list[Job]:
+def omniq_jobs(*, tasks: str | None = None, user: str | None = None, timeout: float = 10.0,
+               strict: bool = False) -> list[Job]:
     """The SLURM jobs of ``user`` (default: whoever runs this) whose name starts with ``omniq``
-    (every pool's, from any process), as ``squeue`` lists them now; empty where SLURM's commands
-    are missing or do not answer. For status displays (``omniq status``, ``%omniq status``)."""
+    (every pool's, from any process), as ``squeue`` lists them now; with ``tasks`` (a task queue
+    URL), only those serving that queue (by the storage tag in their name: pools given their own
+    ``name=`` are not found this way). Empty where SLURM's commands are missing or do not answer
+    (for status displays, which must work without SLURM); ``strict``: a ``JobSystemError`` then."""
     import getpass
     import subprocess
 
+    tag = None
+    if tasks is not None:
+        tag = storage_tag(tasks)
+        if tag is None:
+            return []  # a queue no job can serve (memory://)
     try:
         who = user or getpass.getuser()
         p = subprocess.run(["squeue", "--noheader", "--array", f"--user={who}", f"--format={SQUEUE_FORMAT}"],
                            capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.TimeoutExpired, KeyError):
+    except (OSError, subprocess.TimeoutExpired, KeyError) as exc:
+        if strict:
+            raise JobSystemError(f"squeue did not answer: {exc}") from exc
         return []
     if p.returncode != 0:
+        if strict:
+            raise JobSystemError(f"squeue failed ({p.returncode}): {(p.stderr or p.stdout).strip()}")
         return []
-    return [j for j in parse_squeue(p.stdout) if j.name.lower().startswith("omniq")]
+    jobs = [j for j in parse_squeue(p.stdout) if j.name.lower().startswith("omniq")]
+    if tag is not None:
+        jobs = [j for j in jobs if f"-{tag}-" in j.name.lower()]
+    return jobs
 
 
 def _leading_int(text: str) -> int:
