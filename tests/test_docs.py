@@ -8,8 +8,14 @@ Examples in ``docs/*.md`` are fenced code blocks:
   temporary SQLite files. No ``OMNIQ_*`` variable of the test run reaches them.
 * ```` ```ipython ````: notebook cells. A page's IPython blocks run in order, one cell each,
   in one IPython shell (magics included), in a fresh interpreter and temporary folder.
+* ``<!-- docs-test: needs SERVICE ... -->`` on the line before a ```` ```python ```` block: the
+  block needs a server or a cluster (``postgres``, ``redis``, ``nats`` on their usual local
+  ports, ``slurm``), so it runs on its own (a fresh interpreter and folder, not with the page's
+  other blocks) as a case of its own, skipped with the reason when a service is absent. For
+  ``slurm`` the test starts a private single-node cluster (``tests/slurm.py``) when ``sinfo``
+  finds none.
 * ``<!-- docs-test: skip REASON -->`` on the line before a block: shown, not run (it needs a
-  server, a bucket or a cluster). The reason is required.
+  bucket with credentials, or a host that does not exist here). The reason is required.
 * ``<!-- docs-test: output -->`` on the line before a ```` ```text ```` block: that block is
   what the Python or IPython block just before it prints (compared line by line, trailing
   spaces ignored).
@@ -22,12 +28,16 @@ Other fences (bash, yaml, text) are not run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import shutil
+import socket
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,7 +49,7 @@ MARK = "<<<omniq-docs-block>>>"
 
 FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<ticks>`{3,})(?P<info>[^\n`]*)\n(?P<body>.*?)^(?P=indent)(?P=ticks)[ \t]*$",
                    re.MULTILINE | re.DOTALL)
-DIRECTIVE = re.compile(r"<!-- docs-test: (?P<what>skip|output|env|raises)\b(?P<rest>[^>]*?)-->")
+DIRECTIVE = re.compile(r"<!-- docs-test: (?P<what>skip|output|env|raises|needs)\b(?P<rest>[^>]*?)-->")
 
 
 @dataclass
@@ -51,6 +61,7 @@ class Block:
     skip: str | None = None  # the reason
     output: str | None = None  # the expected output, when the page gives it
     raises: str | None = None  # the exception an IPython cell must fail with
+    needs: tuple[str, ...] = ()  # services the block needs (it then runs on its own)
 
 
 @dataclass
@@ -60,7 +71,8 @@ class Page:
     env: dict[str, str] = field(default_factory=dict)
 
     def runnable(self, lang: str) -> list[Block]:
-        return [b for b in self.blocks if b.lang == lang and b.skip is None]
+        """The blocks that run together, as one script (or one IPython session)."""
+        return [b for b in self.blocks if b.lang == lang and b.skip is None and not b.needs]
 
 
 def parse(path: Path) -> Page:
@@ -93,6 +105,11 @@ def parse(path: Path) -> Page:
             assert lang == "ipython", f"{where}: docs-test: raises is for ```ipython cells"
             block.raises = directive.group("rest").strip()
             assert block.raises.isidentifier(), f"{where}: docs-test: raises needs an exception name"
+        if directive and directive.group("what") == "needs":
+            assert lang == "python", f"{where}: docs-test: needs is for ```python blocks"
+            block.needs = tuple(directive.group("rest").split())
+            unknown = [s for s in block.needs if s not in SERVICES]
+            assert block.needs and not unknown, f"{where}: docs-test: needs one of {sorted(SERVICES)}, got {unknown}"
         if lang in ("python", "ipython"):
             page.blocks.append(block)
             last = block
@@ -102,8 +119,57 @@ def parse(path: Path) -> Page:
     return page
 
 
+# --------------------------------------------------------------------------------------------
+# services a block may need
+# --------------------------------------------------------------------------------------------
+def _port(port: int, what: str) -> Callable[[contextlib.ExitStack], dict[str, str]]:
+    def check(stack: contextlib.ExitStack) -> dict[str, str]:
+        try:
+            with socket.create_connection(("127.0.0.1", port), 1.0):
+                return {}
+        except OSError:
+            pytest.skip(f"needs {what} on 127.0.0.1:{port}, and none answers")
+    return check
+
+
+def _slurm(stack: contextlib.ExitStack) -> dict[str, str]:
+    """The environment reaching a SLURM cluster: the machine's own when ``sinfo`` answers,
+    else a private single-node one, kept for the rest of the test session."""
+    if shutil.which("sinfo") and subprocess.run(["sinfo", "-h"], capture_output=True, timeout=30).returncode == 0:
+        return {}
+    from .slurm import SlurmUnavailable, private_slurm
+
+    try:
+        cluster = stack.enter_context(private_slurm())
+    except SlurmUnavailable as exc:
+        pytest.skip(f"needs a SLURM cluster: sinfo finds none, and a private one would not start ({exc})")
+    return cluster.env()
+
+
+#: service -> a check returning the environment that reaches it (or skipping the test)
+SERVICES: dict[str, Callable[[contextlib.ExitStack], dict[str, str]]] = {
+    "postgres": _port(5432, "a PostgreSQL server"),
+    "redis": _port(6379, "a Redis server"),
+    "nats": _port(4222, "a NATS server with JetStream"),
+    "slurm": _slurm,
+}
+
+
+@pytest.fixture(scope="session")
+def service_env() -> Iterator[Callable[[str], dict[str, str]]]:
+    """``service_env(name)``: the environment reaching that service, started once a session."""
+    found: dict[str, dict[str, str]] = {}
+    with contextlib.ExitStack() as stack:
+        def need(name: str) -> dict[str, str]:
+            if name not in found:
+                found[name] = SERVICES[name](stack)
+            return found[name]
+        yield need
+
+
 PAGES = sorted(p for p in DOCS.rglob("*.md") if "_hooks" not in p.parts and "results" not in p.parts)
-EXAMPLE_PAGES = [p for p in PAGES if any(b.skip is None for b in parse(p).blocks)]
+EXAMPLE_PAGES = [p for p in PAGES if parse(p).runnable("python") or parse(p).runnable("ipython")]
+SERVICE_BLOCKS = [b for p in PAGES for b in parse(p).blocks if b.needs]
 
 
 def _env(page: Page) -> dict[str, str]:
@@ -179,6 +245,23 @@ def test_examples_run(path: Path, tmp_path: Path) -> None:
         p = _run([sys.executable, "runner.py", "cells.json"], page, work)
         assert p.returncode == 0, f"{page.path.name}'s IPython cells failed:\n{p.stdout}\n{p.stderr}"
         _check_outputs(ipython, p.stdout)
+
+
+@pytest.mark.parametrize("block", SERVICE_BLOCKS,
+                         ids=[f"{b.page.removeprefix('docs/')}:{b.line}[{'+'.join(b.needs)}]" for b in SERVICE_BLOCKS])
+def test_examples_that_need_a_service(block: Block, tmp_path: Path,
+                                      service_env: Callable[[str], dict[str, str]]) -> None:
+    """A block that needs a server or a cluster runs alone, or is skipped saying what is absent."""
+    env: dict[str, str] = {}
+    for service in block.needs:
+        env.update(service_env(service))
+    page = parse(ROOT / block.page)
+    page.env.update(env)
+    script = tmp_path / "example.py"
+    script.write_text(_python_script([block]))
+    p = _run([sys.executable, str(script)], page, tmp_path, timeout=400)
+    assert p.returncode == 0, f"{block.page}:{block.line} failed (exit {p.returncode}):\n{p.stdout}\n{p.stderr}"
+    _check_outputs([block], p.stdout)
 
 
 def test_every_example_is_run_or_says_why_not() -> None:
