@@ -31,7 +31,8 @@ import enum
 
 import msgspec
 
-from .models import Schedule, TaskStatus
+from .models.schedule import Schedule
+from .models.task import TaskStatus
 
 QUEUED = TaskStatus.QUEUED
 PENDING = TaskStatus.PENDING
