@@ -352,6 +352,8 @@ class _Reached(Exception):
 
 def _stub(cmd: Any, sub: str) -> Any:
     def run(args: Any) -> None:
+        if sub == "workers":  # the SLURM options' own checks run; starting jobs does not
+            raise _Reached(sub, args=args, request=magics_module.slurm_request(args))
         raise _Reached(sub, args=args)
 
     run.parser = cmd.parser  # type: ignore[attr-defined]
@@ -408,6 +410,7 @@ _OPTIONS = [
     "-n", "--name", "--sweep", "-s", "--out", "-o", "--wait", "-w", "--queue", "-q", "--priority",
     "-p", "--retries", "-r", "--timeout", "--tasks", "--results", "--events", "--worker",
     "--concurrency", "-c", "--queues", "-h", "--help", "--", "-", "--bogus", "-x", "--name=",
+    "--slurm", "--adapt", "--partition", "--walltime", "--cores", "--gpus",
 ]
 _VALUES = [
     "x", "job", "y,z", "a, b", "'x'", '"x"', "1", "-1", "0", "3.5", "nan", "inf", "-inf", "1e309",
@@ -415,6 +418,7 @@ _VALUES = [
     "memory://", "sqlite://rel.db", "sqlite:///x.db?mode=ro", "mongodb://h/db", "redis://u:pw@h:1/0",
     "s3://bucket", "nope", '"lr=[1e-3, 1e-2]; seed=range(3)"', '"a=range(3)"', "a=[1,2]", '"a="',
     '"a=range(10**9)"', '"a=[1]; a=[2]"', "'", '"', "\\", "'unclosed", 'x"', "é", "\x00", " ", "",
+    "0:2", "3:1", ":", "01:00:00", "a100:2",
 ]
 _token = st.one_of(
     st.sampled_from(_OPTIONS),
@@ -497,6 +501,10 @@ def test_cell_magic_with_another_subcommand_is_a_usage_error(bare_magics: Any, s
         ('wait "job', None, "quot"),
         ("wait", None, "NAME"),
         ("frobnicate", None, "frobnicate"),
+        ("workers --slurm many", None, "--slurm"),
+        ("workers --adapt 4", None, "--adapt"),
+        ("workers --cores 2", None, "--cores"),
+        ("workers --slurm 1 --walltime 99:99", None, "--walltime"),
     ],
 )
 def test_usage_errors_name_the_bad_option(bare_magics: Any, line: str, cell: str | None, named: str) -> None:

@@ -4,6 +4,13 @@ Line magic subcommands: ``init``, ``status``, ``wait``, ``cancel``, ``results``,
 ``schedules``, ``workers``; cell magic: ``%%omniq submit``, which ships the cell body to a
 worker with the notebook globals it uses and returns at once.
 
+SLURM from a cell. ``%omniq workers --slurm N`` (or ``--adapt MIN:MAX``) starts the kernel's
+:class:`~omniq.hpc.SlurmWorkers` on its OmniQ's storage; a later call rescales that same pool
+(a new one only when a job option changes). The pool is closed with the OmniQ (``%omniq init``
+of another one, unloading the extension) and at kernel exit; a kernel killed outright cannot
+cancel them, and its jobs leave after ``idle_timeout`` without tasks. ``%omniq status`` lists
+the kernel's SLURM jobs beside the workers' heartbeats.
+
 How a cell travels. The cell is analysed with :mod:`ast` / :mod:`symtable` for the names it
 reads before (or without) assigning them; each one found in the notebook namespace is shipped
 (modules by name, to be imported on the worker; everything else by dill, in one piece so a
@@ -53,7 +60,9 @@ from IPython.utils.process import arg_split
 
 from .._futures import bulk
 from ..core import OmniQ, TaskHandle
-from ..errors import ConfigError, SerializationError, StorageError
+from ..errors import ConfigError, OmniQError, SerializationError, StorageError
+from ..hpc import JobSystemError, SlurmWorkers, parse_walltime
+from ..hpc import pools as slurm_pools
 from ..models import TaskResult, TaskStatus
 from ..serialization._diagnose import describe_failure, probe
 from ..sweep import Sweep
@@ -606,6 +615,17 @@ _ENQUEUE = (
     argument("--memory", default=None, metavar="SIZE",
              help="memory a run may use, e.g. 4GB or 512MB; over it, it fails naming the limit"),
 )
+_SLURM = (
+    argument("--slurm", metavar="N",
+             help="keep N SLURM jobs running omniq worker on this kernel's storage (again: rescale "
+                  "the same jobs; 0: none)"),
+    argument("--adapt", metavar="MIN:MAX",
+             help="SLURM jobs that follow the queue: at least MIN, at most MAX; idle ones leave"),
+    argument("--partition", metavar="P", help="SLURM partition of the jobs (default: the cluster's)"),
+    argument("--walltime", metavar="T", help="each job's time limit, e.g. 02:00:00 (default 01:00:00)"),
+    argument("--cores", metavar="C", help="CPUs and worker slots per job (default 1)"),
+    argument("--gpus", metavar="G", help="GPUs per job: a count, or type:count such as a100:2"),
+)
 _SUBMIT = (
     argument("-n", "--name", required=True, metavar="NAME",
              help="bind the handle (a sweep with --sweep) to this notebook variable"),
@@ -654,6 +674,7 @@ class OmniQMagics(Magics):
         self._oq: OmniQ | None = None
         self._jobs: dict[str, _Job] = {}
         self._status_stop: threading.Event | None = None
+        self._slurm: SlurmWorkers | None = None
         self._ip = shell
         shell.events.register("pre_run_cell", self._between_cells)
         shell.events.register("post_run_cell", self._between_cells)
@@ -676,9 +697,15 @@ class OmniQMagics(Magics):
             with contextlib.suppress(ValueError):
                 self._ip.events.unregister(event, self._between_cells)
         self._stop_status()
+        self._close_slurm()
         if self._oq is not None:
             self._oq.close()
             self._oq = None
+
+    def _close_slurm(self) -> None:
+        pool, self._slurm = self._slurm, None
+        if pool is not None:
+            pool.close(wait=False)
 
     # --- dispatch -------------------------------------------------------------------------------
     @line_cell_magic
@@ -701,6 +728,8 @@ class OmniQMagics(Magics):
         except ConfigError as exc:  # a bad option value: say it like any other usage error
             raise UsageError(str(exc)) from None
         except StorageError as exc:  # a missing bucket, an unreachable server: its one line
+            raise UsageError(str(exc)) from None
+        except JobSystemError as exc:  # SLURM's controller down, a command timed out
             raise UsageError(str(exc)) from None
 
     def _dispatch(self, sub: str, rest: str, cell: str | None) -> Any:
@@ -747,6 +776,7 @@ class OmniQMagics(Magics):
         new.open()  # if this fails, the previous instance stays in use
         self._stop_status()
         old, self._oq = self._oq, new
+        self._close_slurm()  # its jobs served the old storage
         if old is not None:
             old.close()
         return new
@@ -917,11 +947,11 @@ class OmniQMagics(Magics):
         outside a kernel)."""
         oq = self.oq
         if not self._in_kernel:
-            print(status_text(oq.health()))
+            print(status_text(oq.health(), slurm=slurm_status(fresh=True)))
             return None
         import ipywidgets
 
-        box = ipywidgets.HTML(value=status_html(oq.health()))
+        box = ipywidgets.HTML(value=status_html(oq.health(), slurm=slurm_status(fresh=True)))
         self._stop_status()
         stop = self._status_stop = threading.Event()
         threading.Thread(target=_refresh_status, args=(oq, box, stop), name="omniq-status", daemon=True).start()
@@ -940,10 +970,14 @@ class OmniQMagics(Magics):
         """Schedules with their next run (a DataFrame)."""
         return _frame(self.oq.schedules())
 
-    @_command("omniq workers", _HELP)
+    @_command("omniq workers", _SLURM, _HELP)
     def _cmd_workers(self, args: Any) -> Any:
         """Workers seen by the task queue, with their last heartbeat (a DataFrame); a pool short
-        of children says so."""
+        of children says so. With --slurm N or --adapt MIN:MAX: worker jobs on SLURM instead
+        (returns the pool; its jobs end with this kernel's OmniQ)."""
+        request = slurm_request(args)
+        if request is not None:
+            return self._slurm_workers(*request)
         rows = []
         for w in self.oq.health()["workers"]:
             row = dict(w)
@@ -954,6 +988,33 @@ class OmniQMagics(Magics):
                       "(a child process could not be replaced; it keeps trying)", file=sys.stderr)
             rows.append(row)
         return _frame(rows)
+
+    def _slurm_workers(self, mode: tuple[str, int, int], options: dict[str, Any]) -> SlurmWorkers:
+        """Scale (or adapt) the kernel's SLURM pool, making it first when there is none for this
+        OmniQ or a job option differs from the pool's."""
+        oq = self.oq
+        pool = self._slurm
+        if pool is not None and (pool.closed or pool.oq is not oq):
+            pool = self._slurm = None
+        changed = [] if pool is None else _changed_options(pool, options)
+        if pool is not None and not changed:
+            _follow(pool, mode)
+            return pool
+        new = SlurmWorkers(oq, **options)  # a bad option: ConfigError naming it, nothing started
+        try:
+            _follow(new, mode)  # refused by SLURM: the previous pool stays as it was
+        except BaseException:
+            new.close(wait=False)
+            raise
+        if pool is not None:
+            print(f"omniq: new SLURM pool {new.name} ({', '.join(changed)}); the jobs of {pool.name} "
+                  "leave after their running tasks", file=sys.stderr)
+            try:
+                pool.scale(0)  # pending jobs cancelled, running ones finish their tasks; closed with oq
+            except OmniQError:
+                pool.close(wait=False)
+        self._slurm = new
+        return new
 
     # --- between cells --------------------------------------------------------------------------
     def _between_cells(self, *_: Any) -> None:
@@ -1097,6 +1158,116 @@ def _summary(job: _Job, waited: float) -> str:
     return f"{job.name}: {text}{outs}"
 
 
+_JOB_OPTIONS = ("partition", "walltime", "cores", "gpus")
+
+
+def slurm_request(args: Any) -> tuple[tuple[str, int, int], dict[str, Any]] | None:
+    """``%omniq workers``'s SLURM options as ``(("scale", n, n) | ("adapt", min, max), job
+    options given)``; None without --slurm / --adapt. A bad value is a one-line UsageError
+    naming the option and what is valid (before any job is submitted)."""
+    slurm, adapt = _unquote(args.slurm), _unquote(args.adapt)
+    given = {k: _unquote(getattr(args, k)) or "" for k in _JOB_OPTIONS if getattr(args, k) is not None}
+    if slurm is None and adapt is None:
+        if given:
+            opts = " ".join(f"--{k}" for k in given)
+            raise UsageError(f"{opts}: job options need --slurm N or --adapt MIN:MAX "
+                             "(%omniq workers --slurm 2 --cores 4)")
+        return None
+    if slurm is not None and adapt is not None:
+        raise UsageError(f"--slurm {slurm} and --adapt {adapt}: give one (a fixed number of jobs, or "
+                         "jobs that follow the queue)")
+    if slurm is not None:
+        n = _whole("--slurm", slurm, 0, "a number of jobs >= 0, e.g. --slurm 2 (0: none)")
+        mode = ("scale", n, n)
+    else:
+        text = adapt or ""
+        lo_text, sep, hi_text = text.partition(":")
+        valid = "MIN:MAX, two whole numbers with 0 <= MIN <= MAX and MAX >= 1, e.g. --adapt 0:10"
+        if not sep:
+            raise UsageError(f"--adapt {text}: expected {valid}")
+        lo = _whole("--adapt", lo_text, 0, valid, shown=text)
+        hi = _whole("--adapt", hi_text, 1, valid, shown=text)
+        if hi < lo:
+            raise UsageError(f"--adapt {text}: MAX is below MIN; expected {valid}")
+        mode = ("adapt", lo, hi)
+    options: dict[str, Any] = {}
+    for key, value in given.items():
+        if key == "cores":
+            options[key] = _whole("--cores", value, 1, "a number of CPUs per job >= 1, e.g. --cores 4")
+        elif key == "gpus":
+            options[key] = int(value) if value.isdigit() else value  # a count, or type:count
+        else:
+            options[key] = value
+    if "walltime" in options:  # said against the option here; the pool would say walltime=
+        try:
+            parse_walltime(options["walltime"])
+        except ConfigError as exc:
+            raise UsageError(f"--walltime {options['walltime']}: {str(exc).split(': ', 1)[1]}") from None
+    return mode, options
+
+
+def _follow(pool: SlurmWorkers, mode: tuple[str, int, int]) -> None:
+    if mode[0] == "scale":
+        pool.scale(mode[1])
+    else:
+        pool.adapt(minimum=mode[1], maximum=mode[2])
+
+
+def _whole(option: str, text: str, minimum: int, valid: str, *, shown: str | None = None) -> int:
+    t = text.strip()
+    if not t.isdigit() or int(t) < minimum:
+        raise UsageError(f"{option} {shown if shown is not None else text}: expected {valid}")
+    return int(t)
+
+
+def _changed_options(pool: SlurmWorkers, options: Mapping[str, Any]) -> list[str]:
+    """The job options given that differ from ``pool``'s, as ``--cores 4 (was 1)``."""
+    now = {"partition": pool.partition, "walltime": pool.walltime_seconds, "cores": pool.cores,
+           "gpus": pool.gpus}
+    was = {"partition": pool.partition, "walltime": pool.walltime, "cores": pool.cores, "gpus": pool.gpus_asked}
+    out = []
+    for key, value in options.items():
+        asked: Any = value
+        if key == "walltime":
+            asked = parse_walltime(value)
+        elif key == "gpus":
+            asked = None if value in (0, "0") else str(value)
+        if asked != now[key]:
+            out.append(f"--{key} {value} (was {was[key] if was[key] is not None else 'unset'})")
+    return out
+
+
+def slurm_status(*, fresh: bool = False) -> list[dict[str, Any]]:
+    """The SLURM pools this kernel started (``%omniq workers --slurm``, or ``SlurmWorkers`` in
+    code) with their jobs, for ``%omniq status``. ``fresh``: ask ``squeue`` now (once per
+    pool); otherwise the jobs the pools' own checks saw last (no command per refresh)."""
+    out = []
+    for pool in slurm_pools():
+        if fresh:
+            with contextlib.suppress(OmniQError):
+                pool.jobs()
+        st = pool.status()
+        if st["jobs"] or (st["mode"] is not None and st["mode"] != ("scale", 0, 0)):
+            out.append(st)
+    return out
+
+
+def _pool_head(st: Mapping[str, Any]) -> str:
+    mode = st.get("mode")
+    how = ("" if mode is None else f"scale={mode[1]}, " if mode[0] == "scale" else f"adapt={mode[1]}:{mode[2]}, ")
+    return (f"pool {st.get('name')} ({how}cores={st.get('cores')}, walltime {st.get('walltime')}; "
+            f"logs {st.get('log_dir')})")
+
+
+def _job_state(job: Mapping[str, Any]) -> str:
+    state = str(job.get("state", "")).lower()
+    if job.get("stopping"):
+        state += ", leaving after its tasks"
+    if job.get("reason") and state.startswith("pending"):
+        state += f" ({job['reason']})"
+    return state
+
+
 def _frame(rows: Sequence[Mapping[str, Any]]) -> Any:
     try:
         import pandas as pd
@@ -1120,8 +1291,8 @@ def _ago(ts: float | None) -> str:
     return f"{max(0.0, time.time() - ts):.0f} s ago"
 
 
-def status_text(health: Mapping[str, Any]) -> str:
-    """``%omniq status`` outside a kernel."""
+def status_text(health: Mapping[str, Any], slurm: Sequence[Mapping[str, Any]] = ()) -> str:
+    """``%omniq status`` outside a kernel; ``slurm``: :func:`slurm_status`."""
     cols, rows = _status_rows(health)
     w = max([5, *(len(q) for q, _ in rows)])
     lines = ["queue".ljust(w) + "".join(c.rjust(11) for c in cols)]
@@ -1132,6 +1303,10 @@ def status_text(health: Mapping[str, Any]) -> str:
         short = f" SHORT of {x['missing']} (a child could not be replaced)" if x.get("missing") else ""
         lines.append(f"  {x.get('id')} {x.get('kind')} x{x.get('slots')} "
                      f"{'alive' if x.get('alive') else 'gone'} heartbeat {_ago(x.get('last_heartbeat'))}{short}")
+    for st in slurm:
+        jobs = st.get("jobs") or []
+        lines.append(f"SLURM jobs: {len(jobs)}, {_pool_head(st)}")
+        lines += [f"  {j.get('id')} {_job_state(j)}" + (f" on {j['node']}" if j.get("node") else "") for j in jobs]
     schedules = health.get("schedules") or []
     lines.append(f"schedules: {len(schedules)}")
     for s in schedules:
@@ -1147,8 +1322,8 @@ def status_text(health: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def status_html(health: Mapping[str, Any]) -> str:
-    """``%omniq status`` as an HTML table (the widget's value)."""
+def status_html(health: Mapping[str, Any], slurm: Sequence[Mapping[str, Any]] = ()) -> str:
+    """``%omniq status`` as an HTML table (the widget's value); ``slurm``: :func:`slurm_status`."""
     e = html.escape
     cols, rows = _status_rows(health)
     td = 'style="padding:2px 10px;text-align:right"'
@@ -1169,6 +1344,16 @@ def status_html(health: Mapping[str, Any]) -> str:
                    + f"</td><td>{'yes' if x.get('alive') else 'no'}</td>"
                    f"<td>{_ago(x.get('last_heartbeat'))}</td></tr>")
     out.append("</table>")
+    for st in slurm:
+        jobs = st.get("jobs") or []
+        out.append(f"<b>SLURM jobs</b> ({len(jobs)}) <small>{e(_pool_head(st))}</small><table>")
+        out.append("<tr><th>job</th><th>state</th><th>node</th></tr>")
+        for j in jobs:
+            out.append(f"<tr><td>{e(str(j.get('id')))}</td><td>{e(_job_state(j))}</td>"
+                       f"<td>{e(str(j.get('node') or '-'))}</td></tr>")
+        if not jobs:
+            out.append('<tr><td colspan="3"><i>no jobs (they start when tasks wait)</i></td></tr>')
+        out.append("</table>")
     schedules = health.get("schedules") or []
     out.append(f"<b>Schedules</b> ({len(schedules)})<table>")
     for s in schedules:
@@ -1195,7 +1380,7 @@ def _refresh_status(oq: OmniQ, box: Any, stop: threading.Event) -> None:
         if not oq.core.is_open:
             return
         try:
-            value = status_html(oq.health())
+            value = status_html(oq.health(), slurm=slurm_status())
         except Exception:
             return
         if value != box.value:
