@@ -264,6 +264,39 @@ def test_examples_that_need_a_service(block: Block, tmp_path: Path,
     _check_outputs([block], p.stdout)
 
 
+#: modules whose docstrings carry ``>>>`` examples (shown in the API reference): each runs as
+#: a doctest, in a fresh interpreter and an empty temporary folder, as the pages' examples do
+DOCTEST_MODULES = [
+    "omniq.errors",
+    "omniq.executor",
+    "omniq.joblib",
+    "omniq.ids",
+    "omniq.blobcache",
+    "omniq.config",
+    "omniq.config.env",
+    "omniq.config.loader",
+    "omniq.config.settings",
+    "omniq.config.sizes",
+    "omniq.events.logger",
+    "omniq.events.metrics",
+    "omniq.events.processor",
+]
+DOCTEST_RUNNER = """
+import doctest, importlib, sys
+module = importlib.import_module(sys.argv[1])
+result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+print(f"{result.attempted} examples")
+sys.exit(1 if result.failed else 0)
+"""
+
+
+@pytest.mark.parametrize("module", DOCTEST_MODULES)
+def test_docstring_examples(module: str, tmp_path: Path) -> None:
+    """The ``Examples:`` in docstrings run and print what they show."""
+    p = _run([sys.executable, "-c", DOCTEST_RUNNER, module], Page(tmp_path), tmp_path)
+    assert p.returncode == 0, f"{module}'s docstring examples failed:\n{p.stdout}\n{p.stderr}"
+
+
 def test_every_example_is_run_or_says_why_not() -> None:
     """Python examples run unless a reason is given; the pages keep most of them runnable."""
     blocks = [b for p in PAGES for b in parse(p).blocks]

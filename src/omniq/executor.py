@@ -33,6 +33,14 @@ once for all chunks.
 
 A future keeps its value or exception only; the function and arguments live in the stored
 task, and results are not cached anywhere else in this process.
+
+Examples:
+    >>> import concurrent.futures as cf
+    >>> from omniq import Executor
+    >>> with Executor(max_workers=2, tasks="memory://") as ex:
+    ...     futures = [ex.submit(pow, 2, n) for n in range(4)]
+    ...     print(sorted(f.result(timeout=30) for f in cf.as_completed(futures)))
+    [1, 2, 4, 8]
 """
 
 from __future__ import annotations
@@ -79,9 +87,29 @@ _QUALNAME = re.compile(r"([A-Za-z_][\w.]*)(?::|$)")
 
 
 def remote_exception(result: TaskResult) -> BaseException:
-    """The exception a task that did not succeed raises in this process: its remote exception
-    rebuilt with the original type where possible (``__cause__``: the ``TaskError`` with the
-    remote traceback), else that ``TaskError``."""
+    """The exception a task that did not succeed raises in this process.
+
+    Its remote exception is rebuilt with the original type when that type can be found here
+    (a builtin, or a class of a module already imported) and built from its message; its
+    ``__cause__`` is then the ``TaskError`` with the remote traceback. Otherwise, and for
+    OmniQ's own ends (cancelled, expired, worker died, timeout, memory limit, signature), the
+    ``TaskError`` (or its subclass) itself.
+
+    Args:
+        result: a ``TaskResult`` whose status is not ``SUCCEEDED``.
+
+    Returns:
+        The exception to raise (not raised here).
+
+    Examples:
+        >>> from omniq import ErrorInfo, TaskResult, TaskStatus
+        >>> from omniq.executor import remote_exception
+        >>> r = TaskResult(task_id="t1", status=TaskStatus.FAILED,
+        ...                error=ErrorInfo(type="KeyError", message="'lr'", traceback="..."))
+        >>> e = remote_exception(r)
+        >>> type(e).__name__, type(e.__cause__).__name__
+        ('KeyError', 'TaskError')
+    """
     err = TaskError.from_info(result.task_id, result.error)
     if result.error is None or err.type in _OWN_TYPES or type(err) is not TaskError:
         return err
@@ -156,8 +184,22 @@ def _find_class(name: str, tb: str) -> type[BaseException] | None:
 # futures
 # --------------------------------------------------------------------------------------------
 class ExecutorFuture(ResultFuture[Any]):
-    """A ``concurrent.futures.Future`` for one task of an executor; ``task_id`` names it.
-    ``cancel()`` cancels the queued OmniQ task as well."""
+    """A ``concurrent.futures.Future`` for one task of an executor.
+
+    Made by ``Executor.submit`` and ``Executor.map``, never by hand. ``cf.wait``,
+    ``cf.as_completed``, ``asyncio.wrap_future`` and ``loop.run_in_executor`` take it as it is.
+
+    Attributes:
+        task_id: the OmniQ task it follows (``oq.get_result(f.task_id)`` reads the stored
+            result; ``oq.events(task_id=...)`` its history).
+
+    Examples:
+        >>> from omniq import Executor
+        >>> with Executor(max_workers=1, tasks="memory://", worker="thread") as ex:
+        ...     f = ex.submit(abs, -3)
+        ...     print(f.result(timeout=30), ex.oq.get_result(f.task_id).status.value)
+        3 succeeded
+    """
 
     __slots__ = ("_checked", "_st", "task_id")
 
@@ -168,14 +210,46 @@ class ExecutorFuture(ResultFuture[Any]):
         self._checked = state.watching  # started events reach it (else: ask once, in running())
 
     def running(self) -> bool:
-        """True while a worker runs (or holds) the task. Asked first, this starts following
-        OmniQ's ``started`` events for the executor, and looks the task up once."""
+        """Whether a worker runs (or holds) the task now.
+
+        Asked first, this starts following OmniQ's ``started`` events for the executor and looks
+        the task up once, so it turns True a few milliseconds after the task started.
+
+        Returns:
+            True while the task runs; False while it is queued and once it is done.
+
+        Examples:
+            >>> import time
+            >>> from omniq import Executor
+            >>> with Executor(max_workers=1, tasks="memory://", worker="thread") as ex:
+            ...     f = ex.submit(time.sleep, 0.5)
+            ...     while not f.running() and not f.done():
+            ...         time.sleep(0.01)
+            ...     print(f.running() or f.done())
+            True
+        """
         st = self._st
         if self._state == PENDING and st is not None and not self._checked:
             st.look_running(self)
         return self._state == RUNNING
 
     def cancel(self) -> bool:
+        """Cancel the call if it has not started, its OmniQ task too.
+
+        A task a worker already holds is left to run, as the standard library's executors do.
+
+        Returns:
+            True when the future is (now) cancelled; False when it runs or is done.
+
+        Examples:
+            >>> from omniq import OmniQ
+            >>> with OmniQ(tasks="memory://", concurrency=0) as oq:    # no workers: stays queued
+            ...     ex = oq.executor()
+            ...     f = ex.submit(abs, -1)
+            ...     print(f.cancel(), f.cancelled(), oq.get_result(f.task_id, wait=True).status.value)
+            ...     ex.shutdown()
+            True True cancelled
+        """
         state = self._state
         if state in (RUNNING, FINISHED):
             return False
@@ -266,7 +340,17 @@ _NOT_TASK_OPTIONS = frozenset({"self", "fn", "args", "kwargs", "task_id", "paylo
 
 
 def task_option_names() -> frozenset[str]:
-    """Options one task takes (``enqueue``'s keywords, less ``key`` and ``depends_on``)."""
+    """Options one task takes (``enqueue``'s keywords, less ``key`` and ``depends_on``).
+
+    Returns:
+        The names ``Executor(...)``, ``oq.executor(...)`` and the joblib backend accept as task
+        options.
+
+    Examples:
+        >>> from omniq.executor import task_option_names
+        >>> {"queue", "retries", "timeout"} <= task_option_names(), "key" in task_option_names()
+        (True, False)
+    """
     from .core import AsyncOmniQ
 
     params = inspect.signature(AsyncOmniQ._make_task).parameters
@@ -274,14 +358,45 @@ def task_option_names() -> frozenset[str]:
 
 
 def omniq_option_names() -> frozenset[str]:
-    """The ``OmniQ`` constructor's keywords."""
+    """The ``OmniQ`` constructor's keywords.
+
+    Returns:
+        The names ``Executor(...)`` and the joblib backend pass on to the ``OmniQ`` they make.
+
+    Examples:
+        >>> from omniq.executor import omniq_option_names
+        >>> {"tasks", "results", "worker", "concurrency"} <= omniq_option_names()
+        True
+    """
     from .core import OmniQ
 
     return frozenset(inspect.signature(OmniQ.__init__).parameters) - {"self"}
 
 
 def check_task_options(options: dict[str, Any], where: str) -> dict[str, Any]:
-    """``options`` if each is a task option; a ``ConfigError`` naming the first that is not."""
+    """Check that every name in ``options`` is a task option.
+
+    Args:
+        options: option names and values.
+        where: the call to name in the error (``"executor()"``).
+
+    Returns:
+        ``options`` itself.
+
+    Raises:
+        ConfigError: naming the first option that is not a task option, and the valid ones.
+
+    Examples:
+        >>> from omniq import ConfigError
+        >>> from omniq.executor import check_task_options
+        >>> check_task_options({"retries": 2}, "executor()")
+        {'retries': 2}
+        >>> try:
+        ...     check_task_options({"retry": 2}, "executor()")
+        ... except ConfigError as e:
+        ...     print(str(e).split(":")[0])
+        executor() got an unknown option 'retry'
+    """
     valid = task_option_names()
     for name in options:
         if name not in valid:
@@ -495,12 +610,29 @@ except RuntimeError:  # imported while the interpreter exits, or no such hook
 class Executor(cf.Executor):
     """A ``concurrent.futures.Executor`` that runs calls as OmniQ tasks.
 
-    ``Executor(max_workers=None, **options)`` owns an ``OmniQ`` built from ``options``: its
-    constructor's (``tasks``, ``results``, ``events``, ``worker`` -- ``"process"`` unless given
-    --, ``queues``, ``config``, ...) and task options applied to every call (``queue``,
-    ``priority``, ``retries``, ``timeout``, ``ttl``, ...). ``max_workers`` worker slots (default:
-    ``concurrency`` from the options, config or environment, else one per CPU). The OmniQ is
-    closed by ``shutdown``. ``oq.executor(**task_options)`` makes one over an open OmniQ.
+    ``Executor(max_workers=None, **options)`` owns an ``OmniQ`` built from ``options`` and
+    closes it on ``shutdown``. ``oq.executor(**task_options)`` makes one over an ``OmniQ`` that
+    is already open, and its ``shutdown`` leaves that ``OmniQ`` open.
+
+    Args:
+        max_workers: worker slots of the ``OmniQ`` it makes (default: ``concurrency`` from the
+            options, config or environment, else one per CPU).
+        **options: ``OmniQ`` constructor options (``tasks``, ``results``, ``events``,
+            ``worker`` -- ``"process"`` unless given --, ``queues``, ``config``, ...) and task
+            options applied to every call (``queue``, ``priority``, ``retries``, ``timeout``,
+            ``ttl``, ``memory_limit``, ...).
+
+    Raises:
+        TypeError: ``max_workers`` is not an int.
+        ValueError: ``max_workers`` (or the resulting ``concurrency``) is not above 0.
+        ConfigError: an option is neither an ``OmniQ`` option nor a task option, or
+            ``max_workers`` and ``concurrency`` disagree, or a value is not valid.
+
+    Examples:
+        >>> from omniq import Executor
+        >>> with Executor(max_workers=2, tasks="memory://", retries=1) as ex:
+        ...     print(ex.submit(pow, 3, 2).result(timeout=30), list(ex.map(abs, [-1, -2])))
+        9 [1, 2]
     """
 
     def __init__(self, max_workers: int | None = None, **options: Any) -> None:
@@ -566,7 +698,14 @@ class Executor(cf.Executor):
 
     @property
     def oq(self) -> OmniQ | AsyncOmniQ:
-        """The OmniQ the tasks go to."""
+        """The OmniQ the tasks go to (the one it made, or the one ``oq.executor()`` was called on).
+
+        Examples:
+            >>> from omniq import Executor
+            >>> with Executor(max_workers=1, tasks="memory://") as ex:
+            ...     print(ex.oq.config.default_worker, ex.oq.config.concurrency)
+            process 1
+        """
         return self._st.oq
 
     def __repr__(self) -> str:
@@ -581,7 +720,34 @@ class Executor(cf.Executor):
             raise RuntimeError("cannot schedule new futures after interpreter shutdown")
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future[Any]:
-        """Run ``fn(*args, **kwargs)`` as an OmniQ task; a ``concurrent.futures.Future``."""
+        """Run ``fn(*args, **kwargs)`` as an OmniQ task.
+
+        The task is handed to OmniQ's batched intake and stored within milliseconds; leaving the
+        ``with`` block (or ``shutdown()``) waits for it.
+
+        Args:
+            fn: the function; defined in ``__main__``, a notebook or a closure, it travels by
+                value (the globals it reads with it).
+            *args: its positional arguments.
+            **kwargs: its keyword arguments.
+
+        Returns:
+            An ``ExecutorFuture`` (a ``concurrent.futures.Future``): its result is ``fn``'s
+            value; its exception the remote one with its own type where possible (see
+            ``remote_exception``).
+
+        Raises:
+            TypeError: ``fn`` is not callable.
+            RuntimeError: the executor was shut down.
+            SerializationError: ``fn`` or an argument cannot be serialized.
+
+        Examples:
+            >>> from omniq import Executor
+            >>> with Executor(max_workers=1, tasks="memory://") as ex:
+            ...     f = ex.submit(int, "ff", base=16)
+            ...     print(f.result(timeout=30))
+            255
+        """
         if not callable(fn):
             raise TypeError(f"submit(): fn={fn!r} is not callable")
         st = self._st
@@ -613,8 +779,37 @@ class Executor(cf.Executor):
         chunksize: int | str = 1,
     ) -> Iterator[Any]:
         """``fn(*args)`` for each ``args`` of ``zip(*iterables)``, results in order, as
-        ``ProcessPoolExecutor.map``: every call is submitted now (one batch); ``timeout`` counts
-        from this call; ``chunksize`` > 1 (or ``"auto"``) runs that many calls per task."""
+        ``ProcessPoolExecutor.map``.
+
+        Every call is submitted now, as one batch.
+
+        Args:
+            fn: the function.
+            *iterables: its arguments, one iterable per parameter (zipped, shortest wins).
+            timeout: seconds, counted from this call, for all results; None waits as long as
+                it takes.
+            chunksize: calls per task. 1 (default): a task and a future per call. N > 1 or
+                ``"auto"`` (four chunks per worker slot): one task per chunk, ``fn`` serialized
+                once, far fewer rows for many small calls; a chunk's calls succeed or fail
+                together.
+
+        Returns:
+            An iterator of the values in input order; iterating it raises the first call's
+            exception as ``Future.result()`` would.
+
+        Raises:
+            TypeError: ``fn`` is not callable, or ``chunksize`` is not an int or ``"auto"``.
+            ValueError: ``chunksize`` < 1.
+            RuntimeError: the executor was shut down.
+            TimeoutError: (while iterating) a value was not ready by ``timeout``; the calls
+                not finished are cancelled.
+
+        Examples:
+            >>> from omniq import Executor
+            >>> with Executor(max_workers=2, tasks="memory://") as ex:
+            ...     print(list(ex.map(pow, [2, 3, 4], [2, 2, 2], chunksize=2)))
+            [4, 9, 16]
+        """
         if not callable(fn):
             raise TypeError(f"map(): fn={fn!r} is not callable")
         if chunksize != "auto" and (isinstance(chunksize, bool) or not isinstance(chunksize, int)):
@@ -670,9 +865,26 @@ class Executor(cf.Executor):
 
     # --- ending -------------------------------------------------------------------------------------
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """As the standard library's: no new calls; ``cancel_futures`` cancels the calls still
-        queued (their OmniQ tasks too); ``wait`` waits for the rest. The OmniQ is closed when
-        this executor owns it (after the calls finish, also with ``wait=False``)."""
+        """Take no new calls, as the standard library's executors do.
+
+        The ``OmniQ`` is closed when this executor made it (after its calls finish, also with
+        ``wait=False``); one given by ``oq.executor()`` stays open. Calling it again does
+        nothing more.
+
+        Args:
+            wait: wait until every call submitted is done (and the ``OmniQ`` closed).
+            cancel_futures: cancel the calls still queued, their OmniQ tasks too, except those
+                the idle worker slots take next (as ``ProcessPoolExecutor`` hands up to
+                ``max_workers + 1`` calls to its processes).
+
+        Examples:
+            >>> from omniq import Executor
+            >>> ex = Executor(max_workers=1, tasks="memory://", worker="thread")
+            >>> f = ex.submit(abs, -5)
+            >>> ex.shutdown()
+            >>> f.result(), ex.oq.core.is_open
+            (5, False)
+        """
         st = self._st
         with st.lock:
             self._shutdown = True
@@ -730,11 +942,25 @@ def _results(fs: list[ExecutorFuture], end_time: float | None, st: _State) -> It
 # many calls as one argument: the C pickler, with OmniQ's serializer where it must decide
 # --------------------------------------------------------------------------------------------
 def pack(obj: Any) -> tuple[bytes, tuple[Any, ...]] | None:
-    """``(bytes, refs)`` for ``obj`` pickled by the C pickler (tens of times faster than going
-    through dill, which OmniQ's serializer does for anything not plain data), leaving in
-    ``refs`` what OmniQ's serializer must handle itself: functions and classes defined in
-    ``__main__`` or locally (shipped by value) and large numpy / pandas data (blobs, stored once
-    however many calls share them). None when the C pickler cannot take ``obj``."""
+    """Pickle ``obj`` with the C pickler, leaving to OmniQ's serializer what it must decide.
+
+    Tens of times faster than going through dill, which OmniQ's serializer does for anything
+    not plain data. ``refs`` holds what OmniQ's serializer must handle itself: functions and
+    classes defined in ``__main__`` or locally (shipped by value) and large numpy / pandas
+    data (blobs, stored once however many calls share them).
+
+    Args:
+        obj: the value (a chunk of calls, a joblib batch).
+
+    Returns:
+        ``(bytes, refs)``, or None when the C pickler cannot take ``obj``.
+
+    Examples:
+        >>> from omniq.executor import pack, unpack
+        >>> data, refs = pack([(abs, (-1,)), (lambda x: x, (2,))])
+        >>> len(refs), unpack(data, refs)[0]
+        (1, (<built-in function abs>, (-1,)))
+    """
     buf = io.BytesIO()
     p = _RefPickler(buf)
     try:
@@ -745,7 +971,20 @@ def pack(obj: Any) -> tuple[bytes, tuple[Any, ...]] | None:
 
 
 def unpack(data: bytes, refs: Sequence[Any]) -> Any:
-    """``pack``'s inverse (in the worker)."""
+    """``pack``'s inverse (in the worker).
+
+    Args:
+        data: the bytes ``pack`` gave.
+        refs: its ``refs``, as OmniQ's serializer brought them back.
+
+    Returns:
+        The value packed.
+
+    Examples:
+        >>> from omniq.executor import pack, unpack
+        >>> unpack(*pack({"a": [1, 2]}))
+        {'a': [1, 2]}
+    """
     return _RefUnpickler(io.BytesIO(data), refs).load()
 
 

@@ -1,11 +1,11 @@
 """joblib backend ``"omniq"``: ``joblib.Parallel`` -- and so scikit-learn's ``n_jobs`` -- on OmniQ.
 
-::
-
-    from omniq.joblib import register
-    register()                                    # (``%load_ext omniq`` does it too)
-    with joblib.parallel_config(backend="omniq", oq=oq, name="grid-1"):
-        GridSearchCV(model, grid, n_jobs=-1).fit(X, y)
+```python
+from omniq.joblib import register
+register()                                    # (``%load_ext omniq`` does it too)
+with joblib.parallel_config(backend="omniq", oq=oq, name="grid-1"):
+    GridSearchCV(model, grid, n_jobs=-1).fit(X, y)
+```
 
 Inside the block every ``Parallel`` call sends its batches to ``oq`` as tasks (through an
 ``oq.executor()``), so they run on its workers -- process workers, ``omniq worker`` processes on
@@ -13,26 +13,21 @@ other machines -- and their results are stored like any task's.
 
 Options of ``parallel_config(backend="omniq", ...)``:
 
-``oq``
-    An open ``OmniQ`` (or ``AsyncOmniQ``). Without it: the kernel's instance from
-    ``%omniq init``, else a private one per set of options (process workers, one slot per CPU,
-    the configured storage), kept open for later calls and closed at exit.
-``name``
-    Makes calls resumable. Each call is then one task keyed as a sweep point:
-    ``"{name}/{function identity}/{arguments digest}"`` (the function's code and closure, and a
-    digest of its arguments; a wrapper such as scikit-learn's ``delayed`` is looked through,
-    its ``config`` counts as an argument). Running the same code again -- after a kernel
-    restart, in another process on the same storage -- adopts each call whose task is still
-    queued or running and reuses each stored success, so only missing and failed calls run.
-``chunksize``
-    Calls per task (default: joblib's automatic batch size, which grows while batches finish
-    faster than 0.2 s; 1 with ``name``).
-``progress``
-    The live progress widget: shown by default when running in a Jupyter kernel.
-anything else
-    ``OmniQ`` constructor options for the private instance (``tasks``, ``worker``,
-    ``concurrency``, ...), or task options for every call (``queue``, ``priority``,
-    ``retries``, ``timeout``, ...). An unknown name is a ``ConfigError`` naming it.
+- ``oq``: an open ``OmniQ`` (or ``AsyncOmniQ``). Without it: the kernel's instance from
+  ``%omniq init``, else a private one per set of options (process workers, one slot per CPU,
+  the configured storage), kept open for later calls and closed at exit.
+- ``name``: makes calls resumable. Each call is then one task keyed as a sweep point:
+  ``"{name}/{function identity}/{arguments digest}"`` (the function's code and closure, and a
+  digest of its arguments; a wrapper such as scikit-learn's ``delayed`` is looked through,
+  its ``config`` counts as an argument). Running the same code again -- after a kernel
+  restart, in another process on the same storage -- adopts each call whose task is still
+  queued or running and reuses each stored success, so only missing and failed calls run.
+- ``chunksize``: calls per task (default: joblib's automatic batch size, which grows while
+  batches finish faster than 0.2 s; 1 with ``name``).
+- ``progress``: the live progress widget, shown by default when running in a Jupyter kernel.
+- anything else: ``OmniQ`` constructor options for the private instance (``tasks``,
+  ``worker``, ``concurrency``, ...), or task options for every call (``queue``, ``priority``,
+  ``retries``, ``timeout``, ...). An unknown name is a ``ConfigError`` naming it.
 
 ``n_jobs=-1`` (or ``None``) means every worker slot of the instance (``concurrency``, or the
 slots of the live workers when it has none of its own), at least 2 so that joblib does not fall
@@ -46,6 +41,16 @@ a task (a ``GridSearchCV`` over a ``RandomForest(n_jobs=-1)``: the forest's tree
 worker running that task, on joblib's threads (sequentially one level deeper), as joblib's own
 process backends do: sent to the shared queue it could deadlock, since every worker slot may
 be running an outer call that waits for it, and a pool claims tasks ahead of its free slots.
+
+Examples:
+    >>> import joblib
+    >>> from omniq import OmniQ
+    >>> from omniq.joblib import register
+    >>> register()
+    >>> with OmniQ(tasks="memory://", concurrency=2) as oq:
+    ...     with joblib.parallel_config(backend="omniq", oq=oq):
+    ...         print(joblib.Parallel(n_jobs=-1)(joblib.delayed(pow)(2, n) for n in range(5)))
+    [1, 2, 4, 8, 16]
 """
 
 from __future__ import annotations
@@ -84,7 +89,18 @@ BACKEND = "omniq"
 
 
 def register() -> None:
-    """Register the joblib backend ``"omniq"`` (idempotent)."""
+    """Register the joblib backend ``"omniq"`` (idempotent).
+
+    ``%load_ext omniq`` calls it; elsewhere call it once before
+    ``joblib.parallel_config(backend="omniq", ...)``.
+
+    Examples:
+        >>> import joblib
+        >>> from omniq.joblib import BACKEND, register
+        >>> register()
+        >>> BACKEND in joblib.parallel.BACKENDS
+        True
+    """
     register_parallel_backend(BACKEND, OmniQBackend)
 
 
@@ -92,10 +108,24 @@ def register() -> None:
 # in the worker
 # --------------------------------------------------------------------------------------------
 def run_batch(batch: Callable[[], list[Any]], threads: int | None = None) -> list[Any]:
-    """A task's body: the calls of one joblib batch, in order (nested ``Parallel`` calls use
-    the backend the batch carries). ``threads`` caps the BLAS / OpenMP thread pools meanwhile,
-    as joblib's process backends do for their workers: two workers each running a BLAS pool
-    as wide as the machine made scikit-learn fits 5x slower."""
+    """A task's body: the calls of one joblib batch, in order.
+
+    Nested ``Parallel`` calls use the backend the batch carries. ``threads`` caps the BLAS /
+    OpenMP thread pools meanwhile, as joblib's process backends do for their workers: two
+    workers each running a BLAS pool as wide as the machine made scikit-learn fits 5x slower.
+
+    Args:
+        batch: joblib's batch of calls (a callable returning their values).
+        threads: the cap on BLAS / OpenMP threads (needs threadpoolctl), or None.
+
+    Returns:
+        The calls' values, in order.
+
+    Examples:
+        >>> from omniq.joblib import run_batch
+        >>> run_batch(lambda: [abs(-1), abs(-2)], threads=1)
+        [1, 2]
+    """
     ctl = _controller() if threads is not None else None
     if ctl is None:
         return batch()
@@ -104,8 +134,24 @@ def run_batch(batch: Callable[[], list[Any]], threads: int | None = None) -> lis
 
 
 def run_pickled_batch(data: bytes, refs: Sequence[Any], threads: int | None = None) -> list[Any]:
-    """``run_batch`` for a batch pickled by ``_pickle_batch``: ``refs`` are the values it left
-    to OmniQ's serializer (functions and classes shipped by value, large arrays as blobs)."""
+    """``run_batch`` for a batch pickled by ``omniq.executor.pack``.
+
+    Args:
+        data: the pickled batch.
+        refs: the values ``pack`` left to OmniQ's serializer (functions and classes shipped by
+            value, large arrays as blobs).
+        threads: as for ``run_batch``.
+
+    Returns:
+        The calls' values, in order.
+
+    Examples:
+        >>> import functools
+        >>> from omniq.executor import pack
+        >>> from omniq.joblib import run_pickled_batch
+        >>> run_pickled_batch(*pack(functools.partial(divmod, 7, 2)))
+        (3, 1)
+    """
     return run_batch(unpack(data, refs), threads)
 
 
@@ -142,12 +188,29 @@ RUN_CONTEXT_TYPES: set[str] = {"sklearn.callback._callback_context.CallbackConte
 
 
 def call_key(name: str, calls: Sequence[tuple[Callable[..., Any], Sequence[Any], dict[str, Any]]]) -> str:
-    """``"{name}/{identity}/{arguments}"`` for one task's calls: the identity digests each
-    function's code and closure (``sweep.function_identity``; wrappers with ``__wrapped__``
-    are looked through), the arguments digest their values (and a wrapper's ``config``):
-    plain data and arrays by content, objects with scikit-learn's ``get_params`` by their type
-    and parameters (an estimator, a search running its fits), ``RUN_CONTEXT_TYPES`` by type,
-    other objects by their serialized bytes."""
+    """The idempotency key of one task's calls, for a backend given ``name=``.
+
+    The identity digests each function's code and closure (``sweep.function_identity``;
+    wrappers with ``__wrapped__`` are looked through); the arguments digest their values (and
+    a wrapper's ``config``): plain data and arrays by content, objects with scikit-learn's
+    ``get_params`` by their type and parameters (an estimator, a search running its fits),
+    ``RUN_CONTEXT_TYPES`` by type, other objects by their serialized bytes.
+
+    Args:
+        name: the ``name=`` given to ``parallel_config``.
+        calls: ``(function, args, kwargs)`` for each call of the task.
+
+    Returns:
+        ``"{name}/{identity}/{arguments}"``: equal for the same calls in any process.
+
+    Examples:
+        >>> from omniq.joblib import call_key
+        >>> a = call_key("grid", [(pow, (2, 3), {})])
+        >>> a == call_key("grid", [(pow, (2, 3), {})]), a == call_key("grid", [(pow, (2, 4), {})])
+        (True, False)
+        >>> a.startswith("grid/")
+        True
+    """
     idents = []
     values: list[Any] = []
     for func, args, kwargs in calls:
@@ -234,7 +297,37 @@ def _is_open(oq: Any) -> bool:
 # the backend
 # --------------------------------------------------------------------------------------------
 class OmniQBackend(AutoBatchingMixin, ParallelBackendBase):
-    """joblib's ``ParallelBackendBase`` on an OmniQ (see the module's documentation)."""
+    """joblib's ``ParallelBackendBase`` on an OmniQ (see the module's documentation).
+
+    joblib makes it from ``parallel_config(backend="omniq", **options)``; its methods are
+    joblib's interface, called by ``Parallel``.
+
+    Args:
+        oq: an open ``OmniQ`` or ``AsyncOmniQ``; None: the ``%omniq init`` instance, else a
+            private one made from ``options``.
+        name: makes calls resumable (each call a task keyed by ``call_key``).
+        chunksize: calls per task; None: joblib's automatic batching (1 with ``name``).
+        progress: show the progress widget; None: in a Jupyter kernel only.
+        nesting_level: joblib's.
+        inner_max_num_threads: BLAS / OpenMP threads per worker (default: CPUs / n_jobs).
+        **options: ``OmniQ`` options for the private instance, or task options for every call.
+
+    Raises:
+        ConfigError: an option is unknown or not valid, ``oq`` is not an open OmniQ, or ``oq``
+            and ``OmniQ`` options are both given.
+
+    Examples:
+        >>> import joblib
+        >>> from omniq import ConfigError
+        >>> from omniq.joblib import register
+        >>> register()
+        >>> try:
+        ...     with joblib.parallel_config(backend="omniq", retry=2):
+        ...         pass
+        ... except ConfigError as e:
+        ...     print(str(e).split(":")[0])
+        joblib backend 'omniq' got an unknown option 'retry'
+    """
 
     supports_retrieve_callback = True  # results come back through future callbacks
     supports_inner_max_num_threads = True  # parallel_config(inner_max_num_threads=N)
