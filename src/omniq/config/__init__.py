@@ -3,6 +3,11 @@
 ``settings`` is imported eagerly; the rest lazily (PEP 562). ``omniq.models.config`` imports
 ``settings`` from here while ``omniq.models`` is still initializing, and ``loader``/``env``
 import ``OmniQConfig`` from it, so importing them eagerly here would be circular.
+
+Examples:
+    >>> from omniq.config import env_var, load_config
+    >>> load_config({"concurrency": 3}).concurrency, env_var("concurrency")
+    (3, 'OMNIQ_CONCURRENCY')
 """
 
 from __future__ import annotations

@@ -4,6 +4,13 @@ Every key of :class:`~omniq.models.OmniQConfig` has one rule here: how to parse 
 environment string, how to check a typed value (from a dict, a YAML file or an argument), and
 the words that say what is valid. Errors name where the value came from: the variable
 (``OMNIQ_CONCURRENCY='two' is not valid: expected an integer >= 0``) or the key.
+
+Examples:
+    >>> from omniq.config.env import env_var, read_env
+    >>> env_var("task_queue_type")
+    'OMNIQ_TASK_QUEUE_TYPE'
+    >>> read_env({"OMNIQ_CONCURRENCY": "4", "OMNIQ_QUEUES": "gpu,default"})
+    {'concurrency': 4, 'queues': ['gpu', 'default']}
 """
 
 from __future__ import annotations
@@ -43,20 +50,68 @@ _warned: set[str] = set()
 
 
 class UnknownSettingWarning(UserWarning):
-    """An ``OMNIQ_*`` environment variable that is no OmniQ setting (a typo?); it is ignored."""
+    """An ``OMNIQ_*`` environment variable that is no OmniQ setting (a typo?); it is ignored.
+
+    Given once per variable and process, suggesting the closest setting.
+
+    Examples:
+        >>> import warnings
+        >>> from omniq.config.env import UnknownSettingWarning, read_env
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     _ = read_env({"OMNIQ_CONCURENCY": "2"})
+        >>> caught[0].category is UnknownSettingWarning, str(caught[0].message)
+        (True, 'OMNIQ_CONCURENCY is not an OmniQ setting and is ignored. Did you mean OMNIQ_CONCURRENCY?')
+    """
 
 
 def canonical_key(key: str) -> str:
-    """The config key ``key`` names (an argument alias such as ``tasks`` -> ``task_queue_type``)."""
+    """The config key ``key`` names (an argument alias such as ``tasks`` -> ``task_queue_type``).
+
+    Args:
+        key: a config key or one of the constructor's names (``tasks``, ``results``,
+            ``events``, ``worker``).
+
+    Returns:
+        The config key (``key`` itself when it is no alias).
+
+    Examples:
+        >>> from omniq.config.env import canonical_key
+        >>> canonical_key("tasks"), canonical_key("lease")
+        ('task_queue_type', 'lease')
+    """
     return KEY_ALIASES.get(key, key)
 
 
 class Invalid(ValueError):
-    """A value broke its key's rule; the caller adds where it came from."""
+    """A value broke its key's rule; the caller adds where it came from.
+
+    Internal to the rules: callers of ``check_value`` and ``read_env`` see a ``ConfigError``.
+
+    Examples:
+        >>> from omniq.config.env import RULES, Invalid
+        >>> try:
+        ...     RULES["concurrency"].check(-1)
+        ... except Invalid:
+        ...     print("invalid")
+        invalid
+    """
 
 
 def env_var(key: str) -> str:
-    """The environment variable that overrides config key ``key`` (``concurrency`` -> ``OMNIQ_CONCURRENCY``)."""
+    """The environment variable that overrides config key ``key``.
+
+    Args:
+        key: a config key (or an alias).
+
+    Returns:
+        ``OMNIQ_`` and the key in upper case.
+
+    Examples:
+        >>> from omniq.config.env import env_var
+        >>> env_var("concurrency")
+        'OMNIQ_CONCURRENCY'
+    """
     return ENV_PREFIX + key.upper()
 
 
@@ -211,7 +266,24 @@ def _as_json_object(raw: str) -> Any:
 
 @dataclass(frozen=True)
 class Rule:
-    """How one config key is checked, parsed from the environment, and explained."""
+    """How one config key is checked, parsed from the environment, and explained.
+
+    ``RULES`` holds one per key of ``OmniQConfig``; the configuration reference is generated
+    from them.
+
+    Attributes:
+        check: takes a typed value (dict, YAML, argument) and returns it normalized, or raises
+            ``Invalid``.
+        expected: what is valid, completing "... is not valid: expected ...".
+        from_env: parses the environment's string before ``check``.
+        env_expected: what is valid in the environment, when it is spelled differently.
+
+    Examples:
+        >>> from omniq.config.env import RULES
+        >>> rule = RULES["lease"]
+        >>> rule.check(rule.from_env("45")), rule.expected
+        (45.0, 'a number of seconds > 0')
+    """
 
     check: Callable[[Any], Any]
     expected: str  # completes "... is not valid: expected ..."
@@ -219,6 +291,16 @@ class Rule:
     env_expected: str = ""  # when the environment spelling differs from the typed one
 
     def env_text(self) -> str:
+        """What is valid in the environment (``env_expected``, else ``expected``).
+
+        Returns:
+            Text completing "... is not valid: expected ...".
+
+        Examples:
+            >>> from omniq.config.env import RULES
+            >>> RULES["require_signing"].env_text()
+            'one of 1, true, yes, on, 0, false, no, off'
+        """
         return self.env_expected or self.expected
 
 
@@ -296,8 +378,29 @@ RULES: dict[str, Rule] = {
 def check_value(key: str, value: Any, *, source: str = "", name: str | None = None) -> Any:
     """Validate and normalize ``value`` for config key ``key`` (from a dict, file or argument).
 
-    Errors read ``{source}: {name}={value!r} is not valid: expected ...``; ``name`` defaults to
-    the key (an argument alias such as ``tasks`` passes its own name).
+    Args:
+        key: the config key.
+        value: the value as given (typed: YAML's ``"2"`` is not the integer 2).
+        source: where it came from, for the error (``"omniq.yaml"``).
+        name: the name to show (default: ``key``; an alias such as ``tasks`` passes its own).
+
+    Returns:
+        The value normalized (``"4GB"`` -> 4000000000, ``"DEBUG"`` for ``"debug"``, ...).
+
+    Raises:
+        ConfigError: ``{source}: {name}={value!r} is not valid: expected ...``, or an unknown
+            key suggesting the closest one.
+
+    Examples:
+        >>> from omniq import ConfigError
+        >>> from omniq.config.env import check_value
+        >>> check_value("memory_limit", "4GB"), check_value("log_level", "debug")
+        (4000000000, 'DEBUG')
+        >>> try:
+        ...     check_value("concurrency", "2", source="omniq.yaml")
+        ... except ConfigError as e:
+        ...     print(e)
+        omniq.yaml: concurrency='2' is not valid: expected an integer >= 0
     """
     rule = RULES.get(key)
     if rule is None:
@@ -312,7 +415,20 @@ def check_value(key: str, value: Any, *, source: str = "", name: str | None = No
 
 
 def unknown_key(key: Any, source: str = "") -> ConfigError:
-    """ConfigError for a key OmniQConfig does not have, suggesting the closest one."""
+    """ConfigError for a key OmniQConfig does not have, suggesting the closest one.
+
+    Args:
+        key: the key as given.
+        source: where it came from (``"config dict"``, a file name), or "".
+
+    Returns:
+        The error (not raised here), listing the valid keys.
+
+    Examples:
+        >>> from omniq.config.env import unknown_key
+        >>> str(unknown_key("worker_kind")).split(" Valid keys")[0]
+        "unknown config key 'worker_kind'. Did you mean 'worker' (config key 'default_worker')?"
+    """
     where = f" in {source}" if source else ""
     hint = _suggest(str(key).lower(), lambda k: repr(k))
     return ConfigError(
@@ -338,7 +454,25 @@ def _suggest(text: str, spell: Callable[[str], str]) -> str:
 
 
 def warn_unknown_env(environ: Mapping[str, str] | None = None) -> None:
-    """Warn once per variable about ``OMNIQ_*`` variables that set nothing (``OMNIQ_CONCURENCY``)."""
+    """Warn once per variable about ``OMNIQ_*`` variables that set nothing (``OMNIQ_CONCURENCY``).
+
+    Variables OmniQ reads elsewhere (``OMNIQ_SECRET_KEY``, ...) are not warned about.
+
+    Args:
+        environ: the variables (default: ``os.environ``).
+
+    Warns:
+        UnknownSettingWarning: once per unknown variable and process, suggesting the closest.
+
+    Examples:
+        >>> import warnings
+        >>> from omniq.config.env import warn_unknown_env
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     warn_unknown_env({"OMNIQ_SECRET_KEY": "x" * 32, "OMNIQ_LEASE": "60"})
+        >>> caught
+        []
+    """
     import warnings
 
     env = os.environ if environ is None else environ
@@ -356,7 +490,31 @@ def warn_unknown_env(environ: Mapping[str, str] | None = None) -> None:
 def read_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The config keys set through ``OMNIQ_<KEY>`` variables, parsed and checked.
 
-    An empty variable counts as unset. ``environ`` defaults to ``os.environ``, read now.
+    An empty variable counts as unset; ``none`` clears an optional key.
+
+    Args:
+        environ: the variables (default: ``os.environ``, read now).
+
+    Returns:
+        ``{config key: value}`` for each key set.
+
+    Raises:
+        ConfigError: a variable's value is not valid (naming the variable), or a key and its
+            alias (``OMNIQ_TASKS``, ``OMNIQ_TASK_QUEUE_TYPE``) are set differently.
+
+    Warns:
+        UnknownSettingWarning: for ``OMNIQ_*`` variables that are no setting.
+
+    Examples:
+        >>> from omniq import ConfigError
+        >>> from omniq.config.env import read_env
+        >>> read_env({"OMNIQ_TASKS": "memory://", "OMNIQ_RESULT_TTL": "none", "OMNIQ_LEASE": ""})
+        {'result_ttl': None, 'task_queue_type': 'memory://'}
+        >>> try:
+        ...     read_env({"OMNIQ_CONCURRENCY": "two"})
+        ... except ConfigError as e:
+        ...     print(e)
+        OMNIQ_CONCURRENCY='two' is not valid: expected an integer >= 0
     """
     env = os.environ if environ is None else environ
     found: dict[str, Any] = {}

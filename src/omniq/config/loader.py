@@ -3,6 +3,12 @@
 Precedence, highest first: constructor arguments (``None`` means "not given") > ``OMNIQ_*``
 environment > YAML file / dict / OmniQConfig > settings defaults. Every value is checked where
 it enters, so an error names the key, variable or file it came from, not a field deep inside.
+
+Examples:
+    >>> from omniq.config.loader import load_config
+    >>> cfg = load_config({"concurrency": 1, "tasks": "memory://"}, concurrency=4)
+    >>> cfg.concurrency, cfg.task_queue_type
+    (4, 'memory://')
 """
 
 from __future__ import annotations
@@ -31,9 +37,34 @@ ARGUMENT_ALIASES = KEY_ALIASES
 
 
 def load_config(source: ConfigSource = None, **overrides: Any) -> OmniQConfig:
-    """The configuration in force: ``source`` (YAML path, dict or OmniQConfig) under the
-    environment, under ``overrides`` (config keys or the constructor's argument names
-    ``tasks`` / ``results`` / ``events`` / ``worker``; ``None`` values are ignored)."""
+    """The configuration in force: ``source`` under the environment, under ``overrides``.
+
+    ``OmniQ.from_config`` and the constructor use it; it is public for tools that want the
+    same resolution without opening a queue.
+
+    Args:
+        source: a YAML file path (its keys at the top level or under one ``omniq:`` section),
+            a dict, an ``OmniQConfig``, or None (defaults only).
+        **overrides: config keys or the constructor's names ``tasks`` / ``results`` /
+            ``events`` / ``worker``; ``None`` values are ignored.
+
+    Returns:
+        The checked ``OmniQConfig``.
+
+    Raises:
+        ConfigError: an unknown key (suggesting the closest), a value that is not valid
+            (naming the key, variable or file), a file that cannot be read or is not YAML, or
+            a key set twice under two names.
+
+    Examples:
+        >>> import os
+        >>> from omniq.config.loader import load_config
+        >>> os.environ["OMNIQ_LEASE"] = "60"
+        >>> cfg = load_config({"lease": 10, "worker": "thread"})
+        >>> del os.environ["OMNIQ_LEASE"]
+        >>> cfg.lease, cfg.default_worker           # the environment wins over the dict
+        (60.0, 'thread')
+    """
     merged = _from_source(source)
     merged.update(read_env())
     given: dict[str, str] = {}
@@ -103,13 +134,42 @@ def _read_yaml(path: str) -> Mapping[Any, Any]:
 
 
 def sqlite_url(base_dir: str) -> str:
-    """``sqlite:///<base_dir>/omniq.db``: three slashes for a relative path, four for absolute."""
+    """``sqlite:///<base_dir>/omniq.db``: three slashes for a relative path, four for absolute.
+
+    Args:
+        base_dir: the ``base_dir`` setting (``~`` is expanded).
+
+    Returns:
+        The URL of the default SQLite file.
+
+    Examples:
+        >>> from omniq.config.loader import sqlite_url
+        >>> sqlite_url(".omniq"), sqlite_url("/srv/q")
+        ('sqlite:///.omniq/omniq.db', 'sqlite:////srv/q/omniq.db')
+    """
     path = os.path.join(os.path.expanduser(base_dir), settings.SQLITE_FILENAME)
     return f"sqlite:///{path}"
 
 
 def resolve_urls(config: OmniQConfig) -> tuple[str, str, str]:
-    """(tasks, results, events) URLs: short names expanded, ``None`` meaning "same as tasks"."""
+    """(tasks, results, events) URLs: short names expanded, ``None`` meaning "same as tasks".
+
+    Args:
+        config: the configuration.
+
+    Returns:
+        The three URLs; ``sqlite`` is ``database_url`` when set, else the file under
+        ``base_dir``; ``memory`` is ``memory://``.
+
+    Raises:
+        ConfigError: a storage key is neither a short name nor a URL.
+
+    Examples:
+        >>> from omniq import OmniQConfig
+        >>> from omniq.config.loader import resolve_urls
+        >>> resolve_urls(OmniQConfig(result_storage_type="memory"))
+        ('sqlite:///.omniq/omniq.db', 'memory://', 'sqlite:///.omniq/omniq.db')
+    """
     tasks = _url(config.task_queue_type, "task_queue_type", config)
     results = (
         tasks
@@ -150,12 +210,33 @@ class _OmniQHandler(logging.StreamHandler):
 
 
 class LoggingConfig(msgspec.Struct, frozen=True, kw_only=True):
-    """How the "omniq" logger reports: a level from settings.LOG_LEVELS and a format."""
+    """How the "omniq" logger reports: a level from ``settings.LOG_LEVELS`` and a format.
+
+    Attributes:
+        level: ``DEBUG``, ``INFO``, ``WARNING``, ``ERROR`` or ``DISABLED``.
+        format: a ``logging`` format; the default carries each record's task id, queue and
+            worker.
+
+    Examples:
+        >>> import io
+        >>> from omniq.config.loader import LoggingConfig
+        >>> logger = LoggingConfig(level="ERROR", format="%(levelname)s %(message)s").apply(io.StringIO())
+        >>> logger.name, logger.level
+        ('omniq', 40)
+    """
 
     level: str = settings.LOG_LEVEL
     format: str = DEFAULT_FORMAT
 
     def apply(self, stream: IO[str] | None = None) -> logging.Logger:
+        """``configure_logging`` with this level and format.
+
+        Args:
+            stream: where records go (default: stderr).
+
+        Returns:
+            The "omniq" logger.
+        """
         return configure_logging(self.level, fmt=self.format, stream=stream)
 
 
@@ -168,6 +249,28 @@ def configure_logging(
     ask. It attaches one stderr handler, unless the root logger already has handlers (the
     application configured logging; records reach them by propagation, and a handler of ours
     would print every line twice).
+
+    Args:
+        level: a name from ``DEBUG``, ``INFO``, ``WARNING``, ``ERROR``, ``DISABLED`` (any case)
+            or a ``logging`` number; None: the ``log_level`` default (``WARNING``).
+        fmt: a ``logging`` format; records carry ``task_id``, ``queue`` and ``worker``.
+        stream: where records go (default: stderr).
+
+    Returns:
+        The "omniq" logger.
+
+    Raises:
+        ConfigError: ``level`` is not one of the names or a number.
+
+    Examples:
+        >>> import io, logging
+        >>> from omniq.config import configure_logging
+        >>> out = io.StringIO()
+        >>> logger = configure_logging("info", fmt="%(levelname)s %(name)s: %(message)s", stream=out)
+        >>> logging.getLogger("omniq.example").info("hello")
+        >>> print(out.getvalue().strip())
+        INFO omniq.example: hello
+        >>> _ = configure_logging("DISABLED")
     """
     logger = logging.getLogger(LOGGER_NAME)
     if level is None:
@@ -212,7 +315,17 @@ def _formatter(fmt: str | None) -> logging.Formatter:
 
 
 def install_null_handler() -> None:
-    """Give "omniq" a NullHandler (once), so nothing prints until configure_logging is called."""
+    """Give "omniq" a NullHandler (once), so nothing prints until configure_logging is called.
+
+    Importing ``omniq.config`` does it already; calling it again changes nothing.
+
+    Examples:
+        >>> import logging
+        >>> from omniq.config.loader import install_null_handler
+        >>> install_null_handler()
+        >>> any(isinstance(h, logging.NullHandler) for h in logging.getLogger("omniq").handlers)
+        True
+    """
     logger = logging.getLogger(LOGGER_NAME)
     if not any(isinstance(h, logging.NullHandler) for h in logger.handlers):
         logger.addHandler(logging.NullHandler())

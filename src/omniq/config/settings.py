@@ -1,4 +1,14 @@
-"""Defaults for every configuration key. ``OMNIQ_<NAME>`` overrides each (see env.py)."""
+"""Defaults for every configuration key. ``OMNIQ_<NAME>`` overrides each (see env.py).
+
+Each constant is a key's default, named as the key in upper case; its trailing comment is the
+key's note in the generated configuration reference.
+
+Examples:
+    >>> from omniq import OmniQConfig
+    >>> from omniq.config import settings
+    >>> settings.CONCURRENCY == OmniQConfig().concurrency, settings.WORKER_KINDS
+    (True, ('async', 'thread', 'process', 'gevent'))
+"""
 
 from __future__ import annotations
 

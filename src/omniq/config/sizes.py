@@ -5,6 +5,11 @@ Pure functions, no I/O. Units follow the SI / IEC convention (as Dask, pint and 
 ``KiB``/``Ki``, ``MiB``/``Mi``, ``GiB``/``Gi``, ``TiB``/``Ti``, ``PiB``/``Pi`` powers of 1024;
 ``B`` or no unit is bytes. Case does not matter, a space between number and unit is allowed,
 and the number may have a fraction (``"1.5GB"``). Used for ``memory_limit``.
+
+Examples:
+    >>> from omniq.config.sizes import format_size, parse_size
+    >>> parse_size("4GB"), parse_size("200 MiB"), format_size(parse_size("1.5GB"))
+    (4000000000, 209715200, '1.5 GB')
 """
 
 from __future__ import annotations
@@ -30,9 +35,30 @@ SIZE_TEXT = (
 
 
 def parse_size(value: Any, name: str = "memory_limit") -> int | None:
-    """``value`` in bytes: None stays None, an int of bytes or a string such as ``"4GB"`` (see
-    the module docstring). Anything else, or a size that is not above zero, is a
-    ``ConfigError`` naming ``name`` and what is valid."""
+    """``value`` in bytes.
+
+    Args:
+        value: None, an int of bytes, or a string such as ``"4GB"`` (see the module docstring).
+        name: the argument or key to name in an error.
+
+    Returns:
+        The size in bytes (above zero), or None when ``value`` is None.
+
+    Raises:
+        ConfigError: anything else, or a size that is not above zero, naming ``name`` and what
+            is valid.
+
+    Examples:
+        >>> from omniq import ConfigError
+        >>> from omniq.config.sizes import parse_size
+        >>> parse_size("512MB"), parse_size(1024), parse_size(None)
+        (512000000, 1024, None)
+        >>> try:
+        ...     parse_size("lots", "memory")
+        ... except ConfigError as e:
+        ...     print(str(e).split(":")[0])
+        memory='lots' is not valid
+    """
     if value is None:
         return None
     size = size_or_none(value)
@@ -42,8 +68,21 @@ def parse_size(value: Any, name: str = "memory_limit") -> int | None:
 
 
 def size_or_none(value: Any) -> int | None:
-    """``value`` in bytes, or None when it is not a valid size (for callers with their own
-    error message: an environment variable, a CLI option)."""
+    """``value`` in bytes, or None when it is not a valid size.
+
+    For callers with their own error message (an environment variable, a CLI option).
+
+    Args:
+        value: an int of bytes, a whole float, or a string such as ``"4GB"``.
+
+    Returns:
+        The size in bytes (above zero), or None.
+
+    Examples:
+        >>> from omniq.config.sizes import size_or_none
+        >>> size_or_none("1.5 GiB"), size_or_none("-1GB"), size_or_none(True)
+        (1610612736, None, None)
+    """
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
@@ -70,8 +109,22 @@ def size_or_none(value: Any) -> int | None:
 
 
 def format_size(n: int) -> str:
-    """Bytes for people: ``4 GB``, ``512 MiB``, ``1.5 GB``, ``300 B`` (the largest unit, decimal
-    or binary, giving a whole number or one decimal, else three digits of a decimal unit)."""
+    """Bytes for people: ``4 GB``, ``512 MiB``, ``1.5 GB``, ``300 B``.
+
+    The largest unit, decimal or binary, giving a whole number or one decimal; else three
+    digits of a decimal unit.
+
+    Args:
+        n: bytes.
+
+    Returns:
+        The size as text, as error messages show it.
+
+    Examples:
+        >>> from omniq.config.sizes import format_size
+        >>> format_size(4_000_000_000), format_size(512 * 2**20), format_size(123_456_789)
+        ('4 GB', '512 MiB', '123 MB')
+    """
     units = list(zip(("kB", "MB", "GB", "TB", "PB"), ("KiB", "MiB", "GiB", "TiB", "PiB")))
     for i in range(len(units), 0, -1):
         dec, bin_ = units[i - 1]
