@@ -1305,7 +1305,7 @@ def status_text(health: Mapping[str, Any], slurm: Sequence[Mapping[str, Any]] = 
                      f"{'alive' if x.get('alive') else 'gone'} heartbeat {_ago(x.get('last_heartbeat'))}{short}")
     for st in slurm:
         jobs = st.get("jobs") or []
-        lines.append(f"SLURM jobs: {len(jobs)}, {_pool_head(st)}")
+        lines.append(f"{st.get('scheduler', 'SLURM')} jobs: {len(jobs)}, {_pool_head(st)}")
         lines += [f"  {j.get('id')} {_job_state(j)}" + (f" on {j['node']}" if j.get("node") else "") for j in jobs]
     schedules = health.get("schedules") or []
     lines.append(f"schedules: {len(schedules)}")
@@ -1346,7 +1346,8 @@ def status_html(health: Mapping[str, Any], slurm: Sequence[Mapping[str, Any]] = 
     out.append("</table>")
     for st in slurm:
         jobs = st.get("jobs") or []
-        out.append(f"<b>SLURM jobs</b> ({len(jobs)}) <small>{e(_pool_head(st))}</small><table>")
+        out.append(f"<b>{e(str(st.get('scheduler', 'SLURM')))} jobs</b> ({len(jobs)}) "
+                   f"<small>{e(_pool_head(st))}</small><table>")
         out.append("<tr><th>job</th><th>state</th><th>node</th></tr>")
         for j in jobs:
             out.append(f"<tr><td>{e(str(j.get('id')))}</td><td>{e(_job_state(j))}</td>"
