@@ -155,6 +155,7 @@ def test_storage_tag_names_the_queue_not_its_password(tmp_path: Any, monkeypatch
     ({"idle_timeout": -1}, r"idle_timeout=-1 is not valid"),
     ({"worker": "fork"}, r"worker='fork' is not valid: expected one of"),
     ({"gpus": "lots"}, r"gpus='lots' is not valid"),
+    ({"gpus": "a100:²"}, r"gpus='a100:²' is not valid"),
     ({"memory": "lots"}, r"memory='lots' is not valid"),
     ({"job_extra": ["qos=long"]}, r"job_extra: 'qos=long' is not valid"),
     ({"partition": "two words"}, r"partition='two words' is not valid"),

@@ -48,6 +48,7 @@ def test_slurm_options_parse(line: str, expected: Any) -> None:
     ("--slurm -1", "--slurm -1: expected a number of jobs >= 0"),
     ("--slurm two", "--slurm two: expected a number of jobs >= 0"),
     ("--slurm 1.5", "--slurm 1.5: expected a number of jobs >= 0"),
+    ("--slurm ²", "--slurm ²: expected a number of jobs >= 0"),  # str.isdigit() says yes; int() no
     ("--adapt 4", "--adapt 4: expected MIN:MAX, two whole numbers"),
     ("--adapt 5:2", "--adapt 5:2: MAX is below MIN; expected MIN:MAX"),
     ("--adapt 0:0", "--adapt 0:0: expected MIN:MAX"),

@@ -305,7 +305,7 @@ def omniq_jobs(*, tasks: str | None = None, user: str | None = None, timeout: fl
 def _leading_int(text: str) -> int:
     digits = ""
     for c in text:
-        if not c.isdigit():
+        if c not in "0123456789":  # (str.isdigit() takes "²", which int() refuses)
             break
         digits += c
     return int(digits) if digits else 0
@@ -326,6 +326,6 @@ def _gpus(value: Any) -> str | None:
         return str(value)
     if isinstance(value, str):
         kind, _, count = value.strip().rpartition(":")
-        if count.isdigit() and int(count) > 0 and (not kind or all(c.isalnum() or c in "-_." for c in kind)):
+        if count.isascii() and count.isdigit() and int(count) > 0 and (not kind or all(c.isalnum() or c in "-_." for c in kind)):
             return value.strip()
     raise ConfigError(f"gpus={value!r} is not valid: expected a number of GPUs >= 1, or 'type:count' such as 'a100:2'")

@@ -1195,7 +1195,7 @@ def slurm_request(args: Any) -> tuple[tuple[str, int, int], dict[str, Any]] | No
         if key == "cores":
             options[key] = _whole("--cores", value, 1, "a number of CPUs per job >= 1, e.g. --cores 4")
         elif key == "gpus":
-            options[key] = int(value) if value.isdigit() else value  # a count, or type:count
+            options[key] = int(value) if value.isascii() and value.isdigit() else value  # a count, or type:count
         else:
             options[key] = value
     if "walltime" in options:  # said against the option here; the pool would say walltime=
@@ -1215,7 +1215,7 @@ def _follow(pool: SlurmWorkers, mode: tuple[str, int, int]) -> None:
 
 def _whole(option: str, text: str, minimum: int, valid: str, *, shown: str | None = None) -> int:
     t = text.strip()
-    if not t.isdigit() or int(t) < minimum:
+    if not (t.isascii() and t.isdigit()) or int(t) < minimum:
         raise UsageError(f"{option} {shown if shown is not None else text}: expected {valid}")
     return int(t)
 
