@@ -72,7 +72,7 @@ def test_walltime_forms(text: Any, seconds: int) -> None:
     assert parse_walltime(text) == seconds
 
 
-@pytest.mark.parametrize("bad", ["1:2:3:4", "abc", "00:61:00", "00:00:30", "1-25:00:00", "", -5, 0, 30,
+@pytest.mark.parametrize("bad", ["1:2:3:4", "abc", "00:61:00", "00:00:30", "1-25:00:00", "", "\u0661\u0660", -5, 0, 30,
                                  float("inf"), True, None, [1]])
 def test_walltime_malformed_is_a_clear_error(bad: Any) -> None:
     with pytest.raises(ConfigError, match=r"walltime=.*not valid: expected 'MM', 'MM:SS', 'HH:MM:SS'"):

@@ -102,8 +102,8 @@ class Job:
 # ------------------------------------------------------------------------------ walltime
 WALLTIME_TEXT = ("'MM', 'MM:SS', 'HH:MM:SS', 'D-HH', 'D-HH:MM' or 'D-HH:MM:SS' (as sbatch --time takes "
                  "it), a number of seconds, or a datetime.timedelta")
-_DAYS = re.compile(r"(\d+)-(\d+)(?::(\d+)(?::(\d+))?)?")
-_CLOCK = re.compile(r"(\d+)(?::(\d+)(?::(\d+))?)?")
+_DAYS = re.compile(r"(\d+)-(\d+)(?::(\d+)(?::(\d+))?)?", re.ASCII)  # (sbatch reads ASCII digits only)
+_CLOCK = re.compile(r"(\d+)(?::(\d+)(?::(\d+))?)?", re.ASCII)
 
 
 def parse_walltime(value: Any, name: str = "walltime") -> int:
