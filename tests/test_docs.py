@@ -286,7 +286,7 @@ import doctest, importlib, sys
 module = importlib.import_module(sys.argv[1])
 result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
 print(f"{result.attempted} examples")
-sys.exit(1 if result.failed else 0)
+sys.exit(1 if result.failed or not result.attempted else 0)
 """
 
 
@@ -295,6 +295,31 @@ def test_docstring_examples(module: str, tmp_path: Path) -> None:
     """The ``Examples:`` in docstrings run and print what they show."""
     p = _run([sys.executable, "-c", DOCTEST_RUNNER, module], Page(tmp_path), tmp_path)
     assert p.returncode == 0, f"{module}'s docstring examples failed:\n{p.stdout}\n{p.stderr}"
+
+
+@pytest.mark.parametrize("module", DOCTEST_MODULES)
+def test_public_names_have_docstrings(module: str) -> None:
+    """In the modules above, every public class, function and method says what it does, and
+    every public function shows an example."""
+    import importlib
+    import inspect
+
+    m = importlib.import_module(module)
+    missing = []
+    for name, obj in vars(m).items():
+        if name.startswith("_") or getattr(obj, "__module__", None) != module:
+            continue
+        if not (inspect.isclass(obj) or inspect.isfunction(obj)):
+            continue
+        doc = inspect.getdoc(obj) or ""
+        if not doc or (inspect.isfunction(obj) and "Examples:" not in doc):
+            missing.append(name)
+        if inspect.isclass(obj):
+            for attr, member in vars(obj).items():
+                func = member.fget if isinstance(member, property) else getattr(member, "__func__", member)
+                if not attr.startswith("_") and inspect.isfunction(func) and not (func.__doc__ or "").strip():
+                    missing.append(f"{name}.{attr}")
+    assert not missing, f"{module}: public names without a docstring (or a function without Examples:): {missing}"
 
 
 def test_every_example_is_run_or_says_why_not() -> None:

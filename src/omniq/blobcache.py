@@ -9,6 +9,23 @@ Where storage keeps blobs as local files itself (``file://``), those files are u
 A fetched blob's digest is checked before it is kept: a blob changed in storage never loads.
 The cache is bounded: past ``limit`` bytes, the files used longest ago go (a mapped file stays
 readable to whoever mapped it).
+
+Examples:
+    >>> import anyio, tempfile
+    >>> from omniq.blobcache import BlobCache
+    >>> from omniq.serialization._blobs import digest
+    >>> from omniq.storage.memory import MemoryBackend
+    >>> async def main():
+    ...     store, data = MemoryBackend(), b"x" * 1000
+    ...     await store.put_blobs({digest(data): data}, owner="t:1", now=0.0)
+    ...     cache = BlobCache(tempfile.mkdtemp())
+    ...     paths = await cache.ensure(store, [digest(data)])      # fetched once, then local
+    ...     with open(paths[digest(data)], "rb") as f:
+    ...         same = f.read() == data
+    ...     cache.close()
+    ...     return same
+    >>> anyio.run(main)
+    True
 """
 
 from __future__ import annotations
@@ -73,7 +90,29 @@ def _alive(pid: int) -> bool:
 
 
 class BlobCache:
-    """Blob files of this process (a worker, or a client reading large results)."""
+    """Blob files of this process (a worker, or a client reading large results).
+
+    Thread-safe for its bookkeeping; files are written whole under their digest, so a reader
+    never sees half a blob.
+
+    Args:
+        root: the folder (default: a new one under ``/dev/shm`` when it has room, else the
+            temporary folder, removed at ``close`` or interpreter exit).
+        limit: bytes kept before the files used longest ago go (default: an eighth of the
+            machine's memory, between 256 MiB and 4 GiB); files used in the last ``HOLD``
+            seconds always stay.
+
+    Attributes:
+        limit: as given.
+
+    Examples:
+        >>> import tempfile
+        >>> from omniq.blobcache import BlobCache
+        >>> cache = BlobCache(tempfile.mkdtemp(), limit=64 << 20)
+        >>> cache.has("0" * 64), cache.locate(["0" * 64])
+        (False, {})
+        >>> cache.close()
+    """
 
     def __init__(self, root: str | None = None, *, limit: int = DEFAULT_LIMIT) -> None:
         self._root = root
@@ -86,13 +125,30 @@ class BlobCache:
 
     @property
     def root(self) -> str:
-        """The folder (made on first use; removed at ``close`` or interpreter exit)."""
+        """The folder (made on first use; removed at ``close`` or interpreter exit).
+
+        Examples:
+            >>> import os
+            >>> from omniq.blobcache import BlobCache
+            >>> cache = BlobCache()
+            >>> os.path.basename(cache.root).startswith(f"omniq-blobs-{os.getpid()}-")
+            True
+            >>> cache.close()
+        """
         if self._root is None:
             self._root = _default_root()
             atexit.register(shutil.rmtree, self._root, True)
         return self._root
 
     def path(self, d: str) -> str:
+        """The file blob ``d`` has (or would have) in this cache.
+
+        Args:
+            d: a blob's digest (SHA-256, hex).
+
+        Returns:
+            ``<root>/<digest>``.
+        """
         return os.path.join(self.root, d)
 
     def _touch(self, d: str, size: int | None = None) -> None:
@@ -123,10 +179,25 @@ class BlobCache:
                 os.unlink(self.path(d))
 
     def has(self, d: str) -> bool:
+        """Whether blob ``d`` is a file of this cache (not counting local storage's own files).
+
+        Args:
+            d: a blob's digest.
+
+        Returns:
+            True when it is kept here.
+        """
         return d in self._files
 
     def locate(self, digests: Sequence[str]) -> dict[str, str]:
-        """``{digest: file}`` for those of ``digests`` at hand (here, or in local storage)."""
+        """``{digest: file}`` for those of ``digests`` at hand (here, or in local storage).
+
+        Args:
+            digests: blob digests.
+
+        Returns:
+            A file for each digest at hand; the others are left out (nothing is fetched).
+        """
         out = {}
         for d in digests:
             p = self._direct.get(d)
@@ -137,8 +208,17 @@ class BlobCache:
         return out
 
     async def ensure(self, store: BlobStore, digests: Iterable[str]) -> dict[str, str]:
-        """``{digest: local file}`` for every digest stored (missing ones left out), fetching
-        from ``store`` only what is not here yet."""
+        """``{digest: local file}`` for every digest stored, fetching only what is not here yet.
+
+        A fetched blob whose bytes do not match its digest is logged and left out, never used.
+
+        Args:
+            store: the storage holding the blobs.
+            digests: the blobs a task (or a result) refers to.
+
+        Returns:
+            A local file for each digest found; digests ``store`` does not have are left out.
+        """
         out: dict[str, str] = {}
         need: list[str] = []
         for d in dict.fromkeys(digests):
@@ -164,11 +244,24 @@ class BlobCache:
         return out
 
     def fetch(self, paths: Mapping[str, str]) -> Fetch:
+        """A fetch function for the deserializer, mapping the given files.
+
+        Args:
+            paths: ``{digest: file}`` as ``ensure`` or ``locate`` gave it.
+
+        Returns:
+            What ``serialization`` calls to load a blob by digest (mapped copy-on-write).
+        """
         return path_fetch(dict(paths))
 
     def seed(self, store: BlobStore, blobs: Mapping[str, bytes]) -> None:
         """Put blobs this process has (it just stored them) into the cache, unless ``store``
-        keeps them as local files already."""
+        keeps them as local files already.
+
+        Args:
+            store: the storage they were stored in.
+            blobs: ``{digest: bytes}``.
+        """
         for d, data in blobs.items():
             if d in self._files or d in self._direct:
                 continue
@@ -181,8 +274,14 @@ class BlobCache:
         self._evict(set(blobs))
 
     def keep(self, sink: BlobSink) -> tuple[str, ...]:
-        """Write what ``sink`` collected (a result's large values) into the cache; returns its
-        digests, all of which are then files here."""
+        """Write what ``sink`` collected (a result's large values) into the cache.
+
+        Args:
+            sink: the ``BlobSink`` a result was serialized with.
+
+        Returns:
+            Its digests, all of which are then files here.
+        """
         for d, data in sink.data.items():
             if d in self._files:
                 continue
@@ -194,7 +293,11 @@ class BlobCache:
         return sink.digests()
 
     def adopt(self, digests: Sequence[str]) -> None:
-        """Count files another process (a child) wrote into this cache's folder."""
+        """Count files another process (a child) wrote into this cache's folder.
+
+        Args:
+            digests: the blobs the child wrote (under their digest, in ``root``).
+        """
         for d in digests:
             if d not in self._files:
                 with contextlib.suppress(OSError):
@@ -202,10 +305,19 @@ class BlobCache:
         self._evict(set(digests))
 
     def read(self, digests: Sequence[str]) -> dict[str, Any]:
-        """The cached blobs, mapped (for storing a result's blobs without copying them)."""
+        """The cached blobs, mapped (for storing a result's blobs without copying them).
+
+        Args:
+            digests: blob digests.
+
+        Returns:
+            ``{digest: memoryview}`` for those kept here; the others are left out.
+        """
         return {d: memoryview(map_file(self.path(d))) for d in digests if d in self._files}
 
     def close(self) -> None:
+        """Remove the folder and forget its files (a mapped file stays readable to whoever
+        mapped it). The cache makes a new folder if used again."""
         if self._root is not None:
             shutil.rmtree(self._root, ignore_errors=True)
             self._root = None

@@ -425,6 +425,19 @@ class OmniQBackend(AutoBatchingMixin, ParallelBackendBase):
 
     # --- joblib's interface ------------------------------------------------------------------
     def effective_n_jobs(self, n_jobs: int | None) -> int:
+        """The number of calls joblib keeps going for ``n_jobs`` (joblib's interface).
+
+        Args:
+            n_jobs: as given to ``Parallel``: a positive count, or -1 / None (every worker
+                slot), -2 (one fewer), ...
+
+        Returns:
+            A positive count: ``n_jobs`` itself when positive, else from the instance's worker
+            slots (at least 2).
+
+        Raises:
+            ValueError: ``n_jobs`` is 0.
+        """
         if n_jobs == 0:
             raise ValueError("n_jobs == 0 in Parallel has no meaning")
         if n_jobs is not None and n_jobs > 0:
@@ -434,6 +447,22 @@ class OmniQBackend(AutoBatchingMixin, ParallelBackendBase):
 
     def configure(self, n_jobs: int = 1, parallel: Any = None, prefer: Any = None, require: Any = None,
                   **backend_kwargs: Any) -> int:
+        """Get ready for one ``Parallel`` call (joblib's interface): pick the instance, open an
+        executor over it, cap BLAS / OpenMP threads per worker.
+
+        Args:
+            n_jobs: as for ``effective_n_jobs``.
+            parallel: the ``Parallel`` object.
+            prefer: joblib's hint (ignored: OmniQ's workers are what they are).
+            require: joblib's constraint (ignored).
+            **backend_kwargs: unused.
+
+        Returns:
+            The effective number of jobs.
+
+        Raises:
+            ConfigError: the instance given is closed.
+        """
         self.parallel = parallel
         oq = self._instance()
         n = self.effective_n_jobs(n_jobs)
@@ -443,6 +472,8 @@ class OmniQBackend(AutoBatchingMixin, ParallelBackendBase):
         return n
 
     def start_call(self) -> None:
+        """A ``Parallel`` call starts (joblib's interface): with ``name``, read the stored
+        successes under it once; in a kernel, show the progress widget."""
         self._stored = {}
         if self.name is not None and self._ex is not None:
             self._stored = _stored_successes(self._ex, f"{self.name}/")
@@ -451,15 +482,24 @@ class OmniQBackend(AutoBatchingMixin, ParallelBackendBase):
                 self._start_widget()
 
     def stop_call(self) -> None:
+        """A ``Parallel`` call ended (joblib's interface): close the widget and the executor
+        (the instance stays open)."""
         self._stop_widget()
         ex, self._ex = self._ex, None
         if ex is not None:
             ex.shutdown(wait=False)
 
     def terminate(self) -> None:
+        """joblib's interface: as ``stop_call``."""
         self.stop_call()
 
     def compute_batch_size(self) -> int:
+        """Calls per task (joblib's interface).
+
+        Returns:
+            ``chunksize`` when given; 1 with ``name`` (each call keyed on its own); else
+            joblib's automatic size.
+        """
         if self.chunksize is not None:
             return self.chunksize
         if self.name is not None:
@@ -467,6 +507,22 @@ class OmniQBackend(AutoBatchingMixin, ParallelBackendBase):
         return int(super().compute_batch_size())
 
     def submit(self, func: Any, callback: Callable[[Any], Any] | None = None) -> Any:
+        """Send one joblib batch as an OmniQ task (joblib's interface).
+
+        A named call whose result is stored is not sent again: its future resolves with the
+        stored value.
+
+        Args:
+            func: joblib's batch of calls.
+            callback: called with the future once it is done.
+
+        Returns:
+            A ``concurrent.futures.Future`` of the batch's values.
+
+        Raises:
+            RuntimeError: the backend is not configured (its call has ended).
+            TypeError: a call in the batch is not callable.
+        """
         ex = self._ex
         if ex is None:
             raise RuntimeError("the omniq joblib backend was not configured (or its call has ended)")
@@ -490,9 +546,16 @@ class OmniQBackend(AutoBatchingMixin, ParallelBackendBase):
         return fut
 
     def retrieve_result_callback(self, out: Any) -> Any:
+        """The batch's values from its done future (joblib's interface); raises the call's
+        exception with its own type."""
         return out.result()
 
     def abort_everything(self, ensure_ready: bool = True) -> None:
+        """A call raised (joblib's interface): cancel every task of this call still queued.
+
+        Args:
+            ensure_ready: joblib's (the backend stays usable either way).
+        """
         ex = self._ex
         if ex is not None:
             with contextlib.suppress(Exception):

@@ -8,6 +8,26 @@ that were flushed late; every event is delivered once (keys remembered for a min
 A subscriber never slows the workers: each has a bounded buffer, and when it falls behind the
 overflow is dropped and counted; the next event it receives is preceded by a ``dropped`` event
 whose ``detail`` says how many it missed.
+
+``AsyncOmniQ.subscribe()`` and ``OmniQ.on_event()`` are the public way in.
+
+Examples:
+    >>> import anyio
+    >>> from omniq.events.logger import EventLogger
+    >>> from omniq.events.processor import EventProcessor
+    >>> from omniq.storage.memory import MemoryBackend
+    >>> async def main():
+    ...     store = MemoryBackend()
+    ...     events = EventLogger(store)
+    ...     processor = EventProcessor(events, store)
+    ...     sub = processor.subscribe(task_id="t2")
+    ...     events.emit("t1", "started")
+    ...     events.emit("t2", "started")
+    ...     async for ev in sub:
+    ...         processor.unsubscribe(sub)
+    ...         return ev.task_id, ev.type
+    >>> anyio.run(main)
+    ('t2', 'started')
 """
 
 from __future__ import annotations
@@ -37,7 +57,29 @@ def _key(ev: TaskEvent) -> _Key:
 
 
 class Subscription:
-    """One subscriber: a filter, a bounded buffer and a count of what it missed."""
+    """One subscriber: a filter, a bounded buffer and a count of what it missed.
+
+    Made by ``EventProcessor.subscribe``; iterate it with ``async for``. The iteration ends
+    when it is closed.
+
+    Args:
+        task_id: only this task's events (None: every task's).
+        queue: only this queue's events (None: every queue's).
+        types: only these event types (None or empty: every type).
+        buffer: events held for a slow consumer; beyond it events are dropped and counted.
+
+    Attributes:
+        dropped: events dropped since the consumer last received one.
+
+    Examples:
+        >>> from omniq import TaskEvent
+        >>> from omniq.events.processor import Subscription
+        >>> sub = Subscription(None, "gpu", ["succeeded"], buffer=10)
+        >>> sub.wants(TaskEvent(task_id="t", type="succeeded", timestamp=0.0, queue="gpu"))
+        True
+        >>> sub.wants(TaskEvent(task_id="t", type="started", timestamp=0.0, queue="gpu"))
+        False
+    """
 
     def __init__(
         self,
@@ -56,6 +98,14 @@ class Subscription:
         self._send, self._recv = send, recv
 
     def wants(self, ev: TaskEvent) -> bool:
+        """Whether ``ev`` passes this subscription's filter.
+
+        Args:
+            ev: an event.
+
+        Returns:
+            True when its task, queue and type match.
+        """
         return (
             (self.task_id is None or ev.task_id == self.task_id)
             and (self.queue is None or ev.queue == self.queue)
@@ -63,6 +113,21 @@ class Subscription:
         )
 
     def offer(self, ev: TaskEvent) -> None:
+        """Hand ``ev`` to the consumer without waiting; counted in ``dropped`` when the buffer
+        is full, ignored once closed.
+
+        Args:
+            ev: an event that passed ``wants``.
+
+        Examples:
+            >>> from omniq import TaskEvent
+            >>> from omniq.events.processor import Subscription
+            >>> sub = Subscription(None, None, None, buffer=1)
+            >>> for _ in range(3):
+            ...     sub.offer(TaskEvent(task_id="t", type="started", timestamp=0.0))
+            >>> sub.dropped
+            2
+        """
         try:
             self._send.send_nowait(ev)
         except anyio.WouldBlock:
@@ -83,12 +148,27 @@ class Subscription:
             yield ev
 
     def close(self) -> None:
+        """End the subscription: a consumer's ``async for`` ends after the events it holds."""
         self._send.close()
         self._recv.close()
 
 
 class EventProcessor:
-    """Fans events out to subscriptions (see module docstring)."""
+    """Fans events out to subscriptions (see module docstring).
+
+    Args:
+        logger: this process's ``EventLogger`` (its events reach subscribers at once).
+        store: the event store polled for other processes' events while anyone subscribes.
+
+    Examples:
+        >>> from omniq.events.logger import EventLogger
+        >>> from omniq.events.processor import EventProcessor
+        >>> from omniq.storage.memory import MemoryBackend
+        >>> store = MemoryBackend()
+        >>> processor = EventProcessor(EventLogger(store), store)
+        >>> sub = processor.subscribe(types=["failed"])
+        >>> processor.unsubscribe(sub)
+    """
 
     def __init__(self, logger: EventLogger, store: EventStore) -> None:
         self._store = store
@@ -106,12 +186,28 @@ class EventProcessor:
         *,
         buffer: int = 10_000,
     ) -> Subscription:
+        """A new subscription to events from now on (from this and other processes).
+
+        Args:
+            task_id: only this task's events.
+            queue: only this queue's events.
+            types: only these event types.
+            buffer: events held for a slow consumer (see ``Subscription``).
+
+        Returns:
+            The subscription; ``unsubscribe`` it when done.
+        """
         sub = Subscription(task_id, queue, types, buffer)
         self._subs.append(sub)
         self._wake.set()
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
+        """Stop delivering to ``sub`` and close it (idempotent).
+
+        Args:
+            sub: a subscription from ``subscribe``.
+        """
         if sub in self._subs:
             self._subs.remove(sub)
         sub.close()
@@ -145,7 +241,12 @@ class EventProcessor:
             self._deliver(batch)
 
     async def run(self) -> None:
-        """Poll the store for other processes' events while anyone is subscribed."""
+        """Poll the store for other processes' events while anyone is subscribed.
+
+        Runs until cancelled; sleeps while nobody subscribes. Uses the store's own wake-up
+        (PostgreSQL ``NOTIFY``, Redis pub/sub, a NATS subject) where it has one, else polls
+        with back-off (50 ms to 1 s). A failed poll is logged at DEBUG and retried.
+        """
         since = time.time()
         delay = 0.05
         while True:
@@ -170,7 +271,33 @@ class EventProcessor:
 
 
 async def aiter_subscription(processor: EventProcessor, sub: Subscription) -> AsyncIterator[TaskEvent]:
-    """Iterate a subscription and unsubscribe when the consumer stops."""
+    """Iterate a subscription and unsubscribe when the consumer stops.
+
+    Args:
+        processor: the processor ``sub`` came from.
+        sub: the subscription.
+
+    Yields:
+        Its events, preceded by a ``dropped`` event when the consumer fell behind.
+
+    Examples:
+        >>> import anyio
+        >>> from omniq.events.logger import EventLogger
+        >>> from omniq.events.processor import EventProcessor, aiter_subscription
+        >>> from omniq.storage.memory import MemoryBackend
+        >>> async def main():
+        ...     store = MemoryBackend()
+        ...     events = EventLogger(store)
+        ...     processor = EventProcessor(events, store)
+        ...     sub = processor.subscribe()
+        ...     events.emit("t1", "succeeded")
+        ...     stream = aiter_subscription(processor, sub)
+        ...     ev = await stream.__anext__()
+        ...     await stream.aclose()                       # unsubscribes
+        ...     return ev.task_id, ev.type
+        >>> anyio.run(main)
+        ('t1', 'succeeded')
+    """
     try:
         async for ev in sub:
             yield ev
