@@ -18,7 +18,7 @@ from omniq.storage.base import EventStore, ResultStore, TaskQueue
 from omniq.storage.urls import open_backends
 
 from .backends import SERVERS
-from .test_fsspec import (  # noqa: F401  (fixtures for the s3://, gs:// and abfs:// URLs)
+from .cloud import (  # noqa: F401  (fixtures for the s3://, gs:// and abfs:// URLs)
     azurite,
     azurite_endpoint,
     cloud_storage_options,
@@ -35,6 +35,9 @@ TASK_QUEUE_URLS = [
     "sqlite://:memory:",
     "sqlite:///{tmp}/t.db#no-returning",
     "file://{tmp}/fq",
+    "postgresql://{server}",
+    "redis://{server}",
+    "nats://{server}",
 ]
 #: Backends run here for their results and events only (object stores cannot hold a task
 #: queue). Each object store runs against a real server on loopback: ``s3://`` on moto,

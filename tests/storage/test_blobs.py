@@ -10,20 +10,17 @@ Times come from a fake clock (``T0``).
 from __future__ import annotations
 
 import array
-import asyncio
 import contextlib
 import functools
 import hashlib
 import json
 import os
-import socket
 import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
-from urllib.parse import urlsplit
 
 import anyio
 import pytest
@@ -33,19 +30,15 @@ from omniq.ids import new_id
 from omniq.models import Task, TaskResult, TaskStatus
 from omniq.storage.urls import open_backends
 
+from .cloud import cloud_storage_options
 from .conftest import PRIVATE_URLS, RESULT_EVENT_ONLY_URLS, TASK_QUEUE_URLS, shares_storage
-from .test_fsspec import cloud_storage_options
 
 pytestmark = pytest.mark.anyio
 
 T0 = 1_000_000.0
-PG_URL = os.environ.get("OMNIQ_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
-REDIS_URL = os.environ.get("OMNIQ_TEST_REDIS", "redis://127.0.0.1:6379/0")
-NATS_URL = os.environ.get("OMNIQ_TEST_NATS", "nats://127.0.0.1:4222")
-SERVERS = ["postgresql", "redis", "nats"]
 
 #: (URL template, holds a task queue)
-TARGETS = [(u, True) for u in TASK_QUEUE_URLS + SERVERS] + [
+TARGETS = [(u, True) for u in TASK_QUEUE_URLS] + [
     (u, False) for u in RESULT_EVENT_ONLY_URLS
 ]
 
@@ -58,66 +51,6 @@ def blob(n: int = 100, seed: str = "") -> tuple[str, bytes]:
     data = (seed or uuid.uuid4().hex).encode() * (n // 32 + 1)
     data = data[:n]
     return digest(data), data
-
-
-# --- servers -----------------------------------------------------------------------------------
-
-
-@functools.cache
-def _server_problem(kind: str) -> str | None:
-    """Why the test server of ``kind`` cannot be used (None when it can)."""
-    try:
-        if kind == "postgresql":
-            import asyncpg
-
-            async def probe() -> None:
-                conn = await asyncpg.connect(PG_URL, timeout=3)
-                await conn.close()
-
-            asyncio.run(probe())
-        elif kind == "redis":
-            import redis
-
-            redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
-        else:
-            import nats  # noqa: F401
-
-            parts = urlsplit(NATS_URL)
-            with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 4222), 1):
-                pass
-    except Exception as e:
-        return f"no {kind} server for the blob tests: {type(e).__name__}: {e}"
-    return None
-
-
-async def _drop_schema(schema: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(PG_URL, timeout=10)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    finally:
-        await conn.close()
-
-
-def _drop_redis_prefix(prefix: str) -> None:
-    import redis
-
-    r = redis.Redis.from_url(REDIS_URL)
-    keys = list(r.scan_iter(match=f"{prefix}:*", count=1000))
-    for i in range(0, len(keys), 500):
-        r.delete(*keys[i : i + 500])
-
-
-async def _drop_nats(url: str) -> None:
-    from omniq.storage.nats import NatsBackend
-
-    b = NatsBackend(url)
-    await b.connect()
-    try:
-        await b.drop()
-    finally:
-        await b.close()
 
 
 class Target(NamedTuple):
@@ -136,26 +69,6 @@ def target(
     request: pytest.FixtureRequest, url_of: Callable[[str], str]
 ) -> Iterator[Target]:
     template, has_tasks = request.param
-    if template in SERVERS:
-        problem = _server_problem(template)
-        if problem is not None:
-            pytest.skip(problem)
-        tag = uuid.uuid4().hex[:12]
-        if template == "postgresql":
-            schema = f"omniq_t_{tag}"
-            sep = "&" if "?" in PG_URL else "?"
-            yield Target(template, f"{PG_URL}{sep}schema={schema}", True, None)
-            asyncio.run(_drop_schema(schema))
-        elif template == "redis":
-            prefix = f"omniq-test-{tag}"
-            sep = "&" if "?" in REDIS_URL else "?"
-            yield Target(template, f"{REDIS_URL}{sep}prefix={prefix}", True, None)
-            _drop_redis_prefix(prefix)
-        else:
-            url = f"{NATS_URL}?namespace=t{tag}"
-            yield Target(template, url, True, None)
-            asyncio.run(_drop_nats(url))
-        return
     url = url_of(template)
     yield Target(template, url, has_tasks, cloud_storage_options(url.split("://")[0], request))
 
@@ -493,7 +406,8 @@ async def test_a_partial_file_is_not_a_blob(target: Target, store: Any) -> None:
 
 
 @only(
-    "sqlite:///{tmp}/t.db", "sqlite://:memory:", "sqlite:///{tmp}/t.db#no-returning", "postgresql"
+    "sqlite:///{tmp}/t.db", "sqlite://:memory:", "sqlite:///{tmp}/t.db#no-returning",
+    "postgresql://{server}",
 )
 async def test_a_failed_transaction_stores_nothing(target: Target, store: Any) -> None:
     """A write that fails half-way (the second blob of a batch) leaves no blob nor owner."""
@@ -526,7 +440,7 @@ CREATE TRIGGER fail_blob BEFORE INSERT ON omniq_blobs FOR EACH ROW EXECUTE FUNCT
 """
 
 
-@only("nats")
+@only("nats://{server}")
 async def test_half_written_nats_object_is_not_a_blob(target: Target, store: Any) -> None:
     """Chunks published without the meta message (a crash mid-put) are not a blob."""
     d, data = blob(300_000)
@@ -556,7 +470,7 @@ async def test_an_sqlite_file_of_schema_version_1_gets_the_blob_tables(tmp_path:
         await b.close()
 
 
-@only("postgresql")
+@only("postgresql://{server}")
 async def test_a_postgres_schema_of_version_1_gets_the_blob_tables(target: Target) -> None:
     b = _open(target)
     await b.connect()
@@ -579,7 +493,7 @@ async def test_a_postgres_schema_of_version_1_gets_the_blob_tables(target: Targe
         await b.close()
 
 
-@only("redis")
+@only("redis://{server}")
 async def test_redis_blob_is_one_string(target: Target, store: Any) -> None:
     d, data = blob(5000)
     await store.put_blobs({d: data}, "t:x", now=T0)
@@ -590,7 +504,7 @@ async def test_redis_blob_is_one_string(target: Target, store: Any) -> None:
 
 # --- stores without transactions: a sweep takes a blob in two steps -----------------------------
 
-TWO_STEP = ["file://{tmp}/fq", "memory://bucket{tmp}", "s3://omniq-test{tmp}", "nats"]
+TWO_STEP = ["file://{tmp}/fq", "memory://bucket{tmp}", "s3://omniq-test{tmp}", "nats://{server}"]
 
 
 @only(*TWO_STEP)

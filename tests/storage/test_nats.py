@@ -14,10 +14,8 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 
@@ -25,51 +23,25 @@ from omniq.errors import StorageError
 from omniq.storage.base import EventStore, ResultStore, TaskQueue
 from omniq.storage.urls import open_backends
 
-from .test_contract import *  # noqa: F403  (the shared contract suite, run here on NATS)
+from .backends import fresh_nats, fresh_nats_url, nats_problem
+from .test_contract import T0, task
+
+pytestmark = pytest.mark.anyio
+if nats_problem() is not None:
+    pytest.skip(nats_problem() or "", allow_module_level=True)
 
 pytest.importorskip("nats", reason="nats-py is not installed (pip install 'omniq[nats]')")
 
-from omniq.storage.nats import NatsBackend, parse_url, token, untoken
+from omniq.storage.nats import NatsBackend, parse_url, token, untoken  # noqa: E402
 
-NATS_URL = os.environ.get("OMNIQ_TEST_NATS", "nats://127.0.0.1:4222")
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _reachable(url: str) -> bool:
-    parts = urlsplit(url)
-    try:
-        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 4222), 1.0):
-            return True
-    except OSError:
-        return False
-
-
-if not _reachable(NATS_URL):
-    pytest.skip(
-        f"no NATS server at {NATS_URL} (start `nats-server -js` or set OMNIQ_TEST_NATS)",
-        allow_module_level=True,
-    )
-
-
-def _fresh_url() -> str:
-    return f"{NATS_URL}?namespace=t{uuid.uuid4().hex[:12]}"
-
-
-async def _drop(url: str) -> None:
-    b = NatsBackend(url)
-    await b.connect()
-    try:
-        await b.drop()
-    finally:
-        await b.close()
 
 
 @pytest.fixture
 def nats_url() -> Iterator[str]:
     """A namespace of its own for one test, deleted afterwards."""
-    url = _fresh_url()
-    yield url
-    asyncio.run(_drop(url))
+    with fresh_nats() as url:
+        yield url
 
 
 @pytest.fixture
@@ -141,14 +113,14 @@ async def test_unreachable_server_is_a_clear_error() -> None:
 
 
 async def test_namespaces_are_isolated(nats_url: str) -> None:
-    other = _fresh_url()
+    other = fresh_nats_url()
     a, b = NatsBackend(nats_url), NatsBackend(other)
     await a.connect()
     await b.connect()
     try:
-        await a.enqueue([task()])  # noqa: F405
-        assert await b.claim("w", queues=None, limit=10, lease=5, now=T0) == []  # noqa: F405
-        assert len(await a.claim("w", queues=None, limit=10, lease=5, now=T0)) == 1  # noqa: F405
+        await a.enqueue([task()])
+        assert await b.claim("w", queues=None, limit=10, lease=5, now=T0) == []
+        assert len(await a.claim("w", queues=None, limit=10, lease=5, now=T0)) == 1
     finally:
         await b.drop()
         await a.close()
@@ -164,7 +136,7 @@ async def test_wakeup_crosses_connections(nats_url: str) -> None:
 
         async def later() -> None:
             await asyncio.sleep(0.05)
-            await a.enqueue([task()])  # noqa: F405
+            await a.enqueue([task()])
 
         started = time.monotonic()
         job = asyncio.ensure_future(later())

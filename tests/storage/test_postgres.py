@@ -30,65 +30,30 @@ from omniq.models import Task, TaskStatus
 from omniq.storage.base import EventStore, ResultStore, TaskQueue
 from omniq.storage.urls import open_backends
 
-from .test_contract import *  # noqa: F403  (the contract suite, run here on PostgreSQL)
+from .backends import (
+    PG_URL,
+    drop_schema_async,
+    fresh_postgres,
+    postgres_problem,
+    schema_url,
+)
 from .test_contract import T0
 
-PG_URL = os.environ.get("OMNIQ_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _server_problem() -> str | None:
-    """Why the test server cannot be used (None when it can)."""
-    try:
-        import asyncpg
-    except ImportError:
-        return "asyncpg is not installed (pip install 'omniq[postgres]')"
-
-    async def probe() -> None:
-        conn = await asyncpg.connect(PG_URL, timeout=3)
-        await conn.close()
-
-    try:
-        asyncio.run(probe())
-    except Exception as e:
-        return f"PostgreSQL at {PG_URL} is unreachable: {type(e).__name__}: {e}"
-    return None
-
-
-_PROBLEM = _server_problem()
+_PROBLEM = postgres_problem()
 pytestmark = [
     pytest.mark.anyio,
     pytest.mark.skipif(_PROBLEM is not None, reason=_PROBLEM or ""),
 ]
 
 
-def schema_url(schema: str) -> str:
-    sep = "&" if "?" in PG_URL else "?"
-    return f"{PG_URL}{sep}schema={schema}"
-
-
-async def drop_schema_async(schema: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(PG_URL, timeout=10)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    finally:
-        await conn.close()
-
-
-def drop_schema(schema: str) -> None:
-    asyncio.run(drop_schema_async(schema))
-
-
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     """A URL of a schema private to this test; the schema is dropped afterwards."""
-    schema = f"omniq_t_{uuid.uuid4().hex[:12]}"
-    try:
-        yield schema_url(schema)
-    finally:
-        drop_schema(schema)
+    with fresh_postgres() as url:
+        yield url
 
 
 # --- the contract suite on PostgreSQL: these override the conftest fixtures ------------------------

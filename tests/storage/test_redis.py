@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -34,14 +33,14 @@ from omniq.storage.urls import open_backends
 from tests import helpers
 from tests.workers.common import wait_until
 
-from .test_contract import *  # noqa: F403  (the shared suite runs here on Redis)
+from .backends import REDIS_URL as BASE_URL
+from .backends import drop_prefix, fresh_redis
 from .test_contract import T0, claim, event, result, task
 
+pytestmark = pytest.mark.anyio
 redis_sync = pytest.importorskip("redis", reason="the redis extra is not installed")
 
 from omniq.storage.redis import SCRIPTS, RedisBackend, parse_url  # noqa: E402
-
-BASE_URL = os.environ.get("OMNIQ_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
 
 def _server() -> redis_sync.Redis:
@@ -54,31 +53,11 @@ except Exception as _e:  # pragma: no cover - depends on the machine
     pytest.skip(f"no Redis server answers at {BASE_URL} ({_e})", allow_module_level=True)
 
 
-def drop_prefix(prefix: str) -> None:
-    """Delete every key of one namespace (SCAN + DEL)."""
-    r = _server()
-    batch: list[bytes] = []
-    for key in r.scan_iter(match=f"{prefix}:*", count=1000):
-        batch.append(key)
-        if len(batch) >= 500:
-            r.delete(*batch)
-            batch.clear()
-    if batch:
-        r.delete(*batch)
-
-
-def url_with_prefix(prefix: str, **params: object) -> str:
-    sep = "&" if "?" in BASE_URL else "?"
-    extra = "".join(f"&{k}={v}" for k, v in params.items())
-    return f"{BASE_URL}{sep}prefix={prefix}{extra}"
-
-
 @pytest.fixture
 def redis_url() -> Iterator[str]:
     """A URL with a namespace of its own, emptied after the test."""
-    prefix = f"omniq-test-{uuid.uuid4().hex[:12]}"
-    yield url_with_prefix(prefix)
-    drop_prefix(prefix)
+    with fresh_redis() as url:
+        yield url
 
 
 # --- the shared contract suite on Redis (module fixtures override conftest.py's) -------------
