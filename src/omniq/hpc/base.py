@@ -109,7 +109,19 @@ _CLOCK = re.compile(r"(\d+)(?::(\d+)(?::(\d+))?)?", re.ASCII)
 def parse_walltime(value: Any, name: str = "walltime") -> int:
     """Seconds in a walltime: sbatch's forms (``"90"`` minutes, ``"01:30:00"``, ``"2-00:00:00"``),
     a number of seconds (at least 60: schedulers count in minutes), or a ``timedelta``. Anything
-    else is a ``ConfigError`` naming ``name`` and the valid forms."""
+    else is a ``ConfigError`` naming ``name`` and the valid forms.
+
+    Examples:
+        >>> from omniq.hpc import parse_walltime
+        >>> parse_walltime("01:30:00"), parse_walltime("90"), parse_walltime("1-12"), parse_walltime(120)
+        (5400, 5400, 129600, 120)
+        >>> from omniq import ConfigError
+        >>> try:
+        ...     parse_walltime("1:99")
+        ... except ConfigError as e:
+        ...     print(str(e).split(":")[0])
+        walltime='1
+    """
     seconds: float | None = None
     if isinstance(value, _dt.timedelta):
         seconds = value.total_seconds()
@@ -139,7 +151,13 @@ def parse_walltime(value: Any, name: str = "walltime") -> int:
 
 
 def format_walltime(seconds: int) -> str:
-    """``HH:MM:SS``, or ``D-HH:MM:SS`` from a day up."""
+    """``HH:MM:SS``, or ``D-HH:MM:SS`` from a day up (as ``sbatch --time`` takes it).
+
+    Examples:
+        >>> from omniq.hpc.base import format_walltime
+        >>> format_walltime(5400), format_walltime(172801)
+        ('01:30:00', '2-00:00:01')
+    """
     d, rest = divmod(int(seconds), 86400)
     h, rest = divmod(rest, 3600)
     m, s = divmod(rest, 60)
@@ -148,7 +166,13 @@ def format_walltime(seconds: int) -> str:
 
 def default_margin(walltime: int) -> int:
     """Seconds before the walltime at which a job stops taking tasks: a tenth of it, from 30 s to
-    5 min, and at most half of it. (SLURM may signal up to a minute early; never late.)"""
+    5 min, and at most half of it. (SLURM may signal up to a minute early; never late.)
+
+    Examples:
+        >>> from omniq.hpc.base import default_margin
+        >>> default_margin(60), default_margin(1200), default_margin(86400)
+        (30, 120, 300)
+    """
     return int(min(walltime / 2, min(300, max(30, walltime // 10))))
 
 
@@ -168,7 +192,14 @@ WHAT_WORKS = ("a SQLite file or a file:// folder on a filesystem the compute nod
 
 def mount_of(path: str) -> tuple[str, str]:
     """``(mount point, filesystem type)`` holding ``path`` (its nearest existing ancestor), from
-    /proc/mounts; ``("", "")`` where that cannot be read."""
+    /proc/mounts; ``("", "")`` where that cannot be read. Says whether jobs on other nodes can
+    see a file (a network filesystem) and whether SQLite's locking is safe there.
+
+    Examples:
+        >>> from omniq.hpc.base import mount_of
+        >>> mount_of("/no/such/dir/lab.db")[0]  # the nearest existing ancestor: /
+        '/'
+    """
     p = os.path.realpath(path)
     while not os.path.exists(p) and p != os.path.dirname(p):
         p = os.path.dirname(p)
@@ -188,7 +219,14 @@ def mount_of(path: str) -> tuple[str, str]:
 
 
 def local_names() -> set[str]:
-    """Names and addresses of this machine."""
+    """Names and addresses of this machine (to tell whether a URL's host, or a cluster's
+    nodes, are this machine).
+
+    Examples:
+        >>> from omniq.hpc.base import local_names
+        >>> {"localhost", "127.0.0.1"} <= local_names()
+        True
+    """
     names = {"localhost", "127.0.0.1", "::1"}
     for get in (socket.gethostname, socket.getfqdn):
         with contextlib.suppress(OSError):
@@ -202,6 +240,14 @@ def local_names() -> set[str]:
 
 
 def is_local_host(host: str, names: set[str] | None = None) -> bool:
+    """Whether ``host`` is this machine (loopback, or one of ``names``, default
+    :func:`local_names`): a server URL naming it is unreachable from other nodes.
+
+    Examples:
+        >>> from omniq.hpc.base import is_local_host
+        >>> is_local_host("localhost"), is_local_host("127.0.1.1"), is_local_host("db.lab", {"vm"})
+        (True, True, False)
+    """
     h = host.strip("[]").lower()
     return h in LOOPBACK_HOSTS or h.startswith("127.") or h in (names if names is not None else local_names())
 
@@ -211,7 +257,20 @@ def job_url(role: str, url: str, *, cluster_local: bool | None) -> tuple[str, li
     a ``ConfigError`` naming the URL when a job could not reach it at all.
 
     ``cluster_local``: True when every node of the cluster is this machine, False when some is
-    not, None when unknown."""
+    not, None when unknown.
+
+    Examples:
+        >>> from omniq.hpc.base import job_url
+        >>> job_url("tasks", "redis://db.lab:6379/0", cluster_local=False)
+        ('redis://db.lab:6379/0', [])
+        >>> job_url("tasks", "sqlite:////shared/lab.db", cluster_local=True)
+        ('sqlite:////shared/lab.db', [])
+        >>> from omniq import ConfigError
+        >>> try:
+        ...     job_url("tasks", "memory://", cluster_local=True)
+        ... except ConfigError as e:
+        ...     print(str(e).startswith("tasks URL 'memory://' is this process's memory"))
+        True"""
     scheme, sep, rest = url.partition("://")
     scheme = scheme.lower()
     shown = masked(url)
@@ -274,7 +333,16 @@ def storage_tag(url: str) -> str | None:
     """Eight hex digits naming the task queue ``url`` (as jobs open it), carried in job names
     (``omniq-<tag>-<hex>``) so ``omniq status`` on that queue finds its jobs among the user's.
     Derived from the URL without its password (job names are public); SQLite and ``file://``
-    by their resolved path. None for a queue no job could serve (``memory://``)."""
+    by their resolved path. None for a queue no job could serve (``memory://``).
+
+    Examples:
+        >>> from omniq.hpc import storage_tag
+        >>> tag = storage_tag("postgresql://me:secret@db.lab/queue")
+        >>> len(tag), tag == storage_tag("postgresql://me:other@db.lab/queue")
+        (8, True)
+        >>> storage_tag("memory://") is None
+        True
+    """
     try:
         url, _ = job_url("tasks", url, cluster_local=True)
     except ConfigError:
@@ -587,10 +655,12 @@ class JobWorkers(abc.ABC):
     # --- files -----------------------------------------------------------------------------------
     @property
     def env_file(self) -> str:
+        """The pool's private environment file (mode 0600; URLs and secrets for its jobs)."""
         return os.path.join(self.log_dir, "worker.env")
 
     @property
     def script(self) -> str:
+        """The job script every job of the pool runs."""
         return os.path.join(self.log_dir, "job.sh")
 
     def worker_command(self) -> list[str]:
@@ -966,7 +1036,14 @@ _POOLS: weakref.WeakSet[JobWorkers] = weakref.WeakSet()
 
 
 def pools() -> list[JobWorkers]:
-    """The pools of this process that are not closed (for status displays)."""
+    """The pools of this process that are not closed (for status displays: ``%omniq status``
+    lists their jobs).
+
+    Examples:
+        >>> from omniq.hpc import pools
+        >>> [p.name for p in pools()]  # none made in this process
+        []
+    """
     return [p for p in list(_POOLS) if not p.closed]
 
 

@@ -121,29 +121,35 @@ class SlurmWorkers(JobWorkers):
         return opts + self.job_extra
 
     def submit_command(self, script: str, count: int) -> list[str]:
+        """``sbatch --parsable`` with the pool's options; a job array for ``count`` > 1."""
         argv = ["sbatch", "--parsable", *self.sbatch_options()]
         if count > 1:
             argv.append(f"--array=0-{count - 1}")
         return [*argv, script]
 
     def parse_submit(self, stdout: str, count: int) -> list[str]:
+        """The job ids sbatch made: ``123``, or ``123_0`` ... for the elements of an array."""
         first = next(iter(_lines(stdout)), "").strip().split(";")[0]
         if not first.isdigit():
             raise JobSystemError(f"sbatch answered {stdout.strip()!r}, not a job id")
         return [f"{first}_{i}" for i in range(count)] if count > 1 else [first]
 
     def cancel_command(self, ids: Sequence[str], *, graceful: bool) -> list[str]:
+        """``scancel`` of ``ids``; ``graceful``: SIGTERM to the worker only (``--batch``)."""
         # graceful: SIGTERM to the batch shell (the worker, exec'd) only, not to the tasks'
         # processes: it stops taking tasks, lets running ones finish within its grace, leaves
         return ["scancel", *(["--batch", "--signal=TERM"] if graceful else []), *ids]
 
     def cancel_all_command(self) -> list[str]:
+        """``scancel --name``: every job of the pool, also those submitted a moment ago."""
         return ["scancel", f"--name={self.name}"]
 
     def list_command(self) -> list[str]:
+        """``squeue`` of the pool's jobs (array elements one by one), in :data:`SQUEUE_FORMAT`."""
         return ["squeue", "--noheader", "--array", f"--name={self.name}", f"--format={SQUEUE_FORMAT}"]
 
     def parse_list(self, stdout: str) -> list[Job]:
+        """Jobs in ``squeue`` output (:func:`parse_squeue`)."""
         return parse_squeue(stdout)
 
     # --- cluster facts ---------------------------------------------------------------------------
@@ -181,6 +187,7 @@ class SlurmWorkers(JobWorkers):
         return (name, parts[name]) if name is not None and name in parts else None
 
     def cluster_hosts(self) -> list[str] | None:
+        """Names and addresses of the partition's nodes, from ``sinfo`` (None: unknown)."""
         found = self._partition()
         return sorted(found[1]["hosts"]) if found is not None and found[1]["hosts"] else None
 
@@ -216,11 +223,13 @@ class SlurmWorkers(JobWorkers):
                               f"(its nodes' generic resources: {', '.join(sorted(facts['gres'])) or 'none'})")
 
     def never_starts(self, job: Job) -> str | None:
+        """Why a pending job will never start as asked (its squeue reason), or None."""
         if job.reason in NEVER:
             return f"{job.reason} ({NEVER[job.reason]})"
         return None
 
     def submit_error(self, message: str) -> OmniQError:
+        """sbatch's refusal as a ``ConfigError`` naming the argument at fault, when it is one."""
         low = message.lower()
         if "partition" in low:
             return ConfigError(f"partition={self.partition!r}: SLURM refused the job: {message}")
@@ -253,7 +262,15 @@ SQUEUE_FORMAT = "%i|%A|%T|%r|%N|%j"
 
 
 def parse_squeue(stdout: str) -> list[Job]:
-    """Jobs in ``squeue --format=SQUEUE_FORMAT`` output."""
+    """Jobs in ``squeue --format=SQUEUE_FORMAT`` output.
+
+    Examples:
+        >>> from omniq.hpc.slurm import parse_squeue
+        >>> out = ["41_0|42|RUNNING|None|c12|omniq-0badcafe-1a2b3c",
+        ...        "41_1|41|PENDING|Resources|(null)|omniq-0badcafe-1a2b3c"]
+        >>> [(j.id, j.state, j.job_id, j.reason, j.node) for j in parse_squeue(chr(10).join(out))]
+        [('41_0', 'RUNNING', '42', '', 'c12'), ('41_1', 'PENDING', None, 'Resources', '')]
+    """
     jobs = []
     for line in _lines(stdout):
         parts = [p.strip() for p in line.split("|", 5)]
@@ -275,7 +292,14 @@ def omniq_jobs(*, tasks: str | None = None, user: str | None = None, timeout: fl
     (every pool's, from any process), as ``squeue`` lists them now; with ``tasks`` (a task queue
     URL), only those serving that queue (by the storage tag in their name: pools given their own
     ``name=`` are not found this way). Empty where SLURM's commands are missing or do not answer
-    (for status displays, which must work without SLURM); ``strict``: a ``JobSystemError`` then."""
+    (for status displays, which must work without SLURM); ``strict``: a ``JobSystemError`` then.
+
+    Examples:
+        >>> from omniq.hpc import omniq_jobs
+        >>> jobs = omniq_jobs(tasks="sqlite:////home/me/lab.db")  # [] without SLURM
+        >>> all(j.name.startswith("omniq-") for j in jobs)
+        True
+    """
     import getpass
     import subprocess
 
