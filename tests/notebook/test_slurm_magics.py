@@ -164,7 +164,8 @@ def test_slurm_workers_from_a_notebook(cluster: PrivateSlurm, execute: Any, nbvi
         # a second call rescales the same pool
         "again = %omniq workers --slurm 2\nprint(again is pool, len(pool.jobs()))",
         WAIT_RUNNING.format(n=2),
-        "%omniq status",
+        # (a second status stops the first one's refreshes: its saved state is this moment's)
+        "%omniq status\n%omniq status",
         # bad input: one line naming the option; the pool is left as it was
         "%omniq workers --slurm 1 --partition nope",
         "%omniq workers --slurm 1 --partition short --walltime 00:10:00",
