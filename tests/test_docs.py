@@ -280,6 +280,8 @@ DOCTEST_MODULES = [
     "omniq.events.logger",
     "omniq.events.metrics",
     "omniq.events.processor",
+    "omniq.hpc.base",
+    "omniq.hpc.slurm",
 ]
 DOCTEST_RUNNER = """
 import doctest, importlib, sys
