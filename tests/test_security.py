@@ -646,6 +646,193 @@ def test_a_child_key_signs_results_but_no_task(monkeypatch) -> None:
     assert loads(result) == 7
 
 
+# ------------------------------------------------------------------------------ 2. records sealed
+
+
+def _sqlite_edit(db, table: str, id_col: str, blob_col: str, type_, record_id: str, edit,
+                 **columns) -> None:
+    """Someone with write access to the database rewrites one record (decoded, edited, encoded
+    again, so only what ``edit`` changes differs; ``columns``: index columns to match)."""
+    import sqlite3
+
+    import msgspec
+
+    conn = sqlite3.connect(db, isolation_level=None)
+    try:
+        (raw,) = conn.execute(f"SELECT {blob_col} FROM {table} WHERE {id_col} = ?", (record_id,)).fetchone()
+        rec = msgspec.msgpack.decode(raw, type=type_)
+        edit(rec)
+        conn.execute(f"UPDATE {table} SET {blob_col} = ? WHERE {id_col} = ?",
+                     (msgspec.msgpack.encode(rec), record_id))
+        for col, value in columns.items():
+            conn.execute(f"UPDATE {table} SET {col} = ? WHERE {id_col} = ?", (value, record_id))
+    finally:
+        conn.close()
+
+
+def _sqlite_read(db, table: str, id_col: str, blob_col: str, type_, record_id: str):
+    import sqlite3
+
+    import msgspec
+
+    conn = sqlite3.connect(db)
+    try:
+        (raw,) = conn.execute(f"SELECT {blob_col} FROM {table} WHERE {id_col} = ?", (record_id,)).fetchone()
+    finally:
+        conn.close()
+    return msgspec.msgpack.decode(raw, type=type_)
+
+
+def _ran(path) -> list[str]:
+    return path.read_text().split() if path.exists() else []
+
+
+def _mark(path: str, word: str) -> str:
+    with open(path, "a") as f:
+        f.write(word + "\n")
+    return word
+
+
+@pytest.mark.parametrize("worker", ["thread", "process"])
+def test_a_signed_task_payload_moved_to_another_task_does_not_run(tmp_path, monkeypatch, worker):
+    """The review's replay: a signed task payload re-enqueued under a new id ran again. The
+    seal binds it to its id: the copy fails with SignatureError, never opened."""
+    from omniq import OmniQ, TaskStatus
+    from omniq.models import Task
+
+    monkeypatch.setenv("OMNIQ_SECRET_KEY", KEY)
+    db, log = tmp_path / "q.db", tmp_path / "ran.txt"
+    url = f"sqlite:///{db}"
+    with OmniQ(tasks=url, concurrency=0) as oq:
+        original = oq.enqueue(_mark, args=(str(log), "original"))
+        other = oq.enqueue(_mark, args=(str(log), "other"))
+    src = _sqlite_read(db, "omniq_tasks", "id", "task", Task, original)
+
+    def replay(t):
+        t.payload, t.seal = src.payload, src.seal
+
+    _sqlite_edit(db, "omniq_tasks", "id", "task", Task, other, replay)
+    with OmniQ(tasks=url, worker=worker, concurrency=1) as oq:
+        assert oq.get_result(original, wait=True, timeout=60).value == "original"
+        r = oq.get_result(other, wait=True, timeout=60)
+    assert r.status is TaskStatus.FAILED and r.error.type == "SignatureError", r
+    assert "seal does not match" in r.error.message and r.attempts == 1
+    assert _ran(log) == ["original"]  # once: the copy never ran
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("timeout", 3600.0), ("retries", 50), ("memory_limit", 1 << 40), ("key", "someone-else"),
+     ("on_success", dumps(None))],
+)
+def test_a_task_field_changed_in_storage_is_refused(tmp_path, monkeypatch, field, value):
+    from omniq import OmniQ, TaskStatus
+    from omniq.models import Task
+
+    monkeypatch.setenv("OMNIQ_SECRET_KEY", KEY)
+    db, log = tmp_path / "q.db", tmp_path / "ran.txt"
+    url = f"sqlite:///{db}"
+    with OmniQ(tasks=url, concurrency=0) as oq:
+        tid = oq.enqueue(_mark, args=(str(log), "ran"), timeout=5)
+    _sqlite_edit(db, "omniq_tasks", "id", "task", Task, tid, lambda t: setattr(t, field, value))
+    with OmniQ(tasks=url, worker="thread", concurrency=1) as oq:
+        r = oq.get_result(tid, wait=True, timeout=60)
+    assert r.status is TaskStatus.FAILED and r.error.type == "SignatureError", r
+    assert _ran(log) == []
+
+
+def test_an_untouched_task_runs_after_a_round_trip_through_storage(tmp_path, monkeypatch):
+    """The seal is made from what storage gives back (floats stay floats, tuples tuples)."""
+    from omniq import OmniQ
+
+    monkeypatch.setenv("OMNIQ_SECRET_KEY", KEY)
+    url = f"sqlite:///{tmp_path}/q.db"
+    with OmniQ(tasks=url, concurrency=0) as oq:
+        a = oq.enqueue(abs, args=(-2,), timeout=5, retries=1, retry_delay=0, memory_limit="1GB",
+                       key="k1", result_ttl=3600, on_success=abs)
+        b = oq.enqueue(abs, args=(-3,), depends_on=[a])
+    with OmniQ(tasks=url, worker="thread", concurrency=1) as oq:
+        assert oq.get_result(b, wait=True, timeout=60).value == 3
+        assert oq.get_result(a, wait=True, timeout=60).value == 2
+
+
+def test_results_swapped_between_tasks_or_sweep_keys_are_refused(tmp_path, monkeypatch):
+    """The review: results could be swapped between tasks, and a sweep could reuse planted
+    results. A result's seal binds its value to its task id and key."""
+    from omniq import OmniQ
+    from omniq.errors import SignatureError
+    from omniq.models import TaskResult
+
+    monkeypatch.setenv("OMNIQ_SECRET_KEY", KEY)
+    db = tmp_path / "q.db"
+    url = f"sqlite:///{db}"
+    with OmniQ(tasks=url, worker="thread", concurrency=1) as oq:
+        a = oq.enqueue(abs, args=(-1,), key="point-a")
+        b = oq.enqueue(abs, args=(-2,), key="point-b")
+        assert [oq.get_result(t, wait=True, timeout=60).value for t in (a, b)] == [1, 2]
+    ra = _sqlite_read(db, "omniq_results", "task_id", "result", TaskResult, a)
+
+    def swap(r):
+        r.payload, r.seal = ra.payload, ra.seal
+
+    _sqlite_edit(db, "omniq_results", "task_id", "result", TaskResult, b, swap)
+    _sqlite_edit(db, "omniq_results", "task_id", "result", TaskResult, a,
+                 lambda r: setattr(r, "key", "point-c"), key="point-c")  # planted as another point
+    with OmniQ(tasks=url, concurrency=0) as oq:
+        for tid in (a, b):
+            r = oq.get_result(tid)
+            with pytest.raises(SignatureError, match="seal does not match"):
+                _ = r.value
+        (found,) = oq.find_results("point-c")
+        with pytest.raises(SignatureError):
+            _ = found.value
+
+
+def test_a_schedule_given_another_call_does_not_fire_it(tmp_path, monkeypatch, caplog):
+    """A schedule's call is sealed with its id and options: a signed task payload written
+    into a schedule record is refused when the slot comes, and nothing of it runs."""
+    import time
+
+    from omniq import OmniQ
+    from omniq.models import Schedule, Task
+
+    monkeypatch.setenv("OMNIQ_SECRET_KEY", KEY)
+    db, log = tmp_path / "q.db", tmp_path / "ran.txt"
+    url = f"sqlite:///{db}"
+    with OmniQ(tasks=url, concurrency=0) as oq:
+        planted = oq.enqueue(_mark, args=(str(log), "planted"))
+        sid = oq.schedule(_mark, interval=0.2, args=(str(log), "scheduled"), name="tick")
+        oq.pause_schedule(sid)
+    src = _sqlite_read(db, "omniq_tasks", "id", "task", Task, planted)
+    _sqlite_edit(db, "omniq_schedules", "id", "schedule", Schedule, sid,
+                 lambda s: setattr(s, "payload", src.payload))
+    with OmniQ(tasks=url, concurrency=0) as oq:  # takes the planted task out of the way
+        oq.cancel(planted)
+    with OmniQ(tasks=url, worker="thread", concurrency=1) as oq:
+        oq.resume_schedule(sid)
+        time.sleep(1.5)
+    assert _ran(log) == []
+    assert any("SignatureError" in r.getMessage() or (r.exc_info and "seal" in str(r.exc_info[1]))
+               for r in caplog.records)
+
+
+def test_seals_survive_key_rotation(tmp_path, monkeypatch):
+    from omniq import OmniQ
+
+    url = f"sqlite:///{tmp_path}/q.db"
+    monkeypatch.setenv("OMNIQ_SECRET_KEY", "old" * 11)
+    with OmniQ(tasks=url, worker="thread", concurrency=1) as oq:
+        done = oq.enqueue(abs, args=(-5,))
+        assert oq.get_result(done, wait=True, timeout=60).value == 5
+    with OmniQ(tasks=url, concurrency=0) as oq:
+        queued = oq.enqueue(abs, args=(-6,))
+    monkeypatch.setenv("OMNIQ_SECRET_KEY", "new" * 11)
+    monkeypatch.setenv("OMNIQ_SECRET_KEYS", "old" * 11)
+    with OmniQ(tasks=url, worker="process", concurrency=1) as oq:
+        assert oq.get_result(queued, wait=True, timeout=60).value == 6
+        assert oq.get_result(done).value == 5
+
+
 # ------------------------------------------------------------------------------ 5. planted module
 
 

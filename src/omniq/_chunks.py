@@ -161,7 +161,9 @@ def item_results(chunk: TaskResult, indexes: Sequence[int], n: int | None = None
         if err is not None:
             out.append(replace(chunk, task_id=tid, status=TaskStatus.FAILED, payload=None, error=err))
         elif 0 <= i < len(payloads) and type(payloads[i]) is bytes:
-            out.append(replace(chunk, task_id=tid, payload=payloads[i]))
+            item = replace(chunk, task_id=tid, payload=payloads[i])
+            item.__dict__["_checked"] = True  # it came in the chunk's sealed value
+            out.append(item)
         else:
             out.append(_not_a_chunk(chunk, i, ValueError(f"item {i} holds no value")))
     return out

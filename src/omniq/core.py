@@ -44,6 +44,7 @@ from .logs import Outage, get_logger
 from .models import EventType, OmniQConfig, Task, TaskEvent, TaskResult, TaskStatus
 from .scheduling import Scheduler, default_schedule_name
 from .serialization import BlobSink, dumps, dumps_call, dumps_calls, loads, path_fetch
+from .serialization._seals import check_schedule, seal_tasks
 from .storage.base import EventStore, ResultStore, TaskQueue, masked
 from .storage.urls import check_signing, open_backends
 from .workers.base import Worker, cancelled_results, make_runner
@@ -692,6 +693,7 @@ class AsyncOmniQ:
         err: BaseException | None = None
         stamp = time.time()  # before the store: a fast worker's `started` must come after it
         dups: dict[str, str] = {}
+        seal_tasks(batch)  # last, after every field is set (Executor.map's chunks set some late)
         for attempt in range(4):
             try:
                 await self._store_blobs(batch)
@@ -859,6 +861,7 @@ class AsyncOmniQ:
         stamp = time.time()  # before the store, as for batches: `enqueued` precedes `started`
         if serves:  # a worker here runs it: close(drain=True) waits for it
             self._waiter_meta[task.id] = (task.queue, task.eta or 0.0, stamp)
+        seal_tasks((task,))
         try:
             ready = q.enqueue_blocking([task])
         except BaseException:
@@ -1330,9 +1333,10 @@ class AsyncOmniQ:
                           detail=f"schedule {task.metadata.get('schedule')}", timestamp=task.created_at)
 
     def _schedule_task(self, schedule: Any, slot: float) -> Task:
+        check_schedule(schedule)  # its call was not swapped for another in storage
         now = time.time()
         opts = dict(schedule.options or {})
-        return Task(
+        task = Task(
             id=ids.new_id(),
             payload=schedule.payload,
             name=schedule.func_name or schedule.name,
@@ -1345,6 +1349,8 @@ class AsyncOmniQ:
             expires_at=(now + float(opts["ttl"])) if opts.get("ttl") else None,
             metadata={"schedule": schedule.id, "slot": slot},
         )
+        seal_tasks((task,))
+        return task
 
     async def schedule(
         self,

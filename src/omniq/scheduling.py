@@ -55,6 +55,7 @@ from . import ids
 from .errors import ConfigError, StorageError
 from .logs import Outage, get_logger
 from .models import Schedule, Task
+from .serialization._seals import seal_schedule
 from .storage.base import TaskQueue, masked
 
 __all__ = [
@@ -625,6 +626,7 @@ class Scheduler:
             else:  # new timing: slots start over; a new one-shot time fires again
                 schedule.last_run = None if spec.at is not None else old.last_run
                 schedule.next_run = initial_run(schedule, now)
+        seal_schedule(schedule)
         await self.queue.add_schedule(schedule)
         for extra in same_name[1:]:
             await self.queue.delete_schedule(extra.id)

@@ -55,7 +55,10 @@ class TaskResult(msgspec.Struct, kw_only=True, omit_defaults=True, dict=True):
                 cached = None
             else:
                 from ..serialization import loads
+                from ..serialization._seals import check_result
 
+                if not self.__dict__.get("_checked"):  # (a map item's chunk was checked)
+                    check_result(self)
                 cached = loads(self.payload, blobs=self.__dict__.get("_fetch"))
             self.__dict__["_value"] = cached
         return cached

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from ..models import Schedule, Task, TaskResult
 
 _encode = msgspec.msgpack.Encoder().encode
-_NO_SEAL = "a record without a seal while signing is on (written without the key, or altered)"
+_NO_SEAL = "not signed: its record carries no seal while signing is on (written without the key, or altered)"
 
 
 def _digest(data: bytes | None) -> bytes:

@@ -18,11 +18,13 @@ from typing import Any
 import anyio
 
 from ..blobcache import BlobCache
+from ..errors import SignatureError
 from ..events.logger import EventLogger
 from ..events.metrics import Metrics
 from ..logs import Outage, bind, get_logger
 from ..models import ErrorInfo, EventType, Task, TaskResult, TaskStatus
 from ..serialization import Fetch, path_fetch
+from ..serialization._seals import check_task, seal_results, seal_tasks
 from ..storage.base import ResultStore, TaskQueue, WorkerInfo, masked
 from ._wire import error_row
 
@@ -268,6 +270,9 @@ class Worker:
             outage.ok()
             backoff = 0.005
             if tasks:
+                tasks = self._sealed(tasks)
+                if not tasks:
+                    continue
                 if any(t.blobs for t in tasks):
                     try:
                         await self.blobs.ensure(self.queue, [d for t in tasks for d in t.blobs])
@@ -282,6 +287,24 @@ class Worker:
                 self.runner.dispatch(tasks)
             else:
                 await self.queue.wait_for_tasks(timeout=0.5)
+
+    def _sealed(self, tasks: list[Task]) -> list[Task]:
+        """The claimed tasks whose seal holds; the others fail now, never retried and never
+        opened (a payload moved from another task, or a field changed in storage)."""
+        bad: list[Outcome] = []
+        good = []
+        for t in tasks:
+            try:
+                check_task(t)
+            except SignatureError as exc:
+                now = time.time()
+                bad.append(Outcome(t, error=ErrorInfo("SignatureError", str(exc)), started_at=now,
+                                   finished_at=now, retryable=False))
+            else:
+                good.append(t)
+        if bad:
+            self._on_done(bad)
+        return good
 
     async def complete_loop(self) -> None:
         """Write outcomes in batches: results first, then final statuses (at-least-once)."""
@@ -368,6 +391,7 @@ class Worker:
             evs.append(_ev(t, status.value, self.id, out.finished_at,
                            str(out.error) if out.error else None))
         if finals:
+            seal_results(finals)
             await self.results.put_results(finals)
             fin = await self.queue.finish(self.id, statuses, now=time.time())
             now = time.time()  # dependents cancelled / follow-ups enqueued just now, not at the start
@@ -384,6 +408,7 @@ class Worker:
                 for r in finals:
                     follow.extend(self.make_follow_ups(r, tasks[r.task_id]))
                 if follow:
+                    seal_tasks(follow)
                     await self.queue.enqueue(follow)
                     evs.extend(_ev(f, EventType.ENQUEUED, None, now, None) for f in follow)
                     self.queue.notify()
