@@ -8,12 +8,13 @@ Examples in ``docs/*.md`` are fenced code blocks:
   temporary SQLite files. No ``OMNIQ_*`` variable of the test run reaches them.
 * ```` ```ipython ````: notebook cells. A page's IPython blocks run in order, one cell each,
   in one IPython shell (magics included), in a fresh interpreter and temporary folder.
-* ``<!-- docs-test: needs SERVICE ... -->`` on the line before a ```` ```python ```` block: the
-  block needs a server or a cluster (``postgres``, ``redis``, ``nats`` on their usual local
-  ports, ``slurm``), so it runs on its own (a fresh interpreter and folder, not with the page's
-  other blocks) as a case of its own, skipped with the reason when a service is absent. For
-  ``slurm`` the test starts a private single-node cluster (``tests/slurm.py``) when ``sinfo``
-  finds none.
+* ``<!-- docs-test: needs SERVICE ... -->`` on the line before a ```` ```python ```` or
+  ```` ```ipython ```` block: the block needs a server or a cluster (``postgres``, ``redis``,
+  ``nats`` on their usual local ports, ``s3``, ``slurm``), so it runs on its own (a fresh
+  interpreter and folder, not with the page's other blocks) as a case of its own, skipped with
+  the reason when a service is absent. For ``s3`` the test starts a local S3 server (moto) with
+  a bucket ``my-bucket`` and points the standard ``AWS_*`` variables at it; for ``slurm`` a
+  private single-node cluster (``tests/slurm.py``) when ``sinfo`` finds none.
 * ``<!-- docs-test: skip REASON -->`` on the line before a block: shown, not run (it needs a
   bucket with credentials, or a host that does not exist here). The reason is required.
 * ``<!-- docs-test: output -->`` on the line before a ```` ```text ```` block: that block is
@@ -106,7 +107,7 @@ def parse(path: Path) -> Page:
             block.raises = directive.group("rest").strip()
             assert block.raises.isidentifier(), f"{where}: docs-test: raises needs an exception name"
         if directive and directive.group("what") == "needs":
-            assert lang == "python", f"{where}: docs-test: needs is for ```python blocks"
+            assert lang in ("python", "ipython"), f"{where}: docs-test: needs is for ```python / ```ipython blocks"
             block.needs = tuple(directive.group("rest").split())
             unknown = [s for s in block.needs if s not in SERVICES]
             assert block.needs and not unknown, f"{where}: docs-test: needs one of {sorted(SERVICES)}, got {unknown}"
@@ -146,11 +147,30 @@ def _slurm(stack: contextlib.ExitStack) -> dict[str, str]:
     return cluster.env()
 
 
+def _s3(stack: contextlib.ExitStack) -> dict[str, str]:
+    """A local S3 server (moto) with the bucket ``my-bucket``, reached the standard way."""
+    pytest.importorskip("s3fs")
+    import fsspec
+
+    from .storage.cloud import moto_server
+
+    try:
+        endpoint = stack.enter_context(moto_server())
+    except (RuntimeError, OSError) as exc:
+        pytest.skip(f"needs an S3 server: moto_server would not start ({exc})")
+    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1"}
+    fs = fsspec.filesystem("s3", endpoint_url=endpoint, key="testing", secret="testing", skip_instance_cache=True)
+    fs.mkdir("my-bucket")
+    return env
+
+
 #: service -> a check returning the environment that reaches it (or skipping the test)
 SERVICES: dict[str, Callable[[contextlib.ExitStack], dict[str, str]]] = {
     "postgres": _port(5432, "a PostgreSQL server"),
     "redis": _port(6379, "a Redis server"),
     "nats": _port(4222, "a NATS server with JetStream"),
+    "s3": _s3,
     "slurm": _slurm,
 }
 
@@ -257,9 +277,15 @@ def test_examples_that_need_a_service(block: Block, tmp_path: Path,
         env.update(service_env(service))
     page = parse(ROOT / block.page)
     page.env.update(env)
-    script = tmp_path / "example.py"
-    script.write_text(_python_script([block]))
-    p = _run([sys.executable, str(script)], page, tmp_path, timeout=400)
+    if block.lang == "ipython":
+        pytest.importorskip("IPython")
+        (tmp_path / "cells.json").write_text(json.dumps([(f"{block.page}:{block.line}", block.code, block.raises)]))
+        (tmp_path / "runner.py").write_text(IPYTHON_RUNNER)
+        p = _run([sys.executable, "runner.py", "cells.json"], page, tmp_path, timeout=400)
+    else:
+        script = tmp_path / "example.py"
+        script.write_text(_python_script([block]))
+        p = _run([sys.executable, str(script)], page, tmp_path, timeout=400)
     assert p.returncode == 0, f"{block.page}:{block.line} failed (exit {p.returncode}):\n{p.stdout}\n{p.stderr}"
     _check_outputs([block], p.stdout)
 
