@@ -268,7 +268,7 @@ async def test_a_retried_keyed_enqueue_takes_its_own_markers_and_records(queue: 
 
     from omniq.ids import new_id
     from omniq.models import Task, TaskStatus
-    from omniq.storage import nats as nats_module
+    from omniq.storage.nats import guard
 
     assert isinstance(queue, NatsBackend)
     held = Task(id=new_id(), payload=b"h", key="k1", created_at=time.time())
@@ -277,11 +277,11 @@ async def test_a_retried_keyed_enqueue_takes_its_own_markers_and_records(queue: 
     new = Task(id=new_id(), payload=b"n", key="k2", created_at=time.time())
     now = time.time()
     assert await queue._insert([dup, new], now) == {dup.id: held.id}
-    token = nats_module._ATTEMPT.set(1)
+    token = guard.ATTEMPT.set(1)
     try:
         assert await queue._insert([dup, new], now) == {dup.id: held.id}
     finally:
-        nats_module._ATTEMPT.reset(token)
+        guard.ATTEMPT.reset(token)
     assert await queue.statuses([held.id, dup.id, new.id]) == {
         held.id: TaskStatus.QUEUED, new.id: TaskStatus.QUEUED}
 
@@ -293,12 +293,13 @@ async def test_a_key_marker_whose_record_never_came_is_taken_over_after_the_grac
 
     from omniq.ids import new_id
     from omniq.models import Task
-    from omniq.storage import nats as nats_module
+    from omniq.storage._codec import encode
+    from omniq.storage.nats import records, tasks
 
     assert isinstance(queue, NatsBackend)
-    monkeypatch.setattr(nats_module, "KEY_WRITE_GRACE", 0.3)
-    ghost = nats_module._KeyMark("ghost-task", time.time())  # its writer died before the record
-    assert await queue._cas(queue._key_subject("k"), nats_module._encode(ghost), 0) is not None
+    monkeypatch.setattr(tasks, "KEY_WRITE_GRACE", 0.3)
+    ghost = records.KeyMark("ghost-task", time.time())  # its writer died before the record
+    assert await queue._cas(queue._key_subject("k"), encode(ghost), 0) is not None
     t = Task(id=new_id(), payload=b"x", key="k", created_at=time.time())
     t0 = time.monotonic()
     assert await queue.enqueue([t]) == {}

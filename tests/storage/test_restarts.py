@@ -172,8 +172,8 @@ async def test_nats_retries_take_over_what_a_lost_attempt_did(nats_server: Serve
     dependents released, no duplicate events."""
     from omniq.ids import new_id
     from omniq.models import Task, TaskEvent
-    from omniq.storage import nats as nats_module
     from omniq.storage.nats import NatsBackend
+    from omniq.storage.nats import guard as nats_guard
 
     if not nats_server.ready():
         nats_server.start()
@@ -189,11 +189,11 @@ async def test_nats_retries_take_over_what_a_lost_attempt_did(nats_server: Serve
             await b.enqueue([parent])  # a first attempt: a duplicate is an error
         async def retried(name: str, *args: Any, **kwargs: Any) -> Any:
             """The second attempt of a guarded call (as ``_guard`` runs it after a drop)."""
-            token = nats_module._ATTEMPT.set(1)
+            token = nats_guard.ATTEMPT.set(1)
             try:
                 return await getattr(NatsBackend, name).__wrapped__(b, *args, **kwargs)
             finally:
-                nats_module._ATTEMPT.reset(token)
+                nats_guard.ATTEMPT.reset(token)
 
         await retried("enqueue", [parent, child])  # its lost first attempt stored them
         # the claim leased the task but its reply was lost (the index message is still there)
@@ -217,11 +217,11 @@ async def test_nats_retries_take_over_what_a_lost_attempt_did(nats_server: Serve
 
         async def acks_lost(items: Any) -> Any:
             acks = await real_publish(items)
-            return [nats_module._ConnectionLost() if item[0].startswith("$KV.") else a
+            return [nats_guard.ConnectionLost() if item[0].startswith("$KV.") else a
                     for item, a in zip(items, acks)]  # fmt: skip
 
         b._publish = acks_lost  # type: ignore[method-assign]
-        with pytest.raises(nats_module._ConnectionLost):
+        with pytest.raises(nats_guard.ConnectionLost):
             await NatsBackend.enqueue.__wrapped__(b, [late])  # type: ignore[attr-defined]
         b._publish = real_publish  # type: ignore[method-assign]
         await retried("enqueue", [late])
