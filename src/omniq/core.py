@@ -47,7 +47,8 @@ from .serialization import BlobSink, dumps, dumps_call, dumps_calls, loads, path
 from .serialization._seals import check_schedule, seal_tasks
 from .storage.base import EventStore, ResultStore, TaskQueue, masked
 from .storage.urls import check_signing, open_backends
-from .workers.base import Worker, cancelled_results, make_runner
+from .workers.base import Worker, cancelled_results
+from .workers.registry import make_runner
 
 log = get_logger("omniq")
 

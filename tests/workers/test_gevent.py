@@ -15,7 +15,7 @@ import pytest
 
 from omniq import ConfigError, OmniQ, TaskError, TaskStatus
 from omniq.errors import WorkerDied
-from omniq.workers.base import make_runner
+from omniq.workers.registry import make_runner
 
 from .common import cancel_running, runner, wait_until
 

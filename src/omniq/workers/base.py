@@ -22,7 +22,7 @@ from ..errors import SignatureError
 from ..events.logger import EventLogger
 from ..events.metrics import Metrics
 from ..logs import Outage, bind, get_logger
-from ..models import ErrorInfo, EventType, Task, TaskResult, TaskStatus
+from ..models import ErrorInfo, EventType, Task, TaskEvent, TaskResult, TaskStatus
 from ..serialization import Fetch, path_fetch
 from ..serialization._seals import check_task, seal_results, seal_tasks
 from ..storage.base import ResultStore, TaskQueue, WorkerInfo, masked
@@ -155,30 +155,6 @@ class Runner(abc.ABC):
 
     def alive(self) -> bool:
         return True
-
-
-def make_runner(kind: str, slots: int) -> Runner:
-    """Build the runner for a worker kind (imports gevent only when asked for)."""
-    if kind == "process":
-        from .process import ProcessRunner
-
-        return ProcessRunner(slots)
-    if kind == "thread":
-        from .thread import ThreadRunner
-
-        return ThreadRunner(slots)
-    if kind == "async":
-        from .aio import AsyncRunner
-
-        return AsyncRunner(slots)
-    if kind == "gevent":
-        from .gevent import GeventRunner
-
-        return GeventRunner(slots)
-    from ..config import settings
-    from ..errors import ConfigError
-
-    raise ConfigError(f"worker={kind!r} is not valid: expected one of {', '.join(settings.WORKER_KINDS)}")
 
 
 def expired_outcome(task: Task, now: float) -> Outcome | None:
@@ -333,8 +309,6 @@ class Worker:
         statuses: list[tuple[str, TaskStatus]] = []
         tasks: dict[str, Task] = {}
         emit = self.events.emit_many
-        from ..models import TaskEvent
-
         evs: list[TaskEvent] = []
         run = self.metrics.run
         for out in batch:
@@ -477,8 +451,6 @@ class Worker:
 
 
 def _ev(t: Task, type: str, worker: str | None, at: float, detail: str | None) -> Any:
-    from ..models import TaskEvent
-
     return TaskEvent(task_id=t.id, type=type, timestamp=at, worker=worker, queue=t.queue, detail=detail)
 
 
