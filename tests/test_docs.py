@@ -425,6 +425,33 @@ def test_generated_references_list_everything(site: Path) -> None:
         assert re.search(rf"\b{method}\s*\(", api), f"OmniQ.{method} is not in the API reference"
 
 
+def test_kubernetes_manifest_asks_for_what_omniq_worker_takes() -> None:
+    """The Kubernetes manifest (on paper: no cluster here) parses, and each ``omniq`` container's
+    arguments are ones ``omniq worker`` accepts; its ``OMNIQ_*`` variables are settings."""
+    import yaml
+
+    from omniq.cli import build_parser
+    from omniq.config.env import CONFIG_KEYS, KEY_ALIASES, env_var
+
+    known = {env_var(k) for k in (*CONFIG_KEYS, *KEY_ALIASES)} | {"OMNIQ_SECRET_KEY", "OMNIQ_SECRET_KEYS"}
+    manifests = sorted((DOCS / "kubernetes").glob("*.yaml"))
+    assert manifests
+    for path in manifests:
+        docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+        containers = [c for d in docs for c in d["spec"]["template"]["spec"]["containers"]]
+        workers = [c for c in containers if c.get("command", [None])[0] == "omniq"]
+        assert workers, f"{path.name}: no omniq container"
+        for c in workers:
+            argv = [*c["command"][1:], *c.get("args", [])]
+            try:
+                args = build_parser().parse_args(argv)
+            except SystemExit as exc:
+                pytest.fail(f"{path.name}: omniq {' '.join(argv)} is refused by the command (exit {exc.code})")
+            assert args.command == "worker"
+            names = {e["name"] for e in c.get("env", []) if e["name"].startswith("OMNIQ_")}
+            assert names <= known, f"{path.name}: not OmniQ settings: {sorted(names - known)}"
+
+
 def test_readme_names_the_docs_commands() -> None:
     readme = (ROOT / "README.md").read_text()
     section = readme.split("## Documentation", 1)[1].split("\n## ", 1)[0]
