@@ -25,6 +25,7 @@ import msgspec
 from ..errors import ConfigError
 from ..lifecycle import UNSUCCESSFUL
 from ..models import Schedule, Task, TaskEvent, TaskResult, TaskStatus
+from ._codec import decoder
 
 
 class Reaped(msgspec.Struct):
@@ -166,6 +167,9 @@ class TaskQueue(Backend, BlobStore):
 
     def __init__(self) -> None:
         self._wakeup = anyio.Event()
+        #: When the earliest delayed task this process knows of falls due (None: none known);
+        #: backends that time ``wait_for_tasks`` by it keep it with ``_due_at``.
+        self._next_due: float | None = None
 
     # --- tasks -------------------------------------------------------------------------
     @abc.abstractmethod
@@ -323,6 +327,13 @@ class TaskQueue(Backend, BlobStore):
     def notify(self) -> None:
         """Wake local waiters: new work was enqueued in this process."""
         self._wakeup.set()
+
+    def _due_at(self, eta: float) -> None:
+        """A delayed task falls due at ``eta``: if that is the earliest known, waiters here
+        re-time their sleep."""
+        if self._next_due is None or eta < self._next_due:
+            self._next_due = eta
+            self.notify()
 
     async def wait_for_tasks(self, timeout: float) -> None:
         """Return when work may be ready, or after ``timeout``. The default wakes on in-process
@@ -593,7 +604,7 @@ def check_outcomes(outcomes: Sequence[tuple[str, TaskStatus]]) -> None:
             )
 
 
-_decode_task = msgspec.msgpack.Decoder(Task).decode
+_decode_task = decoder(Task).decode
 _STATUS = {s.value: s for s in TaskStatus}
 
 
@@ -610,6 +621,21 @@ def task_from_row(row: Sequence[Any]) -> Task:
     t.eta = row[7]
     t.cancel_requested = bool(row[8])
     return t
+
+
+def read_task_row(row: Sequence[Any]) -> Task:
+    """``task_from_row``, except that a ``task`` blob that does not decode (damaged on disk, or
+    written over) becomes a stand-in that fails when run, saying so: that task fails alone, and
+    the claim or reap that read it goes on for the rest (SQLite and PostgreSQL)."""
+    try:
+        return task_from_row(row)
+    except Exception as exc:  # any: deeply nested metadata raises RecursionError, not DecodeError
+        return stand_in_task(
+            str(row[9]), exc,
+            queue=row[10], priority=row[11], max_deliveries=row[12], created_at=row[13],
+            status=_STATUS[row[2]], worker=row[3], lease_until=row[4], deliveries=row[5],
+            attempts=row[6], eta=row[7], cancel_requested=bool(row[8]),
+        )  # fmt: skip
 
 
 def unreadable_task(message: str) -> None:
@@ -757,6 +783,7 @@ __all__ = [
     "masked",
     "plan_enqueue",
     "plan_keys",
+    "read_task_row",
     "stand_in_task",
     "task_from_row",
     "unreadable_task",

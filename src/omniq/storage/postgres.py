@@ -81,6 +81,8 @@ import msgspec
 from ..errors import ConfigError, StorageError
 from ..logs import get_logger
 from ..models import Schedule, Task, TaskEvent, TaskResult, TaskStatus
+from ._codec import decoder, encode
+from ._reconnect import Backoff
 from .base import (
     EventStore,
     Finished,
@@ -98,9 +100,9 @@ from .base import (
     masked,
     plan_enqueue,
     plan_keys,
+    read_task_row,
 )
 from .blobs import Blob, check_blobs, check_digests, check_owners, nbytes
-from .sqlite import _task
 
 try:
     import asyncpg
@@ -447,14 +449,13 @@ _OWN_PARAMS = ("schema", "pool_size", "reconnect_timeout")
 
 # --- encoding ------------------------------------------------------------------------------------
 
-_encode = msgspec.msgpack.Encoder().encode
-_decode_result = msgspec.msgpack.Decoder(TaskResult).decode
-_decode_schedule = msgspec.msgpack.Decoder(Schedule).decode
-_decode_worker = msgspec.msgpack.Decoder(WorkerInfo).decode
-_decode_finished = msgspec.msgpack.Decoder(Finished).decode
-_decode_reaped = msgspec.msgpack.Decoder(Reaped).decode
-_decode_tasks = msgspec.msgpack.Decoder(list[Task]).decode
-_decode_statuses = msgspec.msgpack.Decoder(dict[str, TaskStatus]).decode
+_decode_result = decoder(TaskResult).decode
+_decode_schedule = decoder(Schedule).decode
+_decode_worker = decoder(WorkerInfo).decode
+_decode_finished = decoder(Finished).decode
+_decode_reaped = decoder(Reaped).decode
+_decode_tasks = decoder(list[Task]).decode
+_decode_statuses = decoder(dict[str, TaskStatus]).decode
 _STATUS = {s.value: s for s in TaskStatus}
 
 T = TypeVar("T")
@@ -467,7 +468,7 @@ _MISSING: Any = object()  # a recovery found nothing: run the operation again
 
 def _tasks(rows: Sequence[Any]) -> list[Task]:
     """Tasks in enqueue order (RETURNING gives rows in no defined order)."""
-    return [_task(r) for r in sorted(rows, key=lambda r: int(r[0]))]
+    return [read_task_row(r) for r in sorted(rows, key=lambda r: int(r[0]))]
 
 
 def _escape_like(prefix: str) -> str:
@@ -761,8 +762,7 @@ class PostgresBackend(TaskQueue, ResultStore, EventStore):
         if pool is None:
             raise StorageError(f"{masked(self.url)} is not connected: call connect() first")
         attempt = rollbacks = 0
-        delay = 0.0
-        deadline: float | None = None
+        backoff = Backoff(self._reconnect_timeout, first=0.05, at_once=True)
         while True:
             attempt += 1
             try:
@@ -810,15 +810,12 @@ class PostgresBackend(TaskQueue, ResultStore, EventStore):
                     )  # fmt: skip
                 else:
                     log.debug("PostgreSQL %s still away: %s", masked(self.url), describe(e))
-                if deadline is None:
-                    deadline = now + self._reconnect_timeout
-                if now >= deadline and attempt > 1:
+                if backoff.expired() and attempt > 1:
                     raise StorageError(
                         f"lost the connection to PostgreSQL at {masked(self.url)}: "
                         f"{describe(e)}; gave up reconnecting after {self._reconnect_timeout:g} s"
                     ) from e
-                await anyio.sleep(max(0.0, min(delay, deadline - now)))
-                delay = min(max(delay * 2, 0.05), 1.0)
+                await anyio.sleep(backoff.pause())
         if self._down_since is not None:
             log.warning(
                 "reconnected to PostgreSQL at %s after %.2f s",
@@ -848,7 +845,7 @@ class PostgresBackend(TaskQueue, ResultStore, EventStore):
 
     @staticmethod
     async def _record(conn: Any, op_id: str, outcome: Any) -> None:
-        await conn.execute(RECORD_OP, op_id, _encode(outcome))
+        await conn.execute(RECORD_OP, op_id, encode(outcome))
 
     # --- LISTEN / NOTIFY ------------------------------------------------------------------------
     async def _listen(self) -> None:
@@ -913,12 +910,6 @@ class PostgresBackend(TaskQueue, ResultStore, EventStore):
             self._next_due = await self._run(lambda c: c.fetchval(NEXT_DUE))
         self._wakeup.set()  # notifications may have been missed meanwhile
 
-    def _due_at(self, eta: float) -> None:
-        """A delayed task falls due at ``eta``: waiters re-time their sleep."""
-        if self._next_due is None or eta < self._next_due:
-            self._next_due = eta
-            self.notify()
-
     async def wait_for_tasks(self, timeout: float) -> None:
         """Return on a NOTIFY or ``notify()``, when a delayed task falls due, or at ``timeout``."""
         deadline = anyio.current_time() + timeout
@@ -937,7 +928,7 @@ class PostgresBackend(TaskQueue, ResultStore, EventStore):
         check_new_tasks(tasks)
         if not tasks:
             return {}
-        blobs = {t.id: _encode(t) for t in tasks}
+        blobs = {t.id: encode(t) for t in tasks}
         now = time.time()
         keys = keyed(tasks)
 
@@ -1029,7 +1020,7 @@ class PostgresBackend(TaskQueue, ResultStore, EventStore):
             # what fell due is claimable already; promote the rest so idle workers of other
             # queues do not spin on a past eta, and learn the next one
             self._next_due = await self._run(lambda c: c.fetchval(PROMOTE_DUE, now))
-        claimed = [(_task(r), int(r[0])) for r in rows]
+        claimed = [(read_task_row(r), int(r[0])) for r in rows]
         claimed.sort(key=lambda ts: (-ts[0].priority, ts[1]))  # RETURNING has no order
         return [t for t, _ in claimed]
 
@@ -1170,7 +1161,7 @@ class PostgresBackend(TaskQueue, ResultStore, EventStore):
 
     async def get_task(self, task_id: str) -> Task | None:
         row = await self._run(lambda c: c.fetchrow(GET_TASK, task_id))
-        return None if row is None else _task(row)
+        return None if row is None else read_task_row(row)
 
     async def statuses(self, task_ids: Sequence[str]) -> dict[str, TaskStatus]:
         if not task_ids:
@@ -1209,7 +1200,7 @@ class PostgresBackend(TaskQueue, ResultStore, EventStore):
 
     # --- schedules ----------------------------------------------------------------------------------
     async def add_schedule(self, schedule: Schedule) -> None:
-        row = (schedule.id, schedule.next_run, bool(schedule.paused), _encode(schedule))
+        row = (schedule.id, schedule.next_run, bool(schedule.paused), encode(schedule))
         await self._run(lambda c: c.execute(UPSERT_SCHEDULE, *row))
 
     async def get_schedules(self) -> list[Schedule]:
@@ -1228,7 +1219,7 @@ class PostgresBackend(TaskQueue, ResultStore, EventStore):
                 s.paused = paused
                 if not paused or next_run is not None:
                     s.next_run = next_run
-                await conn.execute(UPSERT_SCHEDULE, s.id, s.next_run, s.paused, _encode(s))
+                await conn.execute(UPSERT_SCHEDULE, s.id, s.next_run, s.paused, encode(s))
                 return True
 
         return await self._run(tx)
@@ -1247,7 +1238,7 @@ class PostgresBackend(TaskQueue, ResultStore, EventStore):
         task: Task,
     ) -> bool:
         check_new_tasks([task])
-        blobs = {task.id: _encode(task)}
+        blobs = {task.id: encode(task)}
 
         async def tx(conn: Any) -> tuple[bool, bool]:
             try:
@@ -1260,7 +1251,7 @@ class PostgresBackend(TaskQueue, ResultStore, EventStore):
                         return False, False
                     ready = await _insert_tasks(conn, self.channel, [task], blobs, now)
                     s.next_run, s.last_run, s.last_task_id = next_run, now, task.id
-                    await conn.execute(UPSERT_SCHEDULE, s.id, s.next_run, s.paused, _encode(s))
+                    await conn.execute(UPSERT_SCHEDULE, s.id, s.next_run, s.paused, encode(s))
                     return True, ready
             except asyncpg.UniqueViolationError:
                 raise ConfigError(f"task id {task.id!r} already exists") from None
@@ -1279,7 +1270,7 @@ class PostgresBackend(TaskQueue, ResultStore, EventStore):
 
     # --- workers ------------------------------------------------------------------------------------
     async def heartbeat(self, info: WorkerInfo) -> None:
-        row = (info.id, info.last_heartbeat, _encode(info))
+        row = (info.id, info.last_heartbeat, encode(info))
         await self._run(lambda c: c.execute(UPSERT_WORKER, *row))
 
     async def remove_worker(self, worker_id: str) -> None:
@@ -1305,7 +1296,7 @@ class PostgresBackend(TaskQueue, ResultStore, EventStore):
             [r.key for r in rs],
             [r.expires_at for r in rs],
             [r.finished_at for r in rs],
-            [_encode(r) for r in rs],
+            [encode(r) for r in rs],
         )
         await self._run(lambda c: c.execute(PUT_RESULTS, *cols))
 

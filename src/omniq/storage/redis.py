@@ -89,6 +89,8 @@ from redis.backoff import NoBackoff
 from ..errors import ConfigError, StorageError
 from ..logs import get_logger
 from ..models import Schedule, Task, TaskEvent, TaskResult, TaskStatus
+from ._codec import decoder, encode
+from ._reconnect import Backoff
 from .base import (
     EventStore,
     Finished,
@@ -1067,12 +1069,11 @@ SCRIPTS: dict[str, _Script] = {
 
 # --- encoding -------------------------------------------------------------------------------------
 
-_encode = msgspec.msgpack.Encoder().encode
-_decode_task = msgspec.msgpack.Decoder(Task).decode
-_decode_result = msgspec.msgpack.Decoder(TaskResult).decode
-_decode_schedule = msgspec.msgpack.Decoder(Schedule).decode
-_decode_worker = msgspec.msgpack.Decoder(WorkerInfo).decode
-_decode_event = msgspec.msgpack.Decoder(TaskEvent).decode
+_decode_task = decoder(Task).decode
+_decode_result = decoder(TaskResult).decode
+_decode_schedule = decoder(Schedule).decode
+_decode_worker = decoder(WorkerInfo).decode
+_decode_event = decoder(TaskEvent).decode
 _STATUS = {s.value.encode(): s for s in TaskStatus}
 _TASK_FIELDS = ("b", "s", "w", "l", "d", "a", "e", "c", "q")
 _NF = len(_TASK_FIELDS) + 1  # then the task id
@@ -1270,8 +1271,7 @@ class RedisBackend(TaskQueue, ResultStore, EventStore):
     async def _call(self, fn: Callable[[Any], Awaitable[Any]]) -> Any:
         """Run ``fn(client)``; retry a lost connection for ``reconnect_timeout`` seconds,
         logging once when it is lost and once when it is back; other errors -> StorageError."""
-        delay = 0.02
-        deadline: float | None = None
+        backoff = Backoff(self.options.reconnect_timeout, first=0.02)
         while True:
             client = self._redis
             if client is None:
@@ -1290,15 +1290,12 @@ class RedisBackend(TaskQueue, ResultStore, EventStore):
                     )
                     with contextlib.suppress(Exception):
                         await client.connection_pool.disconnect(inuse_connections=False)
-                if deadline is None:
-                    deadline = now + self.options.reconnect_timeout
-                if now >= deadline:
+                if backoff.expired():
                     raise StorageError(
                         f"Redis {masked(self.url)}: {_cause(e)}; gave up reconnecting after "
                         f"{self.options.reconnect_timeout:g} s"
                     ) from e
-                await anyio.sleep(min(delay, max(deadline - now, 0.0)))
-                delay = min(delay * 2, 1.0)
+                await anyio.sleep(backoff.pause())
                 continue
             except rex.ResponseError as e:
                 raise StorageError(f"Redis {masked(self.url)}: {e}") from e
@@ -1351,7 +1348,7 @@ class RedisBackend(TaskQueue, ResultStore, EventStore):
             for t, (status, waiting) in zip(tasks, plans):
                 args += (
                     t.id, t.queue, str(-t.priority), status.value, _f(t.eta), _f(t.expires_at),
-                    _f(t.created_at), t.max_deliveries, t.deliveries, t.attempts, _encode(t),
+                    _f(t.created_at), t.max_deliveries, t.deliveries, t.attempts, encode(t),
                     t.key or "", len(waiting), *waiting,
                 )  # fmt: skip
             reply = await self._eval(script, args, once=True)
@@ -1518,7 +1515,7 @@ class RedisBackend(TaskQueue, ResultStore, EventStore):
         s = schedule
         await self._eval(
             "put_schedule",
-            [s.id, _encode(s), "1" if s.paused else "0", _f(s.next_run), _f(s.last_run),
+            [s.id, encode(s), "1" if s.paused else "0", _f(s.next_run), _f(s.last_run),
              s.last_task_id or ""],
         )  # fmt: skip
 
@@ -1565,7 +1562,7 @@ class RedisBackend(TaskQueue, ResultStore, EventStore):
     async def heartbeat(self, info: WorkerInfo) -> None:
         forget = info.last_heartbeat - FORGET_WORKERS_AFTER
         await self._eval(
-            "heartbeat", [info.id, _encode(info), _f(info.last_heartbeat), _f(forget)]
+            "heartbeat", [info.id, encode(info), _f(info.last_heartbeat), _f(forget)]
         )
 
     async def remove_worker(self, worker_id: str) -> None:
@@ -1651,7 +1648,7 @@ class RedisBackend(TaskQueue, ResultStore, EventStore):
                 # whose expiry is not in the future on this clock, e.g. a test's fake clock)
                 px = str(max(1, math.ceil((r.expires_at - wall) * 1000)))
             key = "" if r.key is None else "=" + r.key
-            args += (r.task_id, _encode(r), key, _f(r.expires_at), px)
+            args += (r.task_id, encode(r), key, _f(r.expires_at), px)
         if results:
             await self._eval("put_results", args)
 
@@ -1688,7 +1685,7 @@ class RedisBackend(TaskQueue, ResultStore, EventStore):
         for e in events:
             if not isinstance(e, TaskEvent):
                 raise ConfigError(f"events must hold TaskEvent, got {type(e).__name__}")
-            args += (_event_ms(e.timestamp), e.task_id, _encode(e))
+            args += (_event_ms(e.timestamp), e.task_id, encode(e))
         if events:
             await self._eval("append_events", args, once=True)
 

@@ -50,6 +50,7 @@ import msgspec
 
 from ..errors import ConfigError, StorageError, StorageUnwritable
 from ..models import Schedule, Task, TaskEvent, TaskResult, TaskStatus
+from ._codec import decoder, encode
 from .base import (
     EventStore,
     Finished,
@@ -67,8 +68,7 @@ from .base import (
     masked,
     plan_enqueue,
     plan_keys,
-    stand_in_task,
-    task_from_row,
+    read_task_row,
 )
 from .base import unreadable_task as unreadable_task  # (stand-ins pickled before it moved)
 from .blobs import Blob, check_blobs, check_digests, check_owners, nbytes
@@ -340,10 +340,9 @@ def claim_sql(n_queues: int) -> str:
 
 # --- encoding ------------------------------------------------------------------------------------
 
-_encode = msgspec.msgpack.Encoder().encode
-_decode_result = msgspec.msgpack.Decoder(TaskResult).decode
-_decode_schedule = msgspec.msgpack.Decoder(Schedule).decode
-_decode_worker = msgspec.msgpack.Decoder(WorkerInfo).decode
+_decode_result = decoder(TaskResult).decode
+_decode_schedule = decoder(Schedule).decode
+_decode_worker = decoder(WorkerInfo).decode
 _json = msgspec.json.Encoder()
 _STATUS = {s.value: s for s in TaskStatus}
 
@@ -352,29 +351,10 @@ def _ids(ids: Sequence[str]) -> str:
     return _json.encode(list(ids)).decode()
 
 
-def _task(row: Sequence[Any]) -> Task:
-    """The Task of a row (the layout is shared with the other SQL backend). A ``task`` blob that
-    does not decode (damaged on disk, or written over) becomes a stand-in that fails when run,
-    saying so: that task fails alone, and the claim or reap that read it goes on for the rest."""
-    try:
-        return task_from_row(row)
-    except Exception as exc:  # any: deeply nested metadata raises RecursionError, not DecodeError
-        return _unreadable(row, exc)
-
-
-def _unreadable(row: Sequence[Any], exc: Exception) -> Task:
-    return stand_in_task(
-        str(row[9]), exc,
-        queue=row[10], priority=row[11], max_deliveries=row[12], created_at=row[13],
-        status=_STATUS[row[2]], worker=row[3], lease_until=row[4], deliveries=row[5],
-        attempts=row[6], eta=row[7], cancel_requested=bool(row[8]),
-    )
-
-
 def _tasks(rows: list[Any]) -> list[Task]:
     """Tasks in enqueue order (RETURNING gives rows in no defined order)."""
     rows.sort(key=_seq)
-    return [_task(r) for r in rows]
+    return [read_task_row(r) for r in rows]
 
 
 def _seq(row: Sequence[Any]) -> int:
@@ -677,11 +657,11 @@ def _insert_tasks(conn: sqlite3.Connection, tasks: Sequence[Task], now: float) -
             for t in tasks
         ):  # one map or sweep: what its tasks share is written once into the statement
             sql = _insert_alike(first)
-            rows = [(t.id, _encode(t)) for t in tasks]
+            rows = [(t.id, encode(t)) for t in tasks]
         else:
             sql = INSERT_QUEUED
             rows = [
-                (t.id, t.queue, t.priority, t.expires_at, t.max_deliveries, t.created_at, _encode(t))
+                (t.id, t.queue, t.priority, t.expires_at, t.max_deliveries, t.created_at, encode(t))
                 for t in tasks
             ]
         ready = True
@@ -693,7 +673,7 @@ def _insert_tasks(conn: sqlite3.Connection, tasks: Sequence[Task], now: float) -
             rows.append((
                 t.id, t.queue, t.priority, status.value, 1 if waiting else 0, t.eta, t.expires_at,
                 t.max_deliveries, t.deliveries, t.attempts, t.created_at,
-                now if status is TaskStatus.CANCELLED else None, _encode(t),
+                now if status is TaskStatus.CANCELLED else None, encode(t),
             ))  # fmt: skip
             if waiting:
                 dep_rows.extend((t.id, d) for d in waiting)
@@ -747,13 +727,13 @@ def _resolve(conn: sqlite3.Connection, ids: Sequence[str], now: float) -> Finish
                 rows_ = _returning(conn, CANCEL_DEPENDENT, (now, child))
                 if rows_:
                     row = rows_[0]
-                    out.cancelled.append((_task(row), dep))
+                    out.cancelled.append((read_task_row(row), dep))
                     frontier.append(child)
         for child in check:
             rows_ = _returning(conn, RELEASE_DEPENDENT, (now, child))
             if rows_:
                 row = rows_[0]
-                out.released.append(_task(row))
+                out.released.append(read_task_row(row))
     return out
 
 
@@ -910,12 +890,6 @@ class SQLiteBackend(TaskQueue, ResultStore, EventStore):
             if t.eta is not None:
                 self._due_at(t.eta)
 
-    def _due_at(self, eta: float) -> None:
-        """A delayed task of ours falls due at ``eta``: waiters here re-time their sleep."""
-        if self._next_due is None or eta < self._next_due:
-            self._next_due = eta
-            self.notify()
-
     async def claim(
         self,
         worker: str,
@@ -940,7 +914,7 @@ class SQLiteBackend(TaskQueue, ResultStore, EventStore):
             params = (worker, now + lease, now, limit, *names)
             sql, check, check_params = claim_sql(len(names)), CLAIMABLE_IN, (now, _ids(names))
         rows = await self._call(self._claim, sql, params, check, check_params, now)
-        claimed = [(_task(r), r[0]) for r in rows]
+        claimed = [(read_task_row(r), r[0]) for r in rows]
         claimed.sort(key=lambda ts: (-ts[0].priority, ts[1]))  # RETURNING has no order
         return [t for t, _ in claimed]
 
@@ -1063,7 +1037,7 @@ class SQLiteBackend(TaskQueue, ResultStore, EventStore):
 
     async def get_task(self, task_id: str) -> Task | None:
         row = await self._call(_fetchone, GET_TASK, (task_id,))
-        return None if row is None else _task(row)
+        return None if row is None else read_task_row(row)
 
     async def statuses(self, task_ids: Sequence[str]) -> dict[str, TaskStatus]:
         if not task_ids:
@@ -1099,7 +1073,7 @@ class SQLiteBackend(TaskQueue, ResultStore, EventStore):
 
     # --- schedules ----------------------------------------------------------------------------------
     async def add_schedule(self, schedule: Schedule) -> None:
-        row = (schedule.id, schedule.next_run, int(schedule.paused), _encode(schedule))
+        row = (schedule.id, schedule.next_run, int(schedule.paused), encode(schedule))
         await self._call(_execute, UPSERT_SCHEDULE, row)
 
     async def get_schedules(self) -> list[Schedule]:
@@ -1116,7 +1090,7 @@ class SQLiteBackend(TaskQueue, ResultStore, EventStore):
             s.paused = paused
             if not paused or next_run is not None:
                 s.next_run = next_run
-            conn.execute(UPSERT_SCHEDULE, (s.id, s.next_run, int(s.paused), _encode(s)))
+            conn.execute(UPSERT_SCHEDULE, (s.id, s.next_run, int(s.paused), encode(s)))
             return True
 
         return await self._write(tx)
@@ -1144,7 +1118,7 @@ class SQLiteBackend(TaskQueue, ResultStore, EventStore):
                 return False, False
             ready = _insert_tasks(conn, [task], now)
             s.next_run, s.last_run, s.last_task_id = next_run, now, task.id
-            conn.execute(UPSERT_SCHEDULE, (s.id, s.next_run, int(s.paused), _encode(s)))
+            conn.execute(UPSERT_SCHEDULE, (s.id, s.next_run, int(s.paused), encode(s)))
             return True, ready
 
         fired, ready = await self._write(tx)
@@ -1154,7 +1128,7 @@ class SQLiteBackend(TaskQueue, ResultStore, EventStore):
 
     # --- workers ------------------------------------------------------------------------------------
     async def heartbeat(self, info: WorkerInfo) -> None:
-        await self._call(_execute, UPSERT_WORKER, (info.id, info.last_heartbeat, _encode(info)))
+        await self._call(_execute, UPSERT_WORKER, (info.id, info.last_heartbeat, encode(info)))
 
     async def remove_worker(self, worker_id: str) -> None:
         await self._call(_execute, DELETE_WORKER, (worker_id,))
@@ -1206,7 +1180,7 @@ class SQLiteBackend(TaskQueue, ResultStore, EventStore):
         for r in results:
             if not isinstance(r, TaskResult):
                 raise ConfigError(f"results must hold TaskResult, got {type(r).__name__}")
-            rows.append((r.task_id, r.status.value, r.key, r.expires_at, r.finished_at, _encode(r)))
+            rows.append((r.task_id, r.status.value, r.key, r.expires_at, r.finished_at, encode(r)))
         if rows:
             await self._write(_executemany, PUT_RESULT, rows)
 

@@ -100,7 +100,6 @@ class JetStream(Backend):
         self._up_since = 0.0  # monotonic time of the last reconnect
         self._disconnects = 0
 
-
     # --- lifecycle ------------------------------------------------------------------------------------
     @property
     def streams(self) -> list[str]:
@@ -481,7 +480,6 @@ class JetStream(Backend):
             except nats.errors.Error:
                 pass  # it goes away by itself after inactive_threshold
         return out
-
 
     async def _on_wake(self, msg: Msg) -> None:
         """A wake-up published by any process (the task queue's: see ``tasks.py``)."""

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
-import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, ParamSpec, Protocol, TypeVar, runtime_checkable
 
@@ -18,6 +17,7 @@ from nats.aio.client import Client as NATS
 
 from ...errors import StorageError
 from ...logs import get_logger
+from .._reconnect import Backoff
 from ..base import (
     masked,
 )
@@ -93,9 +93,8 @@ def guarded(fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]
     async def run(*args: P.args, **kwargs: P.kwargs) -> R:
         backend = args[0]
         url = getattr(backend, "url", "nats://")
-        deadline: float | None = None
+        backoff = Backoff(RECONNECT_TIMEOUT, first=0.05)
         attempt = 0
-        delay = 0.05
         while True:
             disconnects = getattr(backend, "_disconnects", 0)
             token = ATTEMPT.set(attempt)
@@ -103,16 +102,12 @@ def guarded(fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]
                 return await fn(*args, **kwargs)
             except (nats.errors.Error, asyncio.TimeoutError) as e:
                 retry = isinstance(backend, Reconnecting) and backend._may_retry(e, disconnects)
-                now = time.monotonic()
-                if retry and deadline is None:
-                    deadline = now + RECONNECT_TIMEOUT
-                if not retry or deadline is None or now >= deadline:
+                if not retry or backoff.expired():
                     gave_up = f"; gave up after {RECONNECT_TIMEOUT:g} s" if retry else ""
                     raise StorageError(f"NATS {masked(url)}: {plain_error(e)}{gave_up}") from e
                 log.debug("NATS %s: %s; trying again", masked(url), plain_error(e))
                 assert isinstance(backend, Reconnecting)
-                await backend._wait_connected(min(delay, deadline - now))
-                delay = min(delay * 2, 1.0)
+                await backend._wait_connected(backoff.pause())
                 attempt += 1
             finally:
                 ATTEMPT.reset(token)

@@ -133,7 +133,7 @@ class NatsTaskRecords(JetStream, TaskQueue):
             if seq:
                 await self._delete_index([seq])  # an orphan now: the record never pointed at it
 
-
+    # --- wake-ups ---------------------------------------------------------------------------------------
     def _wake(self, eta: float | None = None) -> None:
         """Tell every connected backend (this one too) that work may be ready (at ``eta``)."""
         if eta is None:
@@ -158,18 +158,16 @@ class NatsTaskRecords(JetStream, TaskQueue):
             self._wakeup.set()
 
     def _due_at(self, eta: float) -> None:
-        if self._next_due is None or eta < self._next_due:
-            self._next_due = eta
-        self._wakeup.set()  # waiters re-time their sleep
+        """``TaskQueue._due_at``, and waiters here wake for a later eta too (re-timing their
+        sleep), as this backend always did."""
+        super()._due_at(eta)
+        self._wakeup.set()
 
-
-    # --- wake-ups (cont.) ----------------------------------------------------------------------------------------------
     async def wait_for_tasks(self, timeout: float) -> None:
         """Wake on a wake-up from any process, or when the earliest delayed task falls due."""
         if self._next_due is not None:
             timeout = min(timeout, max(self._next_due - time.time(), 0.0))
         await super().wait_for_tasks(timeout)
-
 
     # --- tasks ------------------------------------------------------------------------------------------
     @guarded
@@ -451,7 +449,6 @@ class NatsTaskRecords(JetStream, TaskQueue):
                     if released is not None:
                         out.released.append(released)
         return out
-
 
     @guarded
     async def get_task(self, task_id: str) -> Task | None:
