@@ -260,8 +260,9 @@ class TestPostgresSpecifics:
 
     def test_missing_asyncpg_names_the_extra(self, monkeypatch: pytest.MonkeyPatch) -> None:
         from omniq.storage import postgres
+        from omniq.storage.postgres import connection
 
-        monkeypatch.setattr(postgres, "asyncpg", None)
+        monkeypatch.setattr(connection, "asyncpg", None)
         with pytest.raises(ConfigError, match=r"pip install 'omniq\[postgres\]'") as info:
             postgres.PostgresBackend("postgresql://bob:hunter2@localhost/db")
         assert "hunter2" not in str(info.value)
