@@ -195,6 +195,11 @@ class ChildRunner(Runner):
             raise RuntimeError(
                 f"{self.kind} worker failed to start ({' '.join(cmd)} exited with {code}); see its stderr above"
             ) from None
+        except BaseException:  # cancelled while it started (a stop): no child and no transport left
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            child.close()
+            raise
         assert hello[0] == "H"
         child.reader = asyncio.get_running_loop().create_task(self._read(child))
         return child
