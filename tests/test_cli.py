@@ -104,3 +104,10 @@ def test_status_without_slurm_says_nothing_of_it(tmp_path):
     p = _omniq("status", "--tasks", url, env=env)
     assert p.returncode == 0, p.stderr
     assert "SLURM" not in p.stdout and "Traceback" not in p.stderr
+
+
+def test_version_prints_the_installed_version():
+    from importlib.metadata import version
+
+    r = _omniq("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"omniq {version('omniq')}", r
