@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from omniq.storage import sqlite as sqlite_module
 from omniq.storage.base import EventStore, ResultStore, TaskQueue
+from omniq.storage.sqlite import connection as sqlite_connection
 from omniq.storage.urls import open_backends
 
 from .backends import SERVERS
@@ -79,7 +79,7 @@ def _url(
     if url.startswith("gs://"):
         request.getfixturevalue("gcs_env")  # the GCS emulator, STORAGE_EMULATOR_HOST for it
     if url.endswith("#no-returning"):
-        monkeypatch.setattr(sqlite_module, "HAS_RETURNING", False)
+        monkeypatch.setattr(sqlite_connection, "HAS_RETURNING", False)
         url = url.removesuffix("#no-returning")
     return url
 

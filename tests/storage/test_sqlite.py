@@ -291,7 +291,7 @@ async def test_a_big_alike_batch_keeps_every_value(
     written into the statement once; every stored value must still be exactly the task's."""
     import msgspec
 
-    import omniq.storage.sqlite as S
+    import omniq.storage.sqlite.operations as S
 
     alike: list[str] = []
     original = S._insert_alike

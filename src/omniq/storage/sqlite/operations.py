@@ -1,0 +1,292 @@
+"""Operations run in the connection thread, one call a hop: inserting and enqueueing tasks,
+resolving dependents, and blobs (rows, or files beside the database when large)."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import math
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from ...errors import ConfigError
+from ...models import Task, TaskStatus
+from .._codec import encode
+from ..base import (
+    Finished,
+    holds_key,
+    keyed,
+    plan_enqueue,
+    plan_keys,
+    read_task_row,
+)
+from ..blobs import Blob, nbytes
+from .connection import (
+    STATUS,
+    json_ids,
+    returning,
+)
+from .queries import (
+    ANY_DEPS,
+    CANCEL_DEPENDENT,
+    DEPENDENTS,
+    DOOMED_BLOBS,
+    INSERT_BLOB,
+    INSERT_DEP,
+    INSERT_QUEUED,
+    INSERT_TASK,
+    KEY_HOLDERS,
+    PUT_BLOB_OWNER,
+    PUT_KEY,
+    RELEASE_DEPENDENT,
+    STORED_BLOBS,
+    SWEEP_BLOB_OWNERS,
+    SWEEP_BLOBS,
+    TASK_STATUSES,
+)
+
+# --- operations run in the connection thread (one call = one hop) --------------------------------
+
+
+def _writable(t: Task) -> bool:
+    """Whether ``_insert_alike`` can write ``t``'s shared values into SQL text."""
+    return "\x00" not in t.queue and all(
+        v is None or math.isfinite(v) for v in (t.expires_at, t.created_at)
+    )
+
+
+def _insert_alike(t: Task) -> str:
+    """``INSERT_QUEUED`` with every value but id and task written in: numbers as literals, the
+    queue name as a quoted string (binding a value costs as much as a third of a row's insert)."""
+    queue = "'" + t.queue.replace("'", "''") + "'"
+    expires = "NULL" if t.expires_at is None else repr(float(t.expires_at))
+    return (
+        "INSERT INTO omniq_tasks (id, queue, priority, status, expires_at, max_deliveries, created_at, task) "
+        f"VALUES (?, {queue}, {int(t.priority)}, 'queued', {expires}, {int(t.max_deliveries)}, "
+        f"{float(t.created_at)!r}, ?)"
+    )
+
+
+def insert_tasks(conn: sqlite3.Connection, tasks: Sequence[Task], now: float) -> bool:
+    """Insert a validated batch; True when some task is ready to claim at once."""
+    deps = {d for t in tasks for d in t.depends_on}
+    known: dict[str, TaskStatus] = {}
+    if deps:
+        known = {i: STATUS[s] for i, s in conn.execute(TASK_STATUSES, (json_ids(list(deps)),))}
+    plain = (TaskStatus.QUEUED, TaskStatus.PENDING)  # pending with no eta nor deps: queued
+    dep_rows: list[tuple[str, str]] = []
+    rows: list[tuple[Any, ...]]
+    if not deps and all(
+        t.status in plain and t.eta is None and not t.deliveries and not t.attempts for t in tasks
+    ):  # the usual batch (submit, map, sweep), all queued at once: 7 values a row to bind, not 13
+        first = tasks[0]
+        q, p, e, m, c = first.queue, first.priority, first.expires_at, first.max_deliveries, first.created_at
+        if len(tasks) > 100 and _writable(first) and all(  # (the very objects: copies of one template)
+            t.created_at is c and t.queue is q and t.priority is p and t.expires_at is e and t.max_deliveries is m
+            for t in tasks
+        ):  # one map or sweep: what its tasks share is written once into the statement
+            sql = _insert_alike(first)
+            rows = [(t.id, encode(t)) for t in tasks]
+        else:
+            sql = INSERT_QUEUED
+            rows = [
+                (t.id, t.queue, t.priority, t.expires_at, t.max_deliveries, t.created_at, encode(t))
+                for t in tasks
+            ]
+        ready = True
+    else:
+        sql = INSERT_TASK
+        rows = []
+        ready = False
+        for t, (status, waiting) in zip(tasks, plan_enqueue(tasks, known), strict=True):
+            rows.append((
+                t.id, t.queue, t.priority, status.value, 1 if waiting else 0, t.eta, t.expires_at,
+                t.max_deliveries, t.deliveries, t.attempts, t.created_at,
+                now if status is TaskStatus.CANCELLED else None, encode(t),
+            ))  # fmt: skip
+            if waiting:
+                dep_rows.extend((t.id, d) for d in waiting)
+            elif status is TaskStatus.QUEUED:
+                ready = True
+    try:
+        conn.executemany(sql, rows)
+    except sqlite3.IntegrityError:
+        taken = [i for i, _ in conn.execute(TASK_STATUSES, (json_ids([t.id for t in tasks]),))]
+        if taken:
+            raise ConfigError(f"task id {taken[0]!r} already exists") from None
+        raise
+    if dep_rows:
+        conn.executemany(INSERT_DEP, dep_rows)
+    return ready
+
+
+def enqueue_tasks(
+    conn: sqlite3.Connection, tasks: Sequence[Task], now: float, results_here: bool = False
+) -> tuple[bool, dict[str, str]]:
+    """``insert_tasks`` with idempotency keys (in the caller's write transaction): tasks
+    whose key is held are left out; returns (something ready, {duplicate id: holder id})."""
+    keys = keyed(tasks)
+    if not keys:
+        return insert_tasks(conn, tasks, now), {}
+    holders: dict[str, str] = {}
+    gone: list[str] = []  # holders known only by their stored success
+    for key, tid, st, rst in conn.execute(KEY_HOLDERS, (json_ids(keys),)):
+        if holds_key(STATUS[st] if st is not None else None, rst == "succeeded", results_here):
+            holders[key] = tid
+            if st is None:
+                gone.append(tid)
+    store, dups = plan_keys(tasks, holders, gone)
+    ready = insert_tasks(conn, store, now) if store else False
+    conn.executemany(PUT_KEY, [(t.key, t.id) for t in store if t.key is not None])
+    return ready, dups
+
+
+def _resolve(conn: sqlite3.Connection, ids: Sequence[str], now: float) -> Finished:
+    """Release or cancel (transitively) the dependents of tasks that just became final."""
+    out = Finished()
+    frontier = list(ids)
+    while frontier:
+        rows = conn.execute(DEPENDENTS, (json_ids(frontier),)).fetchall()
+        frontier = []
+        check: dict[str, None] = {}
+        for child, dep, dep_status in rows:
+            if dep_status == "succeeded":
+                check[child] = None
+            elif dep_status in ("failed", "cancelled", "expired"):
+                rows_ = returning(conn, CANCEL_DEPENDENT, (now, child))
+                if rows_:
+                    row = rows_[0]
+                    out.cancelled.append((read_task_row(row), dep))
+                    frontier.append(child)
+        for child in check:
+            rows_ = returning(conn, RELEASE_DEPENDENT, (now, child))
+            if rows_:
+                row = rows_[0]
+                out.released.append(read_task_row(row))
+    return out
+
+
+def resolve_if_deps(conn: sqlite3.Connection, ids: Sequence[str], now: float) -> Finished:
+    if not ids or not conn.execute(ANY_DEPS).fetchone()[0]:
+        return Finished()
+    return _resolve(conn, ids, now)
+
+
+def create_private(path: str) -> None:
+    """Create the database file 0600 (umask-independent) unless it exists; SQLite gives its
+    ``-wal`` and ``-shm`` the database file's mode. ``O_EXCL`` never follows a symlink; a
+    dangling symlink in its place is refused rather than followed."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    except FileExistsError:
+        if os.path.islink(path) and not os.path.exists(path):
+            msg = f"{path} is a symlink to nothing: not creating a database through it"
+            raise OSError(msg) from None
+        return
+    except OSError as e:
+        if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT):
+            return  # SQLite's own error (StorageUnwritable) says it better
+        raise
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+
+
+#: blobs at least this large are files beside the database rather than rows
+EXTERNAL_BLOB = 1 << 16
+
+
+def put_blob_rows(conn: sqlite3.Connection, blobs: dict[str, Blob], owner: str, now: float, files: set[str]) -> int:
+    """Owners first, then the blobs not stored yet (in the caller's write transaction); those in
+    ``files`` were written beside the database and get a row with no data."""
+    conn.executemany(PUT_BLOB_OWNER, [(d, owner, now) for d in blobs])
+    stored = {r[0] for r in conn.execute(STORED_BLOBS, (json_ids(list(blobs)),))}
+    written = 0
+    for d, data in blobs.items():
+        if d not in stored:  # bytes, bytearray and memoryview bind as a BLOB, without a copy
+            size = nbytes(data)
+            conn.execute(INSERT_BLOB, (d, now, size, b"" if d in files and size else data))
+            written += size
+    return written
+
+
+def sweep_blob_rows(conn: sqlite3.Connection, older_than: float) -> tuple[int, list[str]]:
+    conn.execute(SWEEP_BLOB_OWNERS, (older_than,))
+    files = [r[0] for r in conn.execute(DOOMED_BLOBS, (older_than,))]
+    return conn.execute(SWEEP_BLOBS, (older_than,)).rowcount, files
+
+
+def write_blob_files(root: str, blobs: Mapping[str, Blob]) -> None:
+    """Each blob whole under ``root/<2 hex>/<digest>``: a temporary name, flushed, then renamed
+    (so a file there is always a whole blob); owner-only permissions."""
+    os.makedirs(root, mode=0o700, exist_ok=True)
+    for d, data in blobs.items():
+        folder = os.path.join(root, d[:2])
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        path = os.path.join(folder, d)
+        if os.path.exists(path):
+            continue
+        tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+
+def read_file(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def sweep_blob_files(root: str, doomed: list[str], older_than: float,
+                      has_rows: Callable[[list[str]], set[str]]) -> None:
+    """Remove the files of blobs whose rows the sweep deleted, and files older than the grace
+    time that no row refers to (a crash between writing a file and its row)."""
+    for d in doomed:
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(root, d[:2], d))
+    try:
+        folders = os.listdir(root)
+    except OSError:
+        return
+    old: list[tuple[str, str]] = []  # (file name, path) of files older than the grace time
+    for sub_ in folders:
+        with contextlib.suppress(OSError):
+            for name in os.listdir(os.path.join(root, sub_)):
+                path = os.path.join(root, sub_, name)
+                if os.stat(path).st_mtime < older_than:
+                    old.append((name, path))
+    if old:
+        kept = has_rows([name for name, _ in old if len(name) == 64])
+        for name, path in old:
+            if name not in kept:  # a temporary file, or a blob no row names
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+
+
+def execute(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> int:
+    """One statement in autocommit mode (atomic on its own); returns the rows it changed."""
+    return conn.execute(sql, params).rowcount
+
+
+def executemany(conn: sqlite3.Connection, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+    conn.executemany(sql, rows)
+
+
+def fetchone(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> Any:
+    return conn.execute(sql, params).fetchone()
+
+
+def fetchall(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> list[Any]:
+    return conn.execute(sql, params).fetchall()
