@@ -326,9 +326,9 @@ def test_a_producer_keeps_no_waiters_for_tasks_it_does_not_run(db):
     with OmniQ(tasks=db, concurrency=0) as oq:
         for i in range(50):
             oq.enqueue(add, args=(i, i))
-        assert len(oq.core._waiters) == 0
+        assert len(oq.core.waiters.futures) == 0
         h = oq.submit(add, 1, 1)  # a handle asked for: its waiter stays until the result
-        assert h.id in oq.core._waiters
+        assert h.id in oq.core.waiters.futures
 
 
 # --- enqueue() from sync code stores on the caller's thread ----------------------------------
@@ -449,7 +449,7 @@ def test_threads_handing_over_batches_never_stop_the_result_pickup(tmp_path):
             t.start()
         for t in threads:
             t.join()
-        crashed = [t for t in oq.core._bg if t.done()]
+        crashed = [t for t in oq.core.session.bg if t.done()]
         assert not crashed, [t.exception() for t in crashed]
         kept = oq.handle(oq.enqueue(helpers.square, args=(6,), priority=10))  # runs first
         with OmniQ(tasks=url, worker="thread", concurrency=1):
@@ -593,7 +593,7 @@ _CORE = AsyncOmniQ(tasks="memory://", concurrency=0)  # building a task opens no
 @given(option=st.sampled_from(_OPTIONS), value=_ODD)
 def test_every_enqueue_option_works_or_names_itself(option: str, value: object) -> None:
     try:
-        task = _CORE._make_task(helpers.square, (1,), None, **{option: value})
+        task = _CORE.intake.make_task(helpers.square, (1,), None, **{option: value})
     except ConfigError as exc:
         assert option in str(exc), f"{option}={value!r}: {exc}"
         return
@@ -612,11 +612,11 @@ def test_close_returns_when_a_storage_stops_answering(tmp_path, monkeypatch, cap
     tasks and results on the healthy storage are all there."""
     import signal
 
-    import omniq.core
+    import omniq.client.session
 
     from .servers import private_redis
 
-    monkeypatch.setattr(omniq.core, "CLOSE_STEP", 1.0)
+    monkeypatch.setattr(omniq.client.session, "CLOSE_STEP", 1.0)
     with private_redis() as server:
         db = f"sqlite:///{tmp_path}/t.db"
         oq = OmniQ(tasks=db, events=server.url(), worker="thread", concurrency=1).open()

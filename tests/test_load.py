@@ -190,10 +190,10 @@ def test_100k_tasks_end_to_end(url: str) -> None:
         first = rss_mb()
         core = oq.core
         # nothing is kept per finished task (waiters, their bookkeeping, batching state)
-        assert len(core._waiters) == 0
-        assert len(core._waiter_meta) == 0
-        assert len(core._units) == 0
-        assert len(core._buffer) == 0
+        assert len(core.waiters.futures) == 0
+        assert len(core.waiters.meta) == 0
+        assert len(core.intake.units) == 0
+        assert len(core.intake.buffer) == 0
 
         started = oq.events(types=["started"])
         per_task: dict[str, int] = {}
@@ -249,7 +249,7 @@ def test_producer_that_drops_handles_holds_nothing_per_task(url: str) -> None:
             held_mb = tracemalloc.get_traced_memory()[0] / 2**20
         finally:
             tracemalloc.stop()
-        waiters = len(oq.core._waiters)
+        waiters = len(oq.core.waiters.futures)
     _say(f"{url.split(':')[0]}: producer (concurrency=0) map+flush {N:,}: {rate:,.0f} tasks/s "
          f"(under tracemalloc), {held_mb:.1f} MB of Python objects still allocated, "
          f"{waiters:,} waiters held with no handle left")

@@ -13,6 +13,8 @@ items; ``retries`` retry a raising item in place; ``timeout`` is per item (the c
 
 from __future__ import annotations
 
+import concurrent.futures as cf
+import contextlib
 import inspect
 import math
 import re
@@ -22,6 +24,7 @@ from typing import Any
 
 import msgspec
 
+from ._futures import ResultFuture, resolve_many
 from .errors import ConfigError
 from .models import ErrorInfo, TaskResult, TaskStatus
 from .serialization import dumps, loads_call
@@ -167,6 +170,21 @@ def item_results(chunk: TaskResult, indexes: Sequence[int], n: int | None = None
         else:
             out.append(_not_a_chunk(chunk, i, ValueError(f"item {i} holds no value")))
     return out
+
+
+def resolve_items(
+    items: Sequence[ResultFuture[TaskResult]], chunk: cf.Future[TaskResult], start: int = 0, n: int | None = None
+) -> None:
+    """A chunk's future is done: resolve its items' futures (``items[k]`` is item ``start + k``;
+    ``n``: how many items the chunk has, when known). Futures already final are left alone."""
+    exc = chunk.exception()
+    if exc is not None:
+        for f in items:
+            with contextlib.suppress(cf.InvalidStateError):
+                f.set_exception(exc)
+        return
+    r = chunk.result()
+    resolve_many(zip(items, item_results(r, range(start, start + len(items)), n)))
 
 
 def _not_a_chunk(chunk: TaskResult, index: int, exc: Exception) -> TaskResult:

@@ -230,3 +230,13 @@ _FROZEN_BY_PYTHON = gc.get_freeze_count() if sys.version_info[:2] == (3, 12) els
 _bulk_lock = threading.Lock()
 _bulk_depth = 0
 _bulk_restore = False
+
+
+def pass_on(f: ResultFuture[Any], g: cf.Future[Any]) -> None:
+    """``g`` is done: resolve ``f`` the same way (a duplicate's future following its holder's)."""
+    exc = g.exception()
+    if exc is not None:
+        with contextlib.suppress(cf.InvalidStateError):
+            f.set_exception(exc)
+    else:
+        resolve_many([(f, g.result())])

@@ -807,14 +807,14 @@ class _SweepBase:
             sw = ref()
             if sw is None or sw._tracker.complete:
                 with contextlib.suppress(ValueError):
-                    core._adopt_listeners.remove(hook)
+                    core.waiters.adopt_listeners.remove(hook)
                 if sw is not None:
                     sw._adopt_hook = None
                 return
             sw._adopted(dups)
 
         self._adopt_hook = hook
-        core._adopt_listeners.append(hook)
+        core.waiters.adopt_listeners.append(hook)
 
     def _adopted(self, dups: Mapping[str, str]) -> None:
         """On the loop, as a batch is stored: the slots of duplicates follow their holders."""
