@@ -1,5 +1,9 @@
 """The progress model behind sweeps and the progress widget: no UI, no IPython.
 
+Sweeps and the client use it without knowing any notebook: a :class:`DisplayHook` (the one
+``omniq.notebook.widgets`` provides, set on ``AsyncOmniQ.display``) says how a sweep shows
+itself.
+
 A :class:`Tracker` follows a fixed list of *slots* (a sweep's points, a map group's handles).
 Each slot is waiting (``pending`` / ``queued``), ``running``, or final with a ``TaskResult``.
 It is fed from OmniQ's loop thread, never by polling tasks one by one:
@@ -25,19 +29,29 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..ids import id_time
-from ..logs import get_logger
-from ..models import ErrorInfo, TaskEvent, TaskResult, TaskStatus
+from .ids import id_time
+from .logs import get_logger
+from .models import ErrorInfo, TaskEvent, TaskResult, TaskStatus
 
 log = get_logger("omniq.progress")
 
-__all__ = ["Failure", "Snapshot", "Throttle", "Tracker", "seed_running"]
+__all__ = ["DisplayHook", "Failure", "Snapshot", "Throttle", "Tracker", "seed_running"]
 
 #: Waiting states; any other slot state is a final ``TaskStatus`` value.
 PENDING, QUEUED, RUNNING = "pending", "queued", "running"
 _WAITING = frozenset({PENDING, QUEUED, RUNNING})
 _SUCCEEDED = TaskStatus.SUCCEEDED.value
 _WATCHED_EVENTS = ("started", "retry", "requeued")
+
+
+@dataclass(frozen=True)
+class DisplayHook:
+    """How something tracked (a sweep) shows itself: ``make(oq, obj, title=..., **options)``
+    builds its progress display, and ``active()`` is True where displays are shown (a Jupyter
+    kernel); elsewhere a sweep prints its ``repr``."""
+
+    make: Callable[..., Any]
+    active: Callable[[], bool]
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,7 @@ Sync and async
     tracking. On an :class:`AsyncSweep`, ``start``, ``wait``, ``retry_failed`` and ``cancel``
     are coroutines; the reading methods (``results``, ``failed``, ``values``, ``counts``,
     ``done``, ``to_pandas``) are plain methods on both, since they do no I/O (as
-    ``AsyncTaskHandle.done()``). All logic lives in ``_SweepBase``; the two classes differ only
+    ``AsyncTaskHandle.done()``). All logic lives in ``SweepBase``; the two classes differ only
     in how they wait and call the queue.
 """
 
@@ -74,14 +74,13 @@ import msgspec
 from ._futures import bulk
 from .errors import ConfigError, TaskError
 from .models import TaskResult, TaskStatus
-from .notebook.progress import QUEUED, Tracker, seed_running
+from .progress import QUEUED, Tracker, seed_running
 from .serialization import dumps
 
 if TYPE_CHECKING:
     import concurrent.futures as cf
 
     from .core import AsyncOmniQ, OmniQ
-    from .notebook.widgets import Progress
 
 __all__ = [
     "AsyncSweep",
@@ -101,7 +100,7 @@ RESULT_FIELDS = ("value", "status", "error", "duration")
 _MAX_AXIS = 1_000_000  # values one spec axis may expand to (guards `range(10**12)`)
 _RAISE: Any = object()
 _INLINE_FOLLOW = 256  # larger batches get their future callbacks added on a helper thread
-S = TypeVar("S", bound="_SweepBase")
+S = TypeVar("S", bound="SweepBase")
 
 
 # ============================================================================================
@@ -693,7 +692,7 @@ def _remember(core: Any, entries: Iterable[tuple[str, str, cf.Future[TaskResult]
 # ============================================================================================
 # the sweep: all logic in the base; Sweep / AsyncSweep only differ in how they wait and call
 # ============================================================================================
-class _SweepBase:
+class SweepBase:
     """State and logic shared by :class:`Sweep` and :class:`AsyncSweep` (no I/O here)."""
 
     def __init__(
@@ -731,7 +730,7 @@ class _SweepBase:
         self.submitted = 0  # tasks submitted by this object (starts and retries)
         self._tracker = Tracker(core, label=self._label)
         self._tracker.add_slots(len(self.points))
-        self._progress: Progress | None = None
+        self._progress: Any = None  # its progress display, made by the client's display hook
         self._futures: dict[int, cf.Future[TaskResult]] = {}  # slot -> its latest task's future
         self._adopt_hook: Callable[[Mapping[str, str]], None] | None = None
         self._n_adopted = 0
@@ -953,19 +952,21 @@ class _SweepBase:
         """The live per-point state (what the progress widget shows)."""
         return self._tracker
 
-    def progress(self, **options: Any) -> Progress:
-        """This sweep's progress widget (one per sweep; a text line outside a kernel).
-        ``options`` are ``Progress`` options, used when it is first made."""
-        if self._progress is None:
-            from .notebook.widgets import Progress
+    @property
+    def oq(self) -> Any:
+        """The ``OmniQ`` or ``AsyncOmniQ`` this sweep runs on."""
+        return self._oq
 
-            self._progress = Progress(self._oq, self, title=f"sweep {self.name}", **options)
+    def progress(self, **options: Any) -> Any:
+        """This sweep's progress display (one per sweep; a widget in a kernel, a text line
+        elsewhere), made by the client's display hook (``AsyncOmniQ.display``). ``options``
+        are the display's options, used when it is first made."""
+        if self._progress is None:
+            self._progress = self._core.display.make(self._oq, self, title=f"sweep {self.name}", **options)
         return self._progress
 
     def _ipython_display_(self) -> None:
-        from .notebook.widgets import in_kernel
-
-        if in_kernel():
+        if self._core.display.active():
             self.progress()._ipython_display_()
         else:
             print(repr(self))
@@ -984,7 +985,7 @@ def _is_unsuccessful_final(state: str) -> bool:
     return not _is_waiting(state) and state != "succeeded"
 
 
-class Sweep(_SweepBase):
+class Sweep(SweepBase):
     """A running sweep, from synchronous code. Made by ``OmniQ.sweep``; returns at once."""
 
     @classmethod
@@ -1016,7 +1017,7 @@ class Sweep(_SweepBase):
         return self._oq.cancel_many(ids) if ids else 0
 
 
-class AsyncSweep(_SweepBase):
+class AsyncSweep(SweepBase):
     """A running sweep, from async code. Made by ``AsyncOmniQ.sweep``. Waiting and
     cancelling are coroutines; reading results is not (it does no I/O), as with
     ``AsyncTaskHandle.done()``."""

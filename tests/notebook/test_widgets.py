@@ -15,8 +15,8 @@ import pytest
 
 from omniq import OmniQ
 from omniq.models import ErrorInfo, TaskResult, TaskStatus
-from omniq.notebook.progress import Throttle, Tracker
 from omniq.notebook.widgets import MAX_FAILURES_SHOWN, Progress, in_kernel, progress
+from omniq.progress import Throttle, Tracker
 
 pytest.importorskip("ipywidgets")
 

@@ -64,6 +64,11 @@ class TaskHandle(HandleBase):
     def __init__(self, oq: OmniQ, task_id: str, queue: str, future: cf.Future[TaskResult]) -> None:
         self._id, self.queue, self._future, self._oq = task_id, queue, future, oq  # 10,000 a map
 
+    @property
+    def oq(self) -> OmniQ:
+        """The ``OmniQ`` this task was submitted to."""
+        return self._oq
+
     def _core(self) -> AsyncOmniQ | None:
         return self._oq.core
 
@@ -105,6 +110,11 @@ class AsyncTaskHandle(HandleBase):
 
     def __init__(self, oq: AsyncOmniQ, task_id: str, queue: str, future: cf.Future[TaskResult]) -> None:
         self._id, self.queue, self._future, self._oq = task_id, queue, future, oq  # 10,000 a map
+
+    @property
+    def oq(self) -> AsyncOmniQ:
+        """The ``AsyncOmniQ`` this task was submitted to."""
+        return self._oq
 
     def _core(self) -> AsyncOmniQ | None:
         return self._oq

@@ -31,6 +31,8 @@ from ..events.metrics import Metrics
 from ..events.processor import aiter_subscription
 from ..logs import get_logger
 from ..models import OmniQConfig, Task, TaskEvent, TaskResult, TaskStatus
+from ..notebook.widgets import DISPLAY
+from ..progress import DisplayHook
 from ..scheduling import default_schedule_name
 from ..serialization import BlobSink, dumps_call
 from ..services.health import HealthMonitor
@@ -58,6 +60,9 @@ class AsyncOmniQ:
     #: the task that uses them, and a client skips re-sending a digest it stored lately
     BLOB_GRACE = 3600.0
     BLOB_SWEEP_EVERY = 300.0  # seconds between sweeps of unreferenced blobs (janitor)
+    #: how sweeps show themselves: the notebook's progress widget in a kernel, their repr
+    #: elsewhere (sweeps know no notebook; this is where the two are put together)
+    display: DisplayHook = DISPLAY
 
     def __init__(
         self,

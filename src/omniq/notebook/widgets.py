@@ -7,7 +7,7 @@ failures ``Accordion`` (error type, message and traceback per failed task, the f
 Threads: the widget is built (and displayed) in the caller's thread. Results arrive on OmniQ's
 loop thread through future callbacks; they only mark the state dirty, and a daemon thread
 renders at most ``1 / interval`` times a second, always once after the last change (see
-:class:`~omniq.notebook.progress.Throttle`). Running counts come from in-process ``started``
+:class:`~omniq.progress.Throttle`). Running counts come from in-process ``started``
 events, never from polling tasks.
 
 ipykernel tags messages sent from background threads with the *latest* cell, so a notebook
@@ -28,7 +28,8 @@ from collections.abc import Iterable
 from typing import IO, Any
 
 from ..errors import ConfigError
-from .progress import Snapshot, Throttle, Tracker, seed_running
+from ..progress import DisplayHook, Snapshot, Throttle, Tracker, seed_running
+from ..sweep import SweepBase
 
 __all__ = ["Progress", "in_kernel", "progress"]
 
@@ -79,17 +80,15 @@ def _bar_style(snap: Snapshot) -> str:
 
 def _tracker_for(oq: Any, items: Any) -> tuple[Tracker, Any]:
     """A tracker for a sweep (its own), or for handles / futures (a new one)."""
-    from ..sweep import _SweepBase
-
-    if isinstance(items, _SweepBase):
-        return items.tracker, items._oq
+    if isinstance(items, SweepBase):
+        return items.tracker, items.oq
     if isinstance(items, Tracker):
         return items, oq
     if isinstance(items, cf.Future) or hasattr(items, "future"):
         items = [items]
     items = list(items)
-    if oq is None and items and hasattr(items[0], "_oq"):
-        oq = items[0]._oq
+    if oq is None and items and hasattr(items[0], "oq"):
+        oq = items[0].oq
     core = getattr(oq, "core", oq)
     tracker = Tracker(core)
     slots = tracker.add_slots(len(items))
@@ -309,9 +308,7 @@ def _short(text: str, n: int) -> str:
 def progress(obj: Any, oq: Any = None, **options: Any) -> Progress:
     """The progress display for a sweep (its own, cached), a task handle, or a list of
     handles / futures. ``options`` go to :class:`Progress` (title, total, mode, interval)."""
-    from ..sweep import _SweepBase
-
-    if isinstance(obj, _SweepBase):
+    if isinstance(obj, SweepBase):
         return obj.progress(**options)
     if isinstance(obj, Iterable) and not isinstance(obj, (str, bytes)):
         obj = list(obj)
@@ -319,3 +316,7 @@ def progress(obj: Any, oq: Any = None, **options: Any) -> Progress:
     else:
         options.setdefault("title", f"task {getattr(obj, 'id', '')}".strip())
     return Progress(oq, obj, **options)
+
+
+#: How a sweep shows itself in a notebook (``AsyncOmniQ.display``): this widget, in a kernel.
+DISPLAY = DisplayHook(make=Progress, active=in_kernel)
