@@ -512,6 +512,17 @@ def plan_enqueue(
 KEY_HOLDING = frozenset(
     {TaskStatus.PENDING, TaskStatus.QUEUED, TaskStatus.RUNNING, TaskStatus.SUCCEEDED}
 )
+class KeyMark(msgspec.Struct, array_like=True):
+    """An idempotency key's marker, for backends that write it *before* the task record
+    (file://, NATS): the key's latest task ("" once that task was purged unsuccessful), when the
+    marker was written, and whether that task's record was purged after it succeeded (it then
+    holds the key while its result is stored). Stored as msgpack ``[task, at, purged]``."""
+
+    task: str
+    at: float
+    purged: bool = False
+
+
 #: Seconds a key marker whose task record is not there yet counts as a write in progress
 #: (backends that write the marker before the record: NATS, file://). Past it, the writer is
 #: taken to have died between the two and the key is free again.
@@ -767,6 +778,7 @@ __all__ = [
     "Backend",
     "EventStore",
     "Finished",
+    "KeyMark",
     "Overrun",
     "Reaped",
     "ResultStore",

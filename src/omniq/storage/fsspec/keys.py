@@ -18,24 +18,13 @@ from ...models import Task, TaskStatus
 from .._codec import decoder, encode
 from ..base import (
     KEY_WRITE_GRACE,
+    KeyMark,
     holds_key,
 )
 from .layout import (
     encode_name,
 )
 from .taskfiles import TaskLoc, listdir, unlink
-
-
-class KeyMark(msgspec.Struct, array_like=True):
-    """A file:// key marker: the key's latest task ("" once that task was purged unsuccessful),
-    when the marker was written, and whether that task's record was purged after it succeeded
-    (it then holds the key while its result is stored)."""
-
-    task: str
-    at: float
-    purged: bool = False
-
-
 
 # --------------------------------------------------------------------------------------------
 # The file:// task queue

@@ -25,6 +25,7 @@ from ...lifecycle import (
 from ...models import Schedule, Task, TaskEvent, TaskResult, TaskStatus
 from .._codec import decoder
 from ..base import (
+    KeyMark,
     WorkerInfo,
     masked,
 )
@@ -68,14 +69,6 @@ class Rec(msgspec.Struct, array_like=True):
     dependents: list[str] = msgspec.field(default_factory=list)  # tasks waiting for this one
 
 
-class KeyMark(msgspec.Struct, array_like=True):
-    """An idempotency key's marker (``k.<key>`` in the meta bucket): the key's latest task
-    ("" once that task was purged unsuccessful), when the marker was written, and whether that
-    task's record was purged after it succeeded (it holds the key while its result lasts)."""
-
-    task: str
-    at: float
-    purged: bool = False
 
 
 UNREADABLE = -1  # index_seq of the stand-in of a record that does not decode

@@ -28,6 +28,7 @@ from .._codec import encode
 from ..base import (
     KEY_WRITE_GRACE,
     Finished,
+    KeyMark,
     TaskQueue,
     check_new_tasks,
     holds_key,
@@ -55,7 +56,6 @@ from .records import (
     RUNNING,
     UNREADABLE,
     WRONG_LAST_SEQUENCE,
-    KeyMark,
     Rec,
     decode_keymark,
     decode_rec,
