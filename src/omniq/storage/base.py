@@ -16,14 +16,18 @@ All times are epoch seconds passed in by the caller (``now``), so backends stay 
 from __future__ import annotations
 
 import abc
+import os
+import re
+import stat
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import anyio
 import msgspec
 
-from ..errors import ConfigError
+from ..errors import ConfigError, SerializationError
 from ..lifecycle import UNSUCCESSFUL
+from ..logs import get_logger
 from ..models import Schedule, Task, TaskEvent, TaskResult, TaskStatus
 from ._codec import decoder
 
@@ -651,8 +655,6 @@ def read_task_row(row: Sequence[Any]) -> Task:
 
 def unreadable_task(message: str) -> None:
     """What the stand-in of an unreadable task record runs: a clear failure."""
-    from ..errors import SerializationError
-
     raise SerializationError(message)
 
 
@@ -683,8 +685,6 @@ def stand_in_task(task_id: str, exc: BaseException, **fields: Any) -> Task:
 def make_private_dir(path: str) -> None:
     """``os.makedirs(path)``: a folder it creates is 0700 whatever the umask (one it finds is
     left as it is, see :func:`check_owner`)."""
-    import os
-
     try:
         os.mkdir(path, 0o700)
     except FileExistsError:
@@ -702,11 +702,6 @@ def check_owner(path: str, url: str) -> None:
     """One WARNING when storage ``path`` is owned by another user, or others may write to it:
     whoever can write there can plant task or result payloads (a ``SignatureError`` when
     ``OMNIQ_SECRET_KEY`` is set, code running as this user when it is not)."""
-    import os
-    import stat
-
-    from ..logs import get_logger
-
     if not hasattr(os, "getuid"):
         return
     try:
@@ -736,8 +731,6 @@ def masked(url: str) -> str:
     read it, so a password containing ``@`` is hidden whole. A string without ``://`` that
     still looks like ``user:password@host`` has everything from its first ``:`` to its last
     ``@`` hidden."""
-    import re
-
     return re.sub(
         r"([?&;](?:ssl)?(?:password|token|secret)=)[^&;#]*",
         r"\1***",
@@ -747,8 +740,6 @@ def masked(url: str) -> str:
 
 
 def _masked_userinfo(url: str) -> str:
-    import re
-
     head, sep, rest = url.partition("://")
     if not sep:
         m = re.match(r"([^:@]*):(.*)@", url, re.DOTALL)  # the greedy ".*" runs to the last "@"

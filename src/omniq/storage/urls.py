@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import re
 import threading
 from typing import Any, NamedTuple
 
@@ -149,8 +150,6 @@ def _scrubbed(text: str, url: str) -> str:
     _, colon, password = userinfo.partition(":")
     if at and colon and password:
         text = text.replace(password, "***")
-    import re
-
     for value in re.findall(r"[?&;](?:ssl)?(?:password|token|secret)=([^&;#]+)", url, re.I):
         text = text.replace(value, "***")
     return text
