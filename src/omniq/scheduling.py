@@ -55,8 +55,9 @@ from . import ids
 from .errors import ConfigError, StorageError
 from .logs import Outage, get_logger
 from .models import Schedule, Task
+from .redact import masked
 from .serialization._seals import seal_schedule
-from .storage.base import TaskQueue, masked
+from .storage.base import TaskQueue
 
 __all__ = [
     "ScheduleSpec",

@@ -25,7 +25,7 @@ from anyio.from_thread import BlockingPortal
 from .._futures import ResultFuture, bulk
 from ..errors import StorageError
 from ..models import OmniQConfig, Task, TaskEvent, TaskResult
-from ..storage.base import masked
+from ..redact import masked
 from ..sweep import Sweep
 from .handles import TaskHandle
 from .orchestrator import AsyncOmniQ

@@ -26,9 +26,9 @@ from ..config.sizes import parse_size
 from ..errors import ConfigError, StorageError, StorageUnwritable, TaskError
 from ..logs import get_logger
 from ..models import EventType, Task, TaskEvent, TaskResult, TaskStatus
+from ..redact import masked
 from ..serialization import BlobSink, dumps, dumps_call, dumps_calls, loads
 from ..serialization._seals import seal_tasks
-from ..storage.base import masked
 from .checks import callable_name, epoch, integer, map_keys, queue_name, seconds, task_ids
 from .session import Session
 from .waiters import Waiters

@@ -33,13 +33,14 @@ from ..logs import get_logger
 from ..models import OmniQConfig, Task, TaskEvent, TaskResult, TaskStatus
 from ..notebook.widgets import DISPLAY
 from ..progress import DisplayHook
+from ..redact import masked
 from ..scheduling import default_schedule_name
 from ..serialization import BlobSink, dumps_call
 from ..services.health import HealthMonitor
 from ..services.janitor import Janitor
 from ..services.outcomes import Outcomes
 from ..services.schedules import Schedules
-from ..storage.base import TaskQueue, masked
+from ..storage.base import TaskQueue
 from ..sweep import AsyncSweep
 from ..workers.base import Worker
 from ..workers.registry import make_runner

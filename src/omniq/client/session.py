@@ -27,7 +27,8 @@ from ..events.metrics import Metrics
 from ..events.processor import EventProcessor
 from ..logs import get_logger
 from ..models import OmniQConfig
-from ..storage.base import EventStore, ResultStore, TaskQueue, masked
+from ..redact import masked
+from ..storage.base import EventStore, ResultStore, TaskQueue
 from ..storage.urls import check_signing, open_backends
 from ..workers.base import Worker
 

@@ -22,8 +22,8 @@ from .._futures import ResultFuture, WeakFutures, pass_on, resolve_many
 from ..errors import ConfigError
 from ..logs import Outage, get_logger
 from ..models import Task, TaskResult
+from ..redact import masked
 from ..serialization import path_fetch
-from ..storage.base import masked
 from .session import Session
 
 log = get_logger("omniq")

@@ -7,6 +7,7 @@ from typing import Any
 import msgspec
 
 from ..config import settings
+from ..redact import masked, masked_options
 
 
 class OmniQConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -33,27 +34,13 @@ class OmniQConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     require_signing: bool = settings.REQUIRE_SIGNING
 
     def _masked_items(self) -> list[tuple[str, Any]]:
-        from ..storage.base import masked
-
-        secret_options = {
-            "key",
-            "secret",
-            "token",
-            "password",
-            "account_key",
-            "sas_token",
-            "connection_string",
-            "client_secret",
-            "credential",
-            "session_token",
-        }
         parts = []
         for name in self.__struct_fields__:
             value = getattr(self, name)
             if isinstance(value, str) and name.endswith(("_type", "_url")):
                 value = masked(value)
             elif name == "storage_options":
-                value = {k: "***" if k.lower() in secret_options else v for k, v in value.items()}
+                value = masked_options(value)
             parts.append((name, value))
         return parts
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from ..models import EventType, TaskEvent
-from ..storage.base import masked
+from ..redact import masked
 
 if TYPE_CHECKING:
     from ..client.session import Session

@@ -14,7 +14,7 @@ import anyio
 
 from ..logs import Outage, get_logger
 from ..models import ErrorInfo, EventType, TaskResult, TaskStatus
-from ..storage.base import masked
+from ..redact import masked
 from .outcomes import Outcomes
 
 if TYPE_CHECKING:

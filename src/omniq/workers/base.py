@@ -23,9 +23,10 @@ from ..events.logger import EventLogger
 from ..events.metrics import Metrics
 from ..logs import Outage, bind, get_logger
 from ..models import ErrorInfo, EventType, Task, TaskEvent, TaskResult, TaskStatus
+from ..redact import masked
 from ..serialization import Fetch, path_fetch
 from ..serialization._seals import check_task, seal_results, seal_tasks
-from ..storage.base import ResultStore, TaskQueue, WorkerInfo, masked
+from ..storage.base import ResultStore, TaskQueue, WorkerInfo
 from ._wire import error_row
 
 log = get_logger("omniq.worker")
