@@ -364,3 +364,23 @@ def test_closing_without_draining_while_tasks_run_logs_no_protocol_error(tmp_pat
     assert not [r for r in caplog.records if "protocol error" in r.getMessage()]
     with OmniQ(tasks=url, worker="process", concurrency=2) as again:
         assert [again.get_result(h.id, wait=True, timeout=60).value for h in hs] == [0, 1, 2, 3]
+
+
+def test_closing_while_a_replacement_starts_leaves_no_child_running(tmp_path):
+    """A child dies and the instance closes while its replacement is still starting: the
+    replacement is stopped too, not left running (in a notebook the kernel lives on)."""
+    import psutil
+
+    me = psutil.Process()
+    leaked = []
+    for i in range(5):
+        oq = OmniQ(tasks=f"sqlite:///{tmp_path}/q{i}.db", worker="process", concurrency=2)
+        oq.open()
+        pids = _runner(oq).pids()
+        assert len(pids) == 2
+        os.kill(pids[0], signal.SIGKILL)
+        time.sleep(0.02 * i)  # the replacement is somewhere in its start when close comes
+        oq.close()
+        leaked += [p.pid for p in me.children(recursive=True) if p.is_running()
+                   and p.status() != psutil.STATUS_ZOMBIE and "omniq.workers" in " ".join(p.cmdline())]
+    assert leaked == []

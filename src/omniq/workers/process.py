@@ -165,6 +165,8 @@ class ChildRunner(Runner):
         self._ready: deque[Task] = deque()  # claimed here, not yet sent to a child
         self._stopping = False
         self._spawning = 0
+        self._replacing: set[asyncio.Task[Any]] = set()  # readers of dead children, starting others
+        self._abandoned: list[asyncio.subprocess.Process] = []  # starts cut short: reaped by stop
         self._short_since: float | None = None  # a replacement keeps failing since then
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -199,6 +201,7 @@ class ChildRunner(Runner):
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             child.close()
+            self._abandoned.append(proc)
             raise
         assert hello[0] == "H"
         child.reader = asyncio.get_running_loop().create_task(self._read(child))
@@ -208,6 +211,14 @@ class ChildRunner(Runner):
         self._stopping = True
         unstarted = list(self._ready)
         self._ready.clear()
+        # a replacement still starting is stopped here, not left running when the loop ends
+        for t in list(self._replacing):
+            t.cancel()
+        await asyncio.gather(*self._replacing, return_exceptions=True)
+        for p in self._abandoned:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(p.wait(), 2.0)
+        self._abandoned.clear()
         if graceful:
             while any(c.pending and not c.died for c in self._children):
                 await asyncio.sleep(0.01)
@@ -386,7 +397,13 @@ class ChildRunner(Runner):
             self._children.remove(c)
             self._pump()  # its unstarted tasks go to idle siblings now, not after the replacement
             self._signal_capacity()
-            await self._replace(c)
+            me = asyncio.current_task()
+            assert me is not None
+            self._replacing.add(me)
+            try:
+                await self._replace(c)
+            finally:
+                self._replacing.discard(me)
         self._pump()
         self._signal_capacity()
 
