@@ -54,8 +54,18 @@ def ran(log_dir):
 
 
 def nested_sum(n):
-    """A Parallel call inside a task: it runs in that worker, on threads."""
+    """A Parallel call inside a task (through OmniQ where slots are free, else inline)."""
     return sum(Parallel(n_jobs=-1)(delayed(square)(i) for i in range(n)))
+
+
+def slow_square(x, seconds=0.05):
+    time.sleep(seconds)
+    return x * x
+
+
+def nested_slow(n, seconds=0.05):
+    """A nested call worth spreading: ``n`` calls of ``seconds`` each."""
+    return sum(Parallel(n_jobs=-1)(delayed(slow_square)(i, seconds) for i in range(n)))
 
 
 # --- fixtures -----------------------------------------------------------------------------------------
@@ -123,6 +133,80 @@ def test_nested_parallel_runs_in_the_worker(oq):
         assert Parallel(n_jobs=2)(delayed(nested_sum)(n) for n in range(6)) == [
             sum(i * i for i in range(n)) for n in range(6)
         ]
+
+
+def test_nested_parallel_goes_through_omniq_when_slots_are_free(oq):
+    """One outer call on a pool of two: the other slot is free, so the inner calls are shared
+    between the waiting task (its lent slot) and OmniQ tasks, stored and visible as such."""
+    since = time.time()
+    with parallel_config(backend="omniq", oq=oq):
+        assert Parallel(n_jobs=2)(delayed(nested_slow)(8) for _ in range(1)) == [sum(i * i for i in range(8))]
+    rs = results_of(oq, since)
+    inner = [r for r in rs if r.metadata.get("nested")]
+    assert inner and all(r.status is TaskStatus.SUCCEEDED and r.name.endswith("slow_square") for r in inner)
+    outer = [r for r in rs if not r.metadata.get("nested")]
+    assert len(outer) == 1 and outer[0].name.endswith("nested_slow")
+    assert all(r.metadata["calls"] >= 1 for r in inner) and sum(r.metadata["calls"] for r in inner) < 8
+
+
+@pytest.mark.parametrize("n_jobs", [2, -1])
+def test_nested_parallel_cannot_deadlock_with_every_slot_busy(oq, n_jobs):
+    """As many outer calls in flight as the pool has slots (and more queued), each waiting for
+    an inner call: they finish, their values right."""
+    began = time.monotonic()
+    with parallel_config(backend="omniq", oq=oq):
+        got = Parallel(n_jobs=n_jobs)(delayed(nested_slow)(n, 0.02) for n in range(8))
+    assert got == [sum(i * i for i in range(n)) for n in range(8)]
+    assert time.monotonic() - began < 60
+
+
+async def _claim_all(core, worker):
+    return await core._queue.claim(worker, queues=None, limit=100, lease=600, now=time.time())
+
+
+@pytest.mark.parametrize("stuck", ["queued", "claimed"])
+def test_nested_call_does_not_wait_on_a_slot_that_never_runs_it(tmp_path, stuck):
+    """A worker that says it has free slots but never runs the inner tasks (they stay queued, or
+    it claimed them into a prefetch buffer behind a task that never ends): the waiting task
+    takes back the queued ones (cancelled in OmniQ) and backs up the claimed ones itself."""
+    from omniq.joblib import NestedBackend, _client
+    from omniq.storage.base import WorkerInfo
+
+    url = f"sqlite:///{tmp_path}/stuck.db"
+    spec = {"urls": (url, url, url), "options": {"priority": 1}, "threads": None}
+    client = _client(spec["urls"])
+    core = client.core
+    now = time.time()
+    client._thread.call(core._queue.heartbeat, WorkerInfo(
+        id="liar", kind="process", host="h", pid=1, slots=3, queues=None, started_at=now,
+        last_heartbeat=now + 120, lease=600))
+    stop = []
+
+    def claimer():
+        while not stop:
+            client._thread.call(_claim_all, core, "liar")
+            time.sleep(0.02)
+
+    import threading
+
+    t = threading.Thread(target=claimer, daemon=True)
+    if stuck == "claimed":
+        t.start()
+    began = time.monotonic()
+    try:
+        with parallel_config(backend=NestedBackend(spec, nesting_level=1)):
+            got = Parallel(n_jobs=-1)(delayed(slow_square)(i, 0.05) for i in range(6))
+    finally:
+        stop.append(1)
+    assert got == [i * i for i in range(6)]
+    assert time.monotonic() - began < 30
+    tids = [e.task_id for e in client.events(types=["enqueued"])]
+    assert tids  # some went to OmniQ (three free slots, it was told)
+    statuses = {client.core._resolve_id(t): client.get_result(t) for t in tids}
+    if stuck == "queued":
+        assert all(r is not None and r.status is TaskStatus.CANCELLED for r in statuses.values())
+    else:
+        assert all(r is None for r in statuses.values())  # still held by the worker that lied
 
 
 def test_private_instance_from_options(tmp_path):

@@ -36,11 +36,13 @@ back to running calls in the caller; ``n_jobs=-2`` one fewer, and so on; a posit
 type (see ``omniq.executor.remote_exception``); the remaining queued tasks are cancelled.
 
 Every ``Parallel`` call made in the block goes through OmniQ, however deep in library code it
-is (``cross_val_score`` -> ``cross_validate`` -> ``Parallel``). A ``Parallel`` call made *inside*
-a task (a ``GridSearchCV`` over a ``RandomForest(n_jobs=-1)``: the forest's trees) runs in the
-worker running that task, on joblib's threads (sequentially one level deeper), as joblib's own
-process backends do: sent to the shared queue it could deadlock, since every worker slot may
-be running an outer call that waits for it, and a pool claims tasks ahead of its free slots.
+is (``cross_val_score`` -> ``cross_validate`` -> ``Parallel``), and so does a ``Parallel`` call
+made *inside* a task (a ``GridSearchCV`` over a ``RandomForest(n_jobs=-1)``: each fit's trees),
+as far as there is room: the task making it waits for it, so it lends its own worker slot and
+OmniQ takes the rest only while slots are free; a pool whose every slot is busy runs the inner
+call inline, and an inner task that no slot gets to in time is run by the waiting task itself,
+so nested calls cannot deadlock (``NestedBackend`` says how). Storage other processes cannot
+reach (``memory://``) keeps joblib's default there: the worker's threads.
 
 Examples:
     >>> import joblib
@@ -56,6 +58,7 @@ Examples:
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures as cf
 import contextlib
 import hashlib
@@ -63,12 +66,14 @@ import inspect
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 from joblib.parallel import (
     AutoBatchingMixin,
+    FallbackToBackend,
     ParallelBackendBase,
     SequentialBackend,
     ThreadingBackend,
@@ -77,6 +82,8 @@ from joblib.parallel import (
 
 from .errors import ConfigError
 from .executor import Executor, omniq_option_names, pack, task_option_names, unpack
+from .models import TaskStatus
+from .storage.base import masked
 from .sweep import _Canon, function_identity, identity_digest
 
 if TYPE_CHECKING:
@@ -562,39 +569,24 @@ class OmniQBackend(AutoBatchingMixin, ParallelBackendBase):
                 ex._st.cancel(list(ex._st.pending))
 
     def get_nested_backend(self) -> tuple[ParallelBackendBase, int | None]:
-        """Nested ``Parallel`` calls run in the worker that runs the outer call: joblib's
-        threads at the first level, sequentially beyond (as joblib's own process backends).
-        Sending them to the shared queue could deadlock: every worker slot may be running an
-        outer call that waits for them, and a pool claims ahead of its free slots."""
+        """The backend of ``Parallel`` calls made inside this call's tasks (joblib's interface).
+
+        ``NestedBackend`` (through this OmniQ, the waiting task lending its slot) when a worker
+        can reach the instance's storage; otherwise joblib's default for a process backend:
+        threads in the worker at the first level, sequential beyond.
+        """
         level = (self.nesting_level or 0) + 1
+        ex = self._ex
+        spec = _nested_spec(ex, self._threads) if ex is not None and level == 1 else None
+        if spec is not None:
+            return NestedBackend(spec, nesting_level=level), None
         if level > 1:
             return SequentialBackend(nesting_level=level), None
         return ThreadingBackend(nesting_level=level), None
 
     # --- tasks ----------------------------------------------------------------------------------
     def _task_for(self, batch: Any, ex: Executor) -> Task:
-        from .core import _callable_name
-
-        items = list(getattr(batch, "items", ()))
-        for func, _, _ in items:
-            if not callable(func):
-                raise TypeError(f"joblib call {func!r} is not callable: Parallel takes delayed(fn)(*args) calls")
-        core = ex._st.core
-        opts = dict(ex._st.task_options)
-        key = call_key(self.name, items) if self.name is not None and items else None
-        md = dict(opts.pop("metadata", None) or {})
-        md.setdefault("joblib", self.name or "")
-        md["calls"] = len(items)
-        packed = _pickle_batch(batch)
-        if packed is None:
-            task = core._make_task(run_batch, (batch, self._threads), None, key=key, metadata=md, **opts)
-        else:
-            task = core._make_task(run_pickled_batch, (*packed, self._threads), None, key=key, metadata=md,
-                                   **opts)
-        if items:
-            names = {_callable_name(inspect.unwrap(f)) for f, _, _ in items}
-            task = msgspec.structs.replace(task, name=names.pop() if len(names) == 1 else "joblib batch")
-        return task
+        return _batch_task(batch, ex, self.name, self._threads)
 
     # --- progress -------------------------------------------------------------------------------
     def _start_widget(self) -> None:
@@ -620,6 +612,373 @@ class OmniQBackend(AutoBatchingMixin, ParallelBackendBase):
         if tracker is not None:
             with contextlib.suppress(Exception):
                 tracker.close()
+
+
+def _batch_task(batch: Any, ex: Executor, name: str | None, threads: int | None, **metadata: Any) -> Task:
+    """The OmniQ task of one joblib batch: keyed by ``call_key`` with ``name``, named after its
+    function, the batch pickled by ``pack`` when the C pickler takes it."""
+    from .core import _callable_name
+
+    items = list(getattr(batch, "items", ()))
+    for func, _, _ in items:
+        if not callable(func):
+            raise TypeError(f"joblib call {func!r} is not callable: Parallel takes delayed(fn)(*args) calls")
+    core = ex._st.core
+    opts = dict(ex._st.task_options)
+    key = call_key(name, items) if name is not None and items else None
+    md = dict(opts.pop("metadata", None) or {})
+    md.setdefault("joblib", name or "")
+    md["calls"] = len(items)
+    md.update(metadata)
+    packed = _pickle_batch(batch)
+    if packed is None:
+        task = core._make_task(run_batch, (batch, threads), None, key=key, metadata=md, **opts)
+    else:
+        task = core._make_task(run_pickled_batch, (*packed, threads), None, key=key, metadata=md, **opts)
+    if items:
+        names = {_callable_name(inspect.unwrap(f)) for f, _, _ in items}
+        task = msgspec.structs.replace(task, name=names.pop() if len(names) == 1 else "joblib batch")
+    return task
+
+
+# --------------------------------------------------------------------------------------------
+# nested calls: a Parallel call made inside a task
+# --------------------------------------------------------------------------------------------
+#: seconds an inner batch sent to OmniQ may stay unfinished, beyond 1.5x the usual duration of
+#: this call's batches, before the waiting task runs it itself
+NESTED_GRACE = 1.0
+#: task options an inner call takes from its outer call (plain values; callbacks stay outside)
+_INHERITED = ("queue", "priority", "retries", "retry_delay", "timeout", "ttl", "result_ttl", "memory_limit")
+_CLIENTS: dict[tuple[str, ...], OmniQ] = {}
+
+
+def _reachable(url: str) -> str | None:
+    """``url`` as a worker process opens it, or None: in-memory storage (no other process
+    reaches it), or a URL with a password (never written into a task's payload)."""
+    if url.startswith("memory://") or (url.startswith("sqlite:") and ":memory:" in url):
+        return None
+    if masked(url) != url:
+        return None
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):  # relative to this cwd
+        path, sep, query = url[len("sqlite:///"):].partition("?")
+        return f"sqlite:///{os.path.abspath(path)}{sep}{query}"
+    return url
+
+
+def _nested_spec(ex: Executor, threads: int | None) -> dict[str, Any] | None:
+    """What a worker needs to send a nested call's batches to the outer call's OmniQ (plain,
+    picklable values), or None when it cannot reach that storage (see ``_reachable``)."""
+    core = ex._st.core
+    if core.config.storage_options:  # credentials, as a rule
+        return None
+    urls = [_reachable(u) for u in (core.tasks_url, core.results_url, core.events_url)]
+    if any(u is None for u in urls):
+        return None
+    opts = {k: v for k, v in ex._st.task_options.items() if k in _INHERITED}
+    # above the outer call's tasks: a free slot finishes work already started before taking
+    # more of it (depth first: fewer outer tasks wait, half-done, for their inner calls)
+    opts["priority"] = int(opts.get("priority") or 0) + 1
+    return {"urls": tuple(urls), "options": opts, "threads": threads}
+
+
+def _client(urls: tuple[str, ...]) -> OmniQ:
+    """This process's OmniQ (no worker slots) on ``urls``, opened once and kept (closed at exit)."""
+    from .core import OmniQ
+
+    with _PRIVATE_LOCK:
+        oq = _CLIENTS.get(urls)
+        if oq is None or not oq.core.is_open:
+            oq = _CLIENTS[urls] = OmniQ(tasks=urls[0], results=urls[1], events=urls[2], concurrency=0).open()
+        return oq
+
+
+async def _free_slots(core: AsyncOmniQ, queue: str) -> int:
+    """Worker slots serving ``queue`` that run nothing now: the live workers' slots less the
+    tasks RUNNING in the queues they serve (claimed tasks waiting in a prefetch buffer count as
+    running, so this errs low)."""
+    q = core._queue
+    now = time.time()
+    workers = await q.workers()
+    serving = [w for w in workers if now - w.last_heartbeat <= (w.lease or core.config.lease)
+               and (w.queues is None or queue in w.queues)]
+    if not serving:
+        return 0
+    served = None if any(w.queues is None for w in serving) else {n for w in serving for n in w.queues or ()}
+    counts = await q.counts()
+    running = sum(c.get(TaskStatus.RUNNING.value, 0) for name, c in counts.items() if served is None or name in served)
+    return max(0, sum(max(0, w.slots - w.missing) for w in serving) - running)
+
+
+def _inner_jobs(n_jobs: int | None, room: int) -> int:
+    """Batches a nested call keeps going: the free slots and the waiting task's own (-1, None),
+    one fewer (-2), ...; a positive ``n_jobs`` up to that."""
+    cap = room + 1
+    if n_jobs is None or n_jobs < 0:
+        return max(1, cap + 1 + (n_jobs if n_jobs is not None else -1))
+    return max(1, min(int(n_jobs), cap))
+
+
+class NestedBackend(AutoBatchingMixin, ParallelBackendBase):
+    """joblib's backend for a ``Parallel`` call made inside an OmniQ task of the ``"omniq"``
+    backend (``OmniQBackend.get_nested_backend``): a ``GridSearchCV`` over a
+    ``RandomForest(n_jobs=-1)``, whose trees are built inside each fit's task.
+
+    The task making the call waits for it, holding its worker slot; sending all the inner
+    batches to the shared queue could deadlock (every slot running an outer task waiting for
+    inner ones that no slot is left to run, or that a busy slot claimed ahead of time into its
+    prefetch buffer). So the call goes to OmniQ only as far as there is room, and the waiting
+    task lends its own slot:
+
+    - ``configure`` counts the free slots serving the queue (live workers' slots less the
+      running tasks). None: the call runs inline, sequentially, in the waiting task (its slot
+      is the one CPU it was given). Else ``n_jobs`` is at most the free slots plus one.
+    - One thread of the waiting task's process (the ``_Lender``) runs batches here: the first,
+      and whatever is left over. At most ``n_jobs - 1`` batches are in OmniQ at once (as tasks
+      with ``priority + 1``, metadata ``nested``: they show up as OmniQ tasks, results stored);
+      the next batch goes to whichever finishes first, the lender or an OmniQ slot.
+    - The waiting task never waits on a slot it does not control: once the lender has nothing
+      else, a batch still unfinished in OmniQ after ``NESTED_GRACE`` plus 1.5x the batches'
+      usual duration is taken back when still queued (its task cancelled) and otherwise run
+      here as well (a backup copy: the first to finish counts; the OmniQ task's result is
+      stored whenever it ends). So a call finishes even when every slot is busy, at worst as
+      fast as running it inline.
+
+    Deeper levels (a ``Parallel`` inside an inner batch sent to OmniQ) run sequentially.
+    Storage no other process reaches (``memory://``) or URLs with a password (they would be
+    written into every inner task's payload) keep joblib's default: threads in the worker.
+
+    Args:
+        spec: from ``_nested_spec``: the storage URLs, task options, BLAS / OpenMP threads.
+        nesting_level: joblib's.
+        inner_max_num_threads: joblib's.
+    """
+
+    supports_retrieve_callback = True
+    uses_threads = False
+    supports_sharedmem = False
+    default_n_jobs = -1
+    MIN_IDEAL_BATCH_DURATION = 0.2
+    MAX_IDEAL_BATCH_DURATION = 1.0
+
+    def __init__(self, spec: dict[str, Any] | None = None, *, nesting_level: int | None = None,
+                 inner_max_num_threads: int | None = None, **kwargs: Any) -> None:
+        super().__init__(nesting_level=nesting_level, inner_max_num_threads=inner_max_num_threads)
+        self.spec: dict[str, Any] = dict(spec or {})
+        self._ex: Executor | None = None
+        self._lender: _Lender | None = None
+        self.parallel: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:  # what travels in a batch: no executor, no thread
+        return {"spec": self.spec, "nesting_level": self.nesting_level,
+                "inner_max_num_threads": self.inner_max_num_threads}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["spec"], nesting_level=state["nesting_level"],  # type: ignore[misc]
+                      inner_max_num_threads=state["inner_max_num_threads"])
+
+    def _room(self) -> tuple[OmniQ, int] | None:
+        """This process's OmniQ on the outer call's storage and its free slots now; None when
+        that storage cannot be reached from here (the call then runs inline)."""
+        try:
+            oq = _client(tuple(self.spec["urls"]))
+            thread = oq._thread
+            if thread is None:
+                return None
+            return oq, int(thread.call(_free_slots, oq.core, self.spec.get("options", {}).get("queue", "default")))
+        except Exception:
+            return None
+
+    def effective_n_jobs(self, n_jobs: int | None) -> int:
+        """joblib's interface: 1 (inline) when no slot is free, else up to the free slots plus
+        the waiting task's own (see the class)."""
+        if n_jobs == 0:
+            raise ValueError("n_jobs == 0 in Parallel has no meaning")
+        got = self._room() if n_jobs != 1 else None
+        return _inner_jobs(n_jobs, got[1]) if got is not None else 1
+
+    def configure(self, n_jobs: int = 1, parallel: Any = None, prefer: Any = None, require: Any = None,
+                  **backend_kwargs: Any) -> int:
+        """joblib's interface: count the free slots; none (or ``n_jobs=1``): fall back to
+        running the call inline, sequentially; else start the lender."""
+        self.parallel = parallel
+        got = self._room() if n_jobs != 1 else None
+        n = _inner_jobs(n_jobs, got[1]) if got is not None else 1
+        if got is None or n <= 1:
+            raise FallbackToBackend(SequentialBackend(nesting_level=self.nesting_level))
+        self._ex = got[0].executor(**self.spec.get("options", {}))
+        self._lender = _Lender(self._ex, n - 1, self.spec.get("threads"))
+        return n
+
+    def submit(self, func: Any, callback: Callable[[Any], Any] | None = None) -> cf.Future[Any]:
+        """joblib's interface: the batch goes to the lender or to OmniQ (see the class)."""
+        lender = self._lender
+        if lender is None:
+            raise RuntimeError("the nested omniq joblib backend was not configured (or its call has ended)")
+        out: cf.Future[Any] = cf.Future()
+        if callback is not None:
+            out.add_done_callback(callback)
+        lender.take(func, out)
+        return out
+
+    def retrieve_result_callback(self, out: Any) -> Any:
+        """joblib's interface: the batch's values, or its exception raised."""
+        return out.result()
+
+    def abort_everything(self, ensure_ready: bool = True) -> None:
+        """joblib's interface: a batch raised; drop the batches not started, cancel the queued
+        tasks."""
+        if self._lender is not None:
+            self._lender.abort()
+
+    def stop_call(self) -> None:
+        """joblib's interface: the lender's last batch ends, the executor is let go (the
+        process's OmniQ stays open for the next call)."""
+        lender, self._lender = self._lender, None
+        if lender is not None:
+            lender.close()
+        ex, self._ex = self._ex, None
+        if ex is not None:  # tasks still unfinished were backed up here: nothing waits for them
+            for f in list(ex._st.pending):
+                ex._st.forget(f)
+            ex.shutdown(wait=True)
+
+    def terminate(self) -> None:
+        """joblib's interface: as ``stop_call``."""
+        self.stop_call()
+
+    def get_nested_backend(self) -> tuple[ParallelBackendBase, int | None]:
+        """Deeper levels run sequentially where they are."""
+        return SequentialBackend(nesting_level=(self.nesting_level or 0) + 1), None
+
+
+class _Lender:
+    """The waiting task's slot, lent to its nested call: one thread here runs batches, at most
+    ``cap`` others are OmniQ tasks at a time (see ``NestedBackend``)."""
+
+    def __init__(self, ex: Executor, cap: int, threads: int | None) -> None:
+        self.ex, self.cap, self.threads = ex, cap, threads
+        self.cond = threading.Condition()
+        self.backlog: collections.deque[tuple[Any, cf.Future[Any]]] = collections.deque()
+        # joblib's future -> [batch, OmniQ's future, sent at, backed up]
+        self.remote: dict[cf.Future[Any], list[Any]] = {}
+        self.busy = False  # the lender runs a batch
+        self.closed = False
+        self.took = [0.0, 0]  # seconds and count of batches finished (here or in OmniQ)
+        self.thread = threading.Thread(target=self._loop, name="omniq-joblib-lender", daemon=True)
+        self.thread.start()
+
+    # --- routing ---------------------------------------------------------------------------------
+    def take(self, batch: Any, out: cf.Future[Any]) -> None:
+        with self.cond:
+            if self.closed:
+                raise RuntimeError("the nested omniq joblib call has ended")
+            if (not self.busy and not self.backlog) or len(self.remote) >= self.cap:
+                self.backlog.append((batch, out))
+                self.cond.notify()
+                return
+            entry = self.remote[out] = [batch, None, time.monotonic(), False]
+        self._send(out, entry)
+
+    def _send(self, out: cf.Future[Any], entry: list[Any]) -> None:
+        """Make ``entry``'s batch an OmniQ task (outside the lock: storing may take a while)."""
+        try:
+            task = _batch_task(entry[0], self.ex, None, self.threads, nested=True)
+            (fut,) = self.ex._submit_tasks([task])
+        except BaseException as exc:
+            with self.cond:
+                self.remote.pop(out, None)
+            _settle(out, exc, failed=True)
+            return
+        entry[1] = fut
+        fut.add_done_callback(lambda f, out=out: self._remote_done(out, f))
+
+    def _remote_done(self, out: cf.Future[Any], fut: cf.Future[Any]) -> None:
+        with self.cond:
+            entry = self.remote.pop(out, None)
+            if entry is not None:
+                self.took[0] += time.monotonic() - entry[2]
+                self.took[1] += 1
+            nxt = self.backlog.popleft() if self.backlog and not self.closed and self.busy else None
+            if nxt is not None:
+                self.remote[nxt[1]] = entry2 = [nxt[0], None, time.monotonic(), False]
+            self.cond.notify()
+        if not fut.cancelled():  # cancelled: the lender took it back and runs it
+            exc = fut.exception()
+            _settle(out, exc if exc is not None else fut.result(), failed=exc is not None)
+        if nxt is not None:
+            self._send(nxt[1], entry2)
+
+    # --- the lent slot -----------------------------------------------------------------------------
+    def _grace(self) -> float:
+        seconds, n = self.took
+        return NESTED_GRACE + (1.5 * seconds / n if n else 0.0)
+
+    def _straggler(self) -> tuple[Any, cf.Future[Any], Any] | None:
+        """The oldest batch in OmniQ unfinished past the grace and not backed up yet."""
+        limit = time.monotonic() - self._grace()
+        for out, entry in self.remote.items():
+            if not entry[3] and entry[1] is not None and entry[2] <= limit and not out.done():
+                entry[3] = True
+                return entry[0], out, entry[1]
+        return None
+
+    def _loop(self) -> None:
+        while True:
+            with self.cond:
+                while True:
+                    if self.closed:
+                        return
+                    if self.backlog:
+                        batch, out = self.backlog.popleft()
+                        fut = None
+                        break
+                    job = self._straggler()
+                    if job is not None:
+                        batch, out, fut = job
+                        break
+                    self.cond.wait(0.1 if self.remote else None)
+                self.busy = True
+            if fut is not None:  # taken back if still queued (then it is no copy)
+                with contextlib.suppress(Exception):
+                    self.ex._st.cancel([fut])
+            if not out.done():
+                began = time.monotonic()
+                try:
+                    value = run_batch(batch)
+                except BaseException as exc:
+                    _settle(out, exc, failed=True)
+                else:
+                    _settle(out, value, failed=False)
+                with self.cond:
+                    self.took[0] += time.monotonic() - began
+                    self.took[1] += 1
+            with self.cond:
+                self.busy = False
+            del batch, out, fut
+
+    # --- ending ------------------------------------------------------------------------------------
+    def abort(self) -> None:
+        with self.cond:
+            self.backlog.clear()
+            futs = [e[1] for e in self.remote.values() if e[1] is not None]
+        with contextlib.suppress(Exception):
+            self.ex._st.cancel(futs)
+
+    def close(self) -> None:
+        with self.cond:
+            self.closed = True
+            self.backlog.clear()
+            self.cond.notify_all()
+        if self.thread is not threading.current_thread():
+            self.thread.join()
+
+
+def _settle(out: cf.Future[Any], value: Any, *, failed: bool) -> None:
+    with contextlib.suppress(cf.InvalidStateError):
+        if failed:
+            out.set_exception(value)
+        else:
+            out.set_result(value)
 
 
 def _in_kernel() -> bool:
