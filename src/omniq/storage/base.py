@@ -19,6 +19,7 @@ import abc
 import os
 import re
 import stat
+import time
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
@@ -332,16 +333,25 @@ class TaskQueue(Backend, BlobStore):
         """Wake local waiters: new work was enqueued in this process."""
         self._wakeup.set()
 
+    def _note_due(self, eta: float) -> bool:
+        """Remember ``eta`` if it is the earliest delayed task known here; True if it was."""
+        if self._next_due is None or eta < self._next_due:
+            self._next_due = eta
+            return True
+        return False
+
     def _due_at(self, eta: float) -> None:
         """A delayed task falls due at ``eta``: if that is the earliest known, waiters here
         re-time their sleep."""
-        if self._next_due is None or eta < self._next_due:
-            self._next_due = eta
+        if self._note_due(eta):
             self.notify()
 
     async def wait_for_tasks(self, timeout: float) -> None:
         """Return when work may be ready, or after ``timeout``. The default wakes on in-process
-        ``notify``; a backend with cross-process signals (LISTEN/NOTIFY, streams) overrides."""
+        ``notify`` (which a backend's cross-process signals call too) and when the earliest
+        delayed task falls due (``_next_due``, wall clock); backends that poll override it."""
+        if self._next_due is not None:
+            timeout = min(timeout, max(self._next_due - time.time(), 0.0))
         if not self._wakeup.is_set():
             with anyio.move_on_after(timeout):
                 await self._wakeup.wait()

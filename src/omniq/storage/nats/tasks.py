@@ -158,16 +158,9 @@ class NatsTaskRecords(JetStream, TaskQueue):
             self._wakeup.set()
 
     def _due_at(self, eta: float) -> None:
-        """``TaskQueue._due_at``, and waiters here wake for a later eta too (re-timing their
-        sleep), as this backend always did."""
-        super()._due_at(eta)
+        """Waiters here wake for any eta (re-timing their sleep), not only the earliest."""
+        self._note_due(eta)
         self._wakeup.set()
-
-    async def wait_for_tasks(self, timeout: float) -> None:
-        """Wake on a wake-up from any process, or when the earliest delayed task falls due."""
-        if self._next_due is not None:
-            timeout = min(timeout, max(self._next_due - time.time(), 0.0))
-        await super().wait_for_tasks(timeout)
 
     # --- tasks ------------------------------------------------------------------------------------------
     @guarded

@@ -366,9 +366,7 @@ class RedisBackend(TaskQueue, ResultStore, EventStore):
         """Wake local waiters at once (the published message wakes other processes)."""
         etas = [t.eta for t in tasks if t.eta is not None]
         if etas:
-            eta = min(etas)
-            if self._next_due is None or eta < self._next_due:
-                self._next_due = eta
+            self._note_due(min(etas))
         self.notify()
 
     async def claim(
@@ -415,8 +413,8 @@ class RedisBackend(TaskQueue, ResultStore, EventStore):
     async def retry(self, worker: str, task_id: str, *, eta: float, attempts: int) -> None:
         now = time.time()  # retry has no ``now``: the wall clock decides, as in the others
         if await self._eval("retry", [worker, task_id, _f(eta), attempts, _f(now)]):
-            if eta > now and (self._next_due is None or eta < self._next_due):
-                self._next_due = eta
+            if eta > now:
+                self._note_due(eta)
             self.notify()
 
     async def release(self, worker: str, task_ids: Sequence[str]) -> None:
@@ -582,8 +580,6 @@ class RedisBackend(TaskQueue, ResultStore, EventStore):
         """Return on ``notify``, on a wake-up published by any process, or when the earliest
         delayed task falls due (wall clock), at the latest after ``timeout``."""
         self._ensure_listener()
-        if self._next_due is not None:
-            timeout = min(timeout, max(self._next_due - time.time(), 0.0))
         await super().wait_for_tasks(timeout)
 
     async def _listen(self) -> None:
@@ -610,9 +606,7 @@ class RedisBackend(TaskQueue, ResultStore, EventStore):
                         continue
                     data = msg.get("data")
                     if data:
-                        eta = float(data)
-                        if self._next_due is None or eta < self._next_due:
-                            self._next_due = eta
+                        self._note_due(float(data))
                     self._wakeup.set()
             except asyncio.CancelledError:
                 raise
