@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import abc
 import os
-import re
 import stat
 import time
 from collections.abc import Collection, Mapping, Sequence
@@ -30,6 +29,7 @@ from ..errors import ConfigError, SerializationError
 from ..lifecycle import UNSUCCESSFUL
 from ..logs import get_logger
 from ..models import Schedule, Task, TaskEvent, TaskResult, TaskStatus
+from ..redact import masked
 from ._codec import decoder
 
 
@@ -729,47 +729,6 @@ def check_owner(path: str, url: str) -> None:
             "as this user unless OMNIQ_SECRET_KEY is set); use a folder only you own",
             masked(url), path, problem,
         )
-
-
-def masked(url: str) -> str:
-    """``url`` with any password (or a NATS token) replaced by ``***``, for messages and logs;
-    so are the values of ``password``, ``sslpassword``, ``token`` and ``secret`` query
-    parameters (any case), which PostgreSQL and Redis URLs accept.
-
-    Whatever its shape: the scheme is whatever comes before the first ``://`` (empty, unknown
-    or garbled too), and the user info runs to the *last* ``@`` before the path, as URL parsers
-    read it, so a password containing ``@`` is hidden whole. A string without ``://`` that
-    still looks like ``user:password@host`` has everything from its first ``:`` to its last
-    ``@`` hidden."""
-    return re.sub(
-        r"([?&;](?:ssl)?(?:password|token|secret)=)[^&;#]*",
-        r"\1***",
-        _masked_userinfo(url),
-        flags=re.IGNORECASE,
-    )
-
-
-def _masked_userinfo(url: str) -> str:
-    head, sep, rest = url.partition("://")
-    if not sep:
-        m = re.match(r"([^:@]*):(.*)@", url, re.DOTALL)  # the greedy ".*" runs to the last "@"
-        return url if m is None else f"{m.group(1)}:***@{url[m.end():]}"
-    scheme = head + sep
-    m = re.match(r"([^/?#]*)@", rest, re.DOTALL)
-    if m is None:
-        # a password with "/", "?" or "#" in it (not valid unescaped, but it happens): hide
-        # from the first ":" of the user info to the last "@"
-        m = re.match(r"([^/?#@:]*:.*)@", rest, re.DOTALL)
-        if m is None:
-            return url
-    userinfo = m.group(1)
-    if ":" in userinfo:
-        hidden = userinfo.split(":", 1)[0] + ":***"
-    elif scheme.lower().startswith(("nats", "tls")):
-        hidden = "***"  # nats://TOKEN@host: the token is the secret
-    else:
-        return url
-    return f"{scheme}{hidden}@{rest[m.end():]}"
 
 
 __all__ = [

@@ -7,6 +7,8 @@ import errno
 import re
 from typing import Any
 
+from ...redact import SECRET_OPTIONS
+
 
 def _names(exc: BaseException) -> set[str]:
     return {c.__name__ for c in type(exc).__mro__}
@@ -99,20 +101,6 @@ def explain(
     return f"{type(exc).__name__}: {text}"
 
 
-_SECRET_OPTIONS = frozenset(
-    {
-        "key",
-        "secret",
-        "token",
-        "password",
-        "account_key",
-        "sas_token",
-        "connection_string",
-        "client_secret",
-        "credential",
-        "session_token",
-    }
-)
 _SECRET_PATTERNS = [
     (re.compile(r"(AccountKey=)[^;\s]+", re.IGNORECASE), r"\1***"),
     (re.compile(r"(SharedAccessSignature=)[^;\s]+", re.IGNORECASE), r"\1***"),
@@ -124,7 +112,7 @@ def scrub(text: str, storage_options: dict[str, Any] | None = None) -> str:
     """``text`` without secrets: values of secret ``storage_options`` and the secret parts of
     Azure connection strings and SAS URLs."""
     for name, value in (storage_options or {}).items():
-        if name.lower() in _SECRET_OPTIONS and isinstance(value, str) and len(value) >= 6:
+        if name.lower() in SECRET_OPTIONS and isinstance(value, str) and len(value) >= 6:
             text = text.replace(value, "***")
     for pattern, repl in _SECRET_PATTERNS:
         text = pattern.sub(repl, text)
