@@ -9,8 +9,6 @@ that drifts from the rule fails here, naming the rule and the row.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-
 import pytest
 
 from omniq import lifecycle
@@ -18,9 +16,6 @@ from omniq.ids import new_id
 from omniq.lifecycle import Cascade
 from omniq.models import Schedule, Task, TaskStatus
 from omniq.storage.base import TaskQueue
-from omniq.storage.urls import open_backends
-
-pytestmark = pytest.mark.anyio
 
 S = TaskStatus
 T0 = 1_000_000.0
@@ -35,18 +30,8 @@ BACKEND_URLS = [
     "redis://{server}",
     "nats://{server}",
 ]
-
-
-@pytest.fixture(params=BACKEND_URLS)
-async def queue(
-    request: pytest.FixtureRequest, url_of: Callable[[str], str]
-) -> AsyncIterator[TaskQueue]:
-    tq, _, _ = open_backends(url_of(request.param))
-    await tq.connect()
-    try:
-        yield tq
-    finally:
-        await tq.close()
+#: conftest's ``queue`` fixture, opened on each of these URLs
+pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("queue", BACKEND_URLS, indirect=True)]
 
 
 def task(**kw: object) -> Task:
