@@ -849,19 +849,20 @@ class Executor(cf.Executor):
         sink = core._blob_sink()
         fn_payload = dumps_call(fn, blobs=sink)
         fn_blobs = core._hold_blobs(sink)
-        chunks = [calls[i : i + size] for i in range(0, len(calls), size)]
-        args: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
-        for c in chunks:
-            packed = pack(c)
-            args.append(((fn_payload, c), {}) if packed is None else ((fn_payload, *packed), {}))
-        tasks = core.build_tasks(_run_calls, args, **opts)
         name = _callable_name(fn)
-        tasks = [
-            msgspec.structs.replace(t, name=name, timeout=float(timeout) * len(c) if timeout else None,
-                                    blobs=tuple(dict.fromkeys(t.blobs + fn_blobs)) if fn_blobs else t.blobs)
-            for t, c in zip(tasks, chunks)
-        ]
-        return st.follow([t.id for t in tasks], st.accept(tasks))
+        out: list[ExecutorFuture] = []
+        # Chunk by chunk: each is handed over as soon as it is pickled, so the first ones are
+        # stored and running while the later ones are pickled (pickling them all first made the
+        # workers wait for the whole map: 50 ms for 200,000 calls, a third of the map's time).
+        for i in range(0, len(calls), size):
+            c = calls[i : i + size]
+            packed = pack(c)
+            (t,) = core.build_tasks(_run_calls, [((fn_payload, c), {}) if packed is None else
+                                                 ((fn_payload, *packed), {})], **opts)
+            t = msgspec.structs.replace(t, name=name, timeout=float(timeout) * len(c) if timeout else None,
+                                        blobs=tuple(dict.fromkeys(t.blobs + fn_blobs)) if fn_blobs else t.blobs)
+            out.extend(st.follow([t.id], st.accept([t])))
+        return out
 
     # --- ending -------------------------------------------------------------------------------------
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
