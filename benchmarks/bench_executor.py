@@ -14,19 +14,24 @@ before anything is timed:
               500 x 20 samples: ``parallel_config(backend="omniq")`` vs the loky backend (its
               reusable executor, warmed by a first search). Bar: OmniQ's speed >= 0.8x loky's.
 
-Best of ``--reps`` (default 3); results are checked. Writes ``benchmarks/results/executor.md``
-with the machine's load average, which moves these numbers on a shared 2-CPU machine.
+Every system is built and warmed first, then the repetitions are interleaved: each round runs
+every system once, in an order rotated from round to round, so a change in the machine's load
+(other work shares it) falls on all of them alike instead of on whichever ran last. Best and
+median of ``--reps`` rounds (default 5); results are checked. Writes
+``benchmarks/results/executor.md`` with the load average and every run.
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import contextlib
 import datetime as dt
 import multiprocessing as mp
 import operator
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -38,13 +43,24 @@ CHUNK = 25_000
 OUT = Path(__file__).resolve().parent / "results" / "executor.md"
 
 
-def best(fn, reps: int) -> tuple[float, list[float]]:
-    runs = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        runs.append(time.perf_counter() - t)
-    return min(runs), runs
+def timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def interleaved(jobs: dict, reps: int) -> dict[str, list[float]]:
+    """``{label: [seconds per round]}``: each round runs every job once, the order rotated."""
+    labels = list(jobs)
+    runs: dict[str, list[float]] = {k: [] for k in labels}
+    for r in range(reps):
+        for label in labels[r % len(labels):] + labels[: r % len(labels)]:
+            runs[label].append(timed(jobs[label]))
+    return runs
+
+
+def med(xs: list[float]) -> float:
+    return statistics.median(xs)
 
 
 def submit_all(ex) -> None:
@@ -80,85 +96,106 @@ def grid_fit(X, y):
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--quick", action="store_true", help="one repetition each")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--quick", action="store_true", help="one round")
     args = ap.parse_args()
     reps = 1 if args.quick else args.reps
-    import joblib
-
-    from omniq import Executor
     from omniq.joblib import register
 
     register()
-    rows = []
     load0 = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
-        # 1 + 2: the executors
-        times: dict[str, dict[str, tuple[float, list[float]]]] = {}
-        systems = [
-            ("ProcessPoolExecutor (spawn)", lambda: cf.ProcessPoolExecutor(2, mp_context=mp.get_context("spawn"))),
-            ("omniq.Executor, SQLite file", lambda: Executor(2, tasks=f"sqlite:///{tmp}/ex.db")),
-            ("omniq.Executor, memory://", lambda: Executor(2, tasks="memory://")),
-        ]
-        for label, make in systems:
-            with make() as ex:
-                warm(ex)
-                times[label] = {"submit": best(lambda ex=ex: submit_all(ex), reps),
-                                "map": best(lambda ex=ex: map_all(ex), reps)}
-            print(label, {k: round(v[0], 3) for k, v in times[label].items()}, flush=True)
-        ppe = times["ProcessPoolExecutor (spawn)"]
-        for label in times:
-            t = times[label]
-            rows.append((label, N_SUBMIT / t["submit"][0], ppe["submit"][0] / t["submit"][0],
-                         N_MAP / t["map"][0], ppe["map"][0] / t["map"][0], t))
-        # 3: GridSearchCV
-        X, y = grid_data()
-        from omniq import OmniQ
-
-        with joblib.parallel_config(backend="loky"):
-            ref = grid_fit(X, y)  # warms loky's reusable executor (and imports in its workers)
-            loky_t = best(lambda: grid_fit(X, y), reps)
-        with OmniQ(tasks=f"sqlite:///{tmp}/grid.db", worker="process", concurrency=2) as oq, \
-                joblib.parallel_config(backend="omniq", oq=oq):
-            got = grid_fit(X, y)  # warms OmniQ's children the same way
-            omniq_t = best(lambda: grid_fit(X, y), reps)
-        assert got.best_params_ == ref.best_params_ and got.best_score_ == ref.best_score_
-        print("grid loky", round(loky_t[0], 3), "omniq", round(omniq_t[0], 3), flush=True)
+        # 1 + 2: the executors, all started and warmed before anything is timed (and shut down
+        # before the searches, so their idle pools do not share the machine with them)
+        with contextlib.ExitStack() as stack:
+            submit, maps = executors(stack, tmp, reps)
+        grid = searches(tmp, reps)
     load1 = os.getloadavg()
-    write(rows, loky_t, omniq_t, reps, load0, load1)
+    write(submit, maps, grid, reps, load0, load1)
     return 0
 
 
-def write(rows, loky_t, omniq_t, reps, load0, load1) -> None:
+def executors(stack: contextlib.ExitStack, tmp: str, reps: int) -> tuple[dict, dict]:
+    from omniq import Executor
+
+    makers = {
+        "ProcessPoolExecutor (spawn)": lambda: cf.ProcessPoolExecutor(2, mp_context=mp.get_context("spawn")),
+        "omniq.Executor, SQLite file": lambda: Executor(2, tasks=f"sqlite:///{tmp}/ex.db"),
+        "omniq.Executor, memory://": lambda: Executor(2, tasks="memory://"),
+    }
+    exs = {label: stack.enter_context(make()) for label, make in makers.items()}
+    for ex in exs.values():
+        warm(ex)
+    submit = interleaved({k: (lambda ex=ex: submit_all(ex)) for k, ex in exs.items()}, reps)
+    print("submit", {k: round(min(v), 3) for k, v in submit.items()}, flush=True)
+    maps = interleaved({k: (lambda ex=ex: map_all(ex)) for k, ex in exs.items()}, reps)
+    print("map", {k: round(min(v), 3) for k, v in maps.items()}, flush=True)
+    return submit, maps
+
+
+def searches(tmp: str, reps: int) -> dict[str, list[float]]:
+    """3: GridSearchCV, loky and OmniQ both warmed by a first search."""
+    import joblib
+
+    from omniq import OmniQ
+
+    X, y = grid_data()
+    with OmniQ(tasks=f"sqlite:///{tmp}/grid.db", worker="process", concurrency=2) as oq:
+        with joblib.parallel_config(backend="loky"):
+            ref = grid_fit(X, y)
+        with joblib.parallel_config(backend="omniq", oq=oq):
+            got = grid_fit(X, y)
+        assert got.best_params_ == ref.best_params_ and got.best_score_ == ref.best_score_
+
+        def fit_with(backend: str, **kw) -> None:
+            with joblib.parallel_config(backend=backend, **kw):
+                grid_fit(X, y)
+
+        grid = interleaved({"loky": lambda: fit_with("loky"), "omniq": lambda: fit_with("omniq", oq=oq)}, reps)
+    print("grid", {k: round(min(v), 3) for k, v in grid.items()}, flush=True)
+    return grid
+
+
+def write(submit, maps, grid, reps, load0, load1) -> None:
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    ppe = "ProcessPoolExecutor (spawn)"
     lines = [
         "# omniq.Executor and the joblib backend (issue #16)",
         "",
-        f"`uv run python benchmarks/bench_executor.py` — {now}, Python {platform.python_version()}, "
-        f"{os.cpu_count()} CPUs, 2 process workers per system, best of {reps}. Load average "
-        f"{load0[0]:.1f} at the start, {load1[0]:.1f} at the end (other work shares this machine).",
+        f"`uv run python benchmarks/bench_executor.py --reps {reps}` — {now}, Python "
+        f"{platform.python_version()}, {os.cpu_count()} CPUs, 2 process workers per system, {reps} "
+        f"interleaved rounds (every system once per round, order rotated). Load average {load0[0]:.1f} "
+        f"at the start, {load1[0]:.1f} at the end (other work shares this machine). Ratios are speed "
+        "relative to the reference (its time / this time), from the best round and from the median.",
         "",
-        f"| system | {N_SUBMIT:,} submits + wait | vs PPE (bar 1.0x) | map of {N_MAP:,}, chunksize "
-        f"{CHUNK} | vs PPE (bar 0.8x) |",
+        f"| system | {N_SUBMIT:,} submits + wait (best) | vs PPE, best / median (bar 1.0x) | "
+        f"map of {N_MAP:,}, chunksize {CHUNK} (best) | vs PPE, best / median (bar 0.8x) |",
         "|---|---|---|---|---|",
     ]
-    for label, sub, subr, mp_, mpr, _ in rows:
-        lines.append(f"| {label} | {sub:,.0f}/s | {subr:.2f}x | {mp_:,.0f}/s | {mpr:.2f}x |")
+    for label in submit:
+        s, m = submit[label], maps[label]
+        lines.append(
+            f"| {label} | {N_SUBMIT / min(s):,.0f}/s | {min(submit[ppe]) / min(s):.2f}x / "
+            f"{med(submit[ppe]) / med(s):.2f}x | {N_MAP / min(m):,.0f}/s | {min(maps[ppe]) / min(m):.2f}x / "
+            f"{med(maps[ppe]) / med(m):.2f}x |"
+        )
+    lk, oq = grid["loky"], grid["omniq"]
     lines += [
         "",
-        "| GridSearchCV, 20 candidates x 5 folds, n_jobs=2 | wall time (best) | all runs |",
-        "|---|---|---|",
-        f"| loky backend | {loky_t[0]:.3f} s | {', '.join(f'{r:.3f}' for r in loky_t[1])} |",
-        f"| omniq backend (SQLite file) | {omniq_t[0]:.3f} s | {', '.join(f'{r:.3f}' for r in omniq_t[1])} |",
+        "| GridSearchCV, 20 candidates x 5 folds, n_jobs=2 | best | median | all rounds (s) |",
+        "|---|---|---|---|",
+        f"| loky backend | {min(lk):.3f} s | {med(lk):.3f} s | {', '.join(f'{r:.3f}' for r in lk)} |",
+        f"| omniq backend (SQLite file) | {min(oq):.3f} s | {med(oq):.3f} s | {', '.join(f'{r:.3f}' for r in oq)} |",
         "",
-        f"OmniQ's speed is {loky_t[0] / omniq_t[0]:.2f}x loky's (bar 0.8x).",
+        f"OmniQ's speed is {min(lk) / min(oq):.2f}x loky's from the best rounds, {med(lk) / med(oq):.2f}x "
+        "from the medians (bar 0.8x).",
         "",
-        "Runs of each executor workload (seconds):",
+        "Every round of the executor workloads (seconds):",
         "",
     ]
-    for label, *_, t in rows:
-        lines.append(f"- {label}: submit {', '.join(f'{r:.3f}' for r in t['submit'][1])}; "
-                     f"map {', '.join(f'{r:.3f}' for r in t['map'][1])}")
+    for label in submit:
+        lines.append(f"- {label}: submit {', '.join(f'{r:.3f}' for r in submit[label])}; "
+                     f"map {', '.join(f'{r:.3f}' for r in maps[label])}")
     OUT.write_text("\n".join(lines) + "\n")
     print(f"wrote {OUT}")
 
