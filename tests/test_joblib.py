@@ -160,6 +160,32 @@ def test_nested_parallel_cannot_deadlock_with_every_slot_busy(oq, n_jobs):
     assert time.monotonic() - began < 60
 
 
+def test_nested_rules():
+    """How many batches a nested call keeps going, and which storage a worker can reach."""
+    from omniq.joblib import _inner_jobs, _reachable
+
+    assert [_inner_jobs(-1, 0), _inner_jobs(-1, 3), _inner_jobs(None, 3), _inner_jobs(-2, 3)] == [1, 4, 4, 3]
+    assert [_inner_jobs(2, 3), _inner_jobs(8, 1), _inner_jobs(1, 5)] == [2, 2, 1]
+    assert _reachable("memory://") is None and _reachable("sqlite://:memory:") is None
+    assert _reachable("redis://:secret@host:6379/0") is None  # never written into a payload
+    assert _reachable("sqlite:///rel.db") == f"sqlite:///{os.path.abspath('rel.db')}"
+    assert _reachable("sqlite:////abs/x.db") == "sqlite:////abs/x.db"
+
+
+def test_nested_calls_keep_threads_when_workers_cannot_reach_the_storage():
+    from joblib.parallel import ThreadingBackend
+
+    from omniq.joblib import NestedBackend
+
+    with OmniQ(tasks="memory://", worker="thread", concurrency=1) as q:
+        backend = OmniQBackend(oq=q)
+        backend.configure(n_jobs=1)
+        assert isinstance(backend.get_nested_backend()[0], ThreadingBackend)
+        backend.stop_call()
+    with OmniQ(tasks="memory://", concurrency=0) as q:
+        assert not isinstance(OmniQBackend(oq=q).get_nested_backend()[0], NestedBackend)
+
+
 async def _claim_all(core, worker):
     return await core._queue.claim(worker, queues=None, limit=100, lease=600, now=time.time())
 
