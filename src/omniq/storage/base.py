@@ -16,6 +16,7 @@ All times are epoch seconds passed in by the caller (``now``), so backends stay 
 from __future__ import annotations
 
 import abc
+import enum
 import os
 import stat
 import time
@@ -555,6 +556,53 @@ def holds_key(
     return status in KEY_HOLDING
 
 
+class KeyVerdict(str, enum.Enum):
+    """What a keyed enqueue does with the key's current marker (``key_marker_verdict``)."""
+
+    OURS = "ours"  # the marker names the task being stored (an earlier attempt of this call)
+    HELD = "held"  # another task holds the key: the new one is its duplicate
+    HELD_GONE = "held-gone"  # held by a purged task whose success is still stored
+    WAIT = "wait"  # a write may be in progress (marker written, record not yet): look again
+    TAKE = "take"  # the key is free: write a marker naming the new task (compare-and-set)
+
+
+def key_marker_verdict(
+    mark: KeyMark | None, written_at: float, *, mine: str, status: TaskStatus | None,
+    succeeded_result: bool, results_here: bool, now: float,
+) -> KeyVerdict:
+    """The rule for backends that write a key's marker before the task record (file://, NATS).
+
+    ``mark``: the key's newest marker (None: unreadable, being written or left empty by a
+    crash; ``written_at`` is then the file's time). ``status``: that marker's task's status
+    (None: no record). ``succeeded_result``: whether a SUCCEEDED result of it is stored here
+    (looked up only when ``key_marker_needs_result`` says so). A marker whose task has no record
+    is a write in progress for ``KEY_WRITE_GRACE`` seconds, then its writer is taken to have
+    died in between; ``purge`` marks the keys of the tasks it removes (``purged``), so a purged
+    task is never taken for one being written."""
+    if mark is None:
+        return KeyVerdict.WAIT if now - written_at < KEY_WRITE_GRACE else KeyVerdict.TAKE
+    if mark.task == mine:
+        return KeyVerdict.OURS
+    if not mark.task:  # its task was purged after failing: the key is free
+        return KeyVerdict.TAKE
+    if status is not None:
+        ok = status is TaskStatus.SUCCEEDED and results_here and succeeded_result
+        return KeyVerdict.HELD if holds_key(status, ok, results_here) else KeyVerdict.TAKE
+    if mark.purged:
+        return KeyVerdict.HELD_GONE if succeeded_result else KeyVerdict.TAKE
+    return KeyVerdict.WAIT if now - mark.at < KEY_WRITE_GRACE else KeyVerdict.TAKE
+
+
+def key_marker_needs_result(mark: KeyMark | None, status: TaskStatus | None, results_here: bool) -> bool:
+    """Whether ``key_marker_verdict`` needs ``succeeded_result`` for this marker (a lookup the
+    caller makes only then)."""
+    if mark is None or not mark.task:
+        return False
+    if status is not None:
+        return status is TaskStatus.SUCCEEDED and results_here
+    return mark.purged
+
+
 def keyed(tasks: Sequence[Task]) -> list[str]:
     """The keys of a batch, once each, in order (empty for the usual unkeyed batch)."""
     return list(dict.fromkeys(t.key for t in tasks if t.key is not None))
@@ -739,6 +787,7 @@ __all__ = [
     "EventStore",
     "Finished",
     "KeyMark",
+    "KeyVerdict",
     "Overrun",
     "Reaped",
     "ResultStore",
@@ -750,6 +799,8 @@ __all__ = [
     "check_outcomes",
     "check_owner",
     "holds_key",
+    "key_marker_needs_result",
+    "key_marker_verdict",
     "keyed",
     "make_private_dir",
     "masked",

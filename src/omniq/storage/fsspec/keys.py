@@ -17,9 +17,10 @@ import msgspec
 from ...models import Task, TaskStatus
 from .._codec import decoder, encode
 from ..base import (
-    KEY_WRITE_GRACE,
     KeyMark,
-    holds_key,
+    KeyVerdict,
+    key_marker_needs_result,
+    key_marker_verdict,
 )
 from .layout import (
     encode_name,
@@ -124,26 +125,31 @@ class KeyMarks:
             others -= mine | {""}
             found = self.tasks.locate(others) if others else {}
             waiting: dict[str, str] = {}
+            here = self.tasks.results_here
             for k, tid in todo.items():
                 cur = current[k]
                 version = 0
                 if cur is not None:
                     version, mark, at = cur
-                    if mark is not None and mark.task == tid:
-                        continue  # ours already
-                    if mark is None or not (mark.purged or mark.task == "" or mark.task in found):
-                        if time.time() - at < KEY_WRITE_GRACE:
-                            waiting[k] = tid  # its task may be being stored: look again shortly
-                            continue
-                    elif mark.task in found:
-                        st = found[mark.task].status
-                        ok = st is TaskStatus.SUCCEEDED and self.tasks.results_here and self.tasks.succeeded_result(mark.task)
-                        if holds_key(st, ok, self.tasks.results_here):
-                            holders[k] = mark.task
-                            continue
-                    elif mark.purged and self.tasks.succeeded_result(mark.task):
+                    loc = found.get(mark.task) if mark is not None else None
+                    status = loc.status if loc is not None else None
+                    stored = False
+                    if mark is not None and key_marker_needs_result(mark, status, here):
+                        stored = self.tasks.succeeded_result(mark.task)
+                    verdict = key_marker_verdict(
+                        mark, at, mine=tid, status=status, succeeded_result=stored,
+                        results_here=here, now=time.time(),
+                    )
+                    if verdict is KeyVerdict.OURS:
+                        continue
+                    if verdict is KeyVerdict.WAIT:
+                        waiting[k] = tid  # its task may be being stored: look again shortly
+                        continue
+                    if verdict is not KeyVerdict.TAKE:
+                        assert mark is not None
                         holders[k] = mark.task
-                        gone.append(mark.task)
+                        if verdict is KeyVerdict.HELD_GONE:
+                            gone.append(mark.task)
                         continue
                 if not self.cas(self.dir(k), version, tid, now):
                     waiting[k] = tid  # someone else was first: look at what they wrote

@@ -26,12 +26,13 @@ from ...logs import get_logger
 from ...models import Task, TaskStatus
 from .._codec import encode
 from ..base import (
-    KEY_WRITE_GRACE,
     Finished,
     KeyMark,
+    KeyVerdict,
     TaskQueue,
     check_new_tasks,
-    holds_key,
+    key_marker_needs_result,
+    key_marker_verdict,
     keyed,
     plan_enqueue,
     plan_keys,
@@ -204,30 +205,30 @@ class NatsTaskRecords(JetStream, TaskQueue):
                 rev = 0 if m is None else m.seq
                 if m is not None:
                     mark = decode_keymark(m.data)
-                    if mark.task == tid:
+                    status: TaskStatus | None = None
+                    if mark.task and mark.task != tid:
+                        got = await self._get_rec(mark.task)
+                        status = None if got is None else got[1].task.status
+                    stored = False
+                    if key_marker_needs_result(mark, status, self.results_here):
+                        r = await self._get_result(mark.task)
+                        stored = r is not None and r.status is TaskStatus.SUCCEEDED
+                    verdict = key_marker_verdict(
+                        mark, mark.at, mine=tid, status=status, succeeded_result=stored,
+                        results_here=self.results_here, now=time.time(),
+                    )
+                    if verdict is KeyVerdict.OURS:
                         written[key] = m.seq  # ours (an earlier attempt of this call)
                         return
-                    if mark.task:
-                        got = await self._get_rec(mark.task)
-                        if got is not None:
-                            st = got[1].task.status
-                            ok = False
-                            if st is TaskStatus.SUCCEEDED and self.results_here:
-                                r = await self._get_result(mark.task)
-                                ok = r is not None and r.status is TaskStatus.SUCCEEDED
-                            if holds_key(st, ok, self.results_here):
-                                holders[key] = mark.task
-                                return
-                        elif mark.purged:
-                            r = await self._get_result(mark.task)
-                            if r is not None and r.status is TaskStatus.SUCCEEDED:
-                                holders[key] = mark.task
-                                gone.append(mark.task)
-                                return
-                        elif time.time() - mark.at < KEY_WRITE_GRACE:
-                            await asyncio.sleep(delay)  # its task may be being stored
-                            delay = min(delay * 2, 0.1)
-                            continue
+                    if verdict is KeyVerdict.HELD or verdict is KeyVerdict.HELD_GONE:
+                        holders[key] = mark.task
+                        if verdict is KeyVerdict.HELD_GONE:
+                            gone.append(mark.task)
+                        return
+                    if verdict is KeyVerdict.WAIT:
+                        await asyncio.sleep(delay)  # its task may be being stored
+                        delay = min(delay * 2, 0.1)
+                        continue
                 seq = await self._cas(subject, encode(KeyMark(tid, now)), rev)
                 if seq is not None:
                     written[key] = seq
