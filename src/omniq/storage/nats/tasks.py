@@ -184,10 +184,8 @@ class NatsTaskRecords(JetStream, TaskQueue):
         unless another task holds it: (key -> holder, for keys held; holders known only by a
         stored success; key -> revision of the markers written here).
 
-        A marker is written *before* its task's record, so a marker whose task is not there yet
-        may be a write in progress: it is waited for, up to ``KEY_WRITE_GRACE`` seconds after
-        it was written (then its writer is taken to have died in between). ``purge`` marks the
-        keys of the tasks it removes, so a purged task is never taken for one being written."""
+        What a marker found means is ``base.key_marker_verdict``'s to say (a marker is written
+        before its task's record, so one without a record may be a write in progress)."""
         first: dict[str, str] = {}
         for t in tasks:
             if t.key is not None:
