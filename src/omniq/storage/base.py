@@ -603,6 +603,16 @@ def key_marker_needs_result(mark: KeyMark | None, status: TaskStatus | None, res
     return mark.purged
 
 
+def first_of_keys(tasks: Sequence[Task]) -> dict[str, str]:
+    """Each key of a batch -> the id of the batch's first task with it (the one that may store
+    it; later ones are its duplicates)."""
+    first: dict[str, str] = {}
+    for t in tasks:
+        if t.key is not None:
+            first.setdefault(t.key, t.id)
+    return first
+
+
 def keyed(tasks: Sequence[Task]) -> list[str]:
     """The keys of a batch, once each, in order (empty for the usual unkeyed batch)."""
     return list(dict.fromkeys(t.key for t in tasks if t.key is not None))
@@ -798,6 +808,7 @@ __all__ = [
     "check_new_tasks",
     "check_outcomes",
     "check_owner",
+    "first_of_keys",
     "holds_key",
     "key_marker_needs_result",
     "key_marker_verdict",

@@ -19,6 +19,7 @@ from .._codec import decoder, encode
 from ..base import (
     KeyMark,
     KeyVerdict,
+    first_of_keys,
     key_marker_needs_result,
     key_marker_verdict,
 )
@@ -108,10 +109,7 @@ class KeyMarks:
 
         What a marker found means is ``base.key_marker_verdict``'s to say (a marker is written
         before its task's record, so one without a record may be a write in progress)."""
-        first: dict[str, str] = {}
-        for t in tasks:
-            if t.key is not None:
-                first.setdefault(t.key, t.id)
+        first = first_of_keys(tasks)
         holders: dict[str, str] = {}
         gone: list[str] = []
         todo = dict(first)

@@ -31,6 +31,7 @@ from ..base import (
     KeyVerdict,
     TaskQueue,
     check_new_tasks,
+    first_of_keys,
     key_marker_needs_result,
     key_marker_verdict,
     keyed,
@@ -186,10 +187,7 @@ class NatsTaskRecords(JetStream, TaskQueue):
 
         What a marker found means is ``base.key_marker_verdict``'s to say (a marker is written
         before its task's record, so one without a record may be a write in progress)."""
-        first: dict[str, str] = {}
-        for t in tasks:
-            if t.key is not None:
-                first.setdefault(t.key, t.id)
+        first = first_of_keys(tasks)
         holders: dict[str, str] = {}
         gone: list[str] = []
         written: dict[str, int] = {}
