@@ -83,8 +83,8 @@ from joblib.parallel import (
 from .errors import ConfigError
 from .executor import Executor, omniq_option_names, pack, task_option_names, unpack
 from .models import TaskStatus
-from .storage.base import masked
-from .sweep import _Canon, function_identity, identity_digest
+from .redact import masked
+from .sweep import Canon, function_identity, identity_digest, latest_results
 
 if TYPE_CHECKING:
     from .core import AsyncOmniQ, OmniQ
@@ -230,8 +230,8 @@ def call_key(name: str, calls: Sequence[tuple[Callable[..., Any], Sequence[Any],
     return f"{name}/{identity_digest('|'.join(idents))}/{c.h.hexdigest()[:16]}"
 
 
-class _KeyCanon(_Canon):
-    """``sweep._Canon`` with the rules of ``call_key`` for objects."""
+class _KeyCanon(Canon):
+    """``sweep.Canon`` with the rules of ``call_key`` for objects."""
 
     def _object(self, v: Any) -> None:
         t = type(v)
@@ -990,9 +990,6 @@ def _in_kernel() -> bool:
 def _stored_successes(ex: Executor, prefix: str) -> dict[str, Any]:
     """Key -> latest stored result, for keys under ``prefix`` whose latest result succeeded
     (one storage call when a named ``Parallel`` call starts)."""
-    from .models import TaskStatus
-    from .sweep import latest_results
-
     st = ex._st
     core = st.core
     try:
