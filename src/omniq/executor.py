@@ -26,8 +26,9 @@ executor's idle worker slots take next, as ``ProcessPoolExecutor`` hands up to
 ``max_workers + 1`` calls to its processes at once. At interpreter exit an executor that was
 not shut down finishes its calls first, as the standard library's do.
 
-``map`` submits every call at once (one batch). With ``chunksize`` > 1 (or ``"auto"``) it works
-as ``ProcessPoolExecutor.map``: one task and one future per chunk, whose value is the list of
+``map`` submits every call before it returns: one batch with ``chunksize=1``, else each chunk as
+soon as it is pickled (the first ones run meanwhile). With ``chunksize`` > 1 (or ``"auto"``) it
+works as ``ProcessPoolExecutor.map``: one task and one future per chunk, whose value is the list of
 its calls' values; the chunk's calls travel pickled by the C pickler (``pack``), the function
 once for all chunks.
 
@@ -781,7 +782,7 @@ class Executor(cf.Executor):
         """``fn(*args)`` for each ``args`` of ``zip(*iterables)``, results in order, as
         ``ProcessPoolExecutor.map``.
 
-        Every call is submitted now, as one batch.
+        Every call is submitted before it returns (with chunks, each as soon as it is pickled).
 
         Args:
             fn: the function.
