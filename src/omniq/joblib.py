@@ -650,6 +650,10 @@ NESTED_GRACE = 1.0
 #: task options an inner call takes from its outer call (plain values; callbacks stay outside)
 _INHERITED = ("queue", "priority", "retries", "retry_delay", "timeout", "ttl", "result_ttl", "memory_limit")
 _CLIENTS: dict[tuple[str, ...], OmniQ] = {}
+#: seconds a backend reuses its count of free slots: scikit-learn asks ``effective_n_jobs``
+#: and then ``Parallel`` configures, and one storage query serves both (a stale count errs
+#: safely: the lender runs whatever no slot takes)
+ROOM_FRESH = 0.25
 
 
 def _reachable(url: str) -> str | None:
@@ -764,6 +768,7 @@ class NestedBackend(AutoBatchingMixin, ParallelBackendBase):
                  inner_max_num_threads: int | None = None, **kwargs: Any) -> None:
         super().__init__(nesting_level=nesting_level, inner_max_num_threads=inner_max_num_threads)
         self.spec: dict[str, Any] = dict(spec or {})
+        self._seen: tuple[float, OmniQ, int] | None = None  # (when, client, free slots)
         self._ex: Executor | None = None
         self._lender: _Lender | None = None
         self.parallel: Any = None
@@ -779,14 +784,19 @@ class NestedBackend(AutoBatchingMixin, ParallelBackendBase):
     def _room(self) -> tuple[OmniQ, int] | None:
         """This process's OmniQ on the outer call's storage and its free slots now; None when
         that storage cannot be reached from here (the call then runs inline)."""
+        seen = self._seen
+        if seen is not None and time.monotonic() - seen[0] < ROOM_FRESH and _is_open(seen[1]):
+            return seen[1], seen[2]
         try:
             oq = _client(tuple(self.spec["urls"]))
             thread = oq._thread
             if thread is None:
                 return None
-            return oq, int(thread.call(_free_slots, oq.core, self.spec.get("options", {}).get("queue", "default")))
+            room = int(thread.call(_free_slots, oq.core, self.spec.get("options", {}).get("queue", "default")))
         except Exception:
             return None
+        self._seen = (time.monotonic(), oq, room)
+        return oq, room
 
     def effective_n_jobs(self, n_jobs: int | None) -> int:
         """joblib's interface: 1 (inline) when no slot is free, else up to the free slots plus
