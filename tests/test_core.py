@@ -717,3 +717,24 @@ def test_a_closed_async_instance_refuses_calls_until_opened_again(tmp_path):
             assert (await oq.get_result(tid)).value == 3
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    ("module", "never"),
+    [
+        ("omniq.sweep", ("omniq.notebook", "omniq.client", "omniq.core")),  # a display hook, not widgets
+        ("omniq.progress", ("omniq.notebook", "omniq.client", "omniq.core")),
+        ("omniq.models", ("omniq.storage", "omniq.serialization")),
+        ("omniq.workers.base", ("omniq.workers.aio", "omniq.workers.thread", "omniq.workers.process",
+                                "omniq.workers.gevent")),  # the runners import it (registry.py builds them)
+        ("omniq.services.janitor", ("omniq.client", "omniq.core")),
+        ("omniq.services.health", ("omniq.client", "omniq.core")),
+        ("omniq.notebook.cells", ("IPython", "omniq.client", "omniq.core")),  # what a worker loads for a cell
+    ],
+)
+def test_each_layer_imports_nothing_above_it(module: str, never: tuple[str, ...]) -> None:
+    """The layers the architecture promises (ARCHITECTURE.md), checked in a fresh interpreter."""
+    code = f"import sys, {module}; print(sorted(n for n in sys.modules if n.startswith({never!r})))"
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "[]", f"importing {module} loads {p.stdout.strip()}"
