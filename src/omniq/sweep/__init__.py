@@ -61,8 +61,6 @@ from .grid import Zipped, expand_grid, parse_sweep_spec, zipped
 from .handles import RESULT_FIELDS, AsyncSweep, Sweep, SweepBase, latest_results
 from .identity import Canon, function_identity, identity_digest, params_digest, point_key
 
-_Canon = Canon  # (the older name, which joblib.py imports)
-
 __all__ = [
     "RESULT_FIELDS",
     "AsyncSweep",
