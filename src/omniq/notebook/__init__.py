@@ -7,6 +7,4 @@ payloads stored before ``cells.py`` existed name ``omniq.notebook.CellCall``.
 
 from .cells import STDERR_MARK, STDOUT_MARK, CellCall, compile_cell, run_cell
 
-_run_cell = run_cell  # (the older name, which magics.py imports until it takes run_cell from .cells)
-
 __all__ = ["STDERR_MARK", "STDOUT_MARK", "CellCall", "compile_cell", "run_cell"]

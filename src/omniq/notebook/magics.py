@@ -16,7 +16,7 @@ reads before (or without) assigning them; each one found in the notebook namespa
 (modules by name, to be imported on the worker; everything else by dill, in one piece so a
 notebook class and its instances stay one class). A value that cannot be shipped is reported
 by variable name *before* anything is submitted. The worker runs
-:func:`omniq.notebook._run_cell` (importable, so the payload holds data only) in a fresh
+``omniq.notebook.cells.CellCall`` (importable, so the payload holds data only) in a fresh
 namespace and sends back the last expression's value, the ``--out`` variables and the cell's
 stdout/stderr.
 
@@ -66,12 +66,12 @@ from ..hpc import pools as slurm_pools
 from ..models import TaskResult, TaskStatus
 from ..serialization._diagnose import describe_failure, probe
 from ..sweep import Sweep
-from . import STDERR_MARK, STDOUT_MARK, CellCall, _run_cell, compile_cell
+from .cells import STDERR_MARK, STDOUT_MARK, CellCall, compile_cell
 
 if TYPE_CHECKING:
     from IPython.core.interactiveshell import InteractiveShell
 
-__all__ = ["CellHandle", "OmniQMagics", "_run_cell", "cell_globals", "cell_identity", "default_instance"]
+__all__ = ["CellHandle", "OmniQMagics", "cell_globals", "cell_identity", "default_instance"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 _NO_DEFAULT: Any = object()
