@@ -198,10 +198,7 @@ class ChildRunner(Runner):
                 f"{self.kind} worker failed to start ({' '.join(cmd)} exited with {code}); see its stderr above"
             ) from None
         except BaseException:  # cancelled while it started (a stop): no child and no transport left
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            child.close()
-            self._abandoned.append(proc)
+            self._abandon(child)
             raise
         assert hello[0] == "H"
         child.reader = asyncio.get_running_loop().create_task(self._read(child))
@@ -233,6 +230,13 @@ class ChildRunner(Runner):
         await asyncio.gather(*(self._reap(c, graceful) for c in self._children))
         self._children.clear()
         return unstarted
+
+    def _abandon(self, c: _Child) -> None:
+        """A child started while the pool stops: killed now, its pipes closed, reaped by stop()."""
+        with contextlib.suppress(ProcessLookupError):
+            c.proc.kill()
+        c.close()
+        self._abandoned.append(c.proc)
 
     async def _reap(self, c: _Child, graceful: bool) -> None:
         try:
@@ -423,10 +427,8 @@ class ChildRunner(Runner):
                     log.warning(msg, exc_info=True)
                     warnings.warn(msg, PoolShortWarning, stacklevel=1)
             else:
-                if self._stopping:  # closed while it started
-                    self._children.append(child)
-                    await self._reap(child, False)
-                    self._children.remove(child)
+                if self._stopping:  # closed while it started: stop() reaps it (no await here
+                    self._abandon(child)  # that its cancel could cut short)
                     return
                 self._children.append(child)
                 if self._short_since is not None and not self.missing():
