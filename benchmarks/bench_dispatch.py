@@ -190,7 +190,7 @@ def start_fresh(peer: Peer, timeout: float) -> None:
             __import__(m)
         peer._start()
         peer.started = True
-        runner = peer.oq.core._worker.runner
+        runner = peer.oq.core.worker.runner
         if len(runner.pids()) != WORKERS:
             raise RuntimeError(f"{len(runner.pids())} children after open()")
     else:

@@ -461,13 +461,13 @@ def test_a_flush_cut_short_loses_no_task(tmp_path):
     task) must not take the batch it was storing down with it."""
     async def main() -> None:
         async with AsyncOmniQ(tasks=f"sqlite:///{tmp_path}/cut.db", concurrency=0) as oq:
-            real = oq._queue.enqueue
+            real = oq.session.queue.enqueue
 
             async def slow(tasks):  # a store that takes its time (a far-away server)
                 await asyncio.sleep(0.5)
                 await real(tasks)
 
-            oq._queue.enqueue = slow
+            oq.session.queue.enqueue = slow
             h = await oq.submit(helpers.square, 3)
             # (asyncio.TimeoutError: the caller's own wait_for raises it, builtin from 3.11)
             with pytest.raises(asyncio.TimeoutError):
@@ -498,13 +498,13 @@ def test_a_close_cut_short_loses_no_task(tmp_path, cut):
     async def main() -> list[str]:
         oq = AsyncOmniQ(tasks=url, concurrency=0)
         await oq.open()
-        real = oq._queue.enqueue
+        real = oq.session.queue.enqueue
 
         async def slow(tasks):
             await asyncio.sleep(0.5)
             await real(tasks)
 
-        oq._queue.enqueue = slow
+        oq.session.queue.enqueue = slow
         hs = await oq.map(helpers.square, range(3))
         if cut == "wait_for":
             with pytest.raises(asyncio.TimeoutError):

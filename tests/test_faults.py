@@ -278,7 +278,7 @@ OWNER = textwrap.dedent("""
     url, seed = sys.argv[1], int(sys.argv[2])
     rng = random.Random(seed)
     with OmniQ(tasks=url, worker="process", concurrency=2, lease=1) as oq:
-        print("PIDS", *oq.core._worker.runner.pids(), flush=True)
+        print("PIDS", *oq.core.worker.runner.pids(), flush=True)
         i = 0
         while True:
             pick = rng.random()

@@ -190,7 +190,7 @@ def test_nested_calls_keep_threads_when_workers_cannot_reach_the_storage():
 
 
 async def _claim_all(core, worker):
-    return await core._queue.claim(worker, queues=None, limit=100, lease=600, now=time.time())
+    return await core.session.queue.claim(worker, queues=None, limit=100, lease=600, now=time.time())
 
 
 @pytest.mark.parametrize("stuck", ["queued", "claimed"])
@@ -206,7 +206,7 @@ def test_nested_call_does_not_wait_on_a_slot_that_never_runs_it(tmp_path, stuck)
     client = _client(spec["urls"])
     core = client.core
     now = time.time()
-    client._thread.call(core._queue.heartbeat, WorkerInfo(
+    client._thread.call(core.session.queue.heartbeat, WorkerInfo(
         id="liar", kind="process", host="h", pid=1, slots=3, queues=None, started_at=now,
         last_heartbeat=now + 120, lease=600))
     stop = []
@@ -231,7 +231,7 @@ def test_nested_call_does_not_wait_on_a_slot_that_never_runs_it(tmp_path, stuck)
     assert time.monotonic() - began < 30
     tids = [e.task_id for e in client.events(types=["enqueued"])]
     assert tids  # some went to OmniQ (three free slots, it was told)
-    statuses = {client.core._resolve_id(t): client.get_result(t) for t in tids}
+    statuses = {client.core.waiters.resolve_id(t): client.get_result(t) for t in tids}
     if stuck == "queued":
         assert all(r is not None and r.status is TaskStatus.CANCELLED for r in statuses.values())
     else:

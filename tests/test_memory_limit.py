@@ -65,7 +65,7 @@ def test_a_bad_limit_names_memory_limit_and_what_is_valid(tmp_path, bad):
 def test_the_instance_limit_is_its_workers_default(tmp_path, monkeypatch):
     with OmniQ(tasks=f"sqlite:///{tmp_path}/q.db", worker="process", concurrency=1, memory_limit="1GB") as oq:
         assert oq.config.memory_limit == 10**9
-        runner = oq.core._worker.runner  # type: ignore[union-attr]
+        runner = oq.core.worker.runner  # type: ignore[union-attr]
         assert runner.memory_limit == 10**9
     monkeypatch.setenv("OMNIQ_MEMORY_LIMIT", "256MiB")
     assert OmniQ(tasks="memory://").config.memory_limit == 256 * 1024**2

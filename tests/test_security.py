@@ -508,7 +508,7 @@ def test_bad_record_fails_alone_memory(payload: bytes) -> None:
 
     async def main() -> None:
         async with AsyncOmniQ(tasks=url, worker="thread", concurrency=6) as oq:
-            await oq._queue.enqueue([*good[:3], bad, *good[3:]])
+            await oq.session.queue.enqueue([*good[:3], bad, *good[3:]])
             oq.intake.wake()
             r = await oq.get_result("bad", wait=True, timeout=30)
             assert r.status is TaskStatus.FAILED and r.error is not None, r

@@ -109,7 +109,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             last_busy = time.monotonic()
             while not stopped.is_set():
                 await anyio.sleep(min(1.0, limit / 4))
-                w = oq._worker
+                w = oq.worker
                 if w is not None and w.runner.held():
                     last_busy = time.monotonic()
                 elif time.monotonic() - last_busy >= limit:
@@ -147,7 +147,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def _metrics_text(oq: Any) -> Callable[[], str]:
     def render() -> str:
-        w = oq._worker
+        w = oq.worker
         gauges = {
             "omniq_worker_slots": ("Task slots of this worker.", float(oq.config.concurrency)),
             "omniq_worker_tasks_held": ("Tasks this worker holds (running or prefetched).",
@@ -164,7 +164,7 @@ async def _graceful(oq: Any, grace: float | None = None) -> None:
     for another worker, not counted as a delivery or a failure)."""
     import anyio
 
-    w = oq._worker
+    w = oq.worker
     if w is not None:
         if grace is not None:
             w._claiming = False  # (as Worker.stop does first) no new task while the grace runs
@@ -175,7 +175,7 @@ async def _graceful(oq: Any, grace: float | None = None) -> None:
                 print(f"omniq worker: tasks still running after {grace:g} s; handing them back",
                       file=sys.stderr, flush=True)
         await w.stop(graceful=grace is None or not w.runner.held())
-        oq._worker = None
+        oq.session.worker = None
     await oq.close(drain=False)
 
 

@@ -352,9 +352,9 @@ def task_option_names() -> frozenset[str]:
         >>> {"queue", "retries", "timeout"} <= task_option_names(), "key" in task_option_names()
         (True, False)
     """
-    from .core import AsyncOmniQ
+    from .client.intake import Intake
 
-    params = inspect.signature(AsyncOmniQ._make_task).parameters
+    params = inspect.signature(Intake.make_task).parameters
     return frozenset(params) - _NOT_TASK_OPTIONS
 
 
@@ -432,7 +432,7 @@ class _State:
     def accept(self, tasks: Sequence[Task]) -> list[ResultFuture[TaskResult]]:
         if self.sync is not None:
             return self.sync._hand_over(tasks)
-        return self.core._accept(tasks)
+        return self.core.intake.accept(tasks)
 
     def follow(self, task_ids: Sequence[str], inner: Sequence[cf.Future[TaskResult]]) -> list[ExecutorFuture]:
         """One executor future per task, settled from the task's ``TaskResult`` future."""
@@ -462,7 +462,7 @@ class _State:
                         self.watching = True
                     except RuntimeError:  # closed meanwhile
                         return
-        if threading.get_ident() == core._loop_thread or not core.is_open:
+        if threading.get_ident() == core.session.loop_thread or not core.is_open:
             return
         with contextlib.suppress(Exception):
             if f.task_id in self._run(_held_by_workers, core, [f.task_id]):
@@ -485,10 +485,10 @@ class _State:
         core = self.core
         if not core.is_open:  # nothing can run it any more
             return {f for f in cand if _cancel_here(f)}
-        if threading.get_ident() == core._loop_thread:
+        if threading.get_ident() == core.session.loop_thread:
             # on OmniQ's loop (a done callback, a coroutine of an AsyncOmniQ): we cannot wait for
             # the storage here, so the futures are cancelled now and the tasks right after
-            loop = core._loop
+            loop = core.session.loop
             assert loop is not None
             loop.create_task(core.cancel_many(list(roots)))
             return {f for f in cand if _cancel_here(f)}
@@ -515,7 +515,7 @@ class _State:
             if thread is None:
                 raise RuntimeError("this OmniQ is closed")
             return thread.call(fn, *args)
-        loop = self.core._loop
+        loop = self.core.session.loop
         assert loop is not None
         return asyncio.run_coroutine_threadsafe(fn(*args), loop).result()
 
@@ -523,7 +523,7 @@ class _State:
         """Worker slots of this instance serving the executor's queue (0: none here)."""
         core = self.core
         queue = self.task_options.get("queue", "default")
-        return core.config.concurrency if core._serves(queue) else 0
+        return core.config.concurrency if core.session.serves(queue) else 0
 
     # --- ending ---------------------------------------------------------------------------------
     def wait_all(self) -> None:
@@ -556,8 +556,8 @@ class _State:
 async def _held_by_workers(core: AsyncOmniQ, ids: list[str]) -> set[str]:
     """Those of ``ids`` a worker holds (RUNNING in storage)."""
     await core.flush()
-    resolved = {tid: core._resolve_id(tid) for tid in ids}
-    states = await core._queue.statuses(list(dict.fromkeys(resolved.values())))
+    resolved = {tid: core.waiters.resolve_id(tid) for tid in ids}
+    states = await core.session.queue.statuses(list(dict.fromkeys(resolved.values())))
     return {t for t in ids if states.get(resolved[t]) is TaskStatus.RUNNING}
 
 
@@ -565,8 +565,8 @@ async def _cancel_queued(core: AsyncOmniQ, ids: list[str], spare: int) -> tuple[
     """Cancel those of ``ids`` still waiting (queued or pending) but the first ``spare`` queued
     ones; ``(cancelled ids, ids a worker holds)``."""
     await core.flush()
-    resolved = {tid: core._resolve_id(tid) for tid in ids}
-    states = await core._queue.statuses(list(dict.fromkeys(resolved.values())))
+    resolved = {tid: core.waiters.resolve_id(tid) for tid in ids}
+    states = await core.session.queue.statuses(list(dict.fromkeys(resolved.values())))
     waiting = [t for t in ids if states.get(resolved[t]) in (TaskStatus.QUEUED, TaskStatus.PENDING)]
     running = {t for t in ids if states.get(resolved[t]) is TaskStatus.RUNNING}
     if spare > 0:
@@ -687,7 +687,7 @@ class Executor(cf.Executor):
         from .core import OmniQ
 
         if task_options:  # validated once here, not on every submit
-            _core_of(oq)._make_task(_noop, **task_options)
+            _core_of(oq).intake.make_task(_noop, **task_options)
         if owned and isinstance(oq, OmniQ):
             oq.open()
         self._st = _State(oq, dict(task_options), owned=owned)
@@ -754,7 +754,7 @@ class Executor(cf.Executor):
         st = self._st
         with st.lock:
             self._check_open()
-            task = st.core._make_task(fn, args, kwargs, **st.task_options)
+            task = st.core.intake.make_task(fn, args, kwargs, **st.task_options)
             (inner,) = st.accept([task])
             uf = st.watch[task.id] = ExecutorFuture(st, task.id)
             st.pending.add(uf)
@@ -847,9 +847,9 @@ class Executor(cf.Executor):
         size = _chunks.chunk_length(chunksize, len(calls), core.config.concurrency or os.cpu_count() or 1)
         opts = dict(st.task_options)
         timeout = opts.pop("timeout", None)
-        sink = core._blob_sink()
+        sink = core.intake.blob_sink()
         fn_payload = dumps_call(fn, blobs=sink)
-        fn_blobs = core._hold_blobs(sink)
+        fn_blobs = core.intake.hold_blobs(sink)
         name = _callable_name(fn)
         out: list[ExecutorFuture] = []
         # Chunk by chunk: each is handed over as soon as it is pickled, so the first ones are

@@ -390,7 +390,7 @@ class OmniQBackend(AutoBatchingMixin, ParallelBackendBase):
             from .core import AsyncOmniQ
 
             probe = AsyncOmniQ(tasks="memory://", concurrency=0)
-            probe._make_task(run_batch, (None,), **self._task_options)
+            probe.intake.make_task(run_batch, (None,), **self._task_options)
         self._oq = oq
         self.name = name
         self.chunksize = chunksize
@@ -420,7 +420,7 @@ class OmniQBackend(AutoBatchingMixin, ParallelBackendBase):
         from .executor import _core_of
 
         core = _core_of(oq)
-        n = core.config.concurrency if core._worker is not None else 0
+        n = core.config.concurrency if core.worker is not None else 0
         if n > 0:
             return n
         from .core import OmniQ
@@ -632,9 +632,9 @@ def _batch_task(batch: Any, ex: Executor, name: str | None, threads: int | None,
     md.update(metadata)
     packed = _pickle_batch(batch)
     if packed is None:
-        task = core._make_task(run_batch, (batch, threads), None, key=key, metadata=md, **opts)
+        task = core.intake.make_task(run_batch, (batch, threads), None, key=key, metadata=md, **opts)
     else:
-        task = core._make_task(run_pickled_batch, (*packed, threads), None, key=key, metadata=md, **opts)
+        task = core.intake.make_task(run_pickled_batch, (*packed, threads), None, key=key, metadata=md, **opts)
     if items:
         names = {_callable_name(inspect.unwrap(f)) for f, _, _ in items}
         task = msgspec.structs.replace(task, name=names.pop() if len(names) == 1 else "joblib batch")
@@ -700,7 +700,7 @@ async def _free_slots(core: AsyncOmniQ, queue: str) -> int:
     """Worker slots serving ``queue`` that run nothing now: the live workers' slots less the
     tasks RUNNING in the queues they serve (claimed tasks waiting in a prefetch buffer count as
     running, so this errs low)."""
-    q = core._queue
+    q = core.session.queue
     now = time.time()
     workers = await q.workers()
     serving = [w for w in workers if now - w.last_heartbeat <= (w.lease or core.config.lease)
@@ -1005,8 +1005,8 @@ def _stored_successes(ex: Executor, prefix: str) -> dict[str, Any]:
     try:
         if st.sync is not None:
             found = st.sync.find_results(prefix)
-        elif threading.get_ident() != core._loop_thread and core._loop is not None:
-            found = asyncio.run_coroutine_threadsafe(core.find_results(prefix), core._loop).result()
+        elif threading.get_ident() != core.session.loop_thread and core.session.loop is not None:
+            found = asyncio.run_coroutine_threadsafe(core.find_results(prefix), core.session.loop).result()
         else:  # on an AsyncOmniQ's own loop: adoption by key still skips finished calls
             return {}
     except Exception:
@@ -1029,7 +1029,7 @@ def _resolved_later(ex: Executor, result: Any, callback: Callable[[Any], Any] | 
         else:
             fut.set_result(value)
 
-    loop = ex._st.core._loop
+    loop = ex._st.core.session.loop
     assert loop is not None
     loop.call_soon_threadsafe(resolve)
     return fut

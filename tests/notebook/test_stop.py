@@ -166,7 +166,7 @@ def test_stop_during_a_child_replacement_leaves_a_whole_pool_and_no_child_traceb
             "deadline = time.monotonic() + 30\n"
             "while h.status().value != 'running' and time.monotonic() < deadline:\n"
             "    time.sleep(0.01)\n"
-            "runner = oq.core._worker.runner\n"
+            "runner = oq.core.worker.runner\n"
             "print(json.dumps({'kernel': os.getpid(), 'pids': runner.pids(), 'status': h.status().value}))"
         ))
         t0 = time.monotonic()

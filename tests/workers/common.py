@@ -35,7 +35,7 @@ def wait_for(pred: Callable[[], Any], timeout: float = 15.0, what: str = "condit
 
 def runner(oq: Any) -> Any:
     """The runner behind an open ``OmniQ``'s worker slots."""
-    return oq.core._worker.runner
+    return oq.core.worker.runner
 
 
 def cancel_running(handle: Any, within: float) -> None:

@@ -15,7 +15,7 @@ def test_prefetched_tasks_wait_for_a_slot_and_can_be_cancelled_there(tmp_path):
         waiting = [oq.submit(helpers.sleep_return, 0.01, i) for i in range(3)]
         deadline = time.monotonic() + 10
         while oq.status(waiting[1].id) != "running" and time.monotonic() < deadline:
-            if oq.core._worker is not None and waiting[1].id in oq.core._worker.runner.held():
+            if oq.core.worker is not None and waiting[1].id in oq.core.worker.runner.held():
                 break
             time.sleep(0.01)
         assert oq.cancel(waiting[1].id)

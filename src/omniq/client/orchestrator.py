@@ -15,7 +15,6 @@ component.
 from __future__ import annotations
 
 import datetime as dt
-import inspect
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -35,12 +34,11 @@ from ..notebook.widgets import DISPLAY
 from ..progress import DisplayHook
 from ..redact import masked
 from ..scheduling import default_schedule_name
-from ..serialization import BlobSink, dumps_call
+from ..serialization import dumps_call
 from ..services.health import HealthMonitor
 from ..services.janitor import Janitor
 from ..services.outcomes import Outcomes
 from ..services.schedules import Schedules
-from ..storage.base import TaskQueue
 from ..sweep import AsyncSweep
 from ..workers.base import Worker
 from ..workers.registry import make_runner
@@ -536,46 +534,3 @@ class AsyncOmniQ:
         from ..executor import Executor  # (omniq.executor imports this module's callers)
 
         return Executor._over(self, task_options)
-
-    # --- names older callers use (executor.py, joblib.py, cli.py, hpc/): the public ones are
-    # --- intake.make_task / accept / blob_sink / hold_blobs, session.loop / loop_thread /
-    # --- queue / serves / worker, waiters.resolve_id
-    def _make_task(self, *args: Any, **kwargs: Any) -> Task:
-        return self.intake.make_task(*args, **kwargs)
-
-    _make_task.__signature__ = inspect.signature(Intake.make_task)  # type: ignore[attr-defined]
-
-    def _accept(self, tasks: Sequence[Task]) -> list[ResultFuture[TaskResult]]:
-        return self.intake.accept(tasks)
-
-    def _blob_sink(self) -> BlobSink:
-        return self.intake.blob_sink()
-
-    def _hold_blobs(self, sink: BlobSink) -> tuple[str, ...]:
-        return self.intake.hold_blobs(sink)
-
-    def _serves(self, queue: str) -> bool:
-        return self.session.serves(queue)
-
-    def _resolve_id(self, task_id: str) -> str:
-        return self.waiters.resolve_id(task_id)
-
-    @property
-    def _loop(self) -> Any:
-        return self.session.loop
-
-    @property
-    def _loop_thread(self) -> int:
-        return self.session.loop_thread
-
-    @property
-    def _queue(self) -> TaskQueue:
-        return self.session.queue
-
-    @property
-    def _worker(self) -> Worker | None:
-        return self.session.worker
-
-    @_worker.setter
-    def _worker(self, worker: Worker | None) -> None:
-        self.session.worker = worker

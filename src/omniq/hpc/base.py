@@ -947,7 +947,7 @@ class JobWorkers(abc.ABC):
         loop = getattr(core, "_loop", None)
         if not core.is_open or loop is None or loop.is_closed():
             return None
-        coro = core._queue.counts()
+        coro = core.session.queue.counts()
         try:
             fut = asyncio.run_coroutine_threadsafe(coro, loop)
         except RuntimeError:
