@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -306,6 +307,13 @@ def test_left_open_instance_closes_quietly_at_exit_and_keeps_tasks(tmp_path):
     assert p.returncode == 0, p.stderr
     assert p.stderr.strip() == ""
     last = p.stdout.strip().splitlines()[-1]
+    # what its worker had claimed went back at exit (a claim still on its way included), so
+    # the next instance runs it now, not once 30 s leases lapse
+    conn = sqlite3.connect(tmp_path / "open.db")
+    try:
+        assert conn.execute("SELECT count(*) FROM omniq_tasks WHERE status = 'running'").fetchone() == (0,)
+    finally:
+        conn.close()
     with OmniQ(tasks=f"sqlite:///{tmp_path}/open.db", worker="thread", concurrency=1) as oq:
         assert oq.get_result(last, wait=True, timeout=60).value == 2**49
 

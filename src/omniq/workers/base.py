@@ -32,6 +32,10 @@ from ._wire import error_row
 log = get_logger("omniq.worker")
 
 
+class _ClaimFailed(Exception):
+    """A claim (or the blob fetch after it) failed: the claim loop backs off."""
+
+
 class Outcome:
     """How one run of a task ended. ``error`` set means the attempt failed."""
 
@@ -205,6 +209,7 @@ class Worker:
         self._outcomes: list[Outcome] = []
         self._outcome_ready = anyio.Event()
         self._claiming = True
+        self._claim_busy: anyio.Event | None = None
         self._in_flight = 0  # outcomes being written
         runner.on_done = self._on_done
         runner.on_started = self._on_started
@@ -235,35 +240,55 @@ class Worker:
                     with anyio.move_on_after(0.5):
                         await self.runner.capacity_changed.wait()
                 continue
+            busy = self._claim_busy = anyio.Event()  # stop() waits for what this claim brings
             try:
-                tasks = await self.queue.claim(
-                    self.id, queues=self.queues, limit=room, lease=self.lease, now=time.time()
-                )
-            except Exception as exc:
-                outage.failed(exc)
+                got = await self._claim_and_dispatch(room, outage)
+            except _ClaimFailed:
                 await anyio.sleep(min(backoff, 2.0))
                 backoff *= 2
                 continue
-            outage.ok()
+            finally:
+                busy.set()
+                self._claim_busy = None
             backoff = 0.005
-            if tasks:
-                tasks = self._sealed(tasks)
-                if not tasks:
-                    continue
-                if any(t.blobs for t in tasks):
-                    try:
-                        await self.blobs.ensure(self.queue, [d for t in tasks for d in t.blobs])
-                    except Exception as exc:  # storage unreachable: give the tasks back, try again
-                        outage.failed(exc)
-                        try:
-                            await self.queue.release(self.id, [t.id for t in tasks])
-                        except Exception:  # their leases lapse instead: delivered again then
-                            log.debug("could not give back %d tasks", len(tasks), exc_info=True)
-                        await anyio.sleep(min(backoff, 2.0))
-                        continue
-                self.runner.dispatch(tasks)
-            else:
+            if not got:
                 await self.queue.wait_for_tasks(timeout=0.5)
+
+    async def _claim_and_dispatch(self, room: int, outage: Outage) -> bool:
+        """Claim up to ``room`` tasks and hand them to the runner; False when none was there.
+        Tasks a stop() came for while the claim was on its way go back at once (not after
+        their lease lapses, a delivery spent)."""
+        try:
+            tasks = await self.queue.claim(
+                self.id, queues=self.queues, limit=room, lease=self.lease, now=time.time()
+            )
+        except Exception as exc:
+            outage.failed(exc)
+            raise _ClaimFailed from exc
+        outage.ok()
+        if not tasks:
+            return False
+        tasks = self._sealed(tasks)
+        if tasks and not self._claiming:
+            await self._give_back(tasks)
+            return True
+        if any(t.blobs for t in tasks):
+            try:
+                await self.blobs.ensure(self.queue, [d for t in tasks for d in t.blobs])
+            except Exception as exc:  # storage unreachable: give the tasks back, try again
+                outage.failed(exc)
+                await self._give_back(tasks)
+                raise _ClaimFailed from exc
+        if tasks:
+            self.runner.dispatch(tasks)
+        return True
+
+    async def _give_back(self, tasks: Sequence[Task]) -> None:
+        try:
+            await self.queue.release(self.id, [t.id for t in tasks])
+            self.queue.notify()
+        except Exception:  # their leases lapse instead: delivered again then
+            log.debug("could not give back %d tasks", len(tasks), exc_info=True)
 
     def _sealed(self, tasks: list[Task]) -> list[Task]:
         """The claimed tasks whose seal holds; the others fail now, never retried and never
@@ -435,6 +460,10 @@ class Worker:
     async def stop(self, *, graceful: bool) -> None:
         """Stop claiming; with ``graceful`` let running tasks finish; give back the rest."""
         self._claiming = False
+        busy = self._claim_busy
+        if busy is not None:  # a claim on its way: its tasks reach the runner (or go back) first
+            with anyio.move_on_after(10):
+                await busy.wait()
         unstarted = await self.runner.stop(graceful=graceful)
         if unstarted:
             await self.queue.release(self.id, [t.id for t in unstarted])
