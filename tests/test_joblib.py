@@ -152,6 +152,21 @@ def test_nested_parallel_goes_through_omniq_when_slots_are_free(oq):
     assert all(r.metadata["calls"] >= 1 for r in inner) and sum(r.metadata["calls"] for r in inner) < 8
 
 
+def test_nested_calls_keep_threads_when_tasks_are_signed(tmp_path, monkeypatch):
+    """A process worker's child holds no signing key, so it could not make tasks a worker
+    would run: with signing on, nested calls run on the worker's threads, and come out right."""
+    monkeypatch.setenv("OMNIQ_SECRET_KEY", "n" * 40)
+    with OmniQ(tasks=f"sqlite:///{tmp_path}/signed.db", worker="process", concurrency=2) as q:
+        since = time.time()
+        with parallel_config(backend="omniq", oq=q):
+            # one outer call: the other slot is free, where an unsigned nested task would go
+            got = Parallel(n_jobs=2)(delayed(nested_slow)(8) for _ in range(1))
+        assert got == [sum(i * i for i in range(8))]
+        rs = results_of(q, since)
+        assert rs and all(r.status is TaskStatus.SUCCEEDED for r in rs)
+        assert not [r for r in rs if r.metadata.get("nested")]
+
+
 @pytest.mark.parametrize("n_jobs", [2, -1])
 def test_nested_parallel_cannot_deadlock_with_every_slot_busy(oq, n_jobs):
     """As many outer calls in flight as the pool has slots (and more queued), each waiting for

@@ -672,8 +672,12 @@ def _reachable(url: str) -> str | None:
 def _nested_spec(ex: Executor, threads: int | None) -> dict[str, Any] | None:
     """What a worker needs to send a nested call's batches to the outer call's OmniQ (plain,
     picklable values), or None when it cannot reach that storage (see ``_reachable``)."""
+    from .serialization import get_secret_keys
+
     core = ex._st.core
     if core.config.storage_options:  # credentials, as a rule
+        return None
+    if get_secret_keys()[0] is not None:  # a process worker's child holds no key to sign tasks
         return None
     urls = [_reachable(u) for u in (core.tasks_url, core.results_url, core.events_url)]
     if any(u is None for u in urls):
