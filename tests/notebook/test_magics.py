@@ -503,6 +503,9 @@ def test_cell_magic_with_another_subcommand_is_a_usage_error(bare_magics: Any, s
         ("frobnicate", None, "frobnicate"),
         ("workers --slurm many", None, "--slurm"),
         ("workers --adapt 4", None, "--adapt"),
+        ("workers --adapt -1:3", None, "expected MIN:MAX"),  # negative: still says what is valid
+        ("workers --slurm -2", None, ">= 0"),
+        ("submit -n job --priority -2 --retries -1", "y = 1", "retries"),
         ("workers --cores 2", None, "--cores"),
         ("workers --slurm 1 --walltime 99:99", None, "--walltime"),
     ],

@@ -39,6 +39,7 @@ import hashlib
 import html
 import keyword
 import os
+import re
 import symtable
 import sys
 import threading
@@ -1062,10 +1063,15 @@ def _help(cmd: Any, *, usage_only: bool = False) -> str:
     return text.replace("usage: %omniq submit", "usage: %%omniq submit", 1)
 
 
+_NEGATIVE_VALUE = re.compile(r"(--(?:adapt|slurm|cores|gpus|priority|retries|timeout))\s+(-\d\S*)")
+
+
 def _parse(cmd: Any, rest: str, usage: str) -> Any:
     """``parse_argstring`` whose every failure is a ``UsageError``: argparse reports bad options
     itself, but splitting the line (shlex) raises ``ValueError`` on an unbalanced quote or a
-    trailing backslash."""
+    trailing backslash. A negative value (``--adapt -1:3``, ``--priority -2``) is joined to its
+    option first: argparse would take it for an option and not say what is valid."""
+    rest = _NEGATIVE_VALUE.sub(r"\1=\2", rest)
     try:
         return parse_argstring(cmd, rest)
     except ValueError as exc:
