@@ -111,3 +111,28 @@ def test_version_prints_the_installed_version():
 
     r = _omniq("--version")
     assert r.returncode == 0 and r.stdout.strip() == f"omniq {version('omniq')}", r
+
+
+def test_a_worker_in_a_batch_job_shows_its_job_beside_its_heartbeat(tmp_path):
+    """A worker started by SLURM (SLURM_JOB_ID set) says which job it is, so `omniq status`
+    and `%omniq status` match worker rows with squeue's jobs."""
+    from omniq.notebook.magics import status_text
+
+    url = f"sqlite:///{tmp_path}/j.db"
+    env = {**os.environ, "SLURM_JOB_ID": "4242"}
+    w = subprocess.Popen([sys.executable, "-m", "omniq.cli", "worker", "--tasks", url, "-c", "1",
+                          "--worker", "thread"], env=env, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE)
+    try:
+        with OmniQ(tasks=url, concurrency=0) as oq:
+            tid = oq.enqueue(helpers.square, args=(3,))
+            assert oq.get_result(tid, wait=True, timeout=60).value == 9  # the worker is up
+            (row,) = oq.health()["workers"]
+        assert row["job"] == "4242"
+        assert "job 4242" in status_text({"workers": [row], "queues": {}})
+        p = _omniq("status", "--tasks", url)
+        assert p.returncode == 0 and "job 4242" in p.stdout, p
+        assert [x["job"] for x in json.loads(_omniq("status", "--tasks", url, "--json").stdout)["workers"]] == ["4242"]
+    finally:
+        w.terminate()
+        w.communicate(timeout=30)

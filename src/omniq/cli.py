@@ -306,7 +306,8 @@ def status_report(h: dict[str, Any]) -> str:
     lines.append("\nworkers:")
     for w in h["workers"]:
         short = f" SHORT of {w['missing']} (a child could not be replaced)" if w.get("missing") else ""
-        lines.append(f"  {w['id']:<48} {w['kind']:<8} slots={w['slots']} "
+        job = f" job {w['job']}" if w.get("job") else ""
+        lines.append(f"  {w['id']:<48} {w['kind']:<8} slots={w['slots']}{job} "
                      f"{'alive' if w['alive'] else 'DEAD'} (heartbeat {now - w['last_heartbeat']:.1f}s ago){short}")
     if not h["workers"]:
         lines.append("  (none)")

@@ -1307,7 +1307,8 @@ def status_text(health: Mapping[str, Any], slurm: Sequence[Mapping[str, Any]] = 
     lines.append(f"\nworkers: {sum(1 for x in workers if x.get('alive'))} alive of {len(workers)}")
     for x in workers:
         short = f" SHORT of {x['missing']} (a child could not be replaced)" if x.get("missing") else ""
-        lines.append(f"  {x.get('id')} {x.get('kind')} x{x.get('slots')} "
+        job = f" job {x['job']}" if x.get("job") else ""
+        lines.append(f"  {x.get('id')} {x.get('kind')} x{x.get('slots')}{job} "
                      f"{'alive' if x.get('alive') else 'gone'} heartbeat {_ago(x.get('last_heartbeat'))}{short}")
     for st in slurm:
         jobs = st.get("jobs") or []
@@ -1344,7 +1345,8 @@ def status_html(health: Mapping[str, Any], slurm: Sequence[Mapping[str, Any]] = 
     out.append(f"<b>Workers</b> ({sum(1 for x in workers if x.get('alive'))} alive)<table>")
     out.append("<tr><th>id</th><th>kind</th><th>slots</th><th>alive</th><th>heartbeat</th></tr>")
     for x in workers:
-        out.append(f"<tr><td>{e(str(x.get('id')))}</td><td>{e(str(x.get('kind')))}</td>"
+        job = f" (job {e(str(x['job']))})" if x.get("job") else ""
+        out.append(f"<tr><td>{e(str(x.get('id')))}{job}</td><td>{e(str(x.get('kind')))}</td>"
                    f"<td {td}>{x.get('slots')}"
                    + (f" <b style=\"color:#c00\">short {x['missing']}</b>" if x.get("missing") else "")
                    + f"</td><td>{'yes' if x.get('alive') else 'no'}</td>"

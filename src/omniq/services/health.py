@@ -90,6 +90,7 @@ class HealthMonitor:
                     "id": w.id, "kind": w.kind, "host": w.host, "pid": w.pid, "slots": w.slots,
                     "queues": w.queues, "alive": now - w.last_heartbeat < (w.lease or s.config.lease),
                     "last_heartbeat": w.last_heartbeat, "started_at": w.started_at, "missing": w.missing,
+                    "job": w.job,
                 }
                 for w in worker_rows
             ],

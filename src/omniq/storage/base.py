@@ -81,6 +81,7 @@ class WorkerInfo(msgspec.Struct, kw_only=True):
     last_heartbeat: float
     lease: float = 0.0  # its own lease: silent longer than this, it is dead (0: the reader's)
     missing: int = 0  # slots it should have and lacks (children it could not replace)
+    job: str | None = None  # the batch job it runs in (SLURM_JOB_ID), to match it with squeue
 
 
 class Backend(abc.ABC):

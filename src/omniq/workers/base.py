@@ -455,6 +455,7 @@ class Worker:
             last_heartbeat=now,
             lease=self.lease,
             missing=self.runner.missing(),
+            job=os.environ.get("SLURM_JOB_ID") or None,
         )
 
     async def stop(self, *, graceful: bool) -> None:
