@@ -120,3 +120,20 @@ def test_fired_records_the_slot_on_a_copy() -> None:
     assert (after.next_run, after.last_run, after.last_task_id) == (T0 + 60, T0 + 1, "t1")
     assert (s.next_run, s.last_run, s.last_task_id) == (T0, None, None)
     assert not lifecycle.slot_fires(after, T0)
+
+
+@pytest.mark.parametrize(
+    "retryable, attempt, retries, delay, jitter, expected",
+    [
+        (True, 1, 2, 1.0, 1.0, 1.0),  # the first retry waits retry_delay
+        (True, 2, 2, 1.0, 1.0, 2.0),  # then doubles
+        (True, 3, 2, 1.0, 1.0, None),  # retries spent: the task fails
+        (False, 1, 5, 1.0, 1.0, None),  # not the task's own exception (bad signature): no retry
+        (True, 3, 5, 0.5, 1.25, 2.5),  # jitter scales the wait
+        (True, 1, 0, 1.0, 1.0, None),  # no retries asked for
+    ],
+)
+def test_retry_after(retryable, attempt, retries, delay, jitter, expected) -> None:
+    got = lifecycle.retry_after(retryable=retryable, attempt=attempt, retries=retries,
+                                retry_delay=delay, jitter=jitter)
+    assert got == expected

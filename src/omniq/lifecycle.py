@@ -103,6 +103,18 @@ def on_lapse(*, cancel_requested: bool, deliveries: int, max_deliveries: int) ->
     return TaskStatus.FAILED
 
 
+# --- a failed attempt -------------------------------------------------------------------------------
+def retry_after(*, retryable: bool, attempt: int, retries: int, retry_delay: float,
+                jitter: float = 1.0) -> float | None:
+    """Seconds until attempt ``attempt`` (1-based, just failed) runs again, or None: the task
+    fails. Only the task's own exceptions count (``retryable``: not a bad signature or an
+    unreadable payload), ``retries`` times; the delay doubles per attempt, and ``jitter`` (the
+    caller's random factor, 0.75-1.25) keeps many retries from landing at once."""
+    if not retryable or attempt > retries:
+        return None
+    return retry_delay * (2 ** max(0, attempt - 1)) * jitter
+
+
 # --- expiry -----------------------------------------------------------------------------------------
 def expires(status: TaskStatus, expires_at: float | None, now: float) -> bool:
     """Whether ``expire`` at ``now`` ends this task as EXPIRED: it has not started (QUEUED or

@@ -21,6 +21,7 @@ from ..blobcache import BlobCache
 from ..errors import SignatureError
 from ..events.logger import EventLogger
 from ..events.metrics import Metrics
+from ..lifecycle import on_lapse, retry_after
 from ..logs import Outage, bind, get_logger
 from ..models import ErrorInfo, EventType, Task, TaskEvent, TaskResult, TaskStatus
 from ..redact import masked
@@ -169,12 +170,6 @@ def expired_outcome(task: Task, now: float) -> Outcome | None:
         return None
     return Outcome(task, status=TaskStatus.EXPIRED, started_at=now, finished_at=now, retryable=False,
                    error=ErrorInfo("TaskExpired", "its ttl ran out before it started"))
-
-
-def retry_delay(task: Task, attempt: int) -> float:
-    """Exponential back-off with ±25 % jitter: retry_delay * 2**(attempt-1)."""
-    base = task.retry_delay * (2 ** max(0, attempt - 1))
-    return base * random.uniform(0.75, 1.25)
 
 
 class Worker:
@@ -342,8 +337,9 @@ class Worker:
             if out.status is None:  # it ran (not cancelled, expired or orphaned)
                 run.observe(out.finished_at - out.started_at)
             attempts = t.attempts + 1
-            if out.status is TaskStatus.RUNNING:  # its worker died: not the task's failure
-                if t.deliveries < t.max_deliveries:
+            if out.status is TaskStatus.RUNNING:  # its worker died: as a lapsed lease, now
+                if on_lapse(cancel_requested=False, deliveries=t.deliveries,
+                            max_deliveries=t.max_deliveries) is TaskStatus.QUEUED:
                     await self.queue.retry(self.id, t.id, eta=now, attempts=t.attempts)
                     evs.append(_ev(t, EventType.REQUEUED, self.id, now, str(out.error)))
                     self.queue.notify()
@@ -357,8 +353,9 @@ class Worker:
                 attempts = t.attempts
             else:
                 status = TaskStatus.FAILED
-                if out.retryable and attempts <= t.retries:
-                    delay = retry_delay(t, attempts)
+                delay = retry_after(retryable=out.retryable, attempt=attempts, retries=t.retries,
+                                    retry_delay=t.retry_delay, jitter=random.uniform(0.75, 1.25))
+                if delay is not None:
                     await self.queue.retry(self.id, t.id, eta=now + delay, attempts=attempts)
                     evs.append(_ev(t, EventType.RETRY, self.id, out.finished_at,
                                    f"attempt {attempts} failed ({out.error}); retry in {delay:.2f} s"))
