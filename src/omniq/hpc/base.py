@@ -598,7 +598,7 @@ class JobWorkers(abc.ABC):
         self._quit.set()
         self._wake.set()
         t = self._thread
-        loop_thread = getattr(self._core, "_loop_thread", None)
+        loop_thread = self._core.session.loop_thread
         if wait and t is not None and t is not threading.current_thread() and threading.get_ident() != loop_thread:
             t.join(timeout=30)  # (not from the OmniQ's loop: the monitor may be waiting on it)
         with self._lock:
@@ -944,7 +944,7 @@ class JobWorkers(abc.ABC):
     def _waiting(self) -> tuple[int, int] | None:
         """(queued, running) tasks in the queues this pool serves, or None when unknown."""
         core = self._core
-        loop = getattr(core, "_loop", None)
+        loop = core.session.loop
         if not core.is_open or loop is None or loop.is_closed():
             return None
         coro = core.session.queue.counts()
