@@ -834,7 +834,7 @@ def _nest(depth: int, kind: str, leaf: Any) -> Any:
     kind=st.sampled_from(sorted(_NESTERS)),
     leaf=st.sampled_from(["plain", "generator", "lock"]),
 )
-@settings(max_examples=examples(60), deadline=None)
+@settings(max_examples=examples(30), deadline=None)  # (each deep example takes ~0.25 s)
 def test_deep_nesting_works_or_names_the_path(depth: int, kind: str, leaf: str) -> None:
     value = _nest(
         depth, kind, {"plain": 1, "generator": _generator(), "lock": threading.Lock()}[leaf]
