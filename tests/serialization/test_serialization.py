@@ -30,15 +30,14 @@ from hypothesis import strategies as st
 from omniq.errors import ConfigError, SerializationError, SignatureError
 from omniq.models import Task, TaskEvent, TaskResult, TaskStatus
 from omniq.serialization import (
-    decode,
     dumps,
     dumps_call,
-    encode,
     get_secret_keys,
     loads,
     loads_call,
     set_secret_keys,
 )
+from omniq.storage._codec import decode, encode  # the record codec (storage's, not payloads')
 from tests.helpers import examples
 
 

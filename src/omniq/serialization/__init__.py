@@ -10,7 +10,7 @@ Loading a pickle runs code. With ``OMNIQ_SECRET_KEY`` set, every payload is HMAC
 verified before it is opened (``OMNIQ_SECRET_KEYS`` lists older keys still accepted);
 :func:`set_secret_keys` overrides the environment in this process.
 
-``encode`` / ``decode`` are the untagged msgspec helpers storage backends use for records.
+Storage records (tasks, results, events) are not payloads: ``omniq.storage._codec`` encodes them.
 """
 
 from ._blobs import THRESHOLD as BLOB_THRESHOLD
@@ -30,7 +30,6 @@ from ._codec import (
     loads_call,
 )
 from ._signing import ACCEPTED_ENV, SIGNING_ENV, get_secret_keys, set_secret_keys
-from ._storage import decode, encode
 
 __all__ = [
     "ACCEPTED_ENV",
@@ -45,11 +44,9 @@ __all__ = [
     "TAG_STRUCT",
     "BlobSink",
     "Fetch",
-    "decode",
     "dumps",
     "dumps_call",
     "dumps_calls",
-    "encode",
     "fetching",
     "get_secret_keys",
     "loads",
