@@ -94,20 +94,11 @@ def any_url(request, tmp_path):
             pytest.skip("no NATS server on 127.0.0.1:4222")
         url = f"nats://127.0.0.1:4222?namespace=snap{tag}"
         yield url
-
-        async def drop() -> None:
-            from omniq.storage.nats import NatsBackend
-
-            b = NatsBackend(url)
-            await b.connect()
-            try:
-                await b.drop()
-            finally:
-                await b.close()
-
         import anyio
 
-        anyio.run(drop)
+        from tests.storage.backends import drop_nats
+
+        anyio.run(drop_nats, url)
 
 
 def test_each_task_sees_its_values_as_they_were_at_submit(any_url):

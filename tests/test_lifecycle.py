@@ -109,17 +109,9 @@ def _drop(url: str) -> None:
             r.delete(*keys[i : i + 500])
         r.close()
     elif scheme == "nats":
-        from omniq.storage.nats import NatsBackend
+        from tests.storage.backends import drop_nats
 
-        async def drop_namespace() -> None:
-            b = NatsBackend(url)
-            await b.connect()
-            try:
-                await b.drop()
-            finally:
-                await b.close()
-
-        asyncio.run(drop_namespace())
+        asyncio.run(drop_nats(url))
 
 
 @pytest.fixture(params=TASK_QUEUE_URLS, ids=lambda u: u.split(":", 1)[0])

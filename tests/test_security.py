@@ -472,21 +472,13 @@ def test_bad_record_fails_alone_nats(monkeypatch, how: str) -> None:
         finally:
             await q.close()
 
-    async def drop() -> None:
-        from omniq.storage.nats import NatsBackend
-
-        b = NatsBackend(url)
-        await b.connect()
-        try:
-            await b.drop()
-        finally:
-            await b.close()
+    from tests.storage.backends import drop_nats
 
     monkeypatch.setenv("OMNIQ_SECRET_KEY", KEY)  # (shared storage: signed)
     try:
         _run_with_one_bad(url, lambda tid: asyncio.run(overwrite_async(tid)))
     finally:
-        asyncio.run(drop())
+        asyncio.run(drop_nats(url))
 
 
 @pytest.mark.parametrize("payload", [b"\xc1 garbage", b"M" + DEEP, b"C" + DEEP, b"D" + DEEP])
