@@ -30,7 +30,7 @@ def _bar(done: int, failed: int, total: int, started: float, width: int = 30) ->
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from . import OmniQ
+    from .core import OmniQ
     from .demo import error_of, estimate_pi
 
     db = os.path.abspath(args.db)
@@ -245,7 +245,7 @@ def _missing_local_storage(urls: Sequence[str]) -> tuple[str, str] | None:
 def cmd_status(args: argparse.Namespace) -> int:
     """Exit status 0 when every storage answers, 1 when one does not (usable as a probe),
     2 for a bad argument."""
-    from . import OmniQ
+    from .core import OmniQ
     from .errors import StorageError
 
     oq = OmniQ(tasks=args.tasks, results=args.results, events=args.events, concurrency=0,

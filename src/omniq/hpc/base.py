@@ -45,7 +45,6 @@ import contextlib
 import dataclasses
 import datetime as _dt
 import hashlib
-import io
 import json
 import math
 import os
@@ -63,6 +62,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..config import settings
+from ..config.sizes import parse_size
 from ..errors import ConfigError, OmniQError
 from ..logs import get_logger
 from ..storage.base import masked
@@ -838,21 +838,8 @@ class JobWorkers(abc.ABC):
     def _check_memory_limit(self, value: Any) -> str | None:
         if value is None:
             return None
-        from ..config.sizes import parse_size
-
         parse_size(value, "memory_limit")  # a ConfigError naming it when not a size
-        text = str(value)
-        from ..cli import build_parser
-
-        try:
-            with contextlib.redirect_stderr(io.StringIO()):
-                _, unknown = build_parser().parse_known_args(["worker", "--memory-limit", text])
-        except SystemExit:
-            unknown = ["--memory-limit"]
-        if "--memory-limit" in unknown:
-            raise ConfigError(f"memory_limit={value!r}: this version's omniq worker has no --memory-limit "
-                              "taking it")
-        return text
+        return str(value)
 
     # --- internals: jobs -------------------------------------------------------------------------
     def _submit(self, count: int) -> list[str]:
