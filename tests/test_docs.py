@@ -308,6 +308,9 @@ DOCTEST_MODULES = [
     "omniq.events.processor",
     "omniq.hpc.base",
     "omniq.hpc.slurm",
+    "omniq.sweep.grid",
+    "omniq.sweep.identity",
+    "omniq.sweep.handles",
 ]
 DOCTEST_RUNNER = """
 import doctest, importlib, sys

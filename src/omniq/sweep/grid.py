@@ -21,7 +21,23 @@ _MAX_AXIS = 1_000_000  # values one spec axis may expand to (guards `range(10**1
 # ============================================================================================
 class Zipped:
     """Axes that advance together: ``zipped(a=[1, 2], b=[3, 4])`` is the points
-    ``{a: 1, b: 3}`` and ``{a: 2, b: 4}`` (not their product)."""
+    ``{a: 1, b: 3}`` and ``{a: 2, b: 4}`` (not their product).
+
+    Made by :func:`zipped`, which checks the axes; use it as a whole grid or as one value of a
+    dict grid (its key there is only a label).
+
+    Args:
+        names: The parameter names, one per axis.
+        rows: One tuple of values per point, in the order of ``names``.
+
+    Examples:
+        >>> from omniq.sweep import zipped
+        >>> z = zipped(lr=[0.1, 0.01], momentum=[0.9, 0.99])
+        >>> len(z), z.names
+        (2, ('lr', 'momentum'))
+        >>> z
+        zipped(lr=[0.1, 0.01], momentum=[0.9, 0.99])
+    """
 
     __slots__ = ("names", "rows")
 
@@ -30,6 +46,16 @@ class Zipped:
         self.rows = list(rows)
 
     def points(self) -> list[dict[str, Any]]:
+        """The points, one dict of parameters per row.
+
+        Returns:
+            ``[{name: value, ...}, ...]`` in row order.
+
+        Examples:
+            >>> from omniq.sweep import zipped
+            >>> zipped(a=[1, 2], b=[3, 4]).points()
+            [{'a': 1, 'b': 3}, {'a': 2, 'b': 4}]
+        """
         return [dict(zip(self.names, row)) for row in self.rows]
 
     def __len__(self) -> int:
@@ -46,7 +72,30 @@ class Zipped:
 
 
 def zipped(**axes: Iterable[Any]) -> Zipped:
-    """Axes of equal length that advance together (see :class:`Zipped`)."""
+    """Axes of equal length that advance together (see :class:`Zipped`).
+
+    Args:
+        **axes: Parameter name -> a list (or other iterable) of values; all equally long. A set
+            is sorted, so the order does not vary between processes.
+
+    Returns:
+        The zipped axes, to use as a grid or as one value of a dict grid.
+
+    Raises:
+        ConfigError: No axis, an axis that is not a list of values (a string, a dict, a
+            number), axes of different lengths, or empty axes.
+
+    Examples:
+        >>> from omniq.sweep import expand_grid, zipped
+        >>> expand_grid({"opt": zipped(lr=[0.1, 0.01], momentum=[0.9, 0.99]), "seed": range(2)})
+        ... # doctest: +NORMALIZE_WHITESPACE
+        [{'lr': 0.1, 'momentum': 0.9, 'seed': 0}, {'lr': 0.1, 'momentum': 0.9, 'seed': 1},
+         {'lr': 0.01, 'momentum': 0.99, 'seed': 0}, {'lr': 0.01, 'momentum': 0.99, 'seed': 1}]
+        >>> zipped(lr=[0.1, 0.01], momentum=[0.9])
+        Traceback (most recent call last):
+        ...
+        omniq.errors.ConfigError: zipped axes have different lengths {'lr': 2, 'momentum': 1}: zipped axes must be equally long
+    """
     if not axes:
         raise ConfigError("zipped() needs at least one axis, e.g. zipped(lr=[0.1, 0.01], momentum=[0.9, 0.99])")
     cols = {}
@@ -83,7 +132,31 @@ def _axis(name: Any, values: Any) -> list[Any]:
 
 
 def expand_grid(grid: Any) -> list[dict[str, Any]]:
-    """The points of a grid (dict of axes, :class:`Zipped`, or list of dicts), in grid order."""
+    """The points of a grid, in grid order.
+
+    Args:
+        grid: A dict of axes (the cartesian product in key order, the last key varying
+            fastest; a ``str``, ``bytes``, mapping or non-iterable value is one fixed value; a
+            :class:`Zipped` value adds its axes together), a :class:`Zipped`, or a list of
+            dicts (the points as given).
+
+    Returns:
+        One dict of keyword arguments per point.
+
+    Raises:
+        ConfigError: An empty grid or axis, a key that is not a string, a parameter named
+            twice, a list item that is not a dict, or a grid of another type (a spec string
+            goes through :func:`parse_sweep_spec` first).
+
+    Examples:
+        >>> from omniq.sweep import expand_grid
+        >>> expand_grid({"lr": [0.1, 0.01], "seed": range(2), "model": "resnet"})
+        ... # doctest: +NORMALIZE_WHITESPACE
+        [{'lr': 0.1, 'seed': 0, 'model': 'resnet'}, {'lr': 0.1, 'seed': 1, 'model': 'resnet'},
+         {'lr': 0.01, 'seed': 0, 'model': 'resnet'}, {'lr': 0.01, 'seed': 1, 'model': 'resnet'}]
+        >>> expand_grid([{"n": 1}, {"n": 5}])
+        [{'n': 1}, {'n': 5}]
+    """
     if isinstance(grid, Zipped):
         return grid.points()
     if isinstance(grid, Mapping):
@@ -159,8 +232,29 @@ def parse_sweep_spec(spec: str, namespace: Mapping[str, Any] | None = None) -> d
     ``range``, ``zip`` and arithmetic; other names only from ``namespace``, when given. One
     level of surrounding quotes is stripped (IPython's ``magic_arguments`` keeps them). A
     single value is a fixed parameter (``lr=0.1`` -> ``[0.1]``); ``a, b = zip(xs, ys)`` gives a
-    :class:`Zipped` entry under the key ``"a,b"``. Bad specs raise ``ConfigError`` naming the
-    part that is wrong.
+    :class:`Zipped` entry under the key ``"a,b"``.
+
+    Args:
+        spec: The spec text, as after ``%%omniq submit --sweep``.
+        namespace: Names a right-hand side may use besides literals, ``range`` and ``zip``
+            (the magic passes the notebook's namespace); None allows no others.
+
+    Returns:
+        A grid dict for :func:`expand_grid` or ``oq.sweep``.
+
+    Raises:
+        ConfigError: The spec is not a string, is empty or too long, or a part is not
+            ``name = value`` with a value made of what is allowed; the message names the part.
+
+    Examples:
+        >>> from omniq.sweep import expand_grid, parse_sweep_spec
+        >>> grid = parse_sweep_spec("lr=[1e-3, 1e-2]; seed=range(2)")
+        >>> grid
+        {'lr': [0.001, 0.01], 'seed': [0, 1]}
+        >>> len(expand_grid(grid))
+        4
+        >>> parse_sweep_spec("n=[1, 2]; a, b = zip([1, 2], [3, 4])")
+        {'n': [1, 2], 'a,b': zipped(a=[1, 2], b=[3, 4])}
     """
     if not isinstance(spec, str):
         raise ConfigError(f"sweep spec {spec!r} is not valid: expected a string, {_SPEC_HELP}")

@@ -36,7 +36,23 @@ S = TypeVar("S", bound="SweepBase")
 
 
 def latest_results(found: Iterable[TaskResult]) -> dict[str, TaskResult]:
-    """The latest stored result per key (by finish time, then time-ordered task id)."""
+    """The latest stored result per key (by finish time, then time-ordered task id).
+
+    Args:
+        found: Stored results, e.g. from ``find_results(key_prefix)``; those without a key are
+            ignored.
+
+    Returns:
+        key -> its latest result.
+
+    Examples:
+        >>> from omniq import TaskResult, TaskStatus
+        >>> from omniq.sweep import latest_results
+        >>> old = TaskResult(task_id="t1", status=TaskStatus.FAILED, finished_at=1.0, key="exp1/a/b")
+        >>> new = TaskResult(task_id="t2", status=TaskStatus.SUCCEEDED, finished_at=2.0, key="exp1/a/b")
+        >>> latest_results([new, old])["exp1/a/b"].task_id
+        't2'
+    """
     latest: dict[str, TaskResult] = {}
     for r in found:
         if r.key is None:
@@ -90,7 +106,44 @@ def _remember(core: Any, entries: Iterable[tuple[str, str, cf.Future[TaskResult]
 # the sweep: all logic in the base; Sweep / AsyncSweep only differ in how they wait and call
 # ============================================================================================
 class SweepBase:
-    """State and logic shared by :class:`Sweep` and :class:`AsyncSweep` (no I/O here)."""
+    """State and logic shared by :class:`Sweep` and :class:`AsyncSweep` (no I/O here).
+
+    Not made directly: ``oq.sweep(...)`` calls :meth:`Sweep.start` (or
+    :meth:`AsyncSweep.start`). The reading methods below do no I/O and are plain methods on
+    both classes.
+
+    Attributes:
+        name: The sweep's name (the first part of every point's key).
+        identity: Its function's identity (:func:`~omniq.sweep.function_identity`), or the
+            one given to ``start``.
+        points: The grid's points, one dict of keyword arguments each, in grid order.
+        keys: Each point's result and task key, in grid order.
+        key_prefix: ``"{name}/{identity digest}/"``, common to every key.
+        submitted: Tasks this object handed to the queue (starts and retries).
+
+    Args:
+        oq: The ``OmniQ`` or ``AsyncOmniQ`` the sweep runs on.
+        core: Its ``AsyncOmniQ``.
+        fn: The function; each point runs ``fn(**point)``.
+        grid: A grid (see :func:`~omniq.sweep.expand_grid`).
+        name: The sweep's name; None uses the function's name.
+        identity: Overrides ``function_identity(fn)``; None computes it.
+        options: Enqueue options for every point (``queue``, ``retries``, ``timeout``, ...).
+
+    Raises:
+        ConfigError: ``fn`` is not callable, ``name`` is empty, ``identity`` is not a string,
+            ``options`` hold ``key``, ``keys`` or ``metadata`` (a sweep sets those), or the
+            grid is not valid.
+
+    Examples:
+        >>> from omniq import OmniQ
+        >>> def train(lr, seed):
+        ...     return lr * 10 + seed
+        >>> with OmniQ(tasks="memory://", worker="thread", concurrency=2) as oq:
+        ...     sw = oq.sweep(train, {"lr": [1, 2], "seed": range(2)}, name="exp1").wait(timeout=30)
+        ...     print(len(sw), sw.done(), sw.counts(), sw.key_prefix.startswith("exp1/"))
+        4 True {'succeeded': 4} True
+    """
 
     def __init__(
         self,
@@ -273,15 +326,50 @@ class SweepBase:
     def adopted(self) -> int:
         """Points whose task was not stored because a task already held their key (queued or
         running from an earlier run, or another process's run of this sweep): this sweep waits
-        for those tasks instead. Known once the points are stored (``flush()``)."""
+        for those tasks instead. Known once the points are stored (``flush()``).
+
+        Examples:
+            >>> from omniq import OmniQ
+            >>> import os, tempfile
+            >>> url = "sqlite:///" + os.path.join(tempfile.mkdtemp(), "lab.db")
+            >>> with OmniQ(tasks=url, concurrency=0) as a, OmniQ(tasks=url, concurrency=0) as b:
+            ...     first = a.sweep(pow, {"base": [2, 3], "exp": [2]}, name="again")
+            ...     a.flush()
+            ...     second = b.sweep(pow, {"base": [2, 3], "exp": [2]}, name="again")  # as elsewhere
+            ...     b.flush()
+            ...     (first.submitted, first.adopted), (second.submitted, second.adopted)
+            ((2, 0), (2, 2))
+        """
         return self._n_adopted
 
     def done(self) -> bool:
-        """True once every point has a final result."""
+        """Whether every point has a final result.
+
+        Returns:
+            True once each point succeeded, failed, was cancelled or expired.
+
+        Examples:
+            >>> from omniq import OmniQ
+            >>> with OmniQ(tasks="memory://", concurrency=0) as oq:
+            ...     oq.sweep(pow, {"base": [2, 3], "exp": [2]}, name="later").done()
+            False
+        """
         return self._tracker.complete
 
     def counts(self) -> dict[str, int]:
-        """status -> number of points (``succeeded``, ``failed``, ``queued``, ``running``, ...)."""
+        """How many points are in each state.
+
+        Returns:
+            status name -> number of points (``succeeded``, ``failed``, ``queued``,
+            ``running``, ``pending``, ``cancelled``, ``expired``); states with no point are
+            left out.
+
+        Examples:
+            >>> from omniq import OmniQ
+            >>> with OmniQ(tasks="memory://", concurrency=0) as oq:
+            ...     oq.sweep(pow, {"base": [2, 3], "exp": [2]}, name="later").counts()
+            {'queued': 2}
+        """
         return self._tracker.counts()
 
     def _record(self, i: int, *, traceback: bool = False) -> dict[str, Any]:
@@ -297,18 +385,73 @@ class SweepBase:
         return rec
 
     def results(self) -> list[dict[str, Any]]:
-        """One record per point in grid order; unfinished points have status ``queued``,
-        ``running`` or ``pending`` and value None."""
+        """One record per point, in grid order.
+
+        Returns:
+            A dict per point: its parameters (one named like a field below becomes
+            ``param_<name>``) plus ``value``, ``status``, ``error`` (``"Type: message"`` or
+            None) and ``duration`` (seconds or None). Unfinished points have status ``queued``,
+            ``running`` or ``pending`` and value None.
+
+        Examples:
+            >>> from omniq import OmniQ
+            >>> def inverse(x):
+            ...     return 1 / x
+            >>> with OmniQ(tasks="memory://", worker="thread", concurrency=1) as oq:
+            ...     sw = oq.sweep(inverse, {"x": [2, 0]}, name="inv").wait(timeout=30)
+            ...     for rec in sw.results():
+            ...         print(rec["x"], rec["value"], rec["status"], rec["error"])
+            2 0.5 succeeded None
+            0 None failed ZeroDivisionError: division by zero
+        """
         return [self._record(i) for i in range(len(self.points))]
 
     def failed(self) -> list[dict[str, Any]]:
-        """Records of points that finished without a value (failed, cancelled, expired), in
-        grid order, each with the remote ``traceback`` text as well."""
+        """The points that finished without a value (failed, cancelled, expired).
+
+        Returns:
+            Their records as :meth:`results` gives them, in grid order, each with the remote
+            ``traceback`` text as well (empty when there is none, e.g. cancelled).
+
+        Examples:
+            >>> from omniq import OmniQ
+            >>> def inverse(x):
+            ...     return 1 / x
+            >>> with OmniQ(tasks="memory://", worker="thread", concurrency=1) as oq:
+            ...     sw = oq.sweep(inverse, {"x": [2, 0]}, name="inv").wait(timeout=30)
+            ...     [(r["x"], "ZeroDivisionError" in r["traceback"]) for r in sw.failed()]
+            [(0, True)]
+        """
         return [self._record(i, traceback=True) for i in self._tracker.slots_in(_is_unsuccessful_final)]
 
     def values(self, default: Any = _RAISE) -> list[Any]:
-        """Values in grid order. A point without a value raises ``TaskError`` (naming how many
-        and the first error) unless ``default`` is given, which stands in for it."""
+        """The points' values, in grid order.
+
+        Args:
+            default: Stands in for the value of a point that has none (unfinished, failed,
+                cancelled, expired). Not given: such a point raises.
+
+        Returns:
+            One value per point.
+
+        Raises:
+            TaskError: A point has no value and no ``default`` is given; the message says how
+                many, and names the first point and its error.
+
+        Examples:
+            >>> from omniq import OmniQ, TaskError
+            >>> def inverse(x):
+            ...     return 1 / x
+            >>> with OmniQ(tasks="memory://", worker="thread", concurrency=1) as oq:
+            ...     sw = oq.sweep(inverse, {"x": [2, 0]}, name="inv").wait(timeout=30)
+            ...     print(sw.values(default=None))
+            ...     try:
+            ...         sw.values()
+            ...     except TaskError as e:
+            ...         print(e.message)
+            [0.5, None]
+            1 of 2 points of sweep 'inv' have no value (see .failed()); first: x=0: ZeroDivisionError: division by zero
+        """
         out = []
         missing: list[int] = []
         for i in range(len(self.points)):
@@ -332,7 +475,24 @@ class SweepBase:
         return out
 
     def to_pandas(self) -> Any:
-        """``results()`` as a pandas DataFrame (one row per point, grid order)."""
+        """:meth:`results` as a pandas DataFrame.
+
+        Returns:
+            A ``pandas.DataFrame``: one row per point in grid order; a column per parameter,
+            then ``value``, ``status``, ``error`` and ``duration``.
+
+        Raises:
+            ImportError: pandas is not installed (the ``notebook`` extra installs it).
+
+        Examples:
+            >>> from omniq import OmniQ
+            >>> with OmniQ(tasks="memory://", worker="thread", concurrency=1) as oq:
+            ...     df = oq.sweep(pow, {"base": [2, 3], "exp": [2]}, name="pow").wait(timeout=30).to_pandas()
+            >>> df[["base", "exp", "value", "status"]]
+               base  exp  value     status
+            0     2    2      4  succeeded
+            1     3    2      9  succeeded
+        """
         try:
             import pandas as pd
         except ImportError as exc:
@@ -346,18 +506,46 @@ class SweepBase:
     # --- display ---------------------------------------------------------------------------
     @property
     def tracker(self) -> Tracker:
-        """The live per-point state (what the progress widget shows)."""
+        """The live per-point state (what the progress widget shows).
+
+        Examples:
+            >>> from omniq import OmniQ
+            >>> with OmniQ(tasks="memory://", concurrency=0) as oq:
+            ...     oq.sweep(pow, {"base": [2, 3], "exp": [2]}, name="later").tracker.snapshot().total
+            2
+        """
         return self._tracker
 
     @property
     def oq(self) -> Any:
-        """The ``OmniQ`` or ``AsyncOmniQ`` this sweep runs on."""
+        """The ``OmniQ`` or ``AsyncOmniQ`` this sweep runs on.
+
+        Examples:
+            >>> from omniq import OmniQ
+            >>> with OmniQ(tasks="memory://", concurrency=0) as oq:
+            ...     oq.sweep(pow, {"base": [2], "exp": [2]}, name="later").oq is oq
+            True
+        """
         return self._oq
 
     def progress(self, **options: Any) -> Any:
         """This sweep's progress display (one per sweep; a widget in a kernel, a text line
-        elsewhere), made by the client's display hook (``AsyncOmniQ.display``). ``options``
-        are the display's options, used when it is first made."""
+        elsewhere), made by the client's display hook (``AsyncOmniQ.display``).
+
+        Args:
+            **options: The display's options (for the notebook widget, those of
+                :func:`omniq.notebook.widgets.progress`), used when it is first made.
+
+        Returns:
+            The display; the same object on every call.
+
+        Examples:
+            >>> from omniq import OmniQ
+            >>> with OmniQ(tasks="memory://", worker="thread", concurrency=1) as oq:
+            ...     sw = oq.sweep(pow, {"base": [2], "exp": [2]}, name="now").wait(timeout=30)
+            ...     sw.progress() is sw.progress()
+            True
+        """
         if self._progress is None:
             self._progress = self._core.display.make(self._oq, self, title=f"sweep {self.name}", **options)
         return self._progress
@@ -383,33 +571,124 @@ def _is_unsuccessful_final(state: str) -> bool:
 
 
 class Sweep(SweepBase):
-    """A running sweep, from synchronous code. Made by ``OmniQ.sweep``; returns at once."""
+    """A running sweep, from synchronous code. Made by ``OmniQ.sweep``, which returns at once.
+
+    See :class:`SweepBase` for its attributes and reading methods.
+
+    Examples:
+        >>> from omniq import OmniQ
+        >>> def train(lr, seed):
+        ...     return lr * 10 + seed
+        >>> with OmniQ(tasks="memory://", worker="thread", concurrency=2) as oq:
+        ...     sw = oq.sweep(train, {"lr": [1, 2], "seed": range(2)}, name="exp1")
+        ...     print(sw.wait(timeout=30).values())
+        ...     again = oq.sweep(train, {"lr": [1, 2], "seed": range(3)}, name="exp1")
+        ...     print(again.submitted, again.wait(timeout=30).values())  # 4 points reused
+        [10, 11, 20, 21]
+        2 [10, 11, 12, 20, 21, 22]
+    """
 
     @classmethod
     def start(cls, oq: OmniQ, fn: Callable[..., Any], grid: Any, *, name: str | None = None,
               identity: str | None = None, **options: Any) -> Sweep:
-        """Expand ``grid``, reuse finished points of an earlier run (one ``find_results``
-        call), submit the others as one batch. ``identity`` overrides ``function_identity(fn)``
-        (the cell magic passes a digest of the cell source); ``options`` are enqueue options."""
+        """Expand ``grid``, reuse finished points of an earlier run, submit the others.
+
+        Points whose latest stored result succeeded are kept (one ``find_results`` call);
+        points still in flight from an earlier start in this process are followed; the rest
+        are submitted as one batch. ``oq.sweep(fn, grid, name=..., **options)`` calls this.
+
+        Args:
+            oq: An open ``OmniQ``.
+            fn: The function; each point runs ``fn(**point)``.
+            grid: A grid (see :func:`~omniq.sweep.expand_grid`).
+            name: The sweep's name; None uses the function's name.
+            identity: Overrides ``function_identity(fn)`` (the cell magic passes a digest of
+                the cell source).
+            **options: Enqueue options for every point (``queue``, ``priority``, ``retries``,
+                ``timeout``, ...; not ``key`` or ``metadata``).
+
+        Returns:
+            The sweep, started.
+
+        Raises:
+            ConfigError: A bad argument or grid, named.
+
+        Examples:
+            >>> from omniq import OmniQ
+            >>> from omniq.sweep import Sweep
+            >>> with OmniQ(tasks="memory://", worker="thread", concurrency=1) as oq:
+            ...     Sweep.start(oq, pow, {"base": [2, 3], "exp": [2]}, name="p").wait(timeout=30).values()
+            [4, 9]
+        """
         with bulk():
             sw = cls(oq, oq.core, fn, grid, name=name, identity=identity, options=options)
             found = oq.find_results(sw.key_prefix)
             return sw._launch(found)
 
     def wait(self, timeout: float | None = None) -> Sweep:
-        """Block until every point is final; ``TimeoutError`` past ``timeout``. Returns self."""
+        """Block until every point is final.
+
+        Args:
+            timeout: Seconds to wait at most; None waits as long as it takes.
+
+        Returns:
+            This sweep, so ``sw.wait().results()`` reads well.
+
+        Raises:
+            TimeoutError: Points are unfinished after ``timeout`` seconds (the message gives
+                the counts); the sweep goes on.
+
+        Examples:
+            >>> from omniq import OmniQ
+            >>> with OmniQ(tasks="memory://", concurrency=0) as oq:
+            ...     try:
+            ...         oq.sweep(pow, {"base": [2], "exp": [2]}, name="nobody").wait(timeout=0.1)
+            ...     except TimeoutError as e:
+            ...         print(e)
+            sweep 'nobody' did not finish within 0.1 s: {'queued': 1}
+        """
         if not self._tracker.wait(timeout):
             raise TimeoutError(f"sweep {self.name!r} did not finish within {timeout} s: {self.counts()}")
         return self
 
     def retry_failed(self) -> Sweep:
-        """Submit failed, cancelled and expired points again, in place; returns self (so a
-        displayed widget keeps tracking, and ``sw.retry_failed().wait()`` reads well)."""
+        """Submit failed, cancelled and expired points again, in place.
+
+        Returns:
+            This sweep (so a displayed widget keeps tracking, and
+            ``sw.retry_failed().wait()`` reads well).
+
+        Examples:
+            >>> from omniq import OmniQ
+            >>> import os, tempfile
+            >>> marker = os.path.join(tempfile.mkdtemp(), "tried")
+            >>> def flaky(x):
+            ...     if not os.path.exists(marker):
+            ...         open(marker, "w").close()
+            ...         raise RuntimeError("first try fails")
+            ...     return x
+            >>> with OmniQ(tasks="memory://", worker="thread", concurrency=1) as oq:
+            ...     sw = oq.sweep(flaky, {"x": [7]}, name="flaky").wait(timeout=30)
+            ...     print(sw.counts(), sw.retry_failed().wait(timeout=30).counts(), sw.values())
+            {'failed': 1} {'succeeded': 1} [7]
+        """
         self._retry()
         return self
 
     def cancel(self) -> int:
-        """Cancel every unfinished point; the number of tasks cancelled."""
+        """Cancel every unfinished point.
+
+        Returns:
+            The number of tasks cancelled (running ones stop as the worker's kind allows; see
+            ``OmniQ.cancel``).
+
+        Examples:
+            >>> from omniq import OmniQ
+            >>> with OmniQ(tasks="memory://", concurrency=0) as oq:
+            ...     sw = oq.sweep(pow, {"base": [2, 3], "exp": [2]}, name="later")
+            ...     print(sw.cancel(), sw.counts())
+            2 {'cancelled': 2}
+        """
         ids = self._unfinished_ids()
         return self._oq.cancel_many(ids) if ids else 0
 
@@ -417,12 +696,44 @@ class Sweep(SweepBase):
 class AsyncSweep(SweepBase):
     """A running sweep, from async code. Made by ``AsyncOmniQ.sweep``. Waiting and
     cancelling are coroutines; reading results is not (it does no I/O), as with
-    ``AsyncTaskHandle.done()``."""
+    ``AsyncTaskHandle.done()``. See :class:`SweepBase` for its attributes and reading methods.
+
+    Examples:
+        >>> import asyncio
+        >>> from omniq import AsyncOmniQ
+        >>> async def main():
+        ...     async with AsyncOmniQ(tasks="memory://", worker="async", concurrency=2) as oq:
+        ...         sw = await oq.sweep(pow, {"base": [2, 3], "exp": [2]}, name="p")
+        ...         await sw.wait(timeout=30)
+        ...         return sw.values()
+        >>> asyncio.run(main())
+        [4, 9]
+    """
 
     @classmethod
     async def start(cls, oq: AsyncOmniQ, fn: Callable[..., Any], grid: Any, *,
                     name: str | None = None, identity: str | None = None, **options: Any) -> AsyncSweep:
-        """See :meth:`Sweep.start`."""
+        """Expand ``grid``, reuse finished points of an earlier run, submit the others.
+
+        ``await oq.sweep(fn, grid, name=..., **options)`` calls this.
+
+        Args:
+            oq: An open ``AsyncOmniQ``.
+            fn: The function; each point runs ``fn(**point)``.
+            grid: A grid (see :func:`~omniq.sweep.expand_grid`).
+            name: The sweep's name; None uses the function's name.
+            identity: Overrides ``function_identity(fn)``.
+            **options: Enqueue options for every point.
+
+        Returns:
+            The sweep, started.
+
+        Raises:
+            ConfigError: A bad argument or grid, named.
+
+        Examples:
+            See :class:`AsyncSweep`; it works as :meth:`Sweep.start`.
+        """
         with bulk():
             sw = cls(oq, oq, fn, grid, name=name, identity=identity, options=options)
         found = await oq.find_results(sw.key_prefix)
@@ -430,7 +741,20 @@ class AsyncSweep(SweepBase):
             return sw._launch(found)
 
     async def wait(self, timeout: float | None = None) -> AsyncSweep:
-        """Wait until every point is final; ``TimeoutError`` past ``timeout``. Returns self."""
+        """Wait until every point is final.
+
+        Args:
+            timeout: Seconds to wait at most; None waits as long as it takes.
+
+        Returns:
+            This sweep.
+
+        Raises:
+            TimeoutError: Points are unfinished after ``timeout`` seconds; the sweep goes on.
+
+        Examples:
+            See :class:`AsyncSweep`; it works as :meth:`Sweep.wait`.
+        """
         loop = asyncio.get_running_loop()
         changed = asyncio.Event()
 
@@ -450,11 +774,25 @@ class AsyncSweep(SweepBase):
         return self
 
     async def retry_failed(self) -> AsyncSweep:
-        """See :meth:`Sweep.retry_failed`."""
+        """Submit failed, cancelled and expired points again, in place.
+
+        Returns:
+            This sweep.
+
+        Examples:
+            ``await (await sw.retry_failed()).wait()``; it works as :meth:`Sweep.retry_failed`.
+        """
         self._retry()
         return self
 
     async def cancel(self) -> int:
-        """See :meth:`Sweep.cancel`."""
+        """Cancel every unfinished point.
+
+        Returns:
+            The number of tasks cancelled.
+
+        Examples:
+            ``n = await sw.cancel()``; it works as :meth:`Sweep.cancel`.
+        """
         return await self._core.cancel_many(self._unfinished_ids())
 

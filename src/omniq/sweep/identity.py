@@ -20,6 +20,20 @@ from ..serialization import dumps
 # keys: function identity and parameter digests (pure)
 # ============================================================================================
 def short_name(fn: Any) -> str:
+    """A callable's qualified name, looking through ``functools.partial``.
+
+    Args:
+        fn: A function, a partial, or any callable object.
+
+    Returns:
+        Its ``__qualname__`` (or ``__name__``, or its type's qualified name).
+
+    Examples:
+        >>> from functools import partial
+        >>> from omniq.sweep.identity import short_name
+        >>> short_name(partial(short_name, 1)), short_name(len)
+        ('short_name', 'len')
+    """
     if isinstance(fn, partial):
         return short_name(fn.func)
     name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__qualname__
@@ -36,6 +50,25 @@ def function_identity(fn: Callable[..., Any]) -> str:
     bytes. For a function defined in ``__main__`` the ``__main__`` functions it refers to by
     global name are included too. Bytecode differs between Python versions, so an upgrade
     reruns a sweep.
+
+    Args:
+        fn: The sweep's function (a ``functools.partial`` counts its arguments too).
+
+    Returns:
+        ``"module.qualname@<64 hex digits>"`` (just ``qualname@...`` for ``__main__``).
+
+    Examples:
+        >>> from omniq.sweep import function_identity
+        >>> def train(lr, seed=0):
+        ...     return lr * seed
+        >>> ident = function_identity(train)
+        >>> name, _, digest = ident.partition("@")
+        >>> name.endswith("train"), len(digest)
+        (True, 64)
+        >>> def train(lr, seed=1):            # another default: another function
+        ...     return lr * seed
+        >>> function_identity(train) == ident
+        False
     """
     h = hashlib.sha256()
     Canon(h).value(fn)
@@ -46,7 +79,26 @@ def function_identity(fn: Callable[..., Any]) -> str:
 
 
 class Canon:
-    """Feeds a canonical, type-tagged encoding of a value into a hash (cycle-safe)."""
+    """Feeds a canonical, type-tagged encoding of a value into a hash (cycle-safe).
+
+    Dicts and sets are encoded independently of their order; functions by their code,
+    defaults and closure values; other objects by their serialized bytes.
+
+    Args:
+        h: A ``hashlib`` hash object; :meth:`value` updates it.
+
+    Examples:
+        >>> import hashlib
+        >>> from omniq.sweep import Canon
+        >>> def digest(v):
+        ...     c = Canon(hashlib.sha256())
+        ...     c.value(v)
+        ...     return c.h.hexdigest()
+        >>> digest({"a": 1, "b": 2}) == digest({"b": 2, "a": 1})
+        True
+        >>> digest([1, 2]) == digest((1, 2))
+        False
+    """
 
     def __init__(self, h: Any) -> None:
         self.h = h
@@ -57,6 +109,11 @@ class Canon:
         self.h.update(tag + len(data).to_bytes(8, "big") + data)
 
     def value(self, v: Any) -> None:
+        """Feed one value (recursively) into the hash.
+
+        Args:
+            v: Any value; a value already being fed (a cycle) is fed as a back-reference.
+        """
         t = type(v)
         if v is None or t is bool:
             self._w(b"N" if v is None else (b"T" if v else b"F"))
@@ -171,7 +228,20 @@ def params_digest(params: Mapping[str, Any]) -> str:
     """16 hex digits naming a point's parameters, stable across processes and dict order.
 
     Plain scalars take a msgpack fast path (a 10,000-point sweep must start in milliseconds);
-    anything else goes through the canonical encoder. Changing either changes every key."""
+    anything else goes through the canonical encoder. Changing either changes every key.
+
+    Args:
+        params: One point's keyword arguments.
+
+    Returns:
+        16 lowercase hex digits.
+
+    Examples:
+        >>> from omniq.sweep import params_digest
+        >>> d = params_digest({"lr": 0.1, "seed": 0})
+        >>> len(d), d == params_digest({"seed": 0, "lr": 0.1})
+        (16, True)
+    """
     items = sorted(params.items())
     for _, v in items:
         if type(v) not in _FAST_TYPES:
@@ -187,18 +257,60 @@ def params_digest(params: Mapping[str, Any]) -> str:
 
 
 def identity_digest(identity: str) -> str:
-    """16 hex digits of an identity string (``function_identity`` or a caller's, e.g. a cell's)."""
+    """16 hex digits of an identity string (``function_identity`` or a caller's, e.g. a cell's).
+
+    Args:
+        identity: The identity string.
+
+    Returns:
+        The first 16 hex digits of its SHA-256.
+
+    Examples:
+        >>> from omniq.sweep import identity_digest
+        >>> identity_digest("train@abc")
+        '87aa30fab1c1334b'
+    """
     return hashlib.sha256(identity.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
 def point_key(name: str, identity: str, params: Mapping[str, Any]) -> str:
-    """``"{name}/{identity digest}/{params digest}"``: the result key of one sweep point."""
+    """``"{name}/{identity digest}/{params digest}"``: the result key of one sweep point.
+
+    It is also the point's task key, so a point whose task is still pending, queued or running
+    is not stored twice; ``find_results(key_prefix=f"{name}/")`` lists a sweep's points.
+
+    Args:
+        name: The sweep's name.
+        identity: Its function's identity (:func:`function_identity`).
+        params: The point's keyword arguments.
+
+    Returns:
+        The key.
+
+    Examples:
+        >>> from omniq.sweep import identity_digest, params_digest, point_key
+        >>> key = point_key("exp1", "train@abc", {"lr": 0.1})
+        >>> key == f"exp1/{identity_digest('train@abc')}/{params_digest({'lr': 0.1})}"
+        True
+    """
     return f"{name}/{identity_digest(identity)}/{params_digest(params)}"
 
 
 def plain_params(point: Mapping[str, Any]) -> dict[str, Any]:
     """Parameters as task metadata: stored records hold plain data only, so other values
-    are kept as their repr."""
+    are kept as their repr.
+
+    Args:
+        point: One point's keyword arguments.
+
+    Returns:
+        A copy in which every value msgpack cannot encode is replaced by its ``repr``.
+
+    Examples:
+        >>> from omniq.sweep.identity import plain_params
+        >>> plain_params({"lr": 0.1, "kind": object})
+        {'lr': 0.1, 'kind': "<class 'object'>"}
+    """
     try:
         _msgpack.encode(point)
         return dict(point)
