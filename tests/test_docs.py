@@ -295,6 +295,7 @@ def test_examples_that_need_a_service(block: Block, tmp_path: Path,
 DOCTEST_MODULES = [
     "omniq.errors",
     "omniq.executor",
+    "omniq.client.executor",
     "omniq.joblib",
     "omniq.ids",
     "omniq.blobcache",
@@ -311,6 +312,11 @@ DOCTEST_MODULES = [
     "omniq.sweep.grid",
     "omniq.sweep.identity",
     "omniq.sweep.handles",
+    "omniq.models.task",
+    "omniq.models.event",
+    "omniq.models.result",
+    "omniq.models.schedule",
+    "omniq.models.config",
 ]
 DOCTEST_RUNNER = """
 import doctest, importlib, sys

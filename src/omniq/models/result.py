@@ -13,7 +13,24 @@ _UNSET: Any = object()
 
 
 class ErrorInfo(msgspec.Struct, frozen=True, omit_defaults=True):
-    """A remote exception, kept as text so any process (or language) can read it."""
+    """A remote exception, kept as text so any process (or language) can read it.
+
+    ``str()`` is ``"Type: message"``.
+
+    Attributes:
+        type: The exception's class name (``"ValueError"``), or OmniQ's word for how the
+            task ended (``"WorkerDied"``, ``"TaskExpired"``, ...).
+        message: Its message.
+        traceback: The remote traceback as text ("" when there is none).
+
+    Examples:
+        >>> from omniq import OmniQ
+        >>> with OmniQ(tasks="memory://", worker="thread", concurrency=1) as oq:
+        ...     h = oq.submit(int, "x")
+        ...     r = oq.get_result(h.id, wait=True, timeout=30)
+        >>> r.error.type, str(r.error)
+        ('ValueError', "ValueError: invalid literal for int() with base 10: 'x'")
+    """
 
     type: str
     message: str
@@ -27,7 +44,33 @@ class TaskResult(msgspec.Struct, kw_only=True, omit_defaults=True, dict=True):
     """Final record of a task. ``payload`` is the serialized value; ``value`` decodes it once.
 
     Storage moves ``payload`` bytes without opening them, so a process worker's result reaches
-    the result store without being deserialized in between.
+    the result store without being deserialized in between. ``get_result``,
+    ``find_results`` and sweeps return these; a handle's ``result()`` returns the value.
+
+    Attributes:
+        task_id: The task's id.
+        status: Its final :class:`TaskStatus`.
+        payload: The serialized return value (None unless it succeeded).
+        error: What went wrong, when it did not succeed.
+        attempts: Runs that raised (retries included).
+        started_at: When the final run started (epoch seconds).
+        finished_at: When it ended.
+        worker: The worker that ran it.
+        queue: The task's queue.
+        name: The function's qualified name.
+        key: The task's key (a sweep point's key), if any.
+        expires_at: When the result store may drop it (``result_ttl``).
+        metadata: The task's metadata.
+        blobs: Digests of the large values ``payload`` refers to.
+        seal: With a secret key, a MAC binding ``payload`` to this task id and key.
+
+    Examples:
+        >>> from omniq import OmniQ
+        >>> with OmniQ(tasks="memory://", worker="thread", concurrency=1) as oq:
+        ...     tid = oq.enqueue(pow, args=(2, 10), key="p10")
+        ...     r = oq.get_result(tid, wait=True, timeout=30)
+        >>> r.ok, r.value, r.status, r.key, r.duration >= 0
+        (True, 1024, <TaskStatus.SUCCEEDED: 'succeeded'>, 'p10', True)
     """
 
     task_id: str
@@ -48,7 +91,21 @@ class TaskResult(msgspec.Struct, kw_only=True, omit_defaults=True, dict=True):
 
     @property
     def value(self) -> Any:
-        """The task's return value (None unless it succeeded)."""
+        """The task's return value (None unless it succeeded), decoded once and kept.
+
+        Raises:
+            SignatureError: With signing on, the payload's seal does not match (it is never
+                loaded).
+            SerializationError: The value cannot be loaded here (say, a class this process
+                cannot import).
+
+        Examples:
+            >>> from omniq import OmniQ
+            >>> with OmniQ(tasks="memory://", worker="thread", concurrency=1) as oq:
+            ...     r = oq.get_result(oq.submit(divmod, 7, 2).id, wait=True, timeout=30)
+            >>> r.value
+            (3, 1)
+        """
         cached = self.__dict__.get("_value", _UNSET)
         if cached is _UNSET:
             if self.payload is None:
@@ -86,11 +143,24 @@ class TaskResult(msgspec.Struct, kw_only=True, omit_defaults=True, dict=True):
 
     @property
     def duration(self) -> float | None:
-        """Seconds the final attempt ran, when it ran at all."""
+        """Seconds the final attempt ran, when it ran at all (else None).
+
+        Examples:
+            >>> from omniq import TaskResult, TaskStatus
+            >>> TaskResult(task_id="t", status=TaskStatus.SUCCEEDED, started_at=10.0, finished_at=12.5).duration
+            2.5
+        """
         if self.started_at is None or self.finished_at is None:
             return None
         return self.finished_at - self.started_at
 
     @property
     def ok(self) -> bool:
+        """Whether the task succeeded.
+
+        Examples:
+            >>> from omniq import TaskResult, TaskStatus
+            >>> TaskResult(task_id="t", status=TaskStatus.CANCELLED).ok
+            False
+        """
         return self.status is TaskStatus.SUCCEEDED

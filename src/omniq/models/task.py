@@ -9,7 +9,28 @@ import msgspec
 
 
 class TaskStatus(str, enum.Enum):
-    """Where a task is in its life. The last four are final."""
+    """Where a task is in its life. The last four are final.
+
+    A ``str`` enum: ``TaskStatus.QUEUED == "queued"``, and ``str()`` gives the value.
+
+    Attributes:
+        PENDING: Waiting for its ``eta`` / ``delay`` or for the tasks it depends on.
+        QUEUED: Ready to be claimed by a worker.
+        RUNNING: Leased by a worker, which renews the lease while it runs.
+        SUCCEEDED: Finished with a value.
+        FAILED: Raised (after its retries), timed out, or its worker kept dying.
+        CANCELLED: Cancelled before or while it ran, or a task it depended on did not succeed.
+        EXPIRED: Not started before its ``ttl`` ran out.
+
+    Examples:
+        >>> from omniq import OmniQ, TaskStatus
+        >>> with OmniQ(tasks="memory://", worker="thread", concurrency=1) as oq:
+        ...     h = oq.submit(pow, 2, 10)
+        ...     h.result(timeout=30)
+        ...     h.status(), h.status() == "succeeded", h.status().is_final
+        1024
+        (<TaskStatus.SUCCEEDED: 'succeeded'>, True, True)
+    """
 
     PENDING = "pending"  # waiting for its eta or its dependencies
     QUEUED = "queued"  # ready to be claimed
@@ -21,6 +42,13 @@ class TaskStatus(str, enum.Enum):
 
     @property
     def is_final(self) -> bool:
+        """Whether the status is one a task never leaves (succeeded, failed, cancelled, expired).
+
+        Examples:
+            >>> from omniq import TaskStatus
+            >>> TaskStatus.RUNNING.is_final, TaskStatus.EXPIRED.is_final
+            (False, True)
+        """
         return self in FINAL_STATUSES
 
     def __str__(self) -> str:
@@ -37,6 +65,45 @@ class Task(msgspec.Struct, kw_only=True, omit_defaults=True):
 
     Times are epoch seconds (``time.time()``). ``attempts`` counts runs that raised (retries);
     ``deliveries`` counts claims, so a task whose worker died can be told apart from one that failed.
+    Built by ``enqueue`` / ``submit`` / ``map`` (which check every option); users read tasks
+    through handles, ``status()`` and ``events()`` rather than this record.
+
+    Attributes:
+        id: Time-ordered unique id (``omniq.ids``).
+        payload: The serialized call; only a worker opens it.
+        name: The function's qualified name, for people and dashboards.
+        queue: The queue it waits in.
+        priority: Higher is claimed first within a queue.
+        status: Its :class:`TaskStatus`.
+        created_at: When it was built.
+        eta: Not started before this time (``delay`` / ``eta``).
+        expires_at: From ``ttl``: not started by then, it expires.
+        depends_on: Ids of tasks that must succeed first.
+        retries: Runs allowed to raise before it fails.
+        retry_delay: Seconds before the first retry (doubled each time, with jitter).
+        timeout: Seconds one run may take.
+        attempts: Runs that raised so far.
+        deliveries: Times a worker claimed it.
+        max_deliveries: Claims allowed before a task whose worker keeps dying fails.
+        on_success: A serialized callback submitted when it succeeds.
+        on_failure: A serialized callback submitted when it fails.
+        key: Idempotency key (also a sweep point's key).
+        result_ttl: Seconds its result is kept.
+        memory_limit: Bytes its process may use (None: the worker's default).
+        metadata: The caller's plain data.
+        blobs: Digests of the large values its payload refers to.
+        seal: With a secret key, a MAC binding the payload to this id and fields.
+        worker: The worker holding its lease.
+        lease_until: When that lease lapses unless renewed.
+        cancel_requested: ``cancel()`` asked a running task to stop.
+
+    Examples:
+        >>> from omniq import OmniQ
+        >>> from omniq.models import Task
+        >>> with OmniQ(tasks="memory://", concurrency=0) as oq:
+        ...     task = oq.core.intake.make_task(pow, (2, 10), None, queue="gpu", retries=2)
+        >>> isinstance(task, Task), task.name, task.queue, task.retries, task.status
+        (True, 'pow', 'gpu', 2, <TaskStatus.QUEUED: 'queued'>)
     """
 
     id: str
