@@ -1,0 +1,2 @@
+"""Integrations with other tools, each importing its extra only when used: the web dashboard
+(``omniq.integrations.dashboard``, extra ``dashboard``). ``import omniq`` imports none of them."""

@@ -1,0 +1,205 @@
+"""The dashboard's ASGI app: Starlette routes rendering Jinja2 templates (server-side HTML; a
+small script of our own, ``static/dashboard.js``, listens to ``/events`` and swaps the page's
+live region). Pages: ``/``, ``/tasks``, ``/tasks/<id>``, ``/sweeps/<name>``; actions are POSTs
+carrying the CSRF token. Payloads are never unpickled: arguments and values are the safe reprs
+of ``omniq.serialization.peek``."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlencode
+
+import jinja2
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from ...errors import ConfigError, TaskNotFound
+from ...models import FINAL_STATUSES, TaskStatus
+from . import views
+from .live import Hub
+from .security import CSRF_FIELD, LOOPBACK_HOSTS, Guard, origin_ok, same
+from .views import StorageDown, bounded
+
+if TYPE_CHECKING:
+    from ...client.orchestrator import AsyncOmniQ
+
+HERE = Path(__file__).parent
+RETRYABLE = frozenset({TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.EXPIRED})
+NOTICES = {
+    "retried": "Queued again: it keeps its id, its attempts go on.",
+    "not-retried": "Not retried: only a failed, cancelled or expired task can be retried.",
+    "cancelled": "Cancelled.",
+    "not-cancelled": "Not cancelled: it had already finished.",
+    "paused": "Schedule paused.",
+    "resumed": "Schedule resumed.",
+}
+
+_env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
+                          trim_blocks=True, lstrip_blocks=True)
+_env.globals.update(fmt_time=views.fmt_time, fmt_duration=views.fmt_duration, fmt_ago=views.fmt_ago,
+                    STATUSES=views.STATUSES, PAGE_SIZES=views.PAGE_SIZES)
+
+
+def create_app(oq: AsyncOmniQ, *, token: str | None = None, cookie_suffix: str = "8765",
+               root_path: str = "", behind_proxy: bool = False) -> Any:
+    """The dashboard over an open (or opening) ``oq``. ``token``: required on every request when
+    set. ``behind_proxy``: accept any Host header (a proxy such as jupyter-server-proxy, which
+    does its own authentication, forwards the public one). Returns an ASGI app."""
+    hub = Hub(oq)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        import anyio
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(hub.run)
+            yield
+            tg.cancel_scope.cancel()
+
+    def render(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
+        base = request.scope.get("root_path", "").rstrip("/")
+        partial = request.headers.get("x-omniq-partial") == "1"
+        down = context.pop("down", None) or list(hub.down.values())
+        html = _env.get_template(template).render(
+            base=base, partial=partial, csrf=request.scope.get("state", {}).get("csrf", ""),
+            csrf_field=CSRF_FIELD, down=sorted(set(down)), storage=views.masked(oq.tasks_url),
+            notice=NOTICES.get(request.query_params.get("done", "")), path=request.url.path, **context)
+        return HTMLResponse(html, status_code=status, headers={"cache-control": "no-store"})
+
+    def failed_page(request: Request, exc: StorageDown, title: str) -> HTMLResponse:
+        return render(request, "error.html", 503, title=title, heading="Storage not answering",
+                      message=f"{exc.url}: {exc.reason}", down=[exc.url], watch="all")
+
+    async def home(request: Request) -> Response:
+        data = await views.overview(oq)
+        return render(request, "index.html", 503 if data["down"] else 200, title="OmniQ dashboard",
+                      watch="all", **data)
+
+    async def task_list(request: Request) -> Response:
+        try:
+            f = views.parse_filters(dict(request.query_params))
+        except ConfigError as exc:
+            return render(request, "error.html", 400, title="Bad filter", heading="Bad filter",
+                          message=str(exc), watch="none")
+        try:
+            page = await bounded(oq, oq.tasks(status=f["status"], queue=f["queue"], name=f["name"],
+                                              limit=f["limit"], before=f["before"]))
+        except StorageDown as exc:
+            return failed_page(request, exc, "Tasks")
+        except TaskNotFound:
+            return render(request, "error.html", 404, title="Not found", heading="No such task",
+                          message=f"before={f['before']!r}: no task with that id", watch="none")
+        keep = {k: v for k, v in f.items() if v is not None and k != "before" and not (k == "limit" and v == 50)}
+        older = (f"?{urlencode({**keep, 'before': page[-1].id})}" if len(page) == f["limit"] else None)
+        return render(request, "tasks.html", title="Tasks", tasks=page, filters=f, older=older,
+                      newest=f"?{urlencode(keep)}" if f["before"] else None,
+                      watch="none" if f["before"] else "all")
+
+    async def task_detail(request: Request) -> Response:
+        task_id = request.path_params["task_id"]
+        try:
+            t = await bounded(oq, oq.task(task_id))
+        except TaskNotFound:
+            return not_found(request, f"No task {task_id} in {views.masked(oq.tasks_url)}.")
+        except StorageDown as exc:
+            return failed_page(request, exc, f"Task {task_id}")
+        first = t.events[0].timestamp if t.events else t.created
+        timeline = [{"time": e.timestamp, "offset": e.timestamp - first, "type": e.type,
+                     "worker": e.worker, "detail": e.detail} for e in t.events]
+        return render(request, "task.html", title=f"Task {t.name or t.id}", t=t, timeline=timeline,
+                      can_retry=t.status in RETRYABLE, can_cancel=t.status not in FINAL_STATUSES,
+                      watch=f"task:{t.id}")
+
+    async def sweep(request: Request) -> Response:
+        name = request.path_params["name"]
+        try:
+            data = await views.sweep_page(oq, name)
+        except StorageDown as exc:
+            return failed_page(request, exc, f"Sweep {name}")
+        if data is None:
+            return not_found(request, f"No sweep named {name!r} has points in this storage.")
+        return render(request, "sweep.html", title=f"Sweep {name}", sweep=data, watch="all")
+
+    async def checked_form(request: Request) -> dict[str, str]:
+        """The POST's form fields, once its CSRF token and origin are checked (else 403)."""
+        body = (await request.body()).decode("utf-8", "replace")
+        form = {k: v[0] for k, v in parse_qs(body).items()}
+        cookie_csrf = request.scope.get("state", {}).get("csrf")
+        if not same(form.get(CSRF_FIELD), cookie_csrf) or not origin_ok(
+                request.headers.get("origin"), request.headers.get("referer"), request.headers.get("host")):
+            raise HTTPException(403, "CSRF check failed: reload the page and try again.")
+        return form
+
+    def back(request: Request, path: str, done: str) -> RedirectResponse:
+        base = request.scope.get("root_path", "").rstrip("/")
+        return RedirectResponse(f"{base}{path}?done={done}", status_code=303)
+
+    async def act(request: Request) -> Response:
+        await checked_form(request)
+        task_id, action = request.path_params["task_id"], request.path_params["action"]
+        try:
+            if action == "retry":
+                ok = await bounded(oq, oq.retry(task_id))
+                done = "retried" if ok else "not-retried"
+            elif action == "cancel":
+                ok = await bounded(oq, oq.cancel(task_id))
+                done = "cancelled" if ok else "not-cancelled"
+            else:
+                return not_found(request, f"No action {action!r}: expected retry or cancel.")
+        except TaskNotFound:
+            return not_found(request, f"No task {task_id} in {views.masked(oq.tasks_url)}.")
+        except StorageDown as exc:
+            return failed_page(request, exc, f"Task {task_id}")
+        return back(request, f"/tasks/{task_id}", done)
+
+    async def schedule_action(request: Request) -> Response:
+        await checked_form(request)
+        sid, action = request.path_params["schedule_id"], request.path_params["action"]
+        call = {"pause": oq.pause_schedule, "resume": oq.resume_schedule}.get(action)
+        if call is None:
+            return not_found(request, f"No action {action!r}: expected pause or resume.")
+        try:
+            if not await bounded(oq, call(sid)):
+                return not_found(request, f"No schedule {sid}.")
+        except StorageDown as exc:
+            return failed_page(request, exc, "Schedules")
+        return back(request, "/", "paused" if action == "pause" else "resumed")
+
+    async def events(request: Request) -> Response:
+        return StreamingResponse(hub.stream(), media_type="text/event-stream",
+                                 headers={"cache-control": "no-store", "x-accel-buffering": "no"})
+
+    def not_found(request: Request, message: str) -> HTMLResponse:
+        return render(request, "error.html", 404, title="Not found", heading="Not found",
+                      message=message, watch="none")
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        code = getattr(exc, "status_code", 500)
+        if code == 404:
+            return not_found(request, f"Nothing at {request.url.path}.")
+        return render(request, "error.html", code, title=str(code), heading="Refused" if code == 403 else str(code),
+                      message=str(getattr(exc, "detail", exc)), watch="none")
+
+    routes = [
+        Route("/", home),
+        Route("/tasks", task_list),
+        Route("/tasks/{task_id}", task_detail),
+        Route("/tasks/{task_id}/{action}", act, methods=["POST"]),
+        Route("/schedules/{schedule_id}/{action}", schedule_action, methods=["POST"]),
+        Route("/sweeps/{name:path}", sweep),
+        Route("/events", events),
+        Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
+    app.state.hub = hub
+    guarded = Guard(app, token=token, cookie_suffix=cookie_suffix, allowed_hosts=LOOPBACK_HOSTS,
+                    cookie_path=root_path.rstrip("/") + "/", any_host=behind_proxy)
+    guarded.hub = hub  # type: ignore[attr-defined]
+    return guarded

@@ -1,0 +1,138 @@
+"""``omniq dashboard``: its options and what it runs. Importing this module imports neither
+Starlette nor uvicorn (``omniq --help`` works without the ``dashboard`` extra)."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import secrets
+import sys
+from typing import Any
+
+TOKEN_ENV = "OMNIQ_DASHBOARD_TOKEN"
+LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` keeps the dashboard on this machine (127.0.0.0/8, ::1, localhost)."""
+    name = host.strip("[]").lower()
+    if name in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def choose_token(host: str, token: str | None) -> str | None:
+    """The token the dashboard requires: the one given; else none on loopback and a fresh one
+    beyond it (as Jupyter does), since whoever reaches the port could retry and cancel tasks."""
+    from ...errors import ConfigError
+
+    if token is not None and not token.strip():
+        if is_loopback(host):
+            return None
+        raise ConfigError(f"--token is empty: --host {host} is reachable beyond this machine, so a "
+                          "token is required (leave --token out to have one generated)")
+    if token is not None:
+        if any(c.isspace() for c in token):
+            raise ConfigError("--token must not contain spaces (it travels in a URL)")
+        return token
+    return None if is_loopback(host) else secrets.token_urlsafe(24)
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port: expected 0-65535 (0 picks a free one)")
+    return port
+
+
+def add_parser(sub: Any) -> None:
+    """Add ``omniq dashboard`` to the ``omniq`` command's subparsers."""
+    d = sub.add_parser(
+        "dashboard", help="serve the web dashboard: queues, workers, tasks, schedules, sweeps",
+        description="Serve the OmniQ dashboard (like Celery's Flower or rq-dashboard): queues with "
+                    "counts by status, workers, schedules, failures, sweeps; a task list and each "
+                    "task's detail with Retry and Cancel. Live updates without reloading. Needs the "
+                    "'dashboard' extra (pip install 'omniq[dashboard]').")
+    d.add_argument("--config", default=None, metavar="YAML",
+                   help="YAML config file (keys as in OmniQConfig); OMNIQ_* variables and flags override it")
+    d.add_argument("--tasks", default=None, help="task queue URL (default from config/env: OMNIQ_TASK_QUEUE_TYPE)")
+    d.add_argument("--results", default=None, help="result storage URL (default from config/env, else --tasks)")
+    d.add_argument("--events", default=None, help="event storage URL (default from config/env, else --tasks)")
+    d.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1; any other address requires a token)")
+    d.add_argument("--port", type=_port, default=8765, help="port (default 8765; 0 picks a free one)")
+    d.add_argument("--token", default=None,
+                   help=f"token every request must carry (?token=T once, then a cookie); default: "
+                        f"${TOKEN_ENV}, else none on loopback and a generated one beyond it")
+    d.add_argument("--root-path", default="", metavar="PREFIX",
+                   help="URL prefix when served behind a proxy (jupyter-server-proxy sets it)")
+    d.set_defaults(fn=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until SIGINT / SIGTERM; 0 then, 1 when the port or the storage cannot be used."""
+    from ...errors import ConfigError
+    from . import missing_extra
+
+    problem = missing_extra()
+    if problem:
+        raise ConfigError(problem)
+    token = choose_token(args.host, args.token if args.token is not None else os.environ.get(TOKEN_ENV))
+
+    import anyio
+
+    from ...config import configure_logging
+    from ...core import AsyncOmniQ
+    from ...redact import masked
+    from .server import Dashboard
+
+    configure_logging(os.environ.get("OMNIQ_LOG_LEVEL") or "WARNING")
+    oq = AsyncOmniQ(config=args.config, tasks=args.tasks, results=args.results, events=args.events,
+                    concurrency=0)
+    missing = missing_sqlite(oq.tasks_url, oq.results_url, oq.events_url)
+    if missing:  # a dashboard only reads: a mistyped path is named, not created
+        print(f"omniq dashboard: no storage at {masked(missing)}: the file does not exist "
+              "(check the URL; a worker or an OmniQ creates it on first use)", file=sys.stderr)
+        return 1
+    dash = Dashboard(oq, host=args.host, port=args.port, token=token, root_path=args.root_path)
+    try:
+        dash.bind()
+    except OSError as exc:
+        print(f"omniq dashboard: cannot listen on {args.host}:{args.port}: {exc.strerror or exc} "
+              "(choose another --port; 0 picks a free one)", file=sys.stderr)
+        return 1
+
+    async def main() -> None:
+        await oq.open()
+        try:
+            print(f"omniq dashboard: {dash.url_with_token} (storage {masked(oq.tasks_url)}; Ctrl-C stops)",
+                  flush=True)
+            if token is not None and args.token is None and os.environ.get(TOKEN_ENV) is None:
+                print("omniq dashboard: a token was generated; open the URL above once, the browser "
+                      "keeps it in a cookie", flush=True)
+            await dash.serve()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await oq.close()
+
+    anyio.run(main)
+    return 0
+
+
+def missing_sqlite(*urls: str) -> str | None:
+    """The first ``sqlite://`` URL among ``urls`` whose file does not exist."""
+    from ...storage.sqlite import parse_url
+
+    for url in dict.fromkeys(urls):
+        if url.lower().startswith("sqlite://"):
+            path = parse_url(url)
+            if path != ":memory:" and not os.path.exists(path):
+                return url
+    return None

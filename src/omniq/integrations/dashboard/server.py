@@ -1,0 +1,83 @@
+"""Serving the dashboard with uvicorn: from ``omniq dashboard`` (its own loop) or beside an
+open ``OmniQ`` in a notebook (on that instance's loop, ended with it)."""
+
+from __future__ import annotations
+
+import socket
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from .command import is_loopback
+
+if TYPE_CHECKING:
+    from ...client.orchestrator import AsyncOmniQ
+
+
+class Dashboard:
+    """The app over ``oq`` and the server that serves it. ``bind()`` takes the port (so the URL
+    is known before serving; port 0 picks a free one), ``serve()`` runs until ``stop()``."""
+
+    def __init__(self, oq: AsyncOmniQ, *, host: str = "127.0.0.1", port: int = 8765,
+                 token: str | None = None, root_path: str = "") -> None:
+        self.oq = oq
+        self.host = host
+        self.port = port
+        self.token = token
+        self.root_path = root_path.rstrip("/")
+        self.sock: socket.socket | None = None
+        self.server: Any = None
+        self.app: Any = None
+
+    def bind(self) -> None:
+        """Listen on ``host:port`` (``OSError`` when it is taken)."""
+        family = socket.AF_INET6 if ":" in self.host.strip("[]") else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self.host.strip("[]"), self.port))
+        except OSError:
+            sock.close()
+            raise
+        sock.listen(128)
+        sock.setblocking(False)
+        self.sock = sock
+        self.port = int(sock.getsockname()[1])
+
+    @property
+    def url(self) -> str:
+        """The address to open (this machine's name when listening on every interface)."""
+        host = self.host.strip("[]")
+        if host in ("0.0.0.0", "::", ""):
+            host = socket.gethostname()
+        elif ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}{self.root_path}/"
+
+    @property
+    def url_with_token(self) -> str:
+        return self.url if self.token is None else f"{self.url}?token={quote(self.token)}"
+
+    async def serve(self) -> None:
+        """Serve until ``stop()`` (or SIGINT / SIGTERM when on the main thread)."""
+        import uvicorn
+
+        from .app import create_app
+
+        if self.sock is None:
+            self.bind()
+        self.app = create_app(self.oq, token=self.token, cookie_suffix=str(self.port),
+                              root_path=self.root_path, behind_proxy=bool(self.root_path) and is_loopback(self.host))
+        config = uvicorn.Config(self.app, lifespan="on", log_level="warning", access_log=False,
+                                root_path=self.root_path, timeout_graceful_shutdown=1)
+        self.server = uvicorn.Server(config)
+        assert self.sock is not None
+        try:
+            await self.server.serve(sockets=[self.sock])
+        finally:
+            self.sock.close()
+            self.sock = None
+
+    def stop(self) -> None:
+        """Ask the server to finish (thread-safe enough: uvicorn polls the flag)."""
+        if self.server is not None:
+            self.server.should_exit = True
