@@ -384,6 +384,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--events", default=None, help="event storage URL (default from config/env)")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(fn=cmd_status)
+
+    from .integrations.dashboard.command import add_parser as add_dashboard  # (no Starlette import)
+
+    add_dashboard(sub)
     return p
 
 
