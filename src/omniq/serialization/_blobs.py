@@ -66,6 +66,22 @@ class BlobSink:
     ``known`` names digests the caller knows are stored: their bytes are not copied (only the
     digest is kept), which is what makes a second submit over the same 40 MB array cheap.
     Values are copied at once otherwise, since the caller may change them in place right after.
+
+    Args:
+        known: Digests already stored (a set or any container); their bytes are not kept.
+
+    Attributes:
+        data: ``digest -> bytes`` (None for a known digest).
+        known: As given.
+        touched: Digests referred to since the last :meth:`take`.
+        per_call: Filled by ``dumps_calls``: each payload's digests.
+
+    Examples:
+        >>> from omniq.serialization import BlobSink, dumps
+        >>> sink = BlobSink()
+        >>> p = dumps([bytes(2 << 20), bytes(2 << 20)], blobs=sink)   # one value, twice
+        >>> len(sink.take()), len(sink.data[sink.digests()[0]])
+        (1, 2097152)
     """
 
     __slots__ = ("data", "known", "per_call", "touched")
@@ -77,6 +93,21 @@ class BlobSink:
         self.per_call: list[tuple[str, ...]] = []  # ``dumps_calls``: each payload's digests
 
     def add(self, buf: Any) -> str:
+        """Keep one large value (unless its digest is known) and note it as referred to.
+
+        Args:
+            buf: The value's bytes (any buffer).
+
+        Returns:
+            Its digest (SHA-256, hex), which the payload holds instead.
+
+        Examples:
+            >>> from omniq.serialization import BlobSink
+            >>> sink = BlobSink()
+            >>> d = sink.add(b"abc")
+            >>> len(d), sink.data[d], sink.take() == (d,)
+            (64, b'abc', True)
+        """
         d = digest(buf)
         if d not in self.data:
             self.data[d] = None if d in self.known else bytes(buf)
@@ -84,12 +115,27 @@ class BlobSink:
         return d
 
     def take(self) -> tuple[str, ...]:
-        """The digests referred to since the last call (one payload's)."""
+        """The digests referred to since the last call (one payload's).
+
+        Returns:
+            Those digests, each once, in order of first use.
+
+        Examples:
+            See :class:`BlobSink`.
+        """
         out = tuple(dict.fromkeys(self.touched))
         self.touched.clear()
         return out
 
     def digests(self) -> tuple[str, ...]:
+        """Every digest collected so far.
+
+        Returns:
+            The digests, in order of first use.
+
+        Examples:
+            See :class:`BlobSink`.
+        """
         return tuple(self.data)
 
     def __bool__(self) -> bool:
@@ -252,7 +298,22 @@ def unpickle_refs(data: Any, *, use_dill: bool) -> Any:
 
 
 class fetching:
-    """``with fetching(fetch): loads(...)``: where blob references are resolved meanwhile."""
+    """``with fetching(fetch): loads(...)``: where blob references are resolved meanwhile.
+
+    For code that loads payloads without passing ``blobs=`` itself (a value's ``__reduce__``,
+    a nested load).
+
+    Args:
+        fetch: ``digest -> bytes``; None leaves the current one in place.
+
+    Examples:
+        >>> from omniq.serialization import BlobSink, dumps, fetching, loads
+        >>> sink = BlobSink()
+        >>> p = dumps(bytes(2 << 20), blobs=sink)
+        >>> with fetching(lambda d: sink.data[d]):
+        ...     len(loads(p))
+        2097152
+    """
 
     __slots__ = ("_fetch", "_token")
 
@@ -276,7 +337,26 @@ class fetching:
 def map_file(path: str) -> Any:
     """A blob file's bytes, mapped copy-on-write: nothing is read until used, pages are shared
     by every process mapping the file, and a task writing to an array it got changes only its
-    own copy."""
+    own copy.
+
+    Args:
+        path: The blob file (a local cache file, see ``omniq.blobcache``).
+
+    Returns:
+        An ``mmap.mmap`` (copy-on-write) over the file; an empty file gives ``b""``.
+
+    Raises:
+        OSError: The file cannot be opened.
+
+    Examples:
+        >>> import os, tempfile
+        >>> from omniq.serialization import map_file
+        >>> path = os.path.join(tempfile.mkdtemp(), "blob")
+        >>> with open(path, "wb") as f:
+        ...     _ = f.write(b"abc")
+        >>> bytes(map_file(path)[:3])
+        b'abc'
+    """
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         if size == 0:
@@ -285,7 +365,26 @@ def map_file(path: str) -> Any:
 
 
 def path_fetch(paths: dict[str, str]) -> Fetch:
-    """A fetch over ``{digest: path}`` (what a worker child is given with each task)."""
+    """A fetch over ``{digest: path}`` (what a worker child is given with each task).
+
+    Args:
+        paths: ``digest -> path`` of the local blob files.
+
+    Returns:
+        ``fetch(digest)``: the file's bytes, mapped by :func:`map_file`.
+
+    Raises:
+        KeyError: (when called) a digest that ``paths`` does not name.
+
+    Examples:
+        >>> import os, tempfile
+        >>> from omniq.serialization import path_fetch
+        >>> path = os.path.join(tempfile.mkdtemp(), "blob")
+        >>> with open(path, "wb") as f:
+        ...     _ = f.write(b"abc")
+        >>> bytes(path_fetch({"d1": path})("d1")[:3])
+        b'abc'
+    """
 
     def fetch(d: str) -> Any:
         return map_file(paths[d])

@@ -86,7 +86,31 @@ Call = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
 def dumps(obj: Any, *, blobs: BlobSink | None = None) -> bytes:
     """Serialize a value (a task result, say): msgpack when exact, else pickle or dill. With a
     ``blobs`` sink, large values inside go there and the payload refers to them by digest.
-    Signed with the result-role key (see ``_signing``): a value never verifies as a call."""
+    Signed with the result-role key (see ``_signing``): a value never verifies as a call.
+
+    Args:
+        obj: The value.
+        blobs: Where large values (numpy arrays, DataFrames, long bytes; over
+            ``BLOB_THRESHOLD`` bytes) go instead of the payload; None keeps them inline.
+
+    Returns:
+        The payload: a one-byte format tag (``TAG_MSGPACK`` ``b"M"``, ``TAG_PICKLE``,
+        ``TAG_DILL`` ``b"D"``, ...; ``TAG_SIGNED`` ``b"S"`` around it when signing is on), then
+        the bytes.
+
+    Raises:
+        SerializationError: The value cannot be pickled (an open file, a lock, a generator,
+            ...); the message names what inside it could not be.
+
+    Examples:
+        >>> from omniq.serialization import dumps, loads
+        >>> p = dumps({"loss": [0.5, 0.25]})
+        >>> p[:1], loads(p)
+        (b'M', {'loss': [0.5, 0.25]})
+        >>> p = dumps(lambda x: x + 1)            # code travels by value, with dill
+        >>> p[:1], loads(p)(1)
+        (b'D', 2)
+    """
     key = _signing.value_keys()[0]
     if obj is None:
         payload = _NONE
@@ -243,6 +267,29 @@ def dumps_call(
     Anything else is pickled by dill in one piece, so a ``__main__`` class used by both the
     function and an argument stays one class after loading. With a ``blobs`` sink, large values
     (in arguments, or globals a by-value function reads) go there, referred to by digest.
+
+    Args:
+        fn: The function (or any callable).
+        args: Its positional arguments; a tuple.
+        kwargs: Its keyword arguments; a dict, or None for none.
+        blobs: Where large values go instead of the payload; None keeps them inline.
+
+    Returns:
+        The payload, read back by :func:`loads_call`.
+
+    Raises:
+        SerializationError: ``fn`` is not callable, ``args`` / ``kwargs`` have the wrong type,
+            or something in the call cannot be pickled; the message names it (an argument, a
+            global the function reads, ...).
+
+    Examples:
+        >>> from omniq.serialization import dumps_call, loads_call
+        >>> loads_call(dumps_call(pow, (2, 10)))
+        (<built-in function pow>, (2, 10), {})
+        >>> dumps_call(print, ((x for x in range(3)),))
+        Traceback (most recent call last):
+        ...
+        omniq.errors.SerializationError: cannot serialize argument args[0]: generator object (cannot pickle 'generator' object)
     """
     if not callable(fn):
         raise SerializationError(
@@ -282,7 +329,26 @@ def dumps_calls(
     """Payloads for many calls of one function (``map``, sweeps): a function that must travel by
     value (a closure, a notebook function) is pickled once, not once per call; each payload then
     costs a msgpack encode of its plain arguments. Calls with non-plain arguments fall back to
-    :func:`dumps_call`, which keeps a ``__main__`` class shared by function and argument whole."""
+    :func:`dumps_call`, which keeps a ``__main__`` class shared by function and argument whole.
+
+    Args:
+        fn: The function every call runs.
+        calls: ``(args, kwargs)`` per call.
+        blobs: Where large values go; with a sink, ``blobs.per_call`` holds each payload's
+            digests.
+
+    Returns:
+        One payload per call, in order, each read back by :func:`loads_call`.
+
+    Raises:
+        SerializationError: As :func:`dumps_call`, naming the call.
+
+    Examples:
+        >>> from omniq.serialization import dumps_calls, loads_call
+        >>> payloads = dumps_calls(pow, [((2, 3), {}), ((2, 4), {})])
+        >>> [loads_call(p)[1] for p in payloads]
+        [(2, 3), (2, 4)]
+    """
     if len(calls) < 2:
         out1 = [dumps_call(fn, tuple(a), dict(k), blobs=blobs) for a, k in calls]
         if blobs is not None:
@@ -520,7 +586,31 @@ def _describe_call(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], exc: 
 def loads(data: bytes, *, blobs: Fetch | None = None) -> Any:
     """Load a payload written by :func:`dumps` (read :func:`dumps_call` payloads with
     :func:`loads_call`). With a secret key configured the signature is checked first; nothing
-    unsigned is opened. ``blobs`` fetches the large values it refers to, by digest."""
+    unsigned is opened.
+
+    Args:
+        data: The payload.
+        blobs: Fetches the large values it refers to: ``digest -> bytes`` (or a buffer).
+            Needed only when the payload refers to blobs.
+
+    Returns:
+        The value.
+
+    Raises:
+        SignatureError: Signing is on and the payload is unsigned or its signature matches no
+            accepted key, or it is signed and no key is set here; it is not loaded.
+        SerializationError: The payload is corrupted, or its value needs a module or class
+            this process cannot import (the message names it).
+
+    Examples:
+        >>> from omniq.serialization import BlobSink, dumps, loads
+        >>> sink = BlobSink()
+        >>> p = dumps({"big": bytes(2 << 20)}, blobs=sink)
+        >>> len(p) < 200, len(sink.digests())
+        (True, 1)
+        >>> loads(p, blobs=lambda digest: sink.data[digest])["big"] == bytes(2 << 20)
+        True
+    """
     if data == _NONE and not _signing.value_keys()[1]:
         return None
     with fetching(blobs):
@@ -533,8 +623,26 @@ def load_value(data: bytes) -> Any:
 
 
 def loads_call(data: bytes, *, blobs: Fetch | None = None) -> Call:
-    """Load a payload written by :func:`dumps_call` as ``(fn, args, kwargs)``; ``blobs``
-    fetches the large values it refers to, by digest."""
+    """Load a payload written by :func:`dumps_call` (or :func:`dumps_calls`).
+
+    Args:
+        data: The payload.
+        blobs: Fetches the large values it refers to: ``digest -> bytes``.
+
+    Returns:
+        ``(fn, args, kwargs)``.
+
+    Raises:
+        SignatureError: As :func:`loads`; the call is not loaded.
+        SerializationError: The payload is corrupted or does not hold a call, or its function
+            lives in a module this process cannot import.
+
+    Examples:
+        >>> from omniq.serialization import dumps_call, loads_call
+        >>> fn, args, kwargs = loads_call(dumps_call(divmod, (7, 2)))
+        >>> fn(*args, **kwargs)
+        (3, 1)
+    """
     with fetching(blobs):
         return _loads_call(data)
 

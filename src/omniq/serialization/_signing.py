@@ -77,6 +77,27 @@ def set_secret_keys(keys: str | bytes | Iterable[str | bytes] | None) -> None:
     A single key signs and verifies. A list rotates: its first key signs, every key is accepted.
     An empty list turns signing off whatever the environment says. Spawned workers do not
     inherit an override: pass the keys to them (e.g. through ``OMNIQ_SECRET_KEY``).
+
+    Args:
+        keys: One key, a list of keys (the first signs), an empty list (signing off), or
+            None (back to ``OMNIQ_SECRET_KEY`` / ``OMNIQ_SECRET_KEYS``). A key is ``str`` or
+            ``bytes`` of at least 32 bytes.
+
+    Raises:
+        ConfigError: A key is not ``str`` / ``bytes``, is blank, or is shorter than 32 bytes.
+
+    Examples:
+        >>> from omniq.serialization import dumps, get_secret_keys, loads, set_secret_keys
+        >>> set_secret_keys("k" * 32)
+        >>> signed = dumps(42)
+        >>> signed[:1], loads(signed)
+        (b'S', 42)
+        >>> set_secret_keys("n" * 32)           # another key: the payload is refused
+        >>> loads(signed)
+        Traceback (most recent call last):
+        ...
+        omniq.errors.SignatureError: signature does not match any accepted key ...
+        >>> set_secret_keys(None)               # back to the environment
     """
     global _override
     if keys is None:
@@ -104,7 +125,26 @@ def _parse_env(signing: str | None, accepted: str | None) -> Keys:
 
 
 def get_secret_keys() -> Keys:
-    """The keys in force: ``(signing_key or None, accepted_keys)``; no keys means no signing."""
+    """The keys in force, from :func:`set_secret_keys` or else the environment.
+
+    Returns:
+        ``(signing_key or None, accepted_keys)`` as bytes; ``(None, ())`` means no signing.
+
+    Raises:
+        ConfigError: ``OMNIQ_SECRET_KEY`` or ``OMNIQ_SECRET_KEYS`` is set to a blank or short
+            key, or only ``OMNIQ_SECRET_KEYS`` is set.
+
+    Examples:
+        >>> from omniq.serialization import get_secret_keys, set_secret_keys
+        >>> set_secret_keys(["new" * 11, "old" * 11])
+        >>> signing, accepted = get_secret_keys()
+        >>> signing == b"new" * 11, len(accepted)
+        (True, 2)
+        >>> set_secret_keys([])                 # signing off, whatever the environment says
+        >>> get_secret_keys()
+        (None, ())
+        >>> set_secret_keys(None)
+    """
     global _env_cache
     if _override is not None:
         return _override
