@@ -80,14 +80,15 @@ from joblib.parallel import (
     register_parallel_backend,
 )
 
+from .client.checks import callable_name
+from .core import AsyncOmniQ, OmniQ
 from .errors import ConfigError
-from .executor import Executor, omniq_option_names, pack, task_option_names, unpack
+from .executor import BoundExecutor, omniq_option_names, pack, task_option_names, unpack
 from .models import TaskStatus
 from .redact import masked
 from .sweep import Canon, function_identity, identity_digest, latest_results
 
 if TYPE_CHECKING:
-    from .core import AsyncOmniQ, OmniQ
     from .models import Task
 
 __all__ = ["BACKEND", "OmniQBackend", "call_key", "register"]
@@ -279,8 +280,6 @@ def _kernel_instance() -> OmniQ | None:
 
 def _private(options: dict[str, Any]) -> OmniQ:
     """One private instance per set of options, opened once and kept for later calls."""
-    from .core import OmniQ
-
     key = repr(sorted(options.items()))
     with _PRIVATE_LOCK:
         oq = _PRIVATE.get(key)
@@ -377,8 +376,6 @@ class OmniQBackend(AutoBatchingMixin, ParallelBackendBase):
                     f"({', '.join(sorted(task))})"
                 )
         if oq is not None:
-            from .core import AsyncOmniQ, OmniQ
-
             if not isinstance(oq, (OmniQ, AsyncOmniQ)):
                 raise ConfigError(f"oq={oq!r} is not valid: expected an open OmniQ or AsyncOmniQ")
             if self._omniq_options:
@@ -387,15 +384,13 @@ class OmniQBackend(AutoBatchingMixin, ParallelBackendBase):
             if not _is_open(oq):
                 raise ConfigError(f"oq={oq!r} is not open: open it first (`with OmniQ(...) as oq:` or oq.open())")
         if self._task_options:  # checked now, at the parallel_config call
-            from .core import AsyncOmniQ
-
             probe = AsyncOmniQ(tasks="memory://", concurrency=0)
             probe.intake.make_task(run_batch, (None,), **self._task_options)
         self._oq = oq
         self.name = name
         self.chunksize = chunksize
         self.progress = progress
-        self._ex: Executor | None = None
+        self._ex: BoundExecutor | None = None
         self._stored: dict[str, Any] = {}  # key -> stored success (a named call's start)
         self._threads: int | None = None  # BLAS / OpenMP threads per worker (configure)
         self._tracker: Any = None
@@ -417,14 +412,10 @@ class OmniQBackend(AutoBatchingMixin, ParallelBackendBase):
         return _private(self._omniq_options)
 
     def _slots(self, oq: OmniQ | AsyncOmniQ) -> int:
-        from .executor import _core_of
-
-        core = _core_of(oq)
+        core = oq.core if isinstance(oq, OmniQ) else oq
         n = core.config.concurrency if core.worker is not None else 0
         if n > 0:
             return n
-        from .core import OmniQ
-
         if isinstance(oq, OmniQ):  # workers elsewhere only: the live ones' slots
             with contextlib.suppress(Exception):
                 return max(1, sum(int(w.get("slots") or 1) for w in oq.health()["workers"] if w.get("alive")))
@@ -585,7 +576,7 @@ class OmniQBackend(AutoBatchingMixin, ParallelBackendBase):
         return ThreadingBackend(nesting_level=level), None
 
     # --- tasks ----------------------------------------------------------------------------------
-    def _task_for(self, batch: Any, ex: Executor) -> Task:
+    def _task_for(self, batch: Any, ex: BoundExecutor) -> Task:
         return _batch_task(batch, ex, self.name, self._threads)
 
     # --- progress -------------------------------------------------------------------------------
@@ -614,11 +605,9 @@ class OmniQBackend(AutoBatchingMixin, ParallelBackendBase):
                 tracker.close()
 
 
-def _batch_task(batch: Any, ex: Executor, name: str | None, threads: int | None, **metadata: Any) -> Task:
+def _batch_task(batch: Any, ex: BoundExecutor, name: str | None, threads: int | None, **metadata: Any) -> Task:
     """The OmniQ task of one joblib batch: keyed by ``call_key`` with ``name``, named after its
     function, the batch pickled by ``pack`` when the C pickler takes it."""
-    from .core import _callable_name
-
     items = list(getattr(batch, "items", ()))
     for func, _, _ in items:
         if not callable(func):
@@ -636,7 +625,7 @@ def _batch_task(batch: Any, ex: Executor, name: str | None, threads: int | None,
     else:
         task = core.intake.make_task(run_pickled_batch, (*packed, threads), None, key=key, metadata=md, **opts)
     if items:
-        names = {_callable_name(inspect.unwrap(f)) for f, _, _ in items}
+        names = {callable_name(inspect.unwrap(f)) for f, _, _ in items}
         task = msgspec.structs.replace(task, name=names.pop() if len(names) == 1 else "joblib batch")
     return task
 
@@ -669,7 +658,7 @@ def _reachable(url: str) -> str | None:
     return url
 
 
-def _nested_spec(ex: Executor, threads: int | None) -> dict[str, Any] | None:
+def _nested_spec(ex: BoundExecutor, threads: int | None) -> dict[str, Any] | None:
     """What a worker needs to send a nested call's batches to the outer call's OmniQ (plain,
     picklable values), or None when it cannot reach that storage (see ``_reachable``)."""
     from .serialization import get_secret_keys
@@ -691,8 +680,6 @@ def _nested_spec(ex: Executor, threads: int | None) -> dict[str, Any] | None:
 
 def _client(urls: tuple[str, ...]) -> OmniQ:
     """This process's OmniQ (no worker slots) on ``urls``, opened once and kept (closed at exit)."""
-    from .core import OmniQ
-
     with _PRIVATE_LOCK:
         oq = _CLIENTS.get(urls)
         if oq is None or not oq.core.is_open:
@@ -773,7 +760,7 @@ class NestedBackend(AutoBatchingMixin, ParallelBackendBase):
         super().__init__(nesting_level=nesting_level, inner_max_num_threads=inner_max_num_threads)
         self.spec: dict[str, Any] = dict(spec or {})
         self._seen: tuple[float, OmniQ, int] | None = None  # (when, client, free slots)
-        self._ex: Executor | None = None
+        self._ex: BoundExecutor | None = None
         self._lender: _Lender | None = None
         self.parallel: Any = None
 
@@ -869,7 +856,7 @@ class _Lender:
     """The waiting task's slot, lent to its nested call: one thread here runs batches, at most
     ``cap`` others are OmniQ tasks at a time (see ``NestedBackend``)."""
 
-    def __init__(self, ex: Executor, cap: int, threads: int | None) -> None:
+    def __init__(self, ex: BoundExecutor, cap: int, threads: int | None) -> None:
         self.ex, self.cap, self.threads = ex, cap, threads
         self.cond = threading.Condition()
         self.backlog: collections.deque[tuple[Any, cf.Future[Any]]] = collections.deque()
@@ -1001,7 +988,7 @@ def _in_kernel() -> bool:
     return in_kernel()
 
 
-def _stored_successes(ex: Executor, prefix: str) -> dict[str, Any]:
+def _stored_successes(ex: BoundExecutor, prefix: str) -> dict[str, Any]:
     """Key -> latest stored result, for keys under ``prefix`` whose latest result succeeded
     (one storage call when a named ``Parallel`` call starts)."""
     st = ex._st
@@ -1018,7 +1005,7 @@ def _stored_successes(ex: Executor, prefix: str) -> dict[str, Any]:
     return {k: r for k, r in latest_results(found).items() if r.status is TaskStatus.SUCCEEDED}
 
 
-def _resolved_later(ex: Executor, result: Any, callback: Callable[[Any], Any] | None) -> cf.Future[Any]:
+def _resolved_later(ex: BoundExecutor, result: Any, callback: Callable[[Any], Any] | None) -> cf.Future[Any]:
     """A future for a stored result, resolved on OmniQ's loop like any other (joblib's
     callback dispatches the next batch from there; resolving it here would recurse)."""
     fut: cf.Future[Any] = cf.Future()

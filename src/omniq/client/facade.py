@@ -325,9 +325,9 @@ class OmniQ:
         """A ``concurrent.futures.Executor`` over this open OmniQ; ``task_options`` (queue,
         priority, retries, timeout, ...) apply to every call. Its ``shutdown()`` leaves this
         OmniQ open. See ``omniq.Executor``."""
-        from ..executor import Executor  # (omniq.executor imports this module's callers)
+        from .executor import BoundExecutor
 
-        return Executor._over(self, task_options)
+        return BoundExecutor(self.core, task_options, sync=self)
 
 
 async def _future_on_loop(core: AsyncOmniQ, task_id: str) -> cf.Future[TaskResult]:

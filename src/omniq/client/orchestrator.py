@@ -531,6 +531,6 @@ class AsyncOmniQ:
 
     def executor(self, **task_options: Any) -> Any:
         """A ``concurrent.futures.Executor`` over this open instance (``OmniQ.executor``)."""
-        from ..executor import Executor  # (omniq.executor imports this module's callers)
+        from .executor import BoundExecutor
 
-        return Executor._over(self, task_options)
+        return BoundExecutor(self, task_options)
