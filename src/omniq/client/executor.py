@@ -987,4 +987,3 @@ def _result_or_cancel(fut: cf.Future[Any], timeout: float | None = None) -> Any:
         # future a moment (running its callbacks) when the caller drops the value
         fut._result = None
         del fut  # no reference to the future (nor its value) is kept by this frame
-
