@@ -1,47 +1,7 @@
-"""An executor over an open client: the machinery behind ``omniq.Executor`` and
-``oq.executor()``.
-
-``Executor(max_workers=None, **options)`` owns an ``OmniQ`` (process workers by default,
-``max_workers`` slots, storage from ``options`` or the configured default) and closes it on
-``shutdown``. ``oq.executor(**task_options)`` is the same executor over an OmniQ that is
-already open; its ``shutdown`` leaves that OmniQ open.
-
-Futures are real ``concurrent.futures.Future`` objects (the package's cheap
-``ResultFuture``), so ``cf.wait``, ``cf.as_completed``, ``asyncio.wrap_future`` and
-``loop.run_in_executor`` take them as they are. Each resolves from its task's ``TaskResult``:
-
-* succeeded: its value;
-* failed: the remote exception rebuilt with its original type when that type can be found in
-  this process (``builtins`` or a module already imported) and built from its message; its
-  ``__cause__`` is the ``TaskError`` carrying the remote traceback text. Otherwise the
-  ``TaskError`` itself (``TaskExpired``, ``WorkerDied``, a timeout, ...);
-* cancelled: the future is cancelled.
-
-``running()`` is True once a worker holds the task: the first call looks the task up in
-storage and starts following OmniQ's ``started`` events for the executor (a few milliseconds'
-lag). ``cancel()`` cancels the OmniQ task too when it is still queued; a task that a worker
-already holds is left to run and ``cancel()`` returns False, as the standard library's
-executors do. ``shutdown(cancel_futures=True)`` cancels the queued tasks except those the
-executor's idle worker slots take next, as ``ProcessPoolExecutor`` hands up to
-``max_workers + 1`` calls to its processes at once. At interpreter exit an executor that was
-not shut down finishes its calls first, as the standard library's do.
-
-``map`` submits every call before it returns: one batch with ``chunksize=1``, else each chunk as
-soon as it is pickled (the first ones run meanwhile). With ``chunksize`` > 1 (or ``"auto"``) it
-works as ``ProcessPoolExecutor.map``: one task and one future per chunk, whose value is the list of
-its calls' values; the chunk's calls travel pickled by the C pickler (``pack``), the function
-once for all chunks.
-
-A future keeps its value or exception only; the function and arguments live in the stored
-task, and results are not cached anywhere else in this process.
-
-Examples:
-    >>> import concurrent.futures as cf
-    >>> from omniq import Executor
-    >>> with Executor(max_workers=2, tasks="memory://") as ex:
-    ...     futures = [ex.submit(pow, 2, n) for n in range(4)]
-    ...     print(sorted(f.result(timeout=30) for f in cf.as_completed(futures)))
-    [1, 2, 4, 8]
+"""The executor machinery over an open client: futures that follow tasks, ``submit`` and
+``map`` through the batched intake, cancel and shutdown. ``oq.executor()`` returns a
+``BoundExecutor``; ``omniq.Executor`` (``omniq/executor.py``, where its behaviour is described
+as users meet it) is the one that makes and closes an OmniQ of its own.
 """
 
 from __future__ import annotations
