@@ -19,9 +19,19 @@ from .errors import (
     TaskCancelled,
     TaskError,
     TaskExpired,
+    TaskNotFound,
     WorkerDied,
 )
-from .models import ErrorInfo, OmniQConfig, Schedule, TaskEvent, TaskResult, TaskStatus
+from .models import (
+    ErrorInfo,
+    OmniQConfig,
+    Schedule,
+    TaskDetail,
+    TaskEvent,
+    TaskResult,
+    TaskStatus,
+    TaskSummary,
+)
 
 __all__ = [
     "AsyncOmniQ",
@@ -37,12 +47,15 @@ __all__ = [
     "SignatureError",
     "StorageError",
     "TaskCancelled",
+    "TaskDetail",
     "TaskError",
     "TaskEvent",
     "TaskExpired",
     "TaskHandle",
+    "TaskNotFound",
     "TaskResult",
     "TaskStatus",
+    "TaskSummary",
     "WorkerDied",
 ]
 

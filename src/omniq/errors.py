@@ -7,6 +7,7 @@ fits, so ``except ValueError`` catches a bad argument as it would anywhere else.
 OmniQError
 ├── ConfigError (ValueError)          bad argument, URL, setting or environment value
 ├── OmniQClosed (RuntimeError)        a call on an instance closed by close() / its `with`
+├── TaskNotFound (KeyError)           a task id the storage does not know (task(), retry())
 ├── StorageError (RuntimeError)       a backend could not be reached or refused a write
 │   └── StorageUnwritable             the disk is full, or the file / mount is read-only
 ├── SerializationError (TypeError)    a payload could not be written or read
@@ -82,6 +83,27 @@ class OmniQClosed(OmniQError, RuntimeError):
         ...     print("closed")
         closed
     """
+
+
+class TaskNotFound(OmniQError, KeyError):
+    """A task id the task queue does not know (never stored, or purged): ``oq.task(id)``,
+    ``oq.retry(id)``, ``omniq show ID``. A ``KeyError``, so ``except KeyError`` catches it.
+
+    Examples:
+        >>> from omniq.errors import TaskNotFound
+        >>> e = TaskNotFound("0123abcd")
+        >>> e.task_id, isinstance(e, KeyError), str(e)
+        ('0123abcd', True, 'no task 0123abcd in this storage (never stored, or purged)')
+    """
+
+    def __init__(self, task_id: str, where: str = "") -> None:
+        super().__init__(task_id)
+        self.task_id = task_id
+        self.where = where
+
+    def __str__(self) -> str:  # KeyError's own str() is the repr of its argument
+        place = f" in {self.where}" if self.where else " in this storage"
+        return f"no task {self.task_id}{place} (never stored, or purged)"
 
 
 class StorageError(OmniQError, RuntimeError):

@@ -305,6 +305,10 @@ class OmniQ:
     delete_schedule = portal_method(AsyncOmniQ.delete_schedule)
     schedules = portal_method(AsyncOmniQ.schedules)
     sweep_blobs = portal_method(AsyncOmniQ.sweep_blobs)
+    tasks = portal_method(AsyncOmniQ.tasks)
+    task = portal_method(AsyncOmniQ.task)
+    retry = portal_method(AsyncOmniQ.retry)
+    purge = portal_method(AsyncOmniQ.purge)
 
     def sweep(self, fn: Callable[..., Any], grid: Any, name: str | None = None, **options: Any) -> Any:
         """Run ``fn(**point)`` for every point of ``grid``; finished points of an earlier run

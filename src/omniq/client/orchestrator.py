@@ -29,7 +29,7 @@ from ..errors import ConfigError
 from ..events.metrics import Metrics
 from ..events.processor import aiter_subscription
 from ..logs import get_logger
-from ..models import OmniQConfig, Task, TaskEvent, TaskResult, TaskStatus
+from ..models import OmniQConfig, Task, TaskDetail, TaskEvent, TaskResult, TaskStatus, TaskSummary
 from ..notebook.widgets import DISPLAY
 from ..progress import DisplayHook
 from ..redact import masked
@@ -43,6 +43,7 @@ from ..sweep import AsyncSweep
 from ..workers.base import Worker
 from ..workers.registry import make_runner
 from . import session as sessions
+from .admin import Admin
 from .checks import callable_name, epoch, integer, queue_name, seconds
 from .handles import AsyncTaskHandle
 from .intake import MISSING, Intake
@@ -110,6 +111,7 @@ class AsyncOmniQ:
         self.waiters.result_listeners.append(self.janitor.on_results)
         self.scheduler = Schedules(self.session)
         self.monitor = HealthMonitor(self.session, self.flush, self.scheduler.list)
+        self.admin = Admin(self.session, self.waiters, self.flush, self.janitor.sweep_blobs)
 
     # --- what the session holds -----------------------------------------------------------------
     @property
@@ -461,6 +463,48 @@ class AsyncOmniQ:
         outcome, storage reachability, and this process's metrics."""
         await self.ensure_open()
         return await self.monitor.report(timeout=timeout)
+
+    # --- operators: list, inspect, retry, purge --------------------------------------------------
+    async def tasks(
+        self,
+        status: TaskStatus | str | Iterable[TaskStatus | str] | None = None,
+        queue: str | None = None,
+        name: str | None = None,
+        limit: int = 100,
+        before: str | None = None,
+    ) -> list[TaskSummary]:
+        """A page of task summaries, newest first. ``status``: a ``TaskStatus``, its name
+        (``"failed"``) or several; ``queue`` / ``name`` (the function's qualified name) filter
+        exactly; ``before``: a task id, for the next page (pass the last id of this one). A page
+        costs the same with ten tasks stored or a million."""
+        await self.ensure_open()
+        return await self.admin.tasks(status, queue, name, limit, before)
+
+    async def task(self, task_id: str) -> TaskDetail:
+        """Everything about one task: its arguments as a short safe repr (nothing is
+        unpickled), its result or error with traceback, and its events. ``TaskNotFound`` (a
+        ``KeyError``) for an id this storage does not know."""
+        await self.ensure_open()
+        return await self.admin.task(task_id)
+
+    async def retry(self, task_id: str) -> bool:
+        """Run a failed, cancelled or expired task again under the same id: its attempts go
+        on and its old result is removed (the new run's replaces it). False for a task that is
+        not final or succeeded; ``TaskNotFound`` for an unknown id."""
+        await self.ensure_open()
+        return await self.admin.retry(task_id)
+
+    async def purge(
+        self,
+        older_than: float | dt.timedelta | str,
+        statuses: TaskStatus | str | Iterable[TaskStatus | str] | None = None,
+    ) -> dict[str, int]:
+        """Remove final tasks that finished more than ``older_than`` ago (seconds, a
+        ``timedelta``, or ``"7d"`` / ``"12h"`` / ``"30m"``), only those in ``statuses`` when
+        given, with their results and events, then the blobs nothing refers to any more.
+        Returns the counts: ``{"tasks", "results", "events", "blobs"}``."""
+        await self.ensure_open()
+        return await self.admin.purge(older_than, statuses)
 
     # --- schedules ------------------------------------------------------------------------------
     async def schedule(

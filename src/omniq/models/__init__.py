@@ -5,6 +5,7 @@ from .event import EventType, TaskEvent
 from .result import ErrorInfo, TaskResult
 from .schedule import Schedule
 from .task import FINAL_STATUSES, Task, TaskStatus
+from .views import TaskDetail, TaskSummary
 
 __all__ = [
     "FINAL_STATUSES",
@@ -13,7 +14,9 @@ __all__ = [
     "OmniQConfig",
     "Schedule",
     "Task",
+    "TaskDetail",
     "TaskEvent",
     "TaskResult",
     "TaskStatus",
+    "TaskSummary",
 ]

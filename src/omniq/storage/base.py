@@ -275,9 +275,44 @@ class TaskQueue(Backend, BlobStore):
     async def oldest_queued(self) -> dict[str, float]:
         """``{queue: created_at}`` of the oldest QUEUED task per queue."""
 
-    @abc.abstractmethod
     async def purge(self, *, before: float) -> int:
         """Delete final tasks finished before ``before``; returns how many."""
+        return len(await self.purge_tasks(before=before))
+
+    async def purge_tasks(
+        self, *, before: float, statuses: Collection[TaskStatus] | None = None
+    ) -> list[str]:
+        """Delete final tasks finished before ``before`` (only those in ``statuses``, final
+        ones, when given) with their dependency rows; returns their ids. Keys they held are
+        freed as ``enqueue`` describes (a SUCCEEDED result still stored keeps holding)."""
+        raise NotImplementedError(f"{type(self).__name__} does not purge tasks by status yet")
+
+    # --- operators (oq.tasks / task / retry) ----------------------------------------------------
+    async def list_tasks(
+        self,
+        *,
+        statuses: Collection[TaskStatus] | None = None,
+        queue: str | None = None,
+        name: str | None = None,
+        limit: int = 100,
+        before: str | None = None,
+    ) -> list[Task]:
+        """A page of tasks, newest first (by id: ids are time-ordered), filtered by status
+        (any of ``statuses``), queue and function ``name`` (exact); ``before``: only ids below
+        it (the last id of the previous page). Arguments come checked (``check_page``). The cost
+        is that of the page, not of the tasks stored (an index, a sorted set, a listing by id),
+        except that ``name`` may be matched by reading tasks in order until the page is full."""
+        raise NotImplementedError(f"{type(self).__name__} does not list tasks yet")
+
+    async def requeue(self, task_id: str, *, now: float, attempts: int) -> TaskStatus | None:
+        """Run a final unsuccessful task (FAILED, CANCELLED, EXPIRED) again under its id: it
+        becomes QUEUED, its worker, lease, finish time, cancel request and expiry are cleared,
+        its deliveries start again from 0 and its ``attempts`` are set to ``attempts`` (the
+        caller's count so far: a failure's result holds it, the record may not). Atomic: of two callers one
+        requeues it. Returns its status before the call (None: unknown id); any other status
+        is left as it is. The task's record (and seal) is otherwise unchanged; a task that
+        waited for dependencies no longer waits (they ended)."""
+        raise NotImplementedError(f"{type(self).__name__} does not requeue tasks yet")
 
     # --- schedules ------------------------------------------------------------------------
     @abc.abstractmethod
@@ -420,7 +455,9 @@ class EventStore(Backend):
         """Events in time order (ties in append order), filtered; ``since`` is inclusive."""
 
     @abc.abstractmethod
-    async def purge_events(self, *, before: float) -> int: ...
+    async def purge_events(self, *, before: float, task_ids: Collection[str] | None = None) -> int:
+        """Delete events stamped before ``before`` (only those of ``task_ids`` when given);
+        returns how many."""
 
     async def wait_for_events(self, timeout: float) -> None:
         """Return when another process may have appended events, at the latest after
@@ -678,6 +715,66 @@ def check_claim(queues: Sequence[str] | None, limit: int, lease: float) -> list[
     return names
 
 
+#: what ``list_tasks`` returns at most per call
+MAX_PAGE = 10_000
+_STATUS_BY_NAME = {s.value: s for s in TaskStatus}
+
+
+def check_statuses(statuses: Any, arg: str = "status") -> frozenset[TaskStatus] | None:
+    """``statuses`` as a set of ``TaskStatus``: None, one status or its name (``"failed"``), or
+    an iterable of them; ``ConfigError`` naming ``arg`` and the valid names otherwise."""
+    if statuses is None:
+        return None
+    items = [statuses] if isinstance(statuses, (str, TaskStatus)) else statuses
+    try:
+        items = list(items)
+    except TypeError:
+        items = [statuses]
+    out: set[TaskStatus] = set()
+    for s in items:
+        if isinstance(s, TaskStatus):
+            out.add(s)
+            continue
+        got = _STATUS_BY_NAME.get(s.strip().lower()) if isinstance(s, str) else None
+        if got is None:
+            valid = ", ".join(_STATUS_BY_NAME)
+            raise ConfigError(f"{arg}={s!r} is not a task status; valid: {valid}")
+        out.add(got)
+    if not out:
+        raise ConfigError(f"{arg} is empty: give None for every status, or some of them")
+    return frozenset(out)
+
+
+def check_page(limit: Any, before: Any, queue: Any = None, name: Any = None) -> None:
+    """``list_tasks`` arguments a backend can use as they are (``ConfigError`` otherwise)."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit <= MAX_PAGE:
+        raise ConfigError(f"limit must be an int from 0 to {MAX_PAGE:,}, got {limit!r}")
+    if before is not None and (not isinstance(before, str) or not before):
+        raise ConfigError(f"before must be a task id (str) or None, got {before!r}")
+    if queue is not None and (not isinstance(queue, str) or not queue):
+        raise ConfigError(f"queue must be a queue name (non-empty str) or None, got {queue!r}")
+    if name is not None and (not isinstance(name, str) or not name):
+        raise ConfigError(f"name must be a function name (non-empty str) or None, got {name!r}")
+
+
+def in_page(
+    t: Task, statuses: Collection[TaskStatus] | None, queue: str | None, name: str | None,
+    before: str | None,
+) -> bool:
+    """Whether ``t`` belongs to a ``list_tasks`` page with these filters (backends that filter
+    in Python)."""
+    return (
+        (statuses is None or t.status in statuses)
+        and (queue is None or t.queue == queue)
+        and (name is None or t.name == name)
+        and (before is None or t.id < before)
+    )
+
+
+#: final statuses ``requeue`` runs again
+REQUEUABLE = UNSUCCESSFUL
+
+
 def check_outcomes(outcomes: Sequence[tuple[str, TaskStatus]]) -> None:
     """``finish`` takes final statuses only."""
     for i, (task_id, status) in enumerate(outcomes):
@@ -793,6 +890,8 @@ def check_owner(path: str, url: str) -> None:
 __all__ = [
     "KEY_HOLDING",
     "KEY_WRITE_GRACE",
+    "MAX_PAGE",
+    "REQUEUABLE",
     "UNSUCCESSFUL",
     "Backend",
     "EventStore",
@@ -809,8 +908,11 @@ __all__ = [
     "check_new_tasks",
     "check_outcomes",
     "check_owner",
+    "check_page",
+    "check_statuses",
     "first_of_keys",
     "holds_key",
+    "in_page",
     "key_marker_needs_result",
     "key_marker_verdict",
     "keyed",

@@ -20,7 +20,7 @@ import threading
 import time
 import weakref
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from copy import copy
 
 import anyio
@@ -40,6 +40,7 @@ from ..lifecycle import (
 )
 from ..models import Schedule, Task, TaskEvent, TaskResult, TaskStatus
 from .base import (
+    REQUEUABLE,
     EventStore,
     Finished,
     Overrun,
@@ -51,6 +52,7 @@ from .base import (
     check_new_tasks,
     check_outcomes,
     holds_key,
+    in_page,
     keyed,
     plan_enqueue,
     plan_keys,
@@ -88,7 +90,101 @@ class _Entry:
         self.finished_at: float | None = None
 
 
-class MemoryBackend(TaskQueue, ResultStore, EventStore):
+class MemoryResults(ResultStore):
+    """The result store part of ``MemoryBackend``: results in a dict by task id."""
+
+    _results: dict[str, TaskResult]
+
+    async def put_results(self, results: Sequence[TaskResult]) -> None:
+        for r in results:
+            if not isinstance(r, TaskResult):
+                raise ConfigError(f"results must hold TaskResult, got {type(r).__name__}")
+        store = self._results
+        for r in results:
+            store[r.task_id] = copy(r)
+
+    async def get_result(self, task_id: str) -> TaskResult | None:
+        r = self._results.get(task_id)
+        return None if r is None else copy(r)
+
+    async def get_results(self, task_ids: Sequence[str]) -> dict[str, TaskResult]:
+        store = self._results
+        return {i: copy(r) for i in task_ids if (r := store.get(i)) is not None}
+
+    async def find_results(self, *, key_prefix: str) -> list[TaskResult]:
+        if not isinstance(key_prefix, str):
+            raise ConfigError(f"key_prefix must be a str, got {type(key_prefix).__name__}")
+        found = [
+            r for r in self._results.values() if r.key is not None and r.key.startswith(key_prefix)
+        ]
+        found.sort(key=_key)
+        return [copy(r) for r in found]
+
+    async def delete_results(self, task_ids: Sequence[str]) -> int:
+        store = self._results
+        return sum(store.pop(i, None) is not None for i in task_ids)
+
+    async def purge_results(self, *, now: float) -> int:
+        gone = [
+            i for i, r in self._results.items() if r.expires_at is not None and r.expires_at <= now
+        ]
+        for i in gone:
+            del self._results[i]
+        return len(gone)
+
+
+class MemoryEvents(EventStore):
+    """The event store part of ``MemoryBackend``: events in append order, and by task."""
+
+    _events: list[TaskEvent]
+    _events_by_task: dict[str, list[TaskEvent]]
+
+    async def append_events(self, events: Sequence[TaskEvent]) -> None:
+        for e in events:
+            if not isinstance(e, TaskEvent):
+                raise ConfigError(f"events must hold TaskEvent, got {type(e).__name__}")
+        self._events.extend(events)  # TaskEvent is frozen: no copies needed
+        by_task = self._events_by_task
+        for e in events:
+            lst = by_task.get(e.task_id)
+            if lst is None:
+                by_task[e.task_id] = [e]
+            else:
+                lst.append(e)
+
+    async def query_events(
+        self,
+        *,
+        task_id: str | None = None,
+        since: float | None = None,
+        types: Sequence[str] | None = None,
+        limit: int | None = None,
+    ) -> list[TaskEvent]:
+        """``since`` is inclusive (``timestamp >= since``)."""
+        events = self._events if task_id is None else self._events_by_task.get(task_id, [])
+        if since is not None:
+            events = [e for e in events if e.timestamp >= since]
+        if types is not None:
+            wanted = {str(t) for t in ([types] if isinstance(types, str) else types)}
+            events = [e for e in events if e.type in wanted]
+        out = sorted(events, key=_timestamp)  # stable: ties keep append order
+        return out if limit is None else out[:limit]
+
+    async def purge_events(self, *, before: float, task_ids: Collection[str] | None = None) -> int:
+        n = len(self._events)
+        if task_ids is None:
+            self._events = [e for e in self._events if e.timestamp >= before]
+        else:
+            ids = set(task_ids)
+            self._events = [e for e in self._events if e.timestamp >= before or e.task_id not in ids]
+        by_task: dict[str, list[TaskEvent]] = {}
+        for e in self._events:
+            by_task.setdefault(e.task_id, []).append(e)
+        self._events_by_task = by_task
+        return n - len(self._events)
+
+
+class MemoryBackend(TaskQueue, MemoryResults, MemoryEvents):
     """Everything in this process's memory; lost when it exits.
 
     ``memory://`` gives a private instance per ``open_backends`` call; ``memory://name`` is
@@ -490,11 +586,14 @@ class MemoryBackend(TaskQueue, ResultStore, EventStore):
                 out[q] = min(times)
         return out
 
-    async def purge(self, *, before: float) -> int:
+    async def purge_tasks(
+        self, *, before: float, statuses: Collection[TaskStatus] | None = None
+    ) -> list[str]:
         gone = [
             e
             for e in self._entries.values()
             if e.finished_at is not None and e.finished_at < before and e.task.status.is_final
+            and (statuses is None or e.task.status in statuses)
         ]
         for e in gone:
             del self._entries[e.task.id]
@@ -502,7 +601,49 @@ class MemoryBackend(TaskQueue, ResultStore, EventStore):
             k = e.task.key
             if k is not None and self._keys.get(k) == e.task.id and not self._holders([k]):
                 del self._keys[k]  # (a SUCCEEDED result of it still holds the key)
-        return len(gone)
+        return [e.task.id for e in gone]
+
+    async def list_tasks(
+        self,
+        *,
+        statuses: Collection[TaskStatus] | None = None,
+        queue: str | None = None,
+        name: str | None = None,
+        limit: int = 100,
+        before: str | None = None,
+    ) -> list[Task]:
+        """Newest first by walking the tasks backwards in the order they were stored (ids of
+        one process are increasing): a page costs the tasks it skips, this backend's one
+        exception to the page-sized cost, acceptable in one process's memory."""
+        page: list[Task] = []
+        if limit == 0:
+            return page
+        for entry in reversed(self._entries.values()):
+            if in_page(entry.task, statuses, queue, name, before):
+                page.append(copy(entry.task))
+                if len(page) >= limit:
+                    break
+        page.sort(key=_task_id, reverse=True)
+        return page
+
+    async def requeue(self, task_id: str, *, now: float, attempts: int) -> TaskStatus | None:
+        entry = self._entries.get(task_id)
+        if entry is None:
+            return None
+        t = entry.task
+        before = t.status
+        if before not in REQUEUABLE:
+            return before
+        t.worker = t.lease_until = t.expires_at = None
+        t.cancel_requested = False
+        t.deliveries = 0
+        t.attempts = attempts
+        entry.finished_at = None
+        entry.waiting = _NO_WAIT
+        self._set_status(entry, QUEUED)
+        self._push_ready(entry)
+        self.notify()
+        return before
 
     # --- schedules --------------------------------------------------------------------------------
     async def add_schedule(self, schedule: Schedule) -> None:
@@ -582,86 +723,6 @@ class MemoryBackend(TaskQueue, ResultStore, EventStore):
                 await ev.wait()
         ev.clear()
 
-    # --- results ----------------------------------------------------------------------------------
-    async def put_results(self, results: Sequence[TaskResult]) -> None:
-        for r in results:
-            if not isinstance(r, TaskResult):
-                raise ConfigError(f"results must hold TaskResult, got {type(r).__name__}")
-        store = self._results
-        for r in results:
-            store[r.task_id] = copy(r)
-
-    async def get_result(self, task_id: str) -> TaskResult | None:
-        r = self._results.get(task_id)
-        return None if r is None else copy(r)
-
-    async def get_results(self, task_ids: Sequence[str]) -> dict[str, TaskResult]:
-        store = self._results
-        return {i: copy(r) for i in task_ids if (r := store.get(i)) is not None}
-
-    async def find_results(self, *, key_prefix: str) -> list[TaskResult]:
-        if not isinstance(key_prefix, str):
-            raise ConfigError(f"key_prefix must be a str, got {type(key_prefix).__name__}")
-        found = [
-            r for r in self._results.values() if r.key is not None and r.key.startswith(key_prefix)
-        ]
-        found.sort(key=_key)
-        return [copy(r) for r in found]
-
-    async def delete_results(self, task_ids: Sequence[str]) -> int:
-        store = self._results
-        return sum(store.pop(i, None) is not None for i in task_ids)
-
-    async def purge_results(self, *, now: float) -> int:
-        gone = [
-            i for i, r in self._results.items() if r.expires_at is not None and r.expires_at <= now
-        ]
-        for i in gone:
-            del self._results[i]
-        return len(gone)
-
-    # --- events -----------------------------------------------------------------------------------
-    async def append_events(self, events: Sequence[TaskEvent]) -> None:
-        for e in events:
-            if not isinstance(e, TaskEvent):
-                raise ConfigError(f"events must hold TaskEvent, got {type(e).__name__}")
-        self._events.extend(events)  # TaskEvent is frozen: no copies needed
-        by_task = self._events_by_task
-        for e in events:
-            lst = by_task.get(e.task_id)
-            if lst is None:
-                by_task[e.task_id] = [e]
-            else:
-                lst.append(e)
-
-    async def query_events(
-        self,
-        *,
-        task_id: str | None = None,
-        since: float | None = None,
-        types: Sequence[str] | None = None,
-        limit: int | None = None,
-    ) -> list[TaskEvent]:
-        """``since`` is inclusive (``timestamp >= since``)."""
-        events = self._events if task_id is None else self._events_by_task.get(task_id, [])
-        if since is not None:
-            events = [e for e in events if e.timestamp >= since]
-        if types is not None:
-            wanted = {str(t) for t in ([types] if isinstance(types, str) else types)}
-            events = [e for e in events if e.type in wanted]
-        out = sorted(events, key=_timestamp)  # stable: ties keep append order
-        return out if limit is None else out[:limit]
-
-    async def purge_events(self, *, before: float) -> int:
-        n = len(self._events)
-        self._events = [e for e in self._events if e.timestamp >= before]
-        by_task: dict[str, list[TaskEvent]] = {}
-        for e in self._events:
-            by_task.setdefault(e.task_id, []).append(e)
-        self._events_by_task = by_task
-        return n - len(self._events)
-
-
     # --- blobs ------------------------------------------------------------------------------------
     def _own(self, digests: Sequence[str], owner: str, now: float) -> None:
         owners = self._blob_owners
@@ -719,6 +780,10 @@ class MemoryBackend(TaskQueue, ResultStore, EventStore):
 
 def _timestamp(e: TaskEvent) -> float:
     return e.timestamp
+
+
+def _task_id(t: Task) -> str:
+    return t.id
 
 
 def _key(r: TaskResult) -> str:

@@ -8,7 +8,7 @@ import os
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Collection, Mapping, Sequence
 from typing import Any, ClassVar
 
 import msgspec
@@ -409,18 +409,23 @@ class FsspecBackend(ResultStore, EventStore):
         out = [row[3] for row in rows]
         return out[:limit] if limit is not None else out
 
-    async def purge_events(self, *, before: float) -> int:
+    async def purge_events(self, *, before: float, task_ids: Collection[str] | None = None) -> int:
+        """With ``task_ids``, every batch that may hold their events is read and rewritten
+        without them (a batch holds events of many tasks)."""
+        ids = None if task_ids is None else set(task_ids)
         batches = [(p, n) for p, n in await self._batches(None) if n.first < before]
-        whole = [p for p, n in batches if n.last < before]
-        partial = [p for p, n in batches if n.last >= before]
-        count = sum(n.n for p, n in batches if n.last < before)
+        whole = [p for p, n in batches if n.last < before and ids is None]
+        partial = [p for p, n in batches if n.last >= before or ids is not None]
+        count = sum(n.n for p, n in batches if n.last < before and ids is None)
         if partial:
             loaded = await self._load_batches(partial)
             for path in partial:
                 evs = loaded.get(path)
                 if evs is None:
                     continue
-                keep = [e for e in evs if e.timestamp >= before]
+                keep = [e for e in evs if e.timestamp >= before or (ids is not None and e.task_id not in ids)]
+                if len(keep) == len(evs):
+                    continue  # none of them here: the batch stays as it is
                 count += len(evs) - len(keep)
                 if keep:  # the rest becomes a new object (same batch id: same tie order),
                     # written before the old one goes

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from nats.aio.msg import Msg
 
@@ -86,8 +86,13 @@ class NatsEvents(JetStream, EventStore):
         return events if limit is None else events[:limit]
 
     @guarded
-    async def purge_events(self, *, before: float) -> int:
-        msgs = await self._scan(self.events_stream, f"{self._p}.ev.>")
+    async def purge_events(self, *, before: float, task_ids: Collection[str] | None = None) -> int:
+        if task_ids is None:
+            msgs = await self._scan(self.events_stream, f"{self._p}.ev.>")
+        else:  # one subject per task
+            found = await gather(self._scan(self.events_stream, f"{self._p}.ev.{token(t)}")
+                                 for t in dict.fromkeys(task_ids))
+            msgs = [m for part in found for m in part]
         old = [m.metadata.sequence.stream for m in msgs if decode_event(m.data).timestamp < before]
         await gather(self._delete_msg(self.events_stream, s) for s in old)
         return len(old)

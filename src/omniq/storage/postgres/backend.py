@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from ...errors import ConfigError
@@ -96,6 +96,7 @@ from .queries import (
     PURGE_EVENTS,
     PURGE_KEYS,
     PURGE_RESULTS,
+    PURGE_TASK_EVENTS,
     PURGE_TASKS,
     PUT_BLOB_OWNERS,
     PUT_KEYS,
@@ -582,8 +583,11 @@ class PostgresBackend(PgConnection, ResultStore, EventStore):
             for r in rows
         ]
 
-    async def purge_events(self, *, before: float) -> int:
-        return rowcount(await self._run(lambda c: c.execute(PURGE_EVENTS, before)))
+    async def purge_events(self, *, before: float, task_ids: Collection[str] | None = None) -> int:
+        if task_ids is None:
+            return rowcount(await self._run(lambda c: c.execute(PURGE_EVENTS, before)))
+        ids = list(task_ids)
+        return rowcount(await self._run(lambda c: c.execute(PURGE_TASK_EVENTS, before, ids)))
 
     # --- blobs --------------------------------------------------------------------------------------
     async def put_blobs(self, blobs: Mapping[str, Blob], owner: str, *, now: float) -> int:

@@ -298,6 +298,7 @@ APPEND_EVENTS = """WITH op AS (INSERT INTO omniq_ops (id) VALUES ($7))
     ORDER BY ord"""
 QUERY_EVENTS = "SELECT task_id, type, timestamp, worker, queue, detail FROM omniq_events"
 PURGE_EVENTS = "DELETE FROM omniq_events WHERE timestamp < $1"
+PURGE_TASK_EVENTS = "DELETE FROM omniq_events WHERE timestamp < $1 AND task_id = ANY($2::text[])"
 
 # blobs: owners are recorded first, and stored blobs read FOR SHARE in the same transaction, so
 # a sweep (which locks what it deletes FOR UPDATE SKIP LOCKED, then checks owners again with a

@@ -10,7 +10,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -711,8 +711,13 @@ class RedisBackend(TaskQueue, ResultStore, EventStore):
                 return out
             start = "(" + rows[-1][0].decode()
 
-    async def purge_events(self, *, before: float) -> int:
-        return int(await self._eval("purge_events", [_f(before), _event_ms(before)]))
+    async def purge_events(self, *, before: float, task_ids: Collection[str] | None = None) -> int:
+        if task_ids is None:
+            return int(await self._eval("purge_events", [_f(before), _event_ms(before)]))
+        ids, n = list(task_ids), 0
+        for i in range(0, len(ids), 200):  # a script blocks the server: short ones
+            n += int(await self._eval("purge_task_events", [_f(before), *ids[i : i + 200]]))
+        return n
 
 
     # --- blobs -------------------------------------------------------------------------------

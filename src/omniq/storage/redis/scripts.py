@@ -801,6 +801,33 @@ drop_trimmed()
 return n
 """
 
+# purge_task_events: ARGV before task_id... Deletes those tasks' events stamped before `before`
+# (by their per-task lists of stream ids). Reply: how many went.
+PURGE_TASK_EVENTS = r"""
+local before, n = tonumber(ARGV[2]), 0
+for i = 3, #ARGV do
+  local tk = NS .. ':ev:t:' .. ARGV[i]
+  local keep = {}
+  for _, id in ipairs(redis.call('LRANGE', tk, 0, -1)) do
+    local r = redis.call('XRANGE', EV, id, id)
+    if #r > 0 then
+      local ok, ev = pcall(cmsgpack.unpack, r[1][2][2])
+      if ok and type(ev) == 'table' and type(ev.timestamp) == 'number' and ev.timestamp >= before then
+        keep[#keep + 1] = id
+      else
+        n = n + redis.call('XDEL', EV, id)
+      end
+    end
+  end
+  redis.call('DEL', tk)
+  if #keep > 0 then
+    redis.call('RPUSH', tk, unpack(keep))
+  else
+    redis.call('ZREM', EVTASKS, ARGV[i])
+  end
+end
+return n
+"""
 
 # blobs ---------------------------------------------------------------------------------------
 _BLOBS = r"""
@@ -936,6 +963,7 @@ _RESULT_SCRIPTS = {
 }  # fmt: skip
 _EVENT_SCRIPTS = {
     "append_events": APPEND_EVENTS, "task_events": TASK_EVENTS, "purge_events": PURGE_EVENTS,
+    "purge_task_events": PURGE_TASK_EVENTS,
 }
 _BLOB_SCRIPTS = {
     "own_blobs": OWN_BLOBS, "store_blob": STORE_BLOB, "commit_blob": COMMIT_BLOB,

@@ -10,7 +10,7 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -61,8 +61,11 @@ from .operations import (
     fetchall,
     fetchone,
     insert_tasks,
+    list_page,
+    purge_task_rows,
     put_blob_rows,
     read_file,
+    requeue_task,
     resolve_if_deps,
     sweep_blob_files,
     sweep_blob_rows,
@@ -100,11 +103,9 @@ from .queries import (
     OLDEST_QUEUED,
     OVERRUN,
     PROMOTE_DUE,
-    PURGE_DEPS,
     PURGE_EVENTS,
-    PURGE_KEYS,
     PURGE_RESULTS,
-    PURGE_TASKS,
+    PURGE_TASK_EVENTS,
     PUT_BLOB_OWNER,
     PUT_RESULT,
     QUERY_EVENTS,
@@ -416,16 +417,32 @@ class SQLiteBackend(TaskQueue, ResultStore, EventStore):
     async def oldest_queued(self) -> dict[str, float]:
         return dict(await self._call(fetchall, OLDEST_QUEUED, ()))
 
-    async def purge(self, *, before: float) -> int:
-        return await self._write(self._purge, before)
+    async def purge_tasks(
+        self, *, before: float, statuses: Collection[TaskStatus] | None = None
+    ) -> list[str]:
+        return await self._write(purge_task_rows, before, None if statuses is None else list(statuses))
 
-    @staticmethod
-    def _purge(conn: sqlite3.Connection, before: float) -> int:
-        gone = [r[0] for r in returning(conn, PURGE_TASKS, (before,))]
-        if gone:
-            conn.execute(PURGE_DEPS, (json_ids(gone),))
-            conn.execute(PURGE_KEYS)
-        return len(gone)
+    async def list_tasks(
+        self,
+        *,
+        statuses: Collection[TaskStatus] | None = None,
+        queue: str | None = None,
+        name: str | None = None,
+        limit: int = 100,
+        before: str | None = None,
+    ) -> list[Task]:
+        if limit == 0:
+            return []
+        return await self._call(list_page, None if statuses is None else list(statuses), queue, name,
+                                limit, before)
+
+    async def requeue(self, task_id: str, *, now: float, attempts: int) -> TaskStatus | None:
+        before = await self._write(requeue_task, task_id, attempts)
+        if before is None:
+            return None
+        if before in ("failed", "cancelled", "expired"):
+            self.notify()
+        return STATUS[before]
 
     # --- schedules ----------------------------------------------------------------------------------
     async def add_schedule(self, schedule: Schedule) -> None:
@@ -613,8 +630,10 @@ class SQLiteBackend(TaskQueue, ResultStore, EventStore):
             for r in rows
         ]
 
-    async def purge_events(self, *, before: float) -> int:
-        return await self._call(execute, PURGE_EVENTS, (before,))
+    async def purge_events(self, *, before: float, task_ids: Collection[str] | None = None) -> int:
+        if task_ids is None:
+            return await self._call(execute, PURGE_EVENTS, (before,))
+        return await self._call(execute, PURGE_TASK_EVENTS, (before, json_ids(list(task_ids))))
 
     # --- blobs --------------------------------------------------------------------------------------
     async def put_blobs(self, blobs: Mapping[str, Blob], owner: str, *, now: float) -> int:

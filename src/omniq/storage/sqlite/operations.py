@@ -14,7 +14,7 @@ from typing import Any
 
 from ...errors import ConfigError
 from ...models import Task, TaskStatus
-from .._codec import encode
+from .._codec import decoder, encode
 from ..base import (
     Finished,
     holds_key,
@@ -39,13 +39,22 @@ from .queries import (
     INSERT_QUEUED,
     INSERT_TASK,
     KEY_HOLDERS,
+    PAGE_TOP,
+    PURGE_DEPS,
+    PURGE_KEYS,
+    PURGE_TASKS,
+    PURGE_TASKS_IN,
     PUT_BLOB_OWNER,
     PUT_KEY,
     RELEASE_DEPENDENT,
+    REQUEUE,
+    REQUEUE_DEPS,
+    REQUEUE_READ,
     STORED_BLOBS,
     SWEEP_BLOB_OWNERS,
     SWEEP_BLOBS,
     TASK_STATUSES,
+    page_sql,
 )
 
 # --- operations run in the connection thread (one call = one hop) --------------------------------
@@ -173,6 +182,67 @@ def resolve_if_deps(conn: sqlite3.Connection, ids: Sequence[str], now: float) ->
     if not ids or not conn.execute(ANY_DEPS).fetchone()[0]:
         return Finished()
     return _resolve(conn, ids, now)
+
+
+# --- operators: oq.tasks(), oq.retry(), oq.purge() ---------------------------------------------------
+
+
+def list_page(
+    conn: sqlite3.Connection, statuses: Sequence[TaskStatus] | None, queue: str | None,
+    name: str | None, limit: int, before: str | None,
+) -> list[Task]:
+    """A page of tasks, newest first: index ranges read backwards (``page_sql``). A ``name``
+    is matched on the decoded records, reading on in batches until the page is full."""
+    sql = page_sql(None if statuses is None else tuple(sorted(s.value for s in statuses)),
+                   queue is not None)
+    below = before if before is not None else PAGE_TOP
+    want = limit if name is None else max(4 * limit, 256)
+    page: list[Task] = []
+    while len(page) < limit:
+        params: tuple[Any, ...] = (below, want) if queue is None else (below, want, queue)
+        rows = conn.execute(sql, params).fetchall()
+        for r in rows:
+            t = read_task_row(r)
+            if name is None or t.name == name:
+                page.append(t)
+        if len(rows) < want or not rows:
+            break
+        below = rows[-1][9]  # the batch's oldest id (rows come newest first)
+    return page[:limit]
+
+
+_decode_task = decoder(Task).decode
+
+
+def requeue_task(conn: sqlite3.Connection, task_id: str, attempts: int) -> str | None:
+    """``TaskQueue.requeue`` in the caller's write transaction: the status before (None:
+    unknown id); its record is rewritten without an expiry (the seal does not cover it)."""
+    row = conn.execute(REQUEUE_READ, (task_id,)).fetchone()
+    if row is None:
+        return None
+    status, blob = row
+    if status not in ("failed", "cancelled", "expired"):
+        return str(status)
+    t = _decode_task(blob)
+    t.expires_at = None
+    conn.execute(REQUEUE, (task_id, attempts, encode(t)))
+    conn.execute(REQUEUE_DEPS, (task_id,))
+    return str(status)
+
+
+def purge_task_rows(
+    conn: sqlite3.Connection, before: float, statuses: Sequence[TaskStatus] | None
+) -> list[str]:
+    """Final tasks finished before ``before`` (in ``statuses`` when given), deleted with their
+    dependency rows and the keys only they held; their ids."""
+    if statuses is None:
+        gone = [r[0] for r in returning(conn, PURGE_TASKS, (before,))]
+    else:
+        gone = [r[0] for r in returning(conn, PURGE_TASKS_IN, (before, json_ids([s.value for s in statuses])))]
+    if gone:
+        conn.execute(PURGE_DEPS, (json_ids(gone),))
+        conn.execute(PURGE_KEYS)
+    return gone
 
 
 def create_private(path: str) -> None:

@@ -40,6 +40,10 @@ CREATE INDEX IF NOT EXISTS omniq_tasks_expiry
     ON omniq_tasks (expires_at) WHERE status IN ('queued', 'pending') AND expires_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS omniq_tasks_finished
     ON omniq_tasks (finished_at) WHERE finished_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS omniq_tasks_by_status  -- oq.tasks(status=...): a page, newest first
+    ON omniq_tasks (status, id);
+CREATE INDEX IF NOT EXISTS omniq_tasks_by_queue   -- oq.tasks(queue=..., status=...)
+    ON omniq_tasks (queue, status, id);
 CREATE TABLE IF NOT EXISTS omniq_deps (  -- dependencies not yet succeeded when enqueued
     task_id TEXT NOT NULL,
     dep_id  TEXT NOT NULL,
@@ -212,6 +216,22 @@ PURGE_TASKS = (
     "DELETE FROM omniq_tasks WHERE finished_at IS NOT NULL AND finished_at < ? RETURNING id"
 )
 PURGE_DEPS = f"DELETE FROM omniq_deps WHERE task_id IN {IDS}"
+PURGE_TASKS_IN = """DELETE FROM omniq_tasks WHERE finished_at IS NOT NULL AND finished_at < ?1
+    AND status IN (SELECT value FROM json_each(?2)) RETURNING id"""
+
+# oq.tasks(): a page newest first, each part one index range read backwards (?1 below this id,
+# ?2 limit, ?3 queue); several statuses are one range each, merged (as claim_sql merges queues)
+PAGE_ANY = f"SELECT {TASK_COLUMNS} FROM omniq_tasks WHERE id < ?1 ORDER BY id DESC LIMIT ?2"
+#: ``before`` when none is given: above every id (ids are ASCII)
+PAGE_TOP = "\U0010ffff"
+
+# oq.retry(): a final unsuccessful task back to QUEUED (its record rewritten without expiry)
+REQUEUE_READ = "SELECT status, task FROM omniq_tasks WHERE id = ?"
+REQUEUE = """UPDATE omniq_tasks SET status = 'queued', blocked = 0, eta = NULL, expires_at = NULL,
+    worker = NULL, lease_until = NULL, deliveries = 0, attempts = ?2, cancel_requested = 0,
+    finished_at = NULL, task = ?3
+    WHERE id = ?1 AND status IN ('failed', 'cancelled', 'expired')"""
+REQUEUE_DEPS = "DELETE FROM omniq_deps WHERE task_id = ?"
 
 UPSERT_SCHEDULE = """INSERT INTO omniq_schedules (id, next_run, paused, schedule) VALUES (?, ?, ?, ?)
     ON CONFLICT (id) DO UPDATE SET next_run = excluded.next_run, paused = excluded.paused,
@@ -255,6 +275,7 @@ APPEND_EVENT = """INSERT INTO omniq_events (task_id, type, timestamp, worker, qu
     VALUES (?, ?, ?, ?, ?, ?)"""
 QUERY_EVENTS = "SELECT task_id, type, timestamp, worker, queue, detail FROM omniq_events"
 PURGE_EVENTS = "DELETE FROM omniq_events WHERE timestamp < ?"
+PURGE_TASK_EVENTS = f"DELETE FROM omniq_events WHERE timestamp < ? AND task_id IN {IDS}"
 
 
 @functools.lru_cache(maxsize=32)
@@ -267,3 +288,23 @@ def claim_sql(n_queues: int) -> str:
         f"SELECT * FROM ({_PICK_QUEUE.format(n=5 + i)})" for i in range(n_queues)
     )
     return _LEASE.format(pick=f"SELECT seq FROM ({parts}) ORDER BY priority DESC, seq LIMIT ?4")
+
+
+@functools.lru_cache(maxsize=64)
+def page_sql(statuses: tuple[str, ...] | None, by_queue: bool) -> str:
+    """The ``oq.tasks()`` statement for these statuses (None: any; literal, sorted, so the
+    indexes ``omniq_tasks_by_status`` / ``omniq_tasks_by_queue`` match) and an optional queue:
+    a backward range of one index per status, merged and cut to the limit."""
+    if statuses is None and not by_queue:
+        return PAGE_ANY
+    if statuses is None:
+        statuses = ("cancelled", "expired", "failed", "pending", "queued", "running", "succeeded")
+    queue = "queue = ?3 AND " if by_queue else ""
+    parts = [
+        f"SELECT * FROM (SELECT {TASK_COLUMNS} FROM omniq_tasks WHERE {queue}status = '{s}' "
+        "AND id < ?1 ORDER BY id DESC LIMIT ?2)"
+        for s in statuses
+    ]
+    if len(parts) == 1:
+        return parts[0][len("SELECT * FROM (") : -1]
+    return " UNION ALL ".join(parts) + " ORDER BY id DESC LIMIT ?2"

@@ -1,0 +1,181 @@
+"""The operators' part of the storage contract (``oq.tasks`` / ``task`` / ``retry`` / ``purge``):
+``list_tasks``, ``requeue``, ``purge_tasks`` and ``purge_events(task_ids=)``, on every backend URL
+of conftest.py (the ``queue`` and ``events`` fixtures)."""
+
+from __future__ import annotations
+
+import pytest
+
+from omniq.ids import new_ids
+from omniq.models import Task, TaskEvent, TaskStatus
+from omniq.serialization import dumps_call, set_secret_keys
+from omniq.serialization._seals import check_task, seal_tasks
+from omniq.storage.base import EventStore, TaskQueue
+
+pytestmark = pytest.mark.anyio
+
+T0 = 1_000_000.0
+S = TaskStatus
+
+
+def tasks(n: int, **kw: object) -> list[Task]:
+    """``n`` tasks with increasing ids (oldest first)."""
+    kw.setdefault("payload", b"payload")
+    kw.setdefault("created_at", T0)
+    return [Task(id=i, **kw) for i in new_ids(n)]  # type: ignore[arg-type]
+
+
+async def run_to(q: TaskQueue, ts: list[Task], status: TaskStatus, now: float = T0) -> None:
+    """Claim ``ts`` (each the oldest queued of its queue) and end them with ``status``."""
+    for t in ts:
+        got = await q.claim("w1", queues=[t.queue], limit=1, lease=30.0, now=now)
+        assert [g.id for g in got] == [t.id]
+    await q.finish("w1", [(t.id, status) for t in ts], now=now)
+
+
+def ids(page: list[Task]) -> list[str]:
+    return [t.id for t in page]
+
+
+class TestListTasks:
+    async def test_newest_first_and_paged_by_before(self, queue: TaskQueue) -> None:
+        ts = tasks(7)
+        await queue.enqueue(ts)
+        newest_first = [t.id for t in reversed(ts)]
+        assert ids(await queue.list_tasks()) == newest_first
+        first = await queue.list_tasks(limit=3)
+        assert ids(first) == newest_first[:3]
+        second = await queue.list_tasks(limit=3, before=first[-1].id)
+        assert ids(second) == newest_first[3:6]
+        third = await queue.list_tasks(limit=3, before=second[-1].id)
+        assert ids(third) == newest_first[6:]
+        assert await queue.list_tasks(limit=3, before=third[-1].id) == []
+        assert await queue.list_tasks(limit=0) == []
+
+    async def test_records_come_whole(self, queue: TaskQueue) -> None:
+        (t,) = tasks(1, name="mod.fit", queue="gpu", priority=4, metadata={"sweep": "s1"}, key="k/1")
+        await queue.enqueue([t])
+        (got,) = await queue.list_tasks()
+        assert (got.id, got.name, got.queue, got.priority, got.status) == (t.id, "mod.fit", "gpu", 4, S.QUEUED)
+        assert got.metadata == {"sweep": "s1"} and got.key == "k/1" and got.payload == b"payload"
+
+    async def test_filters_by_status_queue_and_name(self, queue: TaskQueue) -> None:
+        a = tasks(3, queue="a", name="f")
+        b = tasks(3, queue="b", name="g")
+        await queue.enqueue(a + b)
+        await run_to(queue, [a[0], b[0]], S.FAILED)
+        await run_to(queue, [a[1]], S.SUCCEEDED)
+        assert ids(await queue.list_tasks(statuses={S.FAILED})) == [b[0].id, a[0].id]
+        assert ids(await queue.list_tasks(statuses={S.FAILED, S.SUCCEEDED})) == [b[0].id, a[1].id, a[0].id]
+        assert ids(await queue.list_tasks(statuses={S.QUEUED}, queue="b")) == [b[2].id, b[1].id]
+        assert ids(await queue.list_tasks(queue="a")) == [a[2].id, a[1].id, a[0].id]
+        assert ids(await queue.list_tasks(queue="a", limit=2, before=a[2].id)) == [a[1].id, a[0].id]
+        assert ids(await queue.list_tasks(name="g")) == [b[2].id, b[1].id, b[0].id]
+        assert ids(await queue.list_tasks(name="g", statuses={S.FAILED})) == [b[0].id]
+        assert await queue.list_tasks(name="nobody") == []
+        assert await queue.list_tasks(queue="c") == []
+        assert await queue.list_tasks(statuses={S.RUNNING}) == []
+
+    async def test_name_filter_reads_on_until_the_page_is_full(self, queue: TaskQueue) -> None:
+        wanted = tasks(3, name="rare")
+        others = tasks(300, name="common")
+        await queue.enqueue(wanted + others)  # the wanted ones are the oldest
+        page = await queue.list_tasks(name="rare", limit=2)
+        assert ids(page) == [wanted[2].id, wanted[1].id]
+        assert ids(await queue.list_tasks(name="rare", before=page[-1].id)) == [wanted[0].id]
+
+
+class TestRequeue:
+    async def test_a_failed_task_runs_again_under_its_id(self, queue: TaskQueue) -> None:
+        (t,) = tasks(1, retries=0)
+        await queue.enqueue([t])
+        await run_to(queue, [t], S.FAILED)
+        assert await queue.requeue(t.id, now=T0 + 1, attempts=1) is S.FAILED
+        assert (await queue.statuses([t.id]))[t.id] is S.QUEUED
+        (got,) = await queue.claim("w2", queues=None, limit=5, lease=30.0, now=T0 + 2)
+        assert got.id == t.id and got.attempts == 1 and got.deliveries == 1 and got.worker == "w2"
+        assert not got.cancel_requested
+        await queue.finish("w2", [(t.id, S.SUCCEEDED)], now=T0 + 3)
+        assert (await queue.statuses([t.id]))[t.id] is S.SUCCEEDED
+
+    async def test_only_final_unsuccessful_tasks(self, queue: TaskQueue) -> None:
+        done, waiting, running = tasks(3)
+        await queue.enqueue([done, waiting, running])
+        await run_to(queue, [done], S.SUCCEEDED)
+        await queue.claim("w1", queues=None, limit=1, lease=30.0, now=T0)  # waiting? no: oldest first
+        st = await queue.statuses([waiting.id, running.id])
+        running_id = next(i for i, s in st.items() if s is S.RUNNING)
+        queued_id = next(i for i, s in st.items() if s is S.QUEUED)
+        assert await queue.requeue(done.id, now=T0, attempts=1) is S.SUCCEEDED
+        assert await queue.requeue(running_id, now=T0, attempts=1) is S.RUNNING
+        assert await queue.requeue(queued_id, now=T0, attempts=1) is S.QUEUED
+        assert await queue.requeue("no-such-task", now=T0, attempts=1) is None
+        assert await queue.statuses([done.id, running_id, queued_id]) == {
+            done.id: S.SUCCEEDED, running_id: S.RUNNING, queued_id: S.QUEUED,
+        }
+        assert await queue.requeue(done.id, now=T0, attempts=1) is S.SUCCEEDED  # twice: same
+
+    async def test_cancelled_and_expired_tasks(self, queue: TaskQueue) -> None:
+        (c,) = tasks(1)
+        (e,) = tasks(1, expires_at=T0 + 5)
+        (dep,) = tasks(1)
+        child = Task(id=new_ids(1)[0], payload=b"p", created_at=T0, status=S.PENDING, depends_on=(dep.id,))
+        await queue.enqueue([c, e, dep, child])
+        await queue.cancel([c.id, dep.id], now=T0)
+        assert (await queue.statuses([child.id]))[child.id] is S.CANCELLED  # its dependency was
+        expired = await queue.expire(now=T0 + 10)
+        assert [t.id for t in expired] == [e.id]
+        assert await queue.requeue(c.id, now=T0 + 20, attempts=0) is S.CANCELLED
+        assert await queue.requeue(e.id, now=T0 + 20, attempts=0) is S.EXPIRED
+        assert await queue.requeue(child.id, now=T0 + 20, attempts=0) is S.CANCELLED
+        got = await queue.claim("w1", queues=None, limit=10, lease=30.0, now=T0 + 30)
+        assert sorted(t.id for t in got) == sorted([c.id, e.id, child.id])  # e: its ttl is gone
+        assert all(t.expires_at is None for t in got if t.id == e.id)
+        assert await queue.expire(now=T0 + 1000) == []
+
+    async def test_a_sealed_task_still_passes_its_seal(self, queue: TaskQueue) -> None:
+        set_secret_keys("k" * 32)
+        try:
+            t = Task(id=new_ids(1)[0], payload=dumps_call(max, (1, 2)), created_at=T0, retries=2,
+                     expires_at=T0 + 5)
+            seal_tasks([t])
+            await queue.enqueue([t])
+            await queue.expire(now=T0 + 10)
+            assert await queue.requeue(t.id, now=T0 + 20, attempts=3) is S.EXPIRED
+            (got,) = await queue.claim("w1", queues=None, limit=1, lease=30.0, now=T0 + 20)
+            check_task(got)  # raises SignatureError if the requeue changed a sealed field
+            assert got.attempts == 3
+        finally:
+            set_secret_keys(None)
+
+
+class TestPurgeTasks:
+    async def test_by_age_and_status_returning_ids(self, queue: TaskQueue) -> None:
+        ok, bad, gone, fresh, live = tasks(5)
+        await queue.enqueue([ok, bad, gone, fresh, live])
+        await run_to(queue, [ok], S.SUCCEEDED, now=T0)
+        await run_to(queue, [bad], S.FAILED, now=T0)
+        await queue.cancel([gone.id], now=T0)
+        await run_to(queue, [fresh], S.FAILED, now=T0 + 100)
+        assert await queue.purge_tasks(before=T0 + 50, statuses={S.FAILED, S.CANCELLED}) in (
+            [bad.id, gone.id], [gone.id, bad.id])
+        assert await queue.purge_tasks(before=T0 + 50, statuses={S.QUEUED}) == []
+        assert await queue.purge_tasks(before=T0 + 50) == [ok.id]
+        assert ids(await queue.list_tasks()) == [live.id, fresh.id]
+        assert await queue.purge(before=T0 + 1000) == 1  # the old interface: a count
+        assert ids(await queue.list_tasks()) == [live.id]
+
+
+class TestPurgeEvents:
+    async def test_only_the_given_tasks(self, events: EventStore) -> None:
+        a, b = new_ids(2)
+        evs = [TaskEvent(task_id=t, type=k, timestamp=T0 + i)
+               for i, (t, k) in enumerate([(a, "enqueued"), (b, "enqueued"), (a, "started"),
+                                           (b, "started"), (a, "failed")])]
+        await events.append_events(evs)
+        assert await events.purge_events(before=T0 + 3, task_ids=[a, "unknown"]) == 2  # not a's "failed"
+        left = await events.query_events()
+        assert [(e.task_id, e.type) for e in left] == [(b, "enqueued"), (b, "started"), (a, "failed")]
+        assert await events.purge_events(before=T0 + 100, task_ids=[a]) == 1
+        assert [e.task_id for e in await events.query_events()] == [b, b]
+        assert await events.purge_events(before=T0 + 100, task_ids=[]) == 0
