@@ -72,17 +72,53 @@ log = get_logger("omniq.hpc")
 
 class JobSystemError(OmniQError, RuntimeError):
     """A scheduler command failed for a reason other than its input (controller unreachable,
-    command timed out, output not understood)."""
+    command timed out, output not understood).
+
+    A bad argument is a ``ConfigError`` instead, naming it.
+
+    Examples:
+        >>> from omniq import OmniQError
+        >>> from omniq.hpc import JobSystemError
+        >>> issubclass(JobSystemError, OmniQError), issubclass(JobSystemError, RuntimeError)
+        (True, True)
+    """
 
 
 class StorageReachWarning(UserWarning):
     """Jobs can open the storage, but something about it is risky on a cluster (SQLite over a
-    network filesystem, a path that looks local to this machine)."""
+    network filesystem, a path that looks local to this machine).
+
+    Issued by the pool's constructor; turn it into an error with
+    ``warnings.simplefilter("error", StorageReachWarning)``.
+
+    Examples:
+        >>> from omniq.hpc import StorageReachWarning
+        >>> issubclass(StorageReachWarning, UserWarning)
+        True
+    """
 
 
 @dataclasses.dataclass(frozen=True)
 class Job:
-    """One job of a pool, as the scheduler last listed it."""
+    """One job of a pool, as the scheduler last listed it.
+
+    Attributes:
+        id: As the scheduler names it (``"123"``, or ``"123_4"`` for an element of an array).
+        state: The scheduler's word: ``PENDING``, ``RUNNING``, ``COMPLETING``, ...
+        job_id: The id inside the job (``SLURM_JOB_ID``; differs for array elements), once
+            it runs.
+        reason: Why it waits (``Resources``, ``Priority``, ...), when it does.
+        node: Where it runs.
+        log: Its log file, once it started.
+        stopping: Asked to leave (scale down): finishing its tasks first.
+        name: The job name (``omniq-...``).
+
+    Examples:
+        >>> from omniq.hpc import Job
+        >>> j = Job(id="41_0", state="RUNNING", job_id="42", node="c12")
+        >>> j.active, Job(id="41_1", state="PENDING", stopping=True).active
+        (True, False)
+    """
 
     id: str  # as the scheduler names it ("123", or "123_4" for an element of an array)
     state: str  # PENDING, RUNNING, COMPLETING, ... (the scheduler's words)
@@ -95,7 +131,13 @@ class Job:
 
     @property
     def active(self) -> bool:
-        """Pending or running and not asked to leave: counts toward the pool's size."""
+        """Pending or running and not asked to leave: counts toward the pool's size.
+
+        Examples:
+            >>> from omniq.hpc import Job
+            >>> Job(id="7", state="COMPLETED").active
+            False
+        """
         return not self.stopping and self.state in ("PENDING", "CONFIGURING", "RUNNING", "REQUEUED", "RESIZING")
 
 
@@ -108,8 +150,18 @@ _CLOCK = re.compile(r"(\d+)(?::(\d+)(?::(\d+))?)?", re.ASCII)
 
 def parse_walltime(value: Any, name: str = "walltime") -> int:
     """Seconds in a walltime: sbatch's forms (``"90"`` minutes, ``"01:30:00"``, ``"2-00:00:00"``),
-    a number of seconds (at least 60: schedulers count in minutes), or a ``timedelta``. Anything
-    else is a ``ConfigError`` naming ``name`` and the valid forms.
+    a number of seconds (at least 60: schedulers count in minutes), or a ``timedelta``.
+
+    Args:
+        value: The walltime.
+        name: The argument's name, for the error message.
+
+    Returns:
+        Whole seconds (rounded up).
+
+    Raises:
+        ConfigError: Another form, a field out of range (``"1:99"``), or under a minute;
+            the message names ``name`` and the valid forms.
 
     Examples:
         >>> from omniq.hpc import parse_walltime
@@ -153,6 +205,12 @@ def parse_walltime(value: Any, name: str = "walltime") -> int:
 def format_walltime(seconds: int) -> str:
     """``HH:MM:SS``, or ``D-HH:MM:SS`` from a day up (as ``sbatch --time`` takes it).
 
+    Args:
+        seconds: The walltime in seconds.
+
+    Returns:
+        The walltime as text.
+
     Examples:
         >>> from omniq.hpc.base import format_walltime
         >>> format_walltime(5400), format_walltime(172801)
@@ -167,6 +225,12 @@ def format_walltime(seconds: int) -> str:
 def default_margin(walltime: int) -> int:
     """Seconds before the walltime at which a job stops taking tasks: a tenth of it, from 30 s to
     5 min, and at most half of it. (SLURM may signal up to a minute early; never late.)
+
+    Args:
+        walltime: The job's walltime in seconds.
+
+    Returns:
+        The margin in seconds.
 
     Examples:
         >>> from omniq.hpc.base import default_margin
@@ -195,6 +259,12 @@ def mount_of(path: str) -> tuple[str, str]:
     /proc/mounts; ``("", "")`` where that cannot be read. Says whether jobs on other nodes can
     see a file (a network filesystem) and whether SQLite's locking is safe there.
 
+    Args:
+        path: A file or folder path; it need not exist.
+
+    Returns:
+        ``(mount point, filesystem type)``, e.g. ``("/home", "nfs4")``.
+
     Examples:
         >>> from omniq.hpc.base import mount_of
         >>> mount_of("/no/such/dir/lab.db")[0]  # the nearest existing ancestor: /
@@ -222,6 +292,9 @@ def local_names() -> set[str]:
     """Names and addresses of this machine (to tell whether a URL's host, or a cluster's
     nodes, are this machine).
 
+    Returns:
+        Lower-case host names (short and qualified), aliases and addresses, loopback included.
+
     Examples:
         >>> from omniq.hpc.base import local_names
         >>> {"localhost", "127.0.0.1"} <= local_names()
@@ -243,6 +316,13 @@ def is_local_host(host: str, names: set[str] | None = None) -> bool:
     """Whether ``host`` is this machine (loopback, or one of ``names``, default
     :func:`local_names`): a server URL naming it is unreachable from other nodes.
 
+    Args:
+        host: A host name or address (IPv6 in brackets or not).
+        names: This machine's names; None looks them up.
+
+    Returns:
+        True for loopback (``localhost``, ``127.x``, ``::1``) or one of ``names``.
+
     Examples:
         >>> from omniq.hpc.base import is_local_host
         >>> is_local_host("localhost"), is_local_host("127.0.1.1"), is_local_host("db.lab", {"vm"})
@@ -256,8 +336,19 @@ def job_url(role: str, url: str, *, cluster_local: bool | None) -> tuple[str, li
     """The URL a job should open for ``role`` (relative SQLite paths made absolute), and warnings;
     a ``ConfigError`` naming the URL when a job could not reach it at all.
 
-    ``cluster_local``: True when every node of the cluster is this machine, False when some is
-    not, None when unknown.
+    Args:
+        role: ``"tasks"``, ``"results"`` or ``"events"``, for messages.
+        url: The URL as this process opens it.
+        cluster_local: True when every node of the cluster is this machine, False when some
+            is not, None when unknown.
+
+    Returns:
+        ``(url for the jobs, warnings)``; the warnings are texts for ``StorageReachWarning``.
+
+    Raises:
+        ConfigError: The store lives in this process (``memory://``, in-memory SQLite), is on
+            a filesystem local to this machine while the cluster has other nodes, or names
+            ``localhost`` on such a cluster.
 
     Examples:
         >>> from omniq.hpc.base import job_url
@@ -335,6 +426,12 @@ def storage_tag(url: str) -> str | None:
     Derived from the URL without its password (job names are public); SQLite and ``file://``
     by their resolved path. None for a queue no job could serve (``memory://``).
 
+    Args:
+        url: A task queue URL.
+
+    Returns:
+        Eight hex digits, or None.
+
     Examples:
         >>> from omniq.hpc import storage_tag
         >>> tag = storage_tag("postgresql://me:secret@db.lab/queue")
@@ -382,7 +479,43 @@ def _count(name: str, value: Any) -> int:
 
 class JobWorkers(abc.ABC):
     """A pool of batch jobs, each running ``omniq worker`` against ``oq``'s storage with
-    ``cores`` slots. Scheduler-neutral; see the module docstring. Subclasses give the commands."""
+    ``cores`` slots. Scheduler-neutral; see the module docstring. Subclasses give the commands
+    (``submit_command``, ``parse_submit``, ``cancel_command``, ``cancel_all_command``,
+    ``list_command``, ``parse_list``) and may check arguments against the cluster.
+
+    Args:
+        oq: The ``OmniQ`` or ``AsyncOmniQ`` whose storage the jobs serve.
+        cores: Worker slots per job (the job asks for as many CPUs).
+        walltime: Each job's time limit (see :func:`parse_walltime`).
+        idle_timeout: Seconds a job stays without tasks before leaving; None: until its
+            walltime.
+        worker: The kind of worker slots: ``async``, ``thread``, ``process`` or ``gevent``.
+        queues: The queues jobs take from (a list, or a comma-separated string); None: ``oq``'s.
+        env: Variables for the jobs (kept out of command lines).
+        python: The interpreter jobs run (with omniq installed); None: this one.
+        memory_limit: ``omniq worker --memory-limit`` (``"4GB"``, bytes): a task over it
+            fails cleanly.
+        walltime_margin: Seconds before the walltime at which a job stops taking tasks; None:
+            a tenth of it, 30 s to 5 min.
+        log_dir: The pool's folder (job script, environment file, logs); None:
+            ``<base_dir>/hpc/<name>``.
+        name: The job name (``omniq-`` is prefixed when missing); None: ``omniq-<tag>-<hex>``.
+        interval: Seconds between checks of queue depth and jobs.
+
+    Attributes:
+        name: The job name every job of the pool carries.
+        log_dir: The pool's folder.
+        urls: ``{"tasks": ..., "results": ..., "events": ...}`` as jobs open them.
+        closed: True once :meth:`close` ran.
+
+    Raises:
+        ConfigError: An argument is not valid (named), the scheduler's commands are not on
+            PATH, or jobs could not reach the storage (``memory://``, in-memory SQLite, a path
+            local to this machine on a cluster of several nodes).
+
+    Examples:
+        :class:`~omniq.hpc.SlurmWorkers` is the SLURM subclass; see it for a run.
+    """
 
     #: the scheduler, for messages
     scheduler = "batch"
@@ -493,49 +626,126 @@ class JobWorkers(abc.ABC):
     # --- what a scheduler gives ------------------------------------------------------------------
     @abc.abstractmethod
     def submit_command(self, script: str, count: int) -> list[str]:
-        """argv submitting ``count`` copies of ``script`` (an array when ``count`` > 1, if it can)."""
+        """argv submitting ``count`` copies of ``script`` (an array when ``count`` > 1, if it can).
+
+        Args:
+            script: The job script's path.
+            count: How many jobs.
+
+        Returns:
+            The command, as a list of arguments.
+        """
 
     @abc.abstractmethod
     def parse_submit(self, stdout: str, count: int) -> list[str]:
-        """Ids of the jobs ``submit_command`` made (one per copy)."""
+        """Ids of the jobs ``submit_command`` made (one per copy).
+
+        Args:
+            stdout: What the submit command printed.
+            count: How many jobs it submitted.
+
+        Returns:
+            ``count`` job ids.
+
+        Raises:
+            JobSystemError: The output holds no job id.
+        """
 
     @abc.abstractmethod
     def cancel_command(self, ids: Sequence[str], *, graceful: bool) -> list[str]:
         """argv cancelling ``ids``: at once, or (``graceful``) asking them to leave after their
-        running tasks (SIGTERM to the worker only)."""
+        running tasks (SIGTERM to the worker only).
+
+        Args:
+            ids: Job ids.
+            graceful: Ask the jobs' workers to leave instead of killing the jobs.
+
+        Returns:
+            The command.
+        """
 
     @abc.abstractmethod
     def cancel_all_command(self) -> list[str]:
-        """argv cancelling every job of this pool (by its job name)."""
+        """argv cancelling every job of this pool (by its job name).
+
+        Returns:
+            The command.
+        """
 
     @abc.abstractmethod
     def list_command(self) -> list[str]:
-        """argv listing this pool's jobs."""
+        """argv listing this pool's jobs.
+
+        Returns:
+            The command; :meth:`parse_list` reads its output.
+        """
 
     @abc.abstractmethod
     def parse_list(self, stdout: str) -> list[Job]:
-        """Jobs in the list command's output."""
+        """Jobs in the list command's output.
+
+        Args:
+            stdout: What the list command printed.
+
+        Returns:
+            The jobs listed.
+        """
 
     def cluster_hosts(self) -> list[str] | None:
-        """Names and addresses of the nodes jobs may run on (None: unknown)."""
+        """Names and addresses of the nodes jobs may run on (None: unknown).
+
+        Returns:
+            The hosts, or None; the base class knows none.
+        """
         return None
 
     def _validate(self) -> None:  # noqa: B027 (optional hook)
         """Scheduler-specific checks of the arguments (partitions, limits); ConfigError if bad."""
 
     def submit_error(self, message: str) -> OmniQError:
-        """The error for a refused submission (a ConfigError when it is about the arguments)."""
+        """The error for a refused submission (a ConfigError when it is about the arguments).
+
+        Args:
+            message: What the submit command printed.
+
+        Returns:
+            The error to raise: here a ``JobSystemError``.
+        """
         return JobSystemError(f"{self.scheduler} refused the job: {message}")
 
     def never_starts(self, job: Job) -> str | None:
-        """Why ``job`` (pending) can never start as asked, or None (it may yet)."""
+        """Why ``job`` (pending) can never start as asked, or None (it may yet).
+
+        Args:
+            job: A pending job as listed.
+
+        Returns:
+            The reason in words, or None; the base class never knows one.
+        """
         return None
 
     # --- public ----------------------------------------------------------------------------------
     def scale(self, jobs: int) -> JobWorkers:
         """Submit or cancel jobs to reach ``jobs`` now. Pending jobs are cancelled first; running
         ones are asked to leave once their running tasks are done (or handed back). While tasks
-        wait, jobs that ended (walltime, idle, killed) are replaced to keep ``jobs``."""
+        wait, jobs that ended (walltime, idle, killed) are replaced to keep ``jobs``.
+
+        Args:
+            jobs: How many jobs (0 lets every job leave).
+
+        Returns:
+            This pool.
+
+        Raises:
+            ConfigError: ``jobs`` is not an integer >= 0, the pool is closed, the scheduler
+                refused the jobs for their options, or accepted them but will never start
+                them (they are cancelled).
+            JobSystemError: A scheduler command failed otherwise.
+
+        Examples:
+            ``pool.scale(4)``: four jobs now; ``pool.scale(0)``: none. See
+            :class:`~omniq.hpc.SlurmWorkers` for a run.
+        """
         n = _count("jobs", jobs)
         self._ensure_open()
         with self._lock:
@@ -556,7 +766,22 @@ class JobWorkers(abc.ABC):
         """Follow queue depth: while tasks are queued and the pool has fewer slots (jobs x cores)
         than tasks (queued + running), submit jobs, up to ``maximum``; keep at least ``minimum``.
         Jobs leave by themselves after ``idle_timeout`` without work; pending jobs no longer
-        needed are cancelled. Checks every ``interval`` seconds (default: the pool's)."""
+        needed are cancelled.
+
+        Args:
+            minimum: Jobs kept whatever the queue holds.
+            maximum: Jobs at most (at least 1, and at least ``minimum``).
+            interval: Seconds between checks; None keeps the pool's.
+
+        Returns:
+            This pool.
+
+        Raises:
+            ConfigError: A bound or ``interval`` is not valid, or the pool is closed.
+
+        Examples:
+            ``pool.adapt(minimum=0, maximum=20)``. See :class:`~omniq.hpc.SlurmWorkers`.
+        """
         lo = _count("minimum", minimum)
         hi = _count("maximum", maximum)
         if hi < max(lo, 1):
@@ -575,13 +800,31 @@ class JobWorkers(abc.ABC):
 
     def jobs(self) -> list[Job]:
         """The pool's jobs that are pending or running (id, state, node, log ...), as the
-        scheduler lists them now."""
+        scheduler lists them now.
+
+        Returns:
+            One :class:`Job` each; empty once closed.
+
+        Raises:
+            JobSystemError: The list command failed.
+
+        Examples:
+            ``pool.jobs()`` -> ``[Job(id='123_0', state='RUNNING', ...), ...]``. See
+            :class:`~omniq.hpc.SlurmWorkers`.
+        """
         if self.closed:
             return []
         return self._refresh()
 
     def logs(self) -> list[str]:
-        """Paths of the pool's job logs, oldest first."""
+        """Paths of the pool's job logs, oldest first.
+
+        Returns:
+            ``<log_dir>/<name>-<job id>.log`` files; empty before any job started.
+
+        Examples:
+            ``print(open(pool.logs()[-1]).read())``. See :class:`~omniq.hpc.SlurmWorkers`.
+        """
         try:
             names = [n for n in os.listdir(self.log_dir) if n.endswith(".log")]
         except OSError:
@@ -590,7 +833,18 @@ class JobWorkers(abc.ABC):
         return sorted(paths, key=lambda p: (os.path.getmtime(p), p))
 
     def close(self, *, wait: bool = True, timeout: float = 60.0) -> None:
-        """Cancel every job this pool started (idempotent). ``wait``: until none is listed."""
+        """Cancel every job this pool started (idempotent), and remove its environment file.
+
+        Closing ``oq`` and interpreter exit close the pool too.
+
+        Args:
+            wait: Wait until the scheduler lists none of its jobs.
+            timeout: Seconds to wait at most.
+
+        Examples:
+            ``pool.close()``, or ``with SlurmWorkers(oq, ...) as pool:``. See
+            :class:`~omniq.hpc.SlurmWorkers`.
+        """
         if self.closed:
             return
         self.closed = True
@@ -630,7 +884,16 @@ class JobWorkers(abc.ABC):
         self.close()
 
     def status(self) -> dict[str, Any]:
-        """For status displays: name, log folder, settings and the jobs last seen (no command run)."""
+        """For status displays: name, log folder, settings and the jobs last seen (no command run).
+
+        Returns:
+            ``name``, ``scheduler``, ``log_dir``, ``cores``, ``walltime``, ``mode``
+            (``("scale", n, n)``, ``("adapt", min, max)`` or None), ``closed`` and ``jobs``
+            (dicts of :class:`Job` fields).
+
+        Examples:
+            See :class:`~omniq.hpc.SlurmWorkers`.
+        """
         with self._lock:
             jobs = list(self._tracked.values())
         return {
@@ -655,16 +918,31 @@ class JobWorkers(abc.ABC):
     # --- files -----------------------------------------------------------------------------------
     @property
     def env_file(self) -> str:
-        """The pool's private environment file (mode 0600; URLs and secrets for its jobs)."""
+        """The pool's private environment file (mode 0600; URLs and secrets for its jobs).
+
+        Examples:
+            ``<log_dir>/worker.env``; see :class:`~omniq.hpc.SlurmWorkers`.
+        """
         return os.path.join(self.log_dir, "worker.env")
 
     @property
     def script(self) -> str:
-        """The job script every job of the pool runs."""
+        """The job script every job of the pool runs.
+
+        Examples:
+            ``<log_dir>/job.sh``; see :class:`~omniq.hpc.SlurmWorkers`.
+        """
         return os.path.join(self.log_dir, "job.sh")
 
     def worker_command(self) -> list[str]:
-        """``omniq worker`` as a job runs it (no URL: those come from the environment file)."""
+        """``omniq worker`` as a job runs it (no URL: those come from the environment file).
+
+        Returns:
+            The command.
+
+        Examples:
+            See :class:`~omniq.hpc.SlurmWorkers`.
+        """
         cmd = [self.python, "-m", "omniq.cli", "worker", "--worker", self.worker, "-c", str(self.cores),
                "--grace", str(self.grace)]
         if self.idle_timeout is not None:
@@ -677,7 +955,14 @@ class JobWorkers(abc.ABC):
 
     def job_script(self) -> str:
         """The job script: source the private environment file, then become ``omniq worker``
-        (``exec``: the scheduler's signals reach the worker itself)."""
+        (``exec``: the scheduler's signals reach the worker itself).
+
+        Returns:
+            The script's text.
+
+        Examples:
+            See :class:`~omniq.hpc.SlurmWorkers`.
+        """
         return "\n".join([
             "#!/bin/bash",
             f"# OmniQ worker job of pool {self.name} ({self.scheduler}); options are on the submit",
@@ -694,7 +979,14 @@ class JobWorkers(abc.ABC):
     def import_path(self) -> list[str]:
         """Folders this process imports from that its interpreter would not (the notebook's
         folder, ``sys.path`` additions): the job puts them on ``PYTHONPATH``, so tasks whose
-        functions live in modules import them there too. Only for the same interpreter."""
+        functions live in modules import them there too. Only for the same interpreter.
+
+        Returns:
+            The folders (empty when the jobs run another interpreter).
+
+        Examples:
+            See :class:`~omniq.hpc.SlurmWorkers`.
+        """
         if self.python != os.path.abspath(sys.executable):
             return []
         import site
@@ -1025,6 +1317,9 @@ _POOLS: weakref.WeakSet[JobWorkers] = weakref.WeakSet()
 def pools() -> list[JobWorkers]:
     """The pools of this process that are not closed (for status displays: ``%omniq status``
     lists their jobs).
+
+    Returns:
+        The open pools.
 
     Examples:
         >>> from omniq.hpc import pools

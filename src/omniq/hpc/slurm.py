@@ -44,6 +44,78 @@ class SlurmWorkers(JobWorkers):
     a tenth of it, 30 s to 5 min); ``log_dir``: the pool's folder (default
     ``<base_dir>/hpc/<name>``); ``name``: the job name (``omniq-<hex>`` by default);
     ``interval``: seconds between checks of queue depth and jobs.
+
+    Args:
+        oq: The ``OmniQ`` or ``AsyncOmniQ`` whose storage the jobs serve.
+        partition: The partition jobs go to; None: the cluster's default.
+        account: The account charged; None: the user's default.
+        memory: Memory per job (``"16GB"``, bytes): ``--mem``.
+        gpus: GPUs per job, a count or ``"type:count"``: ``--gres=gpu:...``.
+        job_extra: More sbatch options (``["--qos=long", "--constraint=a100"]``).
+        cores: Worker slots per job (``--cpus-per-task``).
+        walltime: Each job's time limit.
+        idle_timeout: Seconds without tasks before a job leaves (None: its walltime).
+        worker: The kind of worker slots.
+        queues: The queues jobs take from (default: ``oq``'s).
+        env: Variables for the jobs.
+        python: The interpreter jobs run.
+        memory_limit: ``omniq worker --memory-limit``.
+        walltime_margin: Seconds before the walltime at which a job stops taking tasks.
+        log_dir: The pool's folder.
+        name: The job name.
+        interval: Seconds between checks.
+
+    Raises:
+        ConfigError: An argument is not valid, or the cluster cannot run such jobs (a
+            partition that does not exist, a walltime over its limit, more cores, memory or
+            GPUs than any of its nodes has); SLURM's commands are not on PATH; or jobs could
+            not reach the storage. Each message names the argument.
+
+    Examples:
+        On a login node:
+
+        ```python
+        pool = SlurmWorkers(oq, partition="gpu", cores=4, gpus=1, walltime="02:00:00")
+        pool.scale(4)                 # or pool.adapt(minimum=0, maximum=20)
+        pool.jobs()                   # [Job(id='123_0', state='RUNNING', ...), ...]
+        pool.close()                  # cancels every job it started
+        ```
+
+        What the pool submits, without a cluster (a subclass that runs no SLURM command):
+
+        >>> import os, tempfile
+        >>> from omniq import OmniQ
+        >>> from omniq.hpc import SlurmWorkers
+        >>> class Offline(SlurmWorkers):     # SLURM's commands built, none run: no cluster needed
+        ...     commands = ()
+        ...     def partitions(self):
+        ...         return {}
+        ...     def cluster_hosts(self):
+        ...         return ["localhost"]
+        >>> lab = tempfile.mkdtemp()
+        >>> oq = OmniQ(tasks=f"sqlite:///{lab}/lab.db", concurrency=0)
+        >>> pool = Offline(oq, partition="gpu", cores=4, gpus=1, walltime="02:00:00", name="demo",
+        ...                log_dir=f"{lab}/logs")
+        >>> pool.name, pool.walltime_margin, pool.grace
+        ('omniq-demo', 300, 200)
+        >>> pool.submit_command(pool.script, 3)  # doctest: +ELLIPSIS
+        ['sbatch', '--parsable', '--job-name=omniq-demo', '--output=.../logs/%x-%j.log', '--time=02:00:00', '--nodes=1', '--ntasks=1', '--cpus-per-task=4', '--signal=B:TERM@300', '--chdir=...', '--partition=gpu', '--gres=gpu:1', '--array=0-2', '.../logs/job.sh']
+        >>> pool.parse_submit("4242", 3)
+        ['4242_0', '4242_1', '4242_2']
+        >>> pool.cancel_command(["4242_0"], graceful=True), pool.cancel_all_command()
+        (['scancel', '--batch', '--signal=TERM', '4242_0'], ['scancel', '--name=omniq-demo'])
+        >>> pool.worker_command()[2:]
+        ['omniq.cli', 'worker', '--worker', 'process', '-c', '4', '--grace', '200', '--idle-timeout', '300']
+        >>> print(pool.job_script())  # doctest: +ELLIPSIS
+        #!/bin/bash
+        ...
+        exec ... -m omniq.cli worker --worker process -c 4 --grace 200 --idle-timeout 300
+        >>> pool.scale(0).jobs(), pool.logs(), pool.status()["mode"]  # nothing submitted
+        ([], [], ('scale', 0, 0))
+        >>> pool.close()
+        >>> pool.closed
+        True
+        >>> oq.close()
     """
 
     scheduler = "SLURM"
@@ -99,7 +171,17 @@ class SlurmWorkers(JobWorkers):
 
     # --- the three commands ---------------------------------------------------------------------
     def sbatch_options(self) -> list[str]:
-        """The options every job of the pool is submitted with."""
+        """The options every job of the pool is submitted with.
+
+        Returns:
+            ``--job-name``, ``--output``, ``--time``, ``--nodes=1``, ``--ntasks=1``,
+            ``--cpus-per-task``, ``--signal=B:TERM@<margin>``, ``--chdir``, then
+            ``--partition``, ``--account``, ``--mem``, ``--gres`` where given, then
+            ``job_extra``.
+
+        Examples:
+            See :class:`SlurmWorkers`.
+        """
         opts = [
             f"--job-name={self.name}",
             f"--output={os.path.join(self.log_dir, '%x-%j.log')}",
@@ -121,42 +203,110 @@ class SlurmWorkers(JobWorkers):
         return opts + self.job_extra
 
     def submit_command(self, script: str, count: int) -> list[str]:
-        """``sbatch --parsable`` with the pool's options; a job array for ``count`` > 1."""
+        """``sbatch --parsable`` with the pool's options; a job array for ``count`` > 1.
+
+        Args:
+            script: The job script's path.
+            count: How many jobs.
+
+        Returns:
+            The command.
+
+        Examples:
+            See :class:`SlurmWorkers`.
+        """
         argv = ["sbatch", "--parsable", *self.sbatch_options()]
         if count > 1:
             argv.append(f"--array=0-{count - 1}")
         return [*argv, script]
 
     def parse_submit(self, stdout: str, count: int) -> list[str]:
-        """The job ids sbatch made: ``123``, or ``123_0`` ... for the elements of an array."""
+        """The job ids sbatch made: ``123``, or ``123_0`` ... for the elements of an array.
+
+        Args:
+            stdout: ``sbatch --parsable``'s output (``"123"`` or ``"123;cluster"``).
+            count: How many jobs were submitted.
+
+        Returns:
+            The ids.
+
+        Raises:
+            JobSystemError: The output is not a job id.
+
+        Examples:
+            See :class:`SlurmWorkers`.
+        """
         first = next(iter(_lines(stdout)), "").strip().split(";")[0]
         if not first.isdigit():
             raise JobSystemError(f"sbatch answered {stdout.strip()!r}, not a job id")
         return [f"{first}_{i}" for i in range(count)] if count > 1 else [first]
 
     def cancel_command(self, ids: Sequence[str], *, graceful: bool) -> list[str]:
-        """``scancel`` of ``ids``; ``graceful``: SIGTERM to the worker only (``--batch``)."""
+        """``scancel`` of ``ids``; ``graceful``: SIGTERM to the worker only (``--batch``).
+
+        Args:
+            ids: Job ids.
+            graceful: Ask the workers to leave after their running tasks, instead of killing
+                the jobs.
+
+        Returns:
+            The command.
+
+        Examples:
+            See :class:`SlurmWorkers`.
+        """
         # graceful: SIGTERM to the batch shell (the worker, exec'd) only, not to the tasks'
         # processes: it stops taking tasks, lets running ones finish within its grace, leaves
         return ["scancel", *(["--batch", "--signal=TERM"] if graceful else []), *ids]
 
     def cancel_all_command(self) -> list[str]:
-        """``scancel --name``: every job of the pool, also those submitted a moment ago."""
+        """``scancel --name``: every job of the pool, also those submitted a moment ago.
+
+        Returns:
+            The command.
+
+        Examples:
+            See :class:`SlurmWorkers`.
+        """
         return ["scancel", f"--name={self.name}"]
 
     def list_command(self) -> list[str]:
-        """``squeue`` of the pool's jobs (array elements one by one), in :data:`SQUEUE_FORMAT`."""
+        """``squeue`` of the pool's jobs (array elements one by one), in ``SQUEUE_FORMAT``.
+
+        Returns:
+            The command.
+
+        Examples:
+            ``['squeue', '--noheader', '--array', '--name=omniq-demo', '--format=%i|%A|%T|%r|%N|%j']``
+        """
         return ["squeue", "--noheader", "--array", f"--name={self.name}", f"--format={SQUEUE_FORMAT}"]
 
     def parse_list(self, stdout: str) -> list[Job]:
-        """Jobs in ``squeue`` output (:func:`parse_squeue`)."""
+        """Jobs in ``squeue`` output (:func:`parse_squeue`).
+
+        Args:
+            stdout: The list command's output.
+
+        Returns:
+            The jobs.
+
+        Examples:
+            See :func:`parse_squeue`.
+        """
         return parse_squeue(stdout)
 
     # --- cluster facts ---------------------------------------------------------------------------
     def partitions(self) -> dict[str, dict[str, Any]]:
         """What ``sinfo`` says of each partition: ``limit`` (time limit as written), ``default``,
         ``cpus`` / ``memory_mb`` (the most of any node), ``gres`` and ``hosts`` (node names and
-        addresses). Empty when sinfo does not answer."""
+        addresses). Empty when sinfo does not answer. Asked once per pool.
+
+        Returns:
+            partition name -> its facts.
+
+        Examples:
+            ``pool.partitions()["gpu"]["limit"]`` -> ``'2-00:00:00'``
+        """
         if self._partitions is None:
             try:
                 p = self._run(["sinfo", "--noheader", "--Node", "--format=%P|%l|%c|%m|%G|%N|%o|%n"],
@@ -187,7 +337,14 @@ class SlurmWorkers(JobWorkers):
         return (name, parts[name]) if name is not None and name in parts else None
 
     def cluster_hosts(self) -> list[str] | None:
-        """Names and addresses of the partition's nodes, from ``sinfo`` (None: unknown)."""
+        """Names and addresses of the partition's nodes, from ``sinfo`` (None: unknown).
+
+        Returns:
+            The hosts, sorted, or None.
+
+        Examples:
+            ``pool.cluster_hosts()`` -> ``['c01', 'c02', '10.0.0.11', ...]``
+        """
         found = self._partition()
         return sorted(found[1]["hosts"]) if found is not None and found[1]["hosts"] else None
 
@@ -223,13 +380,35 @@ class SlurmWorkers(JobWorkers):
                               f"(its nodes' generic resources: {', '.join(sorted(facts['gres'])) or 'none'})")
 
     def never_starts(self, job: Job) -> str | None:
-        """Why a pending job will never start as asked (its squeue reason), or None."""
+        """Why a pending job will never start as asked (its squeue reason), or None.
+
+        Args:
+            job: A pending job as listed.
+
+        Returns:
+            ``"Reason (what to change)"`` for a reason in ``NEVER``, else None.
+
+        Examples:
+            ``PartitionTimeLimit (walltime over the partition's time limit)``
+        """
         if job.reason in NEVER:
             return f"{job.reason} ({NEVER[job.reason]})"
         return None
 
     def submit_error(self, message: str) -> OmniQError:
-        """sbatch's refusal as a ``ConfigError`` naming the argument at fault, when it is one."""
+        """sbatch's refusal as a ``ConfigError`` naming the argument at fault, when it is one.
+
+        Args:
+            message: What sbatch printed.
+
+        Returns:
+            A ``ConfigError`` (partition, account, walltime, resources, options) or else a
+            ``JobSystemError``.
+
+        Examples:
+            ``"Invalid partition name specified"`` ->
+            ``ConfigError("partition='gpu': SLURM refused the job: Invalid partition name specified")``
+        """
         low = message.lower()
         if "partition" in low:
             return ConfigError(f"partition={self.partition!r}: SLURM refused the job: {message}")
@@ -264,6 +443,12 @@ SQUEUE_FORMAT = "%i|%A|%T|%r|%N|%j"
 def parse_squeue(stdout: str) -> list[Job]:
     """Jobs in ``squeue --format=SQUEUE_FORMAT`` output.
 
+    Args:
+        stdout: ``squeue``'s output, one job per line.
+
+    Returns:
+        The jobs (lines with fewer than three fields are skipped).
+
     Examples:
         >>> from omniq.hpc.slurm import parse_squeue
         >>> out = ["41_0|42|RUNNING|None|c12|omniq-0badcafe-1a2b3c",
@@ -292,7 +477,19 @@ def omniq_jobs(*, tasks: str | None = None, user: str | None = None, timeout: fl
     (every pool's, from any process), as ``squeue`` lists them now; with ``tasks`` (a task queue
     URL), only those serving that queue (by the storage tag in their name: pools given their own
     ``name=`` are not found this way). Empty where SLURM's commands are missing or do not answer
-    (for status displays, which must work without SLURM); ``strict``: a ``JobSystemError`` then.
+    (for status displays, which must work without SLURM).
+
+    Args:
+        tasks: A task queue URL: only jobs serving it.
+        user: Whose jobs; None: whoever runs this.
+        timeout: Seconds to wait for ``squeue``.
+        strict: Raise instead of returning an empty list when ``squeue`` fails.
+
+    Returns:
+        The jobs, as :func:`parse_squeue` reads them.
+
+    Raises:
+        JobSystemError: With ``strict``, ``squeue`` is missing, timed out or failed.
 
     Examples:
         >>> from omniq.hpc import omniq_jobs
