@@ -21,23 +21,13 @@ from typing import Any
 
 import pytest
 
+from tests.browser import CHROMIUM_ARGS, chromium
+
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
 BARS = ".widget-hprogress .progress-bar, .widget-vprogress .progress-bar"  # ipywidgets 8 IntProgress
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
-
-
-def _chromium() -> str:
-    for candidate in ("/usr/bin/chromium", shutil.which("chromium"), shutil.which("chromium-browser")):
-        if candidate and os.access(candidate, os.X_OK):
-            return candidate
-    pytest.skip("Chromium not found at /usr/bin/chromium (Debian: apt-get install -y chromium; "
-                ".ci/run installs it)")
 
 
 def _free_port() -> int:
@@ -107,7 +97,7 @@ def jupyterlab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]
 
 
 def test_sweeps_notebook_progress_reaches_100_percent_in_a_browser(jupyterlab: str) -> None:
-    executable = _chromium()
+    executable = chromium()
     sync_api = pytest.importorskip("playwright.sync_api")
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "sweeps.png"

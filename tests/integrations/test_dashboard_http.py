@@ -1,0 +1,285 @@
+"""``omniq dashboard`` over plain HTTP (httpx against the running command): pages, 404s, bad
+filters, CSRF on actions, the token, the Host check, the event stream, a storage that goes
+away and comes back, the jupyter-server-proxy entry point."""
+
+from __future__ import annotations
+
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from omniq import OmniQ, TaskStatus
+from omniq.integrations.dashboard.command import choose_token, is_loopback
+from tests.helpers import square
+
+from .conftest import Running
+
+CSRF = re.compile(r'name="csrf" value="([^"]+)"')
+
+
+def client(dash: Running, **kw: Any) -> httpx.Client:
+    return httpx.Client(base_url=dash.base, timeout=15, **kw)
+
+
+def failed_task(oq: OmniQ) -> str:
+    tid = oq.enqueue(int, args=("not a number",))
+    r = oq.get_result(tid, wait=True, timeout=30)
+    assert r is not None and r.status is TaskStatus.FAILED
+    return tid
+
+
+def test_front_page_shows_queues_with_counts_by_status(oq: OmniQ, dashboard: Running) -> None:
+    tid = oq.enqueue(abs, args=(-3,), queue="emails")
+    oq.get_result(tid, wait=True, timeout=30)
+    with client(dashboard) as c:
+        r = c.get("/")
+    assert r.status_code == 200
+    row = re.search(r'<tr data-queue="emails">(.*?)</tr>', r.text, re.S)
+    assert row is not None, r.text
+    assert 'status=succeeded">1</a>' in row.group(1)
+    assert "Workers" in r.text and "Schedules" in r.text and "Recent failures" in r.text
+
+
+def test_unknown_task_id_is_a_404_page_not_a_traceback(dashboard: Running) -> None:
+    with client(dashboard) as c:
+        r = c.get("/tasks/0000nosuchtask")
+        other = c.get("/no/such/page")
+    assert r.status_code == 404
+    assert "No task 0000nosuchtask" in r.text and "Traceback" not in r.text
+    assert r.headers["content-type"].startswith("text/html")
+    assert other.status_code == 404 and "Nothing at /no/such/page" in other.text
+
+
+def test_a_failed_task_page_shows_function_args_error_and_timeline(oq: OmniQ, dashboard: Running) -> None:
+    tid = failed_task(oq)
+    with client(dashboard) as c:
+        r = c.get(f"/tasks/{tid}")
+    assert r.status_code == 200
+    text = r.text
+    assert "ValueError" in text
+    assert "invalid literal for int() with base 10: &#39;not a number&#39;" in text
+    assert "(&#39;not a number&#39;,)" in text  # the args repr, escaped
+    assert '<pre class="traceback">' in text
+    for event in ("enqueued", "started", "failed"):
+        assert f"<strong>{event}</strong>" in text
+    retry = re.search(r"<button[^>]*>Retry</button>", text)
+    cancel = re.search(r"<button[^>]*>Cancel</button>", text)
+    assert retry is not None and "disabled" not in retry.group(0)
+    assert cancel is not None and "disabled" in cancel.group(0)  # a final task cannot be cancelled
+
+
+def test_actions_need_the_csrf_token_and_a_same_origin(oq: OmniQ, dashboard: Running) -> None:
+    tid = failed_task(oq)
+    with client(dashboard) as c:
+        page = c.get(f"/tasks/{tid}")
+        token = CSRF.search(page.text)
+        assert token is not None
+        # no token, a wrong token, the right token from a foreign page: refused, nothing done
+        assert c.post(f"/tasks/{tid}/retry").status_code == 403
+        assert c.post(f"/tasks/{tid}/retry", data={"csrf": "x" * 32}).status_code == 403
+        foreign = c.post(f"/tasks/{tid}/retry", data={"csrf": token.group(1)},
+                         headers={"origin": "http://evil.example"})
+        assert foreign.status_code == 403 and "CSRF" in foreign.text
+        assert oq.status(tid) is TaskStatus.FAILED
+        # a GET does not act either
+        assert c.get(f"/tasks/{tid}/retry").status_code in (404, 405)
+        ok = c.post(f"/tasks/{tid}/retry", data={"csrf": token.group(1)},
+                    headers={"origin": dashboard.base})
+    assert ok.status_code == 303 and ok.headers["location"].endswith(f"/tasks/{tid}?done=retried")
+    final = oq.get_result(tid, wait=True, timeout=30)
+    assert final is not None and final.attempts >= 2  # it ran again (and failed again)
+
+
+def test_the_task_list_filters_and_pages_with_before(oq: OmniQ, dashboard: Running) -> None:
+    ids = [oq.enqueue(abs, args=(-i,), queue="paged") for i in range(5)]
+    for tid in ids:
+        oq.get_result(tid, wait=True, timeout=30)
+    with client(dashboard) as c:
+        first = c.get("/tasks", params={"queue": "paged", "limit": 2})
+        shown = re.findall(r'<tr data-id="([^"]+)">', first.text)
+        assert shown == ids[::-1][:2]  # newest first
+        older = re.search(r'href="(/tasks\?[^"]*before=[^"]+)" rel="next"', first.text)
+        assert older is not None
+        second = c.get(older.group(1).replace("&amp;", "&"))
+        assert re.findall(r'<tr data-id="([^"]+)">', second.text) == ids[::-1][2:4]
+        none = c.get("/tasks", params={"queue": "paged", "status": "failed"})
+        assert "No task matches." in none.text
+
+
+@pytest.mark.parametrize(("query", "named"), [
+    ({"status": "bogus"}, "status=&#39;bogus&#39; is not valid: expected one of pending, queued"),
+    ({"limit": "0"}, "limit=&#39;0&#39; is not valid: expected a whole number from 1 to 1000"),
+])
+def test_a_bad_filter_is_a_400_naming_it(dashboard: Running, query: dict[str, str], named: str) -> None:
+    with client(dashboard) as c:
+        r = c.get("/tasks", params=query)
+    assert r.status_code == 400 and named in r.text
+
+
+def test_the_sweep_page_is_a_table_of_points(oq: OmniQ, dashboard: Running) -> None:
+    sw = oq.sweep(square, grid={"x": [1, 2, 3]}, name="squares")
+    sw.wait(timeout=60)
+    with client(dashboard) as c:
+        r = c.get("/sweeps/squares")
+        missing = c.get("/sweeps/nosuchsweep")
+    assert r.status_code == 200
+    rows = re.findall(r"<tr><td><code>(\d)</code></td>.*?<code class=\"repr\">(\d+)</code>", r.text, re.S)
+    assert rows == [("1", "1"), ("2", "4"), ("3", "9")]
+    assert missing.status_code == 404 and "nosuchsweep" in missing.text
+
+
+def test_schedules_pause_and_resume_from_the_front_page(oq: OmniQ, dashboard: Running) -> None:
+    sid = oq.schedule(abs, interval=3600, args=(-1,), name="hourly-abs")
+    with client(dashboard) as c:
+        page = c.get("/")
+        assert "hourly-abs" in page.text
+        token = CSRF.search(page.text)
+        assert token is not None
+        r = c.post(f"/schedules/{sid}/pause", data={"csrf": token.group(1)})
+        assert r.status_code == 303
+        assert [s["paused"] for s in oq.schedules() if s["id"] == sid] == [True]
+        assert ">Resume</button>" in c.get("/").text
+        c.post(f"/schedules/{sid}/resume", data={"csrf": token.group(1)})
+    assert [s["paused"] for s in oq.schedules() if s["id"] == sid] == [False]
+
+
+def test_the_event_stream_names_a_task_enqueued_after_it_opened(oq: OmniQ, dashboard: Running) -> None:
+    with client(dashboard) as c, c.stream("GET", "/events") as stream:
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        lines = stream.iter_lines()
+        assert next(lines).startswith("retry:")
+        tid = oq.enqueue(abs, args=(-7,), queue="live")
+        deadline = time.monotonic() + 15
+        seen = ""
+        for line in lines:
+            seen += line + "\n"
+            if line.startswith("data:") and tid in line:
+                break
+            assert time.monotonic() < deadline, seen
+    assert "event: tasks" in seen
+
+
+def test_a_token_is_required_on_every_request(db_url: str, oq: OmniQ, start: Callable[..., Running]) -> None:
+    dash = start(["--tasks", db_url, "--port", "0", "--token", "T0ken-abc"])
+    assert dash.url.endswith("/?token=T0ken-abc")
+    with client(dash) as c:
+        for path in ("/", "/tasks", "/static/dashboard.js", "/events", "/tasks/whatever"):
+            assert c.get(path).status_code == 401, path
+        assert c.get("/?token=wrong").status_code == 401
+        assert c.post("/tasks/x/retry").status_code == 401
+        assert c.get("/", headers={"authorization": "token T0ken-abc"}).status_code == 200
+        first = c.get("/?token=T0ken-abc")
+        assert first.status_code == 200 and "omniq_dashboard_token_" in first.headers["set-cookie"]
+        assert c.get("/tasks").status_code == 200  # the cookie from then on
+
+
+def test_beyond_loopback_a_token_is_generated_and_printed(db_url: str, oq: OmniQ,
+                                                          start: Callable[..., Running]) -> None:
+    dash = start(["--tasks", db_url, "--host", "0.0.0.0", "--port", "0"])
+    assert "?token=" in dash.url
+    token = dash.url.split("?token=", 1)[1]
+    assert len(token) >= 24
+    port = dash.base.rsplit(":", 1)[1]
+    with httpx.Client(timeout=15) as c:
+        assert c.get(f"http://127.0.0.1:{port}/").status_code == 401
+        assert c.get(f"http://127.0.0.1:{port}/?token={token}").status_code == 200
+
+
+def test_an_empty_token_beyond_loopback_is_refused(db_url: str, oq: OmniQ) -> None:
+    out = subprocess.run([sys.executable, "-m", "omniq.cli", "dashboard", "--tasks", db_url,
+                          "--host", "0.0.0.0", "--token", ""], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert "--token is empty" in out.stderr and "Traceback" not in out.stderr
+    assert choose_token("127.0.0.1", "") is None and choose_token("localhost", None) is None
+    assert is_loopback("::1") and not is_loopback("0.0.0.0") and not is_loopback("example.org")
+
+
+def test_without_a_token_only_loopback_host_names_are_served(dashboard: Running) -> None:
+    port = dashboard.base.rsplit(":", 1)[1]
+    with client(dashboard) as c:
+        rebound = c.get("/", headers={"host": f"evil.example:{port}"})
+        assert rebound.status_code == 403 and "loopback" in rebound.text
+        assert c.get("/", headers={"host": f"localhost:{port}"}).status_code == 200
+
+
+def test_a_missing_sqlite_file_or_a_taken_port_is_named(tmp_path: Any, db_url: str, oq: OmniQ) -> None:
+    gone = f"sqlite:///{tmp_path / 'typo.db'}"
+    out = subprocess.run([sys.executable, "-m", "omniq.cli", "dashboard", "--tasks", gone, "--port", "0"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and "typo.db" in out.stderr and "does not exist" in out.stderr
+    assert not (tmp_path / "typo.db").exists()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        out = subprocess.run([sys.executable, "-m", "omniq.cli", "dashboard", "--tasks", db_url,
+                              "--port", str(port)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and f"127.0.0.1:{port}" in out.stderr and "--port" in out.stderr
+
+
+def test_import_omniq_does_not_import_the_dashboard() -> None:
+    code = ("import sys, omniq, omniq.cli; omniq.cli.build_parser(); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('starlette', 'uvicorn', 'jinja2') "
+            "or m.startswith('omniq.integrations.dashboard.app')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_jupyter_server_proxy_entry_point_serves_under_its_prefix(db_url: str, oq: OmniQ) -> None:
+    from importlib.metadata import entry_points
+
+    (ep,) = [e for e in entry_points(group="jupyter_serverproxy_servers") if e.name == "omniq-dashboard"]
+    spec = ep.load()()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [a.replace("{port}", str(port)).replace("{base_url}", "/user/ada/") for a in spec["command"]]
+    proc = subprocess.Popen([*command, "--tasks", db_url], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert f"http://127.0.0.1:{port}/user/ada/omniq-dashboard/" in line, line
+        with httpx.Client(timeout=15) as c:  # the proxy strips its prefix and keeps the public Host
+            r = c.get(f"http://127.0.0.1:{port}/tasks", headers={"host": "lab.example.org"})
+    finally:
+        proc.terminate()
+        proc.wait(20)
+        proc.stdout.close()
+    assert r.status_code == 200
+    assert 'href="/user/ada/omniq-dashboard/tasks"' in r.text
+    assert 'src="/user/ada/omniq-dashboard/static/dashboard.js"' in r.text
+
+
+@pytest.mark.slow
+def test_a_storage_that_goes_away_shows_a_masked_banner_and_recovers(start: Callable[..., Running]) -> None:
+    from tests.servers import PASSWORD, private_redis
+
+    with private_redis() as server:
+        url = server.url()
+        with OmniQ(tasks=url, concurrency=0) as q:
+            q.enqueue(abs, args=(-1,), queue="kept")
+        dash = start(["--tasks", url, "--port", "0"])
+        with client(dash) as c:
+            assert c.get("/").status_code == 200
+            server.stop(crash=True)
+            r = c.get("/")
+            assert r.status_code == 503
+            banner = re.search(r'<div id="storage-banner"[^>]*>(.*?)</div>', r.text, re.S)
+            assert banner is not None and "hidden" not in banner.group(0)
+            assert f"redis://:***@127.0.0.1:{server.port}/0" in banner.group(1)
+            assert PASSWORD not in r.text
+            server.start()
+            deadline = time.monotonic() + 30
+            while (r := c.get("/")).status_code != 200:
+                assert time.monotonic() < deadline, r.text
+                time.sleep(0.5)
+            assert 'data-queue="kept"' in r.text
+            assert re.search(r'<div id="storage-banner"[^>]*hidden', r.text)
