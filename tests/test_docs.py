@@ -320,6 +320,7 @@ DOCTEST_MODULES = [
     "omniq.serialization._codec",
     "omniq.serialization._signing",
     "omniq.serialization._blobs",
+    "omniq.progress",
 ]
 DOCTEST_RUNNER = """
 import doctest, importlib, sys
