@@ -3,6 +3,7 @@ the ``PgConnection``."""
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Collection, Mapping, Sequence
@@ -10,7 +11,7 @@ from typing import Any
 
 from ...errors import ConfigError
 from ...models import Schedule, Task, TaskEvent, TaskResult, TaskStatus
-from .._codec import encode
+from .._codec import decoder, encode
 from ..base import (
     EventStore,
     Finished,
@@ -105,7 +106,10 @@ from .queries import (
     RELEASE,
     RELEASE_DEPENDENTS,
     REQUEST_CANCEL,
+    REQUEUE,
+    REQUEUE_DEPS,
     REQUEUE_LAPSED,
+    REQUEUE_READ,
     RETRY,
     STORED_BLOBS,
     STORED_TASKS,
@@ -113,6 +117,7 @@ from .queries import (
     TASK_STATUSES,
     UPSERT_SCHEDULE,
     UPSERT_WORKER,
+    page_sql,
 )
 
 
@@ -382,8 +387,11 @@ class PostgresBackend(PgConnection, ResultStore, EventStore):
     async def oldest_queued(self) -> dict[str, float]:
         return {q: t for q, t in await self._run(lambda c: c.fetch(OLDEST_QUEUED))}
 
-    async def purge(self, *, before: float) -> int:
-        gone = int(await self._run(lambda c: c.fetchval(PURGE_TASKS, before)))
+    async def purge_tasks(
+        self, *, before: float, statuses: Collection[TaskStatus] | None = None
+    ) -> list[str]:
+        wanted = None if statuses is None else [st.value for st in statuses]
+        gone = [r[0] for r in await self._run(lambda c: c.fetch(PURGE_TASKS, before, wanted))]
         if gone:
 
             async def keys(conn: Any) -> None:
@@ -393,6 +401,50 @@ class PostgresBackend(PgConnection, ResultStore, EventStore):
 
             await self._run(keys)
         return gone
+
+    async def list_tasks(
+        self,
+        *,
+        statuses: Collection[TaskStatus] | None = None,
+        queue: str | None = None,
+        name: str | None = None,
+        limit: int = 100,
+        before: str | None = None,
+    ) -> list[Task]:
+        """Index ranges read backwards (``page_sql``); a ``name`` is matched on the records,
+        reading on in batches until the page is full."""
+        wanted = None if statuses is None else tuple(sorted(st.value for st in statuses))
+        want = limit if name is None else max(4 * limit, 256)
+        page: list[Task] = []
+        below = before
+        while len(page) < limit:
+            sql = page_sql(wanted, queue is not None, below is not None)
+            params = [*([below] if below is not None else []), want, *([queue] if queue is not None else [])]
+            rows = await self._run(functools.partial(_fetch, sql, params))
+            page.extend(t for t in map(read_task_row, rows) if name is None or t.name == name)
+            if len(rows) < want:
+                break
+            below = rows[-1][9]  # the batch's oldest id
+        return page[:limit]
+
+    async def requeue(self, task_id: str, *, now: float, attempts: int) -> TaskStatus | None:
+        async def tx(conn: Any) -> str | None:
+            async with conn.transaction():
+                row = await conn.fetchrow(REQUEUE_READ, task_id)
+                if row is None:
+                    return None
+                if row[0] in ("failed", "cancelled", "expired"):
+                    t = _decode_task(row[1])
+                    t.expires_at = None  # (not sealed)
+                    await conn.execute(REQUEUE, task_id, attempts, encode(t))
+                    await conn.execute(REQUEUE_DEPS, task_id)
+                    await conn.execute(NOTIFY, self.channel, "")
+                return str(row[0])
+
+        before = await self._run(tx)
+        if before in ("failed", "cancelled", "expired"):
+            self.notify()
+        return None if before is None else STATUS_OF[before]
 
     # --- schedules ----------------------------------------------------------------------------------
     async def add_schedule(self, schedule: Schedule) -> None:
@@ -647,6 +699,13 @@ class PostgresBackend(PgConnection, ResultStore, EventStore):
 
 
 # --- helpers run on a connection -----------------------------------------------------------------
+
+
+_decode_task = decoder(Task).decode
+
+
+async def _fetch(sql: str, params: Sequence[Any], conn: Any) -> Any:
+    return await conn.fetch(sql, *params)
 
 
 def _notify_payload(tasks: Sequence[Task], now: float) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 # --- schema --------------------------------------------------------------------------------------
 
-SCHEMA_VERSION = 3  # 2: blobs, 3: idempotency keys (older schemas get the new tables on connect)
+SCHEMA_VERSION = 4  # 2: blobs, 3: idempotency keys, 4: oq.tasks() indexes (older schemas get them on connect)
 
 #: ``{schema}`` is the quoted schema name; the pool's ``search_path`` points at it afterwards.
 SCHEMA = """
@@ -44,6 +44,10 @@ CREATE INDEX IF NOT EXISTS omniq_tasks_expiry
     ON omniq_tasks (expires_at) WHERE status IN ('queued', 'pending') AND expires_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS omniq_tasks_finished
     ON omniq_tasks (finished_at) WHERE finished_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS omniq_tasks_by_status  -- oq.tasks(status=...): a page, newest first
+    ON omniq_tasks (status, id);
+CREATE INDEX IF NOT EXISTS omniq_tasks_by_queue   -- oq.tasks(queue=..., status=...)
+    ON omniq_tasks (queue, status, id);
 CREATE TABLE IF NOT EXISTS omniq_deps (  -- dependencies not yet succeeded when enqueued
     task_id text NOT NULL,
     dep_id  text NOT NULL,
@@ -256,10 +260,24 @@ COUNTS = "SELECT queue, status, count(*) FROM omniq_tasks GROUP BY queue, status
 OLDEST_QUEUED = (
     "SELECT queue, min(created_at) FROM omniq_tasks WHERE status = 'queued' GROUP BY queue"
 )
+# $2: the statuses to purge (NULL: every final one)
 PURGE_TASKS = """WITH gone AS (DELETE FROM omniq_tasks
-        WHERE finished_at IS NOT NULL AND finished_at < $1 RETURNING id),
+        WHERE finished_at IS NOT NULL AND finished_at < $1
+        AND ($2::text[] IS NULL OR status = ANY($2::text[])) RETURNING id),
     deps AS (DELETE FROM omniq_deps WHERE task_id IN (SELECT id FROM gone))
-    SELECT count(*) FROM gone"""
+    SELECT id FROM gone"""
+
+# oq.tasks(): a page newest first, each part one index range read backwards; several statuses
+# are one range each, merged (``page_sql``)
+ALL_STATUSES = ("cancelled", "expired", "failed", "pending", "queued", "running", "succeeded")
+
+# oq.retry(): a final unsuccessful task back to QUEUED (its record rewritten without expiry)
+REQUEUE_READ = "SELECT status, task FROM omniq_tasks WHERE id = $1 FOR UPDATE"
+REQUEUE = """UPDATE omniq_tasks SET status = 'queued', blocked = false, eta = NULL,
+    expires_at = NULL, worker = NULL, lease_until = NULL, claim_token = NULL, deliveries = 0,
+    attempts = $2, cancel_requested = false, finished_at = NULL, task = $3
+    WHERE id = $1 AND status IN ('failed', 'cancelled', 'expired')"""
+REQUEUE_DEPS = "DELETE FROM omniq_deps WHERE task_id = $1"
 
 UPSERT_SCHEDULE = """INSERT INTO omniq_schedules (id, next_run, paused, schedule)
     VALUES ($1, $2, $3, $4)
@@ -327,3 +345,25 @@ DELETE_UNOWNED_BLOBS = """DELETE FROM omniq_blobs b WHERE b.digest = ANY($1::tex
 RECORD_OP = "INSERT INTO omniq_ops (id, result) VALUES ($1, $2)"
 GET_OP = "SELECT result FROM omniq_ops WHERE id = $1"
 PURGE_OPS = "DELETE FROM omniq_ops WHERE at < now() - interval '10 minutes'"
+
+
+def page_sql(statuses: tuple[str, ...] | None, by_queue: bool, below: bool) -> str:
+    """The ``oq.tasks()`` statement for these statuses (literal, so the indexes
+    ``omniq_tasks_by_status`` / ``omniq_tasks_by_queue`` match; None: any), with or without a
+    queue and an id to stay below. Parameters in order: that id (when ``below``), the limit,
+    the queue (when ``by_queue``)."""
+    where = ["id < $1"] if below else []
+    limit = "$2" if below else "$1"
+    if by_queue:
+        where.append("queue = $3" if below else "queue = $2")
+    head = f"SELECT {TASK_COLUMNS} FROM omniq_tasks"
+    if statuses is None and not by_queue:
+        cond = f" WHERE {where[0]}" if where else ""
+        return f"{head}{cond} ORDER BY id DESC LIMIT {limit}"
+    parts = []
+    for s in statuses or ALL_STATUSES:
+        cond = " AND ".join([*where, f"status = '{s}'"])
+        parts.append(f"({head} WHERE {cond} ORDER BY id DESC LIMIT {limit})")
+    if len(parts) == 1:
+        return parts[0][1:-1]
+    return " UNION ALL ".join(parts) + f" ORDER BY id DESC LIMIT {limit}"

@@ -6,7 +6,7 @@ import functools
 
 # --- schema --------------------------------------------------------------------------------------
 
-SCHEMA_VERSION = 3  # 2: blobs, 3: idempotency keys (older files get the new tables on connect)
+SCHEMA_VERSION = 4  # 2: blobs, 3: idempotency keys, 4: oq.tasks() indexes (older files get them on connect)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS omniq_tasks (
