@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from omniq import OmniQ, TaskStatus
-from omniq.integrations.dashboard.command import choose_token, is_loopback
+from omniq.integrations.dashboard.options import choose_token, is_loopback
 from tests.helpers import square
 
 from .conftest import Running

@@ -9,18 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from .options import missing_extra
+
 __all__ = ["Dashboard", "create_app", "missing_extra"]
-
-
-def missing_extra() -> str | None:
-    """Why the dashboard cannot run here (a missing package of the ``dashboard`` extra), or None."""
-    import importlib.util
-
-    for module in ("starlette", "uvicorn", "jinja2"):
-        if importlib.util.find_spec(module) is None:
-            return (f"the dashboard needs {module}, which is not installed: "
-                    "pip install 'omniq[dashboard]'")
-    return None
 
 
 def __getattr__(name: str) -> Any:

@@ -4,42 +4,11 @@ Starlette nor uvicorn (``omniq --help`` works without the ``dashboard`` extra)."
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import os
-import secrets
 import sys
 from typing import Any
 
-TOKEN_ENV = "OMNIQ_DASHBOARD_TOKEN"
-LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
-
-
-def is_loopback(host: str) -> bool:
-    """Whether binding ``host`` keeps the dashboard on this machine (127.0.0.0/8, ::1, localhost)."""
-    name = host.strip("[]").lower()
-    if name in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
-
-
-def choose_token(host: str, token: str | None) -> str | None:
-    """The token the dashboard requires: the one given; else none on loopback and a fresh one
-    beyond it (as Jupyter does), since whoever reaches the port could retry and cancel tasks."""
-    from ...errors import ConfigError
-
-    if token is not None and not token.strip():
-        if is_loopback(host):
-            return None
-        raise ConfigError(f"--token is empty: --host {host} is reachable beyond this machine, so a "
-                          "token is required (leave --token out to have one generated)")
-    if token is not None:
-        if any(c.isspace() for c in token):
-            raise ConfigError("--token must not contain spaces (it travels in a URL)")
-        return token
-    return None if is_loopback(host) else secrets.token_urlsafe(24)
+from .options import TOKEN_ENV, choose_token, missing_extra
 
 
 def _port(text: str) -> int:
@@ -79,7 +48,6 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGINT / SIGTERM; 0 then, 1 when the port or the storage cannot be used."""
     from ...errors import ConfigError
-    from . import missing_extra
 
     problem = missing_extra()
     if problem:

@@ -7,7 +7,7 @@ import socket
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from .command import is_loopback
+from .options import is_loopback
 
 if TYPE_CHECKING:
     from ...client.orchestrator import AsyncOmniQ
