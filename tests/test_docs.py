@@ -321,6 +321,8 @@ DOCTEST_MODULES = [
     "omniq.serialization._signing",
     "omniq.serialization._blobs",
     "omniq.progress",
+    "omniq.notebook.cells",
+    "omniq.notebook.widgets",
 ]
 DOCTEST_RUNNER = """
 import doctest, importlib, sys

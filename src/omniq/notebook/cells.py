@@ -34,7 +34,27 @@ STDERR_MARK = "--- omniq: cell stderr before the error ---"
 
 def compile_cell(source: str, filename: str) -> tuple[Any, Any | None]:
     """Compile a cell like IPython does: ``(body, last)`` where ``last`` evaluates the final
-    expression statement (the cell's value) or is None. Top-level ``await`` is allowed."""
+    expression statement (the cell's value) or is None. Top-level ``await`` is allowed.
+
+    Args:
+        source: The cell's source.
+        filename: The name tracebacks show for it.
+
+    Returns:
+        ``(body, last)``: code objects to ``eval`` in the cell's namespace.
+
+    Raises:
+        SyntaxError: The source does not parse.
+
+    Examples:
+        >>> from omniq.notebook import compile_cell
+        >>> body, last = compile_cell("x = 20\\nx + 1", "<cell>")
+        >>> ns = {}
+        >>> eval(body, ns); eval(last, ns)
+        21
+        >>> compile_cell("x = 1", "<cell>")[1] is None
+        True
+    """
     tree = ast.parse(source, filename, "exec")
     flags = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
     last = None
@@ -70,6 +90,31 @@ def run_cell(
     parameters. Returns ``{"value", "outs", "stdout", "stderr"}``: the last expression's value,
     the ``--out`` variables, and what the cell printed. On failure the printed text rides on
     the exception as a note, since a failed task brings back only its traceback.
+
+    Args:
+        source: The cell's source.
+        shipped: The globals shipped with the task (see above).
+        params: A sweep point's parameters (empty for a plain submit).
+        outs: The ``--out`` variable names.
+        filename: The name tracebacks show for the cell.
+
+    Returns:
+        ``{"value": ..., "outs": {name: value}, "stdout": str, "stderr": str}``. A generator
+        (as the value or an ``--out`` variable) comes back as the list of what it yields.
+
+    Raises:
+        NameError: The cell did not assign an ``--out`` variable.
+        BaseException: Whatever the cell raised, with what it printed as a note.
+
+    Examples:
+        >>> from omniq.notebook import run_cell
+        >>> out = run_cell("print('hi'); y = x * lr\\ny + 1", {"values": {"x": 10}}, {"lr": 2}, ["y"])
+        >>> out["value"], out["outs"], out["stdout"]
+        (21, {'y': 20}, 'hi\\n')
+        >>> run_cell("z = 1", {}, {}, ["w"])
+        Traceback (most recent call last):
+        ...
+        NameError: --out w: the cell did not assign this variable
     """
     if isinstance(shipped, (bytes, bytearray)):
         shipped = loads(bytes(shipped)) if shipped else {}
@@ -142,6 +187,18 @@ class CellCall:
     An instance of an importable class (not a closure) so the payload names the code by
     reference and carries only the cell's source and shipped globals. ``__qualname__`` makes
     task names read ``cell:NAME`` in tables and events.
+
+    Args:
+        source: The cell's source.
+        shipped: The globals shipped with it (``{"values": ..., "imports": ...}``).
+        outs: The ``--out`` variable names.
+        name: The cell's name (``--name``, or made from its source).
+
+    Examples:
+        >>> from omniq.notebook import CellCall
+        >>> call = CellCall("n * 2", {"values": {}}, [], "double")
+        >>> call, call(n=21)["value"]
+        (<CellCall cell:double>, 42)
     """
 
     def __init__(self, source: str, shipped: dict[str, Any], outs: Sequence[str], name: str) -> None:

@@ -38,7 +38,16 @@ MAX_FAILURES_SHOWN = 20
 
 def in_kernel() -> bool:
     """True inside a Jupyter kernel (``get_ipython().kernel``), as tqdm decides; never imports
-    IPython itself."""
+    IPython itself.
+
+    Returns:
+        Whether widgets can be shown here.
+
+    Examples:
+        >>> from omniq.notebook.widgets import in_kernel
+        >>> in_kernel()          # a script or doctest: no kernel
+        False
+    """
     ipython = sys.modules.get("IPython")
     if ipython is None:
         return False
@@ -114,6 +123,37 @@ class Progress:
     ``total`` overrides the bar's length (when more work will join later). ``mode`` is
     ``"auto"`` (widget in a kernel), ``"widget"`` or ``"text"``; ``interval`` is the shortest
     time between two updates. Updates start at once; display it to see it.
+
+    Args:
+        oq: The ``OmniQ`` the items run on (for running counts); None: the handles' own.
+        items: A task handle, a list of handles or futures, a sweep, or a ``Tracker``.
+        title: Shown before the bar.
+        total: The bar's length; None: the number of items.
+        mode: ``"auto"``, ``"widget"`` or ``"text"``.
+        interval: Seconds between two updates at least (text to a file that is not a
+            terminal: 2 s).
+        file: Where the text line goes; None: stderr.
+
+    Attributes:
+        tracker: The :class:`~omniq.progress.Tracker` it shows.
+        mode: ``"widget"`` or ``"text"``, as decided.
+        updates: Renders so far.
+
+    Raises:
+        ConfigError: ``mode`` is not one of the three.
+        TypeError: An item is not a handle, a future or a sweep.
+
+    Examples:
+        >>> import concurrent.futures as cf, io
+        >>> from omniq import TaskResult, TaskStatus
+        >>> from omniq.notebook.widgets import Progress
+        >>> futures = [cf.Future(), cf.Future()]
+        >>> p = Progress(None, futures, title="demo", mode="text", file=io.StringIO())
+        >>> for f, tid in zip(futures, "ab"):
+        ...     f.set_result(TaskResult(task_id=tid, status=TaskStatus.SUCCEEDED))
+        >>> p.finalize()
+        <Progress 'demo' 2/2 · queued 0 · running 0 · done 2 · failed 0 · 0:00 elapsed>
+        >>> p.close()
     """
 
     def __init__(
@@ -234,18 +274,45 @@ class Progress:
 
     # --- public ------------------------------------------------------------------------------
     def snapshot(self) -> Snapshot:
-        """Counts right now (not throttled)."""
+        """Counts right now (not throttled).
+
+        Returns:
+            A :class:`~omniq.progress.Snapshot`.
+
+        Examples:
+            >>> import concurrent.futures as cf, io
+            >>> from omniq import TaskResult, TaskStatus
+            >>> from omniq.notebook.widgets import Progress
+            >>> futures = [cf.Future(), cf.Future()]
+            >>> p = Progress(None, futures, title="demo", mode="text", file=io.StringIO())
+            >>> p.snapshot().queued, p.snapshot().total
+            (2, 2)
+        """
         return self.tracker.snapshot(MAX_FAILURES_SHOWN)
 
     def finalize(self) -> Progress:
         """Render the current state now, from the caller's thread, and re-send every widget's
-        state, so the cell that calls it (``%omniq wait``) records the end state."""
+        state, so the cell that calls it (``%omniq wait``) records the end state.
+
+        Returns:
+            This display.
+
+        Examples:
+            See :class:`Progress`.
+        """
         self.tracker.sync()
         self._throttle.flush()
         return self.resend()
 
     def resend(self) -> Progress:
-        """Re-send the state of every widget in the tree (no-op in text mode)."""
+        """Re-send the state of every widget in the tree (no-op in text mode).
+
+        Returns:
+            This display.
+
+        Examples:
+            ``p.resend()`` in the cell whose saved output should hold the widget's state.
+        """
         if self.mode == "widget":
             for widget in self._widgets():
                 widget.send_state()
@@ -259,26 +326,57 @@ class Progress:
                 *self.failures.children, self.failures_note]
 
     def append_stdout(self, text: str) -> None:
-        """Show remote stdout text under the bar (stdout itself in text mode)."""
+        """Show remote stdout text under the bar (stdout itself in text mode).
+
+        Args:
+            text: The text.
+
+        Examples:
+            >>> import concurrent.futures as cf, io
+            >>> from omniq import TaskResult, TaskStatus
+            >>> from omniq.notebook.widgets import Progress
+            >>> futures = [cf.Future(), cf.Future()]
+            >>> p = Progress(None, futures, title="demo", mode="text", file=io.StringIO())
+            >>> p.append_stdout("loss 0.25\\n")
+            loss 0.25
+        """
         if self.mode == "widget":
             self.output.append_stdout(text)
         else:
             sys.stdout.write(text)
 
     def append_stderr(self, text: str) -> None:
-        """Show remote stderr text or a traceback under the bar (stderr in text mode)."""
+        """Show remote stderr text or a traceback under the bar (stderr in text mode).
+
+        Args:
+            text: The text.
+
+        Examples:
+            ``p.append_stderr(traceback_text)``; as :meth:`append_stdout`.
+        """
         if self.mode == "widget":
             self.output.append_stderr(text)
         else:
             self._stream.write(text)
 
     def close(self) -> None:
-        """Stop updating (the tracker and its results stay)."""
+        """Stop updating (the tracker and its results stay).
+
+        Examples:
+            See :class:`Progress`.
+        """
         self._remove()
         self._throttle.close()
 
     def display(self) -> Progress:
-        """Show it in the current cell (``IPython.display``); in text mode write the line now."""
+        """Show it in the current cell (``IPython.display``); in text mode write the line now.
+
+        Returns:
+            This display.
+
+        Examples:
+            ``progress(handles).display()`` in a notebook cell.
+        """
         self._ipython_display_()
         return self
 
@@ -307,7 +405,29 @@ def _short(text: str, n: int) -> str:
 
 def progress(obj: Any, oq: Any = None, **options: Any) -> Progress:
     """The progress display for a sweep (its own, cached), a task handle, or a list of
-    handles / futures. ``options`` go to :class:`Progress` (title, total, mode, interval)."""
+    handles / futures.
+
+    Args:
+        obj: A sweep, a task handle, or a list of handles / futures.
+        oq: The ``OmniQ`` they run on; None: the handles' own.
+        **options: For :class:`Progress` (``title``, ``total``, ``mode``, ``interval``,
+            ``file``); the title defaults to ``"N tasks"`` or ``"task ID"``.
+
+    Returns:
+        The display (a sweep's is made once and kept).
+
+    Examples:
+        >>> import io
+        >>> from omniq import OmniQ
+        >>> from omniq.notebook.widgets import progress
+        >>> with OmniQ(tasks="memory://", worker="thread", concurrency=1) as oq:
+        ...     handles = oq.map(abs, [-1, -2])
+        ...     _ = [h.result(timeout=30) for h in handles]
+        ...     p = progress(handles, mode="text", file=io.StringIO())
+        ...     print(p.title, p.finalize().snapshot().succeeded)
+        ...     p.close()
+        2 tasks 2
+    """
     if isinstance(obj, SweepBase):
         return obj.progress(**options)
     if isinstance(obj, Iterable) and not isinstance(obj, (str, bytes)):
