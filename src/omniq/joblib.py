@@ -544,8 +544,18 @@ class OmniQBackend(AutoBatchingMixin, ParallelBackendBase):
         return fut
 
     def retrieve_result_callback(self, out: Any) -> Any:
-        """The batch's values from its done future (joblib's interface); raises the call's
-        exception with its own type."""
+        """The batch's values from its done future (joblib's interface).
+
+        Args:
+            out: The batch's future, done.
+
+        Returns:
+            The batch's values, in order.
+
+        Raises:
+            Exception: The call's own exception, with its own type (rebuilt from the task's
+                error where it can be).
+        """
         return out.result()
 
     def abort_everything(self, ensure_ready: bool = True) -> None:
@@ -565,6 +575,9 @@ class OmniQBackend(AutoBatchingMixin, ParallelBackendBase):
         ``NestedBackend`` (through this OmniQ, the waiting task lending its slot) when a worker
         can reach the instance's storage; otherwise joblib's default for a process backend:
         threads in the worker at the first level, sequential beyond.
+
+        Returns:
+            ``(backend, n_jobs)``; joblib reads None as the backend's own default.
         """
         level = (self.nesting_level or 0) + 1
         ex = self._ex
