@@ -493,13 +493,62 @@ class RedisBackend(TaskQueue, ResultStore, EventStore):
         v = await self._eval("oldest_queued", [])
         return {v[i].decode(): float(v[i + 1]) for i in range(0, len(v), 2)}
 
-    async def purge(self, *, before: float) -> int:
-        total = 0
+    async def purge_tasks(
+        self, *, before: float, statuses: Collection[TaskStatus] | None = None
+    ) -> list[str]:
+        wanted = [] if statuses is None else [st.value for st in statuses]
+        gone: list[str] = []
+        skipped = 0  # final tasks of other statuses, left in the finish-time index
         while True:
-            n = int(await self._eval("purge", [_f(before), PURGE_BATCH]))
-            total += n
-            if n < PURGE_BATCH:
-                return total
+            v = await self._eval("purge", [_f(before), PURGE_BATCH, skipped, *wanted])
+            ids = [b.decode() for b in v[1:]]
+            gone.extend(ids)
+            skipped += int(v[0]) - len(ids)
+            if int(v[0]) < PURGE_BATCH:
+                return gone
+
+    async def list_tasks(
+        self,
+        *,
+        statuses: Collection[TaskStatus] | None = None,
+        queue: str | None = None,
+        name: str | None = None,
+        limit: int = 100,
+        before: str | None = None,
+    ) -> list[Task]:
+        """Sorted sets of ids by status and by queue and status (``ix:``), read backwards
+        from ``before`` (ZREVRANGEBYLEX), merged; a ``name`` is matched on the records, reading
+        on in batches until the page is full. Tasks stored by an OmniQ older than these sets
+        are not in them."""
+        if queue is None:
+            indexes = ["all"] if statuses is None else [f"s:{st.value}" for st in statuses]
+        else:
+            indexes = [f"q:{queue}\x1f{st.value}" for st in (statuses or TaskStatus)]
+        want = limit if name is None else max(4 * limit, 256)
+        page: list[Task] = []
+        below = before or ""
+        while len(page) < limit:
+            v = await self._eval("list_tasks", [below, want, *indexes])
+            page.extend(t for t in (_task(v, i) for i in range(1, len(v), _NF)) if name is None or t.name == name)
+            if v[0] is None:
+                break
+            below = v[0].decode()
+        return page[:limit]
+
+    async def requeue(self, task_id: str, *, now: float, attempts: int) -> TaskStatus | None:
+        t = await self.get_task(task_id)
+        if t is None:
+            return None
+        blob = b""
+        if t.expires_at is not None:  # its ttl is spent: the record goes without it (not sealed)
+            t.expires_at = None
+            blob = encode(t)
+        v = await self._eval("requeue", [task_id, attempts, blob])
+        if v is None:
+            return None
+        if v in (b"failed", b"cancelled", b"expired"):
+            self.notify()
+        return _STATUS[v]
 
     # --- schedules --------------------------------------------------------------------------
     async def add_schedule(self, schedule: Schedule) -> None:

@@ -47,9 +47,27 @@ local function count(q, s, n)
   if redis.call('HINCRBY', COUNTS, f, n) <= 0 then redis.call('HDEL', COUNTS, f) end
 end
 
+-- oq.tasks() indexes: zsets of ids (score 0: ordered by id, i.e. by time) of every task, by
+-- status and by queue and status. old = nil: a new task; new = nil: a purged one
+local function index(id, q, old, new)
+  if old then
+    redis.call('ZREM', NS .. ':ix:s:' .. old, id)
+    redis.call('ZREM', NS .. ':ix:q:' .. q .. '\31' .. old, id)
+  else
+    redis.call('ZADD', NS .. ':ix:all', 0, id)
+  end
+  if new then
+    redis.call('ZADD', NS .. ':ix:s:' .. new, 0, id)
+    redis.call('ZADD', NS .. ':ix:q:' .. q .. '\31' .. new, 0, id)
+  else
+    redis.call('ZREM', NS .. ':ix:all', id)
+  end
+end
+
 local function set_status(id, q, old, new)
   if old then count(q, old, -1) end
   count(q, new, 1)
+  index(id, q, old, new)
   redis.call('HSET', tkey(id), 's', new)
 end
 
@@ -86,6 +104,7 @@ local function end_task(id, new, now)
   elseif old == 'running' then redis.call('ZREM', LEASES, id) end
   count(q, old, -1)
   count(q, new, 1)
+  index(id, q, old, new)
   redis.call('HSET', key, 's', new, 'f', now)
   redis.call('HDEL', key, 'l', 'k')
   if h[4] then redis.call('ZREM', EXPIRY, id) end
@@ -212,6 +231,7 @@ local function insert(i)
         redis.call('HSET', KEYMAP, k, id)
       end
       count(q, st, 1)
+      index(id, q, nil, st)
       if st == 'cancelled' then
         redis.call('HSET', key, 'f', now)
         redis.call('ZADD', DONE, now, id)
@@ -323,6 +343,7 @@ while #claimed < limit do
   elseif not h[2] or tonumber(h[2]) > nowN then
     best.taken[#best.taken + 1] = bm
     claimed[#claimed + 1] = id
+    index(id, best.q, 'queued', 'running')
     best.n = best.n + 1
   end  -- expired but not yet ended: left for expire()
 end
@@ -558,20 +579,83 @@ end
 return out
 """
 
-# purge: ARGV before limit. Reply: how many final tasks were deleted.
+# purge: ARGV before limit offset status... (none: every final one). Looks at up to ``limit``
+# final tasks finished before ``before`` (skipping ``offset`` of them: those of other statuses
+# an earlier batch left) and deletes those of the statuses. Reply {n looked at, id deleted...}.
 PURGE = r"""
-local ids = redis.call('ZRANGEBYSCORE', DONE, '-inf', '(' .. ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
+local ids = redis.call('ZRANGEBYSCORE', DONE, '-inf', '(' .. ARGV[2], 'LIMIT', tonumber(ARGV[4]),
+                       tonumber(ARGV[3]))
+local wanted = nil
+if #ARGV > 4 then
+  wanted = {}
+  for j = 5, #ARGV do wanted[ARGV[j]] = true end
+end
+local out = {#ids}
 for _, id in ipairs(ids) do
   local h = redis.call('HMGET', tkey(id), 's', 'q', 'y')
-  if h[1] then count(h[2], h[1], -1) end
-  -- its key is free now, unless it succeeded (a stored result of it may still hold the key)
-  if h[3] and h[1] ~= 'succeeded' and redis.call('HGET', KEYMAP, h[3]) == id then
-    redis.call('HDEL', KEYMAP, h[3])
+  if not (wanted and h[1] and not wanted[h[1]]) then
+    out[#out + 1] = id
+    if h[1] then
+      count(h[2], h[1], -1)
+      index(id, h[2], h[1], nil)
+    end
+    -- its key is free now, unless it succeeded (a stored result of it may still hold the key)
+    if h[3] and h[1] ~= 'succeeded' and redis.call('HGET', KEYMAP, h[3]) == id then
+      redis.call('HDEL', KEYMAP, h[3])
+    end
+    redis.call('DEL', tkey(id), NS .. ':deps:' .. id)
+    redis.call('ZREM', DONE, id)
   end
-  redis.call('DEL', tkey(id), NS .. ':deps:' .. id)
-  redis.call('ZREM', DONE, id)
 end
-return #ids
+return out
+"""
+
+# list_tasks: ARGV below ('' none) want index... (``ix:`` key suffixes). The newest ``want``
+# ids below ``below`` of each index, merged. Reply {oldest id looked at (or false), task
+# fields...} (ids whose record is gone are left out).
+LIST_TASKS = r"""
+local below, want = ARGV[2], tonumber(ARGV[3])
+local top = '+'
+if below ~= '' then top = '(' .. below end
+local ids = {}
+for j = 4, #ARGV do
+  for _, id in ipairs(redis.call('ZREVRANGEBYLEX', NS .. ':ix:' .. ARGV[j], top, '-', 'LIMIT', 0, want)) do
+    ids[#ids + 1] = id
+  end
+end
+if #ARGV > 4 then table.sort(ids, function(a, b) return a > b end) end
+local n = math.min(want, #ids)
+local out = {false}
+if #ids >= want then out[1] = ids[n] end
+for j = 1, n do
+  local h = redis.call('HMGET', tkey(ids[j]), unpack(FIELDS))
+  if h[1] then
+    for i = 1, #FIELDS do out[#out + 1] = h[i] end
+    out[#out + 1] = ids[j]
+  end
+end
+return out
+"""
+
+# requeue: ARGV id attempts blob ('' keep). A FAILED / CANCELLED / EXPIRED task becomes QUEUED
+# (its lease, cancel request, eta, expiry, pending dependencies and finish time cleared,
+# deliveries 0). Reply: its status before (false: unknown id).
+REQUEUE = r"""
+local id, attempts, blob = ARGV[2], ARGV[3], ARGV[4]
+local key = tkey(id)
+local h = redis.call('HMGET', key, 's', 'q', 'o', 'm')
+local s = h[1]
+if not s then return false end
+if s ~= 'failed' and s ~= 'cancelled' and s ~= 'expired' then return s end
+redis.call('HDEL', key, 'w', 'l', 'c', 'e', 'x', 'k', 'f')
+redis.call('HSET', key, 'd', 0, 'a', attempts)
+if blob ~= '' then redis.call('HSET', key, 'b', blob) end
+redis.call('ZREM', DONE, id)
+redis.call('ZREM', EXPIRY, id)
+set_status(id, h[2], s, 'queued')
+push_ready(h[2], h[3], h[4])
+redis.call('PUBLISH', WAKE, '')
+return s
 """
 
 # put_schedule: ARGV id blob paused next_run last_run last_task_id ('' = None).
@@ -953,6 +1037,7 @@ _TASK_SCRIPTS = {
     "enqueue": ENQUEUE, "claim": CLAIM, "finish": FINISH, "retry": RETRY, "release": RELEASE,
     "extend": EXTEND, "reap": REAP, "expire": EXPIRE, "cancel": CANCEL, "statuses": STATUSES,
     "cancel_requests": CANCEL_REQUESTS, "oldest_queued": OLDEST_QUEUED, "purge": PURGE,
+    "list_tasks": LIST_TASKS, "requeue": REQUEUE,
     "put_schedule": PUT_SCHEDULE, "get_schedules": GET_SCHEDULES,
     "pause_schedule": PAUSE_SCHEDULE, "delete_schedule": DELETE_SCHEDULE,
     "fire_schedule": FIRE_SCHEDULE, "heartbeat": HEARTBEAT, "remove_worker": REMOVE_WORKER,
