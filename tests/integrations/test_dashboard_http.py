@@ -283,3 +283,16 @@ def test_a_storage_that_goes_away_shows_a_masked_banner_and_recovers(start: Call
                 time.sleep(0.5)
             assert 'data-queue="kept"' in r.text
             assert re.search(r'<div id="storage-banner"[^>]*hidden', r.text)
+
+
+@pytest.mark.parametrize(("options", "named"), [
+    ({"port": -1}, "--port -1 is not valid: expected 0-65535"),
+    ({"port": 70000}, "--port 70000 is not valid"),
+    ({"host": "0.0.0.0", "token": " "}, "--token is empty"),
+])
+def test_the_notebook_entry_names_a_bad_option(oq: OmniQ, options: dict[str, Any], named: str) -> None:
+    from omniq.errors import ConfigError
+    from omniq.integrations.dashboard.notebook import show
+
+    with pytest.raises(ConfigError, match=named):
+        show(oq, **options)

@@ -1,8 +1,9 @@
 """``%omniq`` and ``%%omniq``: OmniQ from notebook cells (``%load_ext omniq``).
 
 Line magic subcommands: ``init``, ``status``, ``wait``, ``cancel``, ``results``,
-``schedules``, ``workers``; cell magic: ``%%omniq submit``, which ships the cell body to a
-worker with the notebook globals it uses and returns at once.
+``schedules``, ``workers``, ``dashboard`` (the web page, ``omniq.integrations.dashboard``);
+cell magic: ``%%omniq submit``, which ships the cell body to a worker with the notebook
+globals it uses and returns at once.
 
 SLURM from a cell. ``%omniq workers --slurm N`` (or ``--adapt MIN:MAX``) starts the kernel's
 :class:`~omniq.hpc.SlurmWorkers` on its OmniQ's storage; a later call rescales that same pool
@@ -668,7 +669,7 @@ class OmniQMagics(Magics):
     """``%omniq`` / ``%%omniq``. Holds the kernel's OmniQ instance and the jobs submitted from
     cells; applies finished ``--out`` variables between cells."""
 
-    _LINE = ("init", "status", "wait", "cancel", "results", "schedules", "workers")
+    _LINE = ("init", "status", "wait", "cancel", "results", "schedules", "workers", "dashboard")
 
     def __init__(self, shell: InteractiveShell) -> None:
         super().__init__(shell)
@@ -715,7 +716,7 @@ class OmniQMagics(Magics):
 
           %omniq init [--tasks URL] [--results URL] [--events URL] [--worker KIND]
                       [--concurrency N] [--queues A,B]
-          %omniq status | %omniq schedules | %omniq workers
+          %omniq status | %omniq schedules | %omniq workers | %omniq dashboard [--port N]
           %omniq wait NAME [--timeout S] | %omniq cancel NAME | %omniq results NAME
           %%omniq submit -n NAME [--sweep SPEC] [--out X,Y] [--queue Q] [--priority P]
                          [--retries R] [--timeout S] [--memory SIZE] [--wait]
@@ -989,6 +990,23 @@ class OmniQMagics(Magics):
                       "(a child process could not be replaced; it keeps trying)", file=sys.stderr)
             rows.append(row)
         return _frame(rows)
+
+    @_command("omniq dashboard", (
+        argument("--port", type=int, default=8765, metavar="N", help="port (default 8765; 0: any free one)"),
+        argument("--host", default="127.0.0.1", metavar="H",
+                 help="address (default 127.0.0.1; any other needs a token, generated if not given)"),
+        argument("--token", default=None, metavar="T", help="token the page requires (default: none on loopback)"),
+        argument("--inline", action="store_true", help="show the page in the notebook (an IFrame), not a link"),
+        argument("--stop", action="store_true", help="stop this kernel's dashboard"),
+    ), _HELP)
+    def _cmd_dashboard(self, args: Any) -> Any:
+        """Serve the web dashboard (queues, tasks, Retry / Cancel, sweeps) for this kernel's OmniQ
+        and show its link; it runs on the instance's loop and ends with it. Needs the
+        'dashboard' extra."""
+        from ..integrations.dashboard.notebook import show
+
+        return show(self.oq, host=_unquote(args.host) or "127.0.0.1", port=args.port,
+                    token=_unquote(args.token), inline=args.inline, stop=args.stop)
 
     def _slurm_workers(self, mode: tuple[str, int, int], options: dict[str, Any]) -> SlurmWorkers:
         """Scale (or adapt) the kernel's SLURM pool, making it first when there is none for this

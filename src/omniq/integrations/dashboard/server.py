@@ -67,8 +67,9 @@ class Dashboard:
             self.bind()
         self.app = create_app(self.oq, token=self.token, cookie_suffix=str(self.port),
                               root_path=self.root_path, behind_proxy=bool(self.root_path) and is_loopback(self.host))
+        # log_config=None: uvicorn leaves the process's logging alone (a notebook's too)
         config = uvicorn.Config(self.app, lifespan="on", log_level="warning", access_log=False,
-                                root_path=self.root_path, timeout_graceful_shutdown=1)
+                                log_config=None, root_path=self.root_path, timeout_graceful_shutdown=1)
         self.server = uvicorn.Server(config)
         assert self.sock is not None
         try:
