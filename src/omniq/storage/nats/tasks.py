@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import heapq
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from copy import copy
 
 import nats.errors
@@ -26,12 +27,14 @@ from ...logs import get_logger
 from ...models import Task, TaskStatus
 from .._codec import encode
 from ..base import (
+    REQUEUABLE,
     Finished,
     KeyMark,
     KeyVerdict,
     TaskQueue,
     check_new_tasks,
     first_of_keys,
+    in_page,
     key_marker_needs_result,
     key_marker_verdict,
     keyed,
@@ -493,12 +496,57 @@ class NatsTaskRecords(JetStream, TaskQueue):
         return out
 
     @guarded
-    async def purge(self, *, before: float) -> int:
+    async def purge_tasks(
+        self, *, before: float, statuses: Collection[TaskStatus] | None = None
+    ) -> list[str]:
         gone = [
             (subject, rec)
             for subject, rec in await self._all_recs()
             if rec.task.status.is_final and rec.finished_at is not None and rec.finished_at < before
+            and (statuses is None or rec.task.status in statuses)
         ]
         await gather(self._purge(f"KV_{self.tasks_bucket}", s) for s, _ in gone)
         await self._forget_keys([r for _, r in gone], time.time())
-        return len(gone)
+        return [r.task.id for _, r in gone]
+
+    @guarded
+    async def list_tasks(
+        self,
+        *,
+        statuses: Collection[TaskStatus] | None = None,
+        queue: str | None = None,
+        name: str | None = None,
+        limit: int = 100,
+        before: str | None = None,
+    ) -> list[Task]:
+        """A scan of every task record, as ``counts``: NATS keeps no index of records by id
+        (a page costs one pass over the bucket; fine for an operator's look, not for a loop)."""
+        if limit == 0:
+            return []
+        found = [rec.task for _, rec in await self._all_recs()
+                 if in_page(rec.task, statuses, queue, name, before)]
+        return heapq.nlargest(limit, found, key=_task_id)
+
+    @guarded
+    async def requeue(self, task_id: str, *, now: float, attempts: int) -> TaskStatus | None:
+        seen: list[TaskStatus] = []
+
+        def change(rec: Rec) -> str | None:
+            t = rec.task
+            seen.append(t.status)
+            if t.status not in REQUEUABLE:
+                return None
+            t.status, t.worker, t.lease_until, t.cancel_requested = QUEUED, None, None, False
+            t.deliveries, t.attempts, t.expires_at, t.eta = 0, attempts, None, None
+            rec.finished_at = None
+            rec.waiting = []
+            return "ready"
+
+        done = await self._transition(task_id, change)
+        if done is not None:
+            self._wake()
+        return seen[-1] if seen else None
+
+
+def _task_id(t: Task) -> str:
+    return t.id
