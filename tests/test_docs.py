@@ -323,6 +323,12 @@ DOCTEST_MODULES = [
     "omniq.progress",
     "omniq.notebook.cells",
     "omniq.notebook.widgets",
+    "omniq.workers.base",
+    "omniq.workers.registry",
+    "omniq.workers.aio",
+    "omniq.workers.thread",
+    "omniq.workers.process",
+    "omniq.workers.gevent",
 ]
 DOCTEST_RUNNER = """
 import doctest, importlib, sys

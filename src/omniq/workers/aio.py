@@ -18,6 +18,34 @@ from .base import Outcome, Runner, error_info, expired_outcome, stopped_outcome,
 
 
 class AsyncRunner(Runner):
+    """The ``"async"`` worker kind: coroutine functions run as tasks on the event loop, plain
+    functions in a thread (so they never block it), ``slots`` at a time. Timeouts and cancels
+    use cancel scopes: a plain function past its timeout is abandoned, not killed.
+
+    Args:
+        slots: Tasks it runs at once.
+
+    Examples:
+    >>> import asyncio
+    >>> from omniq import OmniQ
+    >>> from omniq.serialization import loads
+    >>> from omniq.workers.registry import make_runner
+    >>> with OmniQ(tasks="memory://", concurrency=0) as oq:     # only to build a task
+    ...     task = oq.core.intake.make_task(pow, (2, 10), None)
+    >>> async def run_one():
+    ...     runner = make_runner("async", 2)
+    ...     done = []
+    ...     runner.on_done = done.extend            # batches of Outcome, on the loop
+    ...     await runner.start()
+    ...     runner.dispatch([task])
+    ...     while not done:
+    ...         await asyncio.sleep(0.01)
+    ...     await runner.stop(graceful=True)
+    ...     return done[0].error, loads(done[0].payload)
+    >>> asyncio.run(run_one())
+    (None, 1024)
+    """
+
     kind = "async"
 
     def __init__(self, slots: int) -> None:
@@ -28,6 +56,7 @@ class AsyncRunner(Runner):
         self._gate: asyncio.Semaphore | None = None
 
     async def start(self) -> None:
+        """Make the slot gate (see :meth:`Runner.start`)."""
         self._gate = asyncio.Semaphore(self.slots)
 
     def capacity(self) -> int:
@@ -35,9 +64,11 @@ class AsyncRunner(Runner):
         return max(0, self.slots * (1 + self._prefetch()) - len(self._running))
 
     def held(self) -> list[str]:
+        """See :meth:`Runner.held`."""
         return list(self._running)
 
     def dispatch(self, tasks: Sequence[Task]) -> None:
+        """One asyncio task per task, each waiting for a slot (see :meth:`Runner.dispatch`)."""
         loop = asyncio.get_running_loop()
         for t in tasks:
             self._running[t.id] = (t, loop.create_task(self._gated(t)))
@@ -101,6 +132,7 @@ class AsyncRunner(Runner):
         self._signal_capacity()
 
     async def cancel(self, task_id: str) -> bool:
+        """Cancel the task's asyncio task (see :meth:`Runner.cancel`)."""
         entry = self._running.get(task_id)
         if entry is None:
             return False
@@ -109,6 +141,7 @@ class AsyncRunner(Runner):
         return True
 
     async def stop(self, *, graceful: bool) -> list[Task]:
+        """See :meth:`Runner.stop`."""
         if graceful:  # hand back what has not started; let the rest finish
             waiting = [(t, at) for tid, (t, at) in list(self._running.items()) if tid not in self._started]
             for t, at in waiting:

@@ -38,7 +38,29 @@ class _ClaimFailed(Exception):
 
 
 class Outcome:
-    """How one run of a task ended. ``error`` set means the attempt failed."""
+    """How one run of a task ended. ``error`` set means the attempt failed.
+
+    A runner reports these; the :class:`Worker` turns them into results, final statuses,
+    retries and events.
+
+    Args:
+        task: The task that ran.
+        payload: The serialized return value (when it succeeded).
+        error: What went wrong (when it did not).
+        started_at: When the run started (epoch seconds).
+        finished_at: When it ended.
+        retryable: Whether a failure may be retried (False for cancels, expiry, bad payloads).
+        status: None: SUCCEEDED without an error, else FAILED (or a retry); or CANCELLED /
+            EXPIRED for a run stopped on purpose.
+        blobs: Digests of the payload's large values (files in the runner's blob cache).
+
+    Examples:
+        >>> from omniq.models import Task
+        >>> from omniq.workers.base import Outcome
+        >>> out = Outcome(Task(id="t1", payload=b""), payload=b"M*", started_at=1.0, finished_at=1.5)
+        >>> out.error is None, out.finished_at - out.started_at
+        (True, 0.5)
+    """
 
     __slots__ = ("blobs", "error", "finished_at", "payload", "retryable", "started_at", "status", "task")
 
@@ -66,12 +88,42 @@ class Outcome:
 
 
 def error_info(exc: BaseException) -> ErrorInfo:
-    """An exception as text that any process can read (the user's frames first)."""
+    """An exception as text that any process can read (the user's frames first).
+
+    Args:
+        exc: The exception.
+
+    Returns:
+        Its type name, message and traceback text.
+
+    Examples:
+        >>> from omniq.workers.base import error_info
+        >>> try:
+        ...     1 / 0
+        ... except ZeroDivisionError as exc:
+        ...     info = error_info(exc)
+        >>> info.type, info.message, "Traceback" in info.traceback
+        ('ZeroDivisionError', 'division by zero', True)
+    """
     etype, message, tb = error_row(exc)
     return ErrorInfo(type=etype, message=message, traceback=tb)
 
 
 def timeout_error(task: Task) -> ErrorInfo:
+    """The error of a task that ran past its ``timeout``.
+
+    Args:
+        task: The task.
+
+    Returns:
+        A ``TaskTimeout`` error naming the task and its timeout.
+
+    Examples:
+        >>> from omniq.models import Task
+        >>> from omniq.workers.base import timeout_error
+        >>> str(timeout_error(Task(id="t1", payload=b"", name="train", timeout=2.5)))
+        'TaskTimeout: task train timed out after 2.5 s'
+    """
     return ErrorInfo(
         type="TaskTimeout",
         message=f"task {task.name or task.id} timed out after {task.timeout:g} s",
@@ -80,7 +132,24 @@ def timeout_error(task: Task) -> ErrorInfo:
 
 def stopped_outcome(task: Task, reason: str, started: float, finished: float) -> Outcome:
     """A task stopped on purpose: timed out (``reason`` "timeout": a failure, retried if
-    retries allow) or cancelled (any other reason)."""
+    retries allow) or cancelled (any other reason).
+
+    Args:
+        task: The task.
+        reason: ``"timeout"``, or anything else for a cancel.
+        started: When the run started.
+        finished: When it was stopped.
+
+    Returns:
+        A failed outcome (timeout) or a CANCELLED one that is not retried.
+
+    Examples:
+        >>> from omniq.models import Task
+        >>> from omniq.workers.base import stopped_outcome
+        >>> out = stopped_outcome(Task(id="t1", payload=b""), "cancel", 1.0, 2.0)
+        >>> out.status, out.retryable, str(out.error)
+        (<TaskStatus.CANCELLED: 'cancelled'>, False, 'TaskCancelled: cancelled by user')
+    """
     if reason == "timeout":
         return Outcome(task, error=timeout_error(task), started_at=started, finished_at=finished)
     return Outcome(task, status=TaskStatus.CANCELLED, error=ErrorInfo("TaskCancelled", "cancelled by user"),
@@ -88,7 +157,44 @@ def stopped_outcome(task: Task, reason: str, started: float, finished: float) ->
 
 
 class Runner(abc.ABC):
-    """Executes tasks. Calls ``on_done`` (on the event loop) with batches of outcomes."""
+    """Executes tasks. Calls ``on_done`` (on the event loop) with batches of outcomes.
+
+    One subclass per worker kind (``registry.RUNNERS``): :class:`~omniq.workers.aio.AsyncRunner`,
+    :class:`~omniq.workers.thread.ThreadRunner`, :class:`~omniq.workers.process.ProcessRunner`,
+    :class:`~omniq.workers.gevent.GeventRunner`. A runner never touches storage: the
+    :class:`Worker` claims tasks, calls :meth:`dispatch`, and stores what ``on_done`` reports.
+    Every method is called on the worker's event loop.
+
+    Args:
+        slots: Tasks it runs at once.
+
+    Attributes:
+        kind: The worker kind (``"thread"``, ...).
+        slots: As given.
+        on_done: Called with each batch of :class:`Outcome` (set by the Worker).
+        on_started: Called with ``(task, started_at)`` as a task starts.
+        blobs: Where tasks' large values are and results' go (set by the Worker).
+
+    Examples:
+    >>> import asyncio
+    >>> from omniq import OmniQ
+    >>> from omniq.serialization import loads
+    >>> from omniq.workers.registry import make_runner
+    >>> with OmniQ(tasks="memory://", concurrency=0) as oq:     # only to build a task
+    ...     task = oq.core.intake.make_task(pow, (2, 10), None)
+    >>> async def run_one():
+    ...     runner = make_runner("thread", 2)
+    ...     done = []
+    ...     runner.on_done = done.extend            # batches of Outcome, on the loop
+    ...     await runner.start()
+    ...     runner.dispatch([task])
+    ...     while not done:
+    ...         await asyncio.sleep(0.01)
+    ...     await runner.stop(graceful=True)
+    ...     return done[0].error, loads(done[0].payload)
+    >>> asyncio.run(run_one())
+    (None, 1024)
+    """
 
     kind: str = ""
 
@@ -116,7 +222,11 @@ class Runner(abc.ABC):
         return 63 if avg < 0.001 else 15
 
     def missing(self) -> int:
-        """Slots this runner should have and lacks (children it could not replace)."""
+        """Slots this runner should have and lacks (children it could not replace).
+
+        Returns:
+            0 here; a child runner counts its missing children.
+        """
         return 0
 
     def _paths(self, task: Task) -> dict[str, str] | None:
@@ -141,31 +251,73 @@ class Runner(abc.ABC):
 
     @abc.abstractmethod
     def capacity(self) -> int:
-        """How many more tasks ``dispatch`` accepts now (includes prefetch)."""
+        """How many more tasks ``dispatch`` accepts now (includes prefetch).
+
+        Returns:
+            The number of tasks (0 when full or stopping).
+        """
 
     @abc.abstractmethod
     def dispatch(self, tasks: Sequence[Task]) -> None:
-        """Take tasks to run; never blocks."""
+        """Take tasks to run; never blocks.
+
+        Args:
+            tasks: Claimed tasks, at most ``capacity()`` of them.
+        """
 
     @abc.abstractmethod
     def held(self) -> list[str]:
-        """Ids of tasks dispatched and not yet reported (their leases need extending)."""
+        """Ids of tasks dispatched and not yet reported (their leases need extending).
+
+        Returns:
+            The ids.
+        """
 
     @abc.abstractmethod
     async def cancel(self, task_id: str) -> bool:
-        """Stop a task this runner holds; its outcome is reported as CANCELLED."""
+        """Stop a task this runner holds; its outcome is reported as CANCELLED.
+
+        Args:
+            task_id: The task's id.
+
+        Returns:
+            False when the runner does not hold it.
+        """
 
     @abc.abstractmethod
     async def stop(self, *, graceful: bool) -> list[Task]:
-        """Stop. ``graceful``: finish running tasks first. Returns tasks never started."""
+        """Stop.
+
+        Args:
+            graceful: Let running tasks finish first; otherwise stop them.
+
+        Returns:
+            Tasks it held and never started (the Worker gives them back to the queue).
+        """
 
     def alive(self) -> bool:
+        """Whether the runner can run tasks (a child runner: all its children live)."""
         return True
 
 
 def expired_outcome(task: Task, now: float) -> Outcome | None:
     """An EXPIRED outcome if ``task``'s ttl ran out before it could start (it waited in a
-    prefetch buffer after its claim); runners check this right before starting a task."""
+    prefetch buffer after its claim); runners check this right before starting a task.
+
+    Args:
+        task: The task.
+        now: The time now (epoch seconds).
+
+    Returns:
+        The EXPIRED outcome, or None when the task may start.
+
+    Examples:
+        >>> from omniq.models import Task
+        >>> from omniq.workers.base import expired_outcome
+        >>> task = Task(id="t1", payload=b"", expires_at=100.0)
+        >>> expired_outcome(task, 99.0) is None, expired_outcome(task, 101.0).status
+        (True, <TaskStatus.EXPIRED: 'expired'>)
+    """
     if task.expires_at is None or task.expires_at > now:
         return None
     return Outcome(task, status=TaskStatus.EXPIRED, started_at=now, finished_at=now, retryable=False,
@@ -173,7 +325,32 @@ def expired_outcome(task: Task, now: float) -> Outcome | None:
 
 
 class Worker:
-    """Claims, dispatches and completes tasks for one runner. Speaks only to storage interfaces."""
+    """Claims, dispatches and completes tasks for one runner. Speaks only to storage interfaces.
+
+    An open ``OmniQ`` with ``concurrency`` > 0 runs one (``oq.core.worker``), and so does
+    ``omniq worker``; its three loops (:meth:`claim_loop`, :meth:`complete_loop`,
+    :meth:`maintain_loop`) run on the client's event loop.
+
+    Args:
+        queue: The task queue it claims from.
+        results: Where results go.
+        events: The event logger.
+        runner: The runner that executes tasks.
+        queues: The queues it takes from; None: all.
+        lease: Seconds a claim lasts unless renewed (renewed every third of it).
+        on_results: Called with each batch of stored results (wakes this process's waiters).
+        make_follow_ups: Builds ``on_success`` / ``on_failure`` tasks for a result.
+        worker_id: Its id; None: ``host:pid:kind:hex``.
+        metrics: Counters and timings to update.
+        blobs: The local blob cache; None: the runner's, or a new one.
+
+    Examples:
+        >>> from omniq import OmniQ
+        >>> with OmniQ(tasks="memory://", worker="thread", concurrency=2) as oq:
+        ...     info = oq.core.worker.info(0.0)
+        ...     info.kind, info.slots
+        ('thread', 2)
+    """
 
     def __init__(
         self,
@@ -441,6 +618,15 @@ class Worker:
             await anyio.sleep(0.25)
 
     def info(self, now: float) -> WorkerInfo:
+        """Its heartbeat record, as ``health()`` and ``omniq status`` show it.
+
+        Args:
+            now: The heartbeat's time (epoch seconds).
+
+        Returns:
+            Id, kind, host, pid, slots, queues, start time, lease, missing slots and the
+            SLURM job it runs in, if any.
+        """
         return WorkerInfo(
             id=self.id,
             kind=self.runner.kind,
@@ -456,7 +642,14 @@ class Worker:
         )
 
     async def stop(self, *, graceful: bool) -> None:
-        """Stop claiming; with ``graceful`` let running tasks finish; give back the rest."""
+        """Stop claiming; with ``graceful`` let running tasks finish; give back the rest.
+
+        Tasks it held and never started are released to the queue (not a failure, not a
+        delivery), and its worker record is removed.
+
+        Args:
+            graceful: Let running tasks finish (``omniq worker``'s SIGTERM); otherwise stop them.
+        """
         self._claiming = False
         busy = self._claim_busy
         if busy is not None:  # a claim on its way: its tasks reach the runner (or go back) first
@@ -483,7 +676,22 @@ def _ev(t: Task, type: str, worker: str | None, at: float, detail: str | None) -
 
 
 def cancelled_results(pairs: Sequence[tuple[Task, str]], *, by: str | None = None) -> list[TaskResult]:
-    """CANCELLED results for tasks cancelled by a user (``by``) or by a dependency (cause id)."""
+    """CANCELLED results for tasks cancelled by a user (``by``) or by a dependency (cause id).
+
+    Args:
+        pairs: ``(task, id of the dependency that did not succeed)`` per task.
+        by: The message for a user's cancel; None: name the dependency.
+
+    Returns:
+        One result per task.
+
+    Examples:
+        >>> from omniq.models import Task
+        >>> from omniq.workers.base import cancelled_results
+        >>> [r] = cancelled_results([(Task(id="t2", payload=b""), "t1")])
+        >>> r.status, r.error.message
+        (<TaskStatus.CANCELLED: 'cancelled'>, 'cancelled because dependency t1 did not succeed')
+    """
     now = time.time()
     out = []
     for task, cause in pairs:

@@ -29,7 +29,37 @@ GRACE = 2.0
 
 
 class GeventRunner(ChildRunner):
-    """``slots`` greenlets in one child process; a child that dies is replaced."""
+    """``slots`` greenlets in one child process; a child that dies is replaced.
+
+    The ``"gevent"`` worker kind, for many I/O-bound tasks at once. The child monkey-patches
+    itself; this process never imports gevent.
+
+    Args:
+        slots: Greenlets, hence tasks at once.
+
+    Raises:
+        ConfigError: The gevent package is not installed (the ``gevent`` extra).
+
+    Examples:
+        >>> import asyncio
+        >>> from omniq import OmniQ
+        >>> from omniq.serialization import loads
+        >>> from omniq.workers.registry import make_runner
+        >>> with OmniQ(tasks="memory://", concurrency=0) as oq:     # only to build a task
+        ...     task = oq.core.intake.make_task(pow, (2, 10), None)
+        >>> async def run_one():
+        ...     runner = make_runner("gevent", 2)
+        ...     done = []
+        ...     runner.on_done = done.extend            # batches of Outcome, on the loop
+        ...     await runner.start()
+        ...     runner.dispatch([task])
+        ...     while not done:
+        ...         await asyncio.sleep(0.01)
+        ...     await runner.stop(graceful=True)
+        ...     return done[0].error, loads(done[0].payload)
+        >>> asyncio.run(run_one())
+        (None, 1024)
+    """
 
     kind = "gevent"
     child_module = "omniq.workers.gevent_child"
@@ -43,6 +73,7 @@ class GeventRunner(ChildRunner):
         self._cancelling: set[str] = set()  # "X" sent, result not yet in
 
     def capacity(self) -> int:
+        """Free greenlets (no prefetch: the child takes all it gets). See :meth:`Runner.capacity`."""
         if self._stopping or not (self._spawning or any(not c.died for c in self._children)):
             return 0
         busy = len(self._ready) + sum(len(c.pending) for c in self._children if not c.died)

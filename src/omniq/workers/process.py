@@ -45,14 +45,40 @@ def child_command(module: str = "omniq.workers.child") -> list[str]:
     """The child's command line. ``-m`` would put the working directory first on ``sys.path``,
     so a ``dill.py`` planted where ``omniq worker`` was started would run in every child: ``-P``
     (3.11+) leaves it out; on 3.10, ``-I`` (isolated: no working directory, no PYTHON*
-    variables, hence ``-u``). The child gets the parent's import path explicitly instead."""
+    variables, hence ``-u``). The child gets the parent's import path explicitly instead.
+
+    Args:
+        module: The child's module.
+
+    Returns:
+        The command line.
+
+    Examples:
+        >>> import sys
+        >>> from omniq.workers.process import child_command
+        >>> cmd = child_command()
+        >>> cmd[0] == sys.executable, cmd[-2:]
+        (True, ['-m', 'omniq.workers.child'])
+    """
     flags = ["-P"] if sys.version_info >= (3, 11) else ["-I", "-u"]
     return [sys.executable, *flags, "-m", module]
 
 
 def child_env() -> dict[str, str]:
     """The parent's environment plus its import path, so functions imported by reference from
-    the user's own modules (next to a notebook, say) import in the child too."""
+    the user's own modules (next to a notebook, say) import in the child too.
+
+    The secret keys are left out: the child gets only a derived key that signs results.
+
+    Returns:
+        The environment for a child.
+
+    Examples:
+        >>> from omniq.workers.process import child_env
+        >>> env = child_env()
+        >>> "OMNIQ_CHILD_SYSPATH" in env, "OMNIQ_SECRET_KEY" in env
+        (True, False)
+    """
     env = dict(os.environ)
     paths = [os.path.abspath(p or os.getcwd()) for p in sys.path]
     env["OMNIQ_CHILD_SYSPATH"] = json.dumps([p for p in paths if os.path.isdir(p)])
@@ -82,7 +108,20 @@ _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 def rss(pid: int) -> int | None:
-    """A process's resident memory in bytes (None where it cannot be read)."""
+    """A process's resident memory in bytes (None where it cannot be read).
+
+    Args:
+        pid: The process id.
+
+    Returns:
+        Bytes, or None.
+
+    Examples:
+        >>> import os
+        >>> from omniq.workers.process import rss
+        >>> rss(os.getpid()) > 1_000_000
+        True
+    """
     try:
         with open(f"/proc/{pid}/statm", "rb") as f:
             return int(f.read().split()[1]) * _PAGE
@@ -97,6 +136,19 @@ def rss(pid: int) -> int | None:
 
 
 def size_text(n: float) -> str:
+    """A byte count for people, in binary units.
+
+    Args:
+        n: Bytes.
+
+    Returns:
+        The text.
+
+    Examples:
+        >>> from omniq.workers.process import size_text
+        >>> size_text(512), size_text(3 * 2**20)
+        ('512 B', '3.0 MiB')
+    """
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -105,7 +157,15 @@ def size_text(n: float) -> str:
 
 
 class PoolShortWarning(RuntimeWarning):
-    """A worker pool runs with fewer children than it was given slots (a replacement failed)."""
+    """A worker pool runs with fewer children than it was given slots (a replacement failed).
+
+    ``health()`` shows the shortfall as the worker's ``missing``.
+
+    Examples:
+        >>> from omniq.workers.process import PoolShortWarning
+        >>> issubclass(PoolShortWarning, RuntimeWarning)
+        True
+    """
 
 
 class _Child:
@@ -154,6 +214,13 @@ class ChildRunner(Runner):
 
     Subclasses say how many children, how tasks spread over them (``capacity``, ``_pump``),
     how results come back (``_results``) and what a dead child's tasks become (``_orphans``).
+
+    Args:
+        slots: Tasks it runs at once.
+        processes: Children it keeps.
+
+    Examples:
+        See :class:`ProcessRunner`.
     """
 
     child_module = "omniq.workers.child"
@@ -171,6 +238,7 @@ class ChildRunner(Runner):
 
     # --- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
+        """Spawn the children (see :meth:`Runner.start`)."""
         children = await asyncio.gather(*(self._spawn() for _ in range(self.processes)))
         self._children.extend(children)
 
@@ -205,6 +273,8 @@ class ChildRunner(Runner):
         return child
 
     async def stop(self, *, graceful: bool) -> list[Task]:
+        """Stop the children: with ``graceful`` after their running tasks, else at once (see
+        :meth:`Runner.stop`)."""
         self._stopping = True
         unstarted = list(self._ready)
         self._ready.clear()
@@ -254,25 +324,33 @@ class ChildRunner(Runner):
             h.cancel()
 
     def alive(self) -> bool:
+        """Whether every child is running."""
         return bool(self._children) and all(c.proc.returncode is None for c in self._children)
 
     def missing(self) -> int:
-        """Children this pool should have and does not (a replacement that keeps failing)."""
+        """Children this pool should have and does not (a replacement that keeps failing).
+
+        Returns:
+            The number of children missing (0 while stopping).
+        """
         if self._stopping:
             return 0
         return max(0, self.processes - sum(not c.died for c in self._children) - self._spawning)
 
     def pids(self) -> list[int]:
+        """The children's process ids."""
         return [c.pid for c in self._children]
 
     # --- dispatch --------------------------------------------------------------------------
     def held(self) -> list[str]:
+        """Tasks not yet sent and those sent to a child (see :meth:`Runner.held`)."""
         ids = [t.id for t in self._ready]
         for c in self._children:
             ids.extend(c.pending)
         return ids
 
     def dispatch(self, tasks: Sequence[Task]) -> None:
+        """Hand the tasks to children as they have room (see :meth:`Runner.dispatch`)."""
         self._ready.extend(tasks)
         self._pump()
 
@@ -368,6 +446,8 @@ class ChildRunner(Runner):
             c.proc.kill()
 
     async def cancel(self, task_id: str) -> bool:
+        """A task not yet sent is dropped; one a child holds is stopped (a process child is
+        killed and replaced; the gevent child kills the greenlet). See :meth:`Runner.cancel`."""
         for i, t in enumerate(self._ready):
             if t.id == task_id:
                 del self._ready[i]
@@ -474,7 +554,38 @@ class ChildRunner(Runner):
 
 
 class ProcessRunner(ChildRunner):
-    """``slots`` child processes, one task at a time each; a child that dies is replaced."""
+    """``slots`` child processes, one task at a time each; a child that dies is replaced.
+
+    The ``"process"`` worker kind (the default). A task past its timeout or its memory limit,
+    or cancelled, has its child killed (and replaced); a child that dies takes only its own
+    task with it.
+
+    Args:
+        slots: Children, hence tasks at once.
+
+    Attributes:
+        memory_limit: Bytes a task without its own ``memory_limit`` may use (None: no limit).
+
+    Examples:
+    >>> import asyncio
+    >>> from omniq import OmniQ
+    >>> from omniq.serialization import loads
+    >>> from omniq.workers.registry import make_runner
+    >>> with OmniQ(tasks="memory://", concurrency=0) as oq:     # only to build a task
+    ...     task = oq.core.intake.make_task(pow, (2, 10), None)
+    >>> async def run_one():
+    ...     runner = make_runner("process", 2)
+    ...     done = []
+    ...     runner.on_done = done.extend            # batches of Outcome, on the loop
+    ...     await runner.start()
+    ...     runner.dispatch([task])
+    ...     while not done:
+    ...         await asyncio.sleep(0.01)
+    ...     await runner.stop(graceful=True)
+    ...     return done[0].error, loads(done[0].payload)
+    >>> asyncio.run(run_one())
+    (None, 1024)
+    """
 
     kind = "process"
 
@@ -485,6 +596,7 @@ class ProcessRunner(ChildRunner):
         self._memory_watch: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        """Spawn the children and start watching their memory (see :meth:`Runner.start`)."""
         await super().start()
         self._memory_watch = asyncio.get_running_loop().create_task(self._watch_memory())
 
@@ -512,6 +624,7 @@ class ProcessRunner(ChildRunner):
                     self._kill(c, task.id, "memory")
 
     def capacity(self) -> int:
+        """Room in live children (and those starting) beyond what waits to be sent."""
         if self._stopping:
             return 0
         per = 1 + self._prefetch()
@@ -577,6 +690,7 @@ class ProcessRunner(ChildRunner):
             self._balance_at = asyncio.get_running_loop().call_later(wait + 0.001, again)
 
     async def stop(self, *, graceful: bool) -> list[Task]:
+        """See :meth:`ChildRunner.stop`."""
         if self._balance_at is not None:
             self._balance_at.cancel()
             self._balance_at = None

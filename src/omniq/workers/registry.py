@@ -26,8 +26,28 @@ RUNNERS: dict[str, type[Runner]] = {
 
 
 def make_runner(kind: str, slots: int) -> Runner:
-    """Build the runner for a worker kind with ``slots`` task slots; ``ConfigError`` naming the
-    valid kinds for any other."""
+    """Build the runner for a worker kind with ``slots`` task slots.
+
+    Args:
+        kind: ``"async"``, ``"thread"``, ``"process"`` or ``"gevent"``.
+        slots: Tasks it runs at once.
+
+    Returns:
+        The runner, not started.
+
+    Raises:
+        ConfigError: Another kind (the message names the valid ones), or ``"gevent"`` without
+            the gevent package.
+
+    Examples:
+        >>> from omniq.workers.registry import make_runner
+        >>> make_runner("thread", 4).kind
+        'thread'
+        >>> make_runner("fork", 1)
+        Traceback (most recent call last):
+        ...
+        omniq.errors.ConfigError: worker='fork' is not valid: expected one of ...
+    """
     cls = RUNNERS.get(kind)
     if cls is None:
         raise ConfigError(f"worker={kind!r} is not valid: expected one of {', '.join(settings.WORKER_KINDS)}")

@@ -31,6 +31,34 @@ class _Slot:
 
 
 class ThreadRunner(Runner):
+    """The ``"thread"`` worker kind: ``slots`` daemon threads in this process. A task past its
+    timeout or cancelled while running is abandoned (its thread cannot be killed): its slot
+    gets a new thread, and its outcome is reported at once.
+
+    Args:
+        slots: Threads, hence tasks at once.
+
+    Examples:
+    >>> import asyncio
+    >>> from omniq import OmniQ
+    >>> from omniq.serialization import loads
+    >>> from omniq.workers.registry import make_runner
+    >>> with OmniQ(tasks="memory://", concurrency=0) as oq:     # only to build a task
+    ...     task = oq.core.intake.make_task(pow, (2, 10), None)
+    >>> async def run_one():
+    ...     runner = make_runner("thread", 2)
+    ...     done = []
+    ...     runner.on_done = done.extend            # batches of Outcome, on the loop
+    ...     await runner.start()
+    ...     runner.dispatch([task])
+    ...     while not done:
+    ...         await asyncio.sleep(0.01)
+    ...     await runner.stop(graceful=True)
+    ...     return done[0].error, loads(done[0].payload)
+    >>> asyncio.run(run_one())
+    (None, 1024)
+    """
+
     kind = "thread"
 
     def __init__(self, slots: int) -> None:
@@ -47,6 +75,7 @@ class ThreadRunner(Runner):
         self._running: dict[str, _Slot] = {}
 
     async def start(self) -> None:
+        """Start the threads (see :meth:`Runner.start`)."""
         self._loop = asyncio.get_running_loop()
         for _ in range(self.slots):
             self._add_slot()
@@ -64,9 +93,11 @@ class ThreadRunner(Runner):
         return max(0, self.slots * (1 + self._prefetch()) - busy)
 
     def held(self) -> list[str]:
+        """See :meth:`Runner.held`."""
         return list(self._queued) + list(self._running)
 
     def dispatch(self, tasks: Sequence[Task]) -> None:
+        """Queue the tasks for the threads (see :meth:`Runner.dispatch`)."""
         with self._lock:
             for t in tasks:
                 self._queued[t.id] = t
@@ -170,6 +201,7 @@ class ThreadRunner(Runner):
         self._signal_capacity()
 
     async def cancel(self, task_id: str) -> bool:
+        """A queued task is dropped, a running one abandoned (see :meth:`Runner.cancel`)."""
         with self._lock:
             slot = self._running.get(task_id)
             task = slot.current if slot is not None else None
@@ -179,6 +211,7 @@ class ThreadRunner(Runner):
         return False
 
     async def stop(self, *, graceful: bool) -> list[Task]:
+        """See :meth:`Runner.stop`; without ``graceful`` running tasks are abandoned."""
         unstarted: list[Task] = []
         # take back what no thread has started
         while True:
