@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, ClassVar
 
 import anyio
@@ -14,6 +14,7 @@ import anyio.to_thread
 from ...errors import ConfigError, StorageError
 from ...models import Schedule, Task, TaskStatus
 from ..base import (
+    UNSUCCESSFUL,
     Backend,
     Finished,
     Overrun,
@@ -169,8 +170,29 @@ class FileTaskQueueBackend(FsspecBackend, TaskQueue):
     async def oldest_queued(self) -> dict[str, float]:
         return await self._run("read queues in", self._tasks.oldest_queued)
 
-    async def purge(self, *, before: float) -> int:
-        return await self._run("purge tasks in", self._tasks.purge, before)
+    async def purge_tasks(
+        self, *, before: float, statuses: Collection[TaskStatus] | None = None
+    ) -> list[str]:
+        return await self._run("purge tasks in", self._tasks.purge, before, statuses)
+
+    async def list_tasks(
+        self,
+        *,
+        statuses: Collection[TaskStatus] | None = None,
+        queue: str | None = None,
+        name: str | None = None,
+        limit: int = 100,
+        before: str | None = None,
+    ) -> list[Task]:
+        if limit == 0:
+            return []
+        return await self._run("list tasks in", self._tasks.list_tasks, statuses, queue, name, limit, before)
+
+    async def requeue(self, task_id: str, *, now: float, attempts: int) -> TaskStatus | None:
+        before = await self._run("requeue a task in", self._tasks.requeue, task_id, attempts)
+        if before in UNSUCCESSFUL:
+            self.notify()
+        return before
 
     async def add_schedule(self, schedule: Schedule) -> None:
         await self._run("write a schedule to", self._tasks.add_schedule, schedule)

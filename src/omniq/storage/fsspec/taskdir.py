@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import msgspec
 
@@ -478,9 +478,38 @@ class TaskDir(TaskFiles):
                 out[decode_name(q)] = min(s.created_at for s in slots)
         return out
 
-    def purge(self, before: float) -> int:
-        count = 0
+    def requeue(self, task_id: str, attempts: int) -> TaskStatus | None:
+        """A final unsuccessful task back to ``queued/`` under its id. Its done file is first
+        renamed to a hidden name (one of racing callers wins), rewritten without its spent
+        ttl (not sealed), then renamed into the queue with a fresh slot."""
+        st = self._final_status(task_id)
+        if st is None:
+            loc = self.locate([task_id]).get(task_id)
+            return None if loc is None else loc.status
+        if st not in UNSUCCESSFUL:
+            return st
+        src = self._done_path(st, task_id)
+        hidden = os.path.join(os.path.dirname(src), "." + os.path.basename(src) + ".requeue")
+        if not self._move(src, hidden):
+            return self.statuses([task_id]).get(task_id)  # someone else moved it first
+        rec = self._read_rec(hidden)
+        if rec is None:  # unreadable: put it back as it was
+            self._move(hidden, src)
+            return st
+        t = msgspec.structs.replace(rec.task, status=TaskStatus.QUEUED, expires_at=None, eta=None,
+                                    worker=None, lease_until=None, cancel_requested=False,
+                                    deliveries=0, attempts=attempts)
+        self._write_rec(hidden, TaskRecord(rec.seq, t))
+        unlink(self._cancel_path(task_id))
+        slot = Slot(t.priority, rec.seq, 0, attempts, t.created_at, None, None, None, 0, task_id)
+        self._move(hidden, self._slot_path(TaskStatus.QUEUED, t.queue, slot))
+        return st
+
+    def purge(self, before: float, statuses: Collection[TaskStatus] | None = None) -> list[str]:
+        gone: list[str] = []
         for st in FINALS:
+            if statuses is not None and st not in statuses:
+                continue
             try:
                 entries = list(os.scandir(os.path.join(self.done, st.value)))
             except FileNotFoundError:
@@ -495,15 +524,15 @@ class TaskDir(TaskFiles):
                     continue
                 rec = self._read_rec(e.path)
                 if unlink(e.path):
-                    count += 1
                     tid = decode_name(e.name[: -len(".msgpack")])
+                    gone.append(tid)
                     if rec is not None and rec.task.key is not None:
                         self.key_marks.forget(rec.task.key, tid, st, time.time())
                     unlink(self._cancel_path(tid))
                     rmtree(os.path.join(self.deps, encode_name(tid)))
                     self._queue_of.pop(tid, None)
                     self._deps_of.pop(tid, None)
-        return count
+        return gone
 
     # --- schedules ------------------------------------------------------------------------------------
     def add_schedule(self, schedule: Schedule) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any, NamedTuple
 
 import msgspec
@@ -327,6 +327,41 @@ class TaskFiles:
                     out.add(tid)
         return out
 
+    def list_tasks(
+        self, statuses: Collection[TaskStatus] | None, queue: str | None, name: str | None,
+        limit: int, before: str | None,
+    ) -> list[Task]:
+        """A page, newest first: the status folders are listed (names only: an active task's
+        name carries its id, a final one's is its id), the ids sorted, and records read only
+        until the page is full."""
+        found: list[tuple[str, TaskLoc]] = []
+        for st in TaskStatus:
+            if statuses is not None and st not in statuses:
+                continue
+            if st in FINALS:
+                sdir = os.path.join(self.done, st.value)
+                found.extend((tid, TaskLoc(st, os.path.join(sdir, n), None)) for n in listdir(sdir)
+                             if n.endswith(".msgpack") and (tid := decode_name(n[: -len(".msgpack")])))
+            else:
+                queues = [queue] if queue is not None and st is not TaskStatus.RUNNING else None
+                found.extend(self._scan(st, queues).items())
+        if before is not None:
+            found = [f for f in found if f[0] < before]
+        found.sort(key=_first, reverse=True)
+        page: list[Task] = []
+        for tid, loc in found:
+            if len(page) >= limit:
+                break
+            if queue is not None and self._queue_of.get(tid, queue) != queue:
+                continue  # (a queue known without reading the record)
+            rec = self._read_rec(loc.path)
+            if rec is None:
+                continue  # moved meanwhile, or unreadable
+            t = self._task(loc, rec)
+            if (queue is None or t.queue == queue) and (name is None or t.name == name):
+                page.append(t)
+        return page
+
     def _task(self, loc: TaskLoc, rec: TaskRecord) -> Task:
         """The stored task as it is now: its content overlaid with the fields of its name."""
         t = rec.task
@@ -344,3 +379,7 @@ class TaskFiles:
             lease_until=s.lease_until if running else None,
             cancel_requested=running and os.path.exists(self._cancel_path(t.id)),
         )
+
+
+def _first(item: tuple[str, Any]) -> str:
+    return item[0]
