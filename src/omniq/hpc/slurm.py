@@ -33,18 +33,6 @@ class SlurmWorkers(JobWorkers):
     """A pool of SLURM jobs, each running ``omniq worker`` with ``cores`` slots against ``oq``'s
     storage, in the same Python (``sys.executable``) unless ``python=`` says otherwise.
 
-    ``partition`` / ``account``: where the jobs go and who pays; ``memory`` ("16GB", bytes):
-    ``--mem``; ``gpus`` (a count, or "type:count"): ``--gres=gpu:...``; ``walltime``: each job's
-    time limit; ``idle_timeout``: seconds a job stays without tasks before leaving (None: until
-    its walltime); ``worker``: the kind of worker slots; ``queues``: the queues jobs take from
-    (default: ``oq``'s); ``job_extra``: more sbatch options (``["--qos=long",
-    "--constraint=a100"]``); ``env``: variables for the jobs (kept out of command lines);
-    ``memory_limit``: ``omniq worker --memory-limit`` (a task over it fails cleanly);
-    ``walltime_margin``: seconds before the walltime at which a job stops taking tasks (default:
-    a tenth of it, 30 s to 5 min); ``log_dir``: the pool's folder (default
-    ``<base_dir>/hpc/<name>``); ``name``: the job name (``omniq-<hex>`` by default);
-    ``interval``: seconds between checks of queue depth and jobs.
-
     Args:
         oq: The ``OmniQ`` or ``AsyncOmniQ`` whose storage the jobs serve.
         partition: The partition jobs go to; None: the cluster's default.
@@ -54,16 +42,18 @@ class SlurmWorkers(JobWorkers):
         job_extra: More sbatch options (``["--qos=long", "--constraint=a100"]``).
         cores: Worker slots per job (``--cpus-per-task``).
         walltime: Each job's time limit.
-        idle_timeout: Seconds without tasks before a job leaves (None: its walltime).
-        worker: The kind of worker slots.
+        idle_timeout: Seconds a job stays without tasks before leaving (None: until its
+            walltime).
+        worker: The kind of worker slots (``async``, ``thread``, ``process``, ``gevent``).
         queues: The queues jobs take from (default: ``oq``'s).
-        env: Variables for the jobs.
-        python: The interpreter jobs run.
-        memory_limit: ``omniq worker --memory-limit``.
-        walltime_margin: Seconds before the walltime at which a job stops taking tasks.
-        log_dir: The pool's folder.
-        name: The job name.
-        interval: Seconds between checks.
+        env: Variables for the jobs (kept out of command lines).
+        python: The interpreter jobs run (with omniq installed); None: this one.
+        memory_limit: ``omniq worker --memory-limit`` (a task over it fails cleanly).
+        walltime_margin: Seconds before the walltime at which a job stops taking tasks
+            (default: a tenth of it, 30 s to 5 min).
+        log_dir: The pool's folder (default ``<base_dir>/hpc/<name>``).
+        name: The job name (``omniq-<tag>-<hex>`` by default).
+        interval: Seconds between checks of queue depth and jobs.
 
     Raises:
         ConfigError: An argument is not valid, or the cluster cannot run such jobs (a
