@@ -38,10 +38,17 @@ TASK_QUEUE_URLS = [
     "postgresql://{server}",
     "redis://{server}",
     "nats://{server}",
+    # bucket task queues (omniq.storage.bucket: conditional writes) on loopback servers: S3 on
+    # moto, Azure Blob on Azurite (skipped without node and npm). gcp-storage-emulator ignores
+    # ifGenerationMatch, so gs:// runs results and events only (tests/storage/test_bucket_gcs.py).
+    "s3://omniq-test{tmp}/bq",
+    "abfs://omniq-test{tmp}/bq",
 ]
-#: Backends run here for their results and events only (object stores cannot hold a task
-#: queue). Each object store runs against a real server on loopback: ``s3://`` on moto,
-#: ``gs://`` on gcp-storage-emulator, ``abfs://`` on Azurite (skipped without node and npm).
+#: Task queue URLs whose results and events are the fsspec store already listed below.
+BUCKET_QUEUE_URLS = [u for u in TASK_QUEUE_URLS if u.startswith(("s3://", "abfs://"))]
+#: Backends run here for their results and events only. Each object store runs against a real
+#: server on loopback: ``s3://`` on moto, ``gs://`` on gcp-storage-emulator, ``abfs://`` on
+#: Azurite (skipped without node and npm).
 RESULT_EVENT_ONLY_URLS: list[str] = [
     "memory://bucket{tmp}",
     "s3://omniq-test{tmp}",
@@ -49,8 +56,8 @@ RESULT_EVENT_ONLY_URLS: list[str] = [
     "abfs://omniq-test{tmp}",
 ]
 
-RESULT_STORE_URLS = TASK_QUEUE_URLS + RESULT_EVENT_ONLY_URLS
-EVENT_STORE_URLS = TASK_QUEUE_URLS + RESULT_EVENT_ONLY_URLS
+RESULT_STORE_URLS = [u for u in TASK_QUEUE_URLS if u not in BUCKET_QUEUE_URLS] + RESULT_EVENT_ONLY_URLS
+EVENT_STORE_URLS = RESULT_STORE_URLS
 #: URLs whose storage is private to one backend object (opening the URL again gives new storage).
 PRIVATE_URLS = {"memory://", "sqlite://:memory:"}
 
@@ -104,7 +111,9 @@ def url_of(
 async def queue(
     request: pytest.FixtureRequest, url_of: Callable[[str], str]
 ) -> AsyncIterator[TaskQueue]:
-    tq, _, _ = open_backends(url_of(request.param))
+    url = url_of(request.param)
+    options = cloud_storage_options(url.split("://")[0], request)  # Azurite's connection
+    tq, _, _ = open_backends(url, storage_options=options)
     await tq.connect()
     try:
         yield tq

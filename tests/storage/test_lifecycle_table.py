@@ -29,6 +29,7 @@ BACKEND_URLS = [
     "postgresql://{server}",
     "redis://{server}",
     "nats://{server}",
+    "s3://omniq-test{tmp}/bq",
 ]
 #: conftest's ``queue`` fixture, opened on each of these URLs
 pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("queue", BACKEND_URLS, indirect=True)]

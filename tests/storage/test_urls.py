@@ -97,12 +97,16 @@ def test_sqlite_url_forms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
         open_backends("sqlite:///x.db?mode=ro")
 
 
-def test_object_store_cannot_hold_the_task_queue() -> None:
-    pytest.importorskip("omniq.storage.fsspec")
-    with pytest.raises(ConfigError) as err:
-        open_backends("s3://user:topsecret@bucket/prefix")
-    msg = str(err.value)
-    assert "task queue" in msg and "sqlite://" in msg and "topsecret" not in msg
+def test_object_store_task_queue_is_a_bucket_queue() -> None:
+    pytest.importorskip("s3fs")
+    from omniq.storage.bucket import BucketQueueBackend
+
+    tq, rs, es = open_backends("s3://bucket/prefix", "s3://bucket/results")
+    assert isinstance(tq, BucketQueueBackend) and es is tq
+    assert type(rs).__name__ == "FsspecBackend"  # results elsewhere: plain objects
+    with pytest.raises(ConfigError, match="shards") as err:
+        open_backends("s3://user:topsecret@bucket/prefix?shards=0")
+    assert "topsecret" not in str(err.value)
 
 
 def test_named_memory_results_go_to_fsspec() -> None:

@@ -50,8 +50,11 @@ _KINDS: dict[str, _Kind] = {
     "nats": _Kind("nats", "NatsBackend", "nats", "nats"),
 }
 SCHEMES = tuple(_KINDS)
+#: Object stores whose task queue is a bucket queue (``omniq.storage.bucket``: conditional
+#: writes); as results or events they are plain fsspec storage.
+BUCKET_SCHEMES = ("s3", "gs", "gcs", "abfs", "az")
 #: Schemes whose backend can hold a task queue (file:// is a directory queue on a shared disk).
-TASK_QUEUE_SCHEMES = ("memory", "sqlite", "file", "postgresql", "redis", "nats")
+TASK_QUEUE_SCHEMES = ("memory", "sqlite", "file", "postgresql", "redis", "nats", *BUCKET_SCHEMES)
 
 _named_memory: dict[str, Backend] = {}  # memory://name task queues, for the process's life
 _named_lock = threading.Lock()
@@ -96,6 +99,10 @@ def _construct(url: str, role: str, storage_options: dict[str, Any] | None) -> B
             f"storage URL {masked(url)!r}: the {scheme}:// backend could not be loaded "
             f"({e}); {_install_hint(url, kind)}"
         ) from e
+    if kind.module == "fsspec" and role == "tasks" and scheme in BUCKET_SCHEMES:
+        from .bucket import BucketQueueBackend
+
+        return BucketQueueBackend(url, storage_options=storage_options)
     if kind.module == "fsspec":
         opener = getattr(module, "open_fsspec", None)
         if opener is not None:
@@ -209,7 +216,7 @@ def open_backends(
         raise ConfigError(
             f"tasks URL {masked(tasks)!r} cannot hold a task queue; task queues live in "
             + ", ".join(f"{s}://" for s in TASK_QUEUE_SCHEMES)
-            + " (object stores like s3:// can hold results and events)"
+            + " (an object store's task queue needs conditional writes: s3://, gs://, abfs://)"
         )
     result_store = (
         queue if results is None else _backend(results, "results", shared, storage_options)
@@ -223,6 +230,7 @@ def open_backends(
 
 
 __all__ = [
+    "BUCKET_SCHEMES",
     "SCHEMES",
     "SHARED_SCHEMES",
     "TASK_QUEUE_SCHEMES",

@@ -1,0 +1,323 @@
+"""The shard machinery of the bucket task queue: connect (probe, layout), read shards and change
+them by compare-and-set, task bodies and archived rows. ``BucketQueueBackend`` builds the queue
+operations on it."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
+from typing import Any, ClassVar, NamedTuple, TypeVar
+from urllib.parse import parse_qsl, urlsplit
+
+import anyio
+import msgspec
+
+from ...errors import ConfigError, StorageError
+from ...logs import get_logger
+from ...models import Task, TaskStatus
+from .._codec import decoder, encode
+from ..base import masked, stand_in_task
+from ..blobs import LIVE_TASK_STATUSES
+from ..fsspec.files import bounded
+from ..fsspec.layout import encode_name
+from ..fsspec.store import FsspecBackend
+from . import shards as sh
+from .cas import CasStore, Conflict, cas_for
+from .keys import BucketKeys
+
+log = get_logger("omniq.storage.bucket")
+R = TypeVar("R")
+
+#: Seconds between an idle worker's looks at the queue, at most (it starts at IDLE_MIN after
+#: work and doubles): with the heartbeat every lease / 3, an idle worker makes < 1 request/s.
+IDLE_MIN = 0.05
+IDLE_MAX = 2.0
+#: How old a shard read may be for the janitor's reap / expire, the scheduler's schedule list
+#: and a worker's cancel-request check to use it without reading again (their own writes keep
+#: it current; other processes' changes show within this time).
+SETTLE = 2.0
+CANCEL_SETTLE = 1.0
+#: Final rows leave their shard for ``done/`` objects this long after they finished, or when a
+#: shard holds more than ARCHIVE_KEEP of them.
+ARCHIVE_AGE = 10.0
+ARCHIVE_KEEP = 200
+#: Tries of one compare-and-set before giving up (each loser reads again and decides again).
+MAX_TRIES = 200
+BODY_CACHE = 4096
+
+_shard_dec = decoder(sh.Shard)
+_row_dec = decoder(sh.Row)
+_task_dec = decoder(Task)
+
+
+class _View(NamedTuple):
+    """A shard as last read or written here: bytes, version tag, when (monotonic), decoded."""
+
+    data: bytes
+    tag: str | None
+    at: float
+    shard: sh.Shard
+
+
+def split_shards(url: str) -> tuple[str, int | None]:
+    """``url`` without its ``?shards=N`` option, and N (None when not given)."""
+    parts = urlsplit(url)
+    if not parts.query:
+        return url, None
+    params = dict(parse_qsl(parts.query, keep_blank_values=True))
+    unknown = set(params) - {"shards"}
+    if unknown:
+        raise ConfigError(
+            f"tasks URL {masked(url)!r}: unknown option {sorted(unknown)[0]!r}; a bucket task "
+            "queue takes ?shards=N (1-64, fixed when the queue is first opened)"
+        )
+    raw = params["shards"]
+    if not raw.isdigit() or not 1 <= int(raw) <= 64:
+        raise ConfigError(f"tasks URL {masked(url)!r}: shards must be an int from 1 to 64, got {raw!r}")
+    return url.split("?", 1)[0], int(raw)
+
+
+class ShardStore(FsspecBackend):
+    """Results, events and blobs (``FsspecBackend``) plus the task queue's shards, bodies and
+    archived rows under ``<prefix>/queue/``."""
+    """Tasks, results, events and blobs under one ``s3://``, ``gs://`` or ``abfs://`` prefix."""
+
+    can_hold_tasks: ClassVar[bool] = True
+    _layout: ClassVar[dict[str, str]] = {
+        **FsspecBackend._layout,
+        "queue": "queue/...: the task queue, see omniq.storage.bucket",
+    }
+
+    def __init__(self, url: str, *, storage_options: dict[str, Any] | None = None) -> None:
+        base, shards = split_shards(url)
+        super().__init__(base, storage_options=storage_options)
+        self.shards = shards or 1
+        self._asked_shards = shards
+        self._cas: CasStore | None = None
+        self._views: dict[int, _View] = {}
+        self._locks: dict[int, anyio.Lock] = {}
+        self._bodies: OrderedDict[str, Task] = OrderedDict()
+        self._idle = False
+        self._gap = IDLE_MIN
+        self._watched: set[str] | None = set()
+        q = self._path("queue")
+        self._q = q
+        self.keys = BucketKeys(_NoCas(), f"{q}/keys", self._lookup_statuses, self._succeeded)
+
+    # --- lifecycle ------------------------------------------------------------------------------
+    async def _open(self) -> None:
+        self._views.clear()
+        self._bodies.clear()
+        await super()._open()
+        try:
+            fs = getattr(self.files, "fs", None)
+            cas = cas_for(fs, self.location.protocol, self.url)
+            await self._io("probe conditional writes in", cas.probe(f"{self._q}/probe", self.url))
+            self._cas = cas
+            self.keys.cas = cas
+            await self._io("read the queue layout of", self._read_layout())
+        except BaseException:
+            self._cas = None
+            await super()._close()
+            raise
+
+    async def _read_layout(self) -> None:
+        path = f"{self._q}/omniq-bucket.json"
+        want = self._asked_shards or 1
+        for _ in range(3):
+            got = await self.cas.get(path)
+            if got is None:
+                with contextlib.suppress(Conflict):
+                    await self.cas.put(path, msgspec.json.encode({"shards": want}), tag=None)
+                continue
+            stored = int(msgspec.json.decode(got.data).get("shards", 1))
+            if self._asked_shards is not None and stored != self._asked_shards:
+                log.warning("%s: the queue has %d shards (fixed when it was made), not %d",
+                            masked(self.url), stored, self._asked_shards)  # fmt: skip
+            self.shards = stored
+            return
+        raise StorageError(f"cannot read the queue layout of {masked(self.url)}")
+
+    async def _close(self) -> None:
+        self._cas = None
+        await super()._close()
+
+    @property
+    def cas(self) -> CasStore:
+        if self._cas is None:
+            raise StorageError(f"{masked(self.url)} is not connected: call connect() first")
+        return self._cas
+
+    async def _io(self, action: str, aw: Awaitable[R]) -> R:
+        try:
+            return await aw
+        except Conflict:
+            raise
+        except (StorageError, ConfigError):
+            raise
+        except Exception as exc:
+            raise self._error(action, exc) from exc
+
+    # --- paths ----------------------------------------------------------------------------------
+    def _shard_path(self, i: int) -> str:
+        return f"{self._q}/shard-{i}.msgpack"
+
+    def _body_path(self, task_id: str) -> str:
+        return f"{self._q}/tasks/{encode_name(task_id)}.msgpack"
+
+    def _done_path(self, task_id: str) -> str:
+        return f"{self._q}/done/{encode_name(task_id)}.msgpack"
+
+    def _worker_path(self, worker_id: str) -> str:
+        return f"{self._q}/workers/{encode_name(worker_id)}.msgpack"
+
+    def _shard(self, task_id: str) -> int:
+        return sh.shard_of(task_id, self.shards)
+
+    # --- shards: read, and change by compare-and-set ----------------------------------------------
+    async def _read(self, i: int) -> _View:
+        got = await self._io("read the queue in", self.cas.get(self._shard_path(i)))
+        if got is None:
+            view = _View(b"", None, time.monotonic(), sh.Shard())
+        else:
+            view = _View(got.data, got.tag, time.monotonic(), _shard_dec.decode(got.data))
+        self._views[i] = view
+        return view
+
+    async def _view(self, i: int, settle: float = 0.0) -> _View:
+        """Shard ``i``, read again unless the last read or write here is younger than
+        ``settle`` seconds."""
+        view = self._views.get(i)
+        if view is None or time.monotonic() - view.at >= settle:
+            view = await self._read(i)
+        return view
+
+    async def _all(self, settle: float = 0.0, which: Iterable[int] | None = None) -> dict[int, sh.Shard]:
+        idx = sorted(set(which)) if which is not None else list(range(self.shards))
+        views = await bounded(lambda i: self._view(i, settle), idx, 16)
+        return {i: v.shard for i, v in zip(idx, views, strict=True)}
+
+    async def _update(
+        self, i: int, fn: Callable[[sh.Shard], tuple[R, bool]], *, settle: float = 0.0
+    ) -> R:
+        """Apply ``fn`` to shard ``i`` and write it back if ``fn`` says it changed, conditional
+        on the version it read; a refusal means someone else wrote first: read again and apply
+        ``fn`` again (it decides again). A ``fn`` that changes nothing on a view older than
+        ``settle`` is tried once more on a fresh read (the view may have missed others' work)."""
+        lock = self._locks.get(i)
+        if lock is None:
+            lock = self._locks[i] = anyio.Lock()
+        async with lock:
+            view = self._views.get(i)
+            fresh = view is None
+            if view is None:
+                view = await self._read(i)
+            for attempt in range(MAX_TRIES):
+                shard = _shard_dec.decode(view.data) if view.data else sh.Shard()
+                result, changed = fn(shard)
+                if not changed:
+                    if fresh or time.monotonic() - view.at < settle:
+                        return result
+                    view = await self._read(i)
+                    fresh = True
+                    continue
+                shard.version += 1
+                data = encode(shard)
+                try:
+                    tag = await self._io("write the queue in", self.cas.put(
+                        self._shard_path(i), data, tag=view.tag))  # fmt: skip
+                except Conflict:
+                    await anyio.sleep(random.uniform(0, min(0.002 * (attempt + 1), 0.05)))
+                    view = await self._read(i)
+                    fresh = True
+                    continue
+                self._views[i] = _View(data, tag, time.monotonic(), shard)
+                return result
+        raise StorageError(f"{masked(self.url)}: shard {i} changed under {MAX_TRIES} tries in a row")
+
+    def _group(self, ids: Iterable[str]) -> dict[int, list[str]]:
+        out: dict[int, list[str]] = {}
+        for tid in dict.fromkeys(ids):
+            out.setdefault(self._shard(tid), []).append(tid)
+        return out
+
+    # --- task bodies and archived (done) rows -----------------------------------------------------
+    def _keep_body(self, task: Task) -> None:
+        self._bodies[task.id] = task
+        self._bodies.move_to_end(task.id)
+        while len(self._bodies) > BODY_CACHE:
+            self._bodies.popitem(last=False)
+
+    async def _get_bodies(self, rows: Sequence[sh.Row]) -> dict[str, Task]:
+        out = {r.id: b for r in rows if (b := self._bodies.get(r.id)) is not None}
+        missing = {self._body_path(r.id): r for r in rows if r.id not in out}
+        if missing:
+            got = await self._io("read tasks from", self.files.get_many(list(missing)))
+            for path, r in missing.items():
+                data = got.get(path)
+                if data is None:
+                    continue
+                try:
+                    body = _task_dec.decode(data)
+                except Exception as exc:  # damaged: a stand-in that fails saying why
+                    log.error("unreadable task body %s (%d bytes)", path, len(data))
+                    body = stand_in_task(r.id, exc, queue=r.queue, priority=r.priority,
+                                         created_at=r.created_at)  # fmt: skip
+                self._keep_body(body)
+                out[r.id] = body
+        return out
+
+    async def _tasks(self, rows: Sequence[sh.Row]) -> list[Task]:
+        bodies = await self._get_bodies(rows)
+        return [sh.as_task(bodies[r.id], r) for r in rows if r.id in bodies]
+
+    async def _done_rows(self, ids: Collection[str]) -> dict[str, sh.Row]:
+        if not ids:
+            return {}
+        paths = {self._done_path(t): t for t in ids}
+        got = await self._io("read tasks from", self.files.get_many(list(paths)))
+        out: dict[str, sh.Row] = {}
+        for path, data in got.items():
+            with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
+                out[paths[path]] = _row_dec.decode(data)
+        return out
+
+    async def _rows(self, ids: Collection[str]) -> dict[str, sh.Row]:
+        """The current row of each known task: in its shard (fresh), else archived."""
+        ids = list(dict.fromkeys(ids))
+        if not ids:
+            return {}
+        groups = self._group(ids)
+        shards = await self._all(which=groups)
+        out = {t: r for i, g in groups.items() for t in g if (r := shards[i].rows.get(t)) is not None}
+        out.update(await self._done_rows([t for t in ids if t not in out]))
+        return out
+
+    async def _lookup_statuses(self, ids: Collection[str]) -> dict[str, TaskStatus]:
+        return {t: r.status for t, r in (await self._rows(ids)).items()}
+
+    async def _succeeded(self, task_id: str) -> bool:
+        r = await self.get_result(task_id)
+        return r is not None and r.status is TaskStatus.SUCCEEDED
+
+    async def _live_tasks(self, task_ids: list[str]) -> set[str]:
+        found = await self._lookup_statuses(task_ids)
+        return {t for t, s in found.items() if s.value in LIVE_TASK_STATUSES}
+
+class _NoCas(CasStore):
+    """Before ``connect``: every use is a clear error."""
+
+    async def get(self, path: str) -> Any:
+        raise StorageError("the bucket task queue is not connected: call connect() first")
+
+    async def put(self, path: str, data: bytes, *, tag: str | None) -> str:
+        raise StorageError("the bucket task queue is not connected: call connect() first")
+
+    async def delete(self, path: str) -> None:
+        raise StorageError("the bucket task queue is not connected: call connect() first")
+
+
+__all__ = ["ShardStore", "split_shards"]
