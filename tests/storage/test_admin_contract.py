@@ -179,3 +179,25 @@ class TestPurgeEvents:
         assert await events.purge_events(before=T0 + 100, task_ids=[a]) == 1
         assert [e.task_id for e in await events.query_events()] == [b, b]
         assert await events.purge_events(before=T0 + 100, task_ids=[]) == 0
+
+
+@pytest.mark.parametrize(("statuses", "by_queue"), [
+    (None, False), (("failed",), False), (("failed", "queued"), False), (None, True), (("queued",), True),
+])
+def test_sqlite_pages_read_index_ranges(tmp_path, statuses: tuple[str, ...] | None, by_queue: bool) -> None:
+    """Every ``oq.tasks()`` statement is index range reads (bounded by the limit), never a scan
+    of the tasks table: a page costs the same with 10 or 1,000,000 tasks (the figure is in
+    benchmarks/bench_tasks_page.py)."""
+    import sqlite3
+
+    from omniq.storage.sqlite.queries import PAGE_TOP, SCHEMA, page_sql
+
+    db = sqlite3.connect(tmp_path / "plan.db")
+    for statement in SCHEMA.split(";"):
+        db.execute(statement)
+    params: tuple[object, ...] = (PAGE_TOP, 100, "q") if by_queue else (PAGE_TOP, 100)
+    plan = [r[3] for r in db.execute("EXPLAIN QUERY PLAN " + page_sql(statuses, by_queue), params)]
+    reads = [p for p in plan if "omniq_tasks" in p]
+    assert reads and all(p.startswith("SEARCH omniq_tasks USING INDEX") and "id<?" in p for p in reads), plan
+    index = "omniq_tasks_by_queue" if by_queue else ("omniq_tasks_by_status" if statuses else "sqlite_autoindex")
+    assert all(index in p for p in reads), plan
