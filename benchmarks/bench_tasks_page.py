@@ -18,6 +18,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -68,7 +69,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=20)
     a = ap.parse_args()
     build(a.db, a.tasks)
-    cases = [
+    cases: list[tuple[str, dict[str, Any], tuple[str, ...] | None, bool]] = [
         ("newest 100", {}, None, False),
         ("status=failed", {"status": "failed"}, ("failed",), False),
         ("status=queued, queue=q2", {"status": "queued", "queue": "q2"}, ("queued",), True),
