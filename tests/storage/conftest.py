@@ -85,6 +85,10 @@ def _url(
         request.getfixturevalue("s3_env")  # starts the loopback S3 server, sets AWS_* for it
     if url.startswith("gs://"):
         request.getfixturevalue("gcs_env")  # the GCS emulator, STORAGE_EMULATOR_HOST for it
+    if url.startswith("abfs://") and template in TASK_QUEUE_URLS:
+        # Azurite, reached the standard way (adlfs reads the variable), so a second connection
+        # opened on the bare URL (as some contract tests do) reaches it too
+        monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", request.getfixturevalue("azurite"))
     if url.endswith("#no-returning"):
         monkeypatch.setattr(sqlite_connection, "HAS_RETURNING", False)
         url = url.removesuffix("#no-returning")
