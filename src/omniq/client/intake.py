@@ -30,7 +30,7 @@ from ..redact import masked
 from ..serialization import BlobSink, dumps, dumps_call, dumps_calls, loads
 from ..serialization._seals import seal_tasks
 from .checks import callable_name, epoch, integer, map_keys, queue_name, seconds, task_ids
-from .session import Session
+from .session import ClosedMeanwhile, Session
 from .waiters import Waiters
 
 log = get_logger("omniq")
@@ -314,6 +314,18 @@ class Intake:
                 self._blob_bytes[d] = data
         return sink.take()
 
+    def release_blobs(self, tasks: Sequence[Task], *, stored: bool, later: Sequence[Task] = ()) -> None:
+        """Drop the held bytes of ``tasks``' blobs. Unless they were ``stored``, bytes that a
+        task still to be stored (in the buffer, or ``later``) refers to stay: storing that task
+        stores them."""
+        digests = {d for t in tasks for d in t.blobs}
+        if not digests:
+            return
+        if not stored:
+            digests -= {d for t in (*self.buffer, *later) if t.blobs for d in t.blobs}
+        for d in digests:
+            self._blob_bytes.pop(d, None)
+
     async def _store_blobs(self, batch: Sequence[Task]) -> None:
         """Store the blobs a batch of tasks refers to (each once per storage) and record the
         tasks as their owners, before the tasks themselves."""
@@ -338,7 +350,13 @@ class Intake:
     def accept(self, tasks: Sequence[Task]) -> list[ResultFuture[TaskResult]]:
         """Register waiters and hand tasks to the flusher. Thread-safe; never blocks."""
         s = self.session
-        s.check_accepting()
+        try:
+            s.check_accepting()
+        except ClosedMeanwhile:
+            raise  # the caller hands them over again once reopened
+        except BaseException:
+            self.release_blobs(tasks, stored=False)  # refused for good: nothing will store them
+            raise
         if len(tasks) > 1:
             self.units[tasks[0].id] = len(tasks)
         futs = self.waiters.register(tasks, time.time())
@@ -389,7 +407,7 @@ class Intake:
                 # on: the batch was taken from the buffer and nothing else would store it.
                 await asyncio.shield(storing)
 
-    async def _store_batch(self, batch: list[Task]) -> None:
+    async def _store_batch(self, batch: list[Task], later: Sequence[Task] = ()) -> None:
         s = self.session
         err: BaseException | None = None
         stamp = time.time()  # before the store: a fast worker's `started` must come after it
@@ -409,17 +427,17 @@ class Intake:
                 if len(units) > 1:
                     # store each call's tasks on their own, in order: only the refused call's
                     # tasks fail, and a task depending on an earlier call's still finds it
-                    for unit in units:
-                        await self._store_batch(unit)
+                    for i, unit in enumerate(units):
+                        await self._store_batch(unit, [t for u in units[i + 1:] for t in u])
                     return
                 err = exc
                 break
             except Exception as exc:
                 err = exc
                 await anyio.sleep(0.05 * 4**attempt)
-        for t in batch:  # stored (or refused): their bytes are not needed here any more
-            for d in t.blobs:
-                self._blob_bytes.pop(d, None)
+        # stored: their bytes are not needed here any more (a later task sharing one finds it
+        # stored); not stored: keep those a task still waiting in the buffer shares
+        self.release_blobs(batch, stored=err is None, later=later)
         i, starts = 0, self.units
         while i < len(batch):
             i += starts.pop(batch[i].id, 1)
