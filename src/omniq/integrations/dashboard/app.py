@@ -7,6 +7,7 @@ of ``omniq.serialization.peek``."""
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,7 +53,8 @@ def create_app(oq: AsyncOmniQ, *, token: str | None = None, cookie_suffix: str =
     """The dashboard over an open (or opening) ``oq``. ``token``: required on every request when
     set. ``behind_proxy``: accept any Host header (a proxy such as jupyter-server-proxy, which
     does its own authentication, forwards the public one). Returns an ASGI app."""
-    hub = Hub(oq)
+    front = views.Overview(oq)
+    hub = Hub(oq, front)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -78,9 +80,10 @@ def create_app(oq: AsyncOmniQ, *, token: str | None = None, cookie_suffix: str =
                       message=f"{exc.url}: {exc.reason}", down=[exc.url], watch="all")
 
     async def home(request: Request) -> Response:
-        data = await views.overview(oq)
-        return render(request, "index.html", 503 if data["down"] else 200, title="OmniQ dashboard",
-                      watch="all", **data)
+        data = await front.get()
+        down = sorted({*data["down"], *hub.down.values()})
+        return render(request, "index.html", 503 if down else 200, title="OmniQ dashboard",
+                      watch="overview", now=time.time(), **{**data, "down": down})
 
     async def task_list(request: Request) -> Response:
         try:
@@ -170,10 +173,11 @@ def create_app(oq: AsyncOmniQ, *, token: str | None = None, cookie_suffix: str =
                 return not_found(request, f"No schedule {sid}.")
         except StorageDown as exc:
             return failed_page(request, exc, "Schedules")
+        await front.refresh()  # the page it goes back to shows the change
         return back(request, "/", "paused" if action == "pause" else "resumed")
 
     async def events(request: Request) -> Response:
-        return StreamingResponse(hub.stream(), media_type="text/event-stream",
+        return StreamingResponse(hub.stream(request.query_params.get("watch", "")[:100]), media_type="text/event-stream",
                                  headers={"cache-control": "no-store", "x-accel-buffering": "no"})
 
     def not_found(request: Request, message: str) -> HTMLResponse:

@@ -19,6 +19,7 @@ from ...redact import masked
 
 if TYPE_CHECKING:
     from ...client.orchestrator import AsyncOmniQ
+    from .views import Overview
 
 log = get_logger("omniq.dashboard")
 
@@ -28,12 +29,14 @@ STORAGE_EVERY = 2.0  # seconds between storage probes
 PROBE_TIMEOUT = 2.0
 MAX_IDS = 200  # task ids named per message at most (past that: "many", pages refresh anyway)
 PROBE_ID = "omniq-dashboard-probe"
+OVERVIEW_DELAY = 1.0  # seconds after events before the front page's copy is refreshed (at most one a second)
 
 
 class Client:
     """One open page's stream: a bounded queue of SSE messages."""
 
-    def __init__(self) -> None:
+    def __init__(self, watch: str = "") -> None:
+        self.watch = watch  # what the page shows: "overview", "all", "task:<id>", "none"
         self.queue: asyncio.Queue[str] = asyncio.Queue(maxsize=64)
 
     def put(self, message: str) -> None:
@@ -50,18 +53,21 @@ def sse(kind: str, data: Any) -> str:
 class Hub:
     """Owns the subscription and the storage watch (``run``), and the pages' streams."""
 
-    def __init__(self, oq: AsyncOmniQ) -> None:
+    def __init__(self, oq: AsyncOmniQ, overview: Overview) -> None:
         self.oq = oq
+        self.overview = overview
         self.clients: set[Client] = set()
         self.down: dict[str, str] = {}  # part -> masked URL of a store that does not answer
         self.delivered = 0  # events received (for tests and the benchmark)
         self._pending: list[Any] = []
         self._wake = asyncio.Event()
+        self._overview_due = asyncio.Event()
 
     # --- pages --------------------------------------------------------------------------------
-    async def stream(self) -> AsyncIterator[str]:
-        """One page's Server-Sent Events: the storage state at once, then ``tasks`` messages."""
-        client = Client()
+    async def stream(self, watch: str = "") -> AsyncIterator[str]:
+        """One page's Server-Sent Events: the storage state at once, then ``tasks`` messages
+        (and ``overview`` ones when the front page's copy changed)."""
+        client = Client(watch)
         self.clients.add(client)
         try:
             yield "retry: 2000\n\n"
@@ -81,6 +87,10 @@ class Hub:
         for client in list(self.clients):
             client.put(message)
 
+    def overview_watched(self) -> bool:
+        """An open front page, or a read of it in the last few seconds."""
+        return any(c.watch == "overview" for c in self.clients) or self.overview.recently_read(10.0)
+
     def storage_state(self) -> dict[str, Any]:
         return {"ok": not self.down, "down": [{"part": p, "url": u} for p, u in sorted(self.down.items())]}
 
@@ -90,6 +100,7 @@ class Hub:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._subscribe)
             tg.start_soon(self._send)
+            tg.start_soon(self._refresh_overview)
             tg.start_soon(self._watch_storage)
 
     async def _subscribe(self) -> None:
@@ -116,7 +127,35 @@ class Hub:
                     "queues": sorted({e.queue for e in batch if e.queue}),
                     "sent": time.time(),
                 })
+            if batch:
+                self.overview.stale = True
+                self._overview_due.set()
             await anyio.sleep(COALESCE)
+
+    async def _refresh_overview(self) -> None:
+        """Refresh the front page's copy after events (and every ``MAX_AGE`` seconds for the
+        heartbeats) while someone looked at it lately; tell the pages when it changed. A slow
+        refresh (a count over a million rows) delays only the front page, not the event stream."""
+        previous: Any = None
+        while True:
+            with anyio.move_on_after(self.overview.MAX_AGE):
+                await self._overview_due.wait()
+            self._overview_due.clear()
+            if not self.overview_watched():
+                continue
+            # pages showing the tasks that changed refresh first: on a deep SQLite queue the
+            # count this refresh makes holds the storage's one connection for a while
+            await anyio.sleep(OVERVIEW_DELAY)
+            self._overview_due.clear()
+            try:
+                data = await self.overview.refresh()
+            except Exception:
+                log.debug("dashboard: refreshing the overview failed", exc_info=True)
+                continue
+            shape = _comparable(data)
+            if shape != previous and self.clients:
+                self.broadcast("overview", {"taken": data["taken"]})
+            previous = shape
 
     async def probe(self) -> dict[str, str]:
         """part -> masked URL of each store that does not answer within ``PROBE_TIMEOUT``."""
@@ -148,9 +187,17 @@ class Hub:
                 if down != self.down:
                     came_back = bool(self.down) and not down
                     self.down = down
+                    self.overview.stale = True
+                    self._overview_due.set()
                     state = self.storage_state()
                     state["recovered"] = came_back
                     self.broadcast("storage", state)
                     if down:
                         log.warning("dashboard: storage not answering: %s", ", ".join(down.values()))
             await anyio.sleep(STORAGE_EVERY)
+
+
+def _comparable(data: dict[str, Any]) -> Any:
+    """The overview without its clock readings (a heartbeat alone is no news)."""
+    workers = [{k: v for k, v in w.items() if k != "last_heartbeat"} for w in data["workers"]]
+    return repr({**data, "taken": None, "workers": workers})

@@ -31,8 +31,11 @@ class Dashboard:
     def bind(self) -> None:
         """Listen on ``host:port`` (``OSError`` when it is taken)."""
         family = socket.AF_INET6 if ":" in self.host.strip("[]") else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # proto IPPROTO_TCP, not 0: asyncio turns Nagle off only on accepted sockets that say
+        # they are TCP (with proto 0 every kept-alive response waited ~40 ms for a delayed ACK)
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             sock.bind((self.host.strip("[]"), self.port))
         except OSError:

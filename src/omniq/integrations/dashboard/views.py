@@ -5,6 +5,7 @@ that does not answer costs a page ``STORAGE_TIMEOUT`` seconds and a banner, neve
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter
 from collections.abc import Awaitable
@@ -75,24 +76,95 @@ def parse_filters(params: dict[str, str]) -> dict[str, Any]:
 
 
 async def overview(oq: AsyncOmniQ) -> dict[str, Any]:
-    """The front page: queues by status, workers, schedules, recent failures, sweeps in flight."""
-    health = await oq.health(timeout=STORAGE_TIMEOUT)
-    down = [p["url"] for p in health["storage"].values() if not p["ok"]]
-    failures: list[Any] = []
-    sweeps: list[dict[str, Any]] = []
-    if not down:
+    """The front page's data: counts by queue and status, workers, schedules with their last
+    outcome, recent failures, sweeps in flight. Heavier than any other page (a count over every
+    task), so the dashboard keeps one copy for all pages (``Overview``)."""
+    s = oq.session
+    now = time.time()
+    down: list[str] = []
+    got: dict[str, Any] = {}
+    calls: dict[str, tuple[Awaitable[Any], str]] = {
+        "counts": (s.queue.counts(), s.tasks_url),
+        "workers": (s.queue.workers(), s.tasks_url),
+        "schedules": (oq.schedules(), s.tasks_url),
+        "failures": (oq.tasks(status=TaskStatus.FAILED, limit=10), s.tasks_url),
+        "sweeps": (running_sweeps(oq), s.results_url),
+    }
+
+    async def fetch(key: str) -> None:
+        call, url = calls[key]
         try:
-            failures = await bounded(oq, oq.tasks(status=TaskStatus.FAILED, limit=10))
-            sweeps = await running_sweeps(oq)
+            got[key] = await bounded(oq, call, url)
         except StorageDown as exc:
             down.append(exc.url)
-    now = health["time"]
-    queues = [{"name": q, "counts": {s: counts.get(s, 0) for s in STATUSES},
-               "total": sum(counts.values()), "oldest": health["oldest_queued_age"].get(q)}
-              for q, counts in sorted(health["queues"].items())]
-    workers = [{**w, "ago": now - w["last_heartbeat"]} for w in health["workers"]]
-    return {"queues": queues, "workers": workers, "schedules": health["schedules"],
-            "failures": failures, "sweeps": sweeps, "down": down, "now": now}
+
+    async with anyio.create_task_group() as tg:
+        for key in calls:
+            tg.start_soon(fetch, key)
+    schedules = got.get("schedules") or []
+    last_ids = [sc["last_task_id"] for sc in schedules if sc.get("last_task_id")]
+    last: dict[str, TaskStatus] = {}
+    if last_ids and not down:
+        with contextlib.suppress(StorageDown):
+            last = await bounded(oq, s.queue.statuses(last_ids))
+    for sc in schedules:
+        st = last.get(sc.get("last_task_id") or "")
+        sc["last_outcome"] = st.value if st is not None else None
+    lease = oq.config.lease
+    workers = [{"id": w.id, "kind": w.kind, "host": w.host, "slots": w.slots, "queues": w.queues,
+                "last_heartbeat": w.last_heartbeat, "alive": now - w.last_heartbeat < (w.lease or lease),
+                "missing": w.missing, "job": w.job} for w in got.get("workers") or []]
+    queues = [{"name": q, "counts": {st: c.get(st, 0) for st in STATUSES}, "total": sum(c.values())}
+              for q, c in sorted((got.get("counts") or {}).items())]
+    return {"queues": queues, "workers": workers, "schedules": schedules,
+            "failures": got.get("failures") or [], "sweeps": got.get("sweeps") or [],
+            "down": sorted(set(down)), "taken": now, "complete": not down}
+
+
+class Overview:
+    """One copy of the front page's data for the whole dashboard process: pages read it, the
+    event hub refreshes it after events (one refresh at a time, whatever the number of pages),
+    and a read of a copy older than ``MAX_AGE`` serves it and refreshes it behind."""
+
+    MAX_AGE = 5.0
+
+    def __init__(self, oq: AsyncOmniQ) -> None:
+        self.oq = oq
+        self.data: dict[str, Any] | None = None
+        self.taken = 0.0  # monotonic time of the last refresh
+        self.cost = 0.0  # seconds the last refresh took
+        self.stale = True
+        self.read_at = 0.0  # monotonic time of the last read (the hub refreshes while someone looks)
+        self._lock = anyio.Lock()
+        self._behind: asyncio.Task[Any] | None = None
+
+    async def get(self) -> dict[str, Any]:
+        self.read_at = time.monotonic()
+        if self.data is None or not self.data["complete"]:
+            return await self.refresh()
+        if self.stale or time.monotonic() - self.taken > self.MAX_AGE:
+            self.refresh_behind()
+        return self.data
+
+    def refresh_behind(self) -> None:
+        if self._behind is None or self._behind.done():
+            self._behind = asyncio.get_running_loop().create_task(self.refresh())
+
+    def recently_read(self, within: float = 60.0) -> bool:
+        return time.monotonic() - self.read_at < within
+
+    async def refresh(self) -> dict[str, Any]:
+        """A new copy (waits for one in progress instead of starting a second)."""
+        started = time.monotonic()
+        async with self._lock:
+            if self.data is not None and self.taken >= started and self.data["complete"]:
+                return self.data  # refreshed while this call waited
+            self.stale = False
+            begun = time.monotonic()
+            self.data = await overview(self.oq)
+            self.taken = time.monotonic()
+            self.cost = self.taken - begun
+            return self.data
 
 
 async def running_sweeps(oq: AsyncOmniQ) -> list[dict[str, Any]]:

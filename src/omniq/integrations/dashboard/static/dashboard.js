@@ -38,12 +38,15 @@
     return false;
   }
 
-  var source = new EventSource(base + "/events");
+  var source = new EventSource(base + "/events?watch=" + encodeURIComponent(watch));
   source.onopen = function () { say("live"); };
   source.onerror = function () { say("reconnecting…"); };
   source.addEventListener("tasks", function (e) {
     var msg = JSON.parse(e.data);
     if (concerns(msg)) refresh();
+  });
+  source.addEventListener("overview", function () {
+    if (watch === "overview") refresh();
   });
   source.addEventListener("storage", function (e) {
     var msg = JSON.parse(e.data);
