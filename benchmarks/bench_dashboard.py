@@ -150,7 +150,8 @@ def screenshot(path: Path) -> None:
     from tests.browser import CHROMIUM_ARGS, chromium
 
     with tempfile.TemporaryDirectory() as tmp:
-        url = f"sqlite:///{tmp}/lab.db"
+        os.chdir(tmp)  # the page shows the URL: sqlite:///lab.db
+        url = "sqlite:///lab.db"
         with OmniQ(tasks=url, worker="thread", concurrency=2, queues=["default", "emails"]) as oq:
             for h in oq.map(abs, range(-40, 0)) + oq.map(abs, range(12), queue="emails"):
                 h.get(timeout=60)
@@ -159,14 +160,14 @@ def screenshot(path: Path) -> None:
             oq.schedule(abs, interval=3600, args=(-1,), name="nightly-report")
             oq.enqueue(abs, args=(-1,), queue="gpu")
             oq.enqueue(abs, args=(-2,), queue="gpu")
-            oq.sweep(slow, grid={"secs": [0.5 + i / 100 for i in range(16)]}, name="lr-search")
+            oq.sweep(slow, grid={"secs": [3 + i / 100 for i in range(16)]}, name="lr-search")
             oq.sweep(square, grid={"x": list(range(8))}, name="lr-search-2", queue="gpu")
             proc, base = launch(url)
             try:
-                time.sleep(1.0)
+                time.sleep(7.0)  # a few sweep points done
                 with sync_playwright() as p:
                     browser = p.chromium.launch(executable_path=chromium(), args=CHROMIUM_ARGS, headless=True)
-                    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+                    page = browser.new_page(viewport={"width": 1280, "height": 1240})
                     page.goto(base + "/")
                     page.locator("#live-state", has_text="live").wait_for(timeout=10_000)
                     page.screenshot(path=str(path), full_page=False)
@@ -187,7 +188,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "dashboard.md")
     args = ap.parse_args()
     if args.screenshot:
-        screenshot(args.screenshot)
+        screenshot(args.screenshot.resolve())
         return
     import httpx
 

@@ -29,7 +29,9 @@ STORAGE_EVERY = 2.0  # seconds between storage probes
 PROBE_TIMEOUT = 2.0
 MAX_IDS = 200  # task ids named per message at most (past that: "many", pages refresh anyway)
 PROBE_ID = "omniq-dashboard-probe"
-OVERVIEW_DELAY = 1.0  # seconds after events before the front page's copy is refreshed (at most one a second)
+#: seconds at most after events before the front page's copy is refreshed: twice what the last
+#: refresh took (so refreshes hold the storage a third of the time at most), within COALESCE..1 s
+OVERVIEW_DELAY = 1.0
 
 
 class Client:
@@ -145,7 +147,7 @@ class Hub:
                 continue
             # pages showing the tasks that changed refresh first: on a deep SQLite queue the
             # count this refresh makes holds the storage's one connection for a while
-            await anyio.sleep(OVERVIEW_DELAY)
+            await anyio.sleep(min(OVERVIEW_DELAY, max(COALESCE, 2 * self.overview.cost)))
             self._overview_due.clear()
             try:
                 data = await self.overview.refresh()
