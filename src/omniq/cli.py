@@ -1,4 +1,5 @@
-"""Command line: ``omniq demo``, ``omniq worker``, ``omniq status``.
+"""Command line: ``omniq demo``, ``omniq worker``, ``omniq status``; the operator's commands
+(``omniq tasks | show | retry | cancel | purge | schedules``) are in ``cli_ops.py``.
 
 ``omniq status`` lists, where SLURM is installed, the ``omniq.hpc`` worker jobs serving the
 queue (by the storage tag in their job names), beside the workers' heartbeats.
@@ -15,6 +16,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .cli_ops import add_parsers as add_ops
+from .cli_ops import missing_local_storage
 from .errors import OmniQError
 
 
@@ -224,24 +227,6 @@ _CONFIG_HELP = ("YAML config file (keys as in OmniQConfig); OMNIQ_* variables an
                 "Put URLs with passwords here or in OMNIQ_* variables, not in flags: flags show in ps")
 
 
-def _missing_local_storage(urls: Sequence[str]) -> tuple[str, str] | None:
-    """The first ``sqlite://`` file or ``file://`` directory among ``urls`` that does not
-    exist, as (url, path); opening it would create it."""
-    for url in dict.fromkeys(urls):
-        low = url.lower()
-        if low.startswith("sqlite://"):
-            from .storage.sqlite import parse_url
-
-            path = parse_url(url)
-            if path != ":memory:" and not os.path.exists(path):
-                return url, path
-        elif low.startswith("file://"):
-            path = url[len("file://"):].split("?", 1)[0] or "/"
-            if not os.path.exists(path):
-                return url, path
-    return None
-
-
 def cmd_status(args: argparse.Namespace) -> int:
     """Exit status 0 when every storage answers, 1 when one does not (usable as a probe),
     2 for a bad argument."""
@@ -250,7 +235,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     oq = OmniQ(tasks=args.tasks, results=args.results, events=args.events, concurrency=0,
                config=args.config)
-    missing = _missing_local_storage((oq.core.tasks_url, oq.core.results_url, oq.core.events_url))
+    missing = missing_local_storage((oq.core.tasks_url, oq.core.results_url, oq.core.events_url))
     if missing:  # a read-only command creates nothing: a typo'd path is named, not made
         print(f"omniq status: no storage at {_masked(missing[0])}: {missing[1]} does not exist "
               "(check the URL; a worker or an OmniQ creates it on first use)", file=sys.stderr)
@@ -384,6 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--events", default=None, help="event storage URL (default from config/env)")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(fn=cmd_status)
+
+    add_ops(sub)  # tasks, show, retry, cancel, purge, schedules (cli_ops.py)
 
     from .integrations.dashboard.command import add_parser as add_dashboard  # (no Starlette import)
 
