@@ -64,6 +64,11 @@ class _Inbox:
 
 
 def main() -> None:
+    """Run the child: read task frames from the parent's pipe, run them one at a time, report
+    each start and (in batches) each result; return when the parent closes the pipe.
+
+    Started only by its parent (``ProcessRunner``), as ``python -m omniq.workers.child``.
+    """
     rfd, wfd = setup_child()
     inp = os.fdopen(rfd, "rb", buffering=1 << 16)
     write_lock = threading.Lock()

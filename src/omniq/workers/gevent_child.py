@@ -70,6 +70,11 @@ class _Outbox:
 
 
 def main() -> None:
+    """Run the child: every task of a frame becomes a greenlet, each result is reported as its
+    task ends; return when the parent closes the pipe.
+
+    Started only by its parent (``GeventRunner``), as ``python -m omniq.workers.gevent_child``.
+    """
     rfd, wfd = _wire.setup_child()
     out = _Outbox(wfd)
     inp = FileObjectPosix(rfd, "rb", bufsize=1 << 16)  # cooperative reads
