@@ -52,10 +52,13 @@ def age_seconds(name: str, value: Any) -> float:
 
 
 def summary_of(t: Task, r: TaskResult | None) -> TaskSummary:
-    """A task's summary from its record and (when final) its result."""
+    """A task's summary from its record and (when final) its result. A RUNNING record with a
+    final result is a run that just ended (a worker stores the result, then ends the record):
+    the result's status is shown."""
     sweep = t.metadata.get("sweep") if isinstance(t.metadata, dict) else None
+    status = r.status if r is not None and t.status is TaskStatus.RUNNING and r.status.is_final else t.status
     return TaskSummary(
-        id=t.id, queue=t.queue, name=t.name, status=t.status,
+        id=t.id, queue=t.queue, name=t.name, status=status,
         attempts=max(t.attempts, r.attempts if r is not None else 0),
         created=t.created_at,
         started=r.started_at if r is not None else None,
@@ -84,7 +87,7 @@ class Admin:
         s = self.session
         page = await s.queue.list_tasks(statuses=statuses, queue=queue, name=name, limit=limit,
                                         before=before)
-        done = [t.id for t in page if t.status.is_final]
+        done = [t.id for t in page if t.status.is_final or t.status is TaskStatus.RUNNING]
         results = await s.results.get_results(done) if done else {}
         out = [summary_of(t, results.get(t.id)) for t in page]
         started = await self._started([o for o in out if o.status is TaskStatus.RUNNING])
@@ -125,10 +128,10 @@ class Admin:
             args = kwargs = "<not stored any more>"
         else:
             args, kwargs = call_reprs(t.payload)
-            if r is not None and not t.status.is_final:
-                r = None  # an earlier run's, being replaced (a retry)
+            if r is not None and not t.status.is_final and t.status is not TaskStatus.RUNNING:
+                r = None  # (queued or pending again: an earlier run's, being replaced)
         summary = summary_of(t, r)
-        if summary.started is None and t.status is TaskStatus.RUNNING:
+        if summary.started is None and summary.status is TaskStatus.RUNNING:
             started = [e.timestamp for e in events if e.type == EventType.STARTED.value]
             summary.started = started[-1] if started else None
         err = r.error if r is not None else None
