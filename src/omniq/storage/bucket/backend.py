@@ -3,7 +3,6 @@ every racy change a conditional write. The layout and the reasons are in the pac
 
 from __future__ import annotations
 
-import contextlib
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -33,6 +32,7 @@ from ..base import (
 )
 from ..fsspec.files import bounded
 from . import shards as sh
+from .admin import OperatorOps
 from .cas import Conflict
 from .state import (
     ARCHIVE_AGE,
@@ -41,7 +41,6 @@ from .state import (
     IDLE_MAX,
     IDLE_MIN,
     SETTLE,
-    ShardStore,
     split_shards,
 )
 
@@ -50,7 +49,7 @@ _row_dec = decoder(sh.Row)
 _worker_dec = decoder(WorkerInfo)
 
 
-class BucketQueueBackend(ShardStore, TaskQueue):
+class BucketQueueBackend(OperatorOps, TaskQueue):
     """Tasks, results, events and blobs under one ``s3://``, ``gs://`` or ``abfs://`` prefix."""
 
     # --- enqueue --------------------------------------------------------------------------------
@@ -490,47 +489,6 @@ class BucketQueueBackend(ShardStore, TaskQueue):
                 if r.status is TaskStatus.QUEUED and (r.queue not in out or r.created_at < out[r.queue]):
                     out[r.queue] = r.created_at
         return out
-
-    async def purge(self, *, before: float) -> int:
-        """Final tasks finished before ``before``: those still in shards, then archived ones
-        (listed: ``done/`` is read only here)."""
-        gone: list[sh.Row] = []
-        for i in range(self.shards):
-
-            def fn(shard: sh.Shard) -> tuple[list[sh.Row], bool]:
-                rows = [r for r in shard.rows.values()
-                        if r.status.is_final and (r.finished_at or 0.0) < before]  # fmt: skip
-                for r in rows:
-                    del shard.rows[r.id]
-                return rows, bool(rows)
-
-            gone += await self._update(i, fn)
-        listed = await self._io("list finished tasks in", self.files.find(f"{self._q}/done"))
-        archived = await self._io("read finished tasks in", self.files.get_many(listed))
-        old: dict[str, sh.Row] = {}
-        for data in archived.values():
-            with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
-                r = _row_dec.decode(data)
-                if r.status.is_final and (r.finished_at or 0.0) < before:
-                    old[r.id] = r
-        if old:
-            for i, ids in self._group(old).items():
-
-                def uncount(shard: sh.Shard, ids: list[str] = ids) -> tuple[None, bool]:
-                    for tid in ids:
-                        if tid not in shard.rows:  # (a row again: retried meanwhile, keep it)
-                            sh.add_final(shard, old[tid].queue, old[tid].status, -1)
-                    return None, True
-
-                await self._update(i, uncount)
-            await self._io("purge tasks in", self.files.delete([self._done_path(t) for t in old]))
-        every = gone + list(old.values())
-        await self._io("purge tasks in", self.files.delete([self._body_path(r.id) for r in every]))
-        for r in every:
-            self._bodies.pop(r.id, None)
-            if r.key is not None:
-                await self._io("purge keys in", self.keys.forget(r.key, r.id, r.status, time.time()))
-        return len(every)
 
     # --- schedules (in shard 0) ------------------------------------------------------------------
     async def add_schedule(self, schedule: Schedule) -> None:

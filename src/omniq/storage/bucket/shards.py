@@ -93,6 +93,7 @@ def as_task(body: Task, row: Row) -> Task:
         deliveries=row.deliveries,
         attempts=row.attempts,
         eta=row.eta,
+        expires_at=row.expires_at,
         worker=row.worker if (running or final) else None,
         lease_until=row.lease_until if running else None,
         cancel_requested=running and row.cancel_requested,
