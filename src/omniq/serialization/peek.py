@@ -49,6 +49,32 @@ class Opaque:
         return self.text
 
 
+class _Global(Opaque):
+    """A class or function a pickle names (``GLOBAL``): shown by name, never imported."""
+
+    __slots__ = ("module", "name")
+
+    def __init__(self, module: str, name: str) -> None:
+        module = "builtins" if module == "__builtin__" else module  # (protocols 0-2)
+        super().__init__(f"<{_global_name(module, name)}>")
+        self.module, self.name = module, name
+
+
+def _latin1(text: str, encoding: str = "latin1") -> bytes:
+    if encoding not in ("latin1", "latin-1"):
+        raise ValueError(encoding)
+    return text.encode("latin1")
+
+
+#: constructors of plain values that protocols 0-2 pickle as a call: rebuilt (they run no
+#: user code), so a set or bytes from an old pickle shows as itself
+_PLAIN_CALLS: dict[tuple[str, str], Any] = {
+    ("builtins", "set"): set, ("builtins", "frozenset"): frozenset, ("builtins", "list"): list,
+    ("builtins", "tuple"): tuple, ("builtins", "dict"): dict, ("builtins", "bytearray"): bytearray,
+    ("builtins", "bytes"): bytes, ("builtins", "complex"): complex, ("_codecs", "encode"): _latin1,
+}
+
+
 class _Mark:
     __slots__ = ()
 
@@ -152,12 +178,15 @@ def walk_pickle(data: bytes) -> Any:
             stack.append(memo.get(int(arg), Opaque("<?>")))
         elif name == "GLOBAL":
             module, _, qual = str(arg).partition(" ")
-            stack.append(Opaque(f"<{_global_name(module, qual)}>"))
+            stack.append(_Global(module, qual))
         elif name == "STACK_GLOBAL":
             qual = stack.pop()
             module = stack.pop()
-            stack.append(Opaque(f"<{_global_name(str(module), str(qual))}>"))
-        elif name in ("REDUCE", "NEWOBJ"):
+            stack.append(_Global(str(module), str(qual)))
+        elif name == "REDUCE":
+            args = stack.pop()
+            stack.append(_call(stack.pop(), args))
+        elif name == "NEWOBJ":
             stack.pop()  # the arguments
             stack.append(_made_by(stack.pop()))
         elif name == "NEWOBJ_EX":
@@ -212,6 +241,20 @@ def _setitems(target: Any, items: list[Any]) -> None:
     if isinstance(target, dict):
         for i in range(0, len(items) - 1, 2):
             target[_hashable(items[i])] = items[i + 1]
+
+
+def _call(fn: Any, args: Any) -> Any:
+    """``REDUCE``: a plain value's constructor (``_PLAIN_CALLS``) with plain arguments is
+    rebuilt; anything else is a placeholder naming what would have been called."""
+    make = _PLAIN_CALLS.get((fn.module, fn.name)) if isinstance(fn, _Global) else None
+    if make in (bytes, bytearray) and not (args and isinstance(args, tuple) and isinstance(args[0], (str, bytes))):
+        make = None  # bytes(10**12) would allocate what a pickle asks: only copies are rebuilt
+    if make is not None and isinstance(args, tuple) and not any(isinstance(a, Opaque) for a in args):
+        try:
+            return make(*args)
+        except Exception:
+            pass
+    return _made_by(fn)
 
 
 def _made_by(fn: Any) -> Opaque:
