@@ -80,7 +80,7 @@ class GeventRunner(ChildRunner):
         return max(0, self.slots - busy)
 
     def _pump(self) -> None:
-        if not self._ready:
+        if not self._ready or self._stopping:  # stop() hands what is ready back
             return
         live = [c for c in self._children if not c.died]
         if not live:

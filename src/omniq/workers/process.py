@@ -299,6 +299,10 @@ class ChildRunner(Runner):
                 c.proc.stdin.close()
         await asyncio.gather(*(self._reap(c, graceful) for c in self._children))
         self._children.clear()
+        # tasks that came back while it stopped (a child's orphans or given-back tasks): they
+        # are not sent anywhere now (_pump), so they go back with the rest
+        unstarted.extend(self._ready)
+        self._ready.clear()
         return unstarted
 
     def _abandon(self, c: _Child) -> None:
@@ -636,7 +640,7 @@ class ProcessRunner(ChildRunner):
         """Hand ready tasks out one at a time to the least loaded child, so two slow tasks never
         share a child while another has room; then see whether an idle child should take tasks
         a busy one has not started."""
-        if self._ready:
+        if self._ready and not self._stopping:
             per = 1 + self._prefetch()
             heap = [(len(c.pending), i) for i, c in enumerate(self._children) if not c.died and len(c.pending) < per]
             heapq.heapify(heap)
