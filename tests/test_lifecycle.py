@@ -225,10 +225,11 @@ def assert_events(oq: OmniQ, tid: str, expected: list[str], timeout: float = 5.0
     """The task's event types, in time order, become ``expected``. Each instance writes its
     events in batches (every 50 ms), so another instance's may land a moment later."""
     deadline = time.monotonic() + timeout
-    while (got := [str(e.type) for e in oq.events(task_id=tid)]) != expected:
+    while (got := [e.type for e in oq.events(task_id=tid)]) != expected:
         if time.monotonic() > deadline:
             raise AssertionError(f"events of {tid}: {got}, expected {expected}")
         time.sleep(0.02)
+    assert all(type(t) is str for t in got), f"event types must be plain strings: {got!r}"
 
 
 def final(oq: OmniQ, tid: str, timeout: float = 20.0) -> Any:

@@ -53,7 +53,7 @@ class Janitor:
                 reaped = await s.queue.reap(now=now)
                 for t in reaped.requeued:  # stamped at the reap: a worker woken by it may
                     # claim the task and emit `started` before this coroutine resumes
-                    s.events.emit(t.id, EventType.REQUEUED, queue=t.queue, detail="lease lapsed", timestamp=now)
+                    s.events.emit(t.id, EventType.REQUEUED.value, queue=t.queue, detail="lease lapsed", timestamp=now)
                 if reaped.requeued:
                     s.queue.notify()
                 if reaped.dead:

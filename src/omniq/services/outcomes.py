@@ -26,7 +26,7 @@ class Outcomes:
         resolve the waiters here."""
         await self.session.results.put_results(results)
         for r in results:
-            self.session.events.emit(r.task_id, kind, queue=r.queue, detail=detail(r))
+            self.session.events.emit(r.task_id, kind.value, queue=r.queue, detail=detail(r))
         self.on_results(results)
 
     async def cancelled(self, pairs: Sequence[tuple[Task, str]]) -> None:

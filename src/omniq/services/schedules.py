@@ -50,7 +50,7 @@ class Schedules:
         return task
 
     def on_fired(self, task: Task) -> None:
-        self.session.events.emit(task.id, EventType.ENQUEUED, queue=task.queue,
+        self.session.events.emit(task.id, EventType.ENQUEUED.value, queue=task.queue,
                                  detail=f"schedule {task.metadata.get('schedule')}", timestamp=task.created_at)
 
     async def add(self, **schedule: Any) -> str:

@@ -392,7 +392,7 @@ class Worker:
     # --- runner callbacks (on the loop) ------------------------------------------------------
     def _on_started(self, task: Task, at: float) -> None:
         self.metrics.queue_wait.observe(at - max(task.created_at, task.eta or 0.0))
-        self.events.emit(task.id, EventType.STARTED, worker=self.id, queue=task.queue, timestamp=at)
+        self.events.emit(task.id, EventType.STARTED.value, worker=self.id, queue=task.queue, timestamp=at)
 
     def _on_done(self, outs: list[Outcome]) -> None:
         self._outcomes.extend(outs)
@@ -518,7 +518,7 @@ class Worker:
                 if on_lapse(cancel_requested=False, deliveries=t.deliveries,
                             max_deliveries=t.max_deliveries) is TaskStatus.QUEUED:
                     await self.queue.retry(self.id, t.id, eta=now, attempts=t.attempts)
-                    evs.append(_ev(t, EventType.REQUEUED, self.id, now, str(out.error)))
+                    evs.append(_ev(t, EventType.REQUEUED.value, self.id, now, str(out.error)))
                     self.queue.notify()
                     continue
                 status = TaskStatus.FAILED
@@ -534,7 +534,7 @@ class Worker:
                                     retry_delay=t.retry_delay, jitter=random.uniform(0.75, 1.25))
                 if delay is not None:
                     await self.queue.retry(self.id, t.id, eta=now + delay, attempts=attempts)
-                    evs.append(_ev(t, EventType.RETRY, self.id, out.finished_at,
+                    evs.append(_ev(t, EventType.RETRY.value, self.id, out.finished_at,
                                    f"attempt {attempts} failed ({out.error}); retry in {delay:.2f} s"))
                     continue
             res_ttl = t.result_ttl
@@ -573,7 +573,7 @@ class Worker:
             if fin.cancelled:
                 extra = cancelled_results(fin.cancelled)
                 await self.results.put_results(extra)
-                evs.extend(_ev(task, EventType.CANCELLED, self.id, now, f"dependency {cause} did not succeed")
+                evs.extend(_ev(task, EventType.CANCELLED.value, self.id, now, f"dependency {cause} did not succeed")
                            for task, cause in fin.cancelled)
             if fin.released:
                 self.queue.notify()
@@ -584,7 +584,7 @@ class Worker:
                 if follow:
                     seal_tasks(follow)
                     await self.queue.enqueue(follow)
-                    evs.extend(_ev(f, EventType.ENQUEUED, None, now, None) for f in follow)
+                    evs.extend(_ev(f, EventType.ENQUEUED.value, None, now, None) for f in follow)
                     self.queue.notify()
             emit(evs)
             for r in finals:
