@@ -314,3 +314,23 @@ def test_the_listening_socket_is_tcp_so_kept_alive_responses_are_not_delayed(oq:
         assert dash.port > 0 and dash.url == f"http://127.0.0.1:{dash.port}/"
     finally:
         dash.sock.close()
+
+
+def test_cancel_and_a_retry_that_does_not_apply_say_what_happened(oq: OmniQ, dashboard: Running) -> None:
+    waiting = oq.enqueue(abs, args=(-1,), delay=3600)  # pending for an hour
+    done = oq.enqueue(abs, args=(-2,))
+    oq.get_result(done, wait=True, timeout=30)
+    with client(dashboard) as c:
+        page = c.get(f"/tasks/{waiting}")
+        assert "default-src 'self'" in page.headers["content-security-policy"]
+        token = CSRF.search(page.text)
+        assert token is not None
+        form = {"csrf": token.group(1)}
+        r = c.post(f"/tasks/{waiting}/cancel", data=form, follow_redirects=True)
+        assert r.status_code == 200 and "Cancelled." in r.text
+        assert oq.status(waiting) is TaskStatus.CANCELLED
+        again = c.post(f"/tasks/{done}/retry", data=form, follow_redirects=True)
+        assert "Not retried: only a failed, cancelled or expired task can be retried." in again.text
+        assert c.post("/tasks/0000nosuchtask/retry", data=form).status_code == 404
+        assert c.post(f"/tasks/{done}/explode", data=form).status_code == 404
+    assert oq.status(done) is TaskStatus.SUCCEEDED

@@ -42,6 +42,14 @@ NOTICES = {
     "resumed": "Schedule resumed.",
 }
 
+#: no inline script or style runs (a task name cannot become code), no referrer leaves the page
+PAGE_HEADERS = {
+    "cache-control": "no-store",
+    "content-security-policy": "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'",
+    "referrer-policy": "no-referrer",
+    "x-content-type-options": "nosniff",
+}
+
 _env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
                           trim_blocks=True, lstrip_blocks=True)
 _env.globals.update(fmt_time=views.fmt_time, fmt_duration=views.fmt_duration, fmt_ago=views.fmt_ago,
@@ -73,7 +81,7 @@ def create_app(oq: AsyncOmniQ, *, token: str | None = None, cookie_suffix: str =
             base=base, partial=partial, csrf=request.scope.get("state", {}).get("csrf", ""),
             csrf_field=CSRF_FIELD, down=sorted(set(down)), storage=views.masked(oq.tasks_url),
             notice=NOTICES.get(request.query_params.get("done", "")), path=request.url.path, **context)
-        return HTMLResponse(html, status_code=status, headers={"cache-control": "no-store"})
+        return HTMLResponse(html, status_code=status, headers=PAGE_HEADERS)
 
     def failed_page(request: Request, exc: StorageDown, title: str) -> HTMLResponse:
         return render(request, "error.html", 503, title=title, heading="Storage not answering",
@@ -102,6 +110,7 @@ def create_app(oq: AsyncOmniQ, *, token: str | None = None, cookie_suffix: str =
         keep = {k: v for k, v in f.items() if v is not None and k != "before" and not (k == "limit" and v == 50)}
         older = (f"?{urlencode({**keep, 'before': page[-1].id})}" if len(page) == f["limit"] else None)
         return render(request, "tasks.html", title="Tasks", tasks=page, filters=f, older=older,
+                      live_queue=f["queue"] or "",
                       newest=f"?{urlencode(keep)}" if f["before"] else None,
                       watch="none" if f["before"] else "all")
 

@@ -32,7 +32,11 @@
       });
   }
 
+  var queue = live.dataset.queue || "";
+
   function concerns(msg) {
+    // a list filtered by queue ignores events that name only other queues
+    if (queue && msg.queues.length && msg.queues.indexOf(queue) < 0 && !msg.many) return false;
     if (watch === "all") return true;
     if (watch.indexOf("task:") === 0) return msg.many || msg.ids.indexOf(watch.slice(5)) >= 0;
     return false;
