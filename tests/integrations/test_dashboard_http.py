@@ -334,3 +334,34 @@ def test_cancel_and_a_retry_that_does_not_apply_say_what_happened(oq: OmniQ, das
         assert c.post("/tasks/0000nosuchtask/retry", data=form).status_code == 404
         assert c.post(f"/tasks/{done}/explode", data=form).status_code == 404
     assert oq.status(done) is TaskStatus.SUCCEEDED
+
+
+def leave_mark(path: str) -> str:
+    """What unpickling a ``Trap`` calls: a file that says someone loaded it."""
+    with open(path, "w") as f:
+        f.write("unpickled")
+    return path
+
+
+class Trap:
+    """An argument whose unpickling runs code (``leave_mark``): the dashboard must show it
+    without loading it."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (leave_mark, (self.path,))
+
+
+def test_arguments_are_shown_without_unpickling_them(oq: OmniQ, dashboard: Running, tmp_path: Any) -> None:
+    mark = tmp_path / "mark"
+    tid = oq.enqueue(repr, args=(Trap(str(mark)),), delay=3600)  # pending: no worker loads it
+    assert not mark.exists()
+    with client(dashboard) as c:
+        r = c.get(f"/tasks/{tid}")
+        listed = c.get("/tasks")
+    assert r.status_code == 200 and listed.status_code == 200
+    assert "&lt;object tests.integrations.test_dashboard_http.leave_mark&gt;" in r.text
+    assert not mark.exists()
+    oq.cancel(tid)
