@@ -365,3 +365,17 @@ def test_arguments_are_shown_without_unpickling_them(oq: OmniQ, dashboard: Runni
     assert "&lt;object tests.integrations.test_dashboard_http.leave_mark&gt;" in r.text
     assert not mark.exists()
     oq.cancel(tid)
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_a_signal_stops_the_dashboard_cleanly(db_url: str, oq: OmniQ, start: Callable[..., Running],
+                                              sig: str) -> None:
+    import signal
+
+    dash = start(["--tasks", db_url, "--port", "0"])
+    with client(dash) as c, c.stream("GET", "/events") as stream:  # an open page does not hold it
+        next(stream.iter_lines())
+        dash.proc.send_signal(getattr(signal, sig))
+        assert dash.proc.wait(20) == 0
+    dash.reader.join(10)
+    assert "Traceback" not in "".join(dash.lines)

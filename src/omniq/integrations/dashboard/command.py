@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from typing import Any
 
@@ -90,8 +91,20 @@ def run(args: argparse.Namespace) -> int:
             with anyio.CancelScope(shield=True):
                 await oq.close()
 
-    anyio.run(main)
+    # uvicorn turns SIGINT / SIGTERM into a graceful stop while it serves, then raises the signal
+    # again for the handler it found: let that be a no-op, so the storage is closed and the
+    # command exits 0 instead of dying by the re-raised signal
+    previous = {sig: signal.signal(sig, _ignore) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        anyio.run(main)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return 0
+
+
+def _ignore(signum: int, frame: Any) -> None:
+    """The handler uvicorn finds (and calls again) once it has stopped on a signal."""
 
 
 def missing_sqlite(*urls: str) -> str | None:
