@@ -214,5 +214,4 @@ def create_app(oq: AsyncOmniQ, *, token: str | None = None, cookie_suffix: str =
     app.state.hub = hub
     guarded = Guard(app, token=token, cookie_suffix=cookie_suffix, allowed_hosts=LOOPBACK_HOSTS,
                     cookie_path=root_path.rstrip("/") + "/", any_host=behind_proxy)
-    guarded.hub = hub  # type: ignore[attr-defined]
     return guarded
