@@ -40,6 +40,21 @@ class ErrorInfo(msgspec.Struct, frozen=True, omit_defaults=True):
         return f"{self.type}: {self.message}"
 
 
+_DECODING: tuple[Any, Any] | None = None
+
+
+def _decoding() -> tuple[Any, Any]:
+    """``(loads, check_result)``, imported on first use: models import no serialization at
+    import time, and a from-import out of a package on every ``.value`` costs a microsecond."""
+    global _DECODING
+    if _DECODING is None:
+        from ..serialization import loads
+        from ..serialization._seals import check_result
+
+        _DECODING = (loads, check_result)
+    return _DECODING
+
+
 class TaskResult(msgspec.Struct, kw_only=True, omit_defaults=True, dict=True):
     """Final record of a task. ``payload`` is the serialized value; ``value`` decodes it once.
 
@@ -111,9 +126,7 @@ class TaskResult(msgspec.Struct, kw_only=True, omit_defaults=True, dict=True):
             if self.payload is None:
                 cached = None
             else:
-                from ..serialization import loads
-                from ..serialization._seals import check_result
-
+                loads, check_result = _decoding()
                 if not self.__dict__.get("_checked"):  # (a map item's chunk was checked)
                     check_result(self)
                 cached = loads(self.payload, blobs=self.__dict__.get("_fetch"))

@@ -230,8 +230,6 @@ def for_child(data: bytes) -> bytes:
     """What a parent sends its child for task payload ``data``: with keys set,
     ``TAG_VERIFIED`` + the verified inner payload, or ``TAG_REFUSED`` + why; without keys,
     ``data`` (which a child given a result key refuses: nothing opens there unchecked)."""
-    from ..errors import SignatureError
-
     accepted = get_secret_keys()[1]
     if not accepted:
         return data
