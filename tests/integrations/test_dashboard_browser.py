@@ -101,3 +101,27 @@ def test_a_dashboard_with_a_token_refuses_a_request_without_it(
     allowed = page.goto(dash.url)  # ?token=: then a cookie
     assert allowed.status == 200 and page.get_by_role("heading", name="Overview").is_visible()
     assert page.goto(dash.base + "/tasks").status == 200
+
+
+def test_a_storage_that_goes_away_shows_a_banner_live_and_it_goes_when_back(
+        start: Callable[..., Running], page: Any) -> None:
+    from tests.servers import PASSWORD, private_redis
+
+    with private_redis() as server:
+        url = server.url()
+        with OmniQ(tasks=url, concurrency=0) as q:
+            q.enqueue(abs, args=(-1,), queue="kept")
+        dash = start(["--tasks", url, "--port", "0"])
+        page.goto(dash.url)
+        page.locator("#live-state", has_text="live").wait_for(timeout=10_000)
+        page.evaluate("window.__sameDocument = true")
+        banner = page.locator("#storage-banner")
+        assert banner.is_hidden()
+        server.stop(crash=True)
+        banner.wait_for(state="visible", timeout=20_000)
+        text = banner.inner_text()
+        assert f"redis://:***@127.0.0.1:{server.port}/0" in text and PASSWORD not in text
+        server.start()
+        banner.wait_for(state="hidden", timeout=30_000)
+        assert page.evaluate("window.__sameDocument === true")
+        page.locator('#queues tr[data-queue="kept"]').wait_for(timeout=10_000)

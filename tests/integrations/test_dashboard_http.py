@@ -379,3 +379,13 @@ def test_a_signal_stops_the_dashboard_cleanly(db_url: str, oq: OmniQ, start: Cal
         assert dash.proc.wait(20) == 0
     dash.reader.join(10)
     assert "Traceback" not in "".join(dash.lines)
+
+
+@pytest.mark.parametrize(("args", "named"), [
+    (["--root-path", "dash"], "--root-path 'dash' is not valid"),
+    (["--port", "99999"], "'99999' is not a port: expected 0-65535"),
+])
+def test_bad_options_exit_2_naming_them(db_url: str, oq: OmniQ, args: list[str], named: str) -> None:
+    out = subprocess.run([sys.executable, "-m", "omniq.cli", "dashboard", "--tasks", db_url, *args],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and named in out.stderr and "Traceback" not in out.stderr

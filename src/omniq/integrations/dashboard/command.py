@@ -54,6 +54,9 @@ def run(args: argparse.Namespace) -> int:
     if problem:
         raise ConfigError(problem)
     token = choose_token(args.host, args.token if args.token is not None else os.environ.get(TOKEN_ENV))
+    if args.root_path and (not args.root_path.startswith("/") or any(c in args.root_path for c in "?#\\ ")):
+        raise ConfigError(f"--root-path {args.root_path!r} is not valid: expected a URL path such as "
+                          "/user/ada/omniq-dashboard (starting with /, no query)")
 
     import anyio
 
