@@ -39,6 +39,7 @@ from .queries import (
     INSERT_QUEUED,
     INSERT_TASK,
     KEY_HOLDERS,
+    PAGE_BELOW,
     PAGE_TOP,
     PURGE_DEPS,
     PURGE_KEYS,
@@ -191,11 +192,12 @@ def list_page(
     conn: sqlite3.Connection, statuses: Sequence[TaskStatus] | None, queue: str | None,
     name: str | None, limit: int, before: str | None,
 ) -> list[Task]:
-    """A page of tasks, newest first: index ranges read backwards (``page_sql``). A ``name``
-    is matched on the decoded records, reading on in batches until the page is full."""
+    """A page of tasks, newest first (the order stored), after ``before``'s place: index ranges
+    read backwards (``page_sql``). A ``name`` is matched on the decoded records, reading on in
+    batches until the page is full."""
     sql = page_sql(None if statuses is None else tuple(sorted(s.value for s in statuses)),
                    queue is not None)
-    below = before if before is not None else PAGE_TOP
+    below = PAGE_TOP if before is None else conn.execute(PAGE_BELOW, (before,)).fetchone()[0]
     want = limit if name is None else max(4 * limit, 256)
     page: list[Task] = []
     while len(page) < limit:
@@ -207,7 +209,7 @@ def list_page(
                 page.append(t)
         if len(rows) < want or not rows:
             break
-        below = rows[-1][9]  # the batch's oldest id (rows come newest first)
+        below = rows[-1][0]  # the batch's oldest seq (rows come newest first)
     return page[:limit]
 
 

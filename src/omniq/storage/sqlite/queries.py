@@ -6,7 +6,7 @@ import functools
 
 # --- schema --------------------------------------------------------------------------------------
 
-SCHEMA_VERSION = 4  # 2: blobs, 3: idempotency keys, 4: oq.tasks() indexes (older files get them on connect)
+SCHEMA_VERSION = 5  # 2: blobs, 3: idempotency keys, 4-5: oq.tasks() indexes (older files get them on connect)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS omniq_tasks (
@@ -40,10 +40,13 @@ CREATE INDEX IF NOT EXISTS omniq_tasks_expiry
     ON omniq_tasks (expires_at) WHERE status IN ('queued', 'pending') AND expires_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS omniq_tasks_finished
     ON omniq_tasks (finished_at) WHERE finished_at IS NOT NULL;
-CREATE INDEX IF NOT EXISTS omniq_tasks_by_status  -- oq.tasks(status=...): a page, newest first
-    ON omniq_tasks (status, id);
-CREATE INDEX IF NOT EXISTS omniq_tasks_by_queue   -- oq.tasks(queue=..., status=...)
-    ON omniq_tasks (queue, status, id);
+-- oq.tasks(status=..., queue=...): a page, newest first (by seq). On the expression
+-- status || '' (what page_sql writes), so that no other query, which says status = '...', is
+-- planned on them instead of the partial indexes above (a claim sorted every queued task)
+CREATE INDEX IF NOT EXISTS omniq_tasks_by_status_seq ON omniq_tasks (status || '', seq);
+CREATE INDEX IF NOT EXISTS omniq_tasks_by_queue_seq ON omniq_tasks (queue, status || '', seq);
+DROP INDEX IF EXISTS omniq_tasks_by_status;
+DROP INDEX IF EXISTS omniq_tasks_by_queue;
 CREATE TABLE IF NOT EXISTS omniq_deps (  -- dependencies not yet succeeded when enqueued
     task_id TEXT NOT NULL,
     dep_id  TEXT NOT NULL,
@@ -219,11 +222,15 @@ PURGE_DEPS = f"DELETE FROM omniq_deps WHERE task_id IN {IDS}"
 PURGE_TASKS_IN = """DELETE FROM omniq_tasks WHERE finished_at IS NOT NULL AND finished_at < ?1
     AND status IN (SELECT value FROM json_each(?2)) RETURNING id"""
 
-# oq.tasks(): a page newest first, each part one index range read backwards (?1 below this id,
-# ?2 limit, ?3 queue); several statuses are one range each, merged (as claim_sql merges queues)
-PAGE_ANY = f"SELECT {TASK_COLUMNS} FROM omniq_tasks WHERE id < ?1 ORDER BY id DESC LIMIT ?2"
-#: ``before`` when none is given: above every id (ids are ASCII)
-PAGE_TOP = "\U0010ffff"
+# oq.tasks(): a page newest first (the order tasks were stored), each part one index range read
+# backwards (?1 below this seq, ?2 limit, ?3 queue); several statuses are one range each, merged
+# (as claim_sql merges queues). No status: the table itself, by its integer key.
+PAGE_ANY = f"SELECT {TASK_COLUMNS} FROM omniq_tasks WHERE seq < ?1 ORDER BY seq DESC LIMIT ?2"
+#: the bound when no ``before`` is given: above every seq
+PAGE_TOP = 2**63 - 1
+#: ``before`` as a bound: its seq, or (an id no longer stored) that of the newest id below it
+PAGE_BELOW = """SELECT coalesce((SELECT seq FROM omniq_tasks WHERE id = ?1),
+    (SELECT seq + 1 FROM omniq_tasks WHERE id < ?1 ORDER BY id DESC LIMIT 1), 0)"""
 
 # oq.retry(): a final unsuccessful task back to QUEUED (its record rewritten without expiry)
 REQUEUE_READ = "SELECT status, task FROM omniq_tasks WHERE id = ?"
@@ -293,18 +300,18 @@ def claim_sql(n_queues: int) -> str:
 @functools.lru_cache(maxsize=64)
 def page_sql(statuses: tuple[str, ...] | None, by_queue: bool) -> str:
     """The ``oq.tasks()`` statement for these statuses (None: any; literal, sorted, so the
-    indexes ``omniq_tasks_by_status`` / ``omniq_tasks_by_queue`` match) and an optional queue:
-    a backward range of one index per status, merged and cut to the limit."""
+    indexes ``omniq_tasks_by_status_seq`` / ``omniq_tasks_by_queue_seq`` match) and an optional
+    queue: a backward range of one index per status, merged and cut to the limit."""
     if statuses is None and not by_queue:
         return PAGE_ANY
     if statuses is None:
         statuses = ("cancelled", "expired", "failed", "pending", "queued", "running", "succeeded")
     queue = "queue = ?3 AND " if by_queue else ""
     parts = [
-        f"SELECT * FROM (SELECT {TASK_COLUMNS} FROM omniq_tasks WHERE {queue}status = '{s}' "
-        "AND id < ?1 ORDER BY id DESC LIMIT ?2)"
+        f"SELECT * FROM (SELECT {TASK_COLUMNS} FROM omniq_tasks WHERE {queue}status || '' = '{s}' "
+        "AND seq < ?1 ORDER BY seq DESC LIMIT ?2)"
         for s in statuses
     ]
     if len(parts) == 1:
         return parts[0][len("SELECT * FROM (") : -1]
-    return " UNION ALL ".join(parts) + " ORDER BY id DESC LIMIT ?2"
+    return " UNION ALL ".join(parts) + " ORDER BY seq DESC LIMIT ?2"
