@@ -93,6 +93,7 @@ from .queries import (
     NOTIFY,
     OLDEST_QUEUED,
     OVERRUN,
+    PAGE_BELOW,
     PROMOTE_DUE,
     PURGE_EVENTS,
     PURGE_KEYS,
@@ -411,20 +412,21 @@ class PostgresBackend(PgConnection, ResultStore, EventStore):
         limit: int = 100,
         before: str | None = None,
     ) -> list[Task]:
-        """Index ranges read backwards (``page_sql``); a ``name`` is matched on the records,
-        reading on in batches until the page is full."""
+        """Newest first in the order stored (``seq``), after ``before``'s place: index ranges
+        read backwards (``page_sql``); a ``name`` is matched on the records, reading on in
+        batches until the page is full."""
         wanted = None if statuses is None else tuple(sorted(st.value for st in statuses))
+        sql = page_sql(wanted, queue is not None)
         want = limit if name is None else max(4 * limit, 256)
         page: list[Task] = []
-        below = before
+        below = PAGE_TOP if before is None else int(await self._run(lambda c: c.fetchval(PAGE_BELOW, before)))
         while len(page) < limit:
-            sql = page_sql(wanted, queue is not None, below is not None)
-            params = [*([below] if below is not None else []), want, *([queue] if queue is not None else [])]
+            params = [below, want, *([queue] if queue is not None else [])]
             rows = await self._run(functools.partial(_fetch, sql, params))
             page.extend(t for t in map(read_task_row, rows) if name is None or t.name == name)
             if len(rows) < want:
                 break
-            below = rows[-1][9]  # the batch's oldest id
+            below = rows[-1][0]  # the batch's oldest seq
         return page[:limit]
 
     async def requeue(self, task_id: str, *, now: float, attempts: int) -> TaskStatus | None:
@@ -702,6 +704,7 @@ class PostgresBackend(PgConnection, ResultStore, EventStore):
 
 
 _decode_task = decoder(Task).decode
+PAGE_TOP = 2**63 - 1  # above every seq (bigserial)
 
 
 async def _fetch(sql: str, params: Sequence[Any], conn: Any) -> Any:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 # --- schema --------------------------------------------------------------------------------------
 
-SCHEMA_VERSION = 4  # 2: blobs, 3: idempotency keys, 4: oq.tasks() indexes (older schemas get them on connect)
+SCHEMA_VERSION = 5  # 2: blobs, 3: idempotency keys, 4-5: oq.tasks() indexes (older schemas get them on connect)
 
 #: ``{schema}`` is the quoted schema name; the pool's ``search_path`` points at it afterwards.
 SCHEMA = """
@@ -44,10 +44,13 @@ CREATE INDEX IF NOT EXISTS omniq_tasks_expiry
     ON omniq_tasks (expires_at) WHERE status IN ('queued', 'pending') AND expires_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS omniq_tasks_finished
     ON omniq_tasks (finished_at) WHERE finished_at IS NOT NULL;
-CREATE INDEX IF NOT EXISTS omniq_tasks_by_status  -- oq.tasks(status=...): a page, newest first
-    ON omniq_tasks (status, id);
-CREATE INDEX IF NOT EXISTS omniq_tasks_by_queue   -- oq.tasks(queue=..., status=...)
-    ON omniq_tasks (queue, status, id);
+-- oq.tasks(status=..., queue=...): a page, newest first (by seq). On the expression
+-- status || '' (what page_sql writes), so that no other query, which says status = '...', is
+-- planned on them instead of the partial indexes above
+CREATE INDEX IF NOT EXISTS omniq_tasks_by_status_seq ON omniq_tasks ((status || ''), seq);
+CREATE INDEX IF NOT EXISTS omniq_tasks_by_queue_seq ON omniq_tasks (queue, (status || ''), seq);
+DROP INDEX IF EXISTS omniq_tasks_by_status;
+DROP INDEX IF EXISTS omniq_tasks_by_queue;
 CREATE TABLE IF NOT EXISTS omniq_deps (  -- dependencies not yet succeeded when enqueued
     task_id text NOT NULL,
     dep_id  text NOT NULL,
@@ -267,8 +270,11 @@ PURGE_TASKS = """WITH gone AS (DELETE FROM omniq_tasks
     deps AS (DELETE FROM omniq_deps WHERE task_id IN (SELECT id FROM gone))
     SELECT id FROM gone"""
 
-# oq.tasks(): a page newest first, each part one index range read backwards; several statuses
-# are one range each, merged (``page_sql``)
+# oq.tasks(): a page newest first (the order stored), each part one index range read backwards;
+# several statuses are one range each, merged (``page_sql``)
+#: ``before`` as a bound: its seq, or (an id no longer stored) that of the newest id below it
+PAGE_BELOW = """SELECT coalesce((SELECT seq FROM omniq_tasks WHERE id = $1),
+    (SELECT seq + 1 FROM omniq_tasks WHERE id < $1 ORDER BY id DESC LIMIT 1), 0)"""
 ALL_STATUSES = ("cancelled", "expired", "failed", "pending", "queued", "running", "succeeded")
 
 # oq.retry(): a final unsuccessful task back to QUEUED (its record rewritten without expiry)
@@ -347,23 +353,16 @@ GET_OP = "SELECT result FROM omniq_ops WHERE id = $1"
 PURGE_OPS = "DELETE FROM omniq_ops WHERE at < now() - interval '10 minutes'"
 
 
-def page_sql(statuses: tuple[str, ...] | None, by_queue: bool, below: bool) -> str:
+def page_sql(statuses: tuple[str, ...] | None, by_queue: bool) -> str:
     """The ``oq.tasks()`` statement for these statuses (literal, so the indexes
-    ``omniq_tasks_by_status`` / ``omniq_tasks_by_queue`` match; None: any), with or without a
-    queue and an id to stay below. Parameters in order: that id (when ``below``), the limit,
-    the queue (when ``by_queue``)."""
-    where = ["id < $1"] if below else []
-    limit = "$2" if below else "$1"
-    if by_queue:
-        where.append("queue = $3" if below else "queue = $2")
+    ``omniq_tasks_by_status_seq`` / ``omniq_tasks_by_queue_seq`` match; None: any) and an
+    optional queue. Parameters: the seq to stay below, the limit, the queue (when ``by_queue``)."""
     head = f"SELECT {TASK_COLUMNS} FROM omniq_tasks"
     if statuses is None and not by_queue:
-        cond = f" WHERE {where[0]}" if where else ""
-        return f"{head}{cond} ORDER BY id DESC LIMIT {limit}"
-    parts = []
-    for s in statuses or ALL_STATUSES:
-        cond = " AND ".join([*where, f"status = '{s}'"])
-        parts.append(f"({head} WHERE {cond} ORDER BY id DESC LIMIT {limit})")
+        return f"{head} WHERE seq < $1 ORDER BY seq DESC LIMIT $2"
+    queue = "queue = $3 AND " if by_queue else ""
+    parts = [f"({head} WHERE {queue}(status || '') = '{s}' AND seq < $1 ORDER BY seq DESC LIMIT $2)"
+             for s in statuses or ALL_STATUSES]
     if len(parts) == 1:
         return parts[0][1:-1]
-    return " UNION ALL ".join(parts) + f" ORDER BY id DESC LIMIT {limit}"
+    return " UNION ALL ".join(parts) + " ORDER BY seq DESC LIMIT $2"
