@@ -297,9 +297,11 @@ class TaskQueue(Backend, BlobStore):
         limit: int = 100,
         before: str | None = None,
     ) -> list[Task]:
-        """A page of tasks, newest first (by id: ids are time-ordered), filtered by status
-        (any of ``statuses``), queue and function ``name`` (exact); ``before``: only ids below
-        it (the last id of the previous page). Arguments come checked (``check_page``). The cost
+        """A page of tasks, newest first (in the order stored where the backend keeps one, as
+        SQLite's and PostgreSQL's ``seq``; else by id: ids are time-ordered), filtered by status
+        (any of ``statuses``), queue and function ``name`` (exact); ``before``: only tasks
+        older than that one (the last of the previous page). Arguments come checked
+        (``check_page``). The cost
         is that of the page, not of the tasks stored (an index, a sorted set, a listing by id),
         except that ``name`` may be matched by reading tasks in order until the page is full."""
         raise NotImplementedError(f"{type(self).__name__} does not list tasks yet")
