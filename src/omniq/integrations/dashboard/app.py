@@ -70,8 +70,11 @@ def create_app(oq: AsyncOmniQ, *, token: str | None = None, cookie_suffix: str =
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(hub.run)
-            yield
-            tg.cancel_scope.cancel()
+            try:
+                yield
+            finally:
+                front.close()
+                tg.cancel_scope.cancel()
 
     def render(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
         base = request.scope.get("root_path", "").rstrip("/")

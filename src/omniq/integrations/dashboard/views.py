@@ -150,6 +150,11 @@ class Overview:
         if self._behind is None or self._behind.done():
             self._behind = asyncio.get_running_loop().create_task(self.refresh())
 
+    def close(self) -> None:
+        """Cancel a refresh still running behind (the dashboard is stopping)."""
+        if self._behind is not None and not self._behind.done():
+            self._behind.cancel()
+
     def recently_read(self, within: float = 60.0) -> bool:
         return time.monotonic() - self.read_at < within
 
