@@ -84,17 +84,19 @@ def stop(procs: list[subprocess.Popen[bytes]]) -> None:
 
 def test_two_worker_processes_run_each_task_once(s3: dict[str, str]) -> None:
     from omniq import OmniQ
-    from tests.helpers import square
+    from tests.helpers import sleep_return
 
     url = fresh_url()
     procs = [start_worker(url, s3, "--worker", "thread", "-c", "4") for _ in range(2)]
     try:
         with OmniQ(tasks=url, concurrency=0) as oq:
-            handles = oq.map(square, range(150))
-            assert [h.result(timeout=180) for h in handles] == [x * x for x in range(150)]
+            # 200 x 50 ms on 4 slots is 2.5 s for one worker: longer than an idle worker's
+            # 2 s between looks, so both take work
+            handles = [oq.submit(sleep_return, 0.05, i) for i in range(200)]
+            assert [h.result(timeout=180) for h in handles] == list(range(200))
             events = oq.events()
         started = Counter(e.task_id for e in events if e.type == "started")
-        assert len(started) == 150 and set(started.values()) == {1}  # each ran exactly once
+        assert len(started) == 200 and set(started.values()) == {1}  # each ran exactly once
         assert len({e.worker for e in events if e.type == "started"}) == 2  # both took work
     finally:
         stop(procs)
@@ -169,10 +171,12 @@ def test_an_idle_worker_asks_the_store_less_than_once_a_second(
     s3: dict[str, str], recorded: Recorded
 ) -> None:
     url = fresh_url()
+    recorded.reset()
     proc = start_worker(url, s3, "--worker", "thread", "-c", "2")
+    prefix = url.split("/", 3)[-1]
     try:
         deadline = time.monotonic() + 60
-        while not any("/workers/" in u and m == "PUT" for m, u in recorded.requests()):
+        while not any(f"{prefix}/queue/workers/" in u and m == "PUT" for m, u in recorded.requests()):
             assert time.monotonic() < deadline, "the worker never sent a heartbeat"
             assert proc.poll() is None, "the worker exited"
             time.sleep(0.2)

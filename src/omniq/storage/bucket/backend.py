@@ -15,7 +15,7 @@ from ...errors import ConfigError
 from ...ids import new_ids
 from ...lifecycle import Cascade, expires, fired, lease_lapsed, ready_status, slot_fires
 from ...logs import get_logger
-from ...models import Schedule, Task, TaskStatus
+from ...models import Schedule, Task, TaskResult, TaskStatus
 from .._codec import decoder, encode
 from ..base import (
     Finished,
@@ -489,6 +489,19 @@ class BucketQueueBackend(OperatorOps, TaskQueue):
                 if r.status is TaskStatus.QUEUED and (r.queue not in out or r.created_at < out[r.queue]):
                     out[r.queue] = r.created_at
         return out
+
+    async def get_results(self, task_ids: Sequence[str]) -> dict[str, TaskResult]:
+        """As ``FsspecBackend`` (one GET per result), except that tasks whose row says they are
+        still pending, queued or running are not looked for: a client waiting on 500 tasks
+        run elsewhere reads its shard once a poll, not 500 objects."""
+        ids = list(dict.fromkeys(task_ids))
+        if len(ids) <= self.shards:
+            return await super().get_results(ids)
+        groups = self._group(ids)
+        shards = await self._all(which=groups)
+        active = {t for i, g in groups.items() for t in g
+                  if (r := shards[i].rows.get(t)) is not None and r.status in sh.ACTIVE}  # fmt: skip
+        return await super().get_results([t for t in ids if t not in active])
 
     # --- schedules (in shard 0) ------------------------------------------------------------------
     async def add_schedule(self, schedule: Schedule) -> None:
