@@ -279,15 +279,16 @@ class TaskQueue(Backend, BlobStore):
         """Delete final tasks finished before ``before``; returns how many."""
         return len(await self.purge_tasks(before=before))
 
+    @abc.abstractmethod
     async def purge_tasks(
         self, *, before: float, statuses: Collection[TaskStatus] | None = None
     ) -> list[str]:
         """Delete final tasks finished before ``before`` (only those in ``statuses``, final
         ones, when given) with their dependency rows; returns their ids. Keys they held are
         freed as ``enqueue`` describes (a SUCCEEDED result still stored keeps holding)."""
-        raise NotImplementedError(f"{type(self).__name__} does not purge tasks by status yet")
 
     # --- operators (oq.tasks / task / retry) ----------------------------------------------------
+    @abc.abstractmethod
     async def list_tasks(
         self,
         *,
@@ -304,8 +305,8 @@ class TaskQueue(Backend, BlobStore):
         (``check_page``). The cost
         is that of the page, not of the tasks stored (an index, a sorted set, a listing by id),
         except that ``name`` may be matched by reading tasks in order until the page is full."""
-        raise NotImplementedError(f"{type(self).__name__} does not list tasks yet")
 
+    @abc.abstractmethod
     async def requeue(self, task_id: str, *, now: float, attempts: int) -> TaskStatus | None:
         """Run a final unsuccessful task (FAILED, CANCELLED, EXPIRED) again under its id: it
         becomes QUEUED, its worker, lease, finish time, cancel request and expiry are cleared,
@@ -314,7 +315,6 @@ class TaskQueue(Backend, BlobStore):
         requeues it. Returns its status before the call (None: unknown id); any other status
         is left as it is. The task's record (and seal) is otherwise unchanged; a task that
         waited for dependencies no longer waits (they ended)."""
-        raise NotImplementedError(f"{type(self).__name__} does not requeue tasks yet")
 
     # --- schedules ------------------------------------------------------------------------
     @abc.abstractmethod
@@ -793,8 +793,8 @@ _STATUS = {s.value: s for s in TaskStatus}
 
 def task_from_row(row: Sequence[Any]) -> Task:
     """A Task from an SQL row ``(seq, blob, status, worker, lease_until, deliveries, attempts,
-    eta, cancel_requested)``: the immutable blob overlaid with the mutable columns (the layout
-    the SQLite and PostgreSQL backends share)."""
+    eta, cancel_requested, ...)``: the immutable blob overlaid with the mutable columns (the
+    layout the SQLite and PostgreSQL backends share), and a payload kept apart (column 14)."""
     t = _decode_task(row[1])
     t.status = _STATUS[row[2]]
     t.worker = row[3]
@@ -803,6 +803,8 @@ def task_from_row(row: Sequence[Any]) -> Task:
     t.attempts = row[6]
     t.eta = row[7]
     t.cancel_requested = bool(row[8])
+    if len(row) > 14 and row[14] is not None:  # SQLite keeps a large payload apart
+        t.payload = row[14]
     return t
 
 
