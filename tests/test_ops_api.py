@@ -211,3 +211,37 @@ def test_reading_a_planted_payload_runs_nothing(tmp_path: Path) -> None:
         assert d.status is TaskStatus.SUCCEEDED and d.value == "<object io.open>"
         assert not (tmp_path / "result-ran").exists()
     assert not marker.exists()
+
+
+def nap(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def fail_with(data: bytes) -> None:
+    raise ValueError(f"{len(data)} bytes")
+
+
+def test_a_running_task_shows_when_it_started(tmp_path: Path) -> None:
+    with OmniQ(tasks=f"sqlite:///{tmp_path}/q.db", worker="thread", concurrency=1) as oq:
+        tid = oq.enqueue(nap, args=(3.0,))
+        deadline = time.monotonic() + 30
+        while oq.status(tid) is not TaskStatus.RUNNING:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        time.sleep(0.2)  # (the started event is written in a batch)
+        (row,) = oq.tasks()
+        assert row.status is TaskStatus.RUNNING and row.started is not None and row.finished is None
+        assert oq.task(tid).started == row.started
+        oq.cancel(tid)
+
+
+def test_retry_refuses_a_task_whose_large_values_were_swept(tmp_path: Path) -> None:
+    with OmniQ(tasks=f"sqlite:///{tmp_path}/q.db", worker="thread", concurrency=1) as oq:
+        tid = oq.enqueue(fail_with, args=(b"z" * (BLOB_THRESHOLD * 2),))
+        oq.get_result(tid, wait=True, timeout=30)
+        oq.core.janitor.blob_grace = 0.0
+        assert oq.sweep_blobs() >= 1  # a final task holds no blob: the sweep takes it
+        with pytest.raises(ConfigError, match=f"task {tid} cannot run again: 1 of the large values"):
+            oq.retry(tid)
+        assert oq.status(tid) is TaskStatus.FAILED  # left as it was
