@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ConfigError, TaskNotFound
 from ..models import EventType, Task, TaskDetail, TaskResult, TaskStatus, TaskSummary
 from ..redact import masked
-from ..serialization.peek import call_reprs, value_repr
 from ..storage.base import REQUEUABLE, check_page, check_statuses
 
 if TYPE_CHECKING:
@@ -109,6 +108,8 @@ class Admin:
         return out
 
     async def task(self, task_id: str) -> TaskDetail:
+        from ..serialization.peek import call_reprs, value_repr  # (only when a task is shown)
+
         if not isinstance(task_id, str) or not task_id:
             raise ConfigError(f"task_id must be a task id (non-empty str), got {task_id!r}")
         await self.flush()
