@@ -226,3 +226,38 @@ def test_sqlite_claims_keep_their_partial_indexes(tmp_path) -> None:
         reads = [p for p in plan if p.startswith(("SEARCH omniq_tasks USING INDEX", "SCAN omniq_tasks"))]
         assert reads and any(f"INDEX {index}" in p for p in reads), plan
         assert not any("omniq_tasks_by_" in p for p in reads), plan  # never an oq.tasks() index
+
+
+async def test_redis_lists_tasks_an_older_omniq_stored() -> None:
+    """Redis keeps oq.tasks() sets (``P:ix:*``) that an older OmniQ did not write: the first
+    list of a namespace puts the tasks it finds into them."""
+    import redis
+
+    from omniq.storage.redis import RedisBackend
+
+    from .backends import REDIS_URL, SERVERS
+
+    problem, fresh = SERVERS["redis"]
+    if problem() is not None:
+        pytest.skip(problem())
+    with fresh() as url:
+        ts = tasks(3, queue="old")
+        first = RedisBackend(url)
+        await first.connect()
+        try:
+            await first.enqueue(ts)
+            await run_to(first, [ts[0]], S.FAILED)
+        finally:
+            await first.close()
+        prefix = url.split("prefix=")[1]
+        r = redis.Redis.from_url(REDIS_URL)
+        gone = [k for k in r.scan_iter(match=f"{prefix}:ix:*")]
+        assert gone and r.delete(*gone) == len(gone)  # as an older OmniQ left the namespace
+        second = RedisBackend(url)
+        await second.connect()
+        try:
+            assert ids(await second.list_tasks()) == [t.id for t in reversed(ts)]
+            assert ids(await second.list_tasks(statuses={S.FAILED}, queue="old")) == [ts[0].id]
+            assert r.exists(f"{prefix}:ix:v")
+        finally:
+            await second.close()

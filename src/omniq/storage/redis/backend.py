@@ -230,6 +230,7 @@ class RedisBackend(TaskQueue, ResultStore, EventStore):
         self._events_appended = Signal()  # set by <prefix>:evwake messages
         self._next_due: float | None = None  # earliest eta of a delayed task, last we heard
         self._down_since: float | None = None  # monotonic time the connection was lost
+        self._indexed = False  # the oq.tasks() sets hold every task (see _index_older_tasks)
 
     # --- lifecycle --------------------------------------------------------------------------
     async def _open(self) -> None:
@@ -519,7 +520,8 @@ class RedisBackend(TaskQueue, ResultStore, EventStore):
         """Sorted sets of ids by status and by queue and status (``ix:``), read backwards
         from ``before`` (ZREVRANGEBYLEX), merged; a ``name`` is matched on the records, reading
         on in batches until the page is full. Tasks stored by an OmniQ older than these sets
-        are not in them."""
+        are put into them on the first list of a namespace (``_index_older_tasks``)."""
+        await self._index_older_tasks()
         if queue is None:
             indexes = ["all"] if statuses is None else [f"s:{st.value}" for st in statuses]
         else:
@@ -534,6 +536,30 @@ class RedisBackend(TaskQueue, ResultStore, EventStore):
                 break
             below = v[0].decode()
         return page[:limit]
+
+    async def _index_older_tasks(self) -> None:
+        """Once per namespace (marked by ``P:ix:v``): tasks an OmniQ older than the ``ix:``
+        sets stored are found (SCAN of ``P:t:*``) and put into them, so they are listed too."""
+        if self._indexed:
+            return
+        mark = self._key("ix", "v")
+        if not await self._call(lambda r: r.exists(mark)):
+            head = len(self._key("t", ""))
+
+            async def scan(r: Any) -> list[str]:
+                found: list[str] = []
+                cursor = 0
+                while True:
+                    cursor, keys = await r.scan(cursor, match=self._key("t", "*"), count=1000)
+                    found.extend(k.decode()[head:] for k in keys)
+                    if not cursor:
+                        return found
+
+            ids = await self._call(scan)
+            for i in range(0, len(ids), 500):
+                await self._eval("index_tasks", ids[i : i + 500])
+            await self._call(lambda r: r.set(mark, b"1"))
+        self._indexed = True
 
     async def requeue(self, task_id: str, *, now: float, attempts: int) -> TaskStatus | None:
         t = await self.get_task(task_id)

@@ -637,6 +637,20 @@ end
 return out
 """
 
+# index_tasks: ARGV id... Puts tasks stored before the ix: sets existed (an older OmniQ) into
+# them, as they are now (idempotent; a task gone meanwhile is skipped).
+INDEX_TASKS = r"""
+for j = 2, #ARGV do
+  local h = redis.call('HMGET', tkey(ARGV[j]), 's', 'q')
+  if h[1] and h[2] then
+    redis.call('ZADD', NS .. ':ix:all', 0, ARGV[j])
+    redis.call('ZADD', NS .. ':ix:s:' .. h[1], 0, ARGV[j])
+    redis.call('ZADD', NS .. ':ix:q:' .. h[2] .. '\31' .. h[1], 0, ARGV[j])
+  end
+end
+return 0
+"""
+
 # requeue: ARGV id attempts blob ('' keep). A FAILED / CANCELLED / EXPIRED task becomes QUEUED
 # (its lease, cancel request, eta, expiry, pending dependencies and finish time cleared,
 # deliveries 0). Reply: its status before (false: unknown id).
@@ -1037,7 +1051,7 @@ _TASK_SCRIPTS = {
     "enqueue": ENQUEUE, "claim": CLAIM, "finish": FINISH, "retry": RETRY, "release": RELEASE,
     "extend": EXTEND, "reap": REAP, "expire": EXPIRE, "cancel": CANCEL, "statuses": STATUSES,
     "cancel_requests": CANCEL_REQUESTS, "oldest_queued": OLDEST_QUEUED, "purge": PURGE,
-    "list_tasks": LIST_TASKS, "requeue": REQUEUE,
+    "list_tasks": LIST_TASKS, "requeue": REQUEUE, "index_tasks": INDEX_TASKS,
     "put_schedule": PUT_SCHEDULE, "get_schedules": GET_SCHEDULES,
     "pause_schedule": PAUSE_SCHEDULE, "delete_schedule": DELETE_SCHEDULE,
     "fire_schedule": FIRE_SCHEDULE, "heartbeat": HEARTBEAT, "remove_worker": REMOVE_WORKER,
