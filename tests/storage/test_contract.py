@@ -57,6 +57,29 @@ async def status(q: TaskQueue, task_id: str) -> TaskStatus:
 
 
 class TestTaskQueue:
+    async def test_a_large_payload_comes_back_whole_through_its_life(self, queue: TaskQueue) -> None:
+        """Large payloads may be kept apart from the task's record (SQLite): every read of the
+        task gives them back, a lapse, a release and a retry keep them, a purge removes them."""
+        big, small = random.Random(7).randbytes(100_000), b"small"
+        a, b, c = task(payload=big), task(payload=big[::-1]), task(payload=small)
+        await queue.enqueue([a, b, c])
+        assert (await queue.get_task(a.id)).payload == big  # type: ignore[union-attr]
+        got = {t.id: t.payload for t in await claim(queue, lease=10.0)}
+        assert got == {a.id: big, b.id: big[::-1], c.id: small}
+        await queue.release("w1", [b.id])
+        await queue.reap(now=T0 + 60)  # a's and c's leases lapsed: queued again
+        got = {t.id: t.payload for t in await claim(queue, now=T0 + 61, worker="w2")}
+        assert got == {a.id: big, b.id: big[::-1], c.id: small}
+        await queue.retry("w2", a.id, eta=T0 + 62, attempts=1)
+        [again] = await claim(queue, now=T0 + 63, worker="w2")
+        assert (again.id, again.payload, again.attempts) == (a.id, big, 1)
+        await queue.finish("w2", [(t, S.SUCCEEDED) for t in (a.id, b.id, c.id)], now=T0 + 64)
+        assert await queue.purge(before=T0 + 65) == 3
+        assert await queue.get_task(a.id) is None
+        d = task(payload=big)  # a payload stored after a purge: no leftovers in its way
+        await queue.enqueue([d])
+        assert [t.payload for t in await claim(queue, now=T0 + 66)] == [big]
+
     async def test_enqueue_claim_round_trip(self, queue: TaskQueue) -> None:
         payload = bytes(range(256)) + b"\x00\x00end"
         t = task(

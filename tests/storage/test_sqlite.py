@@ -341,3 +341,55 @@ def test_a_refused_write_is_told_apart_without_an_error_code(tmp_path: Path, mes
     err = storage_error(f"sqlite:///{tmp_path}/x.db", str(tmp_path / "x.db"), e)
     assert isinstance(err, StorageUnwritable) is unwritable, err
     assert message in str(err)
+
+
+async def test_a_large_payload_is_kept_apart_from_its_task_row(tmp_path: Path) -> None:
+    """A claim or finish rewrites the task's row: a large payload lives in a table of its own
+    (and goes with its task when that is purged), so the row stays small."""
+    from omniq.models import TaskStatus
+    from omniq.storage.sqlite.queries import PAYLOAD_APART
+
+    db = tmp_path / "t.db"
+    b = SQLiteBackend(f"sqlite:///{db}")
+    await b.connect()
+    big, small = b"b" * PAYLOAD_APART, b"s" * (PAYLOAD_APART - 1)
+    t_big, t_small = Task(id=new_ids(1)[0], payload=big), Task(id=new_ids(1)[0], payload=small)
+    await b.enqueue([t_big, t_small])
+    with contextlib.closing(sqlite3.connect(db)) as c:
+        sizes = dict(c.execute("SELECT id, length(task) FROM omniq_tasks").fetchall())
+        assert sizes[t_big.id] < 1000 < PAYLOAD_APART <= sizes[t_small.id] + 1000
+        assert c.execute("SELECT count(*), sum(length(payload)) FROM omniq_payloads").fetchone() == (1, len(big))
+    got = {t.id: t.payload for t in await b.claim("w", queues=None, limit=10, lease=30, now=time.time())}
+    assert got == {t_big.id: big, t_small.id: small}
+    await b.finish("w", [(t_big.id, TaskStatus.SUCCEEDED), (t_small.id, TaskStatus.SUCCEEDED)], now=time.time())
+    assert await b.purge(before=time.time() + 1) == 2
+    await b.close()
+    with contextlib.closing(sqlite3.connect(db)) as c:
+        assert c.execute("SELECT count(*) FROM omniq_payloads").fetchone() == (0,)
+
+
+async def test_a_file_of_the_previous_schema_keeps_its_inline_payloads(tmp_path: Path) -> None:
+    """A file written before payloads were kept apart (schema 5) is upgraded on connect; its
+    tasks, their large payloads inside their rows, run as they are."""
+    from omniq.storage._codec import encode
+
+    db = tmp_path / "old.db"
+    b = SQLiteBackend(f"sqlite:///{db}")
+    await b.connect()
+    await b.close()
+    old = Task(id=new_ids(1)[0], payload=b"o" * 100_000)
+    with contextlib.closing(sqlite3.connect(db)) as c:  # as schema 5 left it: no payload table
+        c.executescript("DROP TRIGGER omniq_payloads_gone; DROP TABLE omniq_payloads; PRAGMA user_version = 5;")
+        c.execute("INSERT INTO omniq_tasks (id, queue, priority, status, max_deliveries, created_at, task) "
+                  "VALUES (?, 'default', 0, 'queued', 3, ?, ?)", (old.id, time.time(), encode(old)))
+        c.commit()
+    b = SQLiteBackend(f"sqlite:///{db}")
+    await b.connect()
+    new = Task(id=new_ids(1)[0], payload=b"n" * 100_000)
+    await b.enqueue([new])
+    got = {t.id: t.payload for t in await b.claim("w", queues=None, limit=10, lease=30, now=time.time())}
+    assert got == {old.id: old.payload, new.id: new.payload}
+    await b.close()
+    with contextlib.closing(sqlite3.connect(db)) as c:
+        assert c.execute("PRAGMA user_version").fetchone()[0] >= 6
+        assert c.execute("SELECT count(*) FROM omniq_payloads").fetchone() == (1,)

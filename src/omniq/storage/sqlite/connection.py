@@ -28,6 +28,7 @@ from ..base import (
 )
 from .queries import (
     SCHEMA,
+    SCHEMA_TRIGGERS,
     SCHEMA_VERSION,
 )
 
@@ -259,7 +260,7 @@ def setup_connection(conn: sqlite3.Connection, wal: bool) -> None:
                 f"database schema version {version} is newer than this OmniQ supports "
                 f"({SCHEMA_VERSION}); upgrade omniq"
             )
-        for statement in SCHEMA.split(";"):  # no ";" inside the schema's comments
+        for statement in (*SCHEMA.split(";"), *SCHEMA_TRIGGERS):  # no ";" inside SCHEMA's comments
             conn.execute(statement)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     except BaseException:

@@ -12,6 +12,8 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import msgspec
+
 from ...errors import ConfigError
 from ...models import Task, TaskStatus
 from .._codec import decoder, encode
@@ -36,11 +38,13 @@ from .queries import (
     DOOMED_BLOBS,
     INSERT_BLOB,
     INSERT_DEP,
+    INSERT_PAYLOAD,
     INSERT_QUEUED,
     INSERT_TASK,
     KEY_HOLDERS,
     PAGE_BELOW,
     PAGE_TOP,
+    PAYLOAD_APART,
     PURGE_DEPS,
     PURGE_KEYS,
     PURGE_TASKS,
@@ -88,6 +92,7 @@ def insert_tasks(conn: sqlite3.Connection, tasks: Sequence[Task], now: float) ->
         known = {i: STATUS[s] for i, s in conn.execute(TASK_STATUSES, (json_ids(list(deps)),))}
     plain = (TaskStatus.QUEUED, TaskStatus.PENDING)  # pending with no eta nor deps: queued
     dep_rows: list[tuple[str, str]] = []
+    apart: list[tuple[str, bytes]] = []
     rows: list[tuple[Any, ...]]
     if not deps and all(
         t.status in plain and t.eta is None and not t.deliveries and not t.attempts for t in tasks
@@ -99,11 +104,11 @@ def insert_tasks(conn: sqlite3.Connection, tasks: Sequence[Task], now: float) ->
             for t in tasks
         ):  # one map or sweep: what its tasks share is written once into the statement
             sql = _insert_alike(first)
-            rows = [(t.id, encode(t)) for t in tasks]
+            rows = [(t.id, record(t, apart)) for t in tasks]
         else:
             sql = INSERT_QUEUED
             rows = [
-                (t.id, t.queue, t.priority, t.expires_at, t.max_deliveries, t.created_at, encode(t))
+                (t.id, t.queue, t.priority, t.expires_at, t.max_deliveries, t.created_at, record(t, apart))
                 for t in tasks
             ]
         ready = True
@@ -115,7 +120,7 @@ def insert_tasks(conn: sqlite3.Connection, tasks: Sequence[Task], now: float) ->
             rows.append((
                 t.id, t.queue, t.priority, status.value, 1 if waiting else 0, t.eta, t.expires_at,
                 t.max_deliveries, t.deliveries, t.attempts, t.created_at,
-                now if status is TaskStatus.CANCELLED else None, encode(t),
+                now if status is TaskStatus.CANCELLED else None, record(t, apart),
             ))  # fmt: skip
             if waiting:
                 dep_rows.extend((t.id, d) for d in waiting)
@@ -128,9 +133,21 @@ def insert_tasks(conn: sqlite3.Connection, tasks: Sequence[Task], now: float) ->
         if taken:
             raise ConfigError(f"task id {taken[0]!r} already exists") from None
         raise
+    if apart:
+        conn.executemany(INSERT_PAYLOAD, apart)
     if dep_rows:
         conn.executemany(INSERT_DEP, dep_rows)
     return ready
+
+
+def record(t: Task, apart: list[tuple[str, bytes]]) -> bytes:
+    """The ``task`` column of ``t``; a payload of ``PAYLOAD_APART`` bytes or more goes to
+    ``apart`` (for omniq_payloads) and the record holds an empty one (``task_from_row`` puts
+    it back from the row's last column)."""
+    if len(t.payload) < PAYLOAD_APART:
+        return encode(t)
+    apart.append((t.id, t.payload))
+    return encode(msgspec.structs.replace(t, payload=b""))
 
 
 def enqueue_tasks(
