@@ -215,7 +215,107 @@ async def _aclose(obj: Any) -> None:
         await closer()
 
 
-class RedisBackend(TaskQueue, ResultStore, EventStore):
+class RedisOperators(TaskQueue):
+    """The operators' part of ``RedisBackend`` (``oq.tasks`` / ``retry`` / ``purge``): pages
+    from the ``ix:`` sorted sets, requeue and purge scripts. A class of its own so that
+    ``RedisBackend`` stays readable; it runs on ``RedisBackend``'s connection and scripts."""
+
+    prefix: str
+    _indexed = False  # the oq.tasks() sets hold every task (see _index_older_tasks)
+
+    async def _eval(self, name: str, args: Sequence[Any], *, once: bool = False) -> Any:
+        raise NotImplementedError
+
+    async def _call(self, fn: Callable[[Any], Awaitable[Any]]) -> Any:
+        raise NotImplementedError
+
+    def _key(self, *parts: str) -> str:
+        return ":".join((self.prefix, *parts))
+
+    async def purge_tasks(
+        self, *, before: float, statuses: Collection[TaskStatus] | None = None
+    ) -> list[str]:
+        wanted = [] if statuses is None else [st.value for st in statuses]
+        gone: list[str] = []
+        skipped = 0  # final tasks of other statuses, left in the finish-time index
+        while True:
+            v = await self._eval("purge", [_f(before), PURGE_BATCH, skipped, *wanted])
+            ids = [b.decode() for b in v[1:]]
+            gone.extend(ids)
+            skipped += int(v[0]) - len(ids)
+            if int(v[0]) < PURGE_BATCH:
+                return gone
+
+    async def list_tasks(
+        self,
+        *,
+        statuses: Collection[TaskStatus] | None = None,
+        queue: str | None = None,
+        name: str | None = None,
+        limit: int = 100,
+        before: str | None = None,
+    ) -> list[Task]:
+        """Sorted sets of ids by status and by queue and status (``ix:``), read backwards
+        from ``before`` (ZREVRANGEBYLEX), merged; a ``name`` is matched on the records, reading
+        on in batches until the page is full. Tasks stored by an OmniQ older than these sets
+        are put into them on the first list of a namespace (``_index_older_tasks``)."""
+        await self._index_older_tasks()
+        if queue is None:
+            indexes = ["all"] if statuses is None else [f"s:{st.value}" for st in statuses]
+        else:
+            indexes = [f"q:{queue}\x1f{st.value}" for st in (statuses or TaskStatus)]
+        want = limit if name is None else max(4 * limit, 256)
+        page: list[Task] = []
+        below = before or ""
+        while len(page) < limit:
+            v = await self._eval("list_tasks", [below, want, *indexes])
+            page.extend(t for t in (_task(v, i) for i in range(1, len(v), _NF)) if name is None or t.name == name)
+            if v[0] is None:
+                break
+            below = v[0].decode()
+        return page[:limit]
+
+    async def _index_older_tasks(self) -> None:
+        """Once per namespace (marked by ``P:ix:v``): tasks an OmniQ older than the ``ix:``
+        sets stored are found (SCAN of ``P:t:*``) and put into them, so they are listed too."""
+        if self._indexed:
+            return
+        mark = self._key("ix", "v")
+        if not await self._call(lambda r: r.exists(mark)):
+            head = len(self._key("t", ""))
+
+            async def scan(r: Any) -> list[str]:
+                found: list[str] = []
+                cursor = 0
+                while True:
+                    cursor, keys = await r.scan(cursor, match=self._key("t", "*"), count=1000)
+                    found.extend(k.decode()[head:] for k in keys)
+                    if not cursor:
+                        return found
+
+            ids = await self._call(scan)
+            for i in range(0, len(ids), 500):
+                await self._eval("index_tasks", ids[i : i + 500])
+            await self._call(lambda r: r.set(mark, b"1"))
+        self._indexed = True
+
+    async def requeue(self, task_id: str, *, now: float, attempts: int) -> TaskStatus | None:
+        t = await self.get_task(task_id)
+        if t is None:
+            return None
+        blob = b""
+        if t.expires_at is not None:  # its ttl is spent: the record goes without it (not sealed)
+            t.expires_at = None
+            blob = encode(t)
+        v = await self._eval("requeue", [task_id, attempts, blob])
+        if v is None:
+            return None
+        if v in (b"failed", b"cancelled", b"expired"):
+            self.notify()
+        return _STATUS[v]
+
+
+class RedisBackend(RedisOperators, ResultStore, EventStore):
     """Task queue, result store and event store in one Redis namespace (see module docstring)."""
 
     cross_process_wakeups = True
@@ -230,7 +330,6 @@ class RedisBackend(TaskQueue, ResultStore, EventStore):
         self._events_appended = Signal()  # set by <prefix>:evwake messages
         self._next_due: float | None = None  # earliest eta of a delayed task, last we heard
         self._down_since: float | None = None  # monotonic time the connection was lost
-        self._indexed = False  # the oq.tasks() sets hold every task (see _index_older_tasks)
 
     # --- lifecycle --------------------------------------------------------------------------
     async def _open(self) -> None:
@@ -493,88 +592,6 @@ class RedisBackend(TaskQueue, ResultStore, EventStore):
     async def oldest_queued(self) -> dict[str, float]:
         v = await self._eval("oldest_queued", [])
         return {v[i].decode(): float(v[i + 1]) for i in range(0, len(v), 2)}
-
-    async def purge_tasks(
-        self, *, before: float, statuses: Collection[TaskStatus] | None = None
-    ) -> list[str]:
-        wanted = [] if statuses is None else [st.value for st in statuses]
-        gone: list[str] = []
-        skipped = 0  # final tasks of other statuses, left in the finish-time index
-        while True:
-            v = await self._eval("purge", [_f(before), PURGE_BATCH, skipped, *wanted])
-            ids = [b.decode() for b in v[1:]]
-            gone.extend(ids)
-            skipped += int(v[0]) - len(ids)
-            if int(v[0]) < PURGE_BATCH:
-                return gone
-
-    async def list_tasks(
-        self,
-        *,
-        statuses: Collection[TaskStatus] | None = None,
-        queue: str | None = None,
-        name: str | None = None,
-        limit: int = 100,
-        before: str | None = None,
-    ) -> list[Task]:
-        """Sorted sets of ids by status and by queue and status (``ix:``), read backwards
-        from ``before`` (ZREVRANGEBYLEX), merged; a ``name`` is matched on the records, reading
-        on in batches until the page is full. Tasks stored by an OmniQ older than these sets
-        are put into them on the first list of a namespace (``_index_older_tasks``)."""
-        await self._index_older_tasks()
-        if queue is None:
-            indexes = ["all"] if statuses is None else [f"s:{st.value}" for st in statuses]
-        else:
-            indexes = [f"q:{queue}\x1f{st.value}" for st in (statuses or TaskStatus)]
-        want = limit if name is None else max(4 * limit, 256)
-        page: list[Task] = []
-        below = before or ""
-        while len(page) < limit:
-            v = await self._eval("list_tasks", [below, want, *indexes])
-            page.extend(t for t in (_task(v, i) for i in range(1, len(v), _NF)) if name is None or t.name == name)
-            if v[0] is None:
-                break
-            below = v[0].decode()
-        return page[:limit]
-
-    async def _index_older_tasks(self) -> None:
-        """Once per namespace (marked by ``P:ix:v``): tasks an OmniQ older than the ``ix:``
-        sets stored are found (SCAN of ``P:t:*``) and put into them, so they are listed too."""
-        if self._indexed:
-            return
-        mark = self._key("ix", "v")
-        if not await self._call(lambda r: r.exists(mark)):
-            head = len(self._key("t", ""))
-
-            async def scan(r: Any) -> list[str]:
-                found: list[str] = []
-                cursor = 0
-                while True:
-                    cursor, keys = await r.scan(cursor, match=self._key("t", "*"), count=1000)
-                    found.extend(k.decode()[head:] for k in keys)
-                    if not cursor:
-                        return found
-
-            ids = await self._call(scan)
-            for i in range(0, len(ids), 500):
-                await self._eval("index_tasks", ids[i : i + 500])
-            await self._call(lambda r: r.set(mark, b"1"))
-        self._indexed = True
-
-    async def requeue(self, task_id: str, *, now: float, attempts: int) -> TaskStatus | None:
-        t = await self.get_task(task_id)
-        if t is None:
-            return None
-        blob = b""
-        if t.expires_at is not None:  # its ttl is spent: the record goes without it (not sealed)
-            t.expires_at = None
-            blob = encode(t)
-        v = await self._eval("requeue", [task_id, attempts, blob])
-        if v is None:
-            return None
-        if v in (b"failed", b"cancelled", b"expired"):
-            self.notify()
-        return _STATUS[v]
 
     # --- schedules --------------------------------------------------------------------------
     async def add_schedule(self, schedule: Schedule) -> None:
