@@ -245,3 +245,15 @@ def test_retry_refuses_a_task_whose_large_values_were_swept(tmp_path: Path) -> N
         with pytest.raises(ConfigError, match=f"task {tid} cannot run again: 1 of the large values"):
             oq.retry(tid)
         assert oq.status(tid) is TaskStatus.FAILED  # left as it was
+
+
+def test_retry_leaves_a_key_to_the_task_that_succeeded_with_it(tmp_path: Path) -> None:
+    marker = str(tmp_path / "m")
+    with OmniQ(tasks=f"sqlite:///{tmp_path}/q.db", worker="thread", concurrency=1) as oq:
+        first = oq.enqueue(flaky, args=(marker,), key="point-1")
+        oq.get_result(first, wait=True, timeout=30)
+        second = oq.enqueue(flaky, args=(marker,), key="point-1")  # failed: a new task takes the key
+        assert second != first and oq.get_result(second, wait=True, timeout=30).value == "second run"
+        with pytest.raises(ConfigError, match=f"task {second} with the same key 'point-1' succeeded"):
+            oq.retry(first)
+        assert oq.status(first) is TaskStatus.FAILED

@@ -168,6 +168,14 @@ class Admin:
                     f"task {task_id} cannot run again: {len(gone)} of the large values it reads "
                     "were removed from storage (swept after it ended); submit it anew"
                 )
+        if t.key is not None:  # a later task with its key that succeeded holds the key now
+            held = [o.task_id for o in await s.results.find_results(key_prefix=t.key)
+                    if o.key == t.key and o.task_id != task_id and o.status is TaskStatus.SUCCEEDED]
+            if held:
+                raise ConfigError(
+                    f"task {task_id} is not run again: task {held[0]} with the same key {t.key!r} "
+                    "succeeded since (its result is the key's; purge it first to run this one)"
+                )
         r = await s.results.get_result(task_id)
         attempts = max(t.attempts, r.attempts if r is not None else 0)
         # the old result goes first: nobody waiting from now on may take it for the new run's
