@@ -190,7 +190,7 @@ def _detail_text(d: Any) -> str:
 
 
 def retry(oq: Any, args: argparse.Namespace) -> int:
-    from .errors import TaskNotFound
+    from .errors import ConfigError, TaskNotFound
 
     ids = list(dict.fromkeys(args.ids))
     if args.failed:
@@ -208,7 +208,7 @@ def retry(oq: Any, args: argparse.Namespace) -> int:
     for tid in ids:
         try:
             done = oq.retry(tid)
-        except TaskNotFound as exc:
+        except (TaskNotFound, ConfigError) as exc:  # unknown; its key or large values are gone
             print(f"omniq retry: {exc}", file=sys.stderr)
             bad += 1
             continue
