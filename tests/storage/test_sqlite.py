@@ -393,3 +393,28 @@ async def test_a_file_of_the_previous_schema_keeps_its_inline_payloads(tmp_path:
     with contextlib.closing(sqlite3.connect(db)) as c:
         assert c.execute("PRAGMA user_version").fetchone()[0] >= 6
         assert c.execute("SELECT count(*) FROM omniq_payloads").fetchone() == (1,)
+
+
+async def test_wait_for_events_returns_when_another_connection_appends(tmp_path: Path) -> None:
+    """A live subscription in another process learns of new events from PRAGMA data_version
+    (checked every EVENT_POLL), not by sleeping out the processor's back-off."""
+    from omniq.models import TaskEvent
+
+    url = f"sqlite:///{tmp_path}/e.db"
+    reader, writer = SQLiteBackend(url), SQLiteBackend(url)
+    await reader.connect()
+    await writer.connect()
+    try:
+        assert await reader.query_events(since=0.0) == []
+        start = time.monotonic()
+        await reader.wait_for_events(0.3)  # nothing appended: the whole timeout
+        assert time.monotonic() - start >= 0.3
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(writer.append_events, [TaskEvent(task_id="t", type="enqueued", timestamp=time.time())])
+            start = time.monotonic()
+            await reader.wait_for_events(30.0)
+        assert time.monotonic() - start < 10  # woken by the append, long before its timeout
+        assert [e.task_id for e in await reader.query_events(since=0.0)] == ["t"]
+    finally:
+        await reader.close()
+        await writer.close()

@@ -55,6 +55,7 @@ from .connection import (
 from .operations import (
     EXTERNAL_BLOB,
     create_private,
+    data_version,
     enqueue_tasks,
     execute,
     executemany,
@@ -120,6 +121,8 @@ from .queries import (
     claim_sql,
 )
 
+#: how often a live subscription in another process looks for new events (see wait_for_events)
+EVENT_POLL = 0.1
 
 class SQLiteBackend(TaskQueue, ResultStore, EventStore):
     """Task queue, result store and event store sharing one SQLite connection and schema."""
@@ -132,6 +135,7 @@ class SQLiteBackend(TaskQueue, ResultStore, EventStore):
         self.cross_process_wakeups = not self.in_memory
         self._conn: SqliteConnection | None = None
         self._seen_version: int | None = None  # PRAGMA data_version at the last look
+        self._events_seen: int | None = None  # ... at the last query_events
         self._next_due: float | None = None  # earliest eta of a delayed task, last we looked
         self._watched: set[str] | None = set()  # queues claimed from (None: all)
         self.blocking_enqueue = not self.in_memory  # ":memory:" is one database per connection
@@ -624,11 +628,30 @@ class SQLiteBackend(TaskQueue, ResultStore, EventStore):
         if limit is not None:
             sql += " LIMIT ?"
             params.append(int(limit))
-        rows = await self._call(fetchall, sql, tuple(params))
+        rows = await self._call(self._read_events, sql, tuple(params))
         return [
             TaskEvent(task_id=r[0], type=r[1], timestamp=r[2], worker=r[3], queue=r[4], detail=r[5])
             for r in rows
         ]
+
+    def _read_events(self, conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> list[Any]:
+        # the version first: a commit after it wakes wait_for_events, even one this read saw
+        self._events_seen = conn.execute("PRAGMA data_version").fetchone()[0]
+        return conn.execute(sql, params).fetchall()
+
+    async def wait_for_events(self, timeout: float) -> None:
+        """Return once another connection has committed since the last ``query_events``
+        (``PRAGMA data_version`` moved: events may have been appended), looking every
+        ``EVENT_POLL`` seconds, or after ``timeout``: a live subscription in another process
+        sees an event within about that, not after the processor's back-off (up to 1 s)."""
+        if not self.cross_process_wakeups or self._events_seen is None:
+            await anyio.sleep(timeout)
+            return
+        deadline = anyio.current_time() + timeout
+        while (left := deadline - anyio.current_time()) > 0:
+            await anyio.sleep(min(EVENT_POLL, left))
+            if self._conn is None or await self._call(data_version) != self._events_seen:
+                return
 
     async def purge_events(self, *, before: float, task_ids: Collection[str] | None = None) -> int:
         if task_ids is None:

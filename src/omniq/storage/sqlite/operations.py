@@ -379,3 +379,8 @@ def fetchone(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> Any:
 
 def fetchall(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> list[Any]:
     return conn.execute(sql, params).fetchall()
+
+
+def data_version(conn: sqlite3.Connection) -> int:
+    """Changes when another connection commits to the file (a read of shared memory, no I/O)."""
+    return int(conn.execute("PRAGMA data_version").fetchone()[0])
