@@ -39,24 +39,12 @@ class ThreadRunner(Runner):
         slots: Threads, hence tasks at once.
 
     Examples:
-    >>> import asyncio
-    >>> from omniq import OmniQ
-    >>> from omniq.serialization import loads
-    >>> from omniq.workers.registry import make_runner
-    >>> with OmniQ(tasks="memory://", concurrency=0) as oq:     # only to build a task
-    ...     task = oq.core.intake.make_task(pow, (2, 10), None)
-    >>> async def run_one():
-    ...     runner = make_runner("thread", 2)
-    ...     done = []
-    ...     runner.on_done = done.extend            # batches of Outcome, on the loop
-    ...     await runner.start()
-    ...     runner.dispatch([task])
-    ...     while not done:
-    ...         await asyncio.sleep(0.01)
-    ...     await runner.stop(graceful=True)
-    ...     return done[0].error, loads(done[0].payload)
-    >>> asyncio.run(run_one())
-    (None, 1024)
+        Runs tasks as :class:`~omniq.workers.base.Runner`'s example shows, made with
+        ``make_runner("thread", slots)``:
+
+        >>> from omniq.workers.registry import make_runner
+        >>> make_runner("thread", 2).kind
+        'thread'
     """
 
     kind = "thread"
