@@ -179,7 +179,7 @@ def test_help_and_usage_errors(execute: Any, nbview: Any) -> None:
         "%%omniq submit -n j\nx = (",
     ], allow_errors=True)
     overview = nbview.text_of(nb.cells[1])
-    for sub in ("init", "status", "wait", "cancel", "results", "schedules", "workers"):
+    for sub in ("init", "status", "wait", "cancel", "results", "schedules", "workers", "dashboard"):
         assert f"%omniq {sub}" in overview
     assert "%%omniq submit -n NAME" in overview
     submit_help = nbview.text_of(nb.cells[2])
