@@ -207,6 +207,18 @@ async def test_racing_claimers_on_many_connections_take_each_task_once(
         assert (await first.counts())["default"] == {"succeeded": 60}
 
 
+async def test_a_refused_batch_leaves_nothing_in_the_way_of_its_retry(rec: Recorded) -> None:
+    async with opened(fresh_url()) as q:
+        first = task()
+        await q.enqueue([first])
+        others = [task() for _ in range(3)]
+        with pytest.raises(ConfigError, match="already exists"):
+            await q.enqueue([*others, task(id=first.id, payload=b"another")])
+        await q.enqueue(others)  # their bodies from the refused call were removed
+        got = await q.claim("w", queues=None, limit=10, lease=30, now=time.time())
+        assert sorted(t.id for t in got) == sorted(t.id for t in [first, *others])
+
+
 async def test_dependencies_across_shards_release_and_cancel(rec: Recorded) -> None:
     async with opened(fresh_url("?shards=4")) as q:
         roots = [task() for _ in range(6)]

@@ -3,6 +3,7 @@ every racy change a conditional write. The layout and the reasons are in the pac
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -96,16 +97,36 @@ class BucketQueueBackend(OperatorOps, TaskQueue):
         for t in tasks:
             by_shard.setdefault(self._shard(t.id), []).append(t)
         ready = False
-        for i, group in by_shard.items():
+        done: set[int] = set()
+        try:
+            for i, group in by_shard.items():
 
-            def insert(shard: sh.Shard, group: list[Task] = group) -> tuple[bool, bool]:
-                return self._insert(shard, group, tasks, known, seqs, now)
+                def insert(shard: sh.Shard, group: list[Task] = group) -> tuple[bool, bool]:
+                    return self._insert(shard, group, tasks, known, seqs, now)
 
-            ready |= await self._update(i, insert)
+                ready |= await self._update(i, insert)
+                done.add(i)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._unstore({i: g for i, g in by_shard.items() if i not in done}, seqs)
+            raise
         if ready:
             self.notify()
         await self._link(tasks, batch, known, now)
         return dups
+
+    async def _unstore(self, groups: dict[int, list[Task]], seqs: dict[str, str]) -> None:
+        """An enqueue failed part way: remove the bodies of tasks whose rows are not stored
+        (looked up again: a write whose reply was lost may have landed), so that the client's
+        retry of the same tasks is not refused as "already exists". Best effort."""
+        with contextlib.suppress(Exception):
+            gone: list[str] = []
+            for i, group in groups.items():
+                rows = (await self._read(i)).shard.rows
+                gone += [t.id for t in group if (r := rows.get(t.id)) is None or r.seq != seqs[t.id]]
+            await bounded(self.cas.delete, [self._body_path(t) for t in gone], 32)
+            for t in gone:
+                self._bodies.pop(t, None)
 
     def _insert(
         self, shard: sh.Shard, group: Sequence[Task], batch: Sequence[Task],
@@ -113,6 +134,9 @@ class BucketQueueBackend(OperatorOps, TaskQueue):
     ) -> tuple[bool, bool]:  # fmt: skip
         """Rows for ``group`` (part of ``batch``), planned on what this shard says now about
         the dependencies it holds (the rest as looked up before)."""
+        mine = [t for t in group if (r := shard.rows.get(t.id)) is not None and r.seq == seqs[t.id]]
+        if mine:  # this write landed, its reply was lost and the retry was refused: done
+            return True, False
         if any(t.id in shard.rows for t in group):
             raise ConfigError(f"task id {next(t.id for t in group if t.id in shard.rows)!r} already exists")
         here = dict(known)

@@ -183,7 +183,15 @@ class ShardStore(FsspecBackend):
         if got is None:
             view = _View(b"", None, time.monotonic(), sh.Shard())
         else:
-            view = _View(got.data, got.tag, time.monotonic(), _shard_dec.decode(got.data))
+            try:
+                shard = _shard_dec.decode(got.data)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                raise StorageError(
+                    f"{masked(self.url)}: the queue's shard object {self._shard_path(i)} is "
+                    f"unreadable ({len(got.data)} bytes: {exc}); it was written over by something "
+                    "other than OmniQ"
+                ) from exc
+            view = _View(got.data, got.tag, time.monotonic(), shard)
         self._views[i] = view
         return view
 
