@@ -139,11 +139,46 @@ def idle_rate(url: str, env: dict[str, str], endpoint: str, path: Path, window: 
         stop(procs)
 
 
+def backlog(url: str, env: dict[str, str], n: int) -> tuple[int, float, float]:
+    """A shard holding ``n`` queued tasks: its size in bytes, and the median seconds of one
+    claim of 4 tasks and of one finish (each reads and writes the whole shard object)."""
+    import asyncio
+    import statistics
+
+    from omniq.ids import new_id
+    from omniq.models import Task, TaskStatus
+    from omniq.storage.urls import open_backends
+
+    os.environ.update(env)
+
+    async def run() -> tuple[int, float, float]:
+        q, _, _ = open_backends(url)
+        await q.connect()
+        try:
+            for i in range(0, n, 1000):
+                await q.enqueue([Task(id=new_id(), payload=b"x" * 64) for _ in range(min(1000, n - i))])
+            size = len((await q._read(0)).data)  # type: ignore[attr-defined]
+            claims, finishes = [], []
+            for _ in range(10):
+                t0 = time.perf_counter()
+                got = await q.claim("w", queues=None, limit=4, lease=60, now=time.time())
+                claims.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                await q.finish("w", [(t.id, TaskStatus.SUCCEEDED) for t in got], now=time.time())
+                finishes.append(time.perf_counter() - t0)
+            return size, statistics.median(claims), statistics.median(finishes)
+        finally:
+            await q.close()
+
+    return asyncio.run(run())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-n", type=int, default=300, help="tasks per run")
     parser.add_argument("--rtt-ms", type=float, default=20.0, help="proxy round trip (0: skip)")
     parser.add_argument("--idle-window", type=float, default=20.0)
+    parser.add_argument("--backlog", type=int, default=10_000, help="queued tasks in one shard (0: skip)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bucket.md"))
     a = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="omniq-bench-bucket-"))
@@ -176,6 +211,10 @@ def main() -> None:
             rate, idle_kinds = idle_rate(f"s3://{BUCKET}/idle-{uuid.uuid4().hex[:8]}", env,
                                          endpoint, rec, a.idle_window)  # fmt: skip
             rows.append((f"idle worker, requests/s over {a.idle_window:.0f} s", f"{rate:.2f} ({dict(idle_kinds)})"))
+            if a.backlog:
+                size, claim_s, finish_s = backlog(f"s3://{BUCKET}/backlog-{uuid.uuid4().hex[:8]}", env, a.backlog)
+                rows.append((f"one shard holding {a.backlog:,} queued tasks: its size; a claim of 4, a finish (median of 10)",
+                             f"{size / 1e6:.2f} MB ({size / a.backlog:.0f} B a task); {claim_s * 1e3:.0f} ms; {finish_s * 1e3:.0f} ms"))  # fmt: skip
             if a.rtt_ms > 0:
                 with slow_link(endpoint, a.rtt_ms) as slow:
                     n = max(50, a.n // 3)
@@ -189,7 +228,7 @@ def main() -> None:
     lines = [
         f"# Bucket task queue ({stamp})",
         "",
-        f"`uv run python benchmarks/bench_bucket.py -n {a.n} --rtt-ms {a.rtt_ms:g}`; {os.cpu_count()} CPUs, "
+        f"`uv run python benchmarks/bench_bucket.py -n {a.n} --rtt-ms {a.rtt_ms:g} --backlog {a.backlog}`; {os.cpu_count()} CPUs, "
         f"load {load:.1f}; two `omniq worker --worker thread -c 4` processes, a client with no workers.",
         "",
         "| measure | figure |",

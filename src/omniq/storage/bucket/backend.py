@@ -251,14 +251,17 @@ class BucketQueueBackend(OperatorOps, TaskQueue):
         start = random.randrange(self.shards)
         for k in range(self.shards):
             left = limit - len(rows)
+            i = (start + k) % self.shards
             if left <= 0:
                 break
+            if settle and self._quiet(i, settle, lambda s: bool(sh.candidates(s, names, now))):
+                continue
 
             def fn(shard: sh.Shard, left: int = left) -> tuple[list[sh.Row], bool]:
                 got = sh.claim(shard, worker, names, left, lease, now)
                 return got, bool(got)
 
-            rows += await self._update((start + k) % self.shards, fn, settle=settle)
+            rows += await self._update(i, fn, settle=settle)
         self._gap = IDLE_MIN if rows else min(self._gap * 2, IDLE_MAX)
         if not rows:
             return []
@@ -367,6 +370,8 @@ class BucketQueueBackend(OperatorOps, TaskQueue):
                 _, casc, more = sh.cascade(shard, ended, now)
                 return (req, dd, [(r, r.id) for r in can] + casc, more), bool(req or dd or can)
 
+            if self._quiet(i, SETTLE, lambda s: sh.due_work(s, now)):
+                continue
             req, dd, can, more = await self._update(i, fn, settle=SETTLE)
             requeued += req
             dead += dd
@@ -431,6 +436,8 @@ class BucketQueueBackend(OperatorOps, TaskQueue):
                 _, can, more = sh.cascade(shard, [(r.id, r.status) for r in rows], now)
                 return (rows, [r for r, _ in can], more), bool(rows)
 
+            if self._quiet(i, SETTLE, lambda s: sh.due_work(s, now)):
+                continue
             rows, can, more = await self._update(i, fn, settle=SETTLE)
             expired += rows
             cancelled += can

@@ -203,6 +203,13 @@ class ShardStore(FsspecBackend):
             view = await self._read(i)
         return view
 
+    def _quiet(self, i: int, settle: float, busy: Callable[[sh.Shard], bool]) -> bool:
+        """Whether shard ``i`` as read or written here less than ``settle`` seconds ago has
+        nothing for ``busy``: the janitor's and an idle worker's frequent looks then cost
+        neither a request nor decoding a copy of the shard."""
+        view = self._views.get(i)
+        return view is not None and time.monotonic() - view.at < settle and not busy(view.shard)
+
     async def _all(self, settle: float = 0.0, which: Iterable[int] | None = None) -> dict[int, sh.Shard]:
         idx = sorted(set(which)) if which is not None else list(range(self.shards))
         views = await bounded(lambda i: self._view(i, settle), idx, 16)
