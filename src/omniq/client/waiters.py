@@ -29,6 +29,14 @@ from .session import Session
 log = get_logger("omniq")
 
 
+#: how often the pickup loop looks whether workers elsewhere serve this instance's queues
+WORKERS_RECHECK = 2.0
+#: a task this instance serves, while another instance serves its queue too, is looked up in
+#: the result store once it has waited this long (one run here reports itself at once)
+SERVED_HERE_GRACE = 0.25
+#: otherwise its result is looked for this often (another process cancelled or expired it)
+SERVED_RECHECK = 2.0
+
 class Waiters:
     """Futures by task id, the ids adopted from keyed duplicates, and the pickup loop."""
 
@@ -45,6 +53,8 @@ class Waiters:
         self.result_listeners: list[Callable[[Sequence[TaskResult]], None]] = []  # (the janitor)
         self._changed: anyio.Event | None = None
         self._pickup_now = anyio.Event()
+        self._elsewhere, self._elsewhere_until = True, 0.0  # (see _served_elsewhere)
+        self._served_look_at = 0.0  # when the tasks served here are looked up next
 
     def start(self) -> None:
         """On the loop, when the session opens."""
@@ -226,6 +236,27 @@ class Waiters:
             await self.wait_changed(0.25)
 
     # --- pickup ---------------------------------------------------------------------------------
+    async def _served_elsewhere(self, now: float) -> bool:
+        """Whether a live worker of another instance serves a queue this one's workers serve
+        (looked up every ``WORKERS_RECHECK`` seconds; True when the lookup fails)."""
+        if now < self._elsewhere_until:
+            return self._elsewhere
+        s = self.session
+        mine = s.worker.id if s.worker is not None else None
+        served = s.config.queues
+        try:
+            infos = await s.queue.workers()
+        except Exception:
+            elsewhere = True
+        else:
+            elsewhere = any(
+                w.id != mine and now - w.last_heartbeat < (w.lease or s.config.lease)
+                and (w.queues is None or served is None or not set(w.queues).isdisjoint(served))
+                for w in infos
+            )
+        self._elsewhere, self._elsewhere_until = elsewhere, now + WORKERS_RECHECK
+        return elsewhere
+
     def poke(self) -> None:
         """Someone waits on a result (from any thread): look for results made elsewhere now."""
         s = self.session
@@ -255,8 +286,15 @@ class Waiters:
             # those someone waits for, and those close(drain=True) would wait for
             # (live() copies the map in one C-level step: producer threads may be adding)
             since = {tid: f.since for tid, f in self.futures.live()}
-            since.update((tid, m[2]) for tid, m in list(self.meta.items()))
-            stale = [tid for tid, t in since.items() if now - t > 0.05 and tid not in held]
+            # tasks this instance's workers serve are reported by them: looked up after a
+            # while when a live worker elsewhere serves their queue too, else only every
+            # SERVED_RECHECK seconds (another process may cancel them, or expire them)
+            mine: Mapping[str, tuple[str, float, float]] = self.meta
+            if mine and (await self._served_elsewhere(now) or now >= self._served_look_at):
+                since.update((tid, m[2] + SERVED_HERE_GRACE) for tid, m in list(mine.items()))
+                mine = {}
+                self._served_look_at = now + SERVED_RECHECK
+            stale = [tid for tid, t in since.items() if now - t > 0.05 and tid not in held and tid not in mine]
             found_any = False
             try:
                 for i in range(0, len(stale), 1000):
