@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import heapq
 import math
 import os
 import sqlite3
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from operator import itemgetter
 from typing import Any
 
 import msgspec
@@ -51,6 +53,7 @@ from .queries import (
     PURGE_TASKS_IN,
     PUT_BLOB_OWNER,
     PUT_KEY,
+    QUEUE_NAMES,
     RELEASE_DEPENDENT,
     REQUEUE,
     REQUEUE_DEPS,
@@ -212,14 +215,23 @@ def list_page(
     """A page of tasks, newest first (the order stored), after ``before``'s place: index ranges
     read backwards (``page_sql``). A ``name`` is matched on the decoded records, reading on in
     batches until the page is full."""
-    sql = page_sql(None if statuses is None else tuple(sorted(s.value for s in statuses)),
-                   queue is not None)
+    wanted = None if statuses is None else tuple(sorted(s.value for s in statuses))
+    if queue is not None:
+        queues: list[str | None] = [queue]
+    elif wanted is None:
+        queues = [None]  # the table itself, by seq
+    else:  # one index range per queue and status, merged: the queues are few
+        queues = [r[0] for r in conn.execute(QUEUE_NAMES)]
+    sql = page_sql(wanted, queues != [None])
     below = PAGE_TOP if before is None else conn.execute(PAGE_BELOW, (before,)).fetchone()[0]
     want = limit if name is None else max(4 * limit, 256)
     page: list[Task] = []
-    while len(page) < limit:
-        params: tuple[Any, ...] = (below, want) if queue is None else (below, want, queue)
-        rows = conn.execute(sql, params).fetchall()
+    while len(page) < limit and queues:
+        rows = []
+        for q in queues:
+            rows.extend(conn.execute(sql, (below, want) if q is None else (below, want, q)))
+        if len(queues) > 1:
+            rows = heapq.nlargest(want, rows, key=itemgetter(0))  # by seq
         for r in rows:
             t = read_task_row(r)
             if name is None or t.name == name:

@@ -6,8 +6,8 @@ import functools
 
 # --- schema --------------------------------------------------------------------------------------
 
-SCHEMA_VERSION = 6  # 2: blobs, 3: idempotency keys, 4-5: oq.tasks() indexes, 6: large payloads
-# apart (older files get what is new on connect)
+SCHEMA_VERSION = 7  # 2: blobs, 3: idempotency keys, 4-5: oq.tasks() indexes, 6: large payloads
+# apart, 7: one oq.tasks() index (older files get what is new on connect)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS omniq_tasks (
@@ -44,8 +44,10 @@ CREATE INDEX IF NOT EXISTS omniq_tasks_finished
 -- oq.tasks(status=..., queue=...): a page, newest first (by seq). On the expression
 -- status || '' (what page_sql writes), so that no other query, which says status = '...', is
 -- planned on them instead of the partial indexes above (a claim sorted every queued task)
-CREATE INDEX IF NOT EXISTS omniq_tasks_by_status_seq ON omniq_tasks (status || '', seq);
+-- (one index only, as each costs every insert, claim and finish: a page by status alone reads
+-- one range per queue, the queues found by hopping along this index)
 CREATE INDEX IF NOT EXISTS omniq_tasks_by_queue_seq ON omniq_tasks (queue, status || '', seq);
+DROP INDEX IF EXISTS omniq_tasks_by_status_seq;
 DROP INDEX IF EXISTS omniq_tasks_by_status;
 DROP INDEX IF EXISTS omniq_tasks_by_queue;
 CREATE TABLE IF NOT EXISTS omniq_payloads (  -- a large payload, apart from its task's row, so that
@@ -246,6 +248,12 @@ PURGE_TASKS_IN = """DELETE FROM omniq_tasks WHERE finished_at IS NOT NULL AND fi
 PAGE_ANY = f"SELECT {PAGE_COLUMNS} FROM omniq_tasks WHERE seq < ?1 ORDER BY seq DESC LIMIT ?2"
 #: the bound when no ``before`` is given: above every seq
 PAGE_TOP = 2**63 - 1
+#: the queues that hold tasks, each found by one step along omniq_tasks_by_queue_seq
+QUEUE_NAMES = """WITH RECURSIVE q(name) AS (
+        SELECT min(queue) FROM omniq_tasks
+        UNION ALL SELECT (SELECT min(queue) FROM omniq_tasks WHERE queue > q.name) FROM q
+        WHERE q.name IS NOT NULL)
+    SELECT name FROM q WHERE name IS NOT NULL"""
 #: ``before`` as a bound: its seq, or (an id no longer stored) that of the newest id below it
 PAGE_BELOW = """SELECT coalesce((SELECT seq FROM omniq_tasks WHERE id = ?1),
     (SELECT seq + 1 FROM omniq_tasks WHERE id < ?1 ORDER BY id DESC LIMIT 1), 0)"""
@@ -317,11 +325,14 @@ def claim_sql(n_queues: int) -> str:
 
 @functools.lru_cache(maxsize=64)
 def page_sql(statuses: tuple[str, ...] | None, by_queue: bool) -> str:
-    """The ``oq.tasks()`` statement for these statuses (None: any; literal, sorted, so the
-    indexes ``omniq_tasks_by_status_seq`` / ``omniq_tasks_by_queue_seq`` match) and an optional
-    queue: a backward range of one index per status, merged and cut to the limit."""
+    """The ``oq.tasks()`` statement for these statuses (None: any; literal, sorted, so the index
+    ``omniq_tasks_by_queue_seq`` matches) in one queue (``by_queue``; without it only ``statuses
+    is None`` is valid: the table by seq): a backward range per status, merged and cut to the
+    limit."""
     if statuses is None and not by_queue:
         return PAGE_ANY
+    if not by_queue:
+        raise ValueError("a page by status reads one queue at a time (see list_page)")
     if statuses is None:
         statuses = ("cancelled", "expired", "failed", "pending", "queued", "running", "succeeded")
     queue = "queue = ?3 AND " if by_queue else ""
