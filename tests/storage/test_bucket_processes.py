@@ -1,5 +1,5 @@
 """Real ``omniq worker`` processes on one bucket task queue (``s3://`` on a moto server of this
-module's own, which records every request): each task runs once, ``kill -9`` of a worker loses
+module's own, which records every request; ``abfs://`` on Azurite): each task runs once, ``kill -9`` of a worker loses
 nothing, a schedule fires once per slot across processes, and an idle worker asks the store
 less than once a second."""
 
@@ -98,6 +98,27 @@ def test_two_worker_processes_run_each_task_once(s3: dict[str, str]) -> None:
         started = Counter(e.task_id for e in events if e.type == "started")
         assert len(started) == 200 and set(started.values()) == {1}  # each ran exactly once
         assert len({e.worker for e in events if e.type == "started"}) == 2  # both took work
+    finally:
+        stop(procs)
+
+
+def test_two_worker_processes_on_azure_blob_run_each_task_once(
+    azurite: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from omniq import OmniQ
+    from tests.helpers import sleep_return
+
+    url = f"abfs://{BUCKET}/procs-{uuid.uuid4().hex[:10]}"
+    env = {"AZURE_STORAGE_CONNECTION_STRING": azurite}  # adlfs reads it; so do the workers
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite)
+    procs = [start_worker(url, env, "--worker", "thread", "-c", "4") for _ in range(2)]
+    try:
+        with OmniQ(tasks=url, concurrency=0) as oq:
+            handles = [oq.submit(sleep_return, 0.05, i) for i in range(120)]
+            assert [h.result(timeout=180) for h in handles] == list(range(120))
+            events = oq.events()
+        started = Counter(e.task_id for e in events if e.type == "started")
+        assert len(started) == 120 and set(started.values()) == {1}
     finally:
         stop(procs)
 
