@@ -125,3 +125,59 @@ def test_a_storage_that_goes_away_shows_a_banner_live_and_it_goes_when_back(
         banner.wait_for(state="hidden", timeout=30_000)
         assert page.evaluate("window.__sameDocument === true")
         page.locator('#queues tr[data-queue="kept"]').wait_for(timeout=10_000)
+
+
+@pytest.fixture
+def notebook_page(tmp_path: Path) -> Iterator[Callable[[str], str]]:
+    """``host(src)``: the URL of a page at http://localhost:PORT (another site than
+    127.0.0.1, as Jupyter at localhost:8888 is) that frames ``src``, as ``%omniq dashboard
+    --inline`` does."""
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+
+    def host(src: str) -> str:
+        from omniq.integrations.dashboard.notebook import DashboardLink
+
+        class Shown:  # what DashboardLink needs of a Dashboard
+            url_with_token = src
+
+        html = DashboardLink(Shown(), inline=True)._repr_html_()  # type: ignore[arg-type]
+        (tmp_path / "nb.html").write_text(f"<!doctype html><html><body>{html}</body></html>")
+        return f"http://localhost:{server.server_address[1]}/nb.html"
+
+    try:
+        yield host
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+@pytest.mark.parametrize("token", [None, "inl1ne-t0ken"])
+def test_inline_in_a_notebook_from_another_site_retry_and_the_live_stream_work(
+        db_url: str, oq: OmniQ, start: Callable[..., Running], page: Any, tmp_path: Path,
+        notebook_page: Callable[[str], str], token: str | None) -> None:
+    """The IFrame's browser drops our SameSite=Lax cookies (a third-party frame): the CSRF form
+    token needs no cookie, and with a token the style sheet, the script and the event stream
+    carry it in their URLs."""
+    dash = start(["--tasks", db_url, "--port", "0", *(["--token", token] if token else [])])
+    tid = oq.enqueue(boom_once_then, args=(str(tmp_path / "marker"),))
+    first = oq.get_result(tid, wait=True, timeout=30)
+    assert first is not None and first.status is TaskStatus.FAILED
+    src = f"{dash.base}/tasks/{tid}" + (f"?token={token}" if token else "")
+    page.goto(notebook_page(src))
+    frame = page.frame_locator("iframe")
+    frame.locator("#live-state", has_text="live").wait_for(timeout=10_000)  # the script and /events ran
+    display = frame.locator("header").evaluate("e => getComputedStyle(e).display")
+    assert display == "flex"  # the style sheet applied
+    frame.get_by_role("button", name="Retry").click()
+    frame.get_by_role("status").filter(has_text="Queued again").wait_for(timeout=10_000)
+    frame.locator("#task-status", has_text="succeeded").wait_for(timeout=20_000)
+    again = oq.get_result(tid, wait=True, timeout=30)
+    assert again is not None and again.status is TaskStatus.SUCCEEDED

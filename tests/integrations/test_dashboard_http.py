@@ -232,32 +232,6 @@ def test_import_omniq_does_not_import_the_dashboard() -> None:
     assert out.stdout.strip() == "[]"
 
 
-def test_the_jupyter_server_proxy_entry_point_serves_under_its_prefix(db_url: str, oq: OmniQ) -> None:
-    from importlib.metadata import entry_points
-
-    (ep,) = [e for e in entry_points(group="jupyter_serverproxy_servers") if e.name == "omniq-dashboard"]
-    spec = ep.load()()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    command = [a.replace("{port}", str(port)).replace("{base_url}", "/user/ada/") for a in spec["command"]]
-    proc = subprocess.Popen([*command, "--tasks", db_url], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert f"http://127.0.0.1:{port}/user/ada/omniq-dashboard/" in line, line
-        with httpx.Client(timeout=15) as c:  # the proxy strips its prefix and keeps the public Host
-            r = c.get(f"http://127.0.0.1:{port}/tasks", headers={"host": "lab.example.org"})
-    finally:
-        proc.terminate()
-        proc.wait(20)
-        proc.stdout.close()
-    assert r.status_code == 200
-    assert 'href="/user/ada/omniq-dashboard/tasks"' in r.text
-    assert 'src="/user/ada/omniq-dashboard/static/dashboard.js"' in r.text
-
-
 @pytest.mark.slow
 def test_a_storage_that_goes_away_shows_a_masked_banner_and_recovers(start: Callable[..., Running]) -> None:
     from tests.servers import PASSWORD, private_redis

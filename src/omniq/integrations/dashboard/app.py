@@ -7,11 +7,12 @@ of ``omniq.serialization.peek``."""
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import parse_qs, quote, urlencode
 
 import jinja2
 from starlette.applications import Starlette
@@ -42,11 +43,13 @@ NOTICES = {
     "resumed": "Schedule resumed.",
 }
 
-#: no inline script or style runs (a task name cannot become code), no referrer leaves the page
+#: no inline script or style runs (a task name cannot become code), no referrer leaves the site
+#: (same-origin, not no-referrer: under no-referrer a browser sends ``Origin: null`` with our own
+#: forms, which the CSRF check refuses)
 PAGE_HEADERS = {
     "cache-control": "no-store",
     "content-security-policy": "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'",
-    "referrer-policy": "no-referrer",
+    "referrer-policy": "same-origin",
     "x-content-type-options": "nosniff",
 }
 
@@ -54,6 +57,24 @@ _env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), au
                           trim_blocks=True, lstrip_blocks=True)
 _env.globals.update(fmt_time=views.fmt_time, fmt_duration=views.fmt_duration, fmt_ago=views.fmt_ago,
                     STATUSES=views.STATUSES, PAGE_SIZES=views.PAGE_SIZES)
+
+
+_OWN_URL = re.compile(r'(href|src|action)="([^"#]*)"')
+
+
+def with_token(html: str, base: str, token: str) -> str:
+    """The page with ``token=`` added to every URL of this dashboard it names (links, forms,
+    style sheet, script): for a browser that keeps no cookie of ours (a notebook's IFrame from
+    another site), every request the page makes then carries the token itself."""
+    q = quote(token, safe="")
+
+    def add(m: re.Match[str]) -> str:
+        url = m.group(2)
+        if not url.startswith(f"{base}/") or url.startswith("//"):
+            return m.group(0)
+        return f'{m.group(1)}="{url}{"&amp;" if "?" in url else "?"}token={q}"'
+
+    return _OWN_URL.sub(add, html)
 
 
 def create_app(oq: AsyncOmniQ, *, token: str | None = None, cookie_suffix: str = "8765",
@@ -80,10 +101,14 @@ def create_app(oq: AsyncOmniQ, *, token: str | None = None, cookie_suffix: str =
         base = request.scope.get("root_path", "").rstrip("/")
         partial = request.headers.get("x-omniq-partial") == "1"
         down = context.pop("down", None) or list(hub.down.values())
+        url_token = request.scope.get("state", {}).get("url_token")
         html = _env.get_template(template).render(
             base=base, partial=partial, csrf=request.scope.get("state", {}).get("csrf", ""),
             csrf_field=CSRF_FIELD, down=sorted(set(down)), storage=views.masked(oq.tasks_url),
-            notice=NOTICES.get(request.query_params.get("done", "")), path=request.url.path, **context)
+            notice=NOTICES.get(request.query_params.get("done", "")), path=request.url.path,
+            url_token=url_token, **context)
+        if url_token:
+            html = with_token(html, base, url_token)
         return HTMLResponse(html, status_code=status, headers=PAGE_HEADERS)
 
     def failed_page(request: Request, exc: StorageDown, title: str) -> HTMLResponse:
@@ -146,15 +171,18 @@ def create_app(oq: AsyncOmniQ, *, token: str | None = None, cookie_suffix: str =
         """The POST's form fields, once its CSRF token and origin are checked (else 403)."""
         body = (await request.body()).decode("utf-8", "replace")
         form = {k: v[0] for k, v in parse_qs(body).items()}
-        cookie_csrf = request.scope.get("state", {}).get("csrf")
-        if not same(form.get(CSRF_FIELD), cookie_csrf) or not origin_ok(
-                request.headers.get("origin"), request.headers.get("referer"), request.headers.get("host")):
+        expected = request.scope.get("state", {}).get("csrf")
+        h = request.headers
+        if not same(form.get(CSRF_FIELD), expected) or not origin_ok(
+                h.get("origin"), h.get("referer"), h.get("host"), h.get("sec-fetch-site")):
             raise HTTPException(403, "CSRF check failed: reload the page and try again.")
         return form
 
     def back(request: Request, path: str, done: str) -> RedirectResponse:
         base = request.scope.get("root_path", "").rstrip("/")
-        return RedirectResponse(f"{base}{path}?done={done}", status_code=303)
+        url_token = request.scope.get("state", {}).get("url_token")
+        extra = f"&token={quote(url_token, safe='')}" if url_token else ""
+        return RedirectResponse(f"{base}{path}?done={done}{extra}", status_code=303)
 
     async def act(request: Request) -> Response:
         await checked_form(request)

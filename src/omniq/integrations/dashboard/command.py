@@ -43,6 +43,9 @@ def add_parser(sub: Any) -> None:
                         f"${TOKEN_ENV}, else none on loopback and a generated one beyond it")
     d.add_argument("--root-path", default="", metavar="PREFIX",
                    help="URL prefix when served behind a proxy (jupyter-server-proxy sets it)")
+    d.add_argument("--unix-socket", default=None, metavar="PATH",
+                   help="listen on this Unix socket (mode 0600) instead of --host/--port, for a proxy "
+                        "that authenticates (jupyter-server-proxy sets it); no token is needed there")
     d.set_defaults(fn=run)
 
 
@@ -73,19 +76,29 @@ def run(args: argparse.Namespace) -> int:
         print(f"omniq dashboard: no storage at {masked(missing)}: the file does not exist "
               "(check the URL; a worker or an OmniQ creates it on first use)", file=sys.stderr)
         return 1
-    dash = Dashboard(oq, host=args.host, port=args.port, token=token, root_path=args.root_path)
+    unix_socket = getattr(args, "unix_socket", None)
+    dash = Dashboard(oq, host=args.host, port=args.port, token=token, root_path=args.root_path,
+                     unix_socket=unix_socket)
     try:
         dash.bind()
     except OSError as exc:
-        print(f"omniq dashboard: cannot listen on {args.host}:{args.port}: {exc.strerror or exc} "
-              "(choose another --port; 0 picks a free one)", file=sys.stderr)
+        where = unix_socket or f"{args.host}:{args.port}"
+        print(f"omniq dashboard: cannot listen on {where}: {exc.strerror or exc} "
+              f"({'choose another path' if unix_socket else 'choose another --port; 0 picks a free one'})",
+              file=sys.stderr)
         return 1
 
     async def main() -> None:
         await oq.open()
         try:
-            print(f"omniq dashboard: {dash.url_with_token} (storage {masked(oq.tasks_url)}; Ctrl-C stops)",
-                  flush=True)
+            if unix_socket is not None:
+                where = f" on Unix socket {unix_socket}, at {args.root_path or '/'} behind the proxy"
+            elif args.root_path:
+                where = f" (for a proxy serving it at {args.root_path}/: its links carry that prefix)"
+            else:
+                where = ""
+            print(f"omniq dashboard: {dash.url_with_token}{where} (storage {masked(oq.tasks_url)}; "
+                  "Ctrl-C stops)", flush=True)
             if token is not None and args.token is None and os.environ.get(TOKEN_ENV) is None:
                 print("omniq dashboard: a token was generated; open the URL above once, the browser "
                       "keeps it in a cookie", flush=True)

@@ -8,6 +8,8 @@ import ipaddress
 import secrets
 
 TOKEN_ENV = "OMNIQ_DASHBOARD_TOKEN"
+#: what a token may hold: it travels in URLs and a cookie (printable ASCII but ``;``, ``,``, ``"``, ``\\``)
+TOKEN_CHARS = frozenset(chr(c) for c in range(0x21, 0x7F)) - set(';,"\\')
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 
 
@@ -33,8 +35,10 @@ def choose_token(host: str, token: str | None) -> str | None:
         raise ConfigError(f"--token is empty: --host {host} is reachable beyond this machine, so a "
                           "token is required (leave --token out to have one generated)")
     if token is not None:
-        if any(c.isspace() for c in token):
-            raise ConfigError("--token must not contain spaces (it travels in a URL)")
+        bad = sorted({c for c in token if c not in TOKEN_CHARS})
+        if bad:
+            raise ConfigError(f"--token must not contain {''.join(bad)!r}: it travels in URLs and a cookie "
+                              "(use letters, digits and punctuation but ; , \" \\ and spaces)")
         return token
     return None if is_loopback(host) else secrets.token_urlsafe(24)
 

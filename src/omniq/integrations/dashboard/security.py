@@ -1,6 +1,9 @@
-"""What guards the dashboard: the token (every request, ``?token=`` once then a cookie), the
-Host header when there is no token (a page elsewhere cannot reach a loopback dashboard through
-DNS rebinding), and CSRF for the actions (a double-submit cookie, plus the Origin check)."""
+"""What guards the dashboard: the token (every request, ``?token=`` once then a cookie, or in
+every URL of a page whose cookie the browser drops, as in a notebook's IFrame), the Host header
+when there is no token (a page elsewhere cannot reach a loopback dashboard through DNS
+rebinding), and CSRF for the actions: a form token derived from a secret this process drew
+(no cookie: a cookie is shared by every port of a host and dropped in a third-party IFrame),
+plus the ``Sec-Fetch-Site`` / ``Origin`` / ``Referer`` checks."""
 
 from __future__ import annotations
 
@@ -10,6 +13,8 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from http.cookies import SimpleCookie
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from .options import is_loopback
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -37,9 +42,11 @@ class Guard:
     """ASGI middleware in front of the whole app (pages, static files, the event stream).
 
     ``token``: None lets any request through that names a loopback Host (or one of
-    ``allowed_hosts``; any with ``any_host``, behind a proxy that authenticates); otherwise a request needs the token as ``?token=``, a cookie, or an
-    ``Authorization: token T`` header, else 401. Every response without a CSRF cookie gets one;
-    its value is put in ``scope["state"]["csrf"]`` for the forms."""
+    ``allowed_hosts``; any with ``any_host``, on a Unix socket only a proxy that authenticates
+    reaches); otherwise a request needs the token as ``?token=``, a cookie, or an
+    ``Authorization: token T`` header, else 401. ``scope["state"]["csrf"]`` is the form token
+    (an HMAC under this process's secret); ``scope["state"]["url_token"]`` is the token when it
+    came in the URL without a cookie (the page then carries it in its own URLs)."""
 
     def __init__(self, app: ASGIApp, *, token: str | None, cookie_suffix: str,
                  allowed_hosts: frozenset[str] = LOOPBACK_HOSTS, cookie_path: str = "/",
@@ -49,7 +56,8 @@ class Guard:
         self.token = token
         self.allowed_hosts = allowed_hosts
         self.token_cookie = f"omniq_dashboard_token_{cookie_suffix}"
-        self.csrf_cookie = f"omniq_dashboard_csrf_{cookie_suffix}"
+        self.secret = secrets.token_bytes(32)
+        self.csrf = hmac.new(self.secret, b"omniq-dashboard-csrf", "sha256").hexdigest()
         self.cookie_path = cookie_path or "/"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -63,8 +71,10 @@ class Guard:
         except Exception:  # a malformed Cookie header: as if none
             cookies = SimpleCookie()
         set_cookies: list[str] = []
+        state = scope.setdefault("state", {})
         if self.token is None:
-            if not self.any_host and host_name(headers.get("host", "")).lower() not in self.allowed_hosts:
+            name = host_name(headers.get("host", "")).lower()
+            if not self.any_host and name not in self.allowed_hosts and not is_loopback(name):
                 await _refuse(send, 403, "This dashboard answers only on loopback addresses "
                               "(127.0.0.1, localhost). Start it with --token to reach it from elsewhere.")
                 return
@@ -74,19 +84,17 @@ class Guard:
             auth = headers.get("authorization", "")
             header_token = auth.split(None, 1)[1].strip() if auth.lower().startswith(("token ", "bearer ")) else None
             cookie = cookies.get(self.token_cookie)
+            has_cookie = same(cookie.value if cookie else None, self.token)
             if same(given, self.token):
-                set_cookies.append(self._cookie(self.token_cookie, self.token))
-            elif not (same(header_token, self.token) or same(cookie.value if cookie else None, self.token)):
+                if not has_cookie:
+                    set_cookies.append(self._cookie(self.token_cookie, self.token))
+                    state["url_token"] = self.token
+            elif not (same(header_token, self.token) or has_cookie):
                 await _refuse(send, 401, "This dashboard requires a token: open the URL that "
                               "omniq dashboard printed (…/?token=…), or send "
                               "'Authorization: token T'.")
                 return
-        csrf = cookies.get(self.csrf_cookie)
-        csrf_value = csrf.value if csrf is not None and len(csrf.value) >= 16 else None
-        if csrf_value is None:
-            csrf_value = secrets.token_urlsafe(24)
-            set_cookies.append(self._cookie(self.csrf_cookie, csrf_value))
-        scope.setdefault("state", {})["csrf"] = csrf_value
+        state["csrf"] = self.csrf
 
         async def send_with_cookies(message: Message) -> None:
             if message["type"] == "http.response.start" and set_cookies:
@@ -100,12 +108,21 @@ class Guard:
         return f"{name}={value}; Path={self.cookie_path}; HttpOnly; SameSite=Lax"
 
 
-def origin_ok(origin: str | None, referer: str | None, host: str | None) -> bool:
-    """A POST's Origin (or, without one, its Referer) names this dashboard's own host."""
-    source = origin if origin and origin != "null" else referer
-    if not source:
-        return True  # (old browsers, curl): the CSRF token alone decides
-    return bool(host) and urlsplit(source).netloc.lower() == (host or "").lower()
+def origin_ok(origin: str | None, referer: str | None, host: str | None,
+              fetch_site: str | None = None) -> bool:
+    """A POST comes from this dashboard's own pages: ``Sec-Fetch-Site`` (when the browser sends
+    it) says same-origin (or none: typed by the user), an ``Origin`` (``null`` is refused: a
+    sandboxed frame or a redirect from elsewhere) or else a ``Referer`` names this host. Without
+    any of them (curl, a script) the form token alone decides."""
+    if fetch_site is not None and fetch_site.strip().lower() not in ("same-origin", "none"):
+        return False
+    if origin is not None:
+        if origin.strip().lower() == "null" or not host:
+            return False
+        return urlsplit(origin.strip()).netloc.lower() == host.lower()
+    if referer:
+        return bool(host) and urlsplit(referer).netloc.lower() == (host or "").lower()
+    return True
 
 
 async def _refuse(send: Send, status: int, text: str) -> None:

@@ -3,11 +3,12 @@ open ``OmniQ`` in a notebook (on that instance's loop, ended with it)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import socket
+import stat
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
-
-from .options import is_loopback
 
 if TYPE_CHECKING:
     from ...client.orchestrator import AsyncOmniQ
@@ -15,11 +16,14 @@ if TYPE_CHECKING:
 
 class Dashboard:
     """The app over ``oq`` and the server that serves it. ``bind()`` takes the port (so the URL
-    is known before serving; port 0 picks a free one), ``serve()`` runs until ``stop()``."""
+    is known before serving; port 0 picks a free one), ``serve()`` runs until ``stop()``.
+    ``unix_socket``: listen on that Unix socket instead (mode 0600), as jupyter-server-proxy
+    asks: no browser page can reach it, so any Host header is accepted there."""
 
     def __init__(self, oq: AsyncOmniQ, *, host: str = "127.0.0.1", port: int = 8765,
-                 token: str | None = None, root_path: str = "") -> None:
+                 token: str | None = None, root_path: str = "", unix_socket: str | None = None) -> None:
         self.oq = oq
+        self.unix_socket = unix_socket
         self.host = host
         self.port = port
         self.token = token
@@ -29,7 +33,10 @@ class Dashboard:
         self.app: Any = None
 
     def bind(self) -> None:
-        """Listen on ``host:port`` (``OSError`` when it is taken)."""
+        """Listen on ``host:port`` (``OSError`` when it is taken), or on the Unix socket."""
+        if self.unix_socket is not None:
+            self._bind_unix(self.unix_socket)
+            return
         family = socket.AF_INET6 if ":" in self.host.strip("[]") else socket.AF_INET
         # proto IPPROTO_TCP, not 0: asyncio turns Nagle off only on accepted sockets that say
         # they are TCP (with proto 0 every kept-alive response waited ~40 ms for a delayed ACK)
@@ -46,15 +53,38 @@ class Dashboard:
         self.sock = sock
         self.port = int(sock.getsockname()[1])
 
+    def _bind_unix(self, path: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISSOCK(os.stat(path).st_mode):
+                os.unlink(path)  # a socket left by a dashboard that died
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            old = os.umask(0o177)
+            try:
+                sock.bind(path)
+            finally:
+                os.umask(old)
+            os.chmod(path, 0o600)
+        except OSError:
+            sock.close()
+            raise
+        sock.listen(128)
+        sock.setblocking(False)
+        self.sock = sock
+        self.port = 0
+
     @property
     def url(self) -> str:
-        """The address to open (this machine's name when listening on every interface)."""
+        """The address to open (this machine's name when listening on every interface). With a
+        root path, the address the proxy forwards to (the prefix is the proxy's, not ours)."""
+        if self.unix_socket is not None:
+            return f"http://localhost{self.root_path}/"
         host = self.host.strip("[]")
         if host in ("0.0.0.0", "::", ""):
             host = socket.gethostname()
         elif ":" in host:
             host = f"[{host}]"
-        return f"http://{host}:{self.port}{self.root_path}/"
+        return f"http://{host}:{self.port}/"
 
     @property
     def url_with_token(self) -> str:
@@ -69,7 +99,7 @@ class Dashboard:
         if self.sock is None:
             self.bind()
         self.app = create_app(self.oq, token=self.token, cookie_suffix=str(self.port),
-                              root_path=self.root_path, behind_proxy=bool(self.root_path) and is_loopback(self.host))
+                              root_path=self.root_path, behind_proxy=self.unix_socket is not None)
         # log_config=None: uvicorn leaves the process's logging alone (a notebook's too)
         config = uvicorn.Config(self.app, lifespan="on", log_level="warning", access_log=False,
                                 log_config=None, root_path=self.root_path, timeout_graceful_shutdown=1)
@@ -80,6 +110,9 @@ class Dashboard:
         finally:
             self.sock.close()
             self.sock = None
+            if self.unix_socket is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.unix_socket)
 
     def stop(self) -> None:
         """Ask the server to finish (thread-safe enough: uvicorn polls the flag)."""

@@ -42,7 +42,10 @@
     return false;
   }
 
-  var source = new EventSource(base + "/events?watch=" + encodeURIComponent(watch));
+  // a page whose browser keeps no cookie of ours (a notebook's IFrame) carries the token itself
+  var token = document.body.dataset.token;
+  var source = new EventSource(base + "/events?watch=" + encodeURIComponent(watch) +
+                               (token ? "&token=" + encodeURIComponent(token) : ""));
   source.onopen = function () { say("live"); };
   source.onerror = function () { say("reconnecting…"); };
   source.addEventListener("tasks", function (e) {
