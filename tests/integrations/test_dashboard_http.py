@@ -363,3 +363,33 @@ def test_bad_options_exit_2_naming_them(db_url: str, oq: OmniQ, args: list[str],
     out = subprocess.run([sys.executable, "-m", "omniq.cli", "dashboard", "--tasks", db_url, *args],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and named in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_retry_the_storage_refuses_is_a_409_naming_why(oq: OmniQ, dashboard: Running, tmp_path: Any) -> None:
+    from tests.helpers import boom_once_then
+
+    marker = str(tmp_path / "m")
+    first = oq.enqueue(boom_once_then, args=(marker,), key="point-1")
+    oq.get_result(first, wait=True, timeout=30)
+    second = oq.enqueue(boom_once_then, args=(marker,), key="point-1")  # a new task takes the key
+    assert oq.get_result(second, wait=True, timeout=30).status is TaskStatus.SUCCEEDED
+    with client(dashboard) as c:
+        token = CSRF.search(c.get(f"/tasks/{first}").text)
+        assert token is not None
+        r = c.post(f"/tasks/{first}/retry", data={"csrf": token.group(1)})
+    assert r.status_code == 409 and "Traceback" not in r.text
+    assert f"task {second} with the same key" in r.text
+    assert oq.status(first) is TaskStatus.FAILED
+
+
+def test_pausing_an_unknown_or_a_paused_schedule_says_so(oq: OmniQ, dashboard: Running) -> None:
+    sid = oq.schedule(abs, interval=3600, args=(-1,), name="hourly-abs")
+    oq.pause_schedule(sid)
+    with client(dashboard) as c:
+        token = CSRF.search(c.get(f"/tasks/{failed_task(oq)}").text)
+        assert token is not None
+        form = {"csrf": token.group(1)}
+        nope = c.post("/schedules/nope/pause", data=form)
+        assert nope.status_code == 404 and "No schedule nope" in nope.text
+        again = c.post(f"/schedules/{sid}/pause", data=form, follow_redirects=True)
+        assert again.status_code == 200 and "The schedule was already paused." in again.text

@@ -41,6 +41,8 @@ NOTICES = {
     "not-cancelled": "Not cancelled: it had already finished.",
     "paused": "Schedule paused.",
     "resumed": "Schedule resumed.",
+    "already-paused": "The schedule was already paused.",
+    "already-resumed": "The schedule was not paused.",
 }
 
 #: no inline script or style runs (a task name cannot become code), no referrer leaves the site
@@ -200,6 +202,8 @@ def create_app(oq: AsyncOmniQ, *, token: str | None = None, cookie_suffix: str =
             return not_found(request, f"No task {task_id} in {views.masked(oq.tasks_url)}.")
         except StorageDown as exc:
             return failed_page(request, exc, f"Task {task_id}")
+        except ConfigError as exc:  # (a later success holds its key, its blobs were swept)
+            return conflict(request, f"Not {'retried' if action == 'retry' else 'cancelled'}", str(exc))
         return back(request, f"/tasks/{task_id}", done)
 
     async def schedule_action(request: Request) -> Response:
@@ -209,16 +213,22 @@ def create_app(oq: AsyncOmniQ, *, token: str | None = None, cookie_suffix: str =
         if call is None:
             return not_found(request, f"No action {action!r}: expected pause or resume.")
         try:
-            if not await bounded(oq, call(sid)):
-                return not_found(request, f"No schedule {sid}.")
+            changed = await bounded(oq, call(sid))
+        except ConfigError as exc:  # an unknown id or name
+            return not_found(request, f"No schedule {sid}: {exc}")
         except StorageDown as exc:
             return failed_page(request, exc, "Schedules")
         await front.refresh()  # the page it goes back to shows the change
-        return back(request, "/", "paused" if action == "pause" else "resumed")
+        done = "paused" if action == "pause" else "resumed"
+        return back(request, "/", done if changed else f"already-{done}")
 
     async def events(request: Request) -> Response:
         return StreamingResponse(hub.stream(request.query_params.get("watch", "")[:100]), media_type="text/event-stream",
                                  headers={"cache-control": "no-store", "x-accel-buffering": "no"})
+
+    def conflict(request: Request, heading: str, message: str) -> HTMLResponse:
+        return render(request, "error.html", 409, title="Conflict", heading=heading, message=message,
+                      watch="none")
 
     def not_found(request: Request, message: str) -> HTMLResponse:
         return render(request, "error.html", 404, title="Not found", heading="Not found",
