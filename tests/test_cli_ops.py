@@ -160,3 +160,23 @@ def test_help_speaks_celery_and_rq() -> None:
     assert "celery purge" in omniq("purge", "--help").stdout
     assert "--before" in omniq("tasks", "--help").stdout
 
+
+
+def test_one_unreadable_result_record_is_shown_as_such_not_a_traceback(tmp_path: Path) -> None:
+    import sqlite3
+
+    db = tmp_path / "bad.db"
+    url = f"sqlite:///{db}"
+    with OmniQ(tasks=url, worker="thread", concurrency=1) as oq:
+        bad = oq.enqueue(abs, args=(-1,))
+        good = oq.enqueue(abs, args=(-2,))
+        oq.get_result(bad, wait=True, timeout=30)
+        oq.get_result(good, wait=True, timeout=30)
+    with sqlite3.connect(db) as con:
+        con.execute("UPDATE omniq_results SET result=X'c1' WHERE task_id=?", (bad,))
+    listed = omniq("tasks", "--tasks", url, "--json")
+    assert listed.returncode == 0 and "Traceback" not in listed.stderr, listed.stderr
+    assert {t["id"] for t in json.loads(listed.stdout)} == {bad, good}
+    shown = omniq("show", bad, "--tasks", url)
+    assert shown.returncode == 0 and "Traceback" not in shown.stderr, shown.stderr
+    assert "unreadable result record" in shown.stdout

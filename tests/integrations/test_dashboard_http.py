@@ -393,3 +393,22 @@ def test_pausing_an_unknown_or_a_paused_schedule_says_so(oq: OmniQ, dashboard: R
         assert nope.status_code == 404 and "No schedule nope" in nope.text
         again = c.post(f"/schedules/{sid}/pause", data=form, follow_redirects=True)
         assert again.status_code == 200 and "The schedule was already paused." in again.text
+
+
+def test_one_unreadable_result_record_is_no_storage_down(oq: OmniQ, dashboard: Running, db_url: str) -> None:
+    import sqlite3
+
+    bad = failed_task(oq)
+    good = oq.enqueue(abs, args=(-2,))
+    oq.get_result(good, wait=True, timeout=30)
+    with sqlite3.connect(db_url.removeprefix("sqlite:///")) as con:
+        con.execute("UPDATE omniq_results SET result=X'c1' WHERE task_id=?", (bad,))
+    with client(dashboard) as c:
+        front = c.get("/")
+        listed = c.get("/tasks")
+        one = c.get(f"/tasks/{bad}")
+    for r in (front, listed, one):
+        assert r.status_code == 200, r.text
+        assert re.search(r'<div id="storage-banner"[^>]*hidden', r.text)
+    assert f'data-id="{bad}"' in listed.text and f'data-id="{good}"' in listed.text
+    assert "unreadable result record" in one.text

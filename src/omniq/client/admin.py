@@ -15,7 +15,9 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ConfigError, TaskNotFound
+from anyio import to_thread
+
+from ..errors import ConfigError, StorageError, TaskNotFound
 from ..models import EventType, Task, TaskDetail, TaskResult, TaskStatus, TaskSummary
 from ..redact import masked
 from ..storage.base import REQUEUABLE, check_page, check_statuses
@@ -26,6 +28,8 @@ if TYPE_CHECKING:
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$", re.IGNORECASE)
+#: what reading one malformed record raises (a decoding error, not a storage that is down)
+UNREADABLE = (ValueError, TypeError, KeyError, IndexError, AttributeError, UnicodeError)
 #: the final statuses ``purge`` removes unless told otherwise
 FINAL = (TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.EXPIRED)
 
@@ -87,13 +91,30 @@ class Admin:
         page = await s.queue.list_tasks(statuses=statuses, queue=queue, name=name, limit=limit,
                                         before=before)
         done = [t.id for t in page if t.status.is_final or t.status is TaskStatus.RUNNING]
-        results = await s.results.get_results(done) if done else {}
+        results = await self._results(done)
         out = [summary_of(t, results.get(t.id)) for t in page]
         started = await self._started([o for o in out if o.status is TaskStatus.RUNNING])
         for o in out:
             if o.id in started:
                 o.started = started[o.id]
         return out
+
+    async def _results(self, ids: list[str]) -> dict[str, TaskResult]:
+        """The stored results of ``ids``; when one record cannot be read (malformed bytes), the
+        others one by one, the unreadable ones left out (their task's record speaks for them)."""
+        if not ids:
+            return {}
+        results = self.session.results
+        try:
+            return await results.get_results(ids)
+        except UNREADABLE:
+            out: dict[str, TaskResult] = {}
+            for tid in ids:
+                with contextlib.suppress(*UNREADABLE):
+                    r = await results.get_result(tid)
+                    if r is not None:
+                        out[tid] = r
+            return out
 
     async def _started(self, running: Sequence[TaskSummary]) -> dict[str, float]:
         """When each running task started (its latest ``started`` event), one query each: a
@@ -117,8 +138,15 @@ class Admin:
         await s.events.flush()
         task_id = self.waiters.resolve_id(task_id)
         t = await s.queue.get_task(task_id)
-        r = await s.results.get_result(task_id)
+        unreadable: str | None = None
+        try:
+            r = await s.results.get_result(task_id)
+        except UNREADABLE as exc:  # a malformed result record: the task is still shown
+            r, unreadable = None, f"<unreadable result record: {type(exc).__name__}: {exc}>"[:300]
         if t is None and r is None:
+            if unreadable is not None:
+                raise StorageError(f"task {task_id}: its task record is gone and its result record "
+                                   f"cannot be read ({unreadable[1:-1]})")
             raise TaskNotFound(task_id, masked(s.tasks_url))
         events = await s.event_store.query_events(task_id=task_id)
         if t is None:  # purged, its result kept: what the result says
@@ -128,7 +156,7 @@ class Admin:
                      created_at=events[0].timestamp if events else 0.0)
             args = kwargs = "<not stored any more>"
         else:
-            args, kwargs = call_reprs(t.payload)
+            args, kwargs = await to_thread.run_sync(call_reprs, t.payload)
             if r is not None and not t.status.is_final and t.status is not TaskStatus.RUNNING:
                 r = None  # (queued or pending again: an earlier run's, being replaced)
         summary = summary_of(t, r)
@@ -136,10 +164,11 @@ class Admin:
             started = [e.timestamp for e in events if e.type == EventType.STARTED.value]
             summary.started = started[-1] if started else None
         err = r.error if r is not None else None
+        value = await to_thread.run_sync(value_repr, r.payload) if r is not None else unreadable
         return TaskDetail(
             **{f: getattr(summary, f) for f in TaskSummary.__struct_fields__},
             args=args, kwargs=kwargs,
-            value=value_repr(r.payload) if r is not None else None,
+            value=value,
             result=r,
             error_type=err.type if err is not None else None,
             error_message=err.message if err is not None else None,

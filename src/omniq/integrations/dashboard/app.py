@@ -27,7 +27,7 @@ from ...models import FINAL_STATUSES, TaskStatus
 from . import views
 from .live import Hub
 from .security import CSRF_FIELD, LOOPBACK_HOSTS, Guard, origin_ok, same
-from .views import StorageDown, bounded
+from .views import StorageDown, Unreadable, bounded
 
 if TYPE_CHECKING:
     from ...client.orchestrator import AsyncOmniQ
@@ -241,6 +241,10 @@ def create_app(oq: AsyncOmniQ, *, token: str | None = None, cookie_suffix: str =
         return render(request, "error.html", code, title=str(code), heading="Refused" if code == 403 else str(code),
                       message=str(getattr(exc, "detail", exc)), watch="none")
 
+    async def unreadable(request: Request, exc: Exception) -> Response:
+        return render(request, "error.html", 500, title="Unreadable record", heading="Unreadable record",
+                      message=str(exc), watch="none")
+
     routes = [
         Route("/", home),
         Route("/tasks", task_list),
@@ -251,7 +255,7 @@ def create_app(oq: AsyncOmniQ, *, token: str | None = None, cookie_suffix: str =
         Route("/events", events),
         Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error, Unreadable: unreadable})
     app.state.hub = hub
     guarded = Guard(app, token=token, cookie_suffix=cookie_suffix, allowed_hosts=LOOPBACK_HOSTS,
                     cookie_path=root_path.rstrip("/") + "/", any_host=behind_proxy)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 
+from ...client.admin import UNREADABLE
 from ...errors import ConfigError, TaskNotFound
 from ...models import TaskStatus
 from ...redact import masked
@@ -39,14 +40,22 @@ class StorageDown(Exception):
         self.reason = reason
 
 
+class Unreadable(Exception):
+    """A stored record could not be decoded (malformed bytes): the storage answered, so this is
+    no "storage down"; the page says which call failed instead."""
+
+
 async def bounded(oq: AsyncOmniQ, call: Awaitable[T], url: str | None = None) -> T:
     """``await call`` within ``STORAGE_TIMEOUT``; a failure of the storage becomes ``StorageDown``
-    naming ``url`` (default: the task queue's), password masked. Bad input and unknown ids pass."""
+    naming ``url`` (default: the task queue's), password masked; a record that cannot be decoded
+    becomes ``Unreadable``. Bad input and unknown ids pass."""
     try:
         with anyio.fail_after(STORAGE_TIMEOUT):
             return await call
     except (TaskNotFound, ConfigError):
         raise
+    except UNREADABLE as exc:
+        raise Unreadable(f"a stored record cannot be read: {type(exc).__name__}: {exc}"[:500]) from None
     except TimeoutError:
         raise StorageDown(masked(url or oq.tasks_url), f"no answer within {STORAGE_TIMEOUT:g} s") from None
     except Exception as exc:
@@ -82,6 +91,7 @@ async def overview(oq: AsyncOmniQ) -> dict[str, Any]:
     s = oq.session
     now = time.time()
     down: list[str] = []
+    unreadable: list[str] = []
     got: dict[str, Any] = {}
     calls: dict[str, tuple[Awaitable[Any], str]] = {
         "counts": (s.queue.counts(), s.tasks_url),
@@ -97,6 +107,8 @@ async def overview(oq: AsyncOmniQ) -> dict[str, Any]:
             got[key] = await bounded(oq, call, url)
         except StorageDown as exc:
             down.append(exc.url)
+        except Unreadable as exc:  # that part shows empty; the rest of the page stands
+            unreadable.append(f"{key}: {exc}")
 
     async with anyio.create_task_group() as tg:
         for key in calls:
@@ -118,7 +130,7 @@ async def overview(oq: AsyncOmniQ) -> dict[str, Any]:
               for q, c in sorted((got.get("counts") or {}).items())]
     return {"queues": queues, "workers": workers, "schedules": schedules,
             "failures": got.get("failures") or [], "sweeps": got.get("sweeps") or [],
-            "down": sorted(set(down)), "taken": now, "complete": not down}
+            "down": sorted(set(down)), "unreadable": unreadable, "taken": now, "complete": not down}
 
 
 class Overview:
