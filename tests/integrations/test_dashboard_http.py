@@ -412,3 +412,15 @@ def test_one_unreadable_result_record_is_no_storage_down(oq: OmniQ, dashboard: R
         assert re.search(r'<div id="storage-banner"[^>]*hidden', r.text)
     assert f'data-id="{bad}"' in listed.text and f'data-id="{good}"' in listed.text
     assert "unreadable result record" in one.text
+
+
+def test_an_event_time_no_clock_can_show_does_not_break_the_task_page(oq: OmniQ, dashboard: Running,
+                                                                      db_url: str) -> None:
+    import sqlite3
+
+    tid = failed_task(oq)
+    with sqlite3.connect(db_url.removeprefix("sqlite:///")) as con:
+        con.execute("INSERT INTO omniq_events (task_id, type, timestamp) VALUES (?, 'retried', 1e18)", (tid,))
+    with client(dashboard) as c:
+        r = c.get(f"/tasks/{tid}")
+    assert r.status_code == 200 and "? (1e+18)" in r.text

@@ -249,7 +249,10 @@ def fmt_time(t: float | None) -> str:
     """Epoch seconds as local ``YYYY-MM-DD HH:MM:SS`` (``-`` for None)."""
     if t is None:
         return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+    except (OverflowError, OSError, ValueError, TypeError):  # a stored time no clock can show
+        return f"? ({t!r})"[:40]
 
 
 def fmt_duration(seconds: float | None) -> str:
