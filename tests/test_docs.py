@@ -308,6 +308,8 @@ DOCTEST_MODULES = [
     "omniq.events.metrics",
     "omniq.events.processor",
     "omniq.hpc.base",
+    "omniq.hpc.jobspec",
+    "omniq.hpc.reach",
     "omniq.hpc.slurm",
     "omniq.sweep.grid",
     "omniq.sweep.identity",

@@ -24,7 +24,7 @@ import pytest
 
 from omniq import ConfigError, OmniQ, TaskStatus
 from omniq.hpc import SlurmWorkers, StorageReachWarning, omniq_jobs, parse_walltime, storage_tag
-from omniq.hpc import base as hpc_base
+from omniq.hpc import reach as hpc_reach
 from omniq.hpc.base import format_walltime, job_url
 
 from .slurm import OTHER_PARTITION, PrivateSlurm, SlurmUnavailable
@@ -121,13 +121,13 @@ def test_job_urls_by_cluster(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> 
     # unknown cluster: warnings, not errors
     assert "local to this machine" in job_url("tasks", "sqlite:////tmp/q.db", cluster_local=None)[1][0]
     # SQLite on NFS, several hosts: a warning about its locking; file:// on NFS is fine
-    monkeypatch.setattr(hpc_base, "mount_of", lambda path: ("/shared", "nfs4"))
+    monkeypatch.setattr(hpc_reach, "mount_of", lambda path: ("/shared", "nfs4"))
     url, notes = job_url("tasks", "sqlite:////shared/lab.db", cluster_local=False)
     assert url == "sqlite:////shared/lab.db" and len(notes) == 1
     assert "SQLite on nfs4" in notes[0] and "locking" in notes[0] and "postgresql://" in notes[0]
     assert job_url("results", "file:///shared/results", cluster_local=False) == ("file:///shared/results", [])
     # a local disk on a cluster of several hosts: a warning
-    monkeypatch.setattr(hpc_base, "mount_of", lambda path: ("/", "ext4"))
+    monkeypatch.setattr(hpc_reach, "mount_of", lambda path: ("/", "ext4"))
     assert "looks local" in job_url("tasks", "sqlite:////data/lab.db", cluster_local=False)[1][0]
 
 

@@ -10,9 +10,10 @@
     pool.close()                        # cancels every job it started
 
 Each job runs ``omniq worker`` against ``oq``'s storage. ``JobWorkers`` (``base.py``) is what
-does not depend on the scheduler: checking that jobs can reach the storage, the job's script and
-its private environment file, scale / adapt / close, and closing with the OmniQ and at
-interpreter exit. A scheduler is a small subclass giving its three commands (submit, cancel,
+does not depend on the scheduler: scale / adapt / close, the monitor thread, and closing with
+the OmniQ and at interpreter exit. It holds a ``JobSpec`` (``jobspec.py``: the job's command,
+script and private environment file) and checks with ``reach.py`` that jobs can reach the
+storage. A scheduler is a small subclass giving its three commands (submit, cancel,
 list) and their parsing: ``SlurmWorkers`` (``slurm.py``); PBS or LSF would be another.
 """
 

@@ -3,19 +3,18 @@
 What a scheduler adds is small (``SlurmWorkers`` in ``slurm.py``): the command that submits
 ``count`` copies of the job script (an array where it can), the one that cancels jobs (at once,
 or asking them to leave after their running tasks), the one that lists this pool's jobs, and
-how to read their output. Everything else lives here:
+how to read their output. Everything else is scheduler-neutral:
 
-- **Reaching storage.** A job opens the same URLs as ``oq``. A ``memory://`` store or
-  ``sqlite://:memory:`` lives in this process: refused (``ConfigError`` naming the URL and what
-  would work). A relative SQLite path is made absolute. A path on a filesystem local to this
-  machine (``tmpfs``, ``/tmp``) is refused when the cluster has nodes other than this machine, and
-  SQLite on a network filesystem (NFS, Lustre, ...) gets a ``StorageReachWarning``: its WAL
-  locking works only among processes of one host. ``localhost`` in a server URL is refused on a
-  cluster of several hosts (each node would dial itself).
-- **Secrets.** URLs (passwords included), ``storage_options``, ``OMNIQ_*`` variables of this
-  process (``OMNIQ_SECRET_KEY``...) and ``env=`` go to the job through a file only the user can
-  read (mode 0600) that the job script sources; never on a command line (``sbatch``'s, or
-  ``omniq worker``'s, which other users see in ``ps``). The file is removed on ``close()``.
+- **Reaching storage** (``reach.py``). A job opens the same URLs as ``oq``: what no job could
+  reach (``memory://``, in-memory SQLite, a path local to this machine on a cluster of several
+  nodes, ``localhost`` there) is refused with a ``ConfigError``; what is risky (SQLite on a
+  network filesystem) gets a ``StorageReachWarning``. Relative SQLite paths are made absolute.
+- **What each job runs** (``jobspec.py``: ``JobSpec``, the pool's ``spec``). The ``omniq
+  worker`` command, the job script, and the secrets: URLs (passwords included),
+  ``storage_options``, ``OMNIQ_*`` variables of this process (``OMNIQ_SECRET_KEY``...) and
+  ``env=`` go to the job through a file only the user can read (mode 0600) that the job script
+  sources; never on a command line (``sbatch``'s, or ``omniq worker``'s, which other users see in
+  ``ps``). The file is removed on ``close()``.
 - **Logs.** One folder per pool (``<base_dir>/hpc/<name>/``, ``log_dir=`` to choose): the job
   script, and one log per job (``<name>-<job id>.log``: the worker's own lines, the tasks' stray
   output, the scheduler's messages).
@@ -44,30 +43,41 @@ import atexit
 import contextlib
 import dataclasses
 import datetime as _dt
-import hashlib
-import json
 import math
 import os
 import re
 import shlex
-import socket
 import subprocess
-import sys
 import threading
 import time
 import warnings
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
-from urllib.parse import urlsplit
+from typing import Any, Generic, TypeVar, cast, overload
 
-from ..config import settings
-from ..config.sizes import parse_size
 from ..errors import ConfigError, OmniQError
 from ..logs import get_logger
-from ..storage.base import masked
+from .jobspec import (
+    JobSpec,
+    check_env,
+    check_idle_timeout,
+    check_memory_limit,
+    check_python,
+    check_queues,
+    check_worker,
+    command_env,
+)
+from .reach import LOCAL_DIRS as LOCAL_DIRS
+from .reach import LOOPBACK_HOSTS as LOOPBACK_HOSTS
+from .reach import MEMORY_FS as MEMORY_FS
+from .reach import NETWORK_FS as NETWORK_FS
+from .reach import SERVER_SCHEMES as SERVER_SCHEMES
+from .reach import WHAT_WORKS as WHAT_WORKS
+from .reach import is_local_host, job_url, local_names, storage_tag
+from .reach import mount_of as mount_of
 
 log = get_logger("omniq.hpc")
+_T = TypeVar("_T")
 
 
 class JobSystemError(OmniQError, RuntimeError):
@@ -240,220 +250,6 @@ def default_margin(walltime: int) -> int:
     return int(min(walltime / 2, min(300, max(30, walltime // 10))))
 
 
-# ------------------------------------------------------------------------------ storage reach
-LOOPBACK_HOSTS = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "::1", "0.0.0.0", ""})
-NETWORK_FS = frozenset({
-    "nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs", "sshfs", "9p", "afs", "ceph", "fuse.ceph",
-    "glusterfs", "fuse.glusterfs", "lustre", "gpfs", "beegfs", "fuse.beegfs", "panfs", "wekafs",
-    "fuse.juicefs", "virtiofs", "fuse.s3fs", "fuse.gcsfuse",
-})
-MEMORY_FS = frozenset({"tmpfs", "ramfs", "devtmpfs"})
-LOCAL_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run")
-SERVER_SCHEMES = frozenset({"postgresql", "postgres", "redis", "rediss", "nats", "tls"})
-WHAT_WORKS = ("a SQLite file or a file:// folder on a filesystem the compute nodes share (e.g. "
-              "sqlite:////home/me/lab.db), or postgresql://, redis:// or nats:// on a host they reach")
-
-
-def mount_of(path: str) -> tuple[str, str]:
-    """``(mount point, filesystem type)`` holding ``path`` (its nearest existing ancestor), from
-    /proc/mounts; ``("", "")`` where that cannot be read. Says whether jobs on other nodes can
-    see a file (a network filesystem) and whether SQLite's locking is safe there.
-
-    Args:
-        path: A file or folder path; it need not exist.
-
-    Returns:
-        ``(mount point, filesystem type)``, e.g. ``("/home", "nfs4")``.
-
-    Examples:
-        >>> from omniq.hpc.base import mount_of
-        >>> mount_of("/no/such/dir/lab.db")[0]  # the nearest existing ancestor: /
-        '/'
-    """
-    p = os.path.realpath(path)
-    while not os.path.exists(p) and p != os.path.dirname(p):
-        p = os.path.dirname(p)
-    best = ("", "")
-    try:
-        with open("/proc/mounts") as f:
-            for line in f:
-                fields = line.split()
-                if len(fields) < 3:
-                    continue
-                mnt = fields[1].replace("\\040", " ")
-                if (p == mnt or p.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best[0]):
-                    best = (mnt, fields[2])
-    except OSError:
-        pass
-    return best
-
-
-def local_names() -> set[str]:
-    """Names and addresses of this machine (to tell whether a URL's host, or a cluster's
-    nodes, are this machine).
-
-    Returns:
-        Lower-case host names (short and qualified), aliases and addresses, loopback included.
-
-    Examples:
-        >>> from omniq.hpc.base import local_names
-        >>> {"localhost", "127.0.0.1"} <= local_names()
-        True
-    """
-    names = {"localhost", "127.0.0.1", "::1"}
-    for get in (socket.gethostname, socket.getfqdn):
-        with contextlib.suppress(OSError):
-            n = get()
-            names.update({n.lower(), n.split(".")[0].lower()})
-    with contextlib.suppress(OSError):
-        _, aliases, addrs = socket.gethostbyname_ex(socket.gethostname())
-        names.update(a.lower() for a in aliases)
-        names.update(addrs)
-    return names
-
-
-def is_local_host(host: str, names: set[str] | None = None) -> bool:
-    """Whether ``host`` is this machine (loopback, or one of ``names``, default
-    :func:`local_names`): a server URL naming it is unreachable from other nodes.
-
-    Args:
-        host: A host name or address (IPv6 in brackets or not).
-        names: This machine's names; None looks them up.
-
-    Returns:
-        True for loopback (``localhost``, ``127.x``, ``::1``) or one of ``names``.
-
-    Examples:
-        >>> from omniq.hpc.base import is_local_host
-        >>> is_local_host("localhost"), is_local_host("127.0.1.1"), is_local_host("db.lab", {"vm"})
-        (True, True, False)
-    """
-    h = host.strip("[]").lower()
-    return h in LOOPBACK_HOSTS or h.startswith("127.") or h in (names if names is not None else local_names())
-
-
-def job_url(role: str, url: str, *, cluster_local: bool | None) -> tuple[str, list[str]]:
-    """The URL a job should open for ``role`` (relative SQLite paths made absolute), and warnings;
-    a ``ConfigError`` naming the URL when a job could not reach it at all.
-
-    Args:
-        role: ``"tasks"``, ``"results"`` or ``"events"``, for messages.
-        url: The URL as this process opens it.
-        cluster_local: True when every node of the cluster is this machine, False when some
-            is not, None when unknown.
-
-    Returns:
-        ``(url for the jobs, warnings)``; the warnings are texts for ``StorageReachWarning``.
-
-    Raises:
-        ConfigError: The store lives in this process (``memory://``, in-memory SQLite), is on
-            a filesystem local to this machine while the cluster has other nodes, or names
-            ``localhost`` on such a cluster.
-
-    Examples:
-        >>> from omniq.hpc.base import job_url
-        >>> job_url("tasks", "redis://db.lab:6379/0", cluster_local=False)
-        ('redis://db.lab:6379/0', [])
-        >>> job_url("tasks", "sqlite:////shared/lab.db", cluster_local=True)
-        ('sqlite:////shared/lab.db', [])
-        >>> from omniq import ConfigError
-        >>> try:
-        ...     job_url("tasks", "memory://", cluster_local=True)
-        ... except ConfigError as e:
-        ...     print(str(e).startswith("tasks URL 'memory://' is this process's memory"))
-        True"""
-    scheme, sep, rest = url.partition("://")
-    scheme = scheme.lower()
-    shown = masked(url)
-    if scheme == "memory":
-        raise ConfigError(
-            f"{role} URL {shown!r} is this process's memory: jobs on the cluster cannot reach it. "
-            f"Jobs need {WHAT_WORKS}")
-    if scheme in ("sqlite", "file"):
-        path, _, query = rest.partition("?")
-        if scheme == "sqlite" and (path in (":memory:", "", "/:memory:") or path.startswith((":memory:", "/:memory:"))):
-            raise ConfigError(
-                f"{role} URL {shown!r} is an in-memory SQLite database of this process: jobs on the "
-                f"cluster cannot reach it. Jobs need {WHAT_WORKS}")
-        if scheme == "sqlite":
-            path = path[1:] if path.startswith("/") else path  # sqlite:///rel.db -> rel.db, ////abs -> /abs
-        path = os.path.abspath(os.path.expanduser(path))
-        new = f"{scheme}://{'/' if scheme == 'sqlite' else ''}{path}" + (f"?{query}" if query else "")
-        return new, _path_warnings(role, url, path, scheme, cluster_local)
-    if scheme in SERVER_SCHEMES and sep:
-        try:
-            host = urlsplit(url).hostname or ""
-        except ValueError:
-            host = ""
-        if is_local_host(host) and cluster_local is False:
-            raise ConfigError(
-                f"{role} URL {shown!r} names {host or 'this machine'}, which each compute node reads "
-                f"as itself: use this machine's name or address as the nodes reach it "
-                f"(e.g. {socket.getfqdn()}), or a server on the cluster's network")
-        if is_local_host(host) and cluster_local is None:
-            return url, [f"{role} URL {shown!r} names {host or 'this machine'}: jobs on other nodes "
-                         f"cannot reach it there (fine when the cluster is this machine)"]
-    return url, []
-
-
-def _path_warnings(role: str, url: str, path: str, scheme: str, cluster_local: bool | None) -> list[str]:
-    if cluster_local:
-        return []  # one host: any path works, SQLite's locking included
-    shown = masked(url)
-    mnt, fstype = mount_of(path)
-    local_dir = any(path == d or path.startswith(d + "/") for d in LOCAL_DIRS)
-    if fstype in MEMORY_FS or local_dir:
-        what = f"{mnt or path} ({fstype or 'local'})"
-        if cluster_local is False:
-            raise ConfigError(
-                f"{role} URL {shown!r} is on {what}, local to this machine: jobs on other nodes "
-                f"would each see their own, empty copy. Jobs need {WHAT_WORKS}")
-        return [f"{role} URL {shown!r} is on {what}, local to this machine: jobs on other nodes "
-                f"would not see it"]
-    if scheme == "sqlite" and (fstype in NETWORK_FS or fstype.startswith("fuse")):
-        return [f"{role} URL {shown!r} is SQLite on {fstype} ({mnt}): SQLite's locking (WAL) is safe "
-                f"only among processes of one host, so jobs on several nodes may see 'database is "
-                f"locked' or corrupt it. For many nodes use postgresql://, redis:// or nats://"]
-    if fstype and fstype not in NETWORK_FS and cluster_local is False and not fstype.startswith("fuse"):
-        return [f"{role} URL {shown!r} is on {mnt} ({fstype}), which looks local to this machine: "
-                f"jobs on other nodes see it only if it is shared with them"]
-    return []
-
-
-def storage_tag(url: str) -> str | None:
-    """Eight hex digits naming the task queue ``url`` (as jobs open it), carried in job names
-    (``omniq-<tag>-<hex>``) so ``omniq status`` on that queue finds its jobs among the user's.
-    Derived from the URL without its password (job names are public); SQLite and ``file://``
-    by their resolved path. None for a queue no job could serve (``memory://``).
-
-    Args:
-        url: A task queue URL.
-
-    Returns:
-        Eight hex digits, or None.
-
-    Examples:
-        >>> from omniq.hpc import storage_tag
-        >>> tag = storage_tag("postgresql://me:secret@db.lab/queue")
-        >>> len(tag), tag == storage_tag("postgresql://me:other@db.lab/queue")
-        (8, True)
-        >>> storage_tag("memory://") is None
-        True
-    """
-    try:
-        url, _ = job_url("tasks", url, cluster_local=True)
-    except ConfigError:
-        return None
-    scheme, _, rest = url.partition("://")
-    scheme = scheme.lower()
-    if scheme in ("sqlite", "file"):
-        path = rest.partition("?")[0]
-        key = f"{scheme}:{os.path.realpath(path[1:] if scheme == 'sqlite' else path)}"
-    else:
-        key = masked(url).rstrip("/")
-    return hashlib.sha256(key.encode()).hexdigest()[:8]
-
-
 # ------------------------------------------------------------------------------ the pool
 def _core_of(oq: Any) -> Any:
     from ..core import AsyncOmniQ, OmniQ
@@ -475,6 +271,24 @@ def _count(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ConfigError(f"{name}={value!r} is not valid: expected an integer >= 0")
     return value
+
+
+class _FromSpec(Generic[_T]):
+    """A pool's attribute that its ``JobSpec`` keeps (read and written through), so
+    ``pool.cores`` and the jobs' command never disagree."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.field = name
+
+    @overload
+    def __get__(self, pool: None, owner: type | None = None) -> _FromSpec[_T]: ...
+    @overload
+    def __get__(self, pool: JobWorkers, owner: type | None = None) -> _T: ...
+    def __get__(self, pool: JobWorkers | None, owner: type | None = None) -> _T | _FromSpec[_T]:
+        return self if pool is None else cast(_T, getattr(pool.spec, self.field))
+
+    def __set__(self, pool: JobWorkers, value: _T) -> None:
+        setattr(pool.spec, self.field, value)
 
 
 class JobWorkers(abc.ABC):
@@ -522,6 +336,20 @@ class JobWorkers(abc.ABC):
     #: commands that must be on PATH
     commands: tuple[str, ...] = ()
 
+    # what each job runs, kept by the pool's JobSpec (``pool.spec``)
+    python: _FromSpec[str] = _FromSpec()
+    worker: _FromSpec[str] = _FromSpec()
+    cores: _FromSpec[int] = _FromSpec()
+    grace: _FromSpec[int] = _FromSpec()
+    idle_timeout: _FromSpec[float | None] = _FromSpec()
+    queues: _FromSpec[list[str] | None] = _FromSpec()
+    memory_limit: _FromSpec[str | None] = _FromSpec()
+    env: _FromSpec[dict[str, str]] = _FromSpec()
+    cwd: _FromSpec[str] = _FromSpec()
+    urls: _FromSpec[dict[str, str]] = _FromSpec()
+    name: _FromSpec[str] = _FromSpec()
+    log_dir: _FromSpec[str] = _FromSpec()
+
     def __init__(
         self,
         oq: Any,
@@ -542,28 +370,16 @@ class JobWorkers(abc.ABC):
         self._core = _core_of(oq)
         self.oq = oq
         cfg = self._core.config
-        self.cores = _positive_int("cores", cores)
+        cores = _positive_int("cores", cores)
         self.walltime_seconds = parse_walltime(walltime)
         self.walltime = walltime if isinstance(walltime, str) else format_walltime(self.walltime_seconds)
         self.walltime = self.walltime.strip()
-        if idle_timeout is not None and (isinstance(idle_timeout, bool) or not isinstance(idle_timeout, (int, float))
-                                         or not 0 < idle_timeout < math.inf):
-            raise ConfigError(f"idle_timeout={idle_timeout!r} is not valid: expected seconds > 0, or None (never)")
-        self.idle_timeout = idle_timeout
-        if worker not in settings.WORKER_KINDS:
-            raise ConfigError(f"worker={worker!r} is not valid: expected one of {', '.join(settings.WORKER_KINDS)}")
-        self.worker = worker
-        if isinstance(queues, str):
-            queues = [q.strip() for q in queues.split(",") if q.strip()]
-        if queues is not None:
-            queues = list(queues)
-            bad = [q for q in queues if not isinstance(q, str) or not q or "," in q or q != q.strip()]
-            if bad or not queues:
-                raise ConfigError(f"queues={queues!r} is not valid: expected queue names (strings without commas)")
-        self.queues: list[str] | None = queues if queues is not None else cfg.queues
-        self.env = self._check_env(env)
-        self.python = self._check_python(python)
-        self.memory_limit = self._check_memory_limit(memory_limit)
+        idle_timeout = check_idle_timeout(idle_timeout)
+        worker = check_worker(worker)
+        queues = check_queues(queues)
+        env = check_env(env)
+        python = check_python(python)
+        memory_limit = check_memory_limit(memory_limit)
         if walltime_margin is None:
             margin = default_margin(self.walltime_seconds)
         elif (isinstance(walltime_margin, bool) or not isinstance(walltime_margin, (int, float))
@@ -573,13 +389,18 @@ class JobWorkers(abc.ABC):
         else:
             margin = math.ceil(walltime_margin)
         self.walltime_margin = margin
-        self.grace = max(1, int(margin * 2 / 3))  # running tasks' time to finish; the rest: hand back, exit
         if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not 0 < interval < math.inf:
             raise ConfigError(f"interval={interval!r} is not valid: expected seconds > 0")
         self.interval = float(interval)
         if name is not None and (not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9._-]{1,60}", name)):
             raise ConfigError(f"name={name!r} is not valid: expected letters, digits, '.', '_' or '-' (at most 60)")
-        self.cwd = os.getcwd()
+        # what each job runs (its command, environment file and script): located further down
+        self.spec = JobSpec(
+            python=python, scheduler=self.scheduler, worker=worker, cores=cores,
+            grace=max(1, int(margin * 2 / 3)),  # running tasks' time to finish; the rest: hand back, exit
+            idle_timeout=idle_timeout, queues=queues if queues is not None else cfg.queues,
+            memory_limit=memory_limit, env=env, cwd=os.getcwd(), lease=cfg.lease,
+            storage_options=cfg.storage_options)
 
         # the storage, as jobs will open it (refusing what they cannot reach)
         roles = (("tasks", self._core.tasks_url), ("results", self._core.results_url),
@@ -589,22 +410,20 @@ class JobWorkers(abc.ABC):
         self._check_commands()
         self._validate()
         cluster_local = self._cluster_is_local()
-        self.urls: dict[str, str] = {}
+        urls: dict[str, str] = {}
         notes: list[str] = []
         for role, url in roles:
-            self.urls[role], w = job_url(role, url, cluster_local=cluster_local)
+            urls[role], w = job_url(role, url, cluster_local=cluster_local)
             notes.extend(w)
         for note in dict.fromkeys(notes):
             warnings.warn(note, StorageReachWarning, stacklevel=3)
         # the name says omniq and which task queue the jobs serve (omniq status finds them by it)
         if name is None:
-            name = f"omniq-{storage_tag(self.urls['tasks'])}-{os.urandom(3).hex()}"
+            name = f"omniq-{storage_tag(urls['tasks'])}-{os.urandom(3).hex()}"
         elif "omniq" not in name.lower():
             name = f"omniq-{name}"
-        self.name = name
-        self.log_dir = os.path.abspath(os.fspath(log_dir) if log_dir is not None
-                                       else os.path.join(cfg.base_dir, "hpc", name))
-        self._storage_env = self._storage_variables()
+        self.spec.locate(urls=urls, name=name, log_dir=os.path.abspath(
+            os.fspath(log_dir) if log_dir is not None else os.path.join(cfg.base_dir, "hpc", name)))
 
         self._lock = threading.RLock()
         self._tracked: dict[str, Job] = {}  # id -> last known
@@ -618,7 +437,6 @@ class JobWorkers(abc.ABC):
         self._quit = threading.Event()
         self._errors = 0
         self.closed = False
-        self._prepared = False
         self._link_close()
         atexit.register(_close_at_exit, weakref.ref(self))
         _POOLS.add(self)
@@ -857,14 +675,14 @@ class JobWorkers(abc.ABC):
             t.join(timeout=30)  # (not from the OmniQ's loop: the monitor may be waiting on it)
         with self._lock:
             ids = list(self._tracked)
-            if self._prepared:
+            if self.spec.prepared:
                 argvs = [self.cancel_all_command()] + ([self.cancel_command(ids, graceful=False)] if ids else [])
                 for argv in argvs:
                     try:
                         self._run(argv, timeout=30, check=False)
                     except OmniQError as exc:
                         log.warning("%s pool %s: %s", self.scheduler, self.name, exc)
-            if wait and self._prepared:
+            if wait and self.spec.prepared:
                 deadline = time.monotonic() + timeout
                 while time.monotonic() < deadline:
                     try:
@@ -874,8 +692,7 @@ class JobWorkers(abc.ABC):
                         break
                     time.sleep(0.5)
             self._tracked.clear()
-            with contextlib.suppress(OSError):
-                os.unlink(self.env_file)
+            self.spec.remove_env_file()
 
     def __enter__(self) -> JobWorkers:
         return self
@@ -915,145 +732,31 @@ class JobWorkers(abc.ABC):
         return (f"<{type(self).__name__} {self.name}{' closed' if self.closed else ''}: {what}{mode}; "
                 f"cores={self.cores} walltime={self.walltime} logs={self.log_dir}>")
 
-    # --- files -----------------------------------------------------------------------------------
+    # --- what each job runs: the pool's JobSpec (jobspec.py) -----------------------------------------
     @property
     def env_file(self) -> str:
-        """The pool's private environment file (mode 0600; URLs and secrets for its jobs).
-
-        Examples:
-            ``<log_dir>/worker.env``; see :class:`~omniq.hpc.SlurmWorkers`.
-        """
-        return os.path.join(self.log_dir, "worker.env")
+        """The pool's private environment file (mode 0600): ``<log_dir>/worker.env``."""
+        return self.spec.env_file
 
     @property
     def script(self) -> str:
-        """The job script every job of the pool runs.
-
-        Examples:
-            ``<log_dir>/job.sh``; see :class:`~omniq.hpc.SlurmWorkers`.
-        """
-        return os.path.join(self.log_dir, "job.sh")
+        """The job script every job of the pool runs: ``<log_dir>/job.sh``."""
+        return self.spec.script
 
     def worker_command(self) -> list[str]:
-        """``omniq worker`` as a job runs it (no URL: those come from the environment file).
-
-        Returns:
-            The command.
-
-        Examples:
-            See :class:`~omniq.hpc.SlurmWorkers`.
-        """
-        cmd = [self.python, "-m", "omniq.cli", "worker", "--worker", self.worker, "-c", str(self.cores),
-               "--grace", str(self.grace)]
-        if self.idle_timeout is not None:
-            cmd += ["--idle-timeout", f"{self.idle_timeout:g}"]
-        if self.queues:
-            cmd += ["--queues", ",".join(self.queues)]
-        if self.memory_limit is not None:
-            cmd += ["--memory-limit", str(self.memory_limit)]
-        return cmd
+        """``omniq worker`` as a job runs it (no URL: those come from the environment file)."""
+        return self.spec.worker_command()
 
     def job_script(self) -> str:
-        """The job script: source the private environment file, then become ``omniq worker``
-        (``exec``: the scheduler's signals reach the worker itself).
-
-        Returns:
-            The script's text.
-
-        Examples:
-            See :class:`~omniq.hpc.SlurmWorkers`.
-        """
-        return "\n".join([
-            "#!/bin/bash",
-            f"# OmniQ worker job of pool {self.name} ({self.scheduler}); options are on the submit",
-            "# command line. It leaves after idle_timeout without tasks, or near its walltime",
-            "# (SIGTERM: stops taking tasks, hands back what it cannot finish).",
-            f"# storage URLs and secrets: {self.env_file} (mode 0600, removed on close)",
-            "set -e",
-            f". {shlex.quote(self.env_file)}",
-            'echo "omniq job ${SLURM_JOB_ID:-${PBS_JOBID:-${LSB_JOBID:-?}}} on $(hostname) at $(date \'+%F %T\')" >&2',
-            "exec " + shlex.join(self.worker_command()),
-            "",
-        ])
+        """The job script's text: source the environment file, then ``exec omniq worker``."""
+        return self.spec.job_script()
 
     def import_path(self) -> list[str]:
-        """Folders this process imports from that its interpreter would not (the notebook's
-        folder, ``sys.path`` additions): the job puts them on ``PYTHONPATH``, so tasks whose
-        functions live in modules import them there too. Only for the same interpreter.
-
-        Returns:
-            The folders (empty when the jobs run another interpreter).
-
-        Examples:
-            See :class:`~omniq.hpc.SlurmWorkers`.
-        """
-        if self.python != os.path.abspath(sys.executable):
-            return []
-        import site
-
-        own = {sys.prefix, sys.base_prefix, sys.exec_prefix}
-        with contextlib.suppress(Exception):
-            own.update(site.getsitepackages())
-        with contextlib.suppress(Exception):
-            own.add(site.getusersitepackages())
-        own = {os.path.abspath(p) for p in own if p}
-        out: list[str] = []
-        for entry in sys.path:
-            p = os.path.abspath(entry or self.cwd)
-            if not os.path.isdir(p) or p in out or any(p == o or p.startswith(o + os.sep) for o in own):
-                continue
-            out.append(p)
-        return out
-
-    def _storage_variables(self) -> dict[str, str]:
-        cfg = self._core.config
-        out = {k: v for k, v in os.environ.items() if k.startswith("OMNIQ_")}  # secret keys, log level...
-        out["OMNIQ_TASK_QUEUE_TYPE"] = self.urls["tasks"]
-        for role, var in (("results", "OMNIQ_RESULT_STORAGE_TYPE"), ("events", "OMNIQ_EVENT_STORAGE_TYPE")):
-            if self.urls[role] != self.urls["tasks"]:
-                out[var] = self.urls[role]
-            else:
-                out.pop(var, None)
-        out["OMNIQ_LEASE"] = f"{cfg.lease:g}"
-        out.pop("OMNIQ_CONCURRENCY", None)
-        out.pop("OMNIQ_QUEUES", None)
-        if cfg.storage_options:
-            try:
-                out["OMNIQ_STORAGE_OPTIONS"] = json.dumps(dict(cfg.storage_options))
-            except (TypeError, ValueError) as exc:
-                raise ConfigError(
-                    f"storage_options cannot travel to {self.scheduler} jobs ({exc}): give the jobs "
-                    "their credentials through env= or the usual variables instead") from exc
-        else:
-            out.pop("OMNIQ_STORAGE_OPTIONS", None)
-        out.update(self.env)
-        return out
+        """Folders the jobs put on ``PYTHONPATH`` (see :meth:`JobSpec.import_path`)."""
+        return self.spec.import_path()
 
     def _prepare(self) -> None:
-        """The log folder (0700), the environment file (0600) and the job script."""
-        if self._prepared:
-            return
-        try:
-            os.makedirs(self.log_dir, mode=0o700, exist_ok=True)
-            lines = [f"# OmniQ {self.scheduler} pool {self.name}: environment of its jobs (secrets: keep 0600)"]
-            lines += ["unset OMNIQ_RESULT_STORAGE_TYPE OMNIQ_EVENT_STORAGE_TYPE OMNIQ_STORAGE_OPTIONS"]
-            lines += [f"export {k}={shlex.quote(v)}" for k, v in sorted(self._storage_env.items())]
-            path = self.import_path()
-            if path and "PYTHONPATH" not in self.env:
-                lines.append(f"export PYTHONPATH={shlex.quote(os.pathsep.join(path))}"
-                             '"${PYTHONPATH:+:$PYTHONPATH}"')
-            tmp = f"{self.env_file}.{os.getpid()}.tmp"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write("\n".join(lines) + "\n")
-            os.chmod(tmp, 0o600)
-            os.replace(tmp, self.env_file)
-            with open(self.script, "w") as f:
-                f.write(self.job_script())
-            os.chmod(self.script, 0o700)
-        except OSError as exc:
-            raise ConfigError(f"log_dir={self.log_dir!r} cannot hold the pool's files: {exc}") from exc
-        self._prepared = True
+        self.spec.prepare()
 
     # --- internals: commands -------------------------------------------------------------------------
     def _check_commands(self) -> None:
@@ -1066,9 +769,7 @@ class JobWorkers(abc.ABC):
                 f"{', '.join(missing)} not found on PATH (run where you would run them: a login node)")
 
     def _subprocess_env(self) -> dict[str, str]:
-        # OMNIQ_* (URLs, secret keys) travel in the 0600 file, not in the scheduler's copy of
-        # the submitting environment
-        return {k: v for k, v in os.environ.items() if not k.startswith("OMNIQ_")}
+        return command_env()
 
     def _run(self, argv: list[str], *, timeout: float = 60.0, check: bool = True) -> subprocess.CompletedProcess[str]:
         try:
@@ -1095,43 +796,6 @@ class JobWorkers(abc.ABC):
             return None
         names = local_names()
         return all(is_local_host(h, names) for h in hosts)
-
-    def _check_env(self, env: Mapping[str, str] | None) -> dict[str, str]:
-        if env is None:
-            return {}
-        if not isinstance(env, Mapping):
-            raise ConfigError(f"env={env!r} is not valid: expected a mapping of variable names to strings")
-        out = {}
-        for k, v in env.items():
-            if not isinstance(k, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k):
-                raise ConfigError(f"env: {k!r} is not a valid variable name")
-            if not isinstance(v, (str, int, float)) or isinstance(v, bool):
-                raise ConfigError(f"env[{k!r}]={v!r} is not valid: expected a string")
-            out[k] = str(v)
-        return out
-
-    def _check_python(self, python: str | None) -> str:
-        if python is None:
-            return sys.executable
-        if not isinstance(python, (str, os.PathLike)) or not os.fspath(python).strip():
-            raise ConfigError(f"python={python!r} is not valid: expected the path of a Python interpreter")
-        path = os.fspath(python)
-        if os.sep not in path:
-            import shutil
-
-            found = shutil.which(path)
-            if found is None:
-                raise ConfigError(f"python={python!r} is not on PATH: give the interpreter's full path")
-            path = found
-        if not os.access(path, os.X_OK):
-            raise ConfigError(f"python={python!r} is not an executable here (jobs run it with omniq installed)")
-        return os.path.abspath(path)
-
-    def _check_memory_limit(self, value: Any) -> str | None:
-        if value is None:
-            return None
-        parse_size(value, "memory_limit")  # a ConfigError naming it when not a size
-        return str(value)
 
     # --- internals: jobs -------------------------------------------------------------------------
     def _submit(self, count: int) -> list[str]:
@@ -1166,7 +830,7 @@ class JobWorkers(abc.ABC):
     def _refresh(self) -> list[Job]:
         """List the pool's jobs now; forget those gone from the list."""
         with self._lock:
-            if not self._prepared:
+            if not self.spec.prepared:
                 return []
             listed = self.parse_list(self._run(self.list_command()).stdout)
             now = time.monotonic()
