@@ -116,3 +116,38 @@ def test_a_pickle_cannot_make_the_reader_allocate() -> None:
     # protocol 0 by hand: builtins.bytes(10**12) (REDUCE): shown by name, never called
     data = b"c__builtin__\nbytes\n(I1000000000000\ntR."
     assert repr(walk_pickle(data)) == "<object bytes>"
+
+
+def test_a_pickle_built_to_be_costly_to_read_is_not() -> None:
+    """204 KB repeating ``list(s)`` over one memoized 200,000-character string 200 times made
+    a walk hold 331 MB; containers now keep what a repr shows, strings their head and tail."""
+    import struct
+    import time
+    import tracemalloc
+
+    s = "x" * 200_000
+    data = b"\x80\x02X" + struct.pack("<I", len(s)) + s.encode() + b"q\x000"
+    data += b"c__builtin__\nlist\nh\x00\x85R0" * 200  # list(s), popped, 200 times
+    data += b"c__builtin__\nlist\nh\x00\x85R."  # and the value: list(s)
+    tracemalloc.start()
+    try:
+        started = time.perf_counter()
+        value = walk_pickle(data)
+        took = time.perf_counter() - started
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 10_000_000, peak
+    assert took < 2.0
+    assert value == ["x"] * 13
+    assert value_repr(b"P" + data) == "['x', 'x', 'x', 'x', 'x', 'x', 'x', 'x', 'x', 'x', 'x', 'x', ...]"
+
+
+def test_long_containers_and_strings_show_their_head_and_the_walk_is_bounded() -> None:
+    from omniq.serialization.peek import MAX_OPS
+
+    data = pickle.dumps(({"k": "a" * 10_000 + "END"}, list(range(100)), set(range(50))), protocol=4)
+    shown = value_repr(b"P" + data)
+    assert shown is not None and "END" in shown and "..." in shown and "99" not in shown
+    many = pickle.dumps([{i} for i in range(MAX_OPS)], protocol=5)  # several opcodes each
+    assert repr(walk_pickle(many)).startswith("<too large to show: a pickle of")

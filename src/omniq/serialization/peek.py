@@ -18,6 +18,7 @@ Examples:
 
 from __future__ import annotations
 
+import itertools
 import pickletools
 import reprlib
 from typing import Any
@@ -28,6 +29,12 @@ from ._signing import MAC_SIZE
 
 #: reprs are cut to this many characters (the full value stays in storage)
 LIMIT = 500
+#: what a walk keeps and does at most, so a payload built to be costly to read is not: items
+#: kept per container (a repr shows 12, the 13th makes its "..."), characters kept per string
+#: (its head and tail, which is what a repr shows), opcodes walked before giving up
+KEEP_ITEMS = 13
+KEEP_CHARS = 120
+MAX_OPS = 50_000
 
 _decode = msgspec.msgpack.Decoder().decode
 _repr = reprlib.Repr()
@@ -103,9 +110,11 @@ def walk_pickle(data: bytes) -> Any:
     plain values as themselves, everything else as an ``Opaque`` placeholder."""
     stack: list[Any] = []
     memo: dict[int, Any] = {}
-    for op, raw, _pos in pickletools.genops(data):
+    for count, (op, raw, _pos) in enumerate(pickletools.genops(data)):
+        if count >= MAX_OPS:
+            return Opaque(f"<too large to show: a pickle of {len(data):,} bytes>")
         name = op.name
-        arg: Any = raw
+        arg: Any = _clip(raw)
         if name in ("PROTO", "FRAME"):
             continue
         if name == "STOP":
@@ -140,13 +149,15 @@ def walk_pickle(data: bytes) -> Any:
         elif name in ("TUPLE", "LIST", "FROZENSET", "DICT"):
             items = _pop_mark(stack)
             if name == "TUPLE":
-                stack.append(tuple(items))
+                stack.append(tuple(items[:KEEP_ITEMS]))
             elif name == "LIST":
-                stack.append(list(items))
+                stack.append(items[:KEEP_ITEMS])
             elif name == "FROZENSET":
-                stack.append(frozenset(_hashable(i) for i in items))
+                stack.append(frozenset(_hashable(i) for i in items[:KEEP_ITEMS]))
             else:
-                stack.append({_hashable(items[i]): items[i + 1] for i in range(0, len(items) - 1, 2)})
+                d: dict[Any, Any] = {}
+                _setitems(d, items)
+                stack.append(d)
         elif name == "APPEND":
             v = stack.pop()
             _append(stack[-1], [v])
@@ -162,8 +173,9 @@ def walk_pickle(data: bytes) -> Any:
             _setitems(stack[-1], items)
         elif name == "ADDITEMS":
             items = _pop_mark(stack)
-            if isinstance(stack[-1], set):
-                stack[-1].update(_hashable(i) for i in items)
+            target = stack[-1]
+            if isinstance(target, set):
+                target.update(_hashable(i) for i in items[: max(0, KEEP_ITEMS - len(target))])
         elif name == "POP":
             stack.pop()
         elif name == "POP_MARK":
@@ -232,14 +244,23 @@ def _hashable(v: Any) -> Any:
     return v
 
 
+def _clip(arg: Any) -> Any:
+    """A long string or bytes argument cut to its head and tail (all a repr shows of it)."""
+    if isinstance(arg, (str, bytes, bytearray)) and len(arg) > 2 * KEEP_CHARS + 1:
+        return arg[:KEEP_CHARS] + arg[-KEEP_CHARS:]
+    return arg
+
+
 def _append(target: Any, items: list[Any]) -> None:
     if isinstance(target, list):
-        target.extend(items)
+        target.extend(items[: max(0, KEEP_ITEMS - len(target))])
 
 
 def _setitems(target: Any, items: list[Any]) -> None:
     if isinstance(target, dict):
         for i in range(0, len(items) - 1, 2):
+            if len(target) >= KEEP_ITEMS:
+                return
             target[_hashable(items[i])] = items[i + 1]
 
 
@@ -250,11 +271,23 @@ def _call(fn: Any, args: Any) -> Any:
     if make in (bytes, bytearray) and not (args and isinstance(args, tuple) and isinstance(args[0], (str, bytes))):
         make = None  # bytes(10**12) would allocate what a pickle asks: only copies are rebuilt
     if make is not None and isinstance(args, tuple) and not any(isinstance(a, Opaque) for a in args):
+        if make in (list, tuple, set, frozenset, dict) and args:
+            args = (_head(args[0]), *args[1:])  # list(s) of a long s: only what a repr shows
         try:
             return make(*args)
         except Exception:
             pass
     return _made_by(fn)
+
+
+def _head(iterable: Any) -> Any:
+    """The first ``KEEP_ITEMS`` items of ``iterable`` (a dict's first pairs)."""
+    if isinstance(iterable, dict):
+        return dict(itertools.islice(iterable.items(), KEEP_ITEMS))
+    try:
+        return list(itertools.islice(iter(iterable), KEEP_ITEMS))
+    except TypeError:
+        return iterable
 
 
 def _made_by(fn: Any) -> Opaque:
