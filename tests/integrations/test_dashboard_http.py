@@ -424,3 +424,39 @@ def test_an_event_time_no_clock_can_show_does_not_break_the_task_page(oq: OmniQ,
     with client(dashboard) as c:
         r = c.get(f"/tasks/{tid}")
     assert r.status_code == 200 and "? (1e+18)" in r.text
+
+
+def test_a_sweep_point_run_again_counts_once_on_the_front_page(tmp_path: Any, start: Callable[..., Running]) -> None:
+    from tests.helpers import boom_once_then
+
+    url = f"sqlite:///{tmp_path / 'sw.db'}"
+    grid = {"marker_path": [str(tmp_path / "a"), str(tmp_path / "b")]}
+    with OmniQ(tasks=url, worker="thread", concurrency=1) as q:
+        q.sweep(boom_once_then, grid=grid, name="twice").wait(timeout=60)
+        assert len(q.tasks(status="failed")) == 2
+    with OmniQ(tasks=url, concurrency=0) as q:  # no worker: the points run again stay queued
+        q.sweep(boom_once_then, grid=grid, name="twice")
+        assert len(q.tasks(status="queued")) == 2
+        dash = start(["--tasks", url, "--port", "0"])
+        with client(dash) as c:
+            page = c.get("/").text
+    row = re.search(r'<a href="/sweeps/twice">twice</a></td>\s*<td><progress max="(\d+)" value="(\d+)"', page)
+    assert row is not None, page
+    assert row.groups() == ("2", "0")  # two points, both waiting again (not 4, two of them failed)
+
+
+def test_a_big_sweep_page_is_paged_and_its_parameters_cut(tmp_path: Any, start: Callable[..., Running]) -> None:
+    url = f"sqlite:///{tmp_path / 'big.db'}"
+    with OmniQ(tasks=url, concurrency=0) as q:  # no worker: every point queued
+        q.sweep(abs, grid={"x": list(range(-250, 0)), "blob": ["y" * 20_000]}, name="big")
+        dash = start(["--tasks", url, "--port", "0"])
+        with client(dash) as c:
+            first = c.get("/sweeps/big")
+            assert first.status_code == 200
+            assert len(re.findall(r"<tr><td><code>", first.text)) == 200
+            assert "y" * 200 not in first.text and len(first.text) < 300_000
+            assert "Points 1-200 of 250." in first.text
+            nxt = re.search(r'href="(/sweeps/big\?offset=200)" rel="next"', first.text)
+            assert nxt is not None
+            second = c.get(nxt.group(1))
+    assert len(re.findall(r"<tr><td><code>", second.text)) == 50

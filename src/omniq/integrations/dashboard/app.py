@@ -161,8 +161,10 @@ def create_app(oq: AsyncOmniQ, *, token: str | None = None, cookie_suffix: str =
 
     async def sweep(request: Request) -> Response:
         name = request.path_params["name"]
+        raw = request.query_params.get("offset") or "0"
+        offset = int(raw) if raw.isdigit() and len(raw) < 10 else 0
         try:
-            data = await views.sweep_page(oq, name)
+            data = await views.sweep_page(oq, name, offset)
         except StorageDown as exc:
             return failed_page(request, exc, f"Sweep {name}")
         if data is None:

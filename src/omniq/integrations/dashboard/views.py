@@ -17,11 +17,12 @@ from ...client.admin import UNREADABLE
 from ...errors import ConfigError, TaskNotFound
 from ...models import TaskStatus
 from ...redact import masked
-from ...serialization.peek import value_repr
+from ...serialization.peek import safe_repr, value_repr
 from ...sweep.handles import latest_results
 
 if TYPE_CHECKING:
     from ...client.orchestrator import AsyncOmniQ
+    from ...models import Task
 
 T = TypeVar("T")
 STORAGE_TIMEOUT = 3.0
@@ -184,19 +185,47 @@ class Overview:
             return self.data
 
 
+async def _active_sweep_tasks(oq: AsyncOmniQ) -> list[Task]:
+    """The newest ``SWEEP_SCAN`` tasks of each active status that belong to a sweep."""
+    s = oq.session
+    out: list[Task] = []
+    for status in ACTIVE:
+        page = await bounded(oq, s.queue.list_tasks(statuses=[status], limit=SWEEP_SCAN))
+        out += [t for t in page if isinstance(t.metadata, dict) and isinstance(t.metadata.get("sweep"), str)]
+    return out
+
+
+#: sweep name -> (monotonic time, {key: status} of its finished points): the front page reads a
+#: running sweep's results at most every SWEEP_EVERY seconds, not at each refresh
+_finished_cache: dict[tuple[int, str], tuple[float, dict[str, str]]] = {}
+SWEEP_EVERY = 10.0
+
+
+async def _finished_statuses(oq: AsyncOmniQ, name: str) -> dict[str, str]:
+    cache_key = (id(oq), name)
+    hit = _finished_cache.get(cache_key)
+    if hit is not None and time.monotonic() - hit[0] < SWEEP_EVERY:
+        return hit[1]
+    done = await sweep_results(oq, name)
+    statuses = {key: r.status.value for key, r in done.items()}  # the values are dropped here
+    if len(_finished_cache) > 100:
+        _finished_cache.clear()
+    _finished_cache[cache_key] = (time.monotonic(), statuses)
+    return statuses
+
+
 async def running_sweeps(oq: AsyncOmniQ) -> list[dict[str, Any]]:
     """Sweeps with points queued, running or pending (among the newest ``SWEEP_SCAN`` of each),
-    with their progress: finished points from the result store, active ones from the queue."""
-    active: dict[str, Counter[str]] = {}
-    for status in ACTIVE:
-        for t in await bounded(oq, oq.tasks(status=status, limit=SWEEP_SCAN)):
-            if t.sweep:
-                active.setdefault(t.sweep, Counter())[status.value] += 1
+    with their progress: finished points from the result store, active ones from the queue. A
+    point run again (retried, resubmitted) counts once, as active."""
+    active: dict[str, dict[str, str]] = {}  # sweep -> point key (or task id) -> status
+    for t in await _active_sweep_tasks(oq):
+        active.setdefault(t.metadata["sweep"], {})[t.key or t.id] = t.status.value
     out = []
-    for name, counts in sorted(active.items()):
-        done = await sweep_results(oq, name)
-        finished = Counter(r.status.value for r in done.values())
-        total = sum(finished.values()) + sum(counts.values())
+    for name, points in sorted(active.items()):
+        finished = Counter(st for key, st in (await _finished_statuses(oq, name)).items() if key not in points)
+        counts = Counter(points.values())
+        total = sum(finished.values()) + len(points)
         out.append({"name": name, "succeeded": finished["succeeded"], "failed": finished["failed"],
                     "running": counts["running"], "waiting": counts["queued"] + counts["pending"],
                     "total": total,
@@ -212,9 +241,24 @@ async def sweep_results(oq: AsyncOmniQ, name: str) -> dict[str, Any]:
     return latest_results(r for r in found if (r.metadata or {}).get("sweep") == name)
 
 
-async def sweep_page(oq: AsyncOmniQ, name: str) -> dict[str, Any] | None:
+SWEEP_PAGE = 200  # points per page of a sweep's table
+PARAM_CHARS = 80  # characters of a parameter's repr shown in a cell
+
+
+def _param_reprs(params: Any) -> dict[str, str]:
+    if not isinstance(params, dict):
+        return {}
+    return {str(k)[:PARAM_CHARS]: _cut(safe_repr(v)) for k, v in list(params.items())[:50]}
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= PARAM_CHARS else text[: PARAM_CHARS - 3] + "..."
+
+
+async def sweep_page(oq: AsyncOmniQ, name: str, offset: int = 0) -> dict[str, Any] | None:
     """A sweep's table of points (None when nothing of it is stored): parameters, status,
-    duration, value or error, and the task of each, in submission order."""
+    duration, value or error, and the task of each, in submission order, ``SWEEP_PAGE`` points
+    from ``offset``; parameters and values as short reprs."""
     done = await sweep_results(oq, name)
     rows: dict[str, dict[str, Any]] = {}
     for key, r in done.items():
@@ -222,27 +266,36 @@ async def sweep_page(oq: AsyncOmniQ, name: str) -> dict[str, Any] | None:
             "task_id": r.task_id, "params": (r.metadata or {}).get("params") or {},
             "status": r.status.value, "attempts": r.attempts,
             "duration": (r.finished_at - r.started_at) if r.finished_at and r.started_at else None,
-            "value": value_repr(r.payload) if r.status is TaskStatus.SUCCEEDED else None,
-            "error": f"{r.error.type}: {r.error.message}" if r.error else None,
+            "payload": r.payload if r.status is TaskStatus.SUCCEEDED else None,
+            "error": _cut(f"{r.error.type}: {r.error.message}") if r.error else None,
         }
-    active_ids = []
-    for status in ACTIVE:
-        active_ids += [t.id for t in await bounded(oq, oq.tasks(status=status, limit=SWEEP_SCAN))
-                       if t.sweep == name]
-    s = oq.session
-    tasks = await bounded(oq, asyncio.gather(*(s.queue.get_task(tid) for tid in active_ids[:SWEEP_SCAN])))
-    for task in tasks:
-        if task is None or not task.key or (task.key in rows and rows[task.key]["task_id"] > task.id):
+    for task in await _active_sweep_tasks(oq):
+        if task.metadata.get("sweep") != name or not task.key:
+            continue
+        if task.key in rows and rows[task.key]["task_id"] > task.id:
             continue
         rows[task.key] = {"task_id": task.id, "params": task.metadata.get("params") or {},
                           "status": task.status.value, "attempts": task.attempts,
-                          "duration": None, "value": None, "error": None}
+                          "duration": None, "payload": None, "error": None}
     if not rows:
         return None
     ordered = sorted(rows.values(), key=lambda r: r["task_id"])
-    params = list(dict.fromkeys(p for r in ordered for p in r["params"]))
     counts = Counter(r["status"] for r in ordered)
-    return {"name": name, "rows": ordered, "params": params, "counts": dict(counts), "total": len(ordered)}
+    offset = max(0, min(offset, len(ordered) - 1))
+    shown = ordered[offset : offset + SWEEP_PAGE]
+
+    def reprs() -> None:
+        for r in shown:
+            r["params"] = _param_reprs(r["params"])
+            payload = r.pop("payload")
+            r["value"] = value_repr(payload) if payload is not None else None
+
+    await anyio.to_thread.run_sync(reprs)
+    params = list(dict.fromkeys(p for r in shown for p in r["params"]))[:50]
+    return {"name": name, "rows": shown, "params": params, "counts": dict(counts), "total": len(ordered),
+            "offset": offset, "end": offset + len(shown),
+            "older": offset + SWEEP_PAGE if offset + SWEEP_PAGE < len(ordered) else None,
+            "newer": max(0, offset - SWEEP_PAGE) if offset else None}
 
 
 def fmt_time(t: float | None) -> str:
