@@ -246,8 +246,10 @@ def _hashable(v: Any) -> Any:
 
 def _clip(arg: Any) -> Any:
     """A long string or bytes argument cut to its head and tail (all a repr shows of it)."""
-    if isinstance(arg, (str, bytes, bytearray)) and len(arg) > 2 * KEEP_CHARS + 1:
+    if isinstance(arg, str) and len(arg) > 2 * KEEP_CHARS + 1:
         return arg[:KEEP_CHARS] + arg[-KEEP_CHARS:]
+    if isinstance(arg, (bytes, bytearray)) and len(arg) > 2 * KEEP_CHARS + 1:
+        return bytes(arg[:KEEP_CHARS]) + bytes(arg[-KEEP_CHARS:])
     return arg
 
 
