@@ -460,3 +460,16 @@ def test_a_big_sweep_page_is_paged_and_its_parameters_cut(tmp_path: Any, start: 
             assert nxt is not None
             second = c.get(nxt.group(1))
     assert len(re.findall(r"<tr><td><code>", second.text)) == 50
+
+
+def test_recent_failures_are_ordered_by_when_they_failed(oq: OmniQ, dashboard: Running) -> None:
+    late = oq.enqueue(int, args=("late",), delay=1.5)  # created first, fails last
+    early = oq.enqueue(int, args=("early",))
+    for tid in (early, late):
+        r = oq.get_result(tid, wait=True, timeout=30)
+        assert r is not None and r.status is TaskStatus.FAILED
+    with client(dashboard) as c:
+        page = c.get("/").text
+    section = page[page.index('id="h-failures"'):]
+    shown = re.findall(r'href="/tasks/([^"]+)"><code>', section)
+    assert shown[:2] == [late, early]

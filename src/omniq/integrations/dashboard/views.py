@@ -98,7 +98,7 @@ async def overview(oq: AsyncOmniQ) -> dict[str, Any]:
         "counts": (s.queue.counts(), s.tasks_url),
         "workers": (s.queue.workers(), s.tasks_url),
         "schedules": (oq.schedules(), s.tasks_url),
-        "failures": (oq.tasks(status=TaskStatus.FAILED, limit=10), s.tasks_url),
+        "failures": (recent_failures(oq), s.tasks_url),
         "sweeps": (running_sweeps(oq), s.results_url),
     }
 
@@ -132,6 +132,16 @@ async def overview(oq: AsyncOmniQ) -> dict[str, Any]:
     return {"queues": queues, "workers": workers, "schedules": schedules,
             "failures": got.get("failures") or [], "sweeps": got.get("sweeps") or [],
             "down": sorted(set(down)), "unreadable": unreadable, "taken": now, "complete": not down}
+
+
+FAILURES_SCAN = 200  # failed tasks looked at (newest created) to find the latest failures
+
+
+async def recent_failures(oq: AsyncOmniQ, count: int = 10) -> list[Any]:
+    """The ``count`` latest failures by failure time (a task created long ago that just failed
+    first), among the newest ``FAILURES_SCAN`` failed tasks."""
+    page = await oq.tasks(status=TaskStatus.FAILED, limit=FAILURES_SCAN)
+    return sorted(page, key=lambda t: t.finished or t.created, reverse=True)[:count]
 
 
 class Overview:
