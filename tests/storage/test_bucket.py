@@ -240,6 +240,19 @@ async def test_a_refused_batch_leaves_nothing_in_the_way_of_its_retry(rec: Recor
         assert sorted(t.id for t in got) == sorted(t.id for t in [first, *others])
 
 
+async def test_priority_then_enqueue_order_hold_across_shards(rec: Recorded) -> None:
+    async with opened(fresh_url("?shards=4")) as q:
+        ts = [task(priority=p) for p in (0, 2, 1, 2, 0, 1, 3, 0, 2, 1, 1, 3)]
+        await q.enqueue(ts)
+        expected = [t.id for t in sorted(ts, key=lambda t: -t.priority)]  # stable: enqueue order
+        got: list[str] = []
+        for limit in (1, 3, 2, 1, 5):
+            batch = await q.claim("w", queues=None, limit=limit, lease=30, now=time.time())
+            got += [t.id for t in batch]
+        assert got == expected
+        assert len({q._shard(t.id) for t in ts}) > 1  # they did spread over shards
+
+
 async def test_dependencies_across_shards_release_and_cancel(rec: Recorded) -> None:
     async with opened(fresh_url("?shards=4")) as q:
         roots = [task() for _ in range(6)]

@@ -4,7 +4,6 @@ every racy change a conditional write. The layout and the reasons are in the pac
 from __future__ import annotations
 
 import contextlib
-import random
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -14,7 +13,15 @@ import msgspec
 
 from ...errors import ConfigError
 from ...ids import new_ids
-from ...lifecycle import Cascade, expires, fired, lease_lapsed, ready_status, slot_fires
+from ...lifecycle import (
+    Cascade,
+    claim_order,
+    expires,
+    fired,
+    lease_lapsed,
+    ready_status,
+    slot_fires,
+)
 from ...logs import get_logger
 from ...models import Schedule, Task, TaskResult, TaskStatus
 from .._codec import decoder, encode
@@ -211,16 +218,18 @@ class BucketQueueBackend(OperatorOps, TaskQueue):
                     rel: list[sh.Row] = []
                     can: list[tuple[sh.Row, str]] = []
                     ended: list[tuple[str, TaskStatus]] = []
+                    touched = False
                     for child_id, dep_id, dep_status in items:
                         child = shard.rows.get(child_id)
                         fate = sh.dependency_ended(child, dep_id, dep_status, now) if child else None
+                        touched |= fate is not None  # (WAIT: one dependency fewer to wait for)
                         if fate is Cascade.CANCEL and child is not None:
                             can.append((child, dep_id))
                             ended.append((child_id, TaskStatus.CANCELLED))
                         elif fate is Cascade.RELEASE and child is not None:
                             rel.append(child)
                     r2, c2, more = sh.cascade(shard, ended, now)
-                    changed = bool(rel or can or r2 or c2)
+                    changed = touched or bool(r2 or c2)
                     return (rel + r2, can + c2, more), changed
 
                 rel, can, more = await self._update(i, fn)
@@ -248,21 +257,15 @@ class BucketQueueBackend(OperatorOps, TaskQueue):
         settle = self._gap if self._idle else 0.0  # an idle worker's poll: see wait_for_tasks
         self._idle = False
         rows: list[sh.Row] = []
-        start = random.randrange(self.shards)
-        for k in range(self.shards):
-            left = limit - len(rows)
-            i = (start + k) % self.shards
-            if left <= 0:
-                break
-            if settle and self._quiet(i, settle, lambda s: bool(sh.candidates(s, names, now))):
-                continue
+        for i, quota in (await self._quotas(names, limit, now, settle)).items():
 
-            def fn(shard: sh.Shard, left: int = left) -> tuple[list[sh.Row], bool]:
-                got = sh.claim(shard, worker, names, left, lease, now)
+            def fn(shard: sh.Shard, quota: int = quota) -> tuple[list[sh.Row], bool]:
+                got = sh.claim(shard, worker, names, quota, lease, now)
                 return got, bool(got)
 
             rows += await self._update(i, fn, settle=settle)
         self._gap = IDLE_MIN if rows else min(self._gap * 2, IDLE_MAX)
+        rows.sort(key=lambda r: claim_order(r.priority, r.seq))
         if not rows:
             return []
         bodies = await self._get_bodies(rows)
@@ -278,6 +281,28 @@ class BucketQueueBackend(OperatorOps, TaskQueue):
             log.error("tasks without a stored body: %s", ", ".join(r.id for r in lost))
             await self.finish(worker, [(r.id, TaskStatus.FAILED) for r in lost], now=now)
         return out
+
+    async def _quotas(
+        self, names: list[str] | None, limit: int, now: float, settle: float
+    ) -> dict[int, int]:
+        """How many tasks to claim from each shard: the shard's share of the ``limit`` best
+        claimable tasks across all shards (read now, or as seen within ``settle`` seconds), so
+        priority and enqueue order hold across shards. One shard: all of ``limit``, from it
+        (the claim itself reads it when the view here shows nothing)."""
+        if self.shards == 1:
+            busy = not settle or not self._quiet(0, settle, lambda s: bool(sh.candidates(s, names, now)))
+            return {0: limit} if busy else {}
+        ranked: list[tuple[tuple[int, object], int]] = []
+        for i in range(self.shards):
+            if settle and self._quiet(i, settle, lambda s: bool(sh.candidates(s, names, now))):
+                continue
+            view = await self._view(i)
+            ranked += [(claim_order(r.priority, r.seq), i) for r in sh.candidates(view.shard, names, now)[:limit]]
+        ranked.sort(key=lambda c: c[0])
+        quotas: dict[int, int] = {}
+        for _, i in ranked[:limit]:
+            quotas[i] = quotas.get(i, 0) + 1
+        return quotas
 
     async def finish(
         self, worker: str, outcomes: Sequence[tuple[str, TaskStatus]], *, now: float
