@@ -473,3 +473,29 @@ def test_recent_failures_are_ordered_by_when_they_failed(oq: OmniQ, dashboard: R
     section = page[page.index('id="h-failures"'):]
     shown = re.findall(r'href="/tasks/([^"]+)"><code>', section)
     assert shown[:2] == [late, early]
+
+
+def test_a_task_id_is_url_encoded_in_links(oq: OmniQ, dashboard: Running, db_url: str) -> None:
+    import anyio
+
+    from omniq.core import AsyncOmniQ
+    from omniq.models import Task
+    from omniq.serialization import dumps_call
+
+    odd = "x?y#z"  # a record another program wrote
+
+    async def plant() -> None:
+        q = AsyncOmniQ(tasks=db_url, concurrency=0)
+        await q.open()
+        try:
+            await q.session.queue.enqueue([Task(id=odd, payload=dumps_call(abs, (-1,), {}), name="abs",
+                                                queue="odd", status=TaskStatus.PENDING,
+                                                created_at=time.time(), eta=time.time() + 3600)])
+        finally:
+            await q.close()
+
+    anyio.run(plant)
+    with client(dashboard) as c:
+        listed = c.get("/tasks", params={"queue": "odd"})
+        assert 'href="/tasks/x%3Fy%23z"' in listed.text, listed.text
+        assert c.get("/tasks/x%3Fy%23z").status_code == 200

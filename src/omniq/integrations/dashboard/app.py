@@ -57,6 +57,7 @@ PAGE_HEADERS = {
 
 _env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
                           trim_blocks=True, lstrip_blocks=True)
+_env.filters["pathpart"] = lambda v: quote(str(v), safe="")  # an id as one path segment
 _env.globals.update(fmt_time=views.fmt_time, fmt_duration=views.fmt_duration, fmt_ago=views.fmt_ago,
                     STATUSES=views.STATUSES, PAGE_SIZES=views.PAGE_SIZES)
 
@@ -206,7 +207,7 @@ def create_app(oq: AsyncOmniQ, *, token: str | None = None, cookie_suffix: str =
             return failed_page(request, exc, f"Task {task_id}")
         except ConfigError as exc:  # (a later success holds its key, its blobs were swept)
             return conflict(request, f"Not {'retried' if action == 'retry' else 'cancelled'}", str(exc))
-        return back(request, f"/tasks/{task_id}", done)
+        return back(request, f"/tasks/{quote(task_id, safe='')}", done)
 
     async def schedule_action(request: Request) -> Response:
         await checked_form(request)
