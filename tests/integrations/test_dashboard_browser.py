@@ -98,8 +98,9 @@ def test_a_dashboard_with_a_token_refuses_a_request_without_it(
     assert refused.status == 401
     assert page.get_by_role("heading", name="Token required").is_visible()
     assert page.locator("#queues, #live").count() == 0
-    allowed = page.goto(dash.url)  # ?token=: then a cookie
+    allowed = page.goto(dash.url)  # ?token=: then a cookie, and the token leaves the address bar
     assert allowed.status == 200 and page.get_by_role("heading", name="Overview").is_visible()
+    assert "token" not in page.url
     assert page.goto(dash.base + "/tasks").status == 200
 
 

@@ -167,3 +167,18 @@ def test_a_host_beyond_loopback_on_127_0_0_2_prints_a_url_that_answers(db_url: s
                 break
             time.sleep(0.2)
     assert r.status_code == 200, r.text
+
+
+def test_a_tab_opening_the_token_url_is_sent_on_without_it(db_url: str, oq: OmniQ,
+                                                           start: Callable[..., Running]) -> None:
+    dash = start(["--tasks", db_url, "--port", "0", "--token", "T0ken-abc"])
+    with httpx.Client(base_url=dash.base, timeout=15) as c:
+        r = c.get("/tasks?status=failed&token=T0ken-abc", headers={"sec-fetch-dest": "document"})
+        assert r.status_code == 302 and r.headers["location"] == "./tasks?status=failed"
+        assert "omniq_dashboard_token_" in r.headers["set-cookie"]
+        assert c.get("/tasks?status=failed").status_code == 200  # the cookie
+        c.cookies.clear()
+        home = c.get("/?token=T0ken-abc", headers={"sec-fetch-dest": "document"})
+        assert home.status_code == 302 and home.headers["location"] == "./"
+        framed = c.get("/?token=T0ken-abc", headers={"sec-fetch-dest": "iframe"})
+        assert framed.status_code == 200  # an IFrame may keep no cookie: no redirect

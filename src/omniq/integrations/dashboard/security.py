@@ -89,6 +89,11 @@ class Guard:
                 if not has_cookie:
                     set_cookies.append(self._cookie(self.token_cookie, self.token))
                     state["url_token"] = self.token
+                    if scope.get("method") == "GET" and headers.get("sec-fetch-dest") == "document":
+                        # a browser's own tab keeps the cookie: take the token out of its address
+                        # bar and history, as Jupyter does (in an IFrame the page carries it)
+                        await _redirect(send, _without_token(scope), set_cookies)
+                        return
             elif not (same(header_token, self.token) or has_cookie):
                 await _refuse(send, 401, "This dashboard requires a token: open the URL that "
                               "omniq dashboard printed (…/?token=…), or send "
@@ -123,6 +128,25 @@ def origin_ok(origin: str | None, referer: str | None, host: str | None,
     if referer:
         return bool(host) and urlsplit(referer).netloc.lower() == (host or "").lower()
     return True
+
+
+def _without_token(scope: Scope) -> str:
+    """A relative URL of this request without its ``token`` parameter (relative, so it holds
+    behind a proxy that serves it under a prefix)."""
+    raw = scope.get("raw_path") or scope.get("path", "/").encode()
+    last = raw.decode("latin-1").split("?", 1)[0].rsplit("/", 1)[-1] or "."
+    query = [p for p in scope.get("query_string", b"").decode("latin-1").split("&")
+             if p and p.split("=", 1)[0] != "token"]
+    target = f"./{last}" if last != "." else "./"
+    return target + (f"?{'&'.join(query)}" if query else "")
+
+
+async def _redirect(send: Send, location: str, set_cookies: list[str]) -> None:
+    await send({"type": "http.response.start", "status": 302,
+                "headers": [(b"location", location.encode("latin-1")), (b"content-length", b"0"),
+                            (b"cache-control", b"no-store"),
+                            *[(b"set-cookie", c.encode("latin-1")) for c in set_cookies]]})
+    await send({"type": "http.response.body", "body": b""})
 
 
 async def _refuse(send: Send, status: int, text: str) -> None:
