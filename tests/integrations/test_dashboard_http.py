@@ -499,3 +499,26 @@ def test_a_task_id_is_url_encoded_in_links(oq: OmniQ, dashboard: Running, db_url
         listed = c.get("/tasks", params={"queue": "odd"})
         assert 'href="/tasks/x%3Fy%23z"' in listed.text, listed.text
         assert c.get("/tasks/x%3Fy%23z").status_code == 200
+
+
+@pytest.mark.slow
+def test_a_storage_down_at_start_shows_the_banner_then_recovers(start: Callable[..., Running]) -> None:
+    from tests.servers import private_redis
+
+    with private_redis() as server:
+        url = server.url()
+        with OmniQ(tasks=url, concurrency=0) as q:
+            q.enqueue(abs, args=(-1,), queue="kept")
+        server.stop(crash=True)
+        dash = start(["--tasks", url, "--port", "0"])  # serves instead of exiting
+        with client(dash) as c:
+            r = c.get("/")
+            assert r.status_code == 503 and f"127.0.0.1:{server.port}" in r.text
+            assert re.search(r'<div id="storage-banner"(?![^>]*hidden)', r.text)
+            server.start()
+            deadline = time.monotonic() + 30
+            while (r := c.get("/")).status_code != 200:
+                assert time.monotonic() < deadline, r.text
+                time.sleep(0.5)
+            assert 'data-queue="kept"' in r.text
+    assert "Traceback" not in "".join(dash.lines)

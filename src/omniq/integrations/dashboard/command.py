@@ -11,6 +11,8 @@ from typing import Any
 
 from .options import TOKEN_ENV, choose_token, missing_extra
 
+STORAGE_OPEN_TIMEOUT = 10.0
+
 
 def _port(text: str) -> int:
     try:
@@ -51,7 +53,7 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGINT / SIGTERM; 0 then, 1 when the port or the storage cannot be used."""
-    from ...errors import ConfigError
+    from ...errors import ConfigError, StorageError
 
     problem = missing_extra()
     if problem:
@@ -89,7 +91,23 @@ def run(args: argparse.Namespace) -> int:
         return 1
 
     async def main() -> None:
-        await oq.open()
+        # pages, the event subscription and the storage watch all open the instance on first use
+        # when the storage was down at start: one at a time (two would connect twice)
+        opening = anyio.Lock()
+        first_open = oq.open
+
+        async def open_once() -> None:
+            async with opening:
+                await first_open()
+
+        setattr(oq, "open", open_once)  # noqa: B010 (this process's own instance)
+        try:
+            with anyio.fail_after(STORAGE_OPEN_TIMEOUT):
+                await oq.open()
+        except (StorageError, OSError, TimeoutError) as exc:  # served anyway: the page says so
+            why = str(exc) or f"no answer within {STORAGE_OPEN_TIMEOUT:g} s"
+            print(f"omniq dashboard: storage not answering ({why}); the pages show a banner until "
+                  "it answers", file=sys.stderr, flush=True)
         try:
             if unix_socket is not None:
                 where = f" on Unix socket {unix_socket}, at {args.root_path or '/'} behind the proxy"

@@ -185,6 +185,9 @@ class Hub:
     async def _watch_storage(self) -> None:
         while True:
             with contextlib.suppress(Exception):
+                if not self.oq.session.opened:  # the storage was down when the dashboard started
+                    with contextlib.suppress(Exception), anyio.fail_after(PROBE_TIMEOUT * 2):
+                        await self.oq.open()
                 down = await self.probe()
                 if down != self.down:
                     came_back = bool(self.down) and not down
