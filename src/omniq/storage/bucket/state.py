@@ -19,7 +19,7 @@ from ...errors import ConfigError, StorageError
 from ...logs import get_logger
 from ...models import Task, TaskStatus
 from .._codec import decoder, encode
-from ..base import masked, stand_in_task
+from ..base import masked, plan_enqueue, stand_in_task
 from ..blobs import LIVE_TASK_STATUSES
 from ..fsspec.files import bounded
 from ..fsspec.layout import encode_name
@@ -288,6 +288,71 @@ class ShardStore(FsspecBackend):
     async def _tasks(self, rows: Sequence[sh.Row]) -> list[Task]:
         bodies = await self._get_bodies(rows)
         return [sh.as_task(bodies[r.id], r) for r in rows if r.id in bodies]
+
+    async def _put_bodies(self, tasks: Sequence[Task]) -> None:
+        """Each task's body, create-only: an id stored before is refused, and the batch with it."""
+        cas = self.cas
+        made: list[str] = []
+        taken: list[str] = []
+
+        async def put(t: Task) -> None:
+            path = self._body_path(t.id)
+            try:
+                await cas.put(path, encode(t), tag=None)
+                made.append(path)
+            except Conflict:
+                taken.append(t.id)
+
+        await self._io("store tasks in", bounded(put, tasks, 32))
+        if taken:
+            await self._io("store tasks in", bounded(cas.delete, made, 32))
+            raise ConfigError(f"task id {taken[0]!r} already exists")
+        for t in tasks:
+            self._keep_body(msgspec.structs.replace(t))  # a copy: the caller may change theirs
+
+    async def _unstore(self, groups: dict[int, list[Task]], seqs: dict[str, str]) -> None:
+        """An enqueue failed part way: remove the bodies of tasks whose rows are not stored
+        (looked up again: a write whose reply was lost may have landed), so that the client's
+        retry of the same tasks is not refused as "already exists". Best effort."""
+        with contextlib.suppress(Exception):
+            gone: list[str] = []
+            for i, group in groups.items():
+                rows = (await self._read(i)).shard.rows
+                gone += [t.id for t in group if (r := rows.get(t.id)) is None or r.seq != seqs[t.id]]
+            await bounded(self.cas.delete, [self._body_path(t) for t in gone], 32)
+            for t in gone:
+                self._bodies.pop(t, None)
+
+    def _insert(
+        self, shard: sh.Shard, group: Sequence[Task], batch: Sequence[Task],
+        known: dict[str, TaskStatus], seqs: dict[str, str], now: float,
+    ) -> tuple[bool, bool]:  # fmt: skip
+        """Rows for ``group`` (part of ``batch``), planned on what this shard says now about
+        the dependencies it holds (the rest as looked up before)."""
+        mine = [t for t in group if (r := shard.rows.get(t.id)) is not None and r.seq == seqs[t.id]]
+        if mine:  # this write landed, its reply was lost and the retry was refused: done
+            return True, False
+        if any(t.id in shard.rows for t in group):
+            raise ConfigError(f"task id {next(t.id for t in group if t.id in shard.rows)!r} already exists")
+        here = dict(known)
+        for t in batch:
+            for d in t.depends_on:
+                r = shard.rows.get(d)
+                if r is not None:
+                    here[d] = r.status
+        plans = dict(zip((t.id for t in batch), plan_enqueue(batch, here), strict=True))
+        ready = False
+        for t in group:
+            status, waiting = plans[t.id]
+            shard.rows[t.id] = sh.row_of(t, seqs[t.id], status, waiting, now)
+        for t in group:  # (a batch's tasks may come before the tasks they depend on)
+            status, waiting = plans[t.id]
+            for d in waiting:
+                dep = shard.rows.get(d)
+                if dep is not None and t.id not in dep.dependents:
+                    dep.dependents.append(t.id)
+            ready = ready or status is TaskStatus.QUEUED or (status is TaskStatus.PENDING and not waiting)
+        return ready, True
 
     async def _done_rows(self, ids: Collection[str]) -> dict[str, sh.Row]:
         if not ids:
