@@ -27,13 +27,16 @@ costly operation on object stores. The shard holds the active tasks only, about 
 A worker's claim, finish, retry and lease extension are one conditional write each (plus a
 read when another process wrote since). An idle worker reads its shard at most every
 ``IDLE_MAX`` (2 s) seconds and writes its heartbeat every lease / 3 (10 s): under 1 request
-per second in all (``tests/storage/test_bucket_processes.py`` counts them).
+per second in all (``tests/storage/test_bucket_processes.py`` counts them). ``?shards=N``
+(fixed when the queue is made) spreads tasks over N shard objects by a hash of their id.
 
 This is for reach, not speed: every state change is a round trip to the store, and writers of
 one shard take turns. SQLite, PostgreSQL and Redis remain the fast path.
 
 Modules: ``cas`` (conditional writes per store, the probe), ``shards`` (rows and the pure
-changes to them), ``keys`` (idempotency key markers), ``backend`` (``BucketQueueBackend``).
+changes to them), ``state`` (connect, shard reads and compare-and-set, task bodies, archived
+rows), ``keys`` (idempotency key markers), ``admin`` (``oq.tasks`` / ``retry`` / ``purge``: the
+only listings), ``backend`` (``BucketQueueBackend``: the queue operations).
 """
 
 from __future__ import annotations
