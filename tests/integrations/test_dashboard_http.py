@@ -522,3 +522,23 @@ def test_a_storage_down_at_start_shows_the_banner_then_recovers(start: Callable[
                 time.sleep(0.5)
             assert 'data-queue="kept"' in r.text
     assert "Traceback" not in "".join(dash.lines)
+
+
+def test_a_search_by_a_name_nothing_matches_reads_a_bounded_number_of_tasks(
+        tmp_path: Any, start: Callable[..., Running]) -> None:
+    from omniq.integrations.dashboard.views import NAME_SCAN
+
+    url = f"sqlite:///{tmp_path / 'many.db'}"
+    with OmniQ(tasks=url, concurrency=0) as q:
+        q.map(abs, range(NAME_SCAN + 100))
+        dash = start(["--tasks", url, "--port", "0"])
+        with client(dash) as c:
+            first = c.get("/tasks", params={"name": "nomatch"})
+            assert first.status_code == 200
+            assert f"No more matches in the last {NAME_SCAN:,} tasks looked at." in first.text
+            further = re.search(r'href="(/tasks\?[^"]*before=[^"]+)" rel="next">Look further', first.text)
+            assert further is not None, first.text
+            rest = c.get(further.group(1).replace("&amp;", "&"))
+            assert "No task matches." in rest.text and 'rel="next"' not in rest.text
+            found = c.get("/tasks", params={"name": "abs", "limit": 25})
+            assert len(re.findall(r'<tr data-id="', found.text)) == 25 and "Older</a>" in found.text

@@ -90,6 +90,10 @@ class Admin:
         s = self.session
         page = await s.queue.list_tasks(statuses=statuses, queue=queue, name=name, limit=limit,
                                         before=before)
+        return await self.summaries(page)
+
+    async def summaries(self, page: Sequence[Task]) -> list[TaskSummary]:
+        """The summaries of task records (their results read in one call)."""
         done = [t.id for t in page if t.status.is_final or t.status is TaskStatus.RUNNING]
         results = await self._results(done)
         out = [summary_of(t, results.get(t.id)) for t in page]

@@ -130,17 +130,23 @@ def create_app(oq: AsyncOmniQ, *, token: str | None = None, cookie_suffix: str =
         except ConfigError as exc:
             return render(request, "error.html", 400, title="Bad filter", heading="Bad filter",
                           message=str(exc), watch="none")
+        short = False
         try:
-            page = await bounded(oq, oq.tasks(status=f["status"], queue=f["queue"], name=f["name"],
-                                              limit=f["limit"], before=f["before"]))
+            if f["name"] is None:
+                page = await bounded(oq, oq.tasks(status=f["status"], queue=f["queue"], limit=f["limit"],
+                                                  before=f["before"]))
+                next_before = page[-1].id if len(page) == f["limit"] else None
+            else:
+                page, next_before, short = await bounded(oq, views.tasks_named(oq, f))
         except StorageDown as exc:
             return failed_page(request, exc, "Tasks")
         except TaskNotFound:
             return render(request, "error.html", 404, title="Not found", heading="No such task",
                           message=f"before={f['before']!r}: no task with that id", watch="none")
         keep = {k: v for k, v in f.items() if v is not None and k != "before" and not (k == "limit" and v == 50)}
-        older = (f"?{urlencode({**keep, 'before': page[-1].id})}" if len(page) == f["limit"] else None)
+        older = f"?{urlencode({**keep, 'before': next_before})}" if next_before else None
         return render(request, "tasks.html", title="Tasks", tasks=page, filters=f, older=older,
+                      scan_short=views.NAME_SCAN if short else None,
                       live_queue=f["queue"] or "",
                       newest=f"?{urlencode(keep)}" if f["before"] else None,
                       watch="none" if f["before"] else "all")

@@ -134,6 +134,39 @@ async def overview(oq: AsyncOmniQ) -> dict[str, Any]:
             "down": sorted(set(down)), "unreadable": unreadable, "taken": now, "complete": not down}
 
 
+NAME_SCAN = 20_000  # tasks a search by function name reads per page at most
+NAME_BATCH = 1_000
+
+
+async def tasks_named(oq: AsyncOmniQ, f: dict[str, Any]) -> tuple[list[Any], str | None, bool]:
+    """A ``/tasks`` page filtered by function name, reading at most ``NAME_SCAN`` tasks (a name
+    is matched on the decoded records: a name nothing matches would read them all). Returns the
+    page, the ``before=`` of the next one (None at the end), and whether the scan stopped short
+    of a full page (then "no more matches in the last N tasks")."""
+    s = oq.session
+    if f["before"] is not None and await s.queue.get_task(f["before"]) is None:
+        raise TaskNotFound(f["before"], masked(oq.tasks_url))
+    statuses = [TaskStatus(f["status"])] if f["status"] else None
+    found: list[Task] = []
+    cursor: str | None = f["before"]
+    scanned = 0
+    while len(found) < f["limit"]:
+        if scanned >= NAME_SCAN:
+            return await oq.admin.summaries(found), cursor, True
+        want = min(NAME_BATCH, NAME_SCAN - scanned)
+        batch = await s.queue.list_tasks(statuses=statuses, queue=f["queue"], limit=want, before=cursor)
+        scanned += len(batch)
+        for t in batch:
+            if t.name == f["name"]:
+                found.append(t)
+                if len(found) == f["limit"]:
+                    return await oq.admin.summaries(found), t.id, False
+        if len(batch) < want:
+            return await oq.admin.summaries(found), None, False
+        cursor = batch[-1].id
+    return await oq.admin.summaries(found), found[-1].id if found else None, False
+
+
 FAILURES_SCAN = 200  # failed tasks looked at (newest created) to find the latest failures
 
 
