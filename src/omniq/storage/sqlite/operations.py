@@ -227,7 +227,7 @@ def list_page(
     want = limit if name is None else max(4 * limit, 256)
     page: list[Task] = []
     while len(page) < limit and queues:
-        rows = []
+        rows: list[Any] = []
         for q in queues:
             rows.extend(conn.execute(sql, (below, want) if q is None else (below, want, q)))
         if len(queues) > 1:
