@@ -245,9 +245,12 @@ class ShardStore(FsspecBackend):
                     tag = await self._io("write the queue in", self.cas.put(
                         self._shard_path(i), data, tag=view.tag))  # fmt: skip
                 except Conflict:
-                    await anyio.sleep(random.uniform(0, min(0.002 * (attempt + 1), 0.05)))
                     view = await self._read(i)
+                    if view.data == data:  # our write landed; its reply was lost and the
+                        return result  # client's resend refused (every version's bytes differ)
                     fresh = True
+                    if attempt >= 2:  # a crowd on one shard: spread the next tries out
+                        await anyio.sleep(random.uniform(0, min(0.002 * attempt, 0.05)))
                     continue
                 self._views[i] = _View(data, tag, time.monotonic(), shard)
                 return result
