@@ -1,6 +1,8 @@
 """``omniq dashboard`` over plain HTTP (httpx against the running command): pages, 404s, bad
 filters, CSRF on actions, the token, the Host check, the event stream, a storage that goes
-away and comes back, the jupyter-server-proxy entry point."""
+away and comes back (or is down at start), unreadable records, retries the storage refuses,
+sweeps run again and paged, searches by name bounded. (The jupyter-server-proxy entry point and
+the CSRF / token details: test_dashboard_security.py.)"""
 
 from __future__ import annotations
 
