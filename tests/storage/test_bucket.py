@@ -253,6 +253,36 @@ async def test_priority_then_enqueue_order_hold_across_shards(rec: Recorded) -> 
         assert len({q._shard(t.id) for t in ts}) > 1  # they did spread over shards
 
 
+async def test_a_slot_whose_firer_died_before_storing_its_task_gets_it_from_the_janitor(
+    rec: Recorded,
+) -> None:
+    """With shards, a schedule's slot (shard 0) and its task (another shard) are two writes; a
+    firer that dies between them is replayed here step by step: body, then slot, no row."""
+    import msgspec
+
+    from omniq.lifecycle import fired
+    from omniq.models import Schedule
+
+    async with opened(fresh_url("?shards=4")) as q:
+        await q.add_schedule(Schedule(id="s", name="s", payload=b"x", interval=60.0, next_run=1.0))
+        t = next(t for t in (task() for _ in range(100)) if q._shard(t.id) != 0)
+        await q._put_bodies([t])  # the firer's first write
+
+        def fire(shard: Any) -> tuple[None, bool]:  # its second: the slot, a minute ago
+            s = shard.schedules["s"]
+            shard.schedules["s"] = fired(s, next_run=61.0, now=time.time() - 61, task_id=t.id)
+            return None, True
+
+        await q._update(0, fire)
+        assert await q.get_task(t.id) is None  # (it died here)
+        await q.reap(now=time.time())
+        got = await q.get_task(t.id)
+        assert got is not None and got.status is S.QUEUED
+        assert msgspec.structs.replace(got, status=t.status) == t
+        await q.reap(now=time.time())  # once
+        assert (await q.counts())["default"] == {"queued": 1}
+
+
 async def test_dependencies_across_shards_release_and_cancel(rec: Recorded) -> None:
     async with opened(fresh_url("?shards=4")) as q:
         roots = [task() for _ in range(6)]

@@ -343,6 +343,7 @@ class BucketQueueBackend(OperatorOps, TaskQueue):
         if out.requeued:
             self.notify()
         await self._archive(now)
+        await self._recover_fired()
         return out
 
     async def _archive(self, now: float) -> None:

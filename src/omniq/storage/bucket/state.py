@@ -16,6 +16,7 @@ import anyio
 import msgspec
 
 from ...errors import ConfigError, StorageError
+from ...ids import new_ids
 from ...logs import get_logger
 from ...models import Task, TaskStatus
 from .._codec import decoder, encode
@@ -103,6 +104,7 @@ class ShardStore(FsspecBackend):
         self._idle = False
         self._gap = IDLE_MIN
         self._watched: set[str] | None = set()
+        self._fired_ok: OrderedDict[str, None] = OrderedDict()  # schedule tasks seen stored
         q = self._path("queue")
         self._q = q
         self.keys = BucketKeys(_NoCas(), f"{q}/keys", self._lookup_statuses, self._succeeded)
@@ -356,6 +358,37 @@ class ShardStore(FsspecBackend):
                     dep.dependents.append(t.id)
             ready = ready or status is TaskStatus.QUEUED or (status is TaskStatus.PENDING and not waiting)
         return ready, True
+
+    async def _recover_fired(self) -> None:
+        """With shards > 1, a schedule's slot (shard 0) and its task (its own shard) are two
+        writes: a firer that died between them left a slot whose task was never stored. Its
+        body was written before the slot, so the janitor stores the task from it, once the
+        slot is a minute old (the firer may still be on its way before that)."""
+        view = self._views.get(0)
+        if self.shards == 1 or view is None:
+            return
+        for s in view.shard.schedules.values():
+            tid = s.last_task_id
+            if tid is None or tid in self._fired_ok or self._shard(tid) == 0:
+                continue
+            if s.last_run is None or time.time() - s.last_run < 60:
+                continue
+            if not await self._rows([tid]):
+                data = await self._io("read tasks from", self.files.get(self._body_path(tid)))
+                if data is not None:
+                    task = msgspec.structs.replace(_task_dec.decode(data), depends_on=())
+                    log.warning("storing task %s of schedule %s: its firer stopped between "
+                                "the slot and the task", tid, s.id)  # fmt: skip
+                    seqs = dict(zip([tid], new_ids(1), strict=True))
+
+                    def insert(shard: sh.Shard, t: Task = task, q: dict[str, str] = seqs) -> tuple[bool, bool]:
+                        return self._insert(shard, [t], [t], {}, q, time.time())
+
+                    with contextlib.suppress(ConfigError):  # stored meanwhile after all
+                        await self._update(self._shard(tid), insert)
+            self._fired_ok[tid] = None
+            while len(self._fired_ok) > 1000:
+                self._fired_ok.popitem(last=False)
 
     async def _done_rows(self, ids: Collection[str]) -> dict[str, sh.Row]:
         if not ids:
