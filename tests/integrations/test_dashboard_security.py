@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -44,14 +45,19 @@ def test_with_a_root_path_on_a_port_a_rebound_host_is_refused(db_url: str, oq: O
     """DNS rebinding: a page at rebind.evil.example whose name now points at 127.0.0.1 must not
     read a loopback dashboard, --root-path or not (only a Unix socket is out of its reach)."""
     dash = start(["--tasks", db_url, "--port", "0", "--root-path", "/user/ada/omniq-dashboard"])
-    port = dash.base.rsplit(":", 1)[1]
+    port = urlsplit(dash.url).port
     assert "/user/ada/omniq-dashboard" in "".join(dash.lines)
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=15) as c:
         rebound = c.get("/", headers={"host": f"rebind.evil.example:{port}"})
         assert rebound.status_code == 403
-        own = c.get("/tasks")  # the URL it printed answers
-        assert own.status_code == 200 and 'href="/user/ada/omniq-dashboard/tasks"' in own.text
-    assert dash.url == f"http://127.0.0.1:{port}/"
+        proxied = c.get("/tasks")  # as a proxy that strips the prefix asks
+        assert proxied.status_code == 200 and 'href="/user/ada/omniq-dashboard/tasks"' in proxied.text
+        # the URL it printed answers when opened directly, and so do the links of its page
+        assert dash.url == f"http://127.0.0.1:{port}/user/ada/omniq-dashboard/"
+        direct = c.get(dash.url)
+        assert direct.status_code == 200
+        for link in re.findall(r'(?:href|src)="(/user/ada/omniq-dashboard/[^"]*)"', direct.text):
+            assert c.get(link.replace("&amp;", "&")).status_code == 200, link
 
 
 def test_the_jupyter_server_proxy_entry_point_serves_a_unix_socket_under_its_prefix(

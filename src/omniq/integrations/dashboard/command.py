@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
             if unix_socket is not None:
                 where = f" on Unix socket {unix_socket}, at {args.root_path or '/'} behind the proxy"
             elif args.root_path:
-                where = f" (for a proxy serving it at {args.root_path}/: its links carry that prefix)"
+                where = " (and through a proxy that strips the prefix)"
             else:
                 where = ""
             print(f"omniq dashboard: {dash.url_with_token}{where} (storage {masked(oq.tasks_url)}; "

@@ -64,6 +64,7 @@ class Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        scope = self._unprefixed(scope)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         cookies = SimpleCookie()
         try:
@@ -108,6 +109,23 @@ class Guard:
             await send(message)
 
         await self.app(scope, receive, send_with_cookies)
+
+    def _unprefixed(self, scope: Scope) -> Scope:
+        """A request that names the root path itself (the printed URL opened directly, not
+        through the proxy that strips it) is served as the proxy's would be."""
+        root = self.cookie_path.rstrip("/")
+        path = scope.get("path", "")
+        if not root or scope.get("root_path", "").rstrip("/") != root:
+            return scope
+        doubled = root + root  # (the server puts the root path in front of every path)
+        if path != doubled and not path.startswith(doubled + "/"):
+            return scope
+        scope = dict(scope)
+        scope["path"] = path[len(root):]
+        raw = scope.get("raw_path")
+        if isinstance(raw, bytes) and raw.startswith(root.encode()):
+            scope["raw_path"] = raw[len(root):]
+        return scope
 
     def _cookie(self, name: str, value: str) -> str:
         return f"{name}={value}; Path={self.cookie_path}; HttpOnly; SameSite=Lax"

@@ -75,8 +75,8 @@ class Dashboard:
 
     @property
     def url(self) -> str:
-        """The address to open (this machine's name when listening on every interface). With a
-        root path, the address the proxy forwards to (the prefix is the proxy's, not ours)."""
+        """The address to open (this machine's name when listening on every interface), under
+        the root path: served there directly too, as through the proxy that strips it."""
         if self.unix_socket is not None:
             return f"http://localhost{self.root_path}/"
         host = self.host.strip("[]")
@@ -84,7 +84,7 @@ class Dashboard:
             host = socket.gethostname()
         elif ":" in host:
             host = f"[{host}]"
-        return f"http://{host}:{self.port}/"
+        return f"http://{host}:{self.port}{self.root_path}/"
 
     @property
     def url_with_token(self) -> str:
