@@ -387,10 +387,11 @@ def test_no_event_is_lost_when_an_instance_closes_right_after_enqueueing(
 
 def test_ttl_expires_a_task_that_never_started_and_cancels_its_dependents(url: str, tmp_path: Path) -> None:
     ran = tmp_path / "ran"
+    ttl = 3.0 if url.startswith("s3://") else 0.3  # (a bucket's round trips take longer than 0.3 s)
     with OmniQ(tasks=url, concurrency=0) as oq:
-        (hx,) = oq.map(touch, [str(ran)], ttl=0.3)
+        (hx,) = oq.map(touch, [str(ran)], ttl=ttl)
         x = hx.id
-        y = oq.enqueue(touch, args=(str(ran),), ttl=0.3)
+        y = oq.enqueue(touch, args=(str(ran),), ttl=ttl)
         x_child = oq.enqueue(touch, args=(str(ran),), depends_on=[x])
         y_child = oq.enqueue(touch, args=(str(ran),), depends_on=[y])
         y_grandchild = oq.enqueue(touch, args=(str(ran),), depends_on=[y_child])
