@@ -418,3 +418,16 @@ async def test_wait_for_events_returns_when_another_connection_appends(tmp_path:
     finally:
         await reader.close()
         await writer.close()
+
+
+def test_counts_read_one_index_in_order() -> None:
+    """counts() (health, the dashboard's front page) is one pass over the oq.tasks() index, in
+    its order: no sort of every task (1.0 s against 0.1 s at 1,000,000 tasks)."""
+    from omniq.storage.sqlite.queries import COUNTS, SCHEMA
+
+    db = sqlite3.connect(":memory:")
+    for statement in SCHEMA.split(";"):
+        db.execute(statement)
+    plan = [r[3] for r in db.execute("EXPLAIN QUERY PLAN " + COUNTS)]
+    assert not any("TEMP B-TREE" in p for p in plan), plan
+    assert any("omniq_tasks_by_queue_seq" in p for p in plan), plan
