@@ -30,7 +30,6 @@ from omniq import AsyncOmniQ, OmniQ, TaskError, TaskStatus
 from omniq.errors import ConfigError, TaskCancelled, TaskExpired, WorkerDied
 
 from . import helpers  # light to import: process children load task functions from it
-from .storage.cloud import moto_s3, s3_env  # noqa: F401  (the s3:// queue's loopback server)
 from .workers.common import wait_for
 
 PG = os.environ.get("OMNIQ_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -56,8 +55,6 @@ TASK_QUEUE_URLS = [
     pytest.param(_param(PG, "schema=omniq_l_{uid}"), id="postgresql", marks=pytest.mark.slow),
     pytest.param(_param(REDIS, "prefix=omniq-l-{uid}"), id="redis", marks=pytest.mark.slow),
     pytest.param(_param(NATS, "namespace=l{uid}"), id="nats", marks=pytest.mark.slow),
-    # a bucket task queue on moto (tests/storage/cloud.py starts it; AWS_* variables reach it)
-    pytest.param("s3://omniq-test/l-{uid}", id="s3", marks=pytest.mark.slow),
 ]
 #: Backends a second OS process can reach (``memory://`` lives in this process only).
 IN_PROCESS_ONLY = ("memory://",)
@@ -123,8 +120,6 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if problem:
         pytest.skip(problem)
     url = str(request.param).format(tmp=tmp_path, uid=uuid.uuid4().hex[:12])
-    if url.startswith("s3://"):
-        request.getfixturevalue("s3_env")
     yield url
     if url.split(":", 1)[0] in _DRIVERS:
         _drop(url)
@@ -387,7 +382,7 @@ def test_no_event_is_lost_when_an_instance_closes_right_after_enqueueing(
 
 def test_ttl_expires_a_task_that_never_started_and_cancels_its_dependents(url: str, tmp_path: Path) -> None:
     ran = tmp_path / "ran"
-    ttl = 3.0 if url.startswith("s3://") else 0.3  # (a bucket's round trips take longer than 0.3 s)
+    ttl = 0.3
     with OmniQ(tasks=url, concurrency=0) as oq:
         (hx,) = oq.map(touch, [str(ran)], ttl=ttl)
         x = hx.id
@@ -443,9 +438,6 @@ def test_result_ttl_per_task_and_as_the_instance_default(url: str, monkeypatch: 
     """Results past their ``result_ttl`` (per task; else the default of the instance that
     created the task: constructor, then ``OMNIQ_RESULT_TTL``) are purged by the instance that
     is open anyway (a notebook's, for hours), not at a 60 s sweep; others are kept."""
-    if url.startswith("s3://"):
-        pytest.skip("0.3 s result TTLs run out before a bucket queue's round trips (tens of ms "
-                    "each) bring the results back; s3:// result purges: tests/storage/test_contract.py")
     with OmniQ(tasks=url, worker="thread", concurrency=1) as oq:
         time.sleep(0.6)  # past the housekeeping pass an instance makes when it opens
         short = oq.enqueue(add, args=(1, 1), result_ttl=0.3)

@@ -41,8 +41,7 @@ TASK_QUEUE_URLS = [
     # bucket task queues (omniq.storage.bucket: conditional writes) on loopback servers: S3 on
     # moto, Azure Blob on Azurite (skipped without node and npm). gcp-storage-emulator ignores
     # ifGenerationMatch, so gs:// runs results and events only (tests/storage/test_bucket_gcs.py).
-    "s3://omniq-test{tmp}/bq",
-    "s3://omniq-test{tmp}/bq3?shards=3",  # tasks spread over three shard objects
+    "s3://omniq-test{tmp}/bq",  # (several shards: tests/storage/test_bucket.py, on their own)
     "abfs://omniq-test{tmp}/bq",
 ]
 #: Task queue URLs whose results and events are the fsspec store already listed below.
