@@ -151,3 +151,14 @@ async def events(
         yield store
     finally:
         await store.close()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The object-store runs (moto, Azurite and gcp-storage-emulator on loopback, tens of ms a
+    request) are marked slow, as the server runs of the lifecycle module are: a local
+    ``-m "not slow"`` run keeps the in-process and server backends; CI's full run has all."""
+    for item in items:
+        spec = getattr(item, "callspec", None)
+        if spec is not None and any(isinstance(v, str) and v.startswith(("s3://", "gs://", "abfs://"))
+                                    for v in spec.params.values()):
+            item.add_marker(pytest.mark.slow)
