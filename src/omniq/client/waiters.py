@@ -37,6 +37,7 @@ SERVED_HERE_GRACE = 0.25
 #: otherwise its result is looked for this often (another process cancelled or expired it)
 SERVED_RECHECK = 2.0
 
+
 class Waiters:
     """Futures by task id, the ids adopted from keyed duplicates, and the pickup loop."""
 
