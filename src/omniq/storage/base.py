@@ -633,6 +633,25 @@ def key_marker_verdict(
     return KeyVerdict.WAIT if now - mark.at < KEY_WRITE_GRACE else KeyVerdict.TAKE
 
 
+def note_key_verdict(
+    verdict: KeyVerdict, key: str, task_id: str, mark: KeyMark | None,
+    waiting: dict[str, str], holders: dict[str, str], gone: list[str],
+) -> bool:
+    """Record what a keyed enqueue's pass makes of a verdict other than ``TAKE``: ``WAIT`` looks
+    at ``key`` again next pass, ``HELD`` / ``HELD_GONE`` name its holder. False for ``TAKE``:
+    the caller writes the key's marker (file://, bucket queues)."""
+    if verdict is KeyVerdict.TAKE:
+        return False
+    if verdict is KeyVerdict.WAIT:
+        waiting[key] = task_id  # its task may be being stored: look again shortly
+    elif verdict is not KeyVerdict.OURS:
+        assert mark is not None
+        holders[key] = mark.task
+        if verdict is KeyVerdict.HELD_GONE:
+            gone.append(mark.task)
+    return True
+
+
 def key_marker_needs_result(mark: KeyMark | None, status: TaskStatus | None, results_here: bool) -> bool:
     """Whether ``key_marker_verdict`` needs ``succeeded_result`` for this marker (a lookup the
     caller makes only then)."""
@@ -922,6 +941,7 @@ __all__ = [
     "keyed",
     "make_private_dir",
     "masked",
+    "note_key_verdict",
     "plan_enqueue",
     "plan_keys",
     "read_task_row",

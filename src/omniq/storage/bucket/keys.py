@@ -19,10 +19,10 @@ from ...models import Task, TaskStatus
 from .._codec import decoder, encode
 from ..base import (
     KeyMark,
-    KeyVerdict,
     first_of_keys,
     key_marker_needs_result,
     key_marker_verdict,
+    note_key_verdict,
 )
 from ..fsspec.layout import encode_name
 from .cas import CasStore, Conflict, Tagged
@@ -90,16 +90,7 @@ class BucketKeys:
                         mark, 0.0, mine=tid, status=status, succeeded_result=stored,
                         results_here=self.results_here, now=time.time(),
                     )  # fmt: skip
-                    if verdict is KeyVerdict.OURS:
-                        continue
-                    if verdict is KeyVerdict.WAIT:
-                        waiting[k] = tid  # its task may be being stored: look again shortly
-                        continue
-                    if verdict is not KeyVerdict.TAKE:
-                        assert mark is not None
-                        holders[k] = mark.task
-                        if verdict is KeyVerdict.HELD_GONE:
-                            gone.append(mark.task)
+                    if note_key_verdict(verdict, k, tid, mark, waiting, holders, gone):
                         continue
                 try:
                     await self.cas.put(

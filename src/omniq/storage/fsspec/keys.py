@@ -18,10 +18,10 @@ from ...models import Task, TaskStatus
 from .._codec import decoder, encode
 from ..base import (
     KeyMark,
-    KeyVerdict,
     first_of_keys,
     key_marker_needs_result,
     key_marker_verdict,
+    note_key_verdict,
 )
 from .layout import (
     encode_name,
@@ -136,16 +136,7 @@ class KeyMarks:
                         mark, at, mine=tid, status=status, succeeded_result=stored,
                         results_here=here, now=time.time(),
                     )
-                    if verdict is KeyVerdict.OURS:
-                        continue
-                    if verdict is KeyVerdict.WAIT:
-                        waiting[k] = tid  # its task may be being stored: look again shortly
-                        continue
-                    if verdict is not KeyVerdict.TAKE:
-                        assert mark is not None
-                        holders[k] = mark.task
-                        if verdict is KeyVerdict.HELD_GONE:
-                            gone.append(mark.task)
+                    if note_key_verdict(verdict, k, tid, mark, waiting, holders, gone):
                         continue
                 if not self.cas(self.dir(k), version, tid, now):
                     waiting[k] = tid  # someone else was first: look at what they wrote
