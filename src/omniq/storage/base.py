@@ -716,6 +716,16 @@ def plan_keys(
     return store, dups
 
 
+def watched_after(watched: set[str] | None, names: list[str] | None) -> set[str] | None:
+    """The queues a backend's wake-ups watch once a claim named ``names`` (``check_claim``'s;
+    None: every queue, from then on)."""
+    if names is None:
+        return None
+    if watched is not None:
+        watched.update(names)
+    return watched
+
+
 def check_claim(queues: Sequence[str] | None, limit: int, lease: float) -> list[str] | None:
     """Validated ``claim`` arguments: the queue names (deduplicated) or None for all."""
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
@@ -948,5 +958,6 @@ __all__ = [
     "stand_in_task",
     "task_from_row",
     "unreadable_task",
+    "watched_after",
 ]
 

@@ -35,6 +35,7 @@ from ..base import (
     keyed,
     plan_enqueue,
     plan_keys,
+    watched_after,
 )
 from . import shards as sh
 from .admin import OperatorOps
@@ -179,10 +180,7 @@ class BucketQueueBackend(OperatorOps, TaskQueue):
         self, worker: str, *, queues: Sequence[str] | None, limit: int, lease: float, now: float
     ) -> list[Task]:
         names = check_claim(queues, limit, lease)
-        if names is None:
-            self._watched = None
-        elif self._watched is not None:
-            self._watched.update(names)
+        self._watched = watched_after(self._watched, names)
         if limit == 0 or names == []:
             return []
         settle = self._gap if self._idle else 0.0  # an idle worker's poll: see wait_for_tasks

@@ -24,6 +24,7 @@ from ..base import (
     check_claim,
     check_new_tasks,
     check_outcomes,
+    watched_after,
 )
 from ..blobs import (
     LIVE_TASK_STATUSES,
@@ -106,10 +107,7 @@ class FileTaskQueueBackend(FsspecBackend, TaskQueue):
         self, worker: str, *, queues: Sequence[str] | None, limit: int, lease: float, now: float
     ) -> list[Task]:
         names = check_claim(queues, limit, lease)
-        if names is None:
-            self._watched = None
-        elif self._watched is not None:
-            self._watched.update(names)
+        self._watched = watched_after(self._watched, names)
         if limit == 0 or names == []:
             return []
         return await self._run(

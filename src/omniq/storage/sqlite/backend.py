@@ -33,6 +33,7 @@ from ..base import (
     check_owner,
     masked,
     read_task_row,
+    watched_after,
 )
 from ..blobs import Blob, check_blobs, check_digests, check_owners, nbytes
 from .connection import (
@@ -261,10 +262,7 @@ class SQLiteBackend(TaskQueue, ResultStore, EventStore):
         now: float,
     ) -> list[Task]:
         names = check_claim(queues, limit, lease)
-        if names is None:
-            self._watched = None
-        elif self._watched is not None:
-            self._watched.update(names)
+        self._watched = watched_after(self._watched, names)
         if limit == 0 or names == []:
             return []
         check_params: tuple[Any, ...]
