@@ -14,7 +14,9 @@ import asyncio
 import contextlib
 import functools
 import os
+import signal
 import socket
+import subprocess
 import threading
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -185,3 +187,17 @@ SERVERS: dict[str, tuple[Callable[[], str | None], Callable[[], contextlib.Abstr
     "redis": (redis_problem, fresh_redis),
     "nats": (nats_problem, fresh_nats),
 }
+
+
+def stop_workers(procs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM ``omniq worker`` processes (they finish what they run), then kill any whose
+    session is still there after 30 s."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait(10)

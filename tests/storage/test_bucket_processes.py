@@ -21,6 +21,7 @@ import pytest
 
 from omniq.storage.urls import open_backends
 
+from .backends import stop_workers
 from .cloud import BUCKET, moto_server
 from .test_bucket import Recorded
 
@@ -70,16 +71,6 @@ def start_worker(url: str, env: dict[str, str], *extra: str) -> subprocess.Popen
     )
 
 
-def stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    for p in procs:
-        try:
-            p.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait(10)
 
 
 def test_two_worker_processes_run_each_task_once(s3: dict[str, str]) -> None:
@@ -99,7 +90,7 @@ def test_two_worker_processes_run_each_task_once(s3: dict[str, str]) -> None:
         assert len(started) == 200 and set(started.values()) == {1}  # each ran exactly once
         assert len({e.worker for e in events if e.type == "started"}) == 2  # both took work
     finally:
-        stop(procs)
+        stop_workers(procs)
 
 
 def test_two_worker_processes_on_azure_blob_run_each_task_once(
@@ -120,7 +111,7 @@ def test_two_worker_processes_on_azure_blob_run_each_task_once(
         started = Counter(e.task_id for e in events if e.type == "started")
         assert len(started) == 120 and set(started.values()) == {1}
     finally:
-        stop(procs)
+        stop_workers(procs)
 
 
 def test_a_killed_worker_loses_nothing(s3: dict[str, str], tmp_path: Path) -> None:
@@ -147,7 +138,7 @@ def test_a_killed_worker_loses_nothing(s3: dict[str, str], tmp_path: Path) -> No
             task = asyncio.run(_get_task(url, slow.id))
             assert task is not None and task.deliveries >= 2  # delivered again after the kill
     finally:
-        stop(procs)
+        stop_workers(procs)
 
 
 async def _get_task(url: str, task_id: str) -> object:
@@ -185,7 +176,7 @@ def test_a_schedule_fires_once_per_slot_across_processes(s3: dict[str, str]) -> 
         assert all(round(st / 0.5) >= 1 and st == pytest.approx(0.5 * round(st / 0.5), abs=1e-6)
                    for st in steps), steps  # on the grid (a slot missed under load is skipped)
     finally:
-        stop(procs)
+        stop_workers(procs)
 
 
 def test_an_idle_worker_asks_the_store_less_than_once_a_second(
@@ -212,4 +203,4 @@ def test_an_idle_worker_asks_the_store_less_than_once_a_second(
         assert rate <= 1.0, (rate, kinds)
         assert not any(m == "PUT" and "/shard-" in u for m, u in sent)  # nothing written
     finally:
-        stop([proc])
+        stop_workers([proc])

@@ -23,7 +23,7 @@ from omniq.errors import StorageError
 from omniq.storage.base import EventStore, ResultStore, TaskQueue
 from omniq.storage.urls import open_backends
 
-from .backends import fresh_nats, fresh_nats_url, nats_problem
+from .backends import fresh_nats, fresh_nats_url, nats_problem, stop_workers
 from .test_contract import T0, task
 
 pytestmark = pytest.mark.anyio
@@ -171,16 +171,6 @@ def _start_worker(url: str, *extra: str) -> subprocess.Popen[bytes]:
     )
 
 
-def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    for p in procs:
-        try:
-            p.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait(10)
 
 
 def test_three_worker_processes_drain_600_tasks_exactly_once(nats_url: str) -> None:
@@ -202,7 +192,7 @@ def test_three_worker_processes_drain_600_tasks_exactly_once(nats_url: str) -> N
         workers = {e.worker for e in events if e.type == "started"}
         assert len(workers) >= 2  # the work was shared
     finally:
-        _stop(procs)
+        stop_workers(procs)
 
 
 def test_sigkilled_worker_loses_nothing(nats_url: str, tmp_path: Path) -> None:
@@ -228,7 +218,7 @@ def test_sigkilled_worker_loses_nothing(nats_url: str, tmp_path: Path) -> None:
             task = asyncio.run(_get_task(nats_url, slow.id))
             assert task is not None and task.deliveries >= 2  # delivered again after the kill
     finally:
-        _stop(procs)
+        stop_workers(procs)
 
 
 async def _get_task(url: str, task_id: str) -> object:
