@@ -374,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .integrations.dashboard.command import add_parser as add_dashboard  # (no Starlette import)
 
-    add_dashboard(sub)
+    add_dashboard(sub, _port)
     return p
 
 

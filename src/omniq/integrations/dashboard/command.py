@@ -7,6 +7,7 @@ import argparse
 import os
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from .options import TOKEN_ENV, choose_token, missing_extra
@@ -14,18 +15,9 @@ from .options import TOKEN_ENV, choose_token, missing_extra
 STORAGE_OPEN_TIMEOUT = 10.0
 
 
-def _port(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        port = -1
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port: expected 0-65535 (0 picks a free one)")
-    return port
-
-
-def add_parser(sub: Any) -> None:
-    """Add ``omniq dashboard`` to the ``omniq`` command's subparsers."""
+def add_parser(sub: Any, port: Callable[[str], int]) -> None:
+    """Add ``omniq dashboard`` to the ``omniq`` command's subparsers; ``port`` is the command's
+    parser of a port number (the one ``omniq worker --metrics-port`` takes)."""
     d = sub.add_parser(
         "dashboard", help="serve the web dashboard: queues, workers, tasks, schedules, sweeps",
         description="Serve the OmniQ dashboard (like Celery's Flower or rq-dashboard): queues with "
@@ -39,7 +31,7 @@ def add_parser(sub: Any) -> None:
     d.add_argument("--events", default=None, help="event storage URL (default from config/env, else --tasks)")
     d.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1; any other address requires a token)")
-    d.add_argument("--port", type=_port, default=8765, help="port (default 8765; 0 picks a free one)")
+    d.add_argument("--port", type=port, default=8765, help="port (default 8765; 0 picks a free one)")
     d.add_argument("--token", default=None,
                    help=f"token every request must carry (?token=T once, then a cookie); default: "
                         f"${TOKEN_ENV}, else none on loopback and a generated one beyond it")
