@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -322,3 +323,28 @@ def cloud_storage_options(kind: str, request: pytest.FixtureRequest) -> dict[str
     elif kind in ("abfs", "az"):
         return {"connection_string": request.getfixturevalue("azurite")}
     return None
+
+
+class Recorded:
+    """A moto server of this module's own that records every request it serves."""
+
+    def __init__(self, endpoint: str, path: Path) -> None:
+        self.endpoint = endpoint
+        self.path = path
+
+    def reset(self) -> None:
+        import urllib.request
+
+        req = urllib.request.Request(f"{self.endpoint}/moto-api/recorder/reset-recording", method="POST")
+        urllib.request.urlopen(req, timeout=5).close()
+
+    def requests(self) -> list[tuple[str, str]]:
+        """(method, url) of every request since the last reset. (Found by pattern, not parsed
+        line by line: moto's threads append entries to the file without a lock, so two long
+        ones may interleave.)"""
+        if not self.path.exists():
+            return []
+        return _ENTRY.findall(self.path.read_text(errors="replace"))
+
+
+_ENTRY = re.compile(r'"method": "([A-Z]+)", "url": "([^"]+)"')

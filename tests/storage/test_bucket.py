@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -28,7 +26,7 @@ from omniq.storage.bucket import BucketQueueBackend, Conflict
 from omniq.storage.bucket.cas import S3Cas
 from omniq.storage.urls import open_backends
 
-from .cloud import BUCKET, moto_server
+from .cloud import BUCKET, Recorded, moto_server
 
 pytestmark = pytest.mark.anyio
 S = TaskStatus
@@ -38,31 +36,6 @@ def task(**kw: Any) -> Task:
     kw.setdefault("id", new_id())
     kw.setdefault("payload", b"payload")
     return Task(**kw)
-
-
-class Recorded:
-    """A moto server of this module's own that records every request it serves."""
-
-    def __init__(self, endpoint: str, path: Path) -> None:
-        self.endpoint = endpoint
-        self.path = path
-
-    def reset(self) -> None:
-        import urllib.request
-
-        req = urllib.request.Request(f"{self.endpoint}/moto-api/recorder/reset-recording", method="POST")
-        urllib.request.urlopen(req, timeout=5).close()
-
-    def requests(self) -> list[tuple[str, str]]:
-        """(method, url) of every request since the last reset. (Found by pattern, not parsed
-        line by line: moto's threads append entries to the file without a lock, so two long
-        ones may interleave.)"""
-        if not self.path.exists():
-            return []
-        return _ENTRY.findall(self.path.read_text(errors="replace"))
-
-
-_ENTRY = re.compile(r'"method": "([A-Z]+)", "url": "([^"]+)"')
 
 
 @pytest.fixture(scope="module")

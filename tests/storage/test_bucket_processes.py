@@ -22,8 +22,7 @@ import pytest
 from omniq.storage.urls import open_backends
 
 from .backends import stop_workers
-from .cloud import BUCKET, moto_server
-from .test_bucket import Recorded
+from .cloud import BUCKET, Recorded, moto_server
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
