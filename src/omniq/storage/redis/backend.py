@@ -11,7 +11,7 @@ import os
 import re
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import anyio
@@ -104,6 +104,16 @@ def _tasks(v: Sequence[Any], start: int, n: int) -> tuple[list[Task], int]:
     return [_task(v, start + k * _NF) for k in range(n)], start + n * _NF
 
 
+def _cancelled(v: Sequence[Any], start: int) -> list[tuple[Task, str]]:
+    """The cancelled part of a finish or reap reply at ``v[start:]``: a count, then for each a
+    reason followed by its task's fields; (task, reason) pairs."""
+    step = 1 + _NF
+    first = start + 1
+    return [
+        (_task(v, i + 1), v[i].decode()) for i in range(first, first + int(v[start]) * step, step)
+    ]
+
+
 def _event_ms(ts: float) -> int:
     """An event's stream id time: its timestamp in whole ms (0 for nonsense times)."""
     if not math.isfinite(ts) or ts <= 0:
@@ -125,6 +135,7 @@ def _lex_bounds(prefix: str) -> tuple[bytes, bytes]:
 # --- URL ------------------------------------------------------------------------------------------
 
 _OWN_OPTIONS = ("prefix", "max_events", "reconnect_timeout")
+_N = TypeVar("_N", int, float)
 _BAD_PREFIX = re.compile(r"[\s*?\[\]\\]")
 
 
@@ -158,30 +169,37 @@ def parse_url(url: str) -> RedisOptions:
             f"redis URL {masked(url)!r}: prefix must be a non-empty key prefix without spaces or "
             f"glob characters (* ? [ ] \\), got {prefix!r}"
         )
-    max_events = DEFAULT_MAX_EVENTS
-    if "max_events" in own:
-        try:
-            max_events = int(own["max_events"])
-        except ValueError:
-            max_events = 0
-        if max_events < 1:
-            raise ConfigError(
-                f"redis URL {masked(url)!r}: max_events must be a whole number >= 1, "
-                f"got {own['max_events']!r}"
-            )
-    reconnect = DEFAULT_RECONNECT_TIMEOUT
-    if "reconnect_timeout" in own:
-        try:
-            reconnect = float(own["reconnect_timeout"])
-        except ValueError:
-            reconnect = -1.0
-        if not reconnect >= 0 or math.isinf(reconnect):
-            raise ConfigError(
-                f"redis URL {masked(url)!r}: reconnect_timeout must be seconds >= 0, "
-                f"got {own['reconnect_timeout']!r}"
-            )
+    max_events = _option(
+        url, own, "max_events", int, lambda n: n >= 1, "a whole number >= 1", DEFAULT_MAX_EVENTS
+    )
+    reconnect = _option(
+        url, own, "reconnect_timeout", float, lambda x: 0 <= x < math.inf, "seconds >= 0",
+        DEFAULT_RECONNECT_TIMEOUT,
+    )  # fmt: skip
     client_url = urlunsplit(parts._replace(query=urlencode(rest)))
     return RedisOptions(client_url, prefix, max_events, reconnect)
+
+
+def _option(
+    url: str,
+    own: dict[str, str],
+    name: str,
+    parse: Callable[[str], _N],
+    ok: Callable[[_N], bool],
+    what: str,
+    default: _N,
+) -> _N:
+    """Option ``name`` of a redis URL, parsed and checked (``default`` when it is not given);
+    a value that does not parse or is not ``ok`` is a ConfigError saying it must be ``what``."""
+    if name not in own:
+        return default
+    try:
+        value = parse(own[name])
+    except ValueError:
+        value = None
+    if value is None or not ok(value):
+        raise ConfigError(f"redis URL {masked(url)!r}: {name} must be {what}, got {own[name]!r}")
+    return value
 
 
 def _cause(e: BaseException) -> str:
@@ -500,12 +518,7 @@ class RedisBackend(RedisOperators, ResultStore, EventStore):
             args += (task_id, status.value)
         v = await self._eval("finish", args, once=True)
         released, i = _tasks(v, 1, int(v[0]))
-        n = int(v[i])
-        i += 1
-        cancelled: list[tuple[Task, str]] = []
-        for _ in range(n):
-            cancelled.append((_task(v, i + 1), v[i].decode()))
-            i += 1 + _NF
+        cancelled = _cancelled(v, i)
         if released:
             self.notify()
         return Finished(released=released, cancelled=cancelled)
@@ -541,12 +554,7 @@ class RedisBackend(RedisOperators, ResultStore, EventStore):
         v = await self._eval("reap", [_f(now)], once=True)
         requeued, i = _tasks(v, 1, int(v[0]))
         dead, i = _tasks(v, i + 1, int(v[i]))
-        n = int(v[i])
-        i += 1
-        cancelled: list[tuple[Task, str]] = []
-        for _ in range(n):
-            cancelled.append((_task(v, i + 1), v[i].decode()))
-            i += 1 + _NF
+        cancelled = _cancelled(v, i)
         if requeued:
             self.notify()
         return Reaped(requeued=requeued, dead=dead, cancelled=cancelled)

@@ -117,6 +117,15 @@ local function task_fields(id, out)
   out[#out + 1] = id  -- names the task when its record 'b' does not decode
 end
 
+-- the cancelled part of a finish or reap reply: their count, then (cause, fields...) each
+local function cancelled_fields(cancelled, out)
+  out[#out + 1] = #cancelled
+  for _, p in ipairs(cancelled) do
+    out[#out + 1] = p[2]
+    task_fields(p[1], out)
+  end
+end
+
 -- release or cancel (transitively) the dependents of tasks that just became final
 local function resolve(ids, now, released, cancelled)
   local stack = {}
@@ -388,11 +397,7 @@ local released, cancelled = {}, {}
 resolve(done, now, released, cancelled)
 local out = {#released}
 for _, id in ipairs(released) do task_fields(id, out) end
-out[#out + 1] = #cancelled
-for _, p in ipairs(cancelled) do
-  out[#out + 1] = p[2]
-  task_fields(p[1], out)
-end
+cancelled_fields(cancelled, out)
 if #released + #cancelled > 0 then remember(out) end
 return out
 """
@@ -478,11 +483,7 @@ local out = {#requeued}
 for _, id in ipairs(requeued) do task_fields(id, out) end
 out[#out + 1] = #dead
 for _, id in ipairs(dead) do task_fields(id, out) end
-out[#out + 1] = #cancelled
-for _, p in ipairs(cancelled) do
-  out[#out + 1] = p[2]
-  task_fields(p[1], out)
-end
+cancelled_fields(cancelled, out)
 if #ids > 0 then remember(out) end
 return out
 """
