@@ -169,16 +169,14 @@ def _detail_text(d: Any) -> str:
         f"args:      {d.args}",
         f"kwargs:    {d.kwargs}",
     ]
-    if d.key:
-        lines.append(f"key:       {d.key}")
-    if d.sweep:
-        lines.append(f"sweep:     {d.sweep}")
-    if d.depends_on:
-        lines.append(f"depends:   {', '.join(d.depends_on)}")
-    if d.value is not None:
-        lines.append(f"value:     {d.value}")
-    if d.error_type is not None:
-        lines.append(f"error:     {d.error_type}: {d.error_message}")
+    optional = (
+        ("key", d.key or None),
+        ("sweep", d.sweep or None),
+        ("depends", ", ".join(d.depends_on) or None),
+        ("value", d.value),
+        ("error", None if d.error_type is None else f"{d.error_type}: {d.error_message}"),
+    )
+    lines += [f"{label + ':':<11}{v}" for label, v in optional if v is not None]
     if d.traceback:
         lines += ["traceback:", *("  " + line for line in d.traceback.rstrip().splitlines())]
     if d.events:
@@ -344,17 +342,27 @@ def _limit(text: str) -> int:
     return n
 
 
+def _command(
+    sub: Any, name: str, body: Callable[[Any, argparse.Namespace], int], *, help: str, description: str
+) -> argparse.ArgumentParser:
+    """Subcommand ``name``: its description shown as written, the storage options, and ``body``
+    run on the storage they open."""
+    p: argparse.ArgumentParser = sub.add_parser(
+        name, help=help, formatter_class=argparse.RawDescriptionHelpFormatter, description=description
+    )
+    _storage_args(p)
+    p.set_defaults(fn=_run(name, body))
+    return p
+
+
 def add_parsers(sub: Any) -> None:
     """The operator's subcommands, on ``omniq``'s subparsers."""
-    raw = argparse.RawDescriptionHelpFormatter
-
-    t = sub.add_parser(
-        "tasks", help="list tasks, newest first (like Flower's task list, rq info)", formatter_class=raw,
+    t = _command(
+        sub, "tasks", tasks, help="list tasks, newest first (like Flower's task list, rq info)",
         description="List tasks, newest first, one page at a time.\n\nexamples:\n"
                     "  omniq tasks --tasks sqlite:///lab.db\n"
                     "  omniq tasks --status failed --queue gpu --limit 20\n"
                     "  omniq tasks --before ID        (the next page: ID is the last id shown)")
-    _storage_args(t)
     t.add_argument("--status", action="append", metavar="S",
                    help=f"only these statuses (repeat, or comma-separated): {_STATUSES}")
     t.add_argument("--queue", default=None, metavar="Q", help="only this queue")
@@ -362,74 +370,61 @@ def add_parsers(sub: Any) -> None:
     t.add_argument("--limit", type=_limit, default=50, metavar="N", help="at most N tasks (default 50)")
     t.add_argument("--before", default=None, metavar="ID", help="tasks older than this task id (paging)")
     t.add_argument("--json", action="store_true", help="a JSON list of task summaries")
-    t.set_defaults(fn=_run("tasks", tasks))
 
-    s = sub.add_parser(
-        "show", help="one task in full: arguments, result or error with traceback, events",
-        formatter_class=raw,
+    s = _command(
+        sub, "show", show, help="one task in full: arguments, result or error with traceback, events",
         description="Show tasks in full (like celery result / rq's job view): the function, its\n"
                     "arguments (a short repr, read without unpickling anything), the result or the\n"
                     "error with its traceback, and the timeline of events.\n\nexample:\n"
                     "  omniq show 18ee6f0f36ff2242c2b97f14 --tasks sqlite:///lab.db")
-    _storage_args(s)
     s.add_argument("ids", nargs="+", metavar="ID", help="task id(s)")
     s.add_argument("--json", action="store_true", help="a JSON list, one object per task")
-    s.set_defaults(fn=_run("show", show))
 
-    r = sub.add_parser(
-        "retry", help="run failed, cancelled or expired tasks again (like rq requeue)",
-        formatter_class=raw,
+    r = _command(
+        sub, "retry", retry, help="run failed, cancelled or expired tasks again (like rq requeue)",
         description="Queue final tasks again under the same id (like `rq requeue`): their attempts\n"
                     "go on and their old result is removed; a succeeded, queued or running task is\n"
                     "left alone.\n\nexamples:\n"
                     "  omniq retry ID [ID ...]\n"
                     "  omniq retry --failed                every failed task\n"
                     "  omniq retry --failed --queue gpu    every failed task of one queue")
-    _storage_args(r)
     r.add_argument("ids", nargs="*", metavar="ID", help="task id(s)")
     r.add_argument("--failed", action="store_true", help="every failed task (with --queue: of that queue)")
     r.add_argument("--queue", default=None, metavar="Q", help="with --failed: only this queue")
     r.add_argument("--json", action="store_true", help="a JSON list: id, status, retried")
-    r.set_defaults(fn=_run("retry", retry))
 
-    c = sub.add_parser(
-        "cancel", help="cancel tasks (like celery control revoke --terminate)", formatter_class=raw,
+    c = _command(
+        sub, "cancel", cancel, help="cancel tasks (like celery control revoke --terminate)",
         description="Cancel tasks: a queued or pending one never runs, a running one is stopped by\n"
                     "its worker (like `celery control revoke --terminate`); dependents are cancelled\n"
                     "too.\n\nexample:\n  omniq cancel ID [ID ...]")
-    _storage_args(c)
     c.add_argument("ids", nargs="+", metavar="ID", help="task id(s)")
     c.add_argument("--json", action="store_true", help="a JSON list: id, status, cancelled")
-    c.set_defaults(fn=_run("cancel", cancel))
 
-    p = sub.add_parser(
-        "purge", help="delete finished tasks, their results, events and blobs", formatter_class=raw,
+    p = _command(
+        sub, "purge", purge, help="delete finished tasks, their results, events and blobs",
         description="Delete tasks that finished (succeeded, failed, cancelled, expired) more than\n"
                     "--older-than ago, with their results, events and the large values only they\n"
                     "used. Unlike `celery purge` / `rq empty`, waiting tasks are never touched\n"
                     "(cancel them first).\n\nexamples:\n"
                     "  omniq purge --older-than 7d\n"
                     "  omniq purge --older-than 12h --status failed --status cancelled")
-    _storage_args(p)
     p.add_argument("--older-than", required=True, metavar="AGE", type=_age,
                    help="finished more than AGE ago: seconds, or a number with s, m, h, d or w (7d, 12h)")
     p.add_argument("--status", action="append", metavar="S",
                    help="only these final statuses (repeat, or comma-separated; default: all four)")
     p.add_argument("--json", action="store_true", help="the counts as JSON")
-    p.set_defaults(fn=_run("purge", purge))
 
-    sc = sub.add_parser(
-        "schedules", help="list schedules; pause or resume one (like celery beat's schedule)",
-        formatter_class=raw,
+    sc = _command(
+        sub, "schedules", schedules,
+        help="list schedules; pause or resume one (like celery beat's schedule)",
         description="List schedules with their next and last runs; --pause / --resume take a\n"
                     "schedule's id or name (repeatable).\n\nexamples:\n"
                     "  omniq schedules\n  omniq schedules --pause nightly-report\n"
                     "  omniq schedules --resume nightly-report")
-    _storage_args(sc)
     sc.add_argument("--pause", action="append", metavar="ID", help="pause this schedule (id or name)")
     sc.add_argument("--resume", action="append", metavar="ID", help="resume this schedule (id or name)")
     sc.add_argument("--json", action="store_true", help="a JSON list of schedules")
-    sc.set_defaults(fn=_run("schedules", schedules))
 
 
 __all__ = ["Refused", "add_parsers", "missing_local_storage", "opened"]
