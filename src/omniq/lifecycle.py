@@ -37,6 +37,7 @@ from .models.task import TaskStatus
 QUEUED = TaskStatus.QUEUED
 PENDING = TaskStatus.PENDING
 RUNNING = TaskStatus.RUNNING
+CANCELLED = TaskStatus.CANCELLED
 
 #: Final statuses that cancel a task's dependents.
 UNSUCCESSFUL = frozenset({TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.EXPIRED})
@@ -156,6 +157,10 @@ def fired(schedule: Schedule, *, next_run: float | None, now: float, task_id: st
 
 
 __all__ = [
+    "CANCELLED",
+    "PENDING",
+    "QUEUED",
+    "RUNNING",
     "UNSUCCESSFUL",
     "WAITING",
     "Cascade",

@@ -27,6 +27,10 @@ import anyio
 
 from ..errors import ConfigError
 from ..lifecycle import (
+    CANCELLED,
+    PENDING,
+    QUEUED,
+    RUNNING,
     Cascade,
     claimable,
     expires,
@@ -68,12 +72,6 @@ from .blobs import (
     result_owner,
     task_owner,
 )
-
-QUEUED = TaskStatus.QUEUED
-PENDING = TaskStatus.PENDING
-RUNNING = TaskStatus.RUNNING
-CANCELLED = TaskStatus.CANCELLED
-
 
 _NO_WAIT: frozenset[str] = frozenset()
 
@@ -254,6 +252,14 @@ class MemoryBackend(TaskQueue, MemoryResults, MemoryEvents):
         entry.task.lease_until = None
         entry.waiting = _NO_WAIT
         self._running.discard(entry.task.id)
+
+    def _unlease(self, entry: _Entry) -> Task:
+        """Take a running task off its worker and its lease; where it goes next is the caller's."""
+        t = entry.task
+        self._running.discard(t.id)
+        t.worker = None
+        t.lease_until = None
+        return t
 
     def _resolve(self, ids: Sequence[str], now: float) -> Finished:
         """Release or cancel (transitively) the dependents of tasks that just became final."""
@@ -440,10 +446,7 @@ class MemoryBackend(TaskQueue, MemoryResults, MemoryEvents):
         entry = self._held(worker, task_id)
         if entry is None:
             return
-        t = entry.task
-        self._running.discard(task_id)
-        t.worker = None
-        t.lease_until = None
+        t = self._unlease(entry)
         t.attempts = attempts
         t.eta = eta
         if ready_status(eta, time.time()) is QUEUED:  # no ``now``: the wall clock, as in SQL
@@ -460,10 +463,7 @@ class MemoryBackend(TaskQueue, MemoryResults, MemoryEvents):
             entry = self._held(worker, task_id)
             if entry is None:
                 continue
-            t = entry.task
-            self._running.discard(task_id)
-            t.worker = None
-            t.lease_until = None
+            t = self._unlease(entry)
             t.deliveries = max(t.deliveries - 1, 0)
             self._set_status(entry, QUEUED)
             self._push_ready(entry)
@@ -500,9 +500,7 @@ class MemoryBackend(TaskQueue, MemoryResults, MemoryEvents):
                 out.cancelled.append((copy(t), t.id))
                 ended.append(t.id)
             elif fate is QUEUED:
-                self._running.discard(task_id)
-                t.worker = None
-                t.lease_until = None
+                self._unlease(entry)
                 self._set_status(entry, QUEUED)
                 self._push_ready(entry)
                 out.requeued.append(copy(t))

@@ -14,6 +14,10 @@ import nats.js.errors
 import nats.js.object_store
 
 from ...lifecycle import (
+    CANCELLED,
+    PENDING,
+    QUEUED,
+    RUNNING,
     expires,
     lease_lapsed,
     ready_status,
@@ -38,11 +42,7 @@ from .guard import (
     plain_error,
 )
 from .records import (
-    CANCELLED,
     DUE_STEP,
-    PENDING,
-    QUEUED,
-    RUNNING,
     UNREADABLE,
     Rec,
     due_verdict,

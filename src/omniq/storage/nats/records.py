@@ -18,6 +18,9 @@ import nats.js.object_store
 
 from ...errors import ConfigError
 from ...lifecycle import (
+    PENDING,
+    QUEUED,
+    RUNNING,
     claimable,
     lease_lapsed,
     on_lapse,
@@ -29,11 +32,6 @@ from ..base import (
     WorkerInfo,
     masked,
 )
-
-QUEUED = TaskStatus.QUEUED
-PENDING = TaskStatus.PENDING
-RUNNING = TaskStatus.RUNNING
-CANCELLED = TaskStatus.CANCELLED
 
 DEFAULT_SERVER = "nats://127.0.0.1:4222"
 DEFAULT_NAMESPACE = "omniq"

@@ -19,6 +19,10 @@ from nats.js import api
 
 from ...errors import ConfigError
 from ...lifecycle import (
+    CANCELLED,
+    PENDING,
+    QUEUED,
+    RUNNING,
     Cascade,
     on_dependency_end,
     ready_status,
@@ -53,12 +57,8 @@ from .guard import (
     publish_quietly,
 )
 from .records import (
-    CANCELLED,
     EXPECT_LAST,
     KV_OPERATION,
-    PENDING,
-    QUEUED,
-    RUNNING,
     UNREADABLE,
     WRONG_LAST_SEQUENCE,
     Rec,
