@@ -29,18 +29,18 @@ how to read their output. Everything else is scheduler-neutral:
   replaces jobs that ended (walltime, idle, killed). ``adapt(minimum, maximum)`` follows queue
   depth: while tasks are queued and the pool has fewer slots (jobs x ``cores``) than tasks
   (queued + running), it submits jobs up to ``maximum``; never fewer than ``minimum``; pending
-  jobs no longer needed are cancelled, running ones leave on their own when idle.
+  jobs no longer needed are cancelled, running ones leave on their own when idle. What the pool
+  knows of its jobs and how many it wants is pure bookkeeping (``book.py``: ``JobBook``); a
+  thread checks every ``interval`` seconds (``monitor.py``); the waiting tasks are counted
+  through the OmniQ's loop (``link.py``).
 - **Closing.** ``close()`` cancels every job of the pool (by its unique job name too, so a job
-  submitted a moment ago is not missed); so do closing ``oq`` and interpreter exit. A process
-  killed outright (a kernel restarted) cannot: its jobs leave after ``idle_timeout``.
+  submitted a moment ago is not missed); so do closing ``oq`` and interpreter exit (``link.py``).
+  A process killed outright (a kernel restarted) cannot: its jobs leave after ``idle_timeout``.
 """
 
 from __future__ import annotations
 
 import abc
-import asyncio
-import atexit
-import contextlib
 import dataclasses
 import datetime as _dt
 import math
@@ -57,6 +57,8 @@ from typing import Any, Generic, TypeVar, cast, overload
 
 from ..errors import ConfigError, OmniQError
 from ..logs import get_logger
+from .book import Job as Job
+from .book import JobBook
 from .jobspec import (
     JobSpec,
     check_env,
@@ -67,6 +69,8 @@ from .jobspec import (
     check_worker,
     command_env,
 )
+from .link import close_at_exit, close_with, core_of, waiting
+from .monitor import Monitor
 from .reach import LOCAL_DIRS as LOCAL_DIRS
 from .reach import LOOPBACK_HOSTS as LOOPBACK_HOSTS
 from .reach import MEMORY_FS as MEMORY_FS
@@ -106,49 +110,6 @@ class StorageReachWarning(UserWarning):
         >>> issubclass(StorageReachWarning, UserWarning)
         True
     """
-
-
-@dataclasses.dataclass(frozen=True)
-class Job:
-    """One job of a pool, as the scheduler last listed it.
-
-    Attributes:
-        id: As the scheduler names it (``"123"``, or ``"123_4"`` for an element of an array).
-        state: The scheduler's word: ``PENDING``, ``RUNNING``, ``COMPLETING``, ...
-        job_id: The id inside the job (``SLURM_JOB_ID``; differs for array elements), once
-            it runs.
-        reason: Why it waits (``Resources``, ``Priority``, ...), when it does.
-        node: Where it runs.
-        log: Its log file, once it started.
-        stopping: Asked to leave (scale down): finishing its tasks first.
-        name: The job name (``omniq-...``).
-
-    Examples:
-        >>> from omniq.hpc import Job
-        >>> j = Job(id="41_0", state="RUNNING", job_id="42", node="c12")
-        >>> j.active, Job(id="41_1", state="PENDING", stopping=True).active
-        (True, False)
-    """
-
-    id: str  # as the scheduler names it ("123", or "123_4" for an element of an array)
-    state: str  # PENDING, RUNNING, COMPLETING, ... (the scheduler's words)
-    job_id: str | None = None  # the id inside the job (SLURM_JOB_ID; differs for array elements)
-    reason: str = ""  # why it waits (Resources, Priority, ...), when it does
-    node: str = ""  # where it runs
-    log: str | None = None  # its log file (once it started)
-    stopping: bool = False  # asked to leave (scale down): finishing its tasks first
-    name: str = ""  # the job name (omniq-...)
-
-    @property
-    def active(self) -> bool:
-        """Pending or running and not asked to leave: counts toward the pool's size.
-
-        Examples:
-            >>> from omniq.hpc import Job
-            >>> Job(id="7", state="COMPLETED").active
-            False
-        """
-        return not self.stopping and self.state in ("PENDING", "CONFIGURING", "RUNNING", "REQUEUED", "RESIZING")
 
 
 # ------------------------------------------------------------------------------ walltime
@@ -251,16 +212,6 @@ def default_margin(walltime: int) -> int:
 
 
 # ------------------------------------------------------------------------------ the pool
-def _core_of(oq: Any) -> Any:
-    from ..core import AsyncOmniQ, OmniQ
-
-    if isinstance(oq, OmniQ):
-        return oq.core
-    if isinstance(oq, AsyncOmniQ):
-        return oq
-    raise ConfigError(f"oq must be an OmniQ or AsyncOmniQ, got {type(oq).__name__}")
-
-
 def _positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"{name}={value!r} is not valid: expected an integer >= 1")
@@ -271,6 +222,21 @@ def _count(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ConfigError(f"{name}={value!r} is not valid: expected an integer >= 0")
     return value
+
+
+def _interval(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise ConfigError(f"interval={value!r} is not valid: expected seconds > 0")
+    return float(value)
+
+
+def _margin(value: Any, walltime: int) -> int:
+    if value is None:
+        return default_margin(walltime)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < min(walltime, 65536):
+        raise ConfigError(f"walltime_margin={value!r} is not valid: expected seconds > 0 and "
+                          f"below the walltime ({walltime} s) and 65536")
+    return math.ceil(value)
 
 
 class _FromSpec(Generic[_T]):
@@ -367,7 +333,7 @@ class JobWorkers(abc.ABC):
         name: str | None = None,
         interval: float = 5.0,
     ) -> None:
-        self._core = _core_of(oq)
+        self._core = core_of(oq)
         self.oq = oq
         cfg = self._core.config
         cores = _positive_int("cores", cores)
@@ -380,18 +346,8 @@ class JobWorkers(abc.ABC):
         env = check_env(env)
         python = check_python(python)
         memory_limit = check_memory_limit(memory_limit)
-        if walltime_margin is None:
-            margin = default_margin(self.walltime_seconds)
-        elif (isinstance(walltime_margin, bool) or not isinstance(walltime_margin, (int, float))
-              or not 0 < walltime_margin < min(self.walltime_seconds, 65536)):
-            raise ConfigError(f"walltime_margin={walltime_margin!r} is not valid: expected seconds > 0 and "
-                              f"below the walltime ({self.walltime_seconds} s) and 65536")
-        else:
-            margin = math.ceil(walltime_margin)
-        self.walltime_margin = margin
-        if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not 0 < interval < math.inf:
-            raise ConfigError(f"interval={interval!r} is not valid: expected seconds > 0")
-        self.interval = float(interval)
+        self.walltime_margin = margin = _margin(walltime_margin, self.walltime_seconds)
+        self.interval = _interval(interval)
         if name is not None and (not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9._-]{1,60}", name)):
             raise ConfigError(f"name={name!r} is not valid: expected letters, digits, '.', '_' or '-' (at most 60)")
         # what each job runs (its command, environment file and script): located further down
@@ -425,20 +381,13 @@ class JobWorkers(abc.ABC):
         self.spec.locate(urls=urls, name=name, log_dir=os.path.abspath(
             os.fspath(log_dir) if log_dir is not None else os.path.join(cfg.base_dir, "hpc", name)))
 
-        self._lock = threading.RLock()
-        self._tracked: dict[str, Job] = {}  # id -> last known
-        self._submitted_at: dict[str, float] = {}
-        self._stopping: set[str] = set()
-        self._listed: set[str] = set()  # ids seen in a listing at least once
-        self._warned: set[str] = set()  # ids said to never start (logged once)
+        self._lock = threading.RLock()  # guards the book and the mode
+        self._book = JobBook()  # the jobs as last listed (book.py)
         self._mode: tuple[str, int, int] | None = None  # ("scale", n, n) | ("adapt", min, max)
-        self._thread: threading.Thread | None = None
-        self._wake = threading.Event()
-        self._quit = threading.Event()
-        self._errors = 0
+        self._monitor = Monitor(f"omniq-hpc-{name}", f"{self.scheduler} pool {name}")  # runs _tick (monitor.py)
         self.closed = False
-        self._link_close()
-        atexit.register(_close_at_exit, weakref.ref(self))
+        close_with(self, oq)  # closing the OmniQ, or interpreter exit, closes the pool (link.py)
+        close_at_exit(self)
         _POOLS.add(self)
 
     # --- what a scheduler gives ------------------------------------------------------------------
@@ -577,7 +526,7 @@ class JobWorkers(abc.ABC):
                     self._mode = None
                     raise ConfigError(f"{self.scheduler} accepted the jobs but will never start them: "
                                       f"{stuck[0][1]}")
-        self._start_monitor()
+        self._monitor.start(self._tick, lambda: self.interval)
         return self
 
     def adapt(self, minimum: int = 0, maximum: int = 1, *, interval: float | None = None) -> JobWorkers:
@@ -606,14 +555,12 @@ class JobWorkers(abc.ABC):
             raise ConfigError(f"maximum={maximum!r} is not valid: expected an integer >= max(minimum, 1) "
                               f"(minimum={minimum!r})")
         if interval is not None:
-            if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not 0 < interval < math.inf:
-                raise ConfigError(f"interval={interval!r} is not valid: expected seconds > 0")
-            self.interval = float(interval)
+            self.interval = _interval(interval)
         self._ensure_open()
         with self._lock:
             self._mode = ("adapt", lo, hi)
-        self._start_monitor()
-        self._wake.set()
+        self._monitor.start(self._tick, lambda: self.interval)
+        self._monitor.wake()
         return self
 
     def jobs(self) -> list[Job]:
@@ -667,14 +614,10 @@ class JobWorkers(abc.ABC):
             return
         self.closed = True
         _POOLS.discard(self)
-        self._quit.set()
-        self._wake.set()
-        t = self._thread
-        loop_thread = self._core.session.loop_thread
-        if wait and t is not None and t is not threading.current_thread() and threading.get_ident() != loop_thread:
-            t.join(timeout=30)  # (not from the OmniQ's loop: the monitor may be waiting on it)
+        # (not joined from the OmniQ's loop: the monitor may be waiting on it)
+        self._monitor.stop(join=wait and threading.get_ident() != self._core.session.loop_thread)
         with self._lock:
-            ids = list(self._tracked)
+            ids = list(self._book.jobs)
             if self.spec.prepared:
                 argvs = [self.cancel_all_command()] + ([self.cancel_command(ids, graceful=False)] if ids else [])
                 for argv in argvs:
@@ -691,7 +634,7 @@ class JobWorkers(abc.ABC):
                     except OmniQError:
                         break
                     time.sleep(0.5)
-            self._tracked.clear()
+            self._book.jobs.clear()
             self.spec.remove_env_file()
 
     def __enter__(self) -> JobWorkers:
@@ -712,7 +655,7 @@ class JobWorkers(abc.ABC):
             See :class:`~omniq.hpc.SlurmWorkers`.
         """
         with self._lock:
-            jobs = list(self._tracked.values())
+            jobs = list(self._book.jobs.values())
         return {
             "name": self.name, "scheduler": self.scheduler, "log_dir": self.log_dir, "cores": self.cores,
             "walltime": self.walltime, "mode": self._mode, "closed": self.closed,
@@ -721,7 +664,7 @@ class JobWorkers(abc.ABC):
 
     def __repr__(self) -> str:
         with self._lock:
-            jobs = list(self._tracked.values())
+            jobs = list(self._book.jobs.values())
         states: dict[str, int] = {}
         for j in jobs:
             key = "stopping" if j.stopping else j.state.lower()
@@ -806,10 +749,7 @@ class JobWorkers(abc.ABC):
         if p.returncode != 0:
             raise self.submit_error((p.stderr or p.stdout).strip() or f"exit status {p.returncode}")
         ids = self.parse_submit(p.stdout, count)
-        now = time.monotonic()
-        for i in ids:
-            self._tracked[i] = Job(id=i, state="PENDING")
-            self._submitted_at[i] = now
+        self._book.submitted(ids, time.monotonic())
         log.info("%s pool %s: submitted %d job(s): %s", self.scheduler, self.name, len(ids), ", ".join(ids))
         return ids
 
@@ -817,15 +757,7 @@ class JobWorkers(abc.ABC):
         if not ids:
             return
         self._run(self.cancel_command(list(ids), graceful=graceful), check=False)
-        for i in ids:
-            if graceful:
-                self._stopping.add(i)
-                j = self._tracked.get(i)
-                if j is not None:
-                    self._tracked[i] = dataclasses.replace(j, stopping=True)
-            else:
-                self._tracked.pop(i, None)
-                self._stopping.discard(i)
+        self._book.cancelled(ids, graceful=graceful)
 
     def _refresh(self) -> list[Job]:
         """List the pool's jobs now; forget those gone from the list."""
@@ -833,146 +765,30 @@ class JobWorkers(abc.ABC):
             if not self.spec.prepared:
                 return []
             listed = self.parse_list(self._run(self.list_command()).stdout)
-            now = time.monotonic()
-            seen: dict[str, Job] = {}
-            for j in listed:
-                log_path = os.path.join(self.log_dir, f"{self.name}-{j.job_id}.log") if (
-                    j.job_id and j.state not in ("PENDING",)) else None
-                seen[j.id] = dataclasses.replace(j, log=log_path, stopping=j.id in self._stopping)
-            for i in list(self._tracked):
-                # gone; unless just submitted and not listed yet (kept a little while)
-                if i not in seen and (i in self._listed or now - self._submitted_at.get(i, 0.0) > 10.0):
-                    self._tracked.pop(i, None)
-                    self._stopping.discard(i)
-                    self._submitted_at.pop(i, None)
-                    self._listed.discard(i)
-            for i, j in seen.items():
-                self._tracked[i] = j
-                self._submitted_at.setdefault(i, now)
-                self._listed.add(i)
-            return list(self._tracked.values())
+            return self._book.merge(listed, now=time.monotonic(), log_dir=self.log_dir, name=self.name)
 
     def _reconcile(self, lo: int, hi: int, *, force: bool = False, tasks: tuple[int, int] | None = None) -> list[str]:
-        """Bring the pool between ``lo`` and ``hi`` active jobs. ``force`` (scale): to exactly
-        ``lo`` now. Otherwise: to what the tasks need (``tasks`` = (queued, running)), bounded."""
-        jobs = [j for j in self._refresh() if j.active]
-        have = len(jobs)
-        if force:
-            want = lo
-        else:
-            queued, running = tasks or (0, 0)
-            need = math.ceil((queued + running) / self.cores) if queued > 0 else 0
-            want = max(lo, min(hi, need)) if queued > 0 else lo
-            if self._mode is not None and self._mode[0] == "scale":
-                # scale(n): replace jobs that ended only while there is work for them
-                want = hi if queued > 0 else min(have, hi)
-        if have < want:
-            return self._submit(want - have)
-        if have > want:
-            surplus = have - want
-            order = sorted(jobs, key=lambda j: (j.state != "PENDING", -self._submitted_at.get(j.id, 0.0)))
-            pending = [j.id for j in order if j.state == "PENDING"][:surplus]
-            self._cancel(pending, graceful=False)
-            if force:
-                leaving = [j.id for j in order if j.state != "PENDING"][: surplus - len(pending)]
-                self._cancel(leaving, graceful=True)
-            return []
-        for j in jobs:
-            why = self.never_starts(j) if j.state == "PENDING" else None
-            if why and j.id not in self._warned:
-                self._warned.add(j.id)
+        """Bring the pool between ``lo`` and ``hi`` active jobs (see ``JobBook.plan``): submit,
+        cancel, or check that pending jobs will start. Returns the ids submitted."""
+        scaling = self._mode is not None and self._mode[0] == "scale"
+        plan = self._book.plan(self._refresh(), lo, hi, cores=self.cores, tasks=tasks, force=force, scaling=scaling)
+        self._cancel(plan.cancel, graceful=False)
+        self._cancel(plan.leave, graceful=True)
+        for j in plan.check:
+            why = self.never_starts(j)
+            if why and self._book.warn_once(j.id):
                 log.warning("%s pool %s: job %s will not start: %s", self.scheduler, self.name, j.id, why)
-        return []
-
-    def _waiting(self) -> tuple[int, int] | None:
-        """(queued, running) tasks in the queues this pool serves, or None when unknown."""
-        core = self._core
-        loop = core.session.loop
-        if not core.is_open or loop is None or loop.is_closed():
-            return None
-        coro = core.session.queue.counts()
-        try:
-            fut = asyncio.run_coroutine_threadsafe(coro, loop)
-        except RuntimeError:
-            coro.close()
-            return None
-        try:
-            counts = fut.result(timeout=30)
-        except Exception:
-            fut.cancel()
-            return None
-        queued = running = 0
-        for q, by in counts.items():
-            if self.queues is None or q in self.queues:
-                queued += int(by.get("queued", 0))
-                running += int(by.get("running", 0))
-        return queued, running
+        return self._submit(plan.submit)
 
     def _tick(self) -> None:
         mode = self._mode
         if mode is None:
             return
-        tasks = self._waiting()
+        tasks = waiting(self._core, self.queues)
         with self._lock:
             if self.closed:
                 return
             self._reconcile(mode[1], mode[2], tasks=tasks)
-
-    def _start_monitor(self) -> None:
-        with self._lock:
-            if self._thread is not None and self._thread.is_alive():
-                return
-            self._thread = threading.Thread(target=self._monitor, name=f"omniq-hpc-{self.name}", daemon=True)
-            self._thread.start()
-
-    def _monitor(self) -> None:
-        while not self._quit.is_set():
-            self._wake.wait(self.interval)
-            self._wake.clear()
-            if self._quit.is_set():
-                return
-            try:
-                self._tick()
-                if self._errors:
-                    log.warning("%s pool %s: the scheduler answers again", self.scheduler, self.name)
-                self._errors = 0
-            except Exception as exc:
-                if self._errors == 0:
-                    log.warning("%s pool %s: %s (will keep trying)", self.scheduler, self.name, exc)
-                self._errors += 1
-
-    def _link_close(self) -> None:
-        """Closing the OmniQ closes this pool (after the OmniQ stored what it holds)."""
-        from ..core import OmniQ
-
-        ref = weakref.ref(self)
-
-        def close_pool() -> None:
-            pool = ref()
-            if pool is not None and not pool.closed:
-                pool.close(wait=False)
-
-        if isinstance(self.oq, OmniQ):  # the facade (its close runs even when it never opened)
-            before_sync = self.oq.close
-
-            def close_sync(*args: Any, **kwargs: Any) -> Any:
-                try:
-                    return before_sync(*args, **kwargs)
-                finally:
-                    close_pool()
-
-            setattr(self.oq, "close", close_sync)  # noqa: B010 (an instance's own close)
-            return
-        core = self._core
-        before = core.close
-
-        async def close(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return await before(*args, **kwargs)
-            finally:
-                close_pool()
-
-        core.close = close
 
 
 _POOLS: weakref.WeakSet[JobWorkers] = weakref.WeakSet()
@@ -991,13 +807,6 @@ def pools() -> list[JobWorkers]:
         []
     """
     return [p for p in list(_POOLS) if not p.closed]
-
-
-def _close_at_exit(ref: weakref.ref[JobWorkers]) -> None:
-    pool = ref()
-    if pool is not None and not pool.closed:
-        with contextlib.suppress(BaseException):
-            pool.close(wait=False)
 
 
 def _lines(text: str) -> Iterable[str]:
