@@ -4,6 +4,7 @@ open ``OmniQ`` in a notebook (on that instance's loop, ended with it)."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import socket
 import stat
@@ -12,6 +13,20 @@ from urllib.parse import quote
 
 if TYPE_CHECKING:
     from ...client.orchestrator import AsyncOmniQ
+
+
+def _bind_unix(sock: socket.socket, path: str) -> None:
+    """Bind ``sock`` to the Unix socket ``path``, for this user only; a stale socket file left
+    there is replaced."""
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISSOCK(os.stat(path).st_mode):
+            os.unlink(path)  # a socket left by a dashboard that died
+    old = os.umask(0o177)
+    try:
+        sock.bind(path)
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
 
 
 class Dashboard:
@@ -35,43 +50,25 @@ class Dashboard:
     def bind(self) -> None:
         """Listen on ``host:port`` (``OSError`` when it is taken), or on the Unix socket."""
         if self.unix_socket is not None:
-            self._bind_unix(self.unix_socket)
-            return
-        family = socket.AF_INET6 if ":" in self.host.strip("[]") else socket.AF_INET
-        # proto IPPROTO_TCP, not 0: asyncio turns Nagle off only on accepted sockets that say
-        # they are TCP (with proto 0 every kept-alive response waited ~40 ms for a delayed ACK)
-        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            bind = functools.partial(_bind_unix, sock, self.unix_socket)
+        else:
+            family = socket.AF_INET6 if ":" in self.host.strip("[]") else socket.AF_INET
+            # proto IPPROTO_TCP, not 0: asyncio turns Nagle off only on accepted sockets that say
+            # they are TCP (with proto 0 every kept-alive response waited ~40 ms for a delayed ACK)
+            sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            bind = functools.partial(sock.bind, (self.host.strip("[]"), self.port))
         try:
-            sock.bind((self.host.strip("[]"), self.port))
+            bind()
         except OSError:
             sock.close()
             raise
         sock.listen(128)
         sock.setblocking(False)
         self.sock = sock
-        self.port = int(sock.getsockname()[1])
-
-    def _bind_unix(self, path: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            if stat.S_ISSOCK(os.stat(path).st_mode):
-                os.unlink(path)  # a socket left by a dashboard that died
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            old = os.umask(0o177)
-            try:
-                sock.bind(path)
-            finally:
-                os.umask(old)
-            os.chmod(path, 0o600)
-        except OSError:
-            sock.close()
-            raise
-        sock.listen(128)
-        sock.setblocking(False)
-        self.sock = sock
-        self.port = 0
+        self.port = 0 if self.unix_socket is not None else int(sock.getsockname()[1])
 
     @property
     def url(self) -> str:
