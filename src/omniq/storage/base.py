@@ -20,7 +20,7 @@ import enum
 import os
 import stat
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -28,7 +28,7 @@ import msgspec
 
 from ..errors import ConfigError, SerializationError
 from ..lifecycle import UNSUCCESSFUL
-from ..logs import get_logger
+from ..logs import ContextLogger, get_logger
 from ..models import Schedule, Task, TaskEvent, TaskResult, TaskStatus
 from ..redact import masked
 from ._codec import decoder
@@ -82,6 +82,22 @@ class WorkerInfo(msgspec.Struct, kw_only=True):
     lease: float = 0.0  # its own lease: silent longer than this, it is dead (0: the reader's)
     missing: int = 0  # slots it should have and lacks (children it could not replace)
     job: str | None = None  # the batch job it runs in (SLURM_JOB_ID), to match it with squeue
+
+
+_decode_worker = decoder(WorkerInfo).decode
+
+
+def readable_workers(records: Iterable[tuple[str, bytes]], log: ContextLogger) -> list[WorkerInfo]:
+    """Worker records read from files, ``(name, data)``, sorted by id; one that does not decode
+    is left out with a warning on ``log``."""
+    out = []
+    for name, data in records:
+        try:
+            out.append(_decode_worker(data))
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            log.warning("ignoring unreadable worker record %s", name)
+    out.sort(key=lambda w: w.id)
+    return out
 
 
 class Backend(abc.ABC):
@@ -395,6 +411,14 @@ class TaskQueue(Backend, BlobStore):
             with anyio.move_on_after(timeout):
                 await self._wakeup.wait()
         self._wakeup = anyio.Event()
+
+    def _wait_left(self, deadline: float) -> float:
+        """Seconds a waiter has left: until ``deadline`` (``anyio.current_time()``) or until the
+        earliest delayed task falls due, whichever is first (at or below 0: stop waiting)."""
+        left = deadline - anyio.current_time()
+        if self._next_due is not None:
+            left = min(left, self._next_due - time.time())
+        return left
 
 
 class ResultStore(Backend, BlobStore):

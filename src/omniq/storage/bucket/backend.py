@@ -35,6 +35,7 @@ from ..base import (
     keyed,
     plan_enqueue,
     plan_keys,
+    readable_workers,
     watched_after,
 )
 from . import shards as sh
@@ -51,7 +52,6 @@ from .state import (
 
 log = get_logger("omniq.storage.bucket")
 _row_dec = decoder(sh.Row)
-_worker_dec = decoder(WorkerInfo)
 
 
 class BucketQueueBackend(OperatorOps, TaskQueue):
@@ -168,10 +168,17 @@ class BucketQueueBackend(OperatorOps, TaskQueue):
                 released += rel
                 cancelled += can
                 ext += more
-        tasks = await self._tasks(released + [r for r, _ in cancelled])
-        by_id = {t.id: t for t in tasks}
+        out = await self._rows_tasks(released, cancelled)
         if released:
             self.notify()
+        return out
+
+    async def _rows_tasks(
+        self, released: list[sh.Row], cancelled: list[tuple[sh.Row, str]]
+    ) -> tuple[list[Task], list[tuple[Task, str]]]:
+        """The tasks of released rows and of cancelled (row, cause) pairs, read in one go; rows
+        whose task is gone meanwhile are left out."""
+        by_id = {t.id: t for t in await self._tasks(released + [r for r, _ in cancelled])}
         return ([by_id[r.id] for r in released if r.id in by_id],
                 [(by_id[r.id], c) for r, c in cancelled if r.id in by_id])  # fmt: skip
 
@@ -259,12 +266,8 @@ class BucketQueueBackend(OperatorOps, TaskQueue):
             released += rel
             cancelled += can
             ext += more
-        tasks = await self._tasks(released + [r for r, _ in cancelled])
-        by_id = {t.id: t for t in tasks}
-        fin = Finished(
-            released=[by_id[r.id] for r in released if r.id in by_id],
-            cancelled=[(by_id[r.id], c) for r, c in cancelled if r.id in by_id],
-        )
+        tasks_released, tasks_cancelled = await self._rows_tasks(released, cancelled)
+        fin = Finished(released=tasks_released, cancelled=tasks_cancelled)
         if ext:
             rel2, can2 = await self._external(ext, now)
             fin.released += rel2
@@ -560,14 +563,7 @@ class BucketQueueBackend(OperatorOps, TaskQueue):
     async def workers(self) -> list[WorkerInfo]:
         paths = await self._io("list workers in", self.files.find(f"{self._q}/workers"))
         got = await self._io("read workers from", self.files.get_many(paths))
-        out = []
-        for path, data in got.items():
-            try:
-                out.append(_worker_dec.decode(data))
-            except (msgspec.DecodeError, msgspec.ValidationError):
-                log.warning("ignoring unreadable worker record %s", path)
-        out.sort(key=lambda w: w.id)
-        return out
+        return readable_workers(got.items(), log)
 
     # --- waiting ---------------------------------------------------------------------------------
     def notify(self) -> None:

@@ -8,7 +8,6 @@ marker means is ``base.key_marker_verdict``'s to say, as for ``file://`` and NAT
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
 
@@ -24,7 +23,7 @@ from ..base import (
     key_marker_verdict,
     note_key_verdict,
 )
-from ..fsspec.layout import encode_name
+from ..fsspec.layout import key_marks_name
 from .cas import CasStore, Conflict, Tagged
 
 _key_dec = decoder(KeyMark)
@@ -44,10 +43,7 @@ class BucketKeys:
         self.results_here = False
 
     def path(self, key: str) -> str:
-        name = encode_name(key)
-        if len(name) > 200:  # a long key: its digest (the marker holds no key, only the task)
-            name = "~" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
-        return f"{self.root}/{name}"
+        return f"{self.root}/{key_marks_name(key)}"
 
     @staticmethod
     def _mark(found: Tagged | None) -> KeyMark | None:

@@ -6,7 +6,6 @@ one writes it (compare-and-set, NFS included)."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -24,7 +23,7 @@ from ..base import (
     note_key_verdict,
 )
 from .layout import (
-    encode_name,
+    key_marks_name,
 )
 from .taskfiles import TaskLoc, listdir, unlink
 
@@ -53,10 +52,7 @@ class KeyMarks:
         self.tasks = tasks
 
     def dir(self, key: str) -> str:
-        name = encode_name(key)
-        if len(name) > 200:  # a long key: its digest (the marker holds no key, only the task)
-            name = "~" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
-        return os.path.join(self.root, name)
+        return os.path.join(self.root, key_marks_name(key))
 
     def current(self, kdir: str) -> tuple[int, KeyMark | None, float] | None:
         """The newest marker of a key: (version, marker, written at); the marker is None while

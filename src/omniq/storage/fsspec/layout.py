@@ -4,6 +4,7 @@ the package docstring."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 from collections.abc import Sequence
@@ -53,6 +54,16 @@ def _chunks(segment: str) -> list[str]:
         cur += tok
     parts.append(cur)
     return parts
+
+
+def key_marks_name(key: str) -> str:
+    """The name of the folder (file://) or object (bucket) holding ``key``'s markers: the key
+    encoded, or ``~`` and its digest when that is too long (the marker holds no key, only the
+    task)."""
+    name = encode_name(key)
+    if len(name) > 200:
+        name = "~" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+    return name
 
 
 def key_dir(segments: Sequence[str]) -> str:

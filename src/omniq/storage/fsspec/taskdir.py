@@ -26,7 +26,7 @@ from ...lifecycle import (
 )
 from ...logs import get_logger
 from ...models import Schedule, Task, TaskStatus
-from .._codec import decoder, encode
+from .._codec import encode
 from ..base import (
     UNSUCCESSFUL,
     Finished,
@@ -36,6 +36,7 @@ from ..base import (
     keyed,
     plan_enqueue,
     plan_keys,
+    readable_workers,
     stand_in_task,
 )
 from .files import (
@@ -62,7 +63,6 @@ from .taskfiles import (
 
 log = get_logger("omniq.storage.fsspec")
 
-_worker_dec = decoder(WorkerInfo)
 _MAX_TASK_NAME = 100  # encoded task id characters in a file:// queue (names stay < 255 bytes)
 
 
@@ -626,14 +626,5 @@ class TaskDir(TaskFiles):
             os.rmdir(os.path.join(self.running, encode_name(worker_id)))
 
     def workers(self) -> list[WorkerInfo]:
-        out = []
-        for name in listdir(self.workers_dir):
-            data = read_file(os.path.join(self.workers_dir, name))
-            if data is None:
-                continue
-            try:
-                out.append(_worker_dec.decode(data))
-            except (msgspec.DecodeError, msgspec.ValidationError):
-                log.warning("ignoring unreadable worker record %s", name)
-        out.sort(key=lambda w: w.id)
-        return out
+        found = [(n, read_file(os.path.join(self.workers_dir, n))) for n in listdir(self.workers_dir)]
+        return readable_workers([(n, data) for n, data in found if data is not None], log)

@@ -528,9 +528,7 @@ class PgConnection(TaskQueue):
         """Return on a NOTIFY or ``notify()``, when a delayed task falls due, or at ``timeout``."""
         deadline = anyio.current_time() + timeout
         while not self._wakeup.is_set():
-            left = deadline - anyio.current_time()
-            if self._next_due is not None:
-                left = min(left, self._next_due - time.time())
+            left = self._wait_left(deadline)
             if left <= 0:
                 break
             with anyio.move_on_after(left):
