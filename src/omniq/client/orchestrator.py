@@ -27,7 +27,7 @@ from ..blobcache import BlobCache
 from ..config import load_config
 from ..errors import ConfigError
 from ..events.metrics import Metrics
-from ..events.processor import aiter_subscription
+from ..events.processor import DEFAULT_BUFFER, aiter_subscription
 from ..logs import get_logger
 from ..models import OmniQConfig, Task, TaskDetail, TaskEvent, TaskResult, TaskStatus, TaskSummary
 from ..notebook.widgets import DISPLAY
@@ -421,7 +421,7 @@ class AsyncOmniQ:
         queue: str | None = None,
         types: Sequence[str] | None = None,
         *,
-        buffer: int = 10_000,
+        buffer: int = DEFAULT_BUFFER,
     ) -> AsyncIterator[TaskEvent]:
         """Live events, from this process at once and from others through the event store:
         ``async for ev in oq.subscribe(task_id=...)``. A subscriber that falls more than

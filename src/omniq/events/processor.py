@@ -50,6 +50,7 @@ log = get_logger("omniq.events")
 _Key = tuple[str, str, float, "str | None"]
 LOOKBACK = 2.0  # seconds: other processes flush events in batches, a little after they happen
 REMEMBER = 60.0
+DEFAULT_BUFFER = 10_000  # events a subscriber may fall behind by before they are dropped
 
 
 def _key(ev: TaskEvent) -> _Key:
@@ -184,7 +185,7 @@ class EventProcessor:
         queue: str | None = None,
         types: Sequence[str] | None = None,
         *,
-        buffer: int = 10_000,
+        buffer: int = DEFAULT_BUFFER,
     ) -> Subscription:
         """A new subscription to events from now on (from this and other processes).
 
@@ -305,4 +306,4 @@ async def aiter_subscription(processor: EventProcessor, sub: Subscription) -> As
         processor.unsubscribe(sub)
 
 
-__all__ = ["EventProcessor", "Subscription", "aiter_subscription"]
+__all__ = ["DEFAULT_BUFFER", "EventProcessor", "Subscription", "aiter_subscription"]
