@@ -82,8 +82,13 @@ def _keep(index: int, value: Any, payloads: list[bytes | None], errors: list[lis
     try:
         payloads.append(dumps(value))
     except Exception as exc:
-        payloads.append(None)
-        errors.append(_error(index, exc))
+        _fail(index, exc, payloads, errors)
+
+
+def _fail(index: int, exc: BaseException, payloads: list[bytes | None], errors: list[list[Any]]) -> None:
+    """Item ``index`` failed with ``exc``: no value, and its error."""
+    payloads.append(None)
+    errors.append(_error(index, exc))
 
 
 def run_chunk(fn_payload: bytes, items: Sequence[Any], retries: int = 0, retry_delay: float = 0.0) -> Outcomes:
@@ -104,8 +109,7 @@ def run_chunk(fn_payload: bytes, items: Sequence[Any], retries: int = 0, retry_d
                 if attempt < retries:
                     time.sleep(retry_delay)
                     continue
-                payloads.append(None)
-                errors.append(_error(i, exc))
+                _fail(i, exc, payloads, errors)
             else:
                 _keep(i, value, payloads, errors)
             break
@@ -129,8 +133,7 @@ async def run_chunk_async(
                 if attempt < retries:
                     await asyncio.sleep(retry_delay)
                     continue
-                payloads.append(None)
-                errors.append(_error(i, exc))
+                _fail(i, exc, payloads, errors)
             else:
                 _keep(i, value, payloads, errors)
             break
