@@ -10,8 +10,10 @@
     pool.close()                        # cancels every job it started
 
 Each job runs ``omniq worker`` against ``oq``'s storage. ``JobWorkers`` (``base.py``) is what
-does not depend on the scheduler: scale / adapt / close, the monitor thread, and closing with
-the OmniQ and at interpreter exit. It holds a ``JobSpec`` (``jobspec.py``: the job's command,
+does not depend on the scheduler: scale / adapt / close. It keeps its jobs in a ``JobBook``
+(``book.py``: pure bookkeeping and the how-many-jobs rule), checks them from a ``Monitor``
+thread (``monitor.py``), and closes with the OmniQ and at interpreter exit (``link.py``). It
+holds a ``JobSpec`` (``jobspec.py``: the job's command,
 script and private environment file) and checks with ``reach.py`` that jobs can reach the
 storage. A scheduler is a small subclass giving its three commands (submit, cancel,
 list) and their parsing: ``SlurmWorkers`` (``slurm.py``); PBS or LSF would be another.
