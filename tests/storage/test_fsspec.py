@@ -1077,6 +1077,22 @@ async def test_heartbeats(tq: FileTaskQueueBackend) -> None:
     assert await tq.workers() == []
 
 
+@pytest.mark.anyio
+async def test_an_unreadable_worker_record_is_skipped_with_a_warning(
+    tq: FileTaskQueueBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    def info(wid: str) -> WorkerInfo:
+        return WorkerInfo(id=wid, kind="thread", host="h", pid=1, slots=1, queues=None,
+                          started_at=1.0, last_heartbeat=2.0)  # fmt: skip
+
+    await tq.heartbeat(info("w/2"))
+    await tq.heartbeat(info("w/1"))
+    with open(os.path.join(tq._tasks.workers_dir, "torn.msgpack"), "wb") as f:
+        f.write(b"\x93not a worker")
+    assert [w.id for w in await tq.workers()] == ["w/1", "w/2"]
+    assert "ignoring unreadable worker record torn.msgpack" in caplog.text
+
+
 _RACER = textwrap.dedent(
     """
     import random, sys, time, anyio

@@ -105,10 +105,22 @@ def test_url_options_and_bad_values() -> None:
         ("redis://h?prefix=", "prefix"),
         ("redis://h?prefix=a*b", "prefix"),
         ("redis://h?max_events=0", "max_events"),
+        ("redis://h?max_events=1.5", "max_events"),
         ("redis://h?reconnect_timeout=soon", "reconnect_timeout"),
+        ("redis://h?reconnect_timeout=-1", "reconnect_timeout"),
+        ("redis://h?reconnect_timeout=inf", "reconnect_timeout"),
+        ("redis://h?reconnect_timeout=nan", "reconnect_timeout"),
     ]:
         with pytest.raises(ConfigError, match=what):
             RedisBackend(bad)
+    assert parse_url("redis://h?reconnect_timeout=0").reconnect_timeout == 0.0
+    opts = parse_url("redis://h?max_events=1&reconnect_timeout=2.5")
+    assert (opts.max_events, opts.reconnect_timeout) == (1, 2.5)
+    with pytest.raises(ConfigError) as info:
+        parse_url("redis://:pw@h?max_events=x")
+    assert str(info.value) == (
+        "redis URL 'redis://:***@h?max_events=x': max_events must be a whole number >= 1, got 'x'"
+    )
 
 
 async def test_unreachable_server_names_the_masked_url() -> None:
