@@ -8,6 +8,7 @@ The loopback servers and their fixtures live in ``cloud.py``.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import shutil
@@ -41,6 +42,7 @@ from omniq.storage.fsspec import (
     parse_key_marker,
     scrub,
 )
+from omniq.storage.fsspec.layout import key_marks_name
 
 from . import cloud
 from .cloud import (
@@ -111,6 +113,13 @@ def test_key_markers_roundtrip_with_short_components(key: str) -> None:
     rel = key_marker(key, "0189abcdef0123456789abcd")
     assert all(len(part) <= 255 for part in rel.split("/"))
     assert parse_key_marker(rel) == (key, "0189abcdef0123456789abcd")
+
+
+def test_a_long_key_marks_its_markers_by_digest() -> None:
+    assert key_marks_name("exp1/a b") == encode_name("exp1/a b")
+    long = "k/" + "x" * 300
+    assert key_marks_name(long) == "~" + hashlib.sha256(long.encode()).hexdigest()
+    assert key_marks_name(long + "y") != key_marks_name(long)
 
 
 # --------------------------------------------------------------------------------------------
