@@ -190,6 +190,50 @@ async def test_a_claim_is_one_statement(tmp_path: Path, queues: list[str] | None
         await b.close()
 
 
+async def test_a_batch_is_written_in_few_statements_not_one_per_row(tmp_path: Path) -> None:
+    """sqlite3 gives the GIL up around every step and must win it back; with a step per row,
+    a thread busy in Python (a notebook computing) stretched 2,000 tasks to seconds. Tasks,
+    results, events and finishes of a batch go in a few statements, and keep every value."""
+    from omniq.models import TaskEvent, TaskResult, TaskStatus
+
+    b = SQLiteBackend(f"sqlite:///{tmp_path}/few.db")
+    await b.connect()
+    try:
+        n, now = 1000, time.time()
+        ids = new_ids(n)
+        seen: list[str] = []
+        await b._call(lambda c: c.set_trace_callback(seen.append))
+        big = bytes(range(256)) * 100  # kept apart (>= 16 KB), read back with the claim
+        await b.enqueue([Task(id=i, payload=big if k == 7 else bytes([k % 256]), queue="q?('x", priority=k % 3,
+                              eta=now - k / 7, created_at=now + k / 3) for k, i in enumerate(ids)])
+        claimed_at = time.time() + 1 / 3
+        got = await b.claim("w", queues=None, limit=n, lease=60, now=claimed_at)
+        ok, bad = ids[: n // 2], ids[n // 2 :]
+        await b.finish("w", [(i, TaskStatus.SUCCEEDED) for i in ok] + [(i, TaskStatus.FAILED) for i in bad],
+                       now=now)
+        await b.put_results([TaskResult(task_id=i, status=TaskStatus.SUCCEEDED, finished_at=now + k)
+                             for k, i in enumerate(ok)])
+        await b.append_events([TaskEvent(task_id=i, type="started", timestamp=now + k, detail=f"'?{k}")
+                               for k, i in enumerate(ids)])
+        await b._call(lambda c: c.set_trace_callback(None))
+        writes = [s for s in seen if s.lstrip().upper().startswith(("INSERT", "UPDATE", "REPLACE"))]
+        assert len(writes) <= 40, f"{len(writes)} statements for {n} tasks"  # 1000 = 3 x 256 + 232: 7 each
+        assert len(got) == n and [t.priority for t in got] == sorted((k % 3 for k in range(n)), reverse=True)
+        by_id = {t.id: t for t in got}
+        assert [by_id[i].payload for i in ids] == [big if k == 7 else bytes([k % 256]) for k in range(n)]
+        assert [(by_id[i].eta, by_id[i].created_at) for i in ids] == [(now - k / 7, now + k / 3) for k in range(n)]
+        assert all(t.queue == "q?('x" and t.lease_until == claimed_at + 60 and t.deliveries == 1 for t in got)
+        assert await b.statuses(ids) == {**dict.fromkeys(ok, TaskStatus.SUCCEEDED),
+                                         **dict.fromkeys(bad, TaskStatus.FAILED)}
+        results = await b.get_results(ok)
+        assert [results[i].finished_at for i in ok] == [now + k for k in range(len(ok))]
+        events = await b.query_events(types=["started"])
+        assert [(e.task_id, e.timestamp, e.detail) for e in events] == [
+            (i, now + k, f"'?{k}") for k, i in enumerate(ids)]
+    finally:
+        await b.close()
+
+
 async def test_idle_claim_takes_no_write_lock(tmp_path: Path) -> None:
     b = SQLiteBackend(f"sqlite:///{tmp_path}/idle.db")
     await b.connect()
@@ -283,7 +327,7 @@ def test_enqueue_from_short_lived_threads_does_not_pile_up_connections(tmp_path:
     assert after - before < 10, f"{after - before} file descriptors more after 200 threads"
 
 
-@pytest.mark.parametrize("queue", ["it's", "x'); DROP TABLE omniq_tasks; --", "naïve queue"])
+@pytest.mark.parametrize("queue", ["it's", "x'); DROP TABLE omniq_tasks; --", "naïve queue", "why?(not)'?"])
 async def test_a_big_alike_batch_keeps_every_value(
     tmp_path: Path, queue: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

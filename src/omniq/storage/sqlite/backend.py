@@ -55,6 +55,7 @@ from .connection import (
 )
 from .operations import (
     EXTERNAL_BLOB,
+    claim_many,
     create_private,
     data_version,
     enqueue_tasks,
@@ -78,7 +79,7 @@ from .queries import (
     CANCEL_LAPSED,
     CANCEL_REQUESTS,
     CANCEL_WAITING,
-    CLAIM,
+    CLAIM_MANY_FROM,
     CLAIMABLE,
     CLAIMABLE_IN,
     COUNTS,
@@ -120,6 +121,7 @@ from .queries import (
     UPSERT_SCHEDULE,
     UPSERT_WORKER,
     claim_sql,
+    pick_many_sql,
 )
 
 #: how often a live subscription in another process looks for new events (see wait_for_events)
@@ -268,11 +270,14 @@ class SQLiteBackend(TaskQueue, ResultStore, EventStore):
         check_params: tuple[Any, ...]
         if names is None:
             params: tuple[Any, ...] = (worker, now + lease, now, limit)
-            sql, check, check_params = CLAIM, CLAIMABLE, (now,)
+            check, check_params = CLAIMABLE, (now,)
         else:
             params = (worker, now + lease, now, limit, *names)
-            sql, check, check_params = claim_sql(len(names)), CLAIMABLE_IN, (now, json_ids(names))
-        rows = await self._call(self._claim, sql, params, check, check_params, now)
+            check, check_params = CLAIMABLE_IN, (now, json_ids(names))
+        n = 0 if names is None else len(names)
+        many = limit >= CLAIM_MANY_FROM  # (see operations.claim_many)
+        sql = pick_many_sql(n) if many else claim_sql(n)
+        rows = await self._call(self._claim, sql, many, params, check, check_params, now)
         claimed = [(read_task_row(r), r[0]) for r in rows]
         claimed.sort(key=lambda ts: (-ts[0].priority, ts[1]))  # RETURNING has no order
         return [t for t, _ in claimed]
@@ -281,6 +286,7 @@ class SQLiteBackend(TaskQueue, ResultStore, EventStore):
         self,
         conn: sqlite3.Connection,
         sql: str,
+        many: bool,
         params: tuple[Any, ...],
         check: str,
         check_params: tuple[Any, ...],
@@ -295,7 +301,7 @@ class SQLiteBackend(TaskQueue, ResultStore, EventStore):
         self._next_due = next_due
         if not ready:
             return []
-        return returning(conn, sql, params)
+        return claim_many(conn, sql, params) if many else returning(conn, sql, params)
 
     async def finish(
         self, worker: str, outcomes: Sequence[tuple[str, TaskStatus]], *, now: float
@@ -315,7 +321,11 @@ class SQLiteBackend(TaskQueue, ResultStore, EventStore):
         outcomes: Sequence[tuple[str, TaskStatus]],
         now: float,
     ) -> Finished:
-        conn.executemany(FINISH, [(s.value, now, i, worker) for i, s in outcomes])
+        by_status: dict[str, list[str]] = {}
+        for i, s in outcomes:
+            by_status.setdefault(s.value, []).append(i)
+        for status, ids in by_status.items():
+            conn.execute(FINISH, (status, now, json_ids(ids), worker))
         return resolve_if_deps(conn, [i for i, _ in outcomes], now)
 
     async def retry(self, worker: str, task_id: str, *, eta: float, attempts: int) -> None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import heapq
 import math
 import os
+import re
 import sqlite3
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -30,6 +32,7 @@ from ..base import (
 from ..blobs import Blob, nbytes
 from .connection import (
     STATUS,
+    in_transaction,
     json_ids,
     returning,
 )
@@ -44,6 +47,7 @@ from .queries import (
     INSERT_QUEUED,
     INSERT_TASK,
     KEY_HOLDERS,
+    LEASE_MANY,
     PAGE_BELOW,
     PAGE_TOP,
     PAYLOAD_APART,
@@ -54,6 +58,7 @@ from .queries import (
     PUT_BLOB_OWNER,
     PUT_KEY,
     QUEUE_NAMES,
+    READ_MANY,
     RELEASE_DEPENDENT,
     REQUEUE,
     REQUEUE_DEPS,
@@ -130,7 +135,7 @@ def insert_tasks(conn: sqlite3.Connection, tasks: Sequence[Task], now: float) ->
             elif status is TaskStatus.QUEUED:
                 ready = True
     try:
-        conn.executemany(sql, rows)
+        executemany(conn, sql, rows)
     except sqlite3.IntegrityError:
         taken = [i for i, _ in conn.execute(TASK_STATUSES, (json_ids([t.id for t in tasks]),))]
         if taken:
@@ -139,7 +144,7 @@ def insert_tasks(conn: sqlite3.Connection, tasks: Sequence[Task], now: float) ->
     if apart:
         conn.executemany(INSERT_PAYLOAD, apart)
     if dep_rows:
-        conn.executemany(INSERT_DEP, dep_rows)
+        executemany(conn, INSERT_DEP, dep_rows)
     return ready
 
 
@@ -170,7 +175,7 @@ def enqueue_tasks(
                 gone.append(tid)
     store, dups = plan_keys(tasks, holders, gone)
     ready = insert_tasks(conn, store, now) if store else False
-    conn.executemany(PUT_KEY, [(t.key, t.id) for t in store if t.key is not None])
+    executemany(conn, PUT_KEY, [(t.key, t.id) for t in store if t.key is not None])
     return ready, dups
 
 
@@ -304,7 +309,7 @@ EXTERNAL_BLOB = 1 << 16
 def put_blob_rows(conn: sqlite3.Connection, blobs: dict[str, Blob], owner: str, now: float, files: set[str]) -> int:
     """Owners first, then the blobs not stored yet (in the caller's write transaction); those in
     ``files`` were written beside the database and get a row with no data."""
-    conn.executemany(PUT_BLOB_OWNER, [(d, owner, now) for d in blobs])
+    executemany(conn, PUT_BLOB_OWNER, [(d, owner, now) for d in blobs])
     stored = {r[0] for r in conn.execute(STORED_BLOBS, (json_ids(list(blobs)),))}
     written = 0
     for d, data in blobs.items():
@@ -381,8 +386,84 @@ def execute(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> int:
     return conn.execute(sql, params).rowcount
 
 
+def claim_many(conn: sqlite3.Connection, pick: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+    """The rows ``claim_sql``'s ``UPDATE ... RETURNING`` would return, in one transaction of
+    three statements answering one row each (``pick``: ``pick_many_sql``; the same params)."""
+
+    def lease(conn: sqlite3.Connection) -> str | None:
+        seqs = conn.execute(pick, params).fetchone()[0]
+        if seqs == "[]":
+            return None
+        conn.execute(LEASE_MANY, (params[0], params[1], seqs))
+        return str(conn.execute(READ_MANY, (seqs,)).fetchone()[0])
+
+    text = in_transaction(conn, lease)
+    if text is None:
+        return []
+    out = []
+    for r in msgspec.json.decode(text):
+        lease_until, eta, created, payload = r[4], r[7], r[13], r[14]
+        out.append((
+            r[0], bytes.fromhex(r[1]), r[2], r[3], None if lease_until is None else float(lease_until),
+            r[5], r[6], None if eta is None else float(eta), r[8], r[9], r[10], r[11], r[12],
+            None if created is None else float(created), None if payload is None else bytes.fromhex(payload),
+        ))  # fmt: skip
+    return out
+
+
+# An INSERT's one row group: ``VALUES (...)``, quoted strings in it skipped.
+_ROW_GROUP = re.compile(r"\bVALUES\s*(\((?:[^()']|'(?:[^']|'')*')*\))", re.IGNORECASE)
+_QUOTED = re.compile(r"'(?:[^']|'')*'")
+ROWS_PER_STATEMENT = 256
+
+
+@functools.lru_cache(maxsize=256)
+def _row_group(sql: str) -> tuple[str, str, str, int] | None:
+    """``(head, "(?, ?, ...)", tail, values per row)`` of an INSERT with one ``VALUES`` row of
+    plain ``?`` placeholders; None for any other statement."""
+    m = _ROW_GROUP.search(sql)
+    if m is None or not sql.lstrip().upper().startswith(("INSERT", "REPLACE")):
+        return None
+    unquoted = _QUOTED.sub("", sql)
+    if re.search(r"[?:@$][0-9A-Za-z_]", unquoted):  # numbered or named parameters
+        return None
+    n = _QUOTED.sub("", m.group(1)).count("?")
+    if n == 0 or n != unquoted.count("?"):
+        return None
+    return sql[: m.start(1)], m.group(1), sql[m.end(1) :], n
+
+
+@functools.lru_cache(maxsize=256)
+def _rows_sql(sql: str, k: int) -> str:
+    head, group, tail, _ = _row_group(sql)  # type: ignore[misc]
+    return head + ",".join([group] * k) + tail
+
+
+def _variable_limit(conn: sqlite3.Connection) -> int:
+    getlimit = getattr(conn, "getlimit", None)  # Python 3.11+
+    if getlimit is not None:
+        return int(getlimit(getattr(sqlite3, "SQLITE_LIMIT_VARIABLE_NUMBER", 9)))
+    return 32766 if sqlite3.sqlite_version_info >= (3, 32) else 999
+
+
 def executemany(conn: sqlite3.Connection, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-    conn.executemany(sql, rows)
+    """``conn.executemany``, but an INSERT's rows go in multi-row ``VALUES`` statements of up to
+    ``ROWS_PER_STATEMENT`` rows. sqlite3 releases the GIL around every step, once per row for
+    ``executemany``; each time it must win the GIL back, and a thread busy in Python (a
+    notebook's own loop, this process's submitting thread) holds it up to the switch interval.
+    2,000 event rows took seconds that way while another thread computed; this way, milliseconds.
+    Row sizes are powers of two (below the full size), so few statements are ever prepared."""
+    shape = _row_group(sql) if len(rows) > 1 else None
+    if shape is None:
+        conn.executemany(sql, rows)
+        return
+    per = max(1, min(ROWS_PER_STATEMENT, _variable_limit(conn) // shape[3]))
+    i, n = 0, len(rows)
+    while i < n:
+        k = min(per, 1 << ((n - i).bit_length() - 1))
+        chunk = rows[i : i + k]
+        conn.execute(_rows_sql(sql, k), [v for row in chunk for v in row])
+        i += k
 
 
 def fetchone(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> Any:

@@ -179,10 +179,10 @@ _PICK_ANY = """SELECT seq FROM omniq_tasks WHERE status = 'queued'
     AND (expires_at IS NULL OR expires_at > ?3) ORDER BY priority DESC, seq LIMIT ?4"""
 _PICK_QUEUE = """SELECT seq, priority FROM omniq_tasks WHERE status = 'queued' AND queue = ?{n}
     AND (expires_at IS NULL OR expires_at > ?3) ORDER BY priority DESC, seq LIMIT ?4"""
-CLAIM = _LEASE.format(pick=_PICK_ANY)
 
-FINISH = """UPDATE omniq_tasks SET status = ?1, finished_at = ?2, lease_until = NULL
-    WHERE id = ?3 AND status = 'running' AND worker = ?4"""
+# one statement for every task ending with one status (see operations.executemany: no step per row)
+FINISH = f"""UPDATE omniq_tasks SET status = ?1, finished_at = ?2, lease_until = NULL
+    WHERE id IN {IDS.replace("?", "?3")} AND status = 'running' AND worker = ?4"""
 ANY_DEPS = "SELECT EXISTS (SELECT 1 FROM omniq_deps)"
 DEPENDENTS = f"""SELECT d.task_id, d.dep_id, t.status FROM omniq_deps d
     JOIN omniq_tasks t ON t.id = d.dep_id WHERE d.dep_id IN {IDS}"""
@@ -313,16 +313,48 @@ PURGE_EVENTS = "DELETE FROM omniq_events WHERE timestamp < ?"
 PURGE_TASK_EVENTS = f"DELETE FROM omniq_events WHERE timestamp < ? AND task_id IN {IDS}"
 
 
-@functools.lru_cache(maxsize=32)
-def claim_sql(n_queues: int) -> str:
-    """The claim statement for ``n_queues`` named queues: the best ``limit`` rows of each queue
-    (an index range each), merged and cut to ``limit``, leased by one UPDATE."""
+def _pick(n_queues: int) -> str:
+    """The seqs a claim takes: the best ``limit`` rows of each of ``n_queues`` named queues (an
+    index range each), merged and cut to ``limit``; of any queue for 0."""
+    if n_queues == 0:
+        return _PICK_ANY
     if n_queues == 1:
-        return _LEASE.format(pick=_PICK_QUEUE.format(n=5).replace("seq, priority", "seq", 1))
+        return _PICK_QUEUE.format(n=5).replace("seq, priority", "seq", 1)
     parts = " UNION ALL ".join(
         f"SELECT * FROM ({_PICK_QUEUE.format(n=5 + i)})" for i in range(n_queues)
     )
-    return _LEASE.format(pick=f"SELECT seq FROM ({parts}) ORDER BY priority DESC, seq LIMIT ?4")
+    return f"SELECT seq FROM ({parts}) ORDER BY priority DESC, seq LIMIT ?4"
+
+
+@functools.lru_cache(maxsize=32)
+def claim_sql(n_queues: int) -> str:
+    """The claim statement for ``n_queues`` named queues (0: any), leased by one UPDATE ...
+    RETURNING."""
+    return _LEASE.format(pick=_pick(n_queues))
+
+
+CLAIM = claim_sql(0)
+
+
+# A claim of many rows (see operations.claim_many): sqlite3 steps once per row returned, giving
+# the GIL up each time, so pick, lease and read back answer one row each: a JSON array, floats
+# as 17-digit text (exact), blobs as hex; the columns of TASK_COLUMNS in its order.
+CLAIM_MANY_FROM = 8  # a limit from which a claim goes this way
+_FLOAT = "CASE WHEN {c} IS NULL THEN NULL ELSE printf('%!.17g', {c}) END"
+LEASE_MANY = """UPDATE omniq_tasks
+    SET status = 'running', worker = ?1, lease_until = ?2, deliveries = deliveries + 1
+    WHERE seq IN (SELECT value FROM json_each(?3))"""
+READ_MANY = f"""SELECT json_group_array(json_array(seq, hex(task), status, worker,
+    {_FLOAT.format(c="lease_until")}, deliveries, attempts, {_FLOAT.format(c="eta")}, cancel_requested,
+    id, queue, priority, max_deliveries, {_FLOAT.format(c="created_at")},
+    (SELECT hex(payload) FROM omniq_payloads WHERE omniq_payloads.seq = omniq_tasks.seq)))
+    FROM omniq_tasks WHERE seq IN (SELECT value FROM json_each(?1))"""
+
+
+@functools.lru_cache(maxsize=32)
+def pick_many_sql(n_queues: int) -> str:
+    """The seqs ``claim_sql`` would lease, as one JSON array (same parameters)."""
+    return f"SELECT json_group_array(seq) FROM ({_pick(n_queues)})"
 
 
 @functools.lru_cache(maxsize=64)
