@@ -10,7 +10,7 @@ import anyio
 
 from omniq.storage.urls import open_backends
 
-from .test_contract import event
+from .records import event
 
 
 async def woken_by_another_connection(url: str) -> None:

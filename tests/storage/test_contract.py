@@ -17,36 +17,17 @@ import pytest
 
 from omniq.errors import ConfigError
 from omniq.ids import new_id
-from omniq.models import ErrorInfo, Schedule, Task, TaskEvent, TaskResult, TaskStatus
+from omniq.models import ErrorInfo, Schedule, Task, TaskStatus
 from omniq.storage.base import EventStore, ResultStore, TaskQueue, WorkerInfo
 from omniq.storage.urls import open_backends
 
 from .conftest import shares_storage
+from .records import T0, claim, event, result, task
 
 pytestmark = pytest.mark.anyio
 REPO = Path(__file__).resolve().parents[2]
 
-T0 = 1_000_000.0
 S = TaskStatus
-
-
-def task(**kw: object) -> Task:
-    kw.setdefault("id", new_id())
-    kw.setdefault("payload", b"payload")
-    kw.setdefault("created_at", T0)
-    return Task(**kw)  # type: ignore[arg-type]
-
-
-async def claim(
-    q: TaskQueue,
-    limit: int = 1000,
-    *,
-    worker: str = "w1",
-    queues: list[str] | None = None,
-    now: float = T0,
-    lease: float = 30.0,
-) -> list[Task]:
-    return await q.claim(worker, queues=queues, limit=limit, lease=lease, now=now)
 
 
 async def status(q: TaskQueue, task_id: str) -> TaskStatus:
@@ -868,12 +849,6 @@ class TestWakeups:
 # --- result store ---------------------------------------------------------------------------------------
 
 
-def result(**kw: object) -> TaskResult:
-    kw.setdefault("task_id", new_id())
-    kw.setdefault("status", S.SUCCEEDED)
-    return TaskResult(**kw)  # type: ignore[arg-type]
-
-
 class TestResultStore:
     async def test_put_get_overwrite(self, results: ResultStore) -> None:
         rnd = random.Random(3)
@@ -929,10 +904,6 @@ class TestResultStore:
 
 
 # --- event store ------------------------------------------------------------------------------------------
-
-
-def event(task_id: str, type: str, ts: float, **kw: object) -> TaskEvent:
-    return TaskEvent(task_id=task_id, type=type, timestamp=ts, **kw)  # type: ignore[arg-type]
 
 
 class TestEventStore:

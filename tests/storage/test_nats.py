@@ -24,7 +24,7 @@ from omniq.storage.base import EventStore, ResultStore, TaskQueue
 from omniq.storage.urls import open_backends
 
 from .backends import fresh_nats, fresh_nats_url, nats_problem, stop_workers
-from .test_contract import T0, task
+from .records import T0, task
 
 pytestmark = pytest.mark.anyio
 if nats_problem() is not None:

@@ -35,7 +35,7 @@ from tests.workers.common import wait_until
 
 from .backends import REDIS_URL as BASE_URL
 from .backends import drop_prefix, fresh_redis
-from .test_contract import T0, claim, event, result, task
+from .records import T0, claim, event, result, task
 
 pytestmark = pytest.mark.anyio
 redis_sync = pytest.importorskip("redis", reason="the redis extra is not installed")

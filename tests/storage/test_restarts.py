@@ -42,7 +42,7 @@ from tests.servers import (
 from tests.workers.common import wait_until
 
 from .restart_tasks import record_run
-from .test_postgres import Workers, wait_for_workers
+from .workers import Workers, wait_for_workers
 
 pytestmark = pytest.mark.slow
 
