@@ -109,7 +109,7 @@ CHECKS: dict[str, Callable[[Any, Any], None]] = {
 @pytest.fixture
 def s3_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A moto S3 server; the kernel (and its workers) find it through the environment."""
-    from tests.storage.test_fsspec import moto_server
+    from tests.storage.cloud import moto_server
 
     with moto_server() as endpoint:
         monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
