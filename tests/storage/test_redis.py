@@ -11,8 +11,6 @@ import contextlib
 import logging
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -36,6 +34,7 @@ from tests.workers.common import wait_until
 from .backends import REDIS_URL as BASE_URL
 from .backends import drop_prefix, fresh_redis
 from .records import T0, claim, event, result, task
+from .workers import Workers, wait_for_workers
 
 pytestmark = pytest.mark.anyio
 redis_sync = pytest.importorskip("redis", reason="the redis extra is not installed")
@@ -349,46 +348,6 @@ async def test_results_expire_natively(results: ResultStore) -> None:
 
 # --- real worker processes -----------------------------------------------------------------------
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-class Workers:
-    """``omniq worker`` processes (repo root as cwd, each in its own process group)."""
-
-    def __init__(self, url: str, tmp: Path) -> None:
-        self.url = url
-        self.tmp = tmp
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def start(self, n: int, *args: str) -> None:
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "src")]))
-        env["OMNIQ_LOG_LEVEL"] = "WARNING"  # `omniq worker` logs nothing unless asked
-        for _ in range(n):
-            log = open(self.tmp / f"worker-{len(self.procs)}.log", "wb")  # noqa: SIM115
-            self.procs.append(subprocess.Popen(
-                [sys.executable, "-m", "omniq.cli", "worker", "--tasks", self.url,
-                 "--worker", "process", *args],
-                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            ))  # fmt: skip
-            log.close()
-
-    def logs(self) -> str:
-        return "".join(p.read_text(errors="replace") for p in sorted(self.tmp.glob("worker-*.log")))
-
-    def stop(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGTERM)
-        for p in self.procs:
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                pass
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(p.pid, signal.SIGKILL)  # and any child left behind
-            p.wait(5)
-
-
 @pytest.fixture
 def workers(redis_url: str, tmp_path: Path) -> Iterator[Workers]:
     w = Workers(redis_url, tmp_path)
@@ -396,13 +355,6 @@ def workers(redis_url: str, tmp_path: Path) -> Iterator[Workers]:
         yield w
     finally:
         w.stop()
-
-
-def wait_for_workers(oq: OmniQ, n: int, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while sum(w["alive"] for w in oq.health()["workers"]) < n:
-        assert time.monotonic() < deadline, f"{n} workers did not report in {timeout} s"
-        time.sleep(0.1)
 
 
 def started_events(oq: OmniQ, ids: list[str], timeout: float = 20.0) -> Counter[str]:
@@ -419,9 +371,10 @@ def started_events(oq: OmniQ, ids: list[str], timeout: float = 20.0) -> Counter[
 def test_three_worker_processes_run_every_task_exactly_once(
     redis_url: str, workers: Workers
 ) -> None:
-    workers.start(3, "-c", "2")
+    for _ in range(3):
+        workers.start("-c", "2")
     with OmniQ(tasks=redis_url, concurrency=0) as oq:
-        wait_for_workers(oq, 3)
+        wait_for_workers(oq, workers, 3)
         handles = oq.map(helpers.square, range(600))
         assert [h.result(timeout=120) for h in handles] == [i * i for i in range(600)]
         ids = [h.id for h in handles]
@@ -435,10 +388,11 @@ def test_three_worker_processes_run_every_task_exactly_once(
 def test_a_worker_killed_mid_task_loses_nothing(
     redis_url: str, workers: Workers, tmp_path: Path
 ) -> None:
-    workers.start(2, "-c", "1", "--lease", "2")
+    for _ in range(2):
+        workers.start("-c", "1", "--lease", "2")
     marker = tmp_path / "sleeper.pid"
     with OmniQ(tasks=redis_url, concurrency=0) as oq:
-        wait_for_workers(oq, 2)
+        wait_for_workers(oq, workers, 2)
         sleeper = oq.submit(helpers.touch_then_sleep, str(marker), 5)
         assert wait_until(marker.exists, 30)
         child = int(marker.read_text())
@@ -456,9 +410,10 @@ def test_a_worker_killed_mid_task_loses_nothing(
 
 
 def test_a_dropped_connection_is_survived(redis_url: str, workers: Workers) -> None:
-    workers.start(2, "-c", "2")
+    for _ in range(2):
+        workers.start("-c", "2")
     with OmniQ(tasks=redis_url, concurrency=0) as oq:
-        wait_for_workers(oq, 2)
+        wait_for_workers(oq, workers, 2)
         handles = oq.map(helpers.sleep_return, [0.01] * 300)
         r = _server()
         assert wait_until(lambda: oq.health()["queues"]["default"].get("succeeded", 0) > 30, 30)
@@ -470,7 +425,7 @@ def test_a_dropped_connection_is_survived(redis_url: str, workers: Workers) -> N
         counts = started_events(oq, [h.id for h in handles])
         assert len(counts) == 300 and set(counts.values()) == {1}
     workers.stop()
-    logs = workers.logs()
+    logs = "".join(workers.log(i) for i in range(len(workers.procs)))
     assert "lost the wake-up channel on" in logs and "resubscribed after" in logs, logs
     assert "Traceback" not in logs, logs
 

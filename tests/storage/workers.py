@@ -1,7 +1,8 @@
-"""Real ``omniq worker`` processes for the storage tests (PostgreSQL's worker tests, the
-server-restart tests).
+"""Real ``omniq worker`` processes for the storage tests (PostgreSQL's and Redis's worker
+tests, the server-restart tests).
 
-A helper module, not a test module: test_postgres.py and test_restarts.py import from here.
+A helper module, not a test module: test_postgres.py, test_redis.py and test_restarts.py
+import from here.
 """
 
 from __future__ import annotations
