@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .backends import stop_workers
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -48,16 +50,7 @@ class Workers:
                 raise AssertionError(f"worker {i} exited with {p.returncode}:\n{self.log(i)}")
 
     def stop(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 30
-        for p in self.procs:
-            try:
-                p.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
+        stop_workers(self.procs)
 
 
 def wait_for_workers(oq: Any, ws: Workers, n: int, timeout: float = 60.0) -> None:

@@ -528,9 +528,7 @@ class SQLiteBackend(TaskQueue, ResultStore, EventStore):
         deadline = anyio.current_time() + timeout
         delay = 0.002
         while not self._wakeup.is_set():
-            left = deadline - anyio.current_time()
-            if self._next_due is not None:
-                left = min(left, self._next_due - time.time())
+            left = self._wait_left(deadline)
             if left <= 0:
                 break
             with anyio.move_on_after(min(delay, left) if self.cross_process_wakeups else left):

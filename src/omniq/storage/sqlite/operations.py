@@ -435,7 +435,9 @@ def _row_group(sql: str) -> tuple[str, str, str, int] | None:
 
 @functools.lru_cache(maxsize=256)
 def _rows_sql(sql: str, k: int) -> str:
-    head, group, tail, _ = _row_group(sql)  # type: ignore[misc]
+    shape = _row_group(sql)
+    assert shape is not None  # (executemany asked _row_group first)
+    head, group, tail, _ = shape
     return head + ",".join([group] * k) + tail
 
 

@@ -181,8 +181,8 @@ _PICK_QUEUE = """SELECT seq, priority FROM omniq_tasks WHERE status = 'queued' A
     AND (expires_at IS NULL OR expires_at > ?3) ORDER BY priority DESC, seq LIMIT ?4"""
 
 # one statement for every task ending with one status (see operations.executemany: no step per row)
-FINISH = f"""UPDATE omniq_tasks SET status = ?1, finished_at = ?2, lease_until = NULL
-    WHERE id IN {IDS.replace("?", "?3")} AND status = 'running' AND worker = ?4"""
+FINISH = """UPDATE omniq_tasks SET status = ?1, finished_at = ?2, lease_until = NULL
+    WHERE id IN (SELECT value FROM json_each(?3)) AND status = 'running' AND worker = ?4"""
 ANY_DEPS = "SELECT EXISTS (SELECT 1 FROM omniq_deps)"
 DEPENDENTS = f"""SELECT d.task_id, d.dep_id, t.status FROM omniq_deps d
     JOIN omniq_tasks t ON t.id = d.dep_id WHERE d.dep_id IN {IDS}"""
