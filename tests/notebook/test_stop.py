@@ -105,8 +105,13 @@ class _Kernel:
             self.outputs.append((msg["parent_header"].get("msg_id", ""), kind, msg["content"]))
         return msg
 
-    def wait(self, msg_id: str, timeout: float = 60) -> dict[str, Any]:
-        """Read outputs until the cell ``msg_id`` is done; its execute reply's content."""
+    def wait(self, msg_id: str, timeout: float = 60, reply_lost_ok: bool = False) -> dict[str, Any] | None:
+        """Read outputs until the cell ``msg_id`` is done; its execute reply's content.
+
+        A press of Stop landing after the cell ended but before ipykernel sent its reply ends the
+        handler ("KeyboardInterrupt caught in kernel.") with no reply sent, though the kernel goes
+        idle and runs on; with ``reply_lost_ok`` that gives None instead of failing."""
+        import queue
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
@@ -116,7 +121,14 @@ class _Kernel:
                     and msg["parent_header"].get("msg_id") == msg_id):
                 break
         while True:
-            reply = self.kc.get_shell_msg(timeout=max(1.0, deadline - time.monotonic()))
+            try:
+                # the reply follows the idle status at once, when it comes at all
+                left = max(1.0, deadline - time.monotonic())
+                reply = self.kc.get_shell_msg(timeout=min(left, 5.0) if reply_lost_ok else left)
+            except queue.Empty:
+                if reply_lost_ok:
+                    return None
+                raise
             if reply["parent_header"].get("msg_id") == msg_id:
                 return dict(reply["content"])
 
@@ -124,7 +136,7 @@ class _Kernel:
         """Run a cell that must succeed; its stdout."""
         msg_id = self.kc.execute(code)
         reply = self.wait(msg_id, timeout)
-        assert reply["status"] == "ok", (code, reply, self.outputs)
+        assert reply is not None and reply["status"] == "ok", (code, reply, self.outputs)
         return "".join(c["text"] for mid, kind, c in self.outputs
                        if mid == msg_id and kind == "stream" and c["name"] == "stdout")
 
@@ -202,11 +214,13 @@ def test_stop_during_a_child_replacement_leaves_a_whole_pool_and_no_child_traceb
             if up > 0.5 and (_ignores_sigint(replacement) or up > 1.5):
                 break
             time.sleep(INTERRUPT_EVERY)
-        reply = k.wait(busy, timeout=30)
+        # the cell is an endless loop: once it is idle, a press ended it
+        reply = k.wait(busy, timeout=30, reply_lost_ok=True)
         assert starting and kernel_busy, (starting, kernel_busy)
         assert presses >= 10, presses
         # the Stop button did reach the kernel: the sleep loop ended with its own KeyboardInterrupt
-        assert reply["status"] == "error" and reply["ename"] == "KeyboardInterrupt", reply
+        # (or a later press cut its reply short, ipykernel's own race, not the pool's)
+        assert reply is None or (reply["status"] == "error" and reply["ename"] == "KeyboardInterrupt"), reply
 
         after = json.loads(k.run(
             "deadline = time.monotonic() + 30\n"
@@ -237,7 +251,7 @@ def test_stop_during_a_child_replacement_leaves_a_whole_pool_and_no_child_traceb
     child_tb = [t for t in streams if any(mark in t for mark in CHILD_MARKS)]
     assert not child_tb, f"a child's traceback reached the notebook: {child_tb}"
     # (the error itself is not always shown: a press landing while IPython formats it cuts it
-    # short, and the reply, checked above, still says KeyboardInterrupt)
+    # short, and the reply, checked above when it came, still says KeyboardInterrupt)
     for mid, kind, c in k.outputs:
         if kind == "error":
             assert mid == busy and c["ename"] == "KeyboardInterrupt", c
