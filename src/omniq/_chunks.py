@@ -14,7 +14,6 @@ items; ``retries`` retry a raising item in place; ``timeout`` is per item (the c
 from __future__ import annotations
 
 import concurrent.futures as cf
-import contextlib
 import inspect
 import math
 import re
@@ -24,7 +23,7 @@ from typing import Any
 
 import msgspec
 
-from ._futures import ResultFuture, resolve_many
+from ._futures import ResultFuture, resolve_many, settle
 from .errors import ConfigError
 from .models import ErrorInfo, TaskResult, TaskStatus
 from .serialization import dumps, loads_call
@@ -183,8 +182,7 @@ def resolve_items(
     exc = chunk.exception()
     if exc is not None:
         for f in items:
-            with contextlib.suppress(cf.InvalidStateError):
-                f.set_exception(exc)
+            settle(f, exc, failed=True)
         return
     r = chunk.result()
     resolve_many(zip(items, item_results(r, range(start, start + len(items)), n)))

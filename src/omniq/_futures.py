@@ -232,11 +232,20 @@ _bulk_depth = 0
 _bulk_restore = False
 
 
+def settle(f: cf.Future[Any], value: Any, *, failed: bool) -> None:
+    """Resolve ``f`` with ``value``, its exception when ``failed``; a future already final
+    (cancelled, or resolved meanwhile) is left as it is."""
+    with contextlib.suppress(cf.InvalidStateError):
+        if failed:
+            f.set_exception(value)
+        else:
+            f.set_result(value)
+
+
 def pass_on(f: ResultFuture[Any], g: cf.Future[Any]) -> None:
     """``g`` is done: resolve ``f`` the same way (a duplicate's future following its holder's)."""
     exc = g.exception()
     if exc is not None:
-        with contextlib.suppress(cf.InvalidStateError):
-            f.set_exception(exc)
+        settle(f, exc, failed=True)
     else:
         resolve_many([(f, g.result())])

@@ -80,6 +80,7 @@ from joblib.parallel import (
     register_parallel_backend,
 )
 
+from ._futures import settle
 from .client.checks import callable_name
 from .core import AsyncOmniQ, OmniQ
 from .errors import ConfigError
@@ -901,7 +902,7 @@ class _Lender:
         except BaseException as exc:
             with self.cond:
                 self.remote.pop(out, None)
-            _settle(out, exc, failed=True)
+            settle(out, exc, failed=True)
             return
         entry[1] = fut
         fut.add_done_callback(lambda f, out=out: self._remote_done(out, f))
@@ -918,7 +919,7 @@ class _Lender:
             self.cond.notify()
         if not fut.cancelled():  # cancelled: the lender took it back and runs it
             exc = fut.exception()
-            _settle(out, exc if exc is not None else fut.result(), failed=exc is not None)
+            settle(out, exc if exc is not None else fut.result(), failed=exc is not None)
         if nxt is not None:
             self._send(nxt[1], entry2)
 
@@ -960,9 +961,9 @@ class _Lender:
                 try:
                     value = run_batch(batch)
                 except BaseException as exc:
-                    _settle(out, exc, failed=True)
+                    settle(out, exc, failed=True)
                 else:
-                    _settle(out, value, failed=False)
+                    settle(out, value, failed=False)
                 with self.cond:
                     self.took[0] += time.monotonic() - began
                     self.took[1] += 1
@@ -985,14 +986,6 @@ class _Lender:
             self.cond.notify_all()
         if self.thread is not threading.current_thread():
             self.thread.join()
-
-
-def _settle(out: cf.Future[Any], value: Any, *, failed: bool) -> None:
-    with contextlib.suppress(cf.InvalidStateError):
-        if failed:
-            out.set_exception(value)
-        else:
-            out.set_result(value)
 
 
 def _in_kernel() -> bool:

@@ -26,7 +26,7 @@ from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED
 from typing import TYPE_CHECKING, Any
 
 from .. import _chunks
-from .._futures import ResultFuture
+from .._futures import ResultFuture, settle
 from ..errors import ConfigError, SerializationError, TaskError
 from ..models import TaskEvent, TaskResult, TaskStatus
 from ..serialization._blobs import THRESHOLD as BLOB_THRESHOLD
@@ -232,35 +232,27 @@ class ExecutorFuture(ResultFuture[Any]):
             return
         exc = inner._exception  # (done: read without the condition)
         if exc is not None:  # the task could not be stored
-            _set(self, exc, failed=True)
+            settle(self, exc, failed=True)
             return
         r: TaskResult = inner._result  # type: ignore[assignment]
         if r.status is TaskStatus.SUCCEEDED:
             try:
                 box = [r.value]
             except Exception as e:  # e.g. a class this process cannot import
-                _set(self, SerializationError(f"task {r.task_id}: its result could not be read here: {e}"),
-                     failed=True)
+                settle(self, SerializationError(f"task {r.task_id}: its result could not be read here: {e}"),
+                       failed=True)
             else:
                 r.__dict__.pop("_value", None)  # the result record keeps no copy
                 _give(self, box)
         elif r.status is TaskStatus.CANCELLED and self._state == PENDING:
             _cancel_here(self)
         else:
-            _set(self, remote_exception(r), failed=True)
+            settle(self, remote_exception(r), failed=True)
 
     def _mark_running(self) -> None:
         with self._condition:
             if self._state == PENDING:
                 self._state = RUNNING
-
-
-def _set(f: cf.Future[Any], value: Any, *, failed: bool) -> None:
-    with contextlib.suppress(cf.InvalidStateError):
-        if failed:
-            f.set_exception(value)
-        else:
-            f.set_result(value)
 
 
 def _give(f: ExecutorFuture, box: list[Any]) -> None:

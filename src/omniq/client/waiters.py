@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 import anyio
 
 from .. import _chunks
-from .._futures import ResultFuture, WeakFutures, pass_on, resolve_many
+from .._futures import ResultFuture, WeakFutures, pass_on, resolve_many, settle
 from ..errors import ConfigError
 from ..logs import Outage, get_logger
 from ..models import Task, TaskResult
@@ -190,8 +190,7 @@ class Waiters:
             return
         if self.futures.get(task_id) is f:
             self.futures.pop(task_id, None)
-        with contextlib.suppress(cf.InvalidStateError):
-            f.set_exception(ConfigError(f"task_id={task_id!r} is not known to {masked(s.tasks_url)}"))
+        settle(f, ConfigError(f"task_id={task_id!r} is not known to {masked(s.tasks_url)}"), failed=True)
         self._notify()  # wake get_result(wait=True) now
 
     async def wait(self, task_id: str, fut: cf.Future[TaskResult], timeout: float | None) -> TaskResult:
