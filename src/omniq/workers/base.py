@@ -537,27 +537,21 @@ class Worker:
                     evs.append(_ev(t, EventType.RETRY.value, self.id, out.finished_at,
                                    f"attempt {attempts} failed ({out.error}); retry in {delay:.2f} s"))
                     continue
-            res_ttl = t.result_ttl
             blobs = out.blobs if status is TaskStatus.SUCCEEDED else ()
             if blobs:
                 self.blobs.adopt(blobs)
                 await self.results.put_blobs(self.blobs.read(blobs), "r:" + t.id, now=now)
             finals.append(
-                TaskResult(
-                    task_id=t.id,
-                    status=status,
+                _final_result(
+                    t,
+                    status,
+                    out.finished_at,
                     payload=out.payload if status is TaskStatus.SUCCEEDED else None,
                     blobs=blobs,
                     error=out.error,
                     attempts=attempts,
                     started_at=out.started_at,
-                    finished_at=out.finished_at,
                     worker=self.id,
-                    queue=t.queue,
-                    name=t.name,
-                    key=t.key,
-                    expires_at=(out.finished_at + res_ttl) if res_ttl else None,
-                    metadata=t.metadata,
                 )
             )
             statuses.append((t.id, status))
@@ -697,17 +691,29 @@ def cancelled_results(pairs: Sequence[tuple[Task, str]], *, by: str | None = Non
     for task, cause in pairs:
         msg = by or f"cancelled because dependency {cause} did not succeed"
         out.append(
-            TaskResult(
-                task_id=task.id,
-                status=TaskStatus.CANCELLED,
+            _final_result(
+                task,
+                TaskStatus.CANCELLED,
+                now,
                 error=ErrorInfo(type="TaskCancelled", message=msg),
                 attempts=task.attempts,
-                finished_at=now,
-                queue=task.queue,
-                name=task.name,
-                key=task.key,
-                metadata=task.metadata,
-                expires_at=(now + task.result_ttl) if task.result_ttl else None,
             )
         )
     return out
+
+
+def _final_result(task: Task, status: TaskStatus, finished_at: float, **fields: Any) -> TaskResult:
+    """``task``'s final result: it carries the task's queue, name, key and metadata, and the
+    result store may drop it ``result_ttl`` after it finished; ``fields``: the rest."""
+    ttl = task.result_ttl
+    return TaskResult(
+        task_id=task.id,
+        status=status,
+        finished_at=finished_at,
+        queue=task.queue,
+        name=task.name,
+        key=task.key,
+        metadata=task.metadata,
+        expires_at=(finished_at + ttl) if ttl else None,
+        **fields,
+    )
