@@ -49,6 +49,13 @@ class HandleBase:
         state = "done" if self._future.done() else "pending"
         return f"<{type(self).__name__} {self.id} queue={self.queue!r} {state}>"
 
+    def _final_status(self) -> TaskStatus | None:
+        """The status of the result the future resolved with; None before (or if it failed)."""
+        f = self._future
+        if f.done() and f.exception() is None:
+            return f.result().status
+        return None
+
     @staticmethod
     def _value(result: TaskResult) -> Any:
         if result.status is TaskStatus.SUCCEEDED:
@@ -73,9 +80,8 @@ class TaskHandle(HandleBase):
         return self._oq.core
 
     def status(self) -> TaskStatus:
-        if self._future.done() and self._future.exception() is None:
-            return self._future.result().status
-        return self._oq.status(self.id)
+        final = self._final_status()
+        return final if final is not None else self._oq.status(self.id)
 
     def get(self, timeout: float | None = None) -> TaskResult:
         """The final ``TaskResult`` (whatever its status); ``TimeoutError`` past ``timeout``."""
@@ -120,9 +126,8 @@ class AsyncTaskHandle(HandleBase):
         return self._oq
 
     async def status(self) -> TaskStatus:
-        if self._future.done() and self._future.exception() is None:
-            return self._future.result().status
-        return await self._oq.status(self.id)
+        final = self._final_status()
+        return final if final is not None else await self._oq.status(self.id)
 
     async def get(self, timeout: float | None = None) -> TaskResult:
         return await self._oq.waiters.wait(self.id, self._future, timeout)
