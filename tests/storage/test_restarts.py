@@ -202,13 +202,13 @@ async def test_nats_retries_take_over_what_a_lost_attempt_did(nats_server: Serve
         [got] = await b.claim("w", queues=None, limit=5, lease=30.0, now=now)
         b._held.clear()
         b._delete_index = real_delete  # type: ignore[method-assign]
-        again = await retried("claim", "w", queues=None, limit=5, lease=30.0, now=now)
+        again = await retried("_claim", "w", None, 5, 30.0, now)  # (claim's checked part)
         assert [t.id for t in again] == [parent.id] == [got.id]
         assert await b.claim("w2", queues=None, limit=5, lease=30.0, now=now) == []
         # finish ended the task, then the reply was lost before the dependent was released
         await b.finish("w", [(parent.id, TaskStatus.SUCCEEDED)], now=now)
         await b._transition(child.id, lambda r: _put_back(r, parent.id))
-        out = await retried("finish", "w", [(parent.id, TaskStatus.SUCCEEDED)], now=now)
+        out = await retried("_finish", "w", [(parent.id, TaskStatus.SUCCEEDED)], now)
         assert [t.id for t in out.released] == [child.id]
         # an enqueue whose records were stored but whose acks were lost: the retry keeps them
         # (and their index messages), so the task can still be claimed

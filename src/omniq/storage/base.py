@@ -20,7 +20,7 @@ import enum
 import os
 import stat
 import time
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -215,7 +215,6 @@ class TaskQueue(Backend, BlobStore):
         one stores a task and every other gets its id. A retried call (after a lost reply)
         whose first attempt stored a task takes it as its own, never as a duplicate."""
 
-    @abc.abstractmethod
     async def claim(
         self,
         worker: str,
@@ -231,13 +230,30 @@ class TaskQueue(Backend, BlobStore):
         expired (``expires_at`` is None or > now). Order: highest ``priority`` first, then
         enqueue order (FIFO). Claimed tasks become RUNNING with ``worker``,
         ``lease_until = now + lease`` and ``deliveries + 1``; the returned copies show that."""
+        names = check_claim(queues, limit, lease)
+        if limit == 0 or names == []:
+            return []
+        return await self._claim(worker, names, limit, lease, now)
 
     @abc.abstractmethod
+    async def _claim(
+        self, worker: str, names: list[str] | None, limit: int, lease: float, now: float
+    ) -> list[Task]:
+        """``claim``, its arguments checked: ``limit`` > 0, ``names`` the queues (None: all)."""
+
     async def finish(
         self, worker: str, outcomes: Sequence[tuple[str, TaskStatus]], *, now: float
     ) -> Finished:
         """Set final statuses of tasks leased by ``worker`` (others' leases are left alone),
         then resolve their dependents (see ``Finished``)."""
+        check_outcomes(outcomes)
+        if not outcomes:
+            return Finished()
+        return await self._finish(worker, outcomes, now)
+
+    @abc.abstractmethod
+    async def _finish(self, worker: str, outcomes: Sequence[tuple[str, TaskStatus]], now: float) -> Finished:
+        """``finish``, its outcomes checked and not empty."""
 
     @abc.abstractmethod
     async def retry(self, worker: str, task_id: str, *, eta: float, attempts: int) -> None:
@@ -304,7 +320,6 @@ class TaskQueue(Backend, BlobStore):
         freed as ``enqueue`` describes (a SUCCEEDED result still stored keeps holding)."""
 
     # --- operators (oq.tasks / task / retry) ----------------------------------------------------
-    @abc.abstractmethod
     async def list_tasks(
         self,
         *,
@@ -318,9 +333,19 @@ class TaskQueue(Backend, BlobStore):
         SQLite's and PostgreSQL's ``seq``; else by id: ids are time-ordered), filtered by status
         (any of ``statuses``), queue and function ``name`` (exact); ``before``: only tasks
         older than that one (the last of the previous page). Arguments come checked
-        (``check_page``). The cost
-        is that of the page, not of the tasks stored (an index, a sorted set, a listing by id),
-        except that ``name`` may be matched by reading tasks in order until the page is full."""
+        (``check_page``). The cost is that of the page, not of the tasks stored (an index, a
+        sorted set, a listing by id), except that ``name`` may be matched by reading tasks in
+        order until the page is full."""
+        if limit == 0:
+            return []
+        return await self._list_tasks(statuses, queue, name, limit, before)
+
+    @abc.abstractmethod
+    async def _list_tasks(
+        self, statuses: Collection[TaskStatus] | None, queue: str | None, name: str | None, limit: int,
+        before: str | None,
+    ) -> list[Task]:
+        """``list_tasks``, its arguments checked and ``limit`` > 0."""
 
     @abc.abstractmethod
     async def requeue(self, task_id: str, *, now: float, attempts: int) -> TaskStatus | None:
@@ -347,7 +372,6 @@ class TaskQueue(Backend, BlobStore):
     @abc.abstractmethod
     async def delete_schedule(self, schedule_id: str) -> bool: ...
 
-    @abc.abstractmethod
     async def fire_schedule(
         self, schedule_id: str, *, expected_next_run: float, next_run: float | None,
         now: float, task: Task,
@@ -355,6 +379,14 @@ class TaskQueue(Backend, BlobStore):
         """Compare-and-set: if the schedule is unpaused and its ``next_run`` still equals
         ``expected_next_run``, set ``next_run``/``last_run``/``last_task_id`` and enqueue ``task``
         in the same transaction; True when this caller won the slot."""
+        check_new_tasks([task])
+        return await self._fire_schedule(schedule_id, expected_next_run, next_run, now, task)
+
+    @abc.abstractmethod
+    async def _fire_schedule(
+        self, schedule_id: str, expected_next_run: float, next_run: float | None, now: float, task: Task
+    ) -> bool:
+        """``fire_schedule``, its task checked."""
 
     # --- workers (health) -------------------------------------------------------------------
     @abc.abstractmethod
@@ -424,9 +456,15 @@ class TaskQueue(Backend, BlobStore):
 class ResultStore(Backend, BlobStore):
     """Final results, one per task id, overwritten by a redelivery (at-least-once)."""
 
-    @abc.abstractmethod
     async def put_results(self, results: Sequence[TaskResult]) -> None:
         """Store (or replace) results durably, as one batch where the backend allows."""
+        check_items(results, TaskResult, "results")
+        if results:
+            await self._put_results(results)
+
+    @abc.abstractmethod
+    async def _put_results(self, results: Sequence[TaskResult]) -> None:
+        """``put_results``, its results checked and not empty."""
 
     @abc.abstractmethod
     async def get_result(self, task_id: str) -> TaskResult | None: ...
@@ -466,10 +504,16 @@ class Signal:
 class EventStore(Backend):
     """Append-only lifecycle events."""
 
-    @abc.abstractmethod
-    async def append_events(self, events: Sequence[TaskEvent]) -> None: ...
+    async def append_events(self, events: Sequence[TaskEvent]) -> None:
+        """Store events durably, as one batch where the backend allows."""
+        check_items(events, TaskEvent, "events")
+        if events:
+            await self._append_events(events)
 
     @abc.abstractmethod
+    async def _append_events(self, events: Sequence[TaskEvent]) -> None:
+        """``append_events``, its events checked and not empty."""
+
     async def query_events(
         self,
         *,
@@ -478,7 +522,18 @@ class EventStore(Backend):
         types: Sequence[str] | None = None,
         limit: int | None = None,
     ) -> list[TaskEvent]:
-        """Events in time order (ties in append order), filtered; ``since`` is inclusive."""
+        """Events in time order (ties in append order), filtered; ``since`` is inclusive
+        (``timestamp >= since``); ``types`` one type or several."""
+        wanted = None if types is None else sorted({str(t) for t in ([types] if isinstance(types, str) else types)})
+        return await self._query_events(
+            task_id, None if since is None else float(since), wanted, None if limit is None else int(limit)
+        )
+
+    @abc.abstractmethod
+    async def _query_events(
+        self, task_id: str | None, since: float | None, types: list[str] | None, limit: int | None
+    ) -> list[TaskEvent]:
+        """``query_events``, ``types`` a list of distinct names."""
 
     @abc.abstractmethod
     async def purge_events(self, *, before: float, task_ids: Collection[str] | None = None) -> int:
@@ -830,6 +885,30 @@ def in_page(
 REQUEUABLE = UNSUCCESSFUL
 
 
+def events_in_order(
+    events: Iterable[TaskEvent], since: float | None, types: list[str] | None, limit: int | None
+) -> list[TaskEvent]:
+    """What ``query_events`` returns from events read in append order: those at or after
+    ``since`` of ``types``, sorted by time (stable: ties keep append order), ``limit`` first."""
+    wanted = None if types is None else set(types)
+    out = sorted(
+        (e for e in events if (since is None or e.timestamp >= since) and (wanted is None or e.type in wanted)),
+        key=_timestamp,
+    )
+    return out if limit is None else out[:limit]
+
+
+def _timestamp(e: TaskEvent) -> float:
+    return e.timestamp
+
+
+def check_items(items: Iterable[Any], kind: type, arg: str) -> None:
+    """``ConfigError`` naming ``arg`` unless every item is a ``kind``."""
+    for x in items:
+        if not isinstance(x, kind):
+            raise ConfigError(f"{arg} must hold {kind.__name__}, got {type(x).__name__}")
+
+
 def check_outcomes(outcomes: Sequence[tuple[str, TaskStatus]]) -> None:
     """``finish`` takes final statuses only."""
     for i, (task_id, status) in enumerate(outcomes):
@@ -874,6 +953,33 @@ def read_task_row(row: Sequence[Any]) -> Task:
             status=_STATUS[row[2]], worker=row[3], lease_until=row[4], deliveries=row[5],
             attempts=row[6], eta=row[7], cancel_requested=bool(row[8]),
         )  # fmt: skip
+
+
+def events_sql(
+    select: str, task_id: str | None, since: float | None, types: list[str] | None, limit: int | None,
+    *, mark: Callable[[int], str], type_in: str, type_list: Callable[[list[str]], Any],
+) -> tuple[str, list[Any]]:
+    """``query_events`` in SQL (SQLite, PostgreSQL): ``select`` filtered, in time then append
+    (``seq``) order. ``mark(n)`` is the n-th parameter's placeholder; ``type_in`` the types
+    condition with ``{}`` for its one parameter, ``type_list(types)``."""
+    where: list[str] = []
+    params: list[Any] = []
+    conds: list[tuple[str, Any]] = [("task_id = {}", task_id), ("timestamp >= {}", since)]
+    conds.append((type_in, None if types is None else type_list(types)))
+    for cond, value in conds:
+        if value is not None:
+            params.append(value)
+            where.append(cond.format(mark(len(params))))
+    sql = select + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY timestamp, seq"
+    if limit is not None:
+        params.append(limit)
+        sql += f" LIMIT {mark(len(params))}"
+    return sql, params
+
+
+def event_from_row(r: Sequence[Any]) -> TaskEvent:
+    """A TaskEvent from an SQL row ``(task_id, type, timestamp, worker, queue, detail)``."""
+    return TaskEvent(task_id=r[0], type=r[1], timestamp=r[2], worker=r[3], queue=r[4], detail=r[5])
 
 
 def unreadable_task(message: str) -> None:

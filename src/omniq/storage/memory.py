@@ -52,9 +52,8 @@ from .base import (
     ResultStore,
     TaskQueue,
     WorkerInfo,
-    check_claim,
     check_new_tasks,
-    check_outcomes,
+    events_in_order,
     holds_key,
     in_page,
     keyed,
@@ -93,10 +92,7 @@ class MemoryResults(ResultStore):
 
     _results: dict[str, TaskResult]
 
-    async def put_results(self, results: Sequence[TaskResult]) -> None:
-        for r in results:
-            if not isinstance(r, TaskResult):
-                raise ConfigError(f"results must hold TaskResult, got {type(r).__name__}")
+    async def _put_results(self, results: Sequence[TaskResult]) -> None:
         store = self._results
         for r in results:
             store[r.task_id] = copy(r)
@@ -137,10 +133,7 @@ class MemoryEvents(EventStore):
     _events: list[TaskEvent]
     _events_by_task: dict[str, list[TaskEvent]]
 
-    async def append_events(self, events: Sequence[TaskEvent]) -> None:
-        for e in events:
-            if not isinstance(e, TaskEvent):
-                raise ConfigError(f"events must hold TaskEvent, got {type(e).__name__}")
+    async def _append_events(self, events: Sequence[TaskEvent]) -> None:
         self._events.extend(events)  # TaskEvent is frozen: no copies needed
         by_task = self._events_by_task
         for e in events:
@@ -150,23 +143,11 @@ class MemoryEvents(EventStore):
             else:
                 lst.append(e)
 
-    async def query_events(
-        self,
-        *,
-        task_id: str | None = None,
-        since: float | None = None,
-        types: Sequence[str] | None = None,
-        limit: int | None = None,
+    async def _query_events(
+        self, task_id: str | None, since: float | None, types: list[str] | None, limit: int | None
     ) -> list[TaskEvent]:
-        """``since`` is inclusive (``timestamp >= since``)."""
         events = self._events if task_id is None else self._events_by_task.get(task_id, [])
-        if since is not None:
-            events = [e for e in events if e.timestamp >= since]
-        if types is not None:
-            wanted = {str(t) for t in ([types] if isinstance(types, str) else types)}
-            events = [e for e in events if e.type in wanted]
-        out = sorted(events, key=_timestamp)  # stable: ties keep append order
-        return out if limit is None else out[:limit]
+        return events_in_order(events, since, types, limit)
 
     async def purge_events(self, *, before: float, task_ids: Collection[str] | None = None) -> int:
         n = len(self._events)
@@ -378,16 +359,9 @@ class MemoryBackend(TaskQueue, MemoryResults, MemoryEvents):
                 out[k] = hid
         return out
 
-    async def claim(
-        self,
-        worker: str,
-        *,
-        queues: Sequence[str] | None,
-        limit: int,
-        lease: float,
-        now: float,
+    async def _claim(
+        self, worker: str, names: list[str] | None, limit: int, lease: float, now: float
     ) -> list[Task]:
-        names = check_claim(queues, limit, lease)
         delayed = self._delayed
         while delayed and delayed[0][0] <= now:
             _, _, task_id = heapq.heappop(delayed)
@@ -430,10 +404,7 @@ class MemoryBackend(TaskQueue, MemoryResults, MemoryEvents):
             heapq.heappush(heap, item)
         return claimed
 
-    async def finish(
-        self, worker: str, outcomes: Sequence[tuple[str, TaskStatus]], *, now: float
-    ) -> Finished:
-        check_outcomes(outcomes)
+    async def _finish(self, worker: str, outcomes: Sequence[tuple[str, TaskStatus]], now: float) -> Finished:
         done: list[str] = []
         for task_id, status in outcomes:
             entry = self._held(worker, task_id)
@@ -601,21 +572,14 @@ class MemoryBackend(TaskQueue, MemoryResults, MemoryEvents):
                 del self._keys[k]  # (a SUCCEEDED result of it still holds the key)
         return [e.task.id for e in gone]
 
-    async def list_tasks(
-        self,
-        *,
-        statuses: Collection[TaskStatus] | None = None,
-        queue: str | None = None,
-        name: str | None = None,
-        limit: int = 100,
-        before: str | None = None,
+    async def _list_tasks(
+        self, statuses: Collection[TaskStatus] | None, queue: str | None, name: str | None, limit: int,
+        before: str | None,
     ) -> list[Task]:
         """Newest first by walking the tasks backwards in the order they were stored (ids of
         one process are increasing): a page costs the tasks it skips, this backend's one
         exception to the page-sized cost, acceptable in one process's memory."""
         page: list[Task] = []
-        if limit == 0:
-            return page
         for entry in reversed(self._entries.values()):
             if in_page(entry.task, statuses, queue, name, before):
                 page.append(copy(entry.task))
@@ -664,19 +628,12 @@ class MemoryBackend(TaskQueue, MemoryResults, MemoryEvents):
     async def delete_schedule(self, schedule_id: str) -> bool:
         return self._schedules.pop(schedule_id, None) is not None
 
-    async def fire_schedule(
-        self,
-        schedule_id: str,
-        *,
-        expected_next_run: float,
-        next_run: float | None,
-        now: float,
-        task: Task,
+    async def _fire_schedule(
+        self, schedule_id: str, expected_next_run: float, next_run: float | None, now: float, task: Task
     ) -> bool:
         s = self._schedules.get(schedule_id)
         if s is None or not slot_fires(s, expected_next_run):
             return False
-        check_new_tasks([task])
         self._insert([task])  # raises before the schedule changes
         self._schedules[schedule_id] = fired(s, next_run=next_run, now=now, task_id=task.id)
         return True
@@ -774,10 +731,6 @@ class MemoryBackend(TaskQueue, MemoryResults, MemoryEvents):
         for d in doomed:
             del self._blobs[d]
         return len(doomed)
-
-
-def _timestamp(e: TaskEvent) -> float:
-    return e.timestamp
 
 
 def _task_id(t: Task) -> str:

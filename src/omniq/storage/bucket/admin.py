@@ -46,17 +46,10 @@ class OperatorOps(ShardStore):
         ids.sort(reverse=True)
         return ids
 
-    async def list_tasks(
-        self,
-        *,
-        statuses: Collection[TaskStatus] | None = None,
-        queue: str | None = None,
-        name: str | None = None,
-        limit: int = 100,
-        before: str | None = None,
+    async def _list_tasks(
+        self, statuses: Collection[TaskStatus] | None, queue: str | None, name: str | None, limit: int,
+        before: str | None,
     ) -> list[Task]:
-        if limit == 0:
-            return []
         wanted = set(statuses) if statuses is not None else None
         ids = [t for t in await self._stored_ids() if before is None or t < before]
         shards = await self._all()

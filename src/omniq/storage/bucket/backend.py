@@ -29,9 +29,7 @@ from ..base import (
     Reaped,
     TaskQueue,
     WorkerInfo,
-    check_claim,
     check_new_tasks,
-    check_outcomes,
     keyed,
     plan_enqueue,
     plan_keys,
@@ -183,13 +181,10 @@ class BucketQueueBackend(OperatorOps, TaskQueue):
                 [(by_id[r.id], c) for r, c in cancelled if r.id in by_id])  # fmt: skip
 
     # --- claim and the ends of a lease ---------------------------------------------------------
-    async def claim(
-        self, worker: str, *, queues: Sequence[str] | None, limit: int, lease: float, now: float
+    async def _claim(
+        self, worker: str, names: list[str] | None, limit: int, lease: float, now: float
     ) -> list[Task]:
-        names = check_claim(queues, limit, lease)
         self._watched = watched_after(self._watched, names)
-        if limit == 0 or names == []:
-            return []
         settle = self._gap if self._idle else 0.0  # an idle worker's poll: see wait_for_tasks
         self._idle = False
         rows: list[sh.Row] = []
@@ -240,12 +235,7 @@ class BucketQueueBackend(OperatorOps, TaskQueue):
             quotas[i] = quotas.get(i, 0) + 1
         return quotas
 
-    async def finish(
-        self, worker: str, outcomes: Sequence[tuple[str, TaskStatus]], *, now: float
-    ) -> Finished:
-        check_outcomes(outcomes)
-        if not outcomes:
-            return Finished()
+    async def _finish(self, worker: str, outcomes: Sequence[tuple[str, TaskStatus]], now: float) -> Finished:
         wanted = dict(outcomes)
         released: list[sh.Row] = []
         cancelled: list[tuple[sh.Row, str]] = []
@@ -523,11 +513,9 @@ class BucketQueueBackend(OperatorOps, TaskQueue):
 
         return await self._update(0, fn)
 
-    async def fire_schedule(
-        self, schedule_id: str, *, expected_next_run: float, next_run: float | None,
-        now: float, task: Task,
-    ) -> bool:  # fmt: skip
-        check_new_tasks([task])
+    async def _fire_schedule(
+        self, schedule_id: str, expected_next_run: float, next_run: float | None, now: float, task: Task
+    ) -> bool:
         await self._put_bodies([task])
         [seq] = new_ids(1)
         bare = msgspec.structs.replace(task, depends_on=())

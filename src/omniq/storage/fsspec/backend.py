@@ -21,9 +21,7 @@ from ..base import (
     Reaped,
     TaskQueue,
     WorkerInfo,
-    check_claim,
     check_new_tasks,
-    check_outcomes,
     watched_after,
 )
 from ..blobs import (
@@ -103,23 +101,15 @@ class FileTaskQueueBackend(FsspecBackend, TaskQueue):
         found = await self._run("read task statuses in", self._tasks.statuses, task_ids)
         return {t for t, s in found.items() if s.value in LIVE_TASK_STATUSES}
 
-    async def claim(
-        self, worker: str, *, queues: Sequence[str] | None, limit: int, lease: float, now: float
+    async def _claim(
+        self, worker: str, names: list[str] | None, limit: int, lease: float, now: float
     ) -> list[Task]:
-        names = check_claim(queues, limit, lease)
         self._watched = watched_after(self._watched, names)
-        if limit == 0 or names == []:
-            return []
         return await self._run(
             "claim tasks from", self._tasks.claim, worker, names, limit, lease, now
         )
 
-    async def finish(
-        self, worker: str, outcomes: Sequence[tuple[str, TaskStatus]], *, now: float
-    ) -> Finished:
-        check_outcomes(outcomes)
-        if not outcomes:
-            return Finished()
+    async def _finish(self, worker: str, outcomes: Sequence[tuple[str, TaskStatus]], now: float) -> Finished:
         out = await self._run("finish tasks in", self._tasks.finish, worker, list(outcomes), now)
         if out.released:
             self.notify()
@@ -173,17 +163,10 @@ class FileTaskQueueBackend(FsspecBackend, TaskQueue):
     ) -> list[str]:
         return await self._run("purge tasks in", self._tasks.purge, before, statuses)
 
-    async def list_tasks(
-        self,
-        *,
-        statuses: Collection[TaskStatus] | None = None,
-        queue: str | None = None,
-        name: str | None = None,
-        limit: int = 100,
-        before: str | None = None,
+    async def _list_tasks(
+        self, statuses: Collection[TaskStatus] | None, queue: str | None, name: str | None, limit: int,
+        before: str | None,
     ) -> list[Task]:
-        if limit == 0:
-            return []
         return await self._run("list tasks in", self._tasks.list_tasks, statuses, queue, name, limit, before)
 
     async def requeue(self, task_id: str, *, now: float, attempts: int) -> TaskStatus | None:
@@ -208,16 +191,9 @@ class FileTaskQueueBackend(FsspecBackend, TaskQueue):
     async def delete_schedule(self, schedule_id: str) -> bool:
         return await self._run("delete a schedule in", self._tasks.delete_schedule, schedule_id)
 
-    async def fire_schedule(
-        self,
-        schedule_id: str,
-        *,
-        expected_next_run: float,
-        next_run: float | None,
-        now: float,
-        task: Task,
+    async def _fire_schedule(
+        self, schedule_id: str, expected_next_run: float, next_run: float | None, now: float, task: Task
     ) -> bool:
-        check_new_tasks([task])
         fired, ready = await self._run(
             "fire a schedule in",
             self._tasks.fire_schedule,

@@ -208,12 +208,7 @@ class FsspecBackend(ResultStore, EventStore):
             return None
 
     # --- ResultStore -------------------------------------------------------------------------------
-    async def put_results(self, results: Sequence[TaskResult]) -> None:
-        for r in results:
-            if not isinstance(r, TaskResult):
-                raise ConfigError(f"results must hold TaskResult, got {type(r).__name__}")
-        if not results:
-            return
+    async def _put_results(self, results: Sequence[TaskResult]) -> None:
         chains: list[list[tuple[str, bytes]]] = []
         for r in results:
             # index entries first: a crash leaves a dangling entry, never an unindexed result
@@ -318,12 +313,7 @@ class FsspecBackend(ResultStore, EventStore):
         return count
 
     # --- EventStore -----------------------------------------------------------------------------
-    async def append_events(self, events: Sequence[TaskEvent]) -> None:
-        for e in events:
-            if not isinstance(e, TaskEvent):
-                raise ConfigError(f"events must hold TaskEvent, got {type(e).__name__}")
-        if not events:
-            return
+    async def _append_events(self, events: Sequence[TaskEvent]) -> None:
         stamps = [e.timestamp for e in events]
         name = BatchName(float(min(stamps)), float(max(stamps)), len(events), new_id())
         path = self._path(name.render())
@@ -378,13 +368,8 @@ class FsspecBackend(ResultStore, EventStore):
                     log.warning("ignoring unreadable event batch %s: %s", path, exc)
         return {p: self._events[p] for p in paths if p in self._events}
 
-    async def query_events(
-        self,
-        *,
-        task_id: str | None = None,
-        since: float | None = None,
-        types: Sequence[str] | None = None,
-        limit: int | None = None,
+    async def _query_events(
+        self, task_id: str | None, since: float | None, types: list[str] | None, limit: int | None
     ) -> list[TaskEvent]:
         batches = await self._batches(since)
         if since is None:  # a full listing: forget batches purged by someone else
@@ -392,9 +377,7 @@ class FsspecBackend(ResultStore, EventStore):
             for path in [p for p in self._events if p not in listed]:
                 self._forget(path)
         loaded = await self._load_batches([p for p, _ in batches])
-        if isinstance(types, str):
-            types = [types]
-        wanted = {str(t) for t in types} if types is not None else None
+        wanted = None if types is None else set(types)
         rows: list[tuple[float, str, int, TaskEvent]] = []
         for path, name in batches:
             for i, ev in enumerate(loaded.get(path, ())):

@@ -8,11 +8,11 @@ from collections.abc import Collection, Sequence
 
 from nats.aio.msg import Msg
 
-from ...errors import ConfigError
 from ...models import TaskEvent
 from .._codec import encode
 from ..base import (
     EventStore,
+    events_in_order,
 )
 from .connection import (
     JetStream,
@@ -35,11 +35,9 @@ class NatsEvents(JetStream, EventStore):
 
     # --- events -------------------------------------------------------------------------------------------
     @guarded
-    async def append_events(self, events: Sequence[TaskEvent]) -> None:
+    async def _append_events(self, events: Sequence[TaskEvent]) -> None:
         items: list[tuple[str, bytes, dict[str, str] | None]] = []
         for e in events:
-            if not isinstance(e, TaskEvent):
-                raise ConfigError(f"events must hold TaskEvent, got {type(e).__name__}")
             data = encode(e)
             msg_id = hashlib.blake2b(data, digest_size=16).hexdigest()  # same on a retry
             items.append((f"{self._p}.ev.{token(e.task_id)}", data, {MSG_ID: msg_id}))
@@ -63,13 +61,8 @@ class NatsEvents(JetStream, EventStore):
         await self._events_appended.wait(timeout)
 
     @guarded
-    async def query_events(
-        self,
-        *,
-        task_id: str | None = None,
-        since: float | None = None,
-        types: Sequence[str] | None = None,
-        limit: int | None = None,
+    async def _query_events(
+        self, task_id: str | None, since: float | None, types: list[str] | None, limit: int | None
     ) -> list[TaskEvent]:
         """``since`` is inclusive. Reading starts ``EVENT_CLOCK_SLACK`` s before ``since`` on the
         server's clock, so an event stamped more than that ahead of the server is not found."""
@@ -77,13 +70,7 @@ class NatsEvents(JetStream, EventStore):
         start = None if since is None else since - EVENT_CLOCK_SLACK
         msgs = await self._scan(self.events_stream, subject, start_time=start)
         events = [decode_event(m.data) for m in msgs]
-        if since is not None:
-            events = [e for e in events if e.timestamp >= since]
-        if types is not None:
-            wanted = {str(t) for t in ([types] if isinstance(types, str) else types)}
-            events = [e for e in events if e.type in wanted]
-        events.sort(key=lambda e: e.timestamp)  # stable: ties keep append (stream) order
-        return events if limit is None else events[:limit]
+        return events_in_order(events, since, types, limit)  # ties keep stream order
 
     @guarded
     async def purge_events(self, *, before: float, task_ids: Collection[str] | None = None) -> int:

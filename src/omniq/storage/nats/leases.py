@@ -28,8 +28,6 @@ from ..base import (
     Finished,
     Overrun,
     Reaped,
-    check_claim,
-    check_outcomes,
     masked,
 )
 from .connection import (
@@ -66,18 +64,9 @@ class NatsLeases(NatsTaskRecords):
     """The lease side of the task queue."""
 
     @guarded
-    async def claim(
-        self,
-        worker: str,
-        *,
-        queues: Sequence[str] | None,
-        limit: int,
-        lease: float,
-        now: float,
+    async def _claim(
+        self, worker: str, names: list[str] | None, limit: int, lease: float, now: float
     ) -> list[Task]:
-        names = check_claim(queues, limit, lease)
-        if limit == 0 or names == []:
-            return []
         subjects = await self._subjects(self.index_stream, f"{self._p}.ix.q.>")
         levels: dict[int, list[str]] = {}  # priority -> its ready subjects (named queues only)
         due: list[int] = []
@@ -248,11 +237,7 @@ class NatsLeases(NatsTaskRecords):
         return subjects
 
     @guarded
-    async def finish(
-        self, worker: str, outcomes: Sequence[tuple[str, TaskStatus]], *, now: float
-    ) -> Finished:
-        check_outcomes(outcomes)
-
+    async def _finish(self, worker: str, outcomes: Sequence[tuple[str, TaskStatus]], now: float) -> Finished:
         retry = ATTEMPT.get() > 0
 
         async def one(task_id: str, status: TaskStatus) -> Rec | None:

@@ -29,11 +29,9 @@ class NatsResults(JetStream, ResultStore):
 
     # --- results -------------------------------------------------------------------------------------------
     @guarded
-    async def put_results(self, results: Sequence[TaskResult]) -> None:
+    async def _put_results(self, results: Sequence[TaskResult]) -> None:
         items: list[tuple[str, bytes, dict[str, str] | None]] = []
         for r in results:
-            if not isinstance(r, TaskResult):
-                raise ConfigError(f"results must hold TaskResult, got {type(r).__name__}")
             tid = token(r.task_id)
             items.append((self._result_subject(r.task_id), encode(r), None))
             if r.key is not None:

@@ -3,6 +3,8 @@ bucket."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from ...errors import ConfigError
 from ...lifecycle import (
     fired,
@@ -12,7 +14,6 @@ from ...models import Schedule, Task
 from .._codec import encode
 from ..base import (
     WorkerInfo,
-    check_new_tasks,
 )
 from .guard import (
     guarded,
@@ -52,16 +53,13 @@ class NatsSchedules(NatsTaskRecords):
     async def set_schedule_paused(
         self, schedule_id: str, paused: bool, next_run: float | None
     ) -> bool:
-        while True:
-            got = await self._get_schedule(schedule_id)
-            if got is None:
-                return False
-            rev, s = got
+        async def change(s: Schedule) -> Schedule:
             s.paused = paused
             if not paused or next_run is not None:
                 s.next_run = next_run
-            if await self._cas(self._schedule_subject(schedule_id), encode(s), rev) is not None:
-                return True
+            return s
+
+        return await self._change_schedule(schedule_id, change)
 
     @guarded
     async def delete_schedule(self, schedule_id: str) -> bool:
@@ -71,31 +69,38 @@ class NatsSchedules(NatsTaskRecords):
         return True
 
     @guarded
-    async def fire_schedule(
-        self,
-        schedule_id: str,
-        *,
-        expected_next_run: float,
-        next_run: float | None,
-        now: float,
-        task: Task,
+    async def _fire_schedule(
+        self, schedule_id: str, expected_next_run: float, next_run: float | None, now: float, task: Task
     ) -> bool:
         """The slot is taken by compare-and-set on the schedule entry, then the task is stored."""
-        check_new_tasks([task])
+
+        async def change(s: Schedule) -> Schedule | None:
+            if not slot_fires(s, expected_next_run):
+                return None
+            if await self._get_rec(task.id) is not None:
+                raise ConfigError(f"task id {task.id!r} already exists")
+            return fired(s, next_run=next_run, now=now, task_id=task.id)
+
+        if not await self._change_schedule(schedule_id, change):
+            return False
+        await self._insert([task], now)
+        return True
+
+    async def _change_schedule(
+        self, schedule_id: str, change: Callable[[Schedule], Awaitable[Schedule | None]]
+    ) -> bool:
+        """Compare-and-set ``change(schedule)`` on its entry until it sticks; False when the
+        schedule is unknown or ``change`` gives None."""
         while True:
             got = await self._get_schedule(schedule_id)
             if got is None:
                 return False
             rev, s = got
-            if not slot_fires(s, expected_next_run):
+            new = await change(s)
+            if new is None:
                 return False
-            if await self._get_rec(task.id) is not None:
-                raise ConfigError(f"task id {task.id!r} already exists")
-            s = fired(s, next_run=next_run, now=now, task_id=task.id)
-            if await self._cas(self._schedule_subject(schedule_id), encode(s), rev) is not None:
-                break
-        await self._insert([task], now)
-        return True
+            if await self._cas(self._schedule_subject(schedule_id), encode(new), rev) is not None:
+                return True
 
     # --- workers -------------------------------------------------------------------------------------------
     def _worker_subject(self, worker_id: str) -> str:

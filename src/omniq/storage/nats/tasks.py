@@ -510,19 +510,12 @@ class NatsTaskRecords(JetStream, TaskQueue):
         return [r.task.id for _, r in gone]
 
     @guarded
-    async def list_tasks(
-        self,
-        *,
-        statuses: Collection[TaskStatus] | None = None,
-        queue: str | None = None,
-        name: str | None = None,
-        limit: int = 100,
-        before: str | None = None,
+    async def _list_tasks(
+        self, statuses: Collection[TaskStatus] | None, queue: str | None, name: str | None, limit: int,
+        before: str | None,
     ) -> list[Task]:
         """A scan of every task record, as ``counts``: NATS keeps no index of records by id
         (a page costs one pass over the bucket; fine for an operator's look, not for a loop)."""
-        if limit == 0:
-            return []
         found = [rec.task for _, rec in await self._all_recs()
                  if in_page(rec.task, statuses, queue, name, before)]
         return heapq.nlargest(limit, found, key=_task_id)

@@ -19,9 +19,9 @@ from ..base import (
     Reaped,
     ResultStore,
     WorkerInfo,
-    check_claim,
     check_new_tasks,
-    check_outcomes,
+    event_from_row,
+    events_sql,
     holds_key,
     keyed,
     plan_enqueue,
@@ -193,18 +193,9 @@ class PostgresBackend(PgConnection, ResultStore, EventStore):
                 raise ConfigError(f"task id {taken[0]!r} already exists") from None
             raise
 
-    async def claim(
-        self,
-        worker: str,
-        *,
-        queues: Sequence[str] | None,
-        limit: int,
-        lease: float,
-        now: float,
+    async def _claim(
+        self, worker: str, names: list[str] | None, limit: int, lease: float, now: float
     ) -> list[Task]:
-        names = check_claim(queues, limit, lease)
-        if limit == 0 or names == []:
-            return []
         lease_until = now + lease
         token = os.urandom(8).hex()
         params: tuple[Any, ...]
@@ -226,12 +217,7 @@ class PostgresBackend(PgConnection, ResultStore, EventStore):
         claimed.sort(key=lambda ts: (-ts[0].priority, ts[1]))  # RETURNING has no order
         return [t for t, _ in claimed]
 
-    async def finish(
-        self, worker: str, outcomes: Sequence[tuple[str, TaskStatus]], *, now: float
-    ) -> Finished:
-        check_outcomes(outcomes)
-        if not outcomes:
-            return Finished()
+    async def _finish(self, worker: str, outcomes: Sequence[tuple[str, TaskStatus]], now: float) -> Finished:
         ids = [i for i, _ in outcomes]
         statuses = [s.value for _, s in outcomes]
 
@@ -403,14 +389,9 @@ class PostgresBackend(PgConnection, ResultStore, EventStore):
             await self._run(keys)
         return gone
 
-    async def list_tasks(
-        self,
-        *,
-        statuses: Collection[TaskStatus] | None = None,
-        queue: str | None = None,
-        name: str | None = None,
-        limit: int = 100,
-        before: str | None = None,
+    async def _list_tasks(
+        self, statuses: Collection[TaskStatus] | None, queue: str | None, name: str | None, limit: int,
+        before: str | None,
     ) -> list[Task]:
         """Newest first in the order stored (``seq``), after ``before``'s place: index ranges
         read backwards (``page_sql``); a ``name`` is matched on the records, reading on in
@@ -478,16 +459,9 @@ class PostgresBackend(PgConnection, ResultStore, EventStore):
         status = await self._run(lambda c: c.execute(DELETE_SCHEDULE, schedule_id))
         return rowcount(status) > 0
 
-    async def fire_schedule(
-        self,
-        schedule_id: str,
-        *,
-        expected_next_run: float,
-        next_run: float | None,
-        now: float,
-        task: Task,
+    async def _fire_schedule(
+        self, schedule_id: str, expected_next_run: float, next_run: float | None, now: float, task: Task
     ) -> bool:
-        check_new_tasks([task])
         blobs = {task.id: encode(task)}
 
         async def tx(conn: Any) -> tuple[bool, bool]:
@@ -531,11 +505,9 @@ class PostgresBackend(PgConnection, ResultStore, EventStore):
         return [decode_worker(r[0]) for r in rows]
 
     # --- results ------------------------------------------------------------------------------------
-    async def put_results(self, results: Sequence[TaskResult]) -> None:
+    async def _put_results(self, results: Sequence[TaskResult]) -> None:
         latest: dict[str, TaskResult] = {}
         for r in results:
-            if not isinstance(r, TaskResult):
-                raise ConfigError(f"results must hold TaskResult, got {type(r).__name__}")
             latest[r.task_id] = r  # the last one wins, as a second put would
         if not latest:
             return
@@ -579,12 +551,7 @@ class PostgresBackend(PgConnection, ResultStore, EventStore):
         return rowcount(await self._run(lambda c: c.execute(PURGE_RESULTS, now)))
 
     # --- events -------------------------------------------------------------------------------------
-    async def append_events(self, events: Sequence[TaskEvent]) -> None:
-        for e in events:
-            if not isinstance(e, TaskEvent):
-                raise ConfigError(f"events must hold TaskEvent, got {type(e).__name__}")
-        if not events:
-            return
+    async def _append_events(self, events: Sequence[TaskEvent]) -> None:
         cols = (
             [e.task_id for e in events],
             [str(e.type) for e in events],
@@ -604,38 +571,14 @@ class PostgresBackend(PgConnection, ResultStore, EventStore):
         """Return on the NOTIFY another process's ``append_events`` sends, or at ``timeout``."""
         await self._events_appended.wait(timeout)
 
-    async def query_events(
-        self,
-        *,
-        task_id: str | None = None,
-        since: float | None = None,
-        types: Sequence[str] | None = None,
-        limit: int | None = None,
+    async def _query_events(
+        self, task_id: str | None, since: float | None, types: list[str] | None, limit: int | None
     ) -> list[TaskEvent]:
-        """``since`` is inclusive (``timestamp >= since``)."""
-        where: list[str] = []
-        params: list[Any] = []
-        if task_id is not None:
-            params.append(task_id)
-            where.append(f"task_id = ${len(params)}")
-        if since is not None:
-            params.append(float(since))
-            where.append(f"timestamp >= ${len(params)}")
-        if types is not None:
-            params.append([str(t) for t in ([types] if isinstance(types, str) else types)])
-            where.append(f"type = ANY(${len(params)}::text[])")
-        sql = QUERY_EVENTS
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY timestamp, seq"
-        if limit is not None:
-            params.append(int(limit))
-            sql += f" LIMIT ${len(params)}"
-        rows = await self._run(lambda c: c.fetch(sql, *params))
-        return [
-            TaskEvent(task_id=r[0], type=r[1], timestamp=r[2], worker=r[3], queue=r[4], detail=r[5])
-            for r in rows
-        ]
+        sql, params = events_sql(
+            QUERY_EVENTS, task_id, since, types, limit,
+            mark=lambda n: f"${n}", type_in="type = ANY({}::text[])", type_list=list,
+        )  # fmt: skip
+        return [event_from_row(r) for r in await self._run(lambda c: c.fetch(sql, *params))]
 
     async def purge_events(self, *, before: float, task_ids: Collection[str] | None = None) -> int:
         if task_ids is None:

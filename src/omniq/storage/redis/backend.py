@@ -35,9 +35,8 @@ from ..base import (
     Signal,
     TaskQueue,
     WorkerInfo,
-    check_claim,
     check_new_tasks,
-    check_outcomes,
+    events_in_order,
     masked,
     plan_enqueue,
     stand_in_task,
@@ -264,14 +263,9 @@ class RedisOperators(TaskQueue):
             if int(v[0]) < PURGE_BATCH:
                 return gone
 
-    async def list_tasks(
-        self,
-        *,
-        statuses: Collection[TaskStatus] | None = None,
-        queue: str | None = None,
-        name: str | None = None,
-        limit: int = 100,
-        before: str | None = None,
+    async def _list_tasks(
+        self, statuses: Collection[TaskStatus] | None, queue: str | None, name: str | None, limit: int,
+        before: str | None,
     ) -> list[Task]:
         """Sorted sets of ids by status and by queue and status (``ix:``), read backwards
         from ``before`` (ZREVRANGEBYLEX), merged; a ``name`` is matched on the records, reading
@@ -487,18 +481,9 @@ class RedisBackend(RedisOperators, ResultStore, EventStore):
             self._note_due(min(etas))
         self.notify()
 
-    async def claim(
-        self,
-        worker: str,
-        *,
-        queues: Sequence[str] | None,
-        limit: int,
-        lease: float,
-        now: float,
+    async def _claim(
+        self, worker: str, names: list[str] | None, limit: int, lease: float, now: float
     ) -> list[Task]:
-        names = check_claim(queues, limit, lease)
-        if limit == 0 or names == []:
-            return []
         qargs: list[Any] = [-1] if names is None else [len(names), *names]
         reply = await self._eval(
             "claim", [_f(now), worker, _f(now + lease), limit, *qargs], once=True
@@ -507,12 +492,7 @@ class RedisBackend(RedisOperators, ResultStore, EventStore):
         self._next_due = None if nd is None else float(nd)
         return [_task(reply, i) for i in range(1, len(reply), _NF)]
 
-    async def finish(
-        self, worker: str, outcomes: Sequence[tuple[str, TaskStatus]], *, now: float
-    ) -> Finished:
-        check_outcomes(outcomes)
-        if not outcomes:
-            return Finished()
+    async def _finish(self, worker: str, outcomes: Sequence[tuple[str, TaskStatus]], now: float) -> Finished:
         args: list[Any] = [_f(now), worker, len(outcomes)]
         for task_id, status in outcomes:
             args += (task_id, status.value)
@@ -632,16 +612,9 @@ class RedisBackend(RedisOperators, ResultStore, EventStore):
     async def delete_schedule(self, schedule_id: str) -> bool:
         return bool(await self._eval("delete_schedule", [schedule_id]))
 
-    async def fire_schedule(
-        self,
-        schedule_id: str,
-        *,
-        expected_next_run: float,
-        next_run: float | None,
-        now: float,
-        task: Task,
+    async def _fire_schedule(
+        self, schedule_id: str, expected_next_run: float, next_run: float | None, now: float, task: Task
     ) -> bool:
-        check_new_tasks([task])
         head = [schedule_id, _f(expected_next_run), _f(next_run), _f(now), task.id]
         reply = await self._insert([task], now, "fire_schedule", head)
         if reply[0] != b"ok":
@@ -723,12 +696,10 @@ class RedisBackend(RedisOperators, ResultStore, EventStore):
             delay = min(delay * 2, 2.0)
 
     # --- results ----------------------------------------------------------------------------
-    async def put_results(self, results: Sequence[TaskResult]) -> None:
+    async def _put_results(self, results: Sequence[TaskResult]) -> None:
         args: list[Any] = [len(results)]
         wall = time.time()
         for r in results:
-            if not isinstance(r, TaskResult):
-                raise ConfigError(f"results must hold TaskResult, got {type(r).__name__}")
             px = ""
             if r.expires_at is not None and r.expires_at > wall:
                 # Redis drops it by itself; purge_results cleans the index (and any result
@@ -767,35 +738,21 @@ class RedisBackend(RedisOperators, ResultStore, EventStore):
         return int(await self._eval("purge_results", [_f(now)]))
 
     # --- events -----------------------------------------------------------------------------
-    async def append_events(self, events: Sequence[TaskEvent]) -> None:
+    async def _append_events(self, events: Sequence[TaskEvent]) -> None:
         args: list[Any] = [self.options.max_events, MAX_TASK_EVENTS, len(events)]
         for e in events:
-            if not isinstance(e, TaskEvent):
-                raise ConfigError(f"events must hold TaskEvent, got {type(e).__name__}")
             args += (_event_ms(e.timestamp), e.task_id, encode(e))
         if events:
             await self._eval("append_events", args, once=True)
 
-    async def query_events(
-        self,
-        *,
-        task_id: str | None = None,
-        since: float | None = None,
-        types: Sequence[str] | None = None,
-        limit: int | None = None,
+    async def _query_events(
+        self, task_id: str | None, since: float | None, types: list[str] | None, limit: int | None
     ) -> list[TaskEvent]:
-        """``since`` is inclusive (``timestamp >= since``)."""
         if task_id is not None:
             events = [_decode_event(b) for b in await self._eval("task_events", [task_id])]
         else:
             events = await self._read_stream(None if since is None else _event_ms(since))
-        if since is not None:
-            events = [e for e in events if e.timestamp >= since]
-        if types is not None:
-            wanted = {str(t) for t in ([types] if isinstance(types, str) else types)}
-            events = [e for e in events if e.type in wanted]
-        events.sort(key=_timestamp)  # stable: ties keep append order
-        return events if limit is None else events[: int(limit)]
+        return events_in_order(events, since, types, limit)
 
     async def _read_stream(self, from_ms: int | None) -> list[TaskEvent]:
         """Every event whose stream id is at or after ``from_ms`` (all when None)."""
@@ -900,10 +857,6 @@ class RedisBackend(RedisOperators, ResultStore, EventStore):
 
 async def _xrange(r: Any, *, key: str, start: str, count: int) -> Any:
     return await r.xrange(key, min=start, max="+", count=count)
-
-
-def _timestamp(e: TaskEvent) -> float:
-    return e.timestamp
 
 
 __all__ = ["RedisBackend", "RedisOptions", "parse_url"]

@@ -27,10 +27,10 @@ from ..base import (
     ResultStore,
     TaskQueue,
     WorkerInfo,
-    check_claim,
     check_new_tasks,
-    check_outcomes,
     check_owner,
+    event_from_row,
+    events_sql,
     masked,
     read_task_row,
     watched_after,
@@ -254,19 +254,10 @@ class SQLiteBackend(TaskQueue, ResultStore, EventStore):
             if t.eta is not None:
                 self._due_at(t.eta)
 
-    async def claim(
-        self,
-        worker: str,
-        *,
-        queues: Sequence[str] | None,
-        limit: int,
-        lease: float,
-        now: float,
+    async def _claim(
+        self, worker: str, names: list[str] | None, limit: int, lease: float, now: float
     ) -> list[Task]:
-        names = check_claim(queues, limit, lease)
         self._watched = watched_after(self._watched, names)
-        if limit == 0 or names == []:
-            return []
         check_params: tuple[Any, ...]
         if names is None:
             params: tuple[Any, ...] = (worker, now + lease, now, limit)
@@ -277,12 +268,12 @@ class SQLiteBackend(TaskQueue, ResultStore, EventStore):
         n = 0 if names is None else len(names)
         many = limit >= CLAIM_MANY_FROM  # (see operations.claim_many)
         sql = pick_many_sql(n) if many else claim_sql(n)
-        rows = await self._call(self._claim, sql, many, params, check, check_params, now)
+        rows = await self._call(self._claim_rows, sql, many, params, check, check_params, now)
         claimed = [(read_task_row(r), r[0]) for r in rows]
         claimed.sort(key=lambda ts: (-ts[0].priority, ts[1]))  # RETURNING has no order
         return [t for t, _ in claimed]
 
-    def _claim(
+    def _claim_rows(
         self,
         conn: sqlite3.Connection,
         sql: str,
@@ -303,19 +294,14 @@ class SQLiteBackend(TaskQueue, ResultStore, EventStore):
             return []
         return claim_many(conn, sql, params) if many else returning(conn, sql, params)
 
-    async def finish(
-        self, worker: str, outcomes: Sequence[tuple[str, TaskStatus]], *, now: float
-    ) -> Finished:
-        check_outcomes(outcomes)
-        if not outcomes:
-            return Finished()
-        out = await self._write(self._finish, worker, outcomes, now)
+    async def _finish(self, worker: str, outcomes: Sequence[tuple[str, TaskStatus]], now: float) -> Finished:
+        out = await self._write(self._finish_rows, worker, outcomes, now)
         if out.released:
             self.notify()
         return out
 
     @staticmethod
-    def _finish(
+    def _finish_rows(
         conn: sqlite3.Connection,
         worker: str,
         outcomes: Sequence[tuple[str, TaskStatus]],
@@ -434,17 +420,10 @@ class SQLiteBackend(TaskQueue, ResultStore, EventStore):
     ) -> list[str]:
         return await self._write(purge_task_rows, before, None if statuses is None else list(statuses))
 
-    async def list_tasks(
-        self,
-        *,
-        statuses: Collection[TaskStatus] | None = None,
-        queue: str | None = None,
-        name: str | None = None,
-        limit: int = 100,
-        before: str | None = None,
+    async def _list_tasks(
+        self, statuses: Collection[TaskStatus] | None, queue: str | None, name: str | None, limit: int,
+        before: str | None,
     ) -> list[Task]:
-        if limit == 0:
-            return []
         return await self._call(list_page, None if statuses is None else list(statuses), queue, name,
                                 limit, before)
 
@@ -483,17 +462,9 @@ class SQLiteBackend(TaskQueue, ResultStore, EventStore):
     async def delete_schedule(self, schedule_id: str) -> bool:
         return bool(await self._call(execute, DELETE_SCHEDULE, (schedule_id,)))
 
-    async def fire_schedule(
-        self,
-        schedule_id: str,
-        *,
-        expected_next_run: float,
-        next_run: float | None,
-        now: float,
-        task: Task,
+    async def _fire_schedule(
+        self, schedule_id: str, expected_next_run: float, next_run: float | None, now: float, task: Task
     ) -> bool:
-        check_new_tasks([task])
-
         def tx(conn: sqlite3.Connection) -> tuple[bool, bool]:
             row = conn.execute(GET_SCHEDULE, (schedule_id,)).fetchone()
             if row is None:
@@ -558,11 +529,9 @@ class SQLiteBackend(TaskQueue, ResultStore, EventStore):
         return bool(ready) or (next_due is not None and next_due <= now)
 
     # --- results ------------------------------------------------------------------------------------
-    async def put_results(self, results: Sequence[TaskResult]) -> None:
+    async def _put_results(self, results: Sequence[TaskResult]) -> None:
         rows = []
         for r in results:
-            if not isinstance(r, TaskResult):
-                raise ConfigError(f"results must hold TaskResult, got {type(r).__name__}")
             rows.append((r.task_id, r.status.value, r.key, r.expires_at, r.finished_at, encode(r)))
         if rows:
             await self._write(executemany, PUT_RESULT, rows)
@@ -598,47 +567,21 @@ class SQLiteBackend(TaskQueue, ResultStore, EventStore):
         return await self._call(execute, PURGE_RESULTS, (now,))
 
     # --- events -------------------------------------------------------------------------------------
-    async def append_events(self, events: Sequence[TaskEvent]) -> None:
+    async def _append_events(self, events: Sequence[TaskEvent]) -> None:
         rows = []
         for e in events:
-            if not isinstance(e, TaskEvent):
-                raise ConfigError(f"events must hold TaskEvent, got {type(e).__name__}")
             rows.append((e.task_id, str(e.type), e.timestamp, e.worker, e.queue, e.detail))
         if rows:
             await self._write(executemany, APPEND_EVENT, rows)
 
-    async def query_events(
-        self,
-        *,
-        task_id: str | None = None,
-        since: float | None = None,
-        types: Sequence[str] | None = None,
-        limit: int | None = None,
+    async def _query_events(
+        self, task_id: str | None, since: float | None, types: list[str] | None, limit: int | None
     ) -> list[TaskEvent]:
-        """``since`` is inclusive (``timestamp >= since``)."""
-        where: list[str] = []
-        params: list[Any] = []
-        if task_id is not None:
-            where.append("task_id = ?")
-            params.append(task_id)
-        if since is not None:
-            where.append("timestamp >= ?")
-            params.append(since)
-        if types is not None:
-            where.append(f"type IN {IDS}")
-            params.append(json_ids([str(t) for t in ([types] if isinstance(types, str) else types)]))
-        sql = QUERY_EVENTS
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY timestamp, seq"
-        if limit is not None:
-            sql += " LIMIT ?"
-            params.append(int(limit))
-        rows = await self._call(self._read_events, sql, tuple(params))
-        return [
-            TaskEvent(task_id=r[0], type=r[1], timestamp=r[2], worker=r[3], queue=r[4], detail=r[5])
-            for r in rows
-        ]
+        sql, params = events_sql(
+            QUERY_EVENTS, task_id, since, types, limit,
+            mark=lambda n: "?", type_in="type IN " + IDS.replace("?", "{}"), type_list=json_ids,
+        )  # fmt: skip
+        return [event_from_row(r) for r in await self._call(self._read_events, sql, tuple(params))]
 
     def _read_events(self, conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> list[Any]:
         # the version first: a commit after it wakes wait_for_events, even one this read saw
