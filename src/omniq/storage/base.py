@@ -32,6 +32,7 @@ from ..logs import ContextLogger, get_logger
 from ..models import Schedule, Task, TaskEvent, TaskResult, TaskStatus
 from ..redact import masked
 from ._codec import decoder
+from .blobs import Blob, check_blobs, check_digests, check_owners
 
 
 class Reaped(msgspec.Struct):
@@ -145,25 +146,42 @@ class BlobStore:
     before the task that refers to them is stored.
     """
 
-    async def put_blobs(self, blobs: Mapping[str, bytes | bytearray | memoryview], owner: str, *,
-                        now: float) -> int:
+    async def put_blobs(self, blobs: Mapping[str, Blob], owner: str, *, now: float) -> int:
         """Store each blob not stored yet, and record ``owner`` as referring to every digest
         given (already stored or not). Idempotent; safe against another process storing the same
         digest at once. A blob is readable only once whole: a crash mid-write never leaves one
         that reads as valid. Returns the bytes written (0 when every blob was there)."""
-        raise NotImplementedError(f"{type(self).__name__} does not store blobs")
+        given = check_blobs(blobs, owner)
+        return await self._put_blobs(given, owner, now) if given else 0
 
     async def add_blob_owners(self, owners: Mapping[str, Sequence[str]], *, now: float) -> None:
         """Record each owner (key) as referring to its digests (already stored): a batch of tasks
         sharing blobs another call stored, in one round trip."""
-        raise NotImplementedError(f"{type(self).__name__} does not store blobs")
+        checked = {o: ds for o, ds in check_owners(owners).items() if ds}
+        if checked:
+            await self._add_blob_owners(checked, now)
 
     async def get_blobs(self, digests: Sequence[str]) -> dict[str, bytes]:
         """The blobs stored under these digests (missing ones left out)."""
-        raise NotImplementedError(f"{type(self).__name__} does not store blobs")
+        ds = check_digests(digests)
+        return await self._get_blobs(ds) if ds else {}
 
     async def missing_blobs(self, digests: Sequence[str]) -> set[str]:
         """Which of these digests are not stored (cheap: no blob is read)."""
+        ds = check_digests(digests)
+        return await self._missing_blobs(ds) if ds else set()
+
+    # what a backend that stores blobs implements, its arguments checked and not empty
+    async def _put_blobs(self, given: dict[str, Blob], owner: str, now: float) -> int:
+        raise NotImplementedError(f"{type(self).__name__} does not store blobs")
+
+    async def _add_blob_owners(self, owners: dict[str, list[str]], now: float) -> None:
+        raise NotImplementedError(f"{type(self).__name__} does not store blobs")
+
+    async def _get_blobs(self, ds: list[str]) -> dict[str, bytes]:
+        raise NotImplementedError(f"{type(self).__name__} does not store blobs")
+
+    async def _missing_blobs(self, ds: list[str]) -> set[str]:
         raise NotImplementedError(f"{type(self).__name__} does not store blobs")
 
     async def sweep_blobs(self, *, older_than: float) -> int:

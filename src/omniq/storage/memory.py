@@ -20,7 +20,7 @@ import threading
 import time
 import weakref
 from collections import Counter
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Sequence
 from copy import copy
 
 import anyio
@@ -64,9 +64,6 @@ from .blobs import (
     LIVE_TASK_STATUSES,
     Blob,
     as_bytes,
-    check_blobs,
-    check_digests,
-    check_owners,
     nbytes,
     result_owner,
     task_owner,
@@ -688,8 +685,7 @@ class MemoryBackend(TaskQueue, MemoryResults, MemoryEvents):
             elif rows.get(owner, now) <= now:
                 rows[owner] = now
 
-    async def put_blobs(self, blobs: Mapping[str, Blob], owner: str, *, now: float) -> int:
-        given = check_blobs(blobs, owner)
+    async def _put_blobs(self, given: dict[str, Blob], owner: str, now: float) -> int:
         self._own(list(given), owner, now)
         written = 0
         for d, data in given.items():
@@ -698,16 +694,16 @@ class MemoryBackend(TaskQueue, MemoryResults, MemoryEvents):
                 written += nbytes(data)
         return written
 
-    async def add_blob_owners(self, owners: Mapping[str, Sequence[str]], *, now: float) -> None:
-        for owner, digests in check_owners(owners).items():
+    async def _add_blob_owners(self, owners: dict[str, list[str]], now: float) -> None:
+        for owner, digests in owners.items():
             self._own(digests, owner, now)
 
-    async def get_blobs(self, digests: Sequence[str]) -> dict[str, bytes]:
+    async def _get_blobs(self, ds: list[str]) -> dict[str, bytes]:
         blobs = self._blobs
-        return {d: got[0] for d in check_digests(digests) if (got := blobs.get(d)) is not None}
+        return {d: got[0] for d in ds if (got := blobs.get(d)) is not None}
 
-    async def missing_blobs(self, digests: Sequence[str]) -> set[str]:
-        return {d for d in check_digests(digests) if d not in self._blobs}
+    async def _missing_blobs(self, ds: list[str]) -> set[str]:
+        return {d for d in ds if d not in self._blobs}
 
     async def sweep_blobs(self, *, older_than: float) -> int:
         entries, results = self._entries, self._results

@@ -8,7 +8,7 @@ import os
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Collection, Sequence
 from typing import Any, ClassVar
 
 import msgspec
@@ -25,9 +25,6 @@ from ..base import (
 )
 from ..blobs import (
     Blob,
-    check_blobs,
-    check_digests,
-    check_owners,
     nbytes,
     result_owner,
     task_owner,
@@ -431,10 +428,7 @@ class FsspecBackend(ResultStore, EventStore):
     def _blob_file(self, digest: str) -> str:
         return self._path(blob_relpath(digest))
 
-    async def put_blobs(self, blobs: Mapping[str, Blob], owner: str, *, now: float) -> int:
-        given = check_blobs(blobs, owner)
-        if not given:
-            return 0
+    async def _put_blobs(self, given: dict[str, Blob], owner: str, now: float) -> int:
         await self._own({owner: list(given)}, now)
         files = self.files
         paths = {self._blob_file(d): d for d in given}
@@ -454,13 +448,10 @@ class FsspecBackend(ResultStore, EventStore):
         if chains:
             await self._guard("record blob owners in", self.files.put_chains(chains))
 
-    async def add_blob_owners(self, owners: Mapping[str, Sequence[str]], *, now: float) -> None:
-        await self._own(check_owners(owners), now)
+    async def _add_blob_owners(self, owners: dict[str, list[str]], now: float) -> None:
+        await self._own(owners, now)
 
-    async def get_blobs(self, digests: Sequence[str]) -> dict[str, bytes]:
-        ds = check_digests(digests)
-        if not ds:
-            return {}
+    async def _get_blobs(self, ds: list[str]) -> dict[str, bytes]:
         files = self.files
         paths = {self._blob_file(d): d for d in ds}
         found = await self._guard("read blobs from", files.get_many(list(paths)))
@@ -474,10 +465,7 @@ class FsspecBackend(ResultStore, EventStore):
                 out.update((d, data) for data in got.values())
         return {d: out[d] for d in ds if d in out}
 
-    async def missing_blobs(self, digests: Sequence[str]) -> set[str]:
-        ds = check_digests(digests)
-        if not ds:
-            return set()
+    async def _missing_blobs(self, ds: list[str]) -> set[str]:
         paths = {self._blob_file(d): d for d in ds}
         stored = await self._guard("look for blobs in", self.files.exists(list(paths)))
         return {d for p, d in paths.items() if p not in stored}

@@ -12,7 +12,7 @@ import io
 import json
 import secrets
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import nats.errors
@@ -27,9 +27,6 @@ from ..base import (
 from ..blobs import (
     LIVE_TASK_STATUSES,
     Blob,
-    check_blobs,
-    check_digests,
-    check_owners,
     nbytes,
     result_owner,
     task_owner,
@@ -84,10 +81,7 @@ class NatsBlobs(NatsTaskRecords):
             await self._publish_ok(items[i : i + 1000])
 
     @guarded
-    async def put_blobs(self, blobs: Mapping[str, Blob], owner: str, *, now: float) -> int:
-        given = check_blobs(blobs, owner)
-        if not given:
-            return 0
+    async def _put_blobs(self, given: dict[str, Blob], owner: str, now: float) -> int:
         await self._own({owner: list(given)}, now)  # first: a sweep now sees the owner
         found = await gather(self._blob_meta(d) for d in given)
         written = 0
@@ -141,12 +135,11 @@ class NatsBlobs(NatsTaskRecords):
             log.debug("NATS %s: purging %s failed: %s", masked(self.url), subject, e)
 
     @guarded
-    async def add_blob_owners(self, owners: Mapping[str, Sequence[str]], *, now: float) -> None:
-        await self._own(check_owners(owners), now)
+    async def _add_blob_owners(self, owners: dict[str, list[str]], now: float) -> None:
+        await self._own(owners, now)
 
     @guarded
-    async def get_blobs(self, digests: Sequence[str]) -> dict[str, bytes]:
-        ds = check_digests(digests)
+    async def _get_blobs(self, ds: list[str]) -> dict[str, bytes]:
         got = await gather(self._read_blob(d) for d in ds)
         return {d: data for d, data in zip(ds, got, strict=True) if data is not None}
 
@@ -169,8 +162,7 @@ class NatsBlobs(NatsTaskRecords):
         return None
 
     @guarded
-    async def missing_blobs(self, digests: Sequence[str]) -> set[str]:
-        ds = check_digests(digests)
+    async def _missing_blobs(self, ds: list[str]) -> set[str]:
         return set(ds).difference(await self._blob_metas(ds))
 
     async def _live_owners(self, owners: set[str]) -> set[str]:

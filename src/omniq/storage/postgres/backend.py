@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import os
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from ...errors import ConfigError
@@ -28,7 +28,7 @@ from ..base import (
     plan_keys,
     read_task_row,
 )
-from ..blobs import Blob, check_blobs, check_digests, check_owners, nbytes
+from ..blobs import Blob, nbytes
 from .connection import (
     EVENTS_PAYLOAD,
     MISSING,
@@ -587,13 +587,10 @@ class PostgresBackend(PgConnection, ResultStore, EventStore):
         return rowcount(await self._run(lambda c: c.execute(PURGE_TASK_EVENTS, before, ids)))
 
     # --- blobs --------------------------------------------------------------------------------------
-    async def put_blobs(self, blobs: Mapping[str, Blob], owner: str, *, now: float) -> int:
+    async def _put_blobs(self, given: dict[str, Blob], owner: str, now: float) -> int:
         """One transaction: owners, then which blobs are stored (locked FOR SHARE against a
         sweep), then the others, in digest order (two puts never wait on each other in a
         cycle). Only the missing blobs' bytes are sent."""
-        given = check_blobs(blobs, owner)
-        if not given:
-            return 0
         ds = sorted(given)
 
         async def put(conn: Any) -> int:
@@ -610,23 +607,15 @@ class PostgresBackend(PgConnection, ResultStore, EventStore):
 
         return await self._run(put)
 
-    async def add_blob_owners(self, owners: Mapping[str, Sequence[str]], *, now: float) -> None:
-        rows = sorted({(d, o) for o, ds in check_owners(owners).items() for d in ds})
-        if not rows:
-            return
+    async def _add_blob_owners(self, owners: dict[str, list[str]], now: float) -> None:
+        rows = sorted({(d, o) for o, ds in owners.items() for d in ds})
         cols = ([d for d, _ in rows], [o for _, o in rows], [now] * len(rows))
         await self._run(lambda c: c.execute(PUT_BLOB_OWNERS, *cols))
 
-    async def get_blobs(self, digests: Sequence[str]) -> dict[str, bytes]:
-        ds = check_digests(digests)
-        if not ds:
-            return {}
+    async def _get_blobs(self, ds: list[str]) -> dict[str, bytes]:
         return dict(await self._run(lambda c: c.fetch(GET_BLOBS, ds)))
 
-    async def missing_blobs(self, digests: Sequence[str]) -> set[str]:
-        ds = check_digests(digests)
-        if not ds:
-            return set()
+    async def _missing_blobs(self, ds: list[str]) -> set[str]:
         rows = await self._run(lambda c: c.fetch(STORED_BLOBS, ds))
         return set(ds).difference(r[0] for r in rows)
 

@@ -10,7 +10,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -41,7 +41,7 @@ from ..base import (
     plan_enqueue,
     stand_in_task,
 )
-from ..blobs import Blob, check_blobs, check_digests, check_owners, nbytes
+from ..blobs import Blob, nbytes
 from .scripts import BLOB_PIECE, SCRIPTS
 
 log = get_logger("omniq.storage.redis")
@@ -778,12 +778,9 @@ class RedisBackend(RedisOperators, ResultStore, EventStore):
 
 
     # --- blobs -------------------------------------------------------------------------------
-    async def put_blobs(self, blobs: Mapping[str, Blob], owner: str, *, now: float) -> int:
+    async def _put_blobs(self, given: dict[str, Blob], owner: str, now: float) -> int:
         """Owners first and the stored ones found in one script; then each missing blob in a
         script of its own (``SET NX``), so only those are sent."""
-        given = check_blobs(blobs, owner)
-        if not given:
-            return 0
         missing = await self._eval("own_blobs", [_f(now), owner, *given])
         written = 0
         for raw in missing:
@@ -815,27 +812,18 @@ class RedisBackend(RedisOperators, ResultStore, EventStore):
                 await self._call(lambda r: r.pexpire(part, 3_600_000))
         return bool(await self._eval("commit_blob", [_f(now), d, part]))
 
-    async def add_blob_owners(self, owners: Mapping[str, Sequence[str]], *, now: float) -> None:
-        checked = {o: ds for o, ds in check_owners(owners).items() if ds}
-        if not checked:
-            return
-        args: list[Any] = [_f(now), len(checked)]
-        for o, ds in checked.items():
+    async def _add_blob_owners(self, owners: dict[str, list[str]], now: float) -> None:
+        args: list[Any] = [_f(now), len(owners)]
+        for o, ds in owners.items():
             args += (o, len(ds), *ds)
         await self._eval("add_blob_owners", args)
 
-    async def get_blobs(self, digests: Sequence[str]) -> dict[str, bytes]:
-        ds = check_digests(digests)
-        if not ds:
-            return {}
+    async def _get_blobs(self, ds: list[str]) -> dict[str, bytes]:
         keys = [self._key("b", d) for d in ds]
         got = await self._call(lambda r: r.mget(keys))
         return {d: b for d, b in zip(ds, got, strict=True) if b is not None}
 
-    async def missing_blobs(self, digests: Sequence[str]) -> set[str]:
-        ds = check_digests(digests)
-        if not ds:
-            return set()
+    async def _missing_blobs(self, ds: list[str]) -> set[str]:
         return {raw.decode() for raw in await self._eval("missing_blobs", ds)}
 
     async def sweep_blobs(self, *, older_than: float) -> int:

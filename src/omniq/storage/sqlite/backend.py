@@ -10,7 +10,7 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import anyio
@@ -35,7 +35,7 @@ from ..base import (
     read_task_row,
     watched_after,
 )
-from ..blobs import Blob, check_blobs, check_digests, check_owners, nbytes
+from ..blobs import Blob, nbytes
 from .connection import (
     STATUS,
     SqliteConnection,
@@ -608,10 +608,7 @@ class SQLiteBackend(TaskQueue, ResultStore, EventStore):
         return await self._call(execute, PURGE_TASK_EVENTS, (before, json_ids(list(task_ids))))
 
     # --- blobs --------------------------------------------------------------------------------------
-    async def put_blobs(self, blobs: Mapping[str, Blob], owner: str, *, now: float) -> int:
-        given = check_blobs(blobs, owner)
-        if not given:
-            return 0
+    async def _put_blobs(self, given: dict[str, Blob], owner: str, now: float) -> int:
         files: set[str] = set()
         if self.blob_dir is not None:
             big = [d for d, b in given.items() if nbytes(b) >= EXTERNAL_BLOB]
@@ -622,15 +619,11 @@ class SQLiteBackend(TaskQueue, ResultStore, EventStore):
                     await anyio.to_thread.run_sync(write_blob_files, self.blob_dir, {d: given[d] for d in files})
         return await self._write(put_blob_rows, given, owner, now, files)
 
-    async def add_blob_owners(self, owners: Mapping[str, Sequence[str]], *, now: float) -> None:
-        rows = [(d, o, now) for o, ds in check_owners(owners).items() for d in ds]
-        if rows:
-            await self._write(executemany, PUT_BLOB_OWNER, rows)
+    async def _add_blob_owners(self, owners: dict[str, list[str]], now: float) -> None:
+        rows = [(d, o, now) for o, ds in owners.items() for d in ds]
+        await self._write(executemany, PUT_BLOB_OWNER, rows)
 
-    async def get_blobs(self, digests: Sequence[str]) -> dict[str, bytes]:
-        ds = check_digests(digests)
-        if not ds:
-            return {}
+    async def _get_blobs(self, ds: list[str]) -> dict[str, bytes]:
         out: dict[str, bytes] = {}
         for d, data, size in await self._call(fetchall, GET_BLOBS, (json_ids(ds),)):
             if len(data) == size:
@@ -647,10 +640,7 @@ class SQLiteBackend(TaskQueue, ResultStore, EventStore):
         path = os.path.join(self.blob_dir, digest[:2], digest)
         return path if os.path.exists(path) else None
 
-    async def missing_blobs(self, digests: Sequence[str]) -> set[str]:
-        ds = check_digests(digests)
-        if not ds:
-            return set()
+    async def _missing_blobs(self, ds: list[str]) -> set[str]:
         rows = await self._call(fetchall, STORED_BLOBS, (json_ids(ds),))
         return set(ds).difference(r[0] for r in rows)
 
