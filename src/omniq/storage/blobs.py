@@ -10,7 +10,7 @@ alive, so ``sweep_blobs`` drops it once it is older than the grace time.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
 from ..errors import ConfigError
 
@@ -107,6 +107,18 @@ def result_owner(owner: str) -> str | None:
     return owner[2:] if owner.startswith(RESULT_OWNER) else None
 
 
+def gone_owners(old: Iterable[tuple[str, str, str]], live: Collection[str], owned: set[str]) -> list[str]:
+    """Of owner records past their grace time, ``(where, digest, owner)``: where those of owners
+    no longer ``live`` are (to delete); the digests of live ones are added to ``owned``."""
+    dead = []
+    for where, d, owner in old:
+        if owner in live:
+            owned.add(d)
+        else:
+            dead.append(where)
+    return dead
+
+
 __all__ = [
     "LIVE_TASK_STATUSES",
     "RESULT_OWNER",
@@ -116,6 +128,7 @@ __all__ = [
     "check_digests",
     "check_owner",
     "check_owners",
+    "gone_owners",
     "nbytes",
     "result_owner",
     "task_owner",

@@ -25,6 +25,7 @@ from ..base import (
 )
 from ..blobs import (
     Blob,
+    gone_owners,
     nbytes,
     result_owner,
     task_owner,
@@ -499,12 +500,7 @@ class FsspecBackend(ResultStore, EventStore):
             else:
                 old.append((path, d, owner))
         live = await self._live_owners({o for _, _, o in old})
-        dead = []
-        for path, d, owner in old:
-            if owner in live:
-                owned.add(d)
-            else:
-                dead.append(path)
+        dead = gone_owners(old, live, owned)
         await self._guard("delete blob owners in", files.delete(dead))
         trash = await self._guard("list blobs in", files.find(self._path("blob-trash")))
         stale = time.time() - TRASH_STALE

@@ -27,6 +27,7 @@ from ..base import (
 from ..blobs import (
     LIVE_TASK_STATUSES,
     Blob,
+    gone_owners,
     nbytes,
     result_owner,
     task_owner,
@@ -219,12 +220,7 @@ class NatsBlobs(NatsTaskRecords):
             else:
                 old.append((m.subject, d, owner))
         live = await self._live_owners({o for _, _, o in old})
-        dead = []
-        for subject, d, owner in old:
-            if owner in live:
-                owned.add(d)
-            else:
-                dead.append(subject)
+        dead = gone_owners(old, live, owned)
         await gather(self._purge(f"KV_{self.blob_owners_bucket}", s) for s in dead)
         doomed: list[tuple[str, dict[str, Any] | None]] = [
             (d, None) for d, created in sorted(stored.items())
