@@ -331,7 +331,7 @@ def _age(text: str) -> str:
 
 
 def _limit(text: str) -> int:
-    from .storage.base import MAX_PAGE
+    from .storage.checks import MAX_PAGE
 
     try:
         n = int(text)

@@ -1315,9 +1315,9 @@ async def test_a_key_marker_whose_task_never_came_is_taken_over_after_the_grace(
 ) -> None:
     """A marker is written before its task's file: one whose task is not there is a write in
     progress (waited for), until ``KEY_WRITE_GRACE`` says its writer died in between."""
-    from omniq.storage import base
+    from omniq.storage import enqueue
 
-    monkeypatch.setattr(base, "KEY_WRITE_GRACE", 0.3)  # (key_marker_verdict reads it)
+    monkeypatch.setattr(enqueue, "KEY_WRITE_GRACE", 0.3)  # (key_marker_verdict reads it)
     kdir = tq._tasks.key_marks.dir("k")
     assert tq._tasks.key_marks.cas(kdir, 0, "ghost-task", time.time())  # a writer that died here
     t = Task(id=new_id(), payload=b"x", key="k")

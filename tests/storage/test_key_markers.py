@@ -1,5 +1,5 @@
 """The key-marker rule of the backends that write a key's marker before the task record
-(file://, NATS): ``storage.base.key_marker_verdict`` and ``key_marker_needs_result``, without a
+(file://, NATS): ``storage.enqueue.key_marker_verdict`` and ``key_marker_needs_result``, without a
 backend. The contract suite (TestIdempotencyKeys) checks the backends that apply it."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from omniq.models import TaskStatus
-from omniq.storage.base import (
+from omniq.storage.enqueue import (
     KEY_WRITE_GRACE,
     KeyMark,
     KeyVerdict,

@@ -283,12 +283,12 @@ async def test_a_key_marker_whose_record_never_came_is_taken_over_after_the_grac
 
     from omniq.ids import new_id
     from omniq.models import Task
-    from omniq.storage import base
+    from omniq.storage import enqueue
     from omniq.storage._codec import encode
-    from omniq.storage.base import KeyMark
+    from omniq.storage.enqueue import KeyMark
 
     assert isinstance(queue, NatsBackend)
-    monkeypatch.setattr(base, "KEY_WRITE_GRACE", 0.3)  # (key_marker_verdict reads it)
+    monkeypatch.setattr(enqueue, "KEY_WRITE_GRACE", 0.3)  # (key_marker_verdict reads it)
     ghost = KeyMark("ghost-task", time.time())  # its writer died before the record
     assert await queue._cas(queue._key_subject("k"), encode(ghost), 0) is not None
     t = Task(id=new_id(), payload=b"x", key="k", created_at=time.time())

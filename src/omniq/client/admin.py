@@ -20,7 +20,7 @@ from anyio import to_thread
 from ..errors import ConfigError, StorageError, TaskNotFound
 from ..models import EventType, Task, TaskDetail, TaskResult, TaskStatus, TaskSummary
 from ..redact import masked
-from ..storage.base import REQUEUABLE, check_page, check_statuses
+from ..storage.checks import REQUEUABLE, check_page, check_statuses
 
 if TYPE_CHECKING:
     from .session import Session

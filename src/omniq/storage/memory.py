@@ -43,23 +43,7 @@ from ..lifecycle import (
     slot_fires,
 )
 from ..models import Schedule, Task, TaskEvent, TaskResult, TaskStatus
-from .base import (
-    REQUEUABLE,
-    EventStore,
-    Finished,
-    Overrun,
-    Reaped,
-    ResultStore,
-    TaskQueue,
-    WorkerInfo,
-    check_new_tasks,
-    events_in_order,
-    holds_key,
-    in_page,
-    keyed,
-    plan_enqueue,
-    plan_keys,
-)
+from .base import EventStore, Finished, Overrun, Reaped, ResultStore, TaskQueue, WorkerInfo
 from .blobs import (
     LIVE_TASK_STATUSES,
     Blob,
@@ -68,6 +52,8 @@ from .blobs import (
     result_owner,
     task_owner,
 )
+from .checks import REQUEUABLE, check_new_tasks, events_in_order, in_page
+from .enqueue import holds_key, keyed, plan_enqueue, plan_keys
 
 _NO_WAIT: frozenset[str] = frozenset()
 

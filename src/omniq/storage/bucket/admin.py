@@ -17,7 +17,7 @@ import msgspec
 
 from ...models import Task, TaskStatus
 from .._codec import decoder
-from ..base import REQUEUABLE
+from ..checks import REQUEUABLE
 from ..fsspec.layout import decode_name
 from . import shards as sh
 from .state import ShardStore

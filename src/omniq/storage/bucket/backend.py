@@ -23,19 +23,9 @@ from ...lifecycle import (
 from ...logs import get_logger
 from ...models import Schedule, Task, TaskResult, TaskStatus
 from .._codec import decoder, encode
-from ..base import (
-    Finished,
-    Overrun,
-    Reaped,
-    TaskQueue,
-    WorkerInfo,
-    check_new_tasks,
-    keyed,
-    plan_enqueue,
-    plan_keys,
-    readable_workers,
-    watched_after,
-)
+from ..base import Finished, Overrun, Reaped, TaskQueue, WorkerInfo, readable_workers
+from ..checks import check_new_tasks, watched_after
+from ..enqueue import keyed, plan_enqueue, plan_keys
 from . import shards as sh
 from .admin import OperatorOps
 from .state import (

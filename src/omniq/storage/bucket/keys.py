@@ -1,9 +1,9 @@
 """Idempotency keys of the bucket task queue: one marker object per key, replaced by
 compare-and-set, so of several processes racing for a key exactly one names its task there.
 
-``keys/<key>`` holds msgpack ``[task id, time, purged]`` (``base.KeyMark``). It is written
+``keys/<key>`` holds msgpack ``[task id, time, purged]`` (``enqueue.KeyMark``). It is written
 *before* the task, so a marker whose task is not stored yet may be a write in progress; what a
-marker means is ``base.key_marker_verdict``'s to say, as for ``file://`` and NATS.
+marker means is ``enqueue.key_marker_verdict``'s to say, as for ``file://`` and NATS.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import msgspec
 
 from ...models import Task, TaskStatus
 from .._codec import decoder, encode
-from ..base import (
+from ..enqueue import (
     KeyMark,
     first_of_keys,
     key_marker_needs_result,

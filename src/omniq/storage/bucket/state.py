@@ -20,11 +20,13 @@ from ...ids import new_ids
 from ...logs import get_logger
 from ...models import Task, TaskStatus
 from .._codec import decoder, encode
-from ..base import masked, plan_enqueue, stand_in_task
+from ..base import masked
 from ..blobs import LIVE_TASK_STATUSES
+from ..enqueue import plan_enqueue
 from ..fsspec.files import bounded
 from ..fsspec.layout import encode_name
 from ..fsspec.store import FsspecBackend
+from ..rows import stand_in_task
 from . import shards as sh
 from .cas import CasStore, Conflict, cas_for
 from .keys import BucketKeys

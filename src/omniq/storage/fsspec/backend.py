@@ -13,20 +13,11 @@ import anyio.to_thread
 
 from ...errors import ConfigError, StorageError
 from ...models import Schedule, Task, TaskStatus
-from ..base import (
-    UNSUCCESSFUL,
-    Backend,
-    Finished,
-    Overrun,
-    Reaped,
-    TaskQueue,
-    WorkerInfo,
-    check_new_tasks,
-    watched_after,
-)
+from ..base import UNSUCCESSFUL, Backend, Finished, Overrun, Reaped, TaskQueue, WorkerInfo
 from ..blobs import (
     LIVE_TASK_STATUSES,
 )
+from ..checks import check_new_tasks, watched_after
 from .files import (
     R,
     no_task_queue_message,

@@ -17,15 +17,12 @@ import anyio
 import anyio.to_thread
 
 from ...errors import ConfigError
-from ..base import (
-    check_owner,
-    make_private_dir,
-    masked,
-)
+from ..base import masked
 from ..blobs import (
     Blob,
     as_bytes,
 )
+from ..checks import check_owner, make_private_dir
 from .errors import (
     BucketMissing,
     bucket_missing,

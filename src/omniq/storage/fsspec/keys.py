@@ -15,7 +15,7 @@ import msgspec
 
 from ...models import Task, TaskStatus
 from .._codec import decoder, encode
-from ..base import (
+from ..enqueue import (
     KeyMark,
     first_of_keys,
     key_marker_needs_result,
@@ -103,7 +103,7 @@ class KeyMarks:
         """Point each key of the batch at its first task, unless another task holds it:
         ``(key -> holder, for keys held; holders known only by a stored success)``.
 
-        What a marker found means is ``base.key_marker_verdict``'s to say (a marker is written
+        What a marker found means is ``enqueue.key_marker_verdict``'s to say (a marker is written
         before its task's record, so one without a record may be a write in progress)."""
         first = first_of_keys(tasks)
         holders: dict[str, str] = {}

@@ -27,18 +27,9 @@ from ...lifecycle import (
 from ...logs import get_logger
 from ...models import Schedule, Task, TaskStatus
 from .._codec import encode
-from ..base import (
-    UNSUCCESSFUL,
-    Finished,
-    Overrun,
-    Reaped,
-    WorkerInfo,
-    keyed,
-    plan_enqueue,
-    plan_keys,
-    readable_workers,
-    stand_in_task,
-)
+from ..base import UNSUCCESSFUL, Finished, Overrun, Reaped, WorkerInfo, readable_workers
+from ..enqueue import keyed, plan_enqueue, plan_keys
+from ..rows import stand_in_task
 from .files import (
     read_file,
     write_atomic,

@@ -10,10 +10,8 @@ from nats.aio.msg import Msg
 
 from ...models import TaskEvent
 from .._codec import encode
-from ..base import (
-    EventStore,
-    events_in_order,
-)
+from ..base import EventStore
+from ..checks import events_in_order
 from .connection import (
     JetStream,
 )

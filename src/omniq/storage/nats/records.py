@@ -27,11 +27,8 @@ from ...lifecycle import (
 )
 from ...models import Schedule, Task, TaskEvent, TaskResult, TaskStatus
 from .._codec import decoder
-from ..base import (
-    KeyMark,
-    WorkerInfo,
-    masked,
-)
+from ..base import WorkerInfo, masked
+from ..enqueue import KeyMark
 
 DEFAULT_SERVER = "nats://127.0.0.1:4222"
 DEFAULT_NAMESPACE = "omniq"

@@ -30,22 +30,19 @@ from ...lifecycle import (
 from ...logs import get_logger
 from ...models import Task, TaskStatus
 from .._codec import encode
-from ..base import (
-    REQUEUABLE,
-    Finished,
+from ..base import Finished, TaskQueue
+from ..checks import REQUEUABLE, check_new_tasks, in_page
+from ..enqueue import (
     KeyMark,
     KeyVerdict,
-    TaskQueue,
-    check_new_tasks,
     first_of_keys,
-    in_page,
     key_marker_needs_result,
     key_marker_verdict,
     keyed,
     plan_enqueue,
     plan_keys,
-    stand_in_task,
 )
+from ..rows import stand_in_task
 from .connection import (
     JetStream,
 )
@@ -188,7 +185,7 @@ class NatsTaskRecords(JetStream, TaskQueue):
         unless another task holds it: (key -> holder, for keys held; holders known only by a
         stored success; key -> revision of the markers written here).
 
-        What a marker found means is ``base.key_marker_verdict``'s to say (a marker is written
+        What a marker found means is ``enqueue.key_marker_verdict``'s to say (a marker is written
         before its task's record, so one without a record may be a write in progress)."""
         first = first_of_keys(tasks)
         holders: dict[str, str] = {}

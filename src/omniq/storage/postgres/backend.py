@@ -12,23 +12,11 @@ from typing import Any
 from ...errors import ConfigError
 from ...models import Schedule, Task, TaskEvent, TaskResult, TaskStatus
 from .._codec import decoder, encode
-from ..base import (
-    EventStore,
-    Finished,
-    Overrun,
-    Reaped,
-    ResultStore,
-    WorkerInfo,
-    check_new_tasks,
-    event_from_row,
-    events_sql,
-    holds_key,
-    keyed,
-    plan_enqueue,
-    plan_keys,
-    read_task_row,
-)
+from ..base import EventStore, Finished, Overrun, Reaped, ResultStore, WorkerInfo
 from ..blobs import Blob, nbytes
+from ..checks import check_new_tasks
+from ..enqueue import holds_key, keyed, plan_enqueue, plan_keys
+from ..rows import event_from_row, events_sql, read_task_row
 from .connection import (
     EVENTS_PAYLOAD,
     MISSING,

@@ -23,15 +23,8 @@ from ...logs import get_logger
 from ...models import Schedule, Task, TaskResult, TaskStatus
 from .._codec import decoder, encode
 from .._reconnect import Backoff
-from ..base import (
-    Finished,
-    Reaped,
-    Signal,
-    TaskQueue,
-    WorkerInfo,
-    masked,
-    read_task_row,
-)
+from ..base import Finished, Reaped, Signal, TaskQueue, WorkerInfo, masked
+from ..rows import read_task_row
 from .queries import (
     GET_OP,
     KEY_BUCKETS,

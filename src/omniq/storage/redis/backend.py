@@ -35,13 +35,12 @@ from ..base import (
     Signal,
     TaskQueue,
     WorkerInfo,
-    check_new_tasks,
-    events_in_order,
     masked,
-    plan_enqueue,
-    stand_in_task,
 )
 from ..blobs import Blob, nbytes
+from ..checks import check_new_tasks, events_in_order
+from ..enqueue import plan_enqueue
+from ..rows import stand_in_task
 from .scripts import BLOB_PIECE, SCRIPTS
 
 log = get_logger("omniq.storage.redis")

@@ -19,23 +19,10 @@ import anyio.to_thread
 from ...errors import ConfigError, StorageError
 from ...models import Schedule, Task, TaskEvent, TaskResult, TaskStatus
 from .._codec import encode
-from ..base import (
-    EventStore,
-    Finished,
-    Overrun,
-    Reaped,
-    ResultStore,
-    TaskQueue,
-    WorkerInfo,
-    check_new_tasks,
-    check_owner,
-    event_from_row,
-    events_sql,
-    masked,
-    read_task_row,
-    watched_after,
-)
+from ..base import EventStore, Finished, Overrun, Reaped, ResultStore, TaskQueue, WorkerInfo, masked
 from ..blobs import Blob, nbytes
+from ..checks import check_new_tasks, check_owner, watched_after
+from ..rows import event_from_row, events_sql, read_task_row
 from .connection import (
     STATUS,
     SqliteConnection,

@@ -21,11 +21,8 @@ import msgspec
 from ...errors import ConfigError, StorageError, StorageUnwritable
 from ...models import Schedule, Task, TaskResult, TaskStatus
 from .._codec import decoder
-from ..base import (
-    WorkerInfo,
-    masked,
-    read_task_row,
-)
+from ..base import WorkerInfo, masked
+from ..rows import read_task_row
 from .queries import (
     SCHEMA,
     SCHEMA_TRIGGERS,

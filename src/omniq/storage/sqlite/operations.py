@@ -21,15 +21,10 @@ import msgspec
 from ...errors import ConfigError
 from ...models import Task, TaskStatus
 from .._codec import decoder, encode
-from ..base import (
-    Finished,
-    holds_key,
-    keyed,
-    plan_enqueue,
-    plan_keys,
-    read_task_row,
-)
+from ..base import Finished
 from ..blobs import Blob, nbytes
+from ..enqueue import holds_key, keyed, plan_enqueue, plan_keys
+from ..rows import read_task_row
 from .connection import (
     STATUS,
     in_transaction,
