@@ -29,6 +29,7 @@ from ..redact import masked
 from ._codec import decoder
 from .blobs import Blob, check_blobs, check_digests, check_owners
 from .checks import check_claim, check_items, check_new_tasks, check_outcomes
+from .rows import unreadable_task as unreadable_task  # (stand-ins pickled before it moved)
 
 
 class Reaped(msgspec.Struct):

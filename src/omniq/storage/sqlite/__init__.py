@@ -33,7 +33,7 @@ errors, the connection thread), ``operations`` (what runs in that thread, one ca
 
 from __future__ import annotations
 
-from ..rows import unreadable_task as unreadable_task
+from ..rows import unreadable_task as unreadable_task  # (stand-ins pickled before it moved)
 from .backend import SQLiteBackend
 from .connection import parse_url, storage_error, why_unwritable
 
