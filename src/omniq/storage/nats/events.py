@@ -42,7 +42,7 @@ class NatsEvents(JetStream, EventStore):
         for i in range(0, len(items), 1000):
             await self._publish_ok(items[i : i + 1000])
         nc = self._nc
-        if nc is not None and items:  # live subscriptions elsewhere read the stream now
+        if nc is not None:  # live subscriptions elsewhere read the stream now
             job = asyncio.ensure_future(publish_quietly(nc, f"{self._p}.evwake", b""))
             self._jobs.add(job)
             job.add_done_callback(self._jobs.discard)

@@ -497,8 +497,6 @@ class PostgresBackend(PgConnection, ResultStore, EventStore):
         latest: dict[str, TaskResult] = {}
         for r in results:
             latest[r.task_id] = r  # the last one wins, as a second put would
-        if not latest:
-            return
         rs = [latest[k] for k in sorted(latest)]  # one lock order: no deadlocks between batches
         cols = (
             [r.task_id for r in rs],

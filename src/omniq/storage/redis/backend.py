@@ -706,8 +706,7 @@ class RedisBackend(RedisOperators, ResultStore, EventStore):
                 px = str(max(1, math.ceil((r.expires_at - wall) * 1000)))
             key = "" if r.key is None else "=" + r.key
             args += (r.task_id, encode(r), key, _f(r.expires_at), px)
-        if results:
-            await self._eval("put_results", args)
+        await self._eval("put_results", args)
 
     async def get_result(self, task_id: str) -> TaskResult | None:
         key = self._key("r", task_id)
@@ -741,8 +740,7 @@ class RedisBackend(RedisOperators, ResultStore, EventStore):
         args: list[Any] = [self.options.max_events, MAX_TASK_EVENTS, len(events)]
         for e in events:
             args += (_event_ms(e.timestamp), e.task_id, encode(e))
-        if events:
-            await self._eval("append_events", args, once=True)
+        await self._eval("append_events", args, once=True)
 
     async def _query_events(
         self, task_id: str | None, since: float | None, types: list[str] | None, limit: int | None

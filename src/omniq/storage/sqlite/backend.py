@@ -517,11 +517,8 @@ class SQLiteBackend(TaskQueue, ResultStore, EventStore):
 
     # --- results ------------------------------------------------------------------------------------
     async def _put_results(self, results: Sequence[TaskResult]) -> None:
-        rows = []
-        for r in results:
-            rows.append((r.task_id, r.status.value, r.key, r.expires_at, r.finished_at, encode(r)))
-        if rows:
-            await self._write(executemany, PUT_RESULT, rows)
+        rows = [(r.task_id, r.status.value, r.key, r.expires_at, r.finished_at, encode(r)) for r in results]
+        await self._write(executemany, PUT_RESULT, rows)
 
     async def get_result(self, task_id: str) -> TaskResult | None:
         row = await self._call(fetchone, GET_RESULT, (task_id,))
@@ -555,11 +552,8 @@ class SQLiteBackend(TaskQueue, ResultStore, EventStore):
 
     # --- events -------------------------------------------------------------------------------------
     async def _append_events(self, events: Sequence[TaskEvent]) -> None:
-        rows = []
-        for e in events:
-            rows.append((e.task_id, str(e.type), e.timestamp, e.worker, e.queue, e.detail))
-        if rows:
-            await self._write(executemany, APPEND_EVENT, rows)
+        rows = [(e.task_id, str(e.type), e.timestamp, e.worker, e.queue, e.detail) for e in events]
+        await self._write(executemany, APPEND_EVENT, rows)
 
     async def _query_events(
         self, task_id: str | None, since: float | None, types: list[str] | None, limit: int | None
